@@ -1,0 +1,354 @@
+// The event loop: one asio::io_context run on one thread, like asyncio's loop,
+// with asyncio's connection-making methods.
+//
+// Each asynchronous method takes an Asio completion token, so it works with a
+// callback, `asio::use_awaitable` in a C++20 coroutine, or any other token:
+//
+//   loop.create_connection(factory, "example.org", 80, {},
+//       [](std::exception_ptr err, std::shared_ptr<Transport> t,
+//          std::shared_ptr<MyProtocol> p) { ... });
+//   auto [t, p] = co_await loop.create_connection(factory, host, port, {},
+//                                                 asio::use_awaitable);
+//
+// A failure completes with a non-null exception_ptr (std::system_error for
+// OS errors, std::invalid_argument for bad arguments); a coroutine sees it
+// thrown.
+#pragma once
+
+#include "conduit/protocols.hpp"
+#include "conduit/socket_address.hpp"
+#include "conduit/transports.hpp"
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/associator.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace conduit {
+
+namespace asio = boost::asio;
+
+class EventLoop;
+class Server;
+
+/// What the exception handler is told (asyncio's context dict).
+struct ExceptionContext {
+  std::string message;                          ///< What failed, e.g. "Fatal error: protocol.data_received() call failed."
+  std::exception_ptr exception;                 ///< The exception, if any.
+  std::shared_ptr<BaseTransport> transport;     ///< The transport involved, if any.
+  std::shared_ptr<BaseProtocol> protocol;       ///< The protocol involved, if any.
+};
+
+/// Receives every error nobody else can handle.
+using ExceptionHandler = std::function<void(EventLoop&, const ExceptionContext&)>;
+
+enum class LogLevel { debug, info, warning, error };
+
+/// Receives the loop's log lines (default: stderr for warning and above).
+using LogHandler = std::function<void(LogLevel, std::string_view)>;
+
+/// Makes one protocol per connection.
+using ProtocolFactory = std::function<std::shared_ptr<BaseProtocol>()>;
+
+/// Options of create_connection beyond the peer.
+struct ConnectOptions {
+  /// Bind the socket to this (host, port) before connecting.
+  std::optional<std::pair<std::string, std::uint16_t>> local_addr;
+};
+
+/// Options of create_server / create_unix_server.
+struct ServerOptions {
+  int backlog = 100;            ///< listen() backlog.
+  bool reuse_address = true;    ///< SO_REUSEADDR (TCP only).
+  bool reuse_port = false;      ///< SO_REUSEPORT (TCP only).
+  bool start_serving = true;    ///< Listen at once; else bound only, until start_serving().
+  bool cleanup_socket = true;   ///< Unix: remove the socket file when the server closes.
+};
+
+namespace detail {
+
+/// Completion of the type-erased connection makers.
+using ConnectionHandler = asio::any_completion_handler<void(
+    std::exception_ptr, std::shared_ptr<Transport>, std::shared_ptr<BaseProtocol>)>;
+using ServerHandler =
+    asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<Server>)>;
+
+/// Hands the caller its protocol with the type its factory made.
+template <class P, class Handler>
+struct ProtocolCast {
+  Handler handler;
+  void operator()(std::exception_ptr err, std::shared_ptr<Transport> transport,
+                  std::shared_ptr<BaseProtocol> protocol) {
+    std::move(handler)(std::move(err), std::move(transport),
+                       std::static_pointer_cast<P>(std::move(protocol)));
+  }
+};
+
+template <class Factory>
+using factory_protocol_t = typename std::invoke_result_t<Factory&>::element_type;
+
+template <class Factory>
+ProtocolFactory erase_factory(Factory factory) {
+  return [f = std::move(factory)]() mutable -> std::shared_ptr<BaseProtocol> { return f(); };
+}
+
+}  // namespace detail
+
+/// A single-threaded event loop over one io_context.
+class EventLoop {
+ public:
+  using executor_type = asio::io_context::executor_type;
+
+  /// Bytes read from a socket per read call (asyncio's max_size, SPEC S4).
+  static constexpr std::size_t read_size = 256 * 1024;
+
+  EventLoop();
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+  ~EventLoop();
+
+  /// The io_context everything runs on.
+  asio::io_context& context() { return context_; }
+  executor_type get_executor() { return context_.get_executor(); }
+
+  /// Run until stop() is called.
+  void run_forever();
+  /// Run until no work is left.
+  void run() { context_.run(); }
+  /// Make run_forever() return after the current callback.
+  void stop();
+  /// Run `task` to completion on this loop and return its result (or rethrow).
+  template <class T>
+  T run_until_complete(asio::awaitable<T> task);
+  /// Run until `done()` holds or `timeout` passes; returns done().
+  bool run_until(const std::function<bool()>& done, std::chrono::milliseconds timeout);
+
+  /// Call `fn` from the loop soon, after the callbacks already queued.
+  void call_soon(std::function<void()> fn);
+
+  /// Replace the exception handler; an empty one restores the default.
+  void set_exception_handler(ExceptionHandler handler) { exception_handler_ = std::move(handler); }
+  /// Report an error to the exception handler (which must not throw).
+  void call_exception_handler(const ExceptionContext& context);
+  /// The default handler: logs the context at error level.
+  void default_exception_handler(const ExceptionContext& context);
+
+  /// Replace the log sink; an empty one restores the default (stderr).
+  void set_log_handler(LogHandler handler) { log_handler_ = std::move(handler); }
+  /// Log one line through the log sink.
+  void log(LogLevel level, std::string_view message);
+
+  /// The loop-owned read buffer every Protocol read goes through; a
+  /// connection holds no receive buffer while it waits for data.
+  std::span<std::byte> read_buffer() { return {read_buffer_.get(), read_size}; }
+
+  /// Connect to `host`:`port`, trying every resolved address in turn.
+  template <class Factory, class Token>
+  auto create_connection(Factory factory, std::string host, std::uint16_t port,
+                         ConnectOptions options, Token&& token);
+
+  /// Wrap an already connected TCP socket.
+  template <class Factory, class Token>
+  auto create_connection(Factory factory, asio::ip::tcp::socket socket, Token&& token);
+
+  /// Connect to the Unix socket at `path`.
+  template <class Factory, class Token>
+  auto create_unix_connection(Factory factory, std::string path, Token&& token);
+
+  /// Wrap an already connected Unix stream socket.
+  template <class Factory, class Token>
+  auto create_unix_connection(Factory factory, asio::local::stream_protocol::socket socket,
+                              Token&& token);
+
+  /// Wrap a stream socket accepted elsewhere (any family), given by its
+  /// descriptor, which the transport then owns. A datagram socket is refused.
+  template <class Factory, class Token>
+  auto connect_accepted_socket(Factory factory, int fd, Token&& token);
+
+  /// Listen on `port` of each of `hosts` (empty: every interface, IPv4 and
+  /// IPv6). Port 0 picks a free port (see Server::sockets()).
+  template <class Factory, class Token>
+  auto create_server(Factory factory, std::vector<std::string> hosts, std::uint16_t port,
+                     ServerOptions options, Token&& token);
+
+  /// Listen on a Unix socket at `path`; a stale socket file there is replaced.
+  template <class Factory, class Token>
+  auto create_unix_server(Factory factory, std::string path, ServerOptions options,
+                          Token&& token);
+
+ private:
+  template <class Factory, class Token, class Start>
+  auto initiate_connection(Token&& token, Start start);
+
+  void create_connection_impl(ProtocolFactory factory, std::string host, std::uint16_t port,
+                              ConnectOptions options, detail::ConnectionHandler handler);
+  void create_unix_connection_impl(ProtocolFactory factory, std::string path,
+                                   detail::ConnectionHandler handler);
+  void wrap_socket_impl(ProtocolFactory factory, asio::ip::tcp::socket socket,
+                        detail::ConnectionHandler handler);
+  void wrap_socket_impl(ProtocolFactory factory, asio::local::stream_protocol::socket socket,
+                        detail::ConnectionHandler handler);
+  void connect_accepted_socket_impl(ProtocolFactory factory, int fd,
+                                    detail::ConnectionHandler handler);
+  void create_server_impl(ProtocolFactory factory, std::vector<std::string> hosts,
+                          std::uint16_t port, ServerOptions options,
+                          detail::ServerHandler handler);
+  void create_unix_server_impl(ProtocolFactory factory, std::string path, ServerOptions options,
+                               detail::ServerHandler handler);
+
+  std::unique_ptr<std::byte[]> read_buffer_;
+  ExceptionHandler exception_handler_;
+  LogHandler log_handler_;
+  bool stopping_ = false;
+  // Last, so it is destroyed first: pending handlers own transports, whose
+  // destructors may still log through the members above.
+  asio::io_context context_{1};
+};
+
+// ---- template definitions -------------------------------------------------
+
+template <class Factory, class Token, class Start>
+auto EventLoop::initiate_connection(Token&& token, Start start) {
+  using P = detail::factory_protocol_t<Factory>;
+  using Signature = void(std::exception_ptr, std::shared_ptr<Transport>, std::shared_ptr<P>);
+  return asio::async_initiate<Token, Signature>(
+      [start = std::move(start)](auto handler) mutable {
+        start(detail::ConnectionHandler(
+            detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
+      },
+      token);
+}
+
+template <class Factory, class Token>
+auto EventLoop::create_connection(Factory factory, std::string host, std::uint16_t port,
+                                  ConnectOptions options, Token&& token) {
+  return initiate_connection<Factory>(
+      std::forward<Token>(token),
+      [this, f = detail::erase_factory(std::move(factory)), host = std::move(host), port,
+       options = std::move(options)](detail::ConnectionHandler h) mutable {
+        create_connection_impl(std::move(f), std::move(host), port, std::move(options),
+                               std::move(h));
+      });
+}
+
+template <class Factory, class Token>
+auto EventLoop::create_connection(Factory factory, asio::ip::tcp::socket socket, Token&& token) {
+  return initiate_connection<Factory>(
+      std::forward<Token>(token),
+      [this, f = detail::erase_factory(std::move(factory)),
+       s = std::move(socket)](detail::ConnectionHandler h) mutable {
+        wrap_socket_impl(std::move(f), std::move(s), std::move(h));
+      });
+}
+
+template <class Factory, class Token>
+auto EventLoop::create_unix_connection(Factory factory, std::string path, Token&& token) {
+  return initiate_connection<Factory>(
+      std::forward<Token>(token),
+      [this, f = detail::erase_factory(std::move(factory)),
+       path = std::move(path)](detail::ConnectionHandler h) mutable {
+        create_unix_connection_impl(std::move(f), std::move(path), std::move(h));
+      });
+}
+
+template <class Factory, class Token>
+auto EventLoop::create_unix_connection(Factory factory,
+                                       asio::local::stream_protocol::socket socket,
+                                       Token&& token) {
+  return initiate_connection<Factory>(
+      std::forward<Token>(token),
+      [this, f = detail::erase_factory(std::move(factory)),
+       s = std::move(socket)](detail::ConnectionHandler h) mutable {
+        wrap_socket_impl(std::move(f), std::move(s), std::move(h));
+      });
+}
+
+template <class Factory, class Token>
+auto EventLoop::connect_accepted_socket(Factory factory, int fd, Token&& token) {
+  return initiate_connection<Factory>(
+      std::forward<Token>(token),
+      [this, f = detail::erase_factory(std::move(factory)), fd](detail::ConnectionHandler h) mutable {
+        connect_accepted_socket_impl(std::move(f), fd, std::move(h));
+      });
+}
+
+template <class Factory, class Token>
+auto EventLoop::create_server(Factory factory, std::vector<std::string> hosts,
+                              std::uint16_t port, ServerOptions options, Token&& token) {
+  return asio::async_initiate<Token, void(std::exception_ptr, std::shared_ptr<Server>)>(
+      [this](auto handler, ProtocolFactory f, std::vector<std::string> h, std::uint16_t p,
+             ServerOptions o) {
+        create_server_impl(std::move(f), std::move(h), p, o,
+                           detail::ServerHandler(std::move(handler)));
+      },
+      token, detail::erase_factory(std::move(factory)), std::move(hosts), port, options);
+}
+
+template <class Factory, class Token>
+auto EventLoop::create_unix_server(Factory factory, std::string path, ServerOptions options,
+                                   Token&& token) {
+  return asio::async_initiate<Token, void(std::exception_ptr, std::shared_ptr<Server>)>(
+      [this](auto handler, ProtocolFactory f, std::string p, ServerOptions o) {
+        create_unix_server_impl(std::move(f), std::move(p), o,
+                                detail::ServerHandler(std::move(handler)));
+      },
+      token, detail::erase_factory(std::move(factory)), std::move(path), options);
+}
+
+template <class T>
+T EventLoop::run_until_complete(asio::awaitable<T> task) {
+  std::exception_ptr error;
+  std::optional<std::conditional_t<std::is_void_v<T>, bool, T>> result;
+  bool done = false;
+  if constexpr (std::is_void_v<T>) {
+    asio::co_spawn(context_, std::move(task), [&](std::exception_ptr e) {
+      error = e;
+      done = true;
+    });
+  } else {
+    asio::co_spawn(context_, std::move(task), [&](std::exception_ptr e, T value) {
+      error = e;
+      if (!e) result.emplace(std::move(value));
+      done = true;
+    });
+  }
+  context_.restart();
+  while (!done && context_.run_one() > 0) {
+  }
+  if (error) std::rethrow_exception(error);
+  if (!done) throw std::logic_error("run_until_complete: the loop ran out of work first");
+  if constexpr (!std::is_void_v<T>) return std::move(*result);
+}
+
+}  // namespace conduit
+
+// Let the Asio machinery see through ProtocolCast to the caller's handler
+// (its executor, allocator and cancellation slot).
+template <template <class, class> class Associator, class P, class Handler, class Default>
+struct boost::asio::associator<Associator, conduit::detail::ProtocolCast<P, Handler>, Default>
+    : Associator<Handler, Default> {
+  static typename Associator<Handler, Default>::type get(
+      const conduit::detail::ProtocolCast<P, Handler>& h) noexcept {
+    return Associator<Handler, Default>::get(h.handler);
+  }
+  static auto get(const conduit::detail::ProtocolCast<P, Handler>& h, const Default& d) noexcept {
+    return Associator<Handler, Default>::get(h.handler, d);
+  }
+};

@@ -1,0 +1,111 @@
+// A listening server (asyncio's base_events.Server): accepts stream
+// connections on one or more sockets and gives each a transport and a fresh
+// protocol from its factory.
+#pragma once
+
+#include "conduit/event_loop.hpp"
+#include "conduit/socket_address.hpp"
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <memory>
+#include <set>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace conduit {
+
+/// Made by EventLoop::create_server / create_unix_server.
+///
+///   bound --start_serving()--> serving --close()--> closed
+///     \____________________close()_________________/^
+///
+/// Closing stops listening only; open connections carry on until they end,
+/// or close_clients()/abort_clients() end them. wait_closed() completes once
+/// the server is closed and its last connection is gone.
+class Server : public std::enable_shared_from_this<Server> {
+ public:
+  using Listener = std::variant<asio::ip::tcp::acceptor, asio::local::stream_protocol::acceptor>;
+
+  Server(EventLoop& loop, ProtocolFactory factory, std::vector<Listener> listeners, int backlog,
+         std::string unix_path_to_remove);
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+  ~Server();
+
+  EventLoop& get_loop() { return loop_; }
+
+  /// True while listening.
+  bool is_serving() const { return serving_; }
+
+  /// The addresses the server is bound to; empty once closed.
+  std::vector<SocketAddress> sockets() const;
+
+  /// Start listening; does nothing when serving or closed.
+  void start_serving();
+
+  /// Stop listening; a second call does nothing. Connections stay open.
+  void close();
+
+  /// close() every connection of this server (flushing each).
+  void close_clients();
+
+  /// abort() every connection of this server.
+  void abort_clients();
+
+  /// Number of open connections.
+  std::size_t active_connections() const { return connections_.size(); }
+
+  /// Complete once closed and every connection is gone. Signature: void().
+  template <class Token>
+  auto wait_closed(Token&& token) {
+    return asio::async_initiate<Token, void()>(
+        [this](auto handler) { wait_closed_impl(asio::any_completion_handler<void()>(std::move(handler))); },
+        token);
+  }
+
+  /// Serve until cancelled (per-operation cancellation, e.g. with
+  /// asio::bind_cancellation_slot or awaitable operators) or close()d; then
+  /// close and wait for the connections, and complete with
+  /// std::system_error(operation_aborted). Fails at once if the server is
+  /// closed or another serve_forever is running. Signature:
+  /// void(std::exception_ptr).
+  template <class Token>
+  auto serve_forever(Token&& token) {
+    return asio::async_initiate<Token, void(std::exception_ptr)>(
+        [this](auto handler) {
+          serve_forever_impl(asio::any_completion_handler<void(std::exception_ptr)>(std::move(handler)));
+        },
+        token);
+  }
+
+  // ---- for transports ----
+  /// A connection of this server started / ended.
+  void attach(Transport* transport) { connections_.insert(transport); }
+  void detach(Transport* transport);
+
+ private:
+  void accept_next(std::size_t index);
+  template <class Socket>
+  void on_accepted(std::size_t index, const boost::system::error_code& ec, Socket socket);
+  void wait_closed_impl(asio::any_completion_handler<void()> handler);
+  void serve_forever_impl(asio::any_completion_handler<void(std::exception_ptr)> handler);
+  void wake_waiters_if_done();
+
+  EventLoop& loop_;
+  ProtocolFactory factory_;
+  std::vector<Listener> listeners_;
+  int backlog_;
+  std::string unix_path_to_remove_;
+  bool serving_ = false;
+  bool closed_ = false;
+  std::set<Transport*> connections_;
+  std::vector<asio::any_completion_handler<void()>> closed_waiters_;
+  std::optional<asio::any_completion_handler<void(std::exception_ptr)>> serve_forever_;
+  asio::steady_timer accept_backoff_;
+};
+
+}  // namespace conduit

@@ -1,0 +1,139 @@
+// Transport interfaces: how bytes move. Mirrors asyncio's transports.py.
+//
+// A transport is created by the loop (create_connection, create_server, ...)
+// and owned by shared_ptr; its own pending I/O keeps it alive while it is
+// open, so a protocol need not hold it. All methods are for the loop thread.
+#pragma once
+
+#include <any>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <utility>
+
+namespace conduit {
+
+class BaseProtocol;
+
+/// What every transport can do.
+class BaseTransport : public std::enable_shared_from_this<BaseTransport> {
+ public:
+  BaseTransport(const BaseTransport&) = delete;
+  BaseTransport& operator=(const BaseTransport&) = delete;
+  virtual ~BaseTransport() = default;
+
+  /// Optional information about the transport ("peername", "sockname",
+  /// "socket", ...), or `default_value` for a name this transport lacks.
+  std::any get_extra_info(std::string_view name, std::any default_value = {}) const {
+    std::any value = extra_info(name);
+    return value.has_value() ? value : default_value;
+  }
+
+  /// Typed get_extra_info: nullopt when absent or of another type.
+  template <class T>
+  std::optional<T> get_extra_info_as(std::string_view name) const {
+    std::any value = extra_info(name);
+    if (const T* typed = std::any_cast<T>(&value)) return *typed;
+    return std::nullopt;
+  }
+
+  /// True from the first close() or abort() on, and once the connection is lost.
+  virtual bool is_closing() const = 0;
+
+  /// Stop reading, flush buffered data, then call connection_lost(nullptr)
+  /// (posted, exactly once). A second call does nothing.
+  virtual void close() = 0;
+
+  /// Route later callbacks to `protocol`; it gets no connection_made.
+  virtual void set_protocol(std::shared_ptr<BaseProtocol> protocol) = 0;
+
+  /// The protocol receiving callbacks (null once the connection is lost).
+  virtual std::shared_ptr<BaseProtocol> get_protocol() const = 0;
+
+ protected:
+  BaseTransport() = default;
+
+  /// The value of one extra-info key, or an empty std::any.
+  virtual std::any extra_info(std::string_view name) const = 0;
+};
+
+/// The read half.
+class ReadTransport : public virtual BaseTransport {
+ public:
+  /// False when paused, closing, or past end of file.
+  virtual bool is_reading() const = 0;
+
+  /// Stop data_received/get_buffer calls until resume_reading().
+  /// Idempotent; does nothing on a closing transport.
+  virtual void pause_reading() = 0;
+
+  /// Undo pause_reading(). Idempotent; does nothing on a closing transport.
+  virtual void resume_reading() = 0;
+};
+
+/// The write half. write() never blocks: what the kernel does not take at
+/// once is copied into a user-space buffer, whose size drives
+/// pause_writing()/resume_writing() on the protocol.
+class WriteTransport : public virtual BaseTransport {
+ public:
+  /// Default high watermark (asyncio's 64 KiB); the low one defaults to high / 4.
+  static constexpr std::size_t default_high_water = 64 * 1024;
+
+  /// Set the flow-control watermarks. Only `low`: high = 4 * low; only
+  /// `high`: low = high / 4; neither: the defaults. Throws
+  /// std::invalid_argument unless high >= low >= 0. May call
+  /// pause_writing() at once, never resume_writing().
+  virtual void set_write_buffer_limits(std::optional<std::int64_t> high = std::nullopt,
+                                       std::optional<std::int64_t> low = std::nullopt) = 0;
+
+  /// The (low, high) watermarks.
+  virtual std::pair<std::size_t, std::size_t> get_write_buffer_limits() const = 0;
+
+  /// Bytes buffered in user space, not yet handed to the kernel.
+  virtual std::size_t get_write_buffer_size() const = 0;
+
+  /// Send `data` (copied if it cannot go at once). Empty data does nothing.
+  /// Throws std::logic_error after write_eof(). Silently dropped once the
+  /// connection is lost (with a warning from the fifth such call on).
+  virtual void write(std::span<const std::byte> data) = 0;
+
+  /// write() for text.
+  void write(std::string_view text) { write(std::as_bytes(std::span(text.data(), text.size()))); }
+
+  /// Write each buffer in order, as one gather write where possible.
+  virtual void writelines(std::span<const std::span<const std::byte>> buffers) = 0;
+
+  /// writelines() for a braced list.
+  void writelines(std::initializer_list<std::span<const std::byte>> buffers) {
+    writelines(std::span(buffers.begin(), buffers.size()));
+  }
+
+  /// Close the write side once buffered data is flushed. Idempotent; does
+  /// nothing after close(). Throws std::logic_error where unsupported.
+  virtual void write_eof() = 0;
+
+  /// Whether write_eof() is supported.
+  virtual bool can_write_eof() const = 0;
+
+  /// Close at once, dropping buffered data; connection_lost(nullptr) follows.
+  virtual void abort() = 0;
+};
+
+/// A bidirectional stream transport (TCP, Unix socket, pipe pair).
+class Transport : public ReadTransport, public WriteTransport {};
+
+/// Bytes of a string, for write() and comparisons in user code.
+inline std::span<const std::byte> as_bytes(std::string_view text) {
+  return std::as_bytes(std::span(text.data(), text.size()));
+}
+
+/// A string holding `data`'s bytes.
+inline std::string_view as_string_view(std::span<const std::byte> data) {
+  return {reinterpret_cast<const char*>(data.data()), data.size()};
+}
+
+}  // namespace conduit

@@ -1,0 +1,54 @@
+// Write flow control shared by every writable transport (asyncio's
+// transports._FlowControlMixin): watermarks and the pause/resume pairing.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <utility>
+
+namespace conduit {
+
+/// Decides when a transport owes its protocol pause_writing() or
+/// resume_writing(); the transport makes the calls.
+class WriteFlowControl {
+ public:
+  /// `default_high`: the high watermark when none is given (low = high / 4).
+  explicit WriteFlowControl(std::size_t default_high) : default_high_(default_high) {
+    set_limits(std::nullopt, std::nullopt);
+  }
+
+  /// asyncio's _set_write_buffer_limits: fills in the missing watermark and
+  /// throws std::invalid_argument unless high >= low >= 0.
+  void set_limits(std::optional<std::int64_t> high, std::optional<std::int64_t> low);
+
+  /// (low, high), as get_write_buffer_limits() returns them.
+  std::pair<std::size_t, std::size_t> limits() const { return {low_, high_}; }
+
+  /// True between a pause_writing() and its resume_writing().
+  bool paused() const { return paused_; }
+
+  /// True once when `buffered` goes strictly above the high watermark: the
+  /// caller then calls pause_writing().
+  bool should_pause(std::size_t buffered) {
+    if (paused_ || buffered <= high_) return false;
+    paused_ = true;
+    return true;
+  }
+
+  /// True once when, after a pause, `buffered` is at or below the low
+  /// watermark: the caller then calls resume_writing().
+  bool should_resume(std::size_t buffered) {
+    if (!paused_ || buffered > low_) return false;
+    paused_ = false;
+    return true;
+  }
+
+ private:
+  std::size_t default_high_;
+  std::size_t high_ = 0;
+  std::size_t low_ = 0;
+  bool paused_ = false;
+};
+
+}  // namespace conduit

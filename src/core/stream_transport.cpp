@@ -1,0 +1,382 @@
+#include "stream_transport.hpp"
+
+#include "conduit/server.hpp"
+
+#include <boost/asio/error.hpp>
+#include <boost/asio/post.hpp>
+
+#include <stdexcept>
+#include <system_error>
+
+namespace conduit {
+
+namespace {
+
+// asyncio's LOG_THRESHOLD_FOR_CONNLOST_WRITES: writes after the connection is
+// lost are dropped silently, then with a warning from this one on (SPEC S9).
+constexpr std::size_t log_threshold_for_connlost_writes = 5;
+
+std::exception_ptr make_system_error(const boost::system::error_code& ec, const char* what) {
+  return std::make_exception_ptr(std::system_error(ec, what));
+}
+
+template <class Socket>
+std::optional<SocketAddress> endpoint_of(const Socket& socket, bool remote) {
+  boost::system::error_code ec;
+  auto ep = remote ? socket.remote_endpoint(ec) : socket.local_endpoint(ec);
+  if (ec) return std::nullopt;
+  return SocketAddress(ep);
+}
+
+}  // namespace
+
+template <class Socket>
+StreamTransport<Socket>::StreamTransport(EventLoop& loop, Socket socket,
+                                         std::shared_ptr<Server> server)
+    : loop_(loop), socket_(std::move(socket)), server_(std::move(server)) {
+  socket_.non_blocking(true);
+  if constexpr (std::is_same_v<Socket, asio::ip::tcp::socket>) {
+    // asyncio sets TCP_NODELAY on every TCP transport (SPEC S19).
+    boost::system::error_code ignored;
+    socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
+  }
+  peername_ = endpoint_of(socket_, true);
+  sockname_ = endpoint_of(socket_, false);
+  if (server_) server_->attach(this);
+}
+
+template <class Socket>
+StreamTransport<Socket>::~StreamTransport() {
+  if (state_ != State::closed) {
+    // Only reachable when nothing references an open transport: reading
+    // paused, nothing to write, and every owner gone (SPEC S20).
+    loop_.log(LogLevel::warning,
+              "unclosed transport " + (peername_ ? peername_->to_string() : std::string("<unconnected>")) +
+                  ": closing its socket");
+  }
+  if (server_) server_->detach(this);
+}
+
+template <class Socket>
+std::shared_ptr<StreamTransport<Socket>> StreamTransport<Socket>::self() {
+  // Both pointers name this object; the aliasing constructor avoids a
+  // dynamic_pointer_cast through the virtual base.
+  return std::shared_ptr<StreamTransport>(shared_from_this(), this);
+}
+
+template <class Socket>
+template <class Fn>
+std::exception_ptr StreamTransport<Socket>::call_protocol(const char* failure_message, Fn&& fn) {
+  try {
+    fn();
+    return nullptr;
+  } catch (...) {
+    std::exception_ptr exc = std::current_exception();
+    loop_.call_exception_handler({failure_message, exc, shared_from_this(), protocol_});
+    return exc;
+  }
+}
+
+template <class Socket>
+void StreamTransport<Socket>::start(std::shared_ptr<BaseProtocol> protocol) {
+  set_protocol(std::move(protocol));
+  asio::post(socket_.get_executor(), [this, keep = self()] {
+    if (state_ == State::closed) return;
+    call_protocol("Exception in callback protocol.connection_made()", [&] {
+      if (stream_protocol_) stream_protocol_->connection_made(keep);
+      else buffered_protocol_->connection_made(keep);
+    });
+    if (is_reading()) arm_read();
+  });
+}
+
+template <class Socket>
+void StreamTransport<Socket>::set_protocol(std::shared_ptr<BaseProtocol> protocol) {
+  auto* stream = dynamic_cast<Protocol*>(protocol.get());
+  auto* buffered = dynamic_cast<BufferedProtocol*>(protocol.get());
+  if (!stream && !buffered) {
+    throw std::invalid_argument("set_protocol: a stream transport needs a Protocol or a BufferedProtocol");
+  }
+  protocol_ = std::move(protocol);
+  stream_protocol_ = stream;
+  buffered_protocol_ = stream ? nullptr : buffered;
+}
+
+// ---- reading --------------------------------------------------------------
+
+template <class Socket>
+void StreamTransport<Socket>::arm_read() {
+  if (read_armed_) return;
+  read_armed_ = true;
+  socket_.async_wait(Socket::wait_read, [this, keep = self()](const boost::system::error_code& ec) {
+    on_readable(ec);
+  });
+}
+
+template <class Socket>
+void StreamTransport<Socket>::on_readable(const boost::system::error_code& ec) {
+  read_armed_ = false;
+  // A wait that outlived pause_reading() or close() completes here unused.
+  if (!is_reading()) return;
+  if (ec) {
+    if (ec != asio::error::operation_aborted) fatal_error(ec, "Fatal read error on socket transport");
+    return;
+  }
+  if (buffered_protocol_) read_into_protocol_buffer();
+  else read_into_loop_buffer();
+  if (is_reading()) arm_read();
+}
+
+template <class Socket>
+void StreamTransport<Socket>::read_into_loop_buffer() {
+  std::span<std::byte> buffer = loop_.read_buffer();
+  boost::system::error_code ec;
+  std::size_t n = socket_.read_some(asio::buffer(buffer.data(), buffer.size()), ec);
+  if (ec == asio::error::would_block || ec == asio::error::interrupted) return;
+  if (ec == asio::error::eof) return on_eof();
+  if (ec) return fatal_error(ec, "Fatal read error on socket transport");
+  if (auto exc = call_protocol("Fatal error: protocol.data_received() call failed.",
+                               [&] { stream_protocol_->data_received(buffer.first(n)); })) {
+    force_close(exc);
+  }
+}
+
+template <class Socket>
+void StreamTransport<Socket>::read_into_protocol_buffer() {
+  std::span<std::byte> buffer;
+  if (auto exc = call_protocol("Fatal error: protocol.get_buffer() call failed.", [&] {
+        buffer = buffered_protocol_->get_buffer(EventLoop::read_size);
+        if (buffer.empty()) throw std::runtime_error("get_buffer() returned an empty buffer");
+      })) {
+    return force_close(exc);
+  }
+  boost::system::error_code ec;
+  std::size_t n = socket_.read_some(asio::buffer(buffer.data(), buffer.size()), ec);
+  if (ec == asio::error::would_block || ec == asio::error::interrupted) return;
+  if (ec == asio::error::eof) return on_eof();
+  if (ec) return fatal_error(ec, "Fatal read error on socket transport");
+  if (auto exc = call_protocol("Fatal error: protocol.buffer_updated() call failed.",
+                               [&] { buffered_protocol_->buffer_updated(n); })) {
+    force_close(exc);
+  }
+}
+
+template <class Socket>
+void StreamTransport<Socket>::on_eof() {
+  // Leave the reading state before calling out, so nothing can read again
+  // even if the protocol pauses and resumes (SPEC S6).
+  read_state_ = ReadState::at_eof;
+  bool keep_open = false;
+  if (auto exc = call_protocol("Fatal error: protocol.eof_received() call failed.", [&] {
+        keep_open = stream_protocol_ ? stream_protocol_->eof_received()
+                                     : buffered_protocol_->eof_received();
+      })) {
+    return force_close(exc);
+  }
+  if (!keep_open) close();
+}
+
+template <class Socket>
+void StreamTransport<Socket>::pause_reading() {
+  if (!is_reading()) return;
+  read_state_ = ReadState::paused;
+}
+
+template <class Socket>
+void StreamTransport<Socket>::resume_reading() {
+  if (state_ != State::open || read_state_ != ReadState::paused) return;
+  read_state_ = ReadState::reading;
+  arm_read();
+}
+
+// ---- writing --------------------------------------------------------------
+
+template <class Socket>
+bool StreamTransport<Socket>::refuse_write_when_lost() {
+  if (state_ < State::lost) return false;
+  if (++writes_after_lost_ >= log_threshold_for_connlost_writes) {
+    loop_.log(LogLevel::warning, "socket.send() raised exception.");
+  }
+  return true;
+}
+
+template <class Socket>
+void StreamTransport<Socket>::write(std::span<const std::byte> data) {
+  if (eof_requested_) throw std::logic_error("Cannot call write() after write_eof()");
+  if (data.empty() || refuse_write_when_lost()) return;
+  buffer_and_send({&data, 1});
+}
+
+template <class Socket>
+void StreamTransport<Socket>::writelines(std::span<const std::span<const std::byte>> buffers) {
+  if (eof_requested_) throw std::logic_error("Cannot call writelines() after write_eof()");
+  std::size_t total = 0;
+  for (auto b : buffers) total += b.size();
+  if (total == 0 || refuse_write_when_lost()) return;
+  buffer_and_send(buffers);
+}
+
+template <class Socket>
+void StreamTransport<Socket>::buffer_and_send(std::span<const std::span<const std::byte>> buffers) {
+  std::size_t sent = 0;
+  if (buffer_.empty()) {
+    // Try the kernel first, straight from the caller's memory, in one
+    // gather write: only what it does not take gets copied (SPEC S7).
+    std::array<asio::const_buffer, WriteBuffer::max_gather> iov;
+    std::size_t count = 0;
+    for (auto b : buffers) {
+      if (count == iov.size()) break;
+      if (!b.empty()) iov[count++] = asio::const_buffer(b.data(), b.size());
+    }
+    boost::system::error_code ec;
+    sent = socket_.send(std::span(iov.data(), count), 0, ec);
+    if (ec == asio::error::would_block || ec == asio::error::interrupted) {
+      sent = 0;
+    } else if (ec) {
+      return fatal_error(ec, "Fatal write error on socket transport");
+    }
+  }
+  for (auto b : buffers) {
+    const std::size_t skip = std::min(sent, b.size());
+    sent -= skip;
+    buffer_.append(b.subspan(skip));
+  }
+  if (!buffer_.empty()) {
+    arm_write();
+    maybe_pause_protocol();
+  }
+}
+
+template <class Socket>
+void StreamTransport<Socket>::arm_write() {
+  if (write_armed_) return;
+  write_armed_ = true;
+  socket_.async_wait(Socket::wait_write, [this, keep = self()](const boost::system::error_code& ec) {
+    on_writable(ec);
+  });
+}
+
+template <class Socket>
+void StreamTransport<Socket>::on_writable(const boost::system::error_code& ec) {
+  write_armed_ = false;
+  if (state_ >= State::lost || buffer_.empty()) return;
+  if (ec) {
+    if (ec != asio::error::operation_aborted) fatal_error(ec, "Fatal write error on socket transport");
+    return;
+  }
+  boost::system::error_code send_ec;
+  std::size_t n = socket_.send(buffer_.gather(), 0, send_ec);
+  if (send_ec == asio::error::would_block || send_ec == asio::error::interrupted) return arm_write();
+  if (send_ec) {
+    buffer_.clear();
+    return fatal_error(send_ec, "Fatal write error on socket transport");
+  }
+  buffer_.consume(n);
+  maybe_resume_protocol();  // the protocol may write, close or abort here
+  if (state_ >= State::lost) return;
+  if (!buffer_.empty()) return arm_write();
+  if (state_ == State::closing) post_connection_lost(nullptr);
+  else if (eof_requested_) shutdown_write();
+}
+
+template <class Socket>
+void StreamTransport<Socket>::write_eof() {
+  if (state_ != State::open || eof_requested_) return;
+  eof_requested_ = true;
+  if (buffer_.empty()) shutdown_write();
+}
+
+template <class Socket>
+void StreamTransport<Socket>::shutdown_write() {
+  boost::system::error_code ec;
+  socket_.shutdown(Socket::shutdown_send, ec);
+  // ENOTCONN: the peer already reset the connection; the read side reports it.
+  if (ec && ec != asio::error::not_connected) fatal_error(ec, "Fatal error on shutdown(SHUT_WR)");
+}
+
+template <class Socket>
+void StreamTransport<Socket>::set_write_buffer_limits(std::optional<std::int64_t> high,
+                                                      std::optional<std::int64_t> low) {
+  flow_.set_limits(high, low);
+  maybe_pause_protocol();  // never resumes here (SPEC F6)
+}
+
+template <class Socket>
+void StreamTransport<Socket>::maybe_pause_protocol() {
+  if (flow_.should_pause(buffer_.size())) {
+    call_protocol("protocol.pause_writing() failed", [&] { protocol_->pause_writing(); });
+  }
+}
+
+template <class Socket>
+void StreamTransport<Socket>::maybe_resume_protocol() {
+  if (flow_.should_resume(buffer_.size())) {
+    call_protocol("protocol.resume_writing() failed", [&] { protocol_->resume_writing(); });
+  }
+}
+
+// ---- closing --------------------------------------------------------------
+
+template <class Socket>
+void StreamTransport<Socket>::close() {
+  if (state_ != State::open) return;
+  state_ = State::closing;
+  if (buffer_.empty()) post_connection_lost(nullptr);
+}
+
+template <class Socket>
+void StreamTransport<Socket>::abort() {
+  force_close(nullptr);
+}
+
+template <class Socket>
+void StreamTransport<Socket>::fatal_error(const boost::system::error_code& ec, const char* message) {
+  // Like asyncio, OS errors are the peer's doing and go to connection_lost
+  // only; the exception handler hears of them at debug level (SPEC S14).
+  loop_.log(LogLevel::debug, std::string(message) + ": " + ec.message());
+  force_close(make_system_error(ec, message));
+}
+
+template <class Socket>
+void StreamTransport<Socket>::force_close(std::exception_ptr exc) {
+  if (state_ >= State::lost) return;
+  buffer_.clear();
+  post_connection_lost(std::move(exc));
+}
+
+template <class Socket>
+void StreamTransport<Socket>::post_connection_lost(std::exception_ptr exc) {
+  state_ = State::lost;
+  asio::post(socket_.get_executor(),
+             [this, keep = self(), exc = std::move(exc)] { call_connection_lost(exc); });
+}
+
+template <class Socket>
+void StreamTransport<Socket>::call_connection_lost(std::exception_ptr exc) {
+  state_ = State::closed;
+  call_protocol("Exception in callback protocol.connection_lost()",
+                [&] { protocol_->connection_lost(exc); });
+  boost::system::error_code ignored;
+  socket_.close(ignored);  // completes any pending wait with operation_aborted
+  // Break the transport <-> protocol cycle, as asyncio does.
+  protocol_.reset();
+  stream_protocol_ = nullptr;
+  buffered_protocol_ = nullptr;
+  if (server_) {
+    server_->detach(this);
+    server_.reset();
+  }
+}
+
+template <class Socket>
+std::any StreamTransport<Socket>::extra_info(std::string_view name) const {
+  if (name == "peername" && peername_) return *peername_;
+  if (name == "sockname" && sockname_) return *sockname_;
+  if (name == "socket" && state_ != State::closed) return static_cast<int>(const_cast<Socket&>(socket_).native_handle());
+  return {};
+}
+
+template class StreamTransport<asio::ip::tcp::socket>;
+template class StreamTransport<asio::local::stream_protocol::socket>;
+
+}  // namespace conduit

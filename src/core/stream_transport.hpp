@@ -1,0 +1,127 @@
+// The one stream transport behind TCP and Unix sockets (asyncio's
+// _SelectorSocketTransport), templated on the Asio socket type and
+// instantiated in stream_transport.cpp.
+#pragma once
+
+#include "conduit/event_loop.hpp"
+#include "conduit/transports.hpp"
+#include "conduit/write_buffer.hpp"
+#include "conduit/write_flow_control.hpp"
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+
+#include <memory>
+
+namespace conduit {
+
+class Server;
+
+/// A Transport over a connected stream socket.
+///
+/// Reading waits for readability and then reads into the loop's buffer (or
+/// the BufferedProtocol's), so an idle connection holds no receive buffer.
+/// write() sends at once and buffers only what the kernel did not take;
+/// buffered data leaves in gather writes when the socket turns writable.
+///
+///   State       entered by                       left when
+///   open        construction                     close(), abort(), error
+///   closing     close() with data buffered       buffer flushed -> lost
+///   lost        abort(), fatal error, or close() connection_lost runs -> closed
+///               with nothing buffered; connection_lost is posted
+///   closed      connection_lost delivered; socket closed, protocol released
+template <class Socket>
+class StreamTransport final : public Transport {
+ public:
+  StreamTransport(EventLoop& loop, Socket socket, std::shared_ptr<Server> server);
+  ~StreamTransport() override;
+
+  /// Post connection_made(protocol) and then the first read (SPEC S1).
+  void start(std::shared_ptr<BaseProtocol> protocol);
+
+  bool is_closing() const override { return state_ != State::open; }
+  void close() override;
+  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override;
+  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_; }
+
+  bool is_reading() const override {
+    return state_ == State::open && read_state_ == ReadState::reading;
+  }
+  void pause_reading() override;
+  void resume_reading() override;
+
+  void set_write_buffer_limits(std::optional<std::int64_t> high,
+                               std::optional<std::int64_t> low) override;
+  std::pair<std::size_t, std::size_t> get_write_buffer_limits() const override {
+    return flow_.limits();
+  }
+  std::size_t get_write_buffer_size() const override { return buffer_.size(); }
+  using WriteTransport::write;
+  void write(std::span<const std::byte> data) override;
+  using WriteTransport::writelines;
+  void writelines(std::span<const std::span<const std::byte>> buffers) override;
+  void write_eof() override;
+  bool can_write_eof() const override { return true; }
+  void abort() override;
+
+ protected:
+  std::any extra_info(std::string_view name) const override;
+
+ private:
+  enum class State {
+    open,     // reading and writing as asked
+    closing,  // close() was called: no more reads; flushing, then lost
+    lost,     // connection_lost(...) is posted; writes are dropped
+    closed,   // connection_lost was delivered; the socket is closed
+  };
+  enum class ReadState {
+    reading,  // waiting for data, or reading it
+    paused,   // pause_reading()
+    at_eof,   // the peer's EOF was delivered: nothing is read again (SPEC S6)
+  };
+
+  std::shared_ptr<StreamTransport> self();
+  void arm_read();
+  void on_readable(const boost::system::error_code& ec);
+  void read_into_loop_buffer();
+  void read_into_protocol_buffer();
+  void on_eof();
+  void arm_write();
+  void on_writable(const boost::system::error_code& ec);
+  void shutdown_write();
+  bool refuse_write_when_lost();
+  void buffer_and_send(std::span<const std::span<const std::byte>> buffers);
+  void maybe_pause_protocol();
+  void maybe_resume_protocol();
+  void fatal_error(const boost::system::error_code& ec, const char* message);
+  void force_close(std::exception_ptr exc);
+  void post_connection_lost(std::exception_ptr exc);
+  void call_connection_lost(std::exception_ptr exc);
+  template <class Fn>
+  std::exception_ptr call_protocol(const char* failure_message, Fn&& fn);
+
+  EventLoop& loop_;
+  Socket socket_;
+  std::shared_ptr<Server> server_;
+  std::shared_ptr<BaseProtocol> protocol_;
+  Protocol* stream_protocol_ = nullptr;        // protocol_ as a Protocol, or null
+  BufferedProtocol* buffered_protocol_ = nullptr;  // protocol_ as a BufferedProtocol, or null
+  State state_ = State::open;
+  ReadState read_state_ = ReadState::reading;
+  bool read_armed_ = false;     // an async_wait for readability is pending
+  bool write_armed_ = false;    // an async_wait for writability is pending
+  bool eof_requested_ = false;  // write_eof() was called
+  std::size_t writes_after_lost_ = 0;
+  WriteBuffer buffer_;
+  WriteFlowControl flow_{WriteTransport::default_high_water};
+  std::optional<SocketAddress> peername_;
+  std::optional<SocketAddress> sockname_;
+};
+
+using TcpTransport = StreamTransport<boost::asio::ip::tcp::socket>;
+using UnixTransport = StreamTransport<boost::asio::local::stream_protocol::socket>;
+
+extern template class StreamTransport<boost::asio::ip::tcp::socket>;
+extern template class StreamTransport<boost::asio::local::stream_protocol::socket>;
+
+}  // namespace conduit
