@@ -3,6 +3,7 @@
 #include "conduit/server.hpp"
 
 #include <boost/asio/error.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/post.hpp>
 
 #include <stdexcept>
@@ -108,20 +109,29 @@ template <class Socket>
 void StreamTransport<Socket>::arm_read() {
   if (read_armed_) return;
   read_armed_ = true;
-  socket_.async_wait(Socket::wait_read, [this, keep = self()](const boost::system::error_code& ec) {
-    on_readable(ec);
-  });
+  socket_.async_wait(Socket::wait_read,
+                     asio::bind_cancellation_slot(read_cancel_.slot(),
+                                                  [this, keep = self()](const boost::system::error_code& ec) {
+                                                    on_readable(ec);
+                                                  }));
+}
+
+template <class Socket>
+void StreamTransport<Socket>::disarm_read() {
+  if (read_armed_) read_cancel_.emit(asio::cancellation_type::all);
 }
 
 template <class Socket>
 void StreamTransport<Socket>::on_readable(const boost::system::error_code& ec) {
   read_armed_ = false;
-  // A wait that outlived pause_reading() or close() completes here unused.
-  if (!is_reading()) return;
-  if (ec) {
-    if (ec != asio::error::operation_aborted) fatal_error(ec, "Fatal read error on socket transport");
+  if (ec == asio::error::operation_aborted) {
+    // Cancelled by pause_reading() or close(); resume_reading() may have
+    // come since, while this wait still counted as armed.
+    if (is_reading()) arm_read();
     return;
   }
+  if (!is_reading()) return;  // completed just before a pause: leave the data
+  if (ec) return fatal_error(ec, "Fatal read error on socket transport");
   if (buffered_protocol_) read_into_protocol_buffer();
   else read_into_loop_buffer();
   if (is_reading()) arm_read();
@@ -180,6 +190,7 @@ template <class Socket>
 void StreamTransport<Socket>::pause_reading() {
   if (!is_reading()) return;
   read_state_ = ReadState::paused;
+  disarm_read();
 }
 
 template <class Socket>
@@ -321,6 +332,7 @@ template <class Socket>
 void StreamTransport<Socket>::close() {
   if (state_ != State::open) return;
   state_ = State::closing;
+  disarm_read();
   if (buffer_.empty()) post_connection_lost(nullptr);
 }
 
@@ -341,6 +353,7 @@ template <class Socket>
 void StreamTransport<Socket>::force_close(std::exception_ptr exc) {
   if (state_ >= State::lost) return;
   buffer_.clear();
+  disarm_read();
   post_connection_lost(std::move(exc));
 }
 

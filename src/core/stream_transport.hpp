@@ -8,6 +8,7 @@
 #include "conduit/write_buffer.hpp"
 #include "conduit/write_flow_control.hpp"
 
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 
@@ -82,6 +83,7 @@ class StreamTransport final : public Transport {
 
   std::shared_ptr<StreamTransport> self();
   void arm_read();
+  void disarm_read();
   void on_readable(const boost::system::error_code& ec);
   void read_into_loop_buffer();
   void read_into_protocol_buffer();
@@ -109,6 +111,9 @@ class StreamTransport final : public Transport {
   State state_ = State::open;
   ReadState read_state_ = ReadState::reading;
   bool read_armed_ = false;     // an async_wait for readability is pending
+  // Cancels just the read wait (socket.cancel() would take the write wait
+  // too), so a paused or closing transport holds no pending read.
+  boost::asio::cancellation_signal read_cancel_;
   bool write_armed_ = false;    // an async_wait for writability is pending
   bool eof_requested_ = false;  // write_eof() was called
   std::size_t writes_after_lost_ = 0;
