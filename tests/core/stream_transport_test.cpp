@@ -253,7 +253,6 @@ TEST(StreamTransport, S10_WritelinesAppliesFlowControlAndDropsAfterLost) {
   LoopRecorder recorder(loop);
   auto c = connect_pair(loop, std::make_shared<RecordingProtocol>());
   c.transport->pause_reading();
-  c.peer->socket().set_option(asio::socket_base::receive_buffer_size(4096));
   c.transport->set_write_buffer_limits(1000);
   const std::string big = pattern(16 * 1024 * 1024);
   c.transport->writelines({as_bytes(big)});

@@ -23,10 +23,14 @@ using namespace std::chrono_literals;
 /// How long any test waits for an event before failing.
 inline constexpr auto event_timeout = 10s;
 
-/// Runs `loop` until `done()` or event_timeout; fails the test on timeout.
+/// Runs `loop` until `done()` or `timeout`; fails the test on timeout.
+/// done() is also polled every few milliseconds, so it may watch things
+/// outside the loop (a Peer socket the test reads from).
 inline bool run_until(EventLoop& loop, const std::function<bool()>& done,
                       std::chrono::milliseconds timeout = event_timeout) {
-  const bool ok = loop.run_until(done, timeout);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  bool ok = done();
+  while (!ok && std::chrono::steady_clock::now() < deadline) ok = loop.run_until(done, 5ms);
   EXPECT_TRUE(ok) << "timed out waiting for an event";
   return ok;
 }

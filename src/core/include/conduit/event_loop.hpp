@@ -137,7 +137,8 @@ class EventLoop {
   /// Run `task` to completion on this loop and return its result (or rethrow).
   template <class T>
   T run_until_complete(asio::awaitable<T> task);
-  /// Run until `done()` holds or `timeout` passes; returns done().
+  /// Run until `done()` holds or `timeout` passes; returns done(). done()
+  /// is checked after each callback the loop runs.
   bool run_until(const std::function<bool()>& done, std::chrono::milliseconds timeout);
 
   /// Call `fn` from the loop soon, after the callbacks already queued.
