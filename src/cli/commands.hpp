@@ -1,0 +1,12 @@
+// The subcommands of the conduit binary; main.cpp only registers them.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace conduit::cli {
+
+/// Each adds its subcommand to `app`; when it runs, its exit code lands in `exit_code`.
+void set_echo_server_command(CLI::App& app, int& exit_code);
+void set_echo_client_command(CLI::App& app, int& exit_code);
+
+}  // namespace conduit::cli

@@ -1,0 +1,155 @@
+#include "common.hpp"
+
+#include <boost/asio/ip/address.hpp>
+
+#include <charconv>
+#include <cstdio>
+#include <iostream>
+#include <stdexcept>
+#include <system_error>
+
+namespace conduit::cli {
+
+std::string Endpoint::to_string() const {
+  if (kind == Kind::unix_path) return "unix://" + path;
+  const bool v6 = host.find(':') != std::string::npos;
+  return "tcp://" + (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+std::string Endpoint::url_of(const SocketAddress& address) {
+  return address.is_unix() ? "unix://" + address.path() : "tcp://" + address.to_string();
+}
+
+Endpoint parse_endpoint(std::string_view url) {
+  Endpoint ep;
+  const auto scheme_end = url.find("://");
+  if (scheme_end == std::string_view::npos) {
+    throw std::invalid_argument("'" + std::string(url) + "' is not an endpoint URL: expected tcp://HOST:PORT or unix:///PATH");
+  }
+  const std::string_view scheme = url.substr(0, scheme_end);
+  std::string_view rest = url.substr(scheme_end + 3);
+  if (scheme == "unix") {
+    if (rest.empty()) throw std::invalid_argument("'" + std::string(url) + "': the unix socket path is empty");
+    ep.kind = Endpoint::Kind::unix_path;
+    ep.path = std::string(rest);
+    return ep;
+  }
+  if (scheme != "tcp") {
+    throw std::invalid_argument("'" + std::string(url) + "': unknown scheme '" + std::string(scheme) +
+                                "' (expected tcp or unix)");
+  }
+  std::string_view host, port;
+  if (!rest.empty() && rest.front() == '[') {
+    const auto close = rest.find(']');
+    if (close == std::string_view::npos || close + 1 >= rest.size() || rest[close + 1] != ':') {
+      throw std::invalid_argument("'" + std::string(url) + "': expected tcp://[IPV6]:PORT");
+    }
+    host = rest.substr(1, close - 1);
+    port = rest.substr(close + 2);
+  } else {
+    const auto colon = rest.rfind(':');
+    if (colon == std::string_view::npos) throw std::invalid_argument("'" + std::string(url) + "': missing :PORT");
+    host = rest.substr(0, colon);
+    port = rest.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos) {
+      throw std::invalid_argument("'" + std::string(url) + "': write IPv6 addresses in brackets, tcp://[::1]:PORT");
+    }
+  }
+  if (host.empty()) throw std::invalid_argument("'" + std::string(url) + "': the host is empty");
+  unsigned value = 0;
+  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (ec != std::errc() || end != port.data() + port.size() || port.empty() || value > 65535) {
+    throw std::invalid_argument("'" + std::string(url) + "': the port must be a number from 0 to 65535");
+  }
+  ep.host = std::string(host);
+  ep.port = static_cast<std::uint16_t>(value);
+  return ep;
+}
+
+CLI::Validator endpoint_validator() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string {
+        try {
+          parse_endpoint(value);
+          return {};
+        } catch (const std::invalid_argument& e) {
+          return e.what();
+        }
+      },
+      "URL");
+}
+
+void add_output_flags(CLI::App& app, OutputOptions& options) {
+  app.add_flag("-v,--verbose", options.verbose, "Log each protocol event to stderr");
+  app.add_flag("-x,--hex", options.hex, "Hex-dump the data of each event to stderr");
+  app.add_flag("--json", options.json, "Print final statistics as JSON on stdout");
+  app.add_flag("-q,--quiet", options.quiet, "Print nothing but errors (and --json)");
+}
+
+void EventLog::event(std::string_view who, std::string_view what) const {
+  if (!enabled()) return;
+  std::cerr << '[' << who << "] " << what << '\n';
+}
+
+void EventLog::data(std::string_view who, std::string_view what, std::span<const std::byte> data) const {
+  if (!enabled()) return;
+  std::cerr << '[' << who << "] " << what << ' ' << data.size() << " bytes\n";
+  if (options_.hex) std::cerr << hex_dump(data);
+}
+
+std::string hex_dump(std::span<const std::byte> data) {
+  std::string out;
+  char line[128];
+  for (std::size_t off = 0; off < data.size(); off += 16) {
+    int n = std::snprintf(line, sizeof line, "  %08zx ", off);
+    out.append(line, static_cast<std::size_t>(n));
+    std::string ascii;
+    for (std::size_t i = 0; i < 16; ++i) {
+      if (off + i < data.size()) {
+        const auto b = static_cast<unsigned char>(data[off + i]);
+        n = std::snprintf(line, sizeof line, " %02x", b);
+        out.append(line, static_cast<std::size_t>(n));
+        ascii += (b >= 0x20 && b < 0x7f) ? static_cast<char>(b) : '.';
+      } else {
+        out += "   ";
+      }
+    }
+    out += "  |" + ascii + "|\n";
+  }
+  return out;
+}
+
+std::string json_string(std::string_view text) {
+  std::string out = "\"";
+  for (char c : text) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string describe(std::exception_ptr error) {
+  if (!error) return {};
+  try {
+    std::rethrow_exception(error);
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown error";
+  }
+}
+
+}  // namespace conduit::cli

@@ -1,0 +1,83 @@
+// What every conduit subcommand shares: exit codes, endpoint URLs, the
+// -v / -x / --json output flags and the event log they drive.
+#pragma once
+
+#include <conduit/socket_address.hpp>
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace conduit::cli {
+
+/// Exit codes, distinct per failure kind so scripts can tell them apart.
+enum ExitCode : int {
+  exit_ok = 0,
+  exit_failure = 1,         ///< anything not listed below
+  exit_usage = 2,           ///< bad arguments
+  exit_connect_failed = 3,  ///< refused, unreachable, unresolvable, cannot listen
+  exit_timeout = 4,         ///< --timeout passed
+  exit_mismatch = 5,        ///< the echo differed from what was sent, or the peer closed early
+};
+
+/// The exit-code table, for --help footers.
+inline constexpr const char* exit_codes_help =
+    "Exit codes: 0 ok, 1 other failure, 2 bad arguments, 3 cannot connect or listen,\n"
+    "            4 timed out, 5 echo mismatch or connection closed early.\n";
+
+/// A parsed endpoint URL: tcp://HOST:PORT (HOST may be [v6]) or unix:///PATH.
+struct Endpoint {
+  enum class Kind { tcp, unix_path };
+  Kind kind = Kind::tcp;
+  std::string host;
+  std::uint16_t port = 0;
+  std::string path;
+
+  /// Back to URL form.
+  std::string to_string() const;
+  /// URL form of a bound or connected address.
+  static std::string url_of(const SocketAddress& address);
+};
+
+/// Parse an endpoint URL; throws std::invalid_argument naming the problem.
+Endpoint parse_endpoint(std::string_view url);
+
+/// A CLI11 validator for endpoint URLs.
+CLI::Validator endpoint_validator();
+
+/// -v, -x, --json, --quiet.
+struct OutputOptions {
+  int verbose = 0;
+  bool hex = false;
+  bool json = false;
+  bool quiet = false;
+};
+void add_output_flags(CLI::App& app, OutputOptions& options);
+
+/// Logs protocol events to stderr as -v and -x ask.
+class EventLog {
+ public:
+  explicit EventLog(const OutputOptions& options) : options_(options) {}
+  bool enabled() const { return options_.verbose > 0 || options_.hex; }
+  /// One event line, e.g. "[conn 3] eof_received".
+  void event(std::string_view who, std::string_view what) const;
+  /// data_received / write of `data`, with a hex dump under -x.
+  void data(std::string_view who, std::string_view what, std::span<const std::byte> data) const;
+
+ private:
+  const OutputOptions& options_;
+};
+
+/// Classic hex dump: offset, 16 bytes in hex, printable ASCII.
+std::string hex_dump(std::span<const std::byte> data);
+
+/// A JSON string literal for `text`.
+std::string json_string(std::string_view text);
+
+/// Text of an exception_ptr (empty for null).
+std::string describe(std::exception_ptr error);
+
+}  // namespace conduit::cli
