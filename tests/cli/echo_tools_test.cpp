@@ -1,0 +1,193 @@
+// The echo tools end to end, as processes, against each other and against
+// socat, a peer this project did not write.
+#include "support/child_process.hpp"
+
+#include <gtest/gtest.h>
+
+#include <boost/asio.hpp>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <string>
+
+using conduit::testing::ChildProcess;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr auto bound = 20s;
+
+std::string payload(std::size_t n) {
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 131) % 251);
+  return s;
+}
+
+std::string temp_path(const std::string& name) {
+  return ::testing::TempDir() + "conduit-cli-" + std::to_string(::getpid()) + "-" + name;
+}
+
+// A conduit echo server on an ephemeral port; its URL from its "listening" line.
+struct EchoServer {
+  ChildProcess process;
+  std::string url;
+
+  explicit EchoServer(std::vector<std::string> extra = {})
+      : process([&] {
+          std::vector<std::string> argv = {CONDUIT_BIN, "echo-server", "--listen", "tcp://127.0.0.1:0"};
+          argv.insert(argv.end(), extra.begin(), extra.end());
+          return argv;
+        }()) {
+    auto line = process.wait_for_line("listening ", bound);
+    EXPECT_TRUE(line) << process.err();
+    url = line.value_or("");
+  }
+  std::string port() const { return url.substr(url.rfind(':') + 1); }
+  ~EchoServer() {
+    process.signal(SIGTERM);
+    process.wait(bound);
+  }
+};
+
+// socat listening on a port it was given; waits until it accepts.
+std::string free_port() {
+  boost::asio::io_context ctx;
+  boost::asio::ip::tcp::acceptor a(ctx, {boost::asio::ip::make_address("127.0.0.1"), 0});
+  return std::to_string(a.local_endpoint().port());
+}
+
+bool wait_until_listening(const std::string& port) {
+  boost::asio::io_context ctx;
+  const auto deadline = std::chrono::steady_clock::now() + bound;
+  while (std::chrono::steady_clock::now() < deadline) {
+    boost::asio::ip::tcp::socket s(ctx);
+    boost::system::error_code ec;
+    s.connect({boost::asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(std::stoi(port))}, ec);
+    if (!ec) return true;
+    boost::asio::steady_timer t(ctx, 10ms);  // socat is still starting: retry shortly
+    t.wait();
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST(EchoTools, ClientAndServerExchangeAMessage) {
+  EchoServer server;
+  ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", server.url, "--message", "hello, conduit"});
+  ASSERT_EQ(client.wait(bound), 0) << client.err();
+  EXPECT_EQ(client.out(), "hello, conduit");
+}
+
+TEST(EchoTools, ManyRoundsOfLargeMessagesWithJsonStats) {
+  EchoServer server({"--buffered"});
+  ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", server.url, "--size", "102400", "--count", "200", "--json"});
+  ASSERT_EQ(client.wait(bound), 0) << client.err();
+  EXPECT_NE(client.out().find("\"ok\":true"), std::string::npos) << client.out();
+  EXPECT_NE(client.out().find("\"rounds\":200"), std::string::npos) << client.out();
+  EXPECT_NE(client.out().find("\"bytes_received\":20480000"), std::string::npos) << client.out();
+}
+
+TEST(EchoTools, UnixSocketAndVerboseHexEvents) {
+  const std::string path = temp_path("echo.sock");
+  ChildProcess server({CONDUIT_BIN, "echo-server", "--listen", "unix://" + path, "-v"});
+  ASSERT_TRUE(server.wait_for_line("listening unix://", bound)) << server.err();
+  ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", "unix://" + path, "--stdin", "-v", "-x"}, "AB\n");
+  ASSERT_EQ(client.wait(bound), 0) << client.err();
+  EXPECT_EQ(client.out(), "AB\n");
+  EXPECT_NE(client.err().find("[client] connection_made"), std::string::npos) << client.err();
+  EXPECT_NE(client.err().find("41 42 0a"), std::string::npos) << client.err();
+  EXPECT_NE(client.err().find("[client] eof_received"), std::string::npos) << client.err();
+  server.signal(SIGTERM);
+  ASSERT_EQ(server.wait(bound), 0);
+  EXPECT_NE(server.err().find("eof_received"), std::string::npos) << server.err();
+}
+
+TEST(EchoTools, ExitCodes) {
+  ChildProcess bad_url({CONDUIT_BIN, "echo-client", "--connect", "tcp://localhost"});
+  EXPECT_EQ(bad_url.wait(bound), 2);
+  EXPECT_NE(bad_url.err().find("missing :PORT"), std::string::npos) << bad_url.err();
+
+  ChildProcess no_subcommand({CONDUIT_BIN});
+  EXPECT_EQ(no_subcommand.wait(bound), 2);
+
+  ChildProcess refused({CONDUIT_BIN, "echo-client", "--connect", "tcp://127.0.0.1:" + free_port()});
+  EXPECT_EQ(refused.wait(bound), 3);
+  EXPECT_NE(refused.err().find("Connection refused"), std::string::npos) << refused.err();
+
+  // Accepted by the kernel's backlog, never answered: a timeout.
+  boost::asio::io_context ctx;
+  boost::asio::ip::tcp::acceptor silent(ctx, {boost::asio::ip::make_address("127.0.0.1"), 0});
+  ChildProcess timed_out({CONDUIT_BIN, "echo-client", "--connect",
+                          "tcp://127.0.0.1:" + std::to_string(silent.local_endpoint().port()), "--timeout", "0.3"});
+  EXPECT_EQ(timed_out.wait(bound), 4);
+  EXPECT_NE(timed_out.err().find("timed out"), std::string::npos) << timed_out.err();
+
+  ChildProcess in_use({CONDUIT_BIN, "echo-server", "--listen",
+                       "tcp://127.0.0.1:" + std::to_string(silent.local_endpoint().port())});
+  EXPECT_EQ(in_use.wait(bound), 3);
+  EXPECT_NE(in_use.err().find("cannot listen"), std::string::npos) << in_use.err();
+
+  ChildProcess help({CONDUIT_BIN, "echo-server", "--help"});
+  EXPECT_EQ(help.wait(bound), 0);
+  EXPECT_NE(help.out().find("Examples:"), std::string::npos);
+
+  ChildProcess version({CONDUIT_BIN, "--version"});
+  EXPECT_EQ(version.wait(bound), 0);
+  EXPECT_FALSE(version.out().empty());
+}
+
+TEST(EchoTools, MismatchIsExitCodeFive) {
+  // An "echo" that upper-cases: tr flushes at EOF, so use --stdin (half-close).
+  const std::string port = free_port();
+  ChildProcess upper({"socat", "TCP-LISTEN:" + port + ",bind=127.0.0.1,reuseaddr,fork", "EXEC:tr a-z A-Z"});
+  ASSERT_TRUE(wait_until_listening(port)) << upper.err();
+  ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", "tcp://127.0.0.1:" + port, "--stdin"}, "abc\n");
+  EXPECT_EQ(client.wait(bound), 5) << client.err();
+  EXPECT_NE(client.err().find("differs"), std::string::npos) << client.err();
+  upper.signal(SIGTERM);
+  upper.wait(bound);
+}
+
+TEST(Interop, R2_SocatClientGetsEverythingBackAfterHalfClose) {
+  EchoServer server;
+  const std::string data = payload(1024 * 1024);
+  // socat sends stdin, shuts down its write side at stdin's EOF, and waits
+  // (-t) for the rest of the echo: the server must flush all of it first.
+  ChildProcess socat({"socat", "-t", "10", "-", "TCP:127.0.0.1:" + server.port()}, data);
+  ASSERT_EQ(socat.wait(bound), 0) << socat.err();
+  EXPECT_EQ(socat.out().size(), data.size());
+  EXPECT_TRUE(socat.out() == data);
+}
+
+TEST(Interop, ConduitClientAgainstSocatEchoServer) {
+  const std::string port = free_port();
+  ChildProcess socat({"socat", "TCP-LISTEN:" + port + ",bind=127.0.0.1,reuseaddr,fork", "PIPE"});
+  ASSERT_TRUE(wait_until_listening(port)) << socat.err();
+  ChildProcess rounds({CONDUIT_BIN, "echo-client", "--connect", "tcp://127.0.0.1:" + port, "--size", "65536", "--count",
+                       "100", "--json"});
+  ASSERT_EQ(rounds.wait(bound), 0) << rounds.err();
+  EXPECT_NE(rounds.out().find("\"rounds\":100"), std::string::npos) << rounds.out();
+  ChildProcess half_close({CONDUIT_BIN, "echo-client", "--connect", "tcp://127.0.0.1:" + port, "--stdin"},
+                          "half-close through socat\n");
+  ASSERT_EQ(half_close.wait(bound), 0) << half_close.err();
+  EXPECT_EQ(half_close.out(), "half-close through socat\n");
+  socat.signal(SIGTERM);
+  socat.wait(bound);
+}
+
+TEST(Interop, ConduitClientAgainstSocatUnixEchoServer) {
+  const std::string path = temp_path("socat.sock");
+  ::unlink(path.c_str());
+  ChildProcess socat({"socat", "UNIX-LISTEN:" + path + ",fork", "PIPE"});
+  const auto deadline = std::chrono::steady_clock::now() + bound;
+  while (::access(path.c_str(), F_OK) != 0 && std::chrono::steady_clock::now() < deadline) {
+    socat.wait(10ms);  // bounded wait for the socket file to appear
+  }
+  ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", "unix://" + path, "--size", "300000", "--count", "20"});
+  ASSERT_EQ(client.wait(bound), 0) << client.err();
+  socat.signal(SIGTERM);
+  socat.wait(bound);
+  ::unlink(path.c_str());
+}
