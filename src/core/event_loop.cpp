@@ -222,7 +222,15 @@ EventLoop::EventLoop() : read_buffer_(new std::byte[read_size]) {
   ::signal(SIGPIPE, SIG_IGN);
 }
 
-EventLoop::~EventLoop() = default;
+EventLoop::~EventLoop() {
+  // Open transports and their protocols hold each other; only the loop
+  // knows them all. Callbacks are over: release them silently.
+  while (!resources_.empty()) {
+    detail::LoopResource* resource = *resources_.begin();
+    resources_.erase(resources_.begin());
+    resource->on_loop_destroyed();
+  }
+}
 
 void EventLoop::run_forever() {
   stopping_ = false;

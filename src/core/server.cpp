@@ -19,8 +19,9 @@ namespace {
 constexpr auto accept_retry_delay = std::chrono::seconds(1);
 
 bool is_resource_exhaustion(const boost::system::error_code& ec) {
-  return ec == std::errc::too_many_files_open || ec == std::errc::too_many_files_open_in_system ||
-         ec == std::errc::no_buffer_space || ec == std::errc::not_enough_memory;
+  namespace errc = boost::system::errc;
+  return ec == errc::too_many_files_open || ec == errc::too_many_files_open_in_system ||
+         ec == errc::no_buffer_space || ec == errc::not_enough_memory;
 }
 
 }  // namespace

@@ -44,6 +44,7 @@ StreamTransport<Socket>::StreamTransport(EventLoop& loop, Socket socket,
   peername_ = endpoint_of(socket_, true);
   sockname_ = endpoint_of(socket_, false);
   if (server_) server_->attach(this);
+  loop_.track(this);
 }
 
 template <class Socket>
@@ -56,6 +57,21 @@ StreamTransport<Socket>::~StreamTransport() {
                   ": closing its socket");
   }
   if (server_) server_->detach(this);
+  if (state_ != State::closed) loop_.untrack(this);
+}
+
+template <class Socket>
+void StreamTransport<Socket>::on_loop_destroyed() {
+  state_ = State::closed;
+  boost::system::error_code ignored;
+  socket_.close(ignored);
+  protocol_.reset();
+  stream_protocol_ = nullptr;
+  buffered_protocol_ = nullptr;
+  if (server_) {
+    server_->detach(this);
+    server_.reset();
+  }
 }
 
 template <class Socket>
@@ -367,6 +383,7 @@ void StreamTransport<Socket>::post_connection_lost(std::exception_ptr exc) {
 template <class Socket>
 void StreamTransport<Socket>::call_connection_lost(std::exception_ptr exc) {
   state_ = State::closed;
+  loop_.untrack(this);
   call_protocol("Exception in callback protocol.connection_lost()",
                 [&] { protocol_->connection_lost(exc); });
   boost::system::error_code ignored;

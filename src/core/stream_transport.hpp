@@ -32,7 +32,7 @@ class Server;
 ///               with nothing buffered; connection_lost is posted
 ///   closed      connection_lost delivered; socket closed, protocol released
 template <class Socket>
-class StreamTransport final : public Transport {
+class StreamTransport final : public Transport, private detail::LoopResource {
  public:
   StreamTransport(EventLoop& loop, Socket socket, std::shared_ptr<Server> server);
   ~StreamTransport() override;
@@ -81,6 +81,7 @@ class StreamTransport final : public Transport {
     at_eof,   // the peer's EOF was delivered: nothing is read again (SPEC S6)
   };
 
+  void on_loop_destroyed() override;
   std::shared_ptr<StreamTransport> self();
   void arm_read();
   void disarm_read();

@@ -35,6 +35,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -101,6 +102,18 @@ struct ProtocolCast {
   }
 };
 
+/// Implemented by transports so that a loop destroyed while they are open
+/// can break their transport <-> protocol reference cycles.
+class LoopResource {
+ public:
+  /// The loop is being destroyed: drop references, close descriptors, and
+  /// call nothing back.
+  virtual void on_loop_destroyed() = 0;
+
+ protected:
+  ~LoopResource() = default;
+};
+
 template <class Factory>
 using factory_protocol_t = typename std::invoke_result_t<Factory&>::element_type;
 
@@ -160,6 +173,10 @@ class EventLoop {
   /// connection holds no receive buffer while it waits for data.
   std::span<std::byte> read_buffer() { return {read_buffer_.get(), read_size}; }
 
+  /// For transports: register while open, so ~EventLoop can release them.
+  void track(detail::LoopResource* resource) { resources_.insert(resource); }
+  void untrack(detail::LoopResource* resource) { resources_.erase(resource); }
+
   /// Connect to `host`:`port`, trying every resolved address in turn.
   template <class Factory, class Token>
   auto create_connection(Factory factory, std::string host, std::uint16_t port,
@@ -215,6 +232,7 @@ class EventLoop {
                                detail::ServerHandler handler);
 
   std::unique_ptr<std::byte[]> read_buffer_;
+  std::set<detail::LoopResource*> resources_;
   ExceptionHandler exception_handler_;
   LogHandler log_handler_;
   bool stopping_ = false;

@@ -1,0 +1,29 @@
+# Shared by the scripts in this directory: install missing Debian packages
+# and configure + build one build tree.
+
+# Everything the build, the tests and the demo need, from Debian 12.
+CONDUIT_PACKAGES="cmake ninja-build g++ pkg-config libboost1.81-dev libcli11-dev libssl-dev
+  libgtest-dev libgmock-dev socat procps util-linux"
+
+install_missing_packages() {
+  missing=
+  for p in $CONDUIT_PACKAGES "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+  done
+  [ -z "$missing" ] && return 0
+  echo "Installing:$missing"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: packages missing and not root; run as root or: apt-get install$missing" >&2
+    exit 2
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+}
+
+# build_tree DIR [cmake args...]: configure (once) and build DIR.
+build_tree() {
+  dir=$1
+  shift
+  cmake -S "$ROOT" -B "$dir" -G Ninja "$@"
+  cmake --build "$dir"
+}

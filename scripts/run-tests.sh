@@ -1,0 +1,20 @@
+#!/bin/sh
+# Install what is missing, build with warnings as errors, and run every test:
+# once in a normal build and once under AddressSanitizer + UBSan.
+set -eu
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/scripts/common.sh"
+
+install_missing_packages
+
+for variant in normal asan; do
+  case $variant in
+    normal) flags="-DCMAKE_BUILD_TYPE=RelWithDebInfo" ;;
+    asan)   flags="-DCMAKE_BUILD_TYPE=Debug -DCONDUIT_SANITIZE=ON" ;;
+  esac
+  echo "=== $variant build"
+  build_tree "$ROOT/build/ci-$variant" -DCONDUIT_WERROR=ON $flags
+  echo "=== $variant tests"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir "$ROOT/build/ci-$variant" --output-on-failure -j2 --timeout 120
+done
