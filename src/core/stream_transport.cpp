@@ -123,8 +123,8 @@ void StreamTransport<Socket>::set_protocol(std::shared_ptr<BaseProtocol> protoco
 
 template <class Socket>
 void StreamTransport<Socket>::arm_read() {
-  if (read_armed_) return;
-  read_armed_ = true;
+  if (read_wait_ != ReadWait::none) return;
+  read_wait_ = ReadWait::waiting;
   socket_.async_wait(Socket::wait_read,
                      asio::bind_cancellation_slot(read_cancel_.slot(),
                                                   [this, keep = self()](const boost::system::error_code& ec) {
@@ -133,62 +133,95 @@ void StreamTransport<Socket>::arm_read() {
 }
 
 template <class Socket>
+void StreamTransport<Socket>::schedule_read() {
+  if (read_wait_ != ReadWait::none) return;
+  read_wait_ = ReadWait::posted;
+  asio::post(socket_.get_executor(), [this, keep = self()] { on_read_turn(); });
+}
+
+template <class Socket>
 void StreamTransport<Socket>::disarm_read() {
-  if (read_armed_) read_cancel_.emit(asio::cancellation_type::all);
+  // A posted read cannot be withdrawn; it finds the transport not reading.
+  if (read_wait_ == ReadWait::waiting) read_cancel_.emit(asio::cancellation_type::all);
 }
 
 template <class Socket>
 void StreamTransport<Socket>::on_readable(const boost::system::error_code& ec) {
-  read_armed_ = false;
+  read_wait_ = ReadWait::none;
   if (ec == asio::error::operation_aborted) {
     // Cancelled by pause_reading() or close(); resume_reading() may have
-    // come since, while this wait still counted as armed.
+    // come since, while this wait was still pending.
     if (is_reading()) arm_read();
     return;
   }
   if (!is_reading()) return;  // completed just before a pause: leave the data
   if (ec) return fatal_error(ec, "Fatal read error on socket transport");
-  if (buffered_protocol_) read_into_protocol_buffer();
-  else read_into_loop_buffer();
-  if (is_reading()) arm_read();
+  continue_reading(buffered_protocol_ ? read_into_protocol_buffer() : read_into_loop_buffer());
 }
 
 template <class Socket>
-void StreamTransport<Socket>::read_into_loop_buffer() {
+void StreamTransport<Socket>::on_read_turn() {
+  read_wait_ = ReadWait::none;
+  if (!is_reading()) return;  // paused or closed since: resume_reading() re-arms
+  continue_reading(buffered_protocol_ ? read_into_protocol_buffer() : read_into_loop_buffer());
+}
+
+template <class Socket>
+void StreamTransport<Socket>::continue_reading(ReadOutcome outcome) {
+  if (!is_reading()) return;
+  // Posting rather than looping also keeps one busy connection from
+  // starving the others: each gets one read per turn of the loop.
+  if (outcome == ReadOutcome::data) schedule_read();
+  else if (outcome == ReadOutcome::would_block) arm_read();
+}
+
+template <class Socket>
+auto StreamTransport<Socket>::read_into_loop_buffer() -> ReadOutcome {
   std::span<std::byte> buffer = loop_.read_buffer();
   boost::system::error_code ec;
   std::size_t n = socket_.read_some(asio::buffer(buffer.data(), buffer.size()), ec);
-  if (ec == asio::error::would_block || ec == asio::error::interrupted) return;
+  if (ec == asio::error::would_block || ec == asio::error::interrupted) return ReadOutcome::would_block;
   if (ec == asio::error::eof) return on_eof();
-  if (ec) return fatal_error(ec, "Fatal read error on socket transport");
+  if (ec) {
+    fatal_error(ec, "Fatal read error on socket transport");
+    return ReadOutcome::stopped;
+  }
   if (auto exc = call_protocol("Fatal error: protocol.data_received() call failed.",
                                [&] { stream_protocol_->data_received(buffer.first(n)); })) {
     force_close(exc);
+    return ReadOutcome::stopped;
   }
+  return ReadOutcome::data;
 }
 
 template <class Socket>
-void StreamTransport<Socket>::read_into_protocol_buffer() {
+auto StreamTransport<Socket>::read_into_protocol_buffer() -> ReadOutcome {
   std::span<std::byte> buffer;
   if (auto exc = call_protocol("Fatal error: protocol.get_buffer() call failed.", [&] {
         buffer = buffered_protocol_->get_buffer(EventLoop::read_size);
         if (buffer.empty()) throw std::runtime_error("get_buffer() returned an empty buffer");
       })) {
-    return force_close(exc);
+    force_close(exc);
+    return ReadOutcome::stopped;
   }
   boost::system::error_code ec;
   std::size_t n = socket_.read_some(asio::buffer(buffer.data(), buffer.size()), ec);
-  if (ec == asio::error::would_block || ec == asio::error::interrupted) return;
+  if (ec == asio::error::would_block || ec == asio::error::interrupted) return ReadOutcome::would_block;
   if (ec == asio::error::eof) return on_eof();
-  if (ec) return fatal_error(ec, "Fatal read error on socket transport");
+  if (ec) {
+    fatal_error(ec, "Fatal read error on socket transport");
+    return ReadOutcome::stopped;
+  }
   if (auto exc = call_protocol("Fatal error: protocol.buffer_updated() call failed.",
                                [&] { buffered_protocol_->buffer_updated(n); })) {
     force_close(exc);
+    return ReadOutcome::stopped;
   }
+  return ReadOutcome::data;
 }
 
 template <class Socket>
-void StreamTransport<Socket>::on_eof() {
+auto StreamTransport<Socket>::on_eof() -> ReadOutcome {
   // Leave the reading state before calling out, so nothing can read again
   // even if the protocol pauses and resumes (SPEC S6).
   read_state_ = ReadState::at_eof;
@@ -197,9 +230,11 @@ void StreamTransport<Socket>::on_eof() {
         keep_open = stream_protocol_ ? stream_protocol_->eof_received()
                                      : buffered_protocol_->eof_received();
       })) {
-    return force_close(exc);
+    force_close(exc);
+    return ReadOutcome::stopped;
   }
   if (!keep_open) close();
+  return ReadOutcome::stopped;
 }
 
 template <class Socket>

@@ -22,6 +22,9 @@ class Server;
 ///
 /// Reading waits for readability and then reads into the loop's buffer (or
 /// the BufferedProtocol's), so an idle connection holds no receive buffer.
+/// After a read that got data, the next read is tried on the loop's next
+/// turn before waiting again: under load the data is usually there by then,
+/// which saves the epoll_ctl that every Asio async_wait costs.
 /// write() sends at once and buffers only what the kernel did not take;
 /// buffered data leaves in gather writes when the socket turns writable.
 ///
@@ -83,12 +86,16 @@ class StreamTransport final : public Transport, private detail::LoopResource {
 
   void on_loop_destroyed() override;
   std::shared_ptr<StreamTransport> self();
+  enum class ReadOutcome { data, would_block, stopped };
   void arm_read();
+  void schedule_read();
   void disarm_read();
   void on_readable(const boost::system::error_code& ec);
-  void read_into_loop_buffer();
-  void read_into_protocol_buffer();
-  void on_eof();
+  void on_read_turn();
+  void continue_reading(ReadOutcome outcome);
+  ReadOutcome read_into_loop_buffer();
+  ReadOutcome read_into_protocol_buffer();
+  ReadOutcome on_eof();
   void arm_write();
   void on_writable(const boost::system::error_code& ec);
   void shutdown_write();
@@ -111,7 +118,12 @@ class StreamTransport final : public Transport, private detail::LoopResource {
   BufferedProtocol* buffered_protocol_ = nullptr;  // protocol_ as a BufferedProtocol, or null
   State state_ = State::open;
   ReadState read_state_ = ReadState::reading;
-  bool read_armed_ = false;     // an async_wait for readability is pending
+  enum class ReadWait {
+    none,     // nothing pending: paused, at EOF, closing, or inside a read
+    posted,   // a read is posted for the loop's next turn
+    waiting,  // an async_wait for readability is pending
+  };
+  ReadWait read_wait_ = ReadWait::none;
   // Cancels just the read wait (socket.cancel() would take the write wait
   // too), so a paused or closing transport holds no pending read.
   boost::asio::cancellation_signal read_cancel_;

@@ -237,8 +237,10 @@ class EventLoop {
   LogHandler log_handler_;
   bool stopping_ = false;
   // Last, so it is destroyed first: pending handlers own transports, whose
-  // destructors may still log through the members above.
-  asio::io_context context_{1};
+  // destructors may still log through the members above. One thread runs
+  // it, so the reactor's per-descriptor locks are switched off; posting
+  // from other threads stays safe (the scheduler keeps its lock).
+  asio::io_context context_{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
 };
 
 // ---- template definitions -------------------------------------------------
