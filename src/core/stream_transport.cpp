@@ -63,8 +63,14 @@ StreamTransport<Socket>::~StreamTransport() {
 template <class Socket>
 void StreamTransport<Socket>::on_loop_destroyed() {
   state_ = State::closed;
+  release();
+}
+
+template <class Socket>
+void StreamTransport<Socket>::release() {
   boost::system::error_code ignored;
-  socket_.close(ignored);
+  socket_.close(ignored);  // completes any pending wait with operation_aborted
+  // Break the transport <-> protocol cycle, as asyncio does.
   protocol_.reset();
   stream_protocol_ = nullptr;
   buffered_protocol_ = nullptr;
@@ -421,16 +427,7 @@ void StreamTransport<Socket>::call_connection_lost(std::exception_ptr exc) {
   loop_.untrack(this);
   call_protocol("Exception in callback protocol.connection_lost()",
                 [&] { protocol_->connection_lost(exc); });
-  boost::system::error_code ignored;
-  socket_.close(ignored);  // completes any pending wait with operation_aborted
-  // Break the transport <-> protocol cycle, as asyncio does.
-  protocol_.reset();
-  stream_protocol_ = nullptr;
-  buffered_protocol_ = nullptr;
-  if (server_) {
-    server_->detach(this);
-    server_.reset();
-  }
+  release();
 }
 
 template <class Socket>

@@ -85,6 +85,8 @@ class StreamTransport final : public Transport, private detail::LoopResource {
   };
 
   void on_loop_destroyed() override;
+  /// Close the socket, drop the protocol and leave the server.
+  void release();
   std::shared_ptr<StreamTransport> self();
   enum class ReadOutcome { data, would_block, stopped };
   void arm_read();
