@@ -3,6 +3,7 @@
 #include "conduit/errors.hpp"
 #include "conduit/server.hpp"
 #include "completion.hpp"
+#include "socket_setup.hpp"
 #include "stream_transport.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -78,25 +79,14 @@ void finish_connection(EventLoop& loop, const ProtocolFactory& factory, Socket s
   throw errors.front();
 }
 
-// Resolve like getaddrinfo() in asyncio, failing with std::system_error
-// (Asio throws boost::system::system_error, which is not one).
-asio::awaitable<tcp::resolver::results_type> resolve(tcp::resolver& resolver, const std::string& host,
-                                                     std::uint16_t port, tcp::resolver::flags flags) {
-  boost::system::error_code ec;
-  auto results = co_await resolver.async_resolve(host, std::to_string(port), flags,
-                                                 asio::redirect_error(use_awaitable, ec));
-  if (ec) throw std::system_error(ec, "getaddrinfo(" + host + ")");
-  co_return results;
-}
-
 asio::awaitable<Connection> connect_tcp(EventLoop& loop, ProtocolFactory factory, std::string host,
                                         std::uint16_t port, ConnectOptions options) {
   asio::io_context& context = loop.context();
   tcp::resolver resolver(context);
-  auto remotes = co_await resolve(resolver, host, port, {});
+  auto remotes = co_await detail::resolve(resolver, host, port, {});
   std::vector<tcp::endpoint> locals;
   if (options.local_addr) {
-    auto results = co_await resolve(resolver, options.local_addr->first, options.local_addr->second,
+    auto results = co_await detail::resolve(resolver, options.local_addr->first, options.local_addr->second,
                                     tcp::resolver::passive);
     for (const auto& entry : results) locals.push_back(entry.endpoint());
   }
@@ -162,7 +152,7 @@ asio::awaitable<std::vector<Server::Listener>> bind_tcp(asio::io_context& contex
   } else {
     tcp::resolver resolver(context);
     for (const auto& host : hosts) {
-      auto results = co_await resolve(resolver, host, port, tcp::resolver::passive);
+      auto results = co_await detail::resolve(resolver, host, port, tcp::resolver::passive);
       for (const auto& entry : results) {
         if (std::find(endpoints.begin(), endpoints.end(), entry.endpoint()) == endpoints.end()) {
           endpoints.push_back(entry.endpoint());
@@ -201,17 +191,6 @@ asio::awaitable<std::vector<Server::Listener>> bind_tcp(asio::io_context& contex
 
 // asyncio removes a stale socket file before binding a Unix server (SPEC
 // L4); anything else at that path is the user's and is left alone.
-void remove_stale_socket(const std::string& path) {
-  if (path.empty() || path.front() == '\0') return;  // abstract namespace
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return;
-  if (!S_ISSOCK(st.st_mode)) {
-    throw std::system_error(std::make_error_code(std::errc::address_in_use),
-                            "cannot listen on " + path + ": it exists and is not a socket");
-  }
-  ::unlink(path.c_str());
-}
-
 }  // namespace
 
 // ---- the loop itself --------------------------------------------------------
@@ -385,7 +364,7 @@ void EventLoop::create_unix_server_impl(ProtocolFactory factory, std::string pat
   std::shared_ptr<Server> server;
   try {
     if (path.empty()) throw std::invalid_argument("create_unix_server: the path is empty");
-    remove_stale_socket(path);
+    detail::remove_stale_socket(path);
     unix_stream::acceptor acceptor(context_, unix_stream());
     bind_listener(acceptor, unix_stream::endpoint(path));
     std::vector<Server::Listener> listeners;

@@ -83,11 +83,40 @@ struct ServerOptions {
   bool cleanup_socket = true;   ///< Unix: remove the socket file when the server closes.
 };
 
+/// An address family for create_datagram_endpoint.
+enum class AddressFamily { unspecified, ipv4, ipv6 };
+
+/// Options of create_datagram_endpoint (asyncio's keyword arguments).
+struct DatagramOptions {
+  /// Bind to this (host, port); port 0 picks a free one.
+  std::optional<std::pair<std::string, std::uint16_t>> local_addr;
+  /// Connect to this (host, port): sendto() then needs no address, and
+  /// only this peer's datagrams arrive.
+  std::optional<std::pair<std::string, std::uint16_t>> remote_addr;
+  /// Needed when neither address is given; else restricts resolution.
+  AddressFamily family = AddressFamily::unspecified;
+  /// Refused (an error when true), as in asyncio 3.13: SO_REUSEADDR on UDP
+  /// lets another process bind the same port and take the datagrams.
+  bool reuse_address = false;
+  bool reuse_port = false;       ///< SO_REUSEPORT.
+  bool allow_broadcast = false;  ///< SO_BROADCAST; remote_addr is then not connected to.
+};
+
+/// Options of create_unix_datagram_endpoint.
+struct UnixDatagramOptions {
+  /// Bind to this path (a stale socket file there is replaced).
+  std::optional<std::string> local_path;
+  /// Connect to this path.
+  std::optional<std::string> remote_path;
+};
+
 namespace detail {
 
 /// Completion of the type-erased connection makers.
 using ConnectionHandler = asio::any_completion_handler<void(
     std::exception_ptr, std::shared_ptr<Transport>, std::shared_ptr<BaseProtocol>)>;
+using DatagramHandler = asio::any_completion_handler<void(
+    std::exception_ptr, std::shared_ptr<DatagramTransport>, std::shared_ptr<BaseProtocol>)>;
 using ServerHandler =
     asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<Server>)>;
 
@@ -95,7 +124,8 @@ using ServerHandler =
 template <class P, class Handler>
 struct ProtocolCast {
   Handler handler;
-  void operator()(std::exception_ptr err, std::shared_ptr<Transport> transport,
+  template <class T>
+  void operator()(std::exception_ptr err, std::shared_ptr<T> transport,
                   std::shared_ptr<BaseProtocol> protocol) {
     std::move(handler)(std::move(err), std::move(transport),
                        std::static_pointer_cast<P>(std::move(protocol)));
@@ -211,9 +241,21 @@ class EventLoop {
   auto create_unix_server(Factory factory, std::string path, ServerOptions options,
                           Token&& token);
 
+  /// A UDP endpoint: bound to options.local_addr and/or connected to
+  /// options.remote_addr, trying each address family both resolve to.
+  /// Completes with (error, DatagramTransport, protocol).
+  template <class Factory, class Token>
+  auto create_datagram_endpoint(Factory factory, DatagramOptions options, Token&& token);
+
+  /// A Unix datagram endpoint, bound and/or connected to paths.
+  template <class Factory, class Token>
+  auto create_unix_datagram_endpoint(Factory factory, UnixDatagramOptions options, Token&& token);
+
  private:
   template <class Factory, class Token, class Start>
   auto initiate_connection(Token&& token, Start start);
+  template <class Factory, class Token, class Start>
+  auto initiate_datagram(Token&& token, Start start);
 
   void create_connection_impl(ProtocolFactory factory, std::string host, std::uint16_t port,
                               ConnectOptions options, detail::ConnectionHandler handler);
@@ -230,6 +272,10 @@ class EventLoop {
                           detail::ServerHandler handler);
   void create_unix_server_impl(ProtocolFactory factory, std::string path, ServerOptions options,
                                detail::ServerHandler handler);
+  void create_datagram_endpoint_impl(ProtocolFactory factory, DatagramOptions options,
+                                     detail::DatagramHandler handler);
+  void create_unix_datagram_endpoint_impl(ProtocolFactory factory, UnixDatagramOptions options,
+                                          detail::DatagramHandler handler);
 
   std::unique_ptr<std::byte[]> read_buffer_;
   std::set<detail::LoopResource*> resources_;
@@ -255,6 +301,40 @@ auto EventLoop::initiate_connection(Token&& token, Start start) {
             detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
       },
       token);
+}
+
+template <class Factory, class Token, class Start>
+auto EventLoop::initiate_datagram(Token&& token, Start start) {
+  using P = detail::factory_protocol_t<Factory>;
+  using Signature =
+      void(std::exception_ptr, std::shared_ptr<DatagramTransport>, std::shared_ptr<P>);
+  return asio::async_initiate<Token, Signature>(
+      [start = std::move(start)](auto handler) mutable {
+        start(detail::DatagramHandler(
+            detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
+      },
+      token);
+}
+
+template <class Factory, class Token>
+auto EventLoop::create_datagram_endpoint(Factory factory, DatagramOptions options, Token&& token) {
+  return initiate_datagram<Factory>(
+      std::forward<Token>(token),
+      [this, f = detail::erase_factory(std::move(factory)),
+       options = std::move(options)](detail::DatagramHandler h) mutable {
+        create_datagram_endpoint_impl(std::move(f), std::move(options), std::move(h));
+      });
+}
+
+template <class Factory, class Token>
+auto EventLoop::create_unix_datagram_endpoint(Factory factory, UnixDatagramOptions options,
+                                              Token&& token) {
+  return initiate_datagram<Factory>(
+      std::forward<Token>(token),
+      [this, f = detail::erase_factory(std::move(factory)),
+       options = std::move(options)](detail::DatagramHandler h) mutable {
+        create_unix_datagram_endpoint_impl(std::move(f), std::move(options), std::move(h));
+      });
 }
 
 template <class Factory, class Token>

@@ -15,6 +15,8 @@
 namespace conduit {
 
 class Transport;
+class DatagramTransport;
+class SocketAddress;
 
 /// Callbacks every protocol kind shares.
 class BaseProtocol {
@@ -76,6 +78,27 @@ class BufferedProtocol : public BaseProtocol {
 
   /// As Protocol::eof_received.
   virtual bool eof_received() { return false; }
+};
+
+/// A datagram (UDP, Unix datagram) protocol.
+///
+/// Call grammar: start -> connection_made
+///                     [-> datagram_received | error_received]*
+///               -> connection_lost -> end
+class DatagramProtocol : public BaseProtocol {
+ public:
+  /// The endpoint is set up; datagrams are read after this returns.
+  virtual void connection_made(std::shared_ptr<DatagramTransport> transport) { (void)transport; }
+  /// One datagram (possibly empty) from `addr`; `data` points into the
+  /// loop's read buffer and is valid only during the call. Datagrams longer
+  /// than the read size (256 KiB) arrive truncated.
+  virtual void datagram_received(std::span<const std::byte> data, const SocketAddress& addr) {
+    (void)data;
+    (void)addr;
+  }
+  /// A send or receive failed (e.g. ECONNREFUSED after an ICMP port
+  /// unreachable on a connected endpoint); the endpoint stays open.
+  virtual void error_received(std::exception_ptr exc) { (void)exc; }
 };
 
 }  // namespace conduit

@@ -5,6 +5,7 @@
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ip/udp.hpp>
+#include <boost/asio/local/datagram_protocol.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 
 #include <cstdint>
@@ -38,6 +39,8 @@ class SocketAddress {
   explicit SocketAddress(const boost::asio::ip::udp::endpoint& ep)
       : SocketAddress(ep.address(), ep.port()) {}
   explicit SocketAddress(const boost::asio::local::stream_protocol::endpoint& ep)
+      : value_(Unix{ep.path()}) {}
+  explicit SocketAddress(const boost::asio::local::datagram_protocol::endpoint& ep)
       : value_(Unix{ep.path()}) {}
 
   /// A Unix-path address.

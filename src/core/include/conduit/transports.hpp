@@ -5,6 +5,8 @@
 // open, so a protocol need not hold it. All methods are for the loop thread.
 #pragma once
 
+#include "conduit/socket_address.hpp"
+
 #include <any>
 #include <cstddef>
 #include <cstdint>
@@ -12,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 #include <utility>
 
@@ -125,6 +128,39 @@ class WriteTransport : public virtual BaseTransport {
 
 /// A bidirectional stream transport (TCP, Unix socket, pipe pair).
 class Transport : public ReadTransport, public WriteTransport {};
+
+/// A datagram endpoint (UDP or Unix datagram socket).
+///
+/// sendto() sends at once and queues only what the kernel refuses with
+/// EAGAIN; the queue drives pause_writing()/resume_writing() like a stream
+/// transport's buffer, counting each datagram with its length plus a fixed
+/// overhead (asyncio's header size).
+class DatagramTransport : public virtual BaseTransport {
+ public:
+  /// Default high watermark (asyncio's 64 KiB); the low one defaults to high / 4.
+  static constexpr std::size_t default_high_water = 64 * 1024;
+  /// Bytes counted per queued datagram on top of its length.
+  static constexpr std::size_t datagram_overhead = 8;
+
+  /// Send one datagram (empty is allowed) to `addr`. On a connected
+  /// endpoint `addr` may be omitted or equal to the peer; otherwise it is
+  /// required. A wrong or missing address throws std::invalid_argument and
+  /// leaves the endpoint open; an OS error goes to error_received().
+  virtual void sendto(std::span<const std::byte> data,
+                      const std::optional<SocketAddress>& addr = std::nullopt) = 0;
+  /// sendto() for text.
+  void sendto(std::string_view text, const std::optional<SocketAddress>& addr = std::nullopt) {
+    sendto(std::as_bytes(std::span(text.data(), text.size())), addr);
+  }
+  /// As WriteTransport.
+  virtual void set_write_buffer_limits(std::optional<std::int64_t> high = std::nullopt,
+                                       std::optional<std::int64_t> low = std::nullopt) = 0;
+  virtual std::pair<std::size_t, std::size_t> get_write_buffer_limits() const = 0;
+  /// Queued bytes, each datagram counted with datagram_overhead.
+  virtual std::size_t get_write_buffer_size() const = 0;
+  /// Close at once, dropping queued datagrams; connection_lost(nullptr) follows.
+  virtual void abort() = 0;
+};
 
 /// Bytes of a string, for write() and comparisons in user code.
 inline std::span<const std::byte> as_bytes(std::string_view text) {

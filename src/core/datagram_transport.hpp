@@ -1,0 +1,117 @@
+// The datagram transport behind UDP and Unix datagram sockets (asyncio's
+// _SelectorDatagramTransport), templated on the Asio socket type and
+// instantiated in datagram_transport.cpp, which also holds the loop's
+// create_datagram_endpoint methods.
+#pragma once
+
+#include "conduit/event_loop.hpp"
+#include "conduit/transports.hpp"
+#include "conduit/write_flow_control.hpp"
+
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/ip/udp.hpp>
+#include <boost/asio/local/datagram_protocol.hpp>
+
+#include <deque>
+#include <memory>
+#include <optional>
+#include <vector>
+
+namespace conduit {
+
+/// A DatagramTransport over a datagram socket, connected or not.
+///
+/// Reading works as on a stream transport: wait for readability, receive
+/// one datagram into the loop's buffer, and try the next one on the loop's
+/// next turn. sendto() sends at once; only datagrams refused with EAGAIN are
+/// queued, and leave when the socket turns writable.
+///
+///   State       entered by                       left when
+///   open        construction                     close(), abort()
+///   closing     close() with datagrams queued    queue flushed -> lost
+///   lost        abort(), or close() with an      connection_lost runs -> closed
+///               empty queue; connection_lost is posted
+///   closed      connection_lost delivered; socket closed, protocol released
+template <class Socket>
+class DatagramEndpoint final : public DatagramTransport, private detail::LoopResource {
+ public:
+  using Endpoint = typename Socket::endpoint_type;
+
+  /// `peer`: the address the socket is connected to, if any.
+  DatagramEndpoint(EventLoop& loop, Socket socket, std::optional<SocketAddress> peer);
+  ~DatagramEndpoint() override;
+
+  /// Post connection_made(protocol) and then the first read.
+  void start(std::shared_ptr<DatagramProtocol> protocol);
+
+  bool is_closing() const override { return state_ != State::open; }
+  void close() override;
+  void abort() override;
+  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override;
+  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_; }
+
+  using DatagramTransport::sendto;
+  void sendto(std::span<const std::byte> data, const std::optional<SocketAddress>& addr) override;
+  void set_write_buffer_limits(std::optional<std::int64_t> high,
+                               std::optional<std::int64_t> low) override;
+  std::pair<std::size_t, std::size_t> get_write_buffer_limits() const override {
+    return flow_.limits();
+  }
+  std::size_t get_write_buffer_size() const override { return queued_bytes_; }
+
+ protected:
+  std::any extra_info(std::string_view name) const override;
+
+ private:
+  enum class State { open, closing, lost, closed };
+  enum class ReadWait { none, posted, waiting };
+  struct Datagram {
+    std::vector<std::byte> data;
+    std::optional<Endpoint> to;  // none on a connected socket
+  };
+
+  void on_loop_destroyed() override;
+  void release();
+  std::shared_ptr<DatagramEndpoint> self();
+  Endpoint endpoint_of(const SocketAddress& addr) const;
+  bool is_reading() const { return state_ == State::open; }
+  void arm_read();
+  void schedule_read();
+  void on_readable(const boost::system::error_code& ec);
+  void on_read_turn();
+  bool receive_one();
+  /// One send of `datagram`: true if sent or failed for good (reported),
+  /// false if the kernel said EAGAIN.
+  bool send_one(std::span<const std::byte> data, const std::optional<Endpoint>& to);
+  void arm_write();
+  void on_writable(const boost::system::error_code& ec);
+  void report_error(const boost::system::error_code& ec, const char* what);
+  void force_close();
+  void post_connection_lost();
+  void call_connection_lost();
+  template <class Fn>
+  void call_protocol(const char* failure_message, Fn&& fn);
+
+  EventLoop& loop_;
+  Socket socket_;
+  std::optional<SocketAddress> peer_;
+  std::optional<SocketAddress> sockname_;
+  std::shared_ptr<BaseProtocol> protocol_;
+  DatagramProtocol* datagram_protocol_ = nullptr;  // protocol_, typed
+  State state_ = State::open;
+  ReadWait read_wait_ = ReadWait::none;
+  boost::asio::cancellation_signal read_cancel_;
+  bool write_armed_ = false;
+  std::size_t sends_after_lost_ = 0;
+  std::deque<Datagram> queue_;
+  std::size_t queued_bytes_ = 0;  // with datagram_overhead each
+  WriteFlowControl flow_{DatagramTransport::default_high_water};
+};
+
+using UdpEndpoint = DatagramEndpoint<boost::asio::ip::udp::socket>;
+using UnixDatagramEndpoint = DatagramEndpoint<boost::asio::local::datagram_protocol::socket>;
+
+extern template class DatagramEndpoint<boost::asio::ip::udp::socket>;
+extern template class DatagramEndpoint<boost::asio::local::datagram_protocol::socket>;
+
+}  // namespace conduit
