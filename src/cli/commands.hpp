@@ -8,5 +8,6 @@ namespace conduit::cli {
 /// Each adds its subcommand to `app`; when it runs, its exit code lands in `exit_code`.
 void set_echo_server_command(CLI::App& app, int& exit_code);
 void set_echo_client_command(CLI::App& app, int& exit_code);
+void set_udp_echo_command(CLI::App& app, int& exit_code);
 
 }  // namespace conduit::cli

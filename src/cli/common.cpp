@@ -2,6 +2,7 @@
 
 #include <boost/asio/ip/address.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdio>
 #include <iostream>
@@ -13,36 +14,51 @@ namespace conduit::cli {
 std::string Endpoint::to_string() const {
   if (kind == Kind::unix_path) return "unix://" + path;
   const bool v6 = host.find(':') != std::string::npos;
-  return "tcp://" + (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+  return std::string(kind == Kind::udp ? "udp" : "tcp") + "://" + (v6 ? "[" + host + "]" : host) + ":" +
+         std::to_string(port);
 }
 
-std::string Endpoint::url_of(const SocketAddress& address) {
-  return address.is_unix() ? "unix://" + address.path() : "tcp://" + address.to_string();
+std::string Endpoint::url_of(const SocketAddress& address, std::string_view scheme) {
+  return address.is_unix() ? "unix://" + address.path() : std::string(scheme) + "://" + address.to_string();
 }
 
-Endpoint parse_endpoint(std::string_view url) {
+namespace {
+
+std::string expected_forms(Schemes schemes) {
+  std::string forms;
+  for (auto scheme : schemes) {
+    if (!forms.empty()) forms += " or ";
+    forms += scheme == "unix" ? "unix:///PATH" : std::string(scheme) + "://HOST:PORT";
+  }
+  return forms;
+}
+
+}  // namespace
+
+Endpoint parse_endpoint(std::string_view url, Schemes schemes) {
   Endpoint ep;
   const auto scheme_end = url.find("://");
   if (scheme_end == std::string_view::npos) {
-    throw std::invalid_argument("'" + std::string(url) + "' is not an endpoint URL: expected tcp://HOST:PORT or unix:///PATH");
+    throw std::invalid_argument("'" + std::string(url) + "' is not an endpoint URL: expected " + expected_forms(schemes));
   }
   const std::string_view scheme = url.substr(0, scheme_end);
   std::string_view rest = url.substr(scheme_end + 3);
+  if (std::find(schemes.begin(), schemes.end(), scheme) == schemes.end()) {
+    throw std::invalid_argument("'" + std::string(url) + "': unknown scheme '" + std::string(scheme) +
+                                "' (expected " + expected_forms(schemes) + ")");
+  }
   if (scheme == "unix") {
     if (rest.empty()) throw std::invalid_argument("'" + std::string(url) + "': the unix socket path is empty");
     ep.kind = Endpoint::Kind::unix_path;
     ep.path = std::string(rest);
     return ep;
   }
-  if (scheme != "tcp") {
-    throw std::invalid_argument("'" + std::string(url) + "': unknown scheme '" + std::string(scheme) +
-                                "' (expected tcp or unix)");
-  }
+  ep.kind = scheme == "udp" ? Endpoint::Kind::udp : Endpoint::Kind::tcp;
   std::string_view host, port;
   if (!rest.empty() && rest.front() == '[') {
     const auto close = rest.find(']');
     if (close == std::string_view::npos || close + 1 >= rest.size() || rest[close + 1] != ':') {
-      throw std::invalid_argument("'" + std::string(url) + "': expected tcp://[IPV6]:PORT");
+      throw std::invalid_argument("'" + std::string(url) + "': expected " + std::string(scheme) + "://[IPV6]:PORT");
     }
     host = rest.substr(1, close - 1);
     port = rest.substr(close + 2);
@@ -52,7 +68,8 @@ Endpoint parse_endpoint(std::string_view url) {
     host = rest.substr(0, colon);
     port = rest.substr(colon + 1);
     if (host.find(':') != std::string_view::npos) {
-      throw std::invalid_argument("'" + std::string(url) + "': write IPv6 addresses in brackets, tcp://[::1]:PORT");
+      throw std::invalid_argument("'" + std::string(url) + "': write IPv6 addresses in brackets, " + std::string(scheme) +
+                                  "://[::1]:PORT");
     }
   }
   if (host.empty()) throw std::invalid_argument("'" + std::string(url) + "': the host is empty");
@@ -66,11 +83,11 @@ Endpoint parse_endpoint(std::string_view url) {
   return ep;
 }
 
-CLI::Validator endpoint_validator() {
+CLI::Validator endpoint_validator(Schemes schemes) {
   return CLI::Validator(
-      [](std::string& value) -> std::string {
+      [schemes](std::string& value) -> std::string {
         try {
-          parse_endpoint(value);
+          parse_endpoint(value, schemes);
           return {};
         } catch (const std::invalid_argument& e) {
           return e.what();

@@ -21,16 +21,19 @@ enum ExitCode : int {
   exit_connect_failed = 3,  ///< refused, unreachable, unresolvable, cannot listen
   exit_timeout = 4,         ///< --timeout passed
   exit_mismatch = 5,        ///< the echo differed from what was sent, or the peer closed early
+  exit_lost = 6,            ///< udp-echo: some datagrams got no echo
 };
 
 /// The exit-code table, for --help footers.
 inline constexpr const char* exit_codes_help =
     "Exit codes: 0 ok, 1 other failure, 2 bad arguments, 3 cannot connect or listen,\n"
-    "            4 timed out, 5 echo mismatch or connection closed early.\n";
+    "            4 timed out, 5 echo mismatch or connection closed early,\n"
+    "            6 datagrams lost (udp-echo client).\n";
 
-/// A parsed endpoint URL: tcp://HOST:PORT (HOST may be [v6]) or unix:///PATH.
+/// A parsed endpoint URL: tcp://HOST:PORT or udp://HOST:PORT (HOST may be
+/// [v6]) or unix:///PATH.
 struct Endpoint {
-  enum class Kind { tcp, unix_path };
+  enum class Kind { tcp, udp, unix_path };
   Kind kind = Kind::tcp;
   std::string host;
   std::uint16_t port = 0;
@@ -38,15 +41,23 @@ struct Endpoint {
 
   /// Back to URL form.
   std::string to_string() const;
-  /// URL form of a bound or connected address.
-  static std::string url_of(const SocketAddress& address);
+  /// URL form of a bound or connected address; IP addresses get `scheme`.
+  static std::string url_of(const SocketAddress& address, std::string_view scheme = "tcp");
 };
 
-/// Parse an endpoint URL; throws std::invalid_argument naming the problem.
-Endpoint parse_endpoint(std::string_view url);
+/// URL schemes a tool accepts.
+using Schemes = std::span<const std::string_view>;
+inline constexpr std::string_view stream_scheme_list[] = {"tcp", "unix"};
+inline constexpr Schemes stream_schemes = stream_scheme_list;
+inline constexpr std::string_view datagram_scheme_list[] = {"udp"};
+inline constexpr Schemes datagram_schemes = datagram_scheme_list;
 
-/// A CLI11 validator for endpoint URLs.
-CLI::Validator endpoint_validator();
+/// Parse an endpoint URL; throws std::invalid_argument naming the problem
+/// (also when its scheme is not among `schemes`).
+Endpoint parse_endpoint(std::string_view url, Schemes schemes = stream_schemes);
+
+/// A CLI11 validator for endpoint URLs of the given schemes.
+CLI::Validator endpoint_validator(Schemes schemes = stream_schemes);
 
 /// -v, -x, --json, --quiet.
 struct OutputOptions {

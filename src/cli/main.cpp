@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   int exit_code = conduit::cli::exit_ok;
   conduit::cli::set_echo_server_command(app, exit_code);
   conduit::cli::set_echo_client_command(app, exit_code);
+  conduit::cli::set_udp_echo_command(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
