@@ -241,6 +241,18 @@ class EventLoop {
   auto create_unix_server(Factory factory, std::string path, ServerOptions options,
                           Token&& token);
 
+  /// Read from the pipe, FIFO, socket or character device `fd` through a
+  /// Protocol; the transport owns `fd` from then on (on failure it stays
+  /// the caller's). A regular file is refused (std::invalid_argument).
+  template <class Factory, class Token>
+  auto connect_read_pipe(Factory factory, int fd, Token&& token);
+
+  /// Write to the pipe, FIFO, socket or character device `fd`; the protocol
+  /// (a Protocol) gets connection_made, pause/resume_writing and
+  /// connection_lost. The transport owns `fd` from then on.
+  template <class Factory, class Token>
+  auto connect_write_pipe(Factory factory, int fd, Token&& token);
+
   /// A UDP endpoint: bound to options.local_addr and/or connected to
   /// options.remote_addr, trying each address family both resolve to.
   /// Completes with (error, DatagramTransport, protocol).
@@ -272,6 +284,8 @@ class EventLoop {
                           detail::ServerHandler handler);
   void create_unix_server_impl(ProtocolFactory factory, std::string path, ServerOptions options,
                                detail::ServerHandler handler);
+  void connect_read_pipe_impl(ProtocolFactory factory, int fd, detail::ConnectionHandler handler);
+  void connect_write_pipe_impl(ProtocolFactory factory, int fd, detail::ConnectionHandler handler);
   void create_datagram_endpoint_impl(ProtocolFactory factory, DatagramOptions options,
                                      detail::DatagramHandler handler);
   void create_unix_datagram_endpoint_impl(ProtocolFactory factory, UnixDatagramOptions options,
@@ -314,6 +328,24 @@ auto EventLoop::initiate_datagram(Token&& token, Start start) {
             detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
       },
       token);
+}
+
+template <class Factory, class Token>
+auto EventLoop::connect_read_pipe(Factory factory, int fd, Token&& token) {
+  return initiate_connection<Factory>(
+      std::forward<Token>(token),
+      [this, f = detail::erase_factory(std::move(factory)), fd](detail::ConnectionHandler h) mutable {
+        connect_read_pipe_impl(std::move(f), fd, std::move(h));
+      });
+}
+
+template <class Factory, class Token>
+auto EventLoop::connect_write_pipe(Factory factory, int fd, Token&& token) {
+  return initiate_connection<Factory>(
+      std::forward<Token>(token),
+      [this, f = detail::erase_factory(std::move(factory)), fd](detail::ConnectionHandler h) mutable {
+        connect_write_pipe_impl(std::move(f), fd, std::move(h));
+      });
 }
 
 template <class Factory, class Token>

@@ -1,0 +1,167 @@
+// Pipe transports (asyncio's _UnixReadPipeTransport and
+// _UnixWritePipeTransport) over pipes, FIFOs, sockets and character devices.
+// pipe_transport.cpp also holds the loop's connect_read_pipe and
+// connect_write_pipe.
+//
+// asyncio hands pipe transports to an ordinary Protocol; so does Conduit,
+// which is why both are Transports: the half a pipe lacks is inert (a read
+// pipe refuses writes with std::logic_error; a write pipe never reads).
+#pragma once
+
+#include "conduit/event_loop.hpp"
+#include "conduit/transports.hpp"
+#include "conduit/write_buffer.hpp"
+#include "conduit/write_flow_control.hpp"
+
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+
+#include <memory>
+
+namespace conduit {
+
+namespace detail {
+
+enum class PipeKind { fifo, socket, character_device };
+
+/// What `fd` is, for a pipe transport; throws std::invalid_argument for
+/// anything else (a regular file, a directory: SPEC P1), std::system_error
+/// if fstat fails.
+PipeKind check_pipe(int fd, const char* which);
+
+}  // namespace detail
+
+/// The read end: data_received until EOF, then eof_received (its return
+/// value is ignored: a pipe at EOF is done) and connection_lost(nullptr).
+///
+///   State     entered by                         left when
+///   open      construction                       EOF, close(), error
+///   lost      connection_lost is posted          it runs -> closed
+///   closed    connection_lost delivered; descriptor closed
+class ReadPipeTransport final : public Transport, private detail::LoopResource {
+ public:
+  ReadPipeTransport(EventLoop& loop, boost::asio::posix::stream_descriptor pipe);
+  ~ReadPipeTransport() override;
+
+  /// Post connection_made(protocol), then start reading.
+  void start(std::shared_ptr<Protocol> protocol);
+
+  bool is_closing() const override { return state_ != State::open; }
+  void close() override;
+  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override;
+  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_; }
+
+  bool is_reading() const override { return state_ == State::open && !paused_; }
+  void pause_reading() override;
+  void resume_reading() override;
+
+  // The write half of a read pipe: refused.
+  void set_write_buffer_limits(std::optional<std::int64_t>, std::optional<std::int64_t>) override {}
+  std::pair<std::size_t, std::size_t> get_write_buffer_limits() const override { return {0, 0}; }
+  std::size_t get_write_buffer_size() const override { return 0; }
+  using WriteTransport::write;
+  void write(std::span<const std::byte>) override;
+  using WriteTransport::writelines;
+  void writelines(std::span<const std::span<const std::byte>>) override;
+  void write_eof() override;
+  bool can_write_eof() const override { return false; }
+  void abort() override { close_with(nullptr); }
+
+ protected:
+  std::any extra_info(std::string_view name) const override;
+
+ private:
+  enum class State { open, lost, closed };
+  enum class ReadWait { none, posted, waiting };
+
+  void on_loop_destroyed() override;
+  std::shared_ptr<ReadPipeTransport> self();
+  void arm_read();
+  void schedule_read();
+  void disarm_read();
+  void on_read_turn();
+  void fatal_error(const boost::system::error_code& ec);
+  void close_with(std::exception_ptr exc);
+  void call_connection_lost(std::exception_ptr exc);
+
+  EventLoop& loop_;
+  boost::asio::posix::stream_descriptor pipe_;
+  std::shared_ptr<BaseProtocol> protocol_;
+  Protocol* stream_protocol_ = nullptr;
+  State state_ = State::open;
+  bool paused_ = false;
+  ReadWait read_wait_ = ReadWait::none;
+  boost::asio::cancellation_signal read_cancel_;
+};
+
+/// The write end: buffered writes with flow control. write_eof() and
+/// close() both close the pipe once the buffer is flushed. The reader going
+/// away is noticed even while idle (FIFOs and sockets) and ends the
+/// transport: connection_lost(BrokenPipe) if data was still buffered, else
+/// connection_lost(nullptr) (SPEC P3).
+///
+///   State     entered by                         left when
+///   open      construction                       close(), write_eof(), abort(), error
+///   closing   close()/write_eof() with data      flushed -> lost
+///   lost      connection_lost is posted          it runs -> closed
+///   closed    connection_lost delivered; descriptor closed
+class WritePipeTransport final : public Transport, private detail::LoopResource {
+ public:
+  WritePipeTransport(EventLoop& loop, boost::asio::posix::stream_descriptor pipe, detail::PipeKind kind);
+  ~WritePipeTransport() override;
+
+  /// Post connection_made(protocol) and start watching for the reader leaving.
+  void start(std::shared_ptr<BaseProtocol> protocol);
+
+  bool is_closing() const override { return state_ != State::open; }
+  void close() override { write_eof(); }
+  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override;
+  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_; }
+
+  // The read half of a write pipe: never reads.
+  bool is_reading() const override { return false; }
+  void pause_reading() override {}
+  void resume_reading() override {}
+
+  void set_write_buffer_limits(std::optional<std::int64_t> high,
+                               std::optional<std::int64_t> low) override;
+  std::pair<std::size_t, std::size_t> get_write_buffer_limits() const override { return flow_.limits(); }
+  std::size_t get_write_buffer_size() const override { return buffer_.size(); }
+  using WriteTransport::write;
+  void write(std::span<const std::byte> data) override;
+  using WriteTransport::writelines;
+  void writelines(std::span<const std::span<const std::byte>> buffers) override;
+  void write_eof() override;
+  bool can_write_eof() const override { return true; }
+  void abort() override { close_with(nullptr); }
+
+ protected:
+  std::any extra_info(std::string_view name) const override;
+
+ private:
+  enum class State { open, closing, lost, closed };
+
+  void on_loop_destroyed() override;
+  std::shared_ptr<WritePipeTransport> self();
+  void buffer_and_write(std::span<const std::span<const std::byte>> buffers);
+  void arm_write();
+  void on_writable(const boost::system::error_code& ec);
+  void watch_reader();
+  void fatal_error(const boost::system::error_code& ec);
+  void close_with(std::exception_ptr exc);
+  void call_connection_lost(std::exception_ptr exc);
+
+  EventLoop& loop_;
+  boost::asio::posix::stream_descriptor pipe_;
+  detail::PipeKind kind_;
+  std::shared_ptr<BaseProtocol> protocol_;
+  State state_ = State::open;
+  bool write_armed_ = false;
+  // Cancels the reader watch alone when the transport closes.
+  boost::asio::cancellation_signal watch_cancel_;
+  std::size_t writes_after_close_ = 0;
+  WriteBuffer buffer_;
+  WriteFlowControl flow_{WriteTransport::default_high_water};
+};
+
+}  // namespace conduit
