@@ -110,6 +110,44 @@ struct UnixDatagramOptions {
   std::optional<std::string> remote_path;
 };
 
+/// Where a child's stdin, stdout or stderr goes.
+class Stdio {
+ public:
+  enum class Kind { pipe, devnull, fd, stdout_ };
+  /// A pipe to the loop (the default): a pipe transport, and for stdout and
+  /// stderr pipe_data_received.
+  static Stdio pipe() { return Stdio(Kind::pipe, -1); }
+  /// /dev/null.
+  static Stdio devnull() { return Stdio(Kind::devnull, -1); }
+  /// An open descriptor of this process, e.g. 1 to share our stdout.
+  static Stdio fd(int descriptor) { return Stdio(Kind::fd, descriptor); }
+  /// For stderr only: wherever stdout goes.
+  static Stdio to_stdout() { return Stdio(Kind::stdout_, -1); }
+
+  Kind kind() const { return kind_; }
+  int descriptor() const { return fd_; }
+
+ private:
+  Stdio(Kind kind, int fd) : kind_(kind), fd_(fd) {}
+  Kind kind_;
+  int fd_;
+};
+
+/// Options of subprocess_exec / subprocess_shell.
+struct SubprocessOptions {
+  Stdio stdin_stream = Stdio::pipe();
+  Stdio stdout_stream = Stdio::pipe();
+  Stdio stderr_stream = Stdio::pipe();
+  /// Working directory of the child (default: ours).
+  std::optional<std::string> cwd;
+  /// The child's whole environment, as "NAME=value" entries (default: ours).
+  std::optional<std::vector<std::string>> env;
+  /// Start the child in a process group of its own, so that close() ends
+  /// its descendants too (SPEC R5), and a Ctrl-C at our terminal reaches
+  /// only us. Descriptors other than 0-2 are never inherited.
+  bool new_process_group = true;
+};
+
 namespace detail {
 
 /// Completion of the type-erased connection makers.
@@ -117,6 +155,8 @@ using ConnectionHandler = asio::any_completion_handler<void(
     std::exception_ptr, std::shared_ptr<Transport>, std::shared_ptr<BaseProtocol>)>;
 using DatagramHandler = asio::any_completion_handler<void(
     std::exception_ptr, std::shared_ptr<DatagramTransport>, std::shared_ptr<BaseProtocol>)>;
+using SubprocessHandler = asio::any_completion_handler<void(
+    std::exception_ptr, std::shared_ptr<SubprocessTransport>, std::shared_ptr<BaseProtocol>)>;
 using ServerHandler =
     asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<Server>)>;
 
@@ -253,6 +293,18 @@ class EventLoop {
   template <class Factory, class Token>
   auto connect_write_pipe(Factory factory, int fd, Token&& token);
 
+  /// Run `program` with `args` (argv[1...]; `program` is searched in PATH
+  /// when it has no '/'), its stdio as `options` say. Completes once it
+  /// runs, with (error, SubprocessTransport, protocol); a program that
+  /// cannot be started is a std::system_error naming it.
+  template <class Factory, class Token>
+  auto subprocess_exec(Factory factory, std::string program, std::vector<std::string> args,
+                       SubprocessOptions options, Token&& token);
+
+  /// Run `command` through /bin/sh -c.
+  template <class Factory, class Token>
+  auto subprocess_shell(Factory factory, std::string command, SubprocessOptions options, Token&& token);
+
   /// A UDP endpoint: bound to options.local_addr and/or connected to
   /// options.remote_addr, trying each address family both resolve to.
   /// Completes with (error, DatagramTransport, protocol).
@@ -286,6 +338,8 @@ class EventLoop {
                                detail::ServerHandler handler);
   void connect_read_pipe_impl(ProtocolFactory factory, int fd, detail::ConnectionHandler handler);
   void connect_write_pipe_impl(ProtocolFactory factory, int fd, detail::ConnectionHandler handler);
+  void subprocess_exec_impl(ProtocolFactory factory, std::vector<std::string> argv, SubprocessOptions options,
+                            detail::SubprocessHandler handler);
   void create_datagram_endpoint_impl(ProtocolFactory factory, DatagramOptions options,
                                      detail::DatagramHandler handler);
   void create_unix_datagram_endpoint_impl(ProtocolFactory factory, UnixDatagramOptions options,
@@ -346,6 +400,28 @@ auto EventLoop::connect_write_pipe(Factory factory, int fd, Token&& token) {
       [this, f = detail::erase_factory(std::move(factory)), fd](detail::ConnectionHandler h) mutable {
         connect_write_pipe_impl(std::move(f), fd, std::move(h));
       });
+}
+
+template <class Factory, class Token>
+auto EventLoop::subprocess_exec(Factory factory, std::string program, std::vector<std::string> args,
+                                SubprocessOptions options, Token&& token) {
+  using P = detail::factory_protocol_t<Factory>;
+  using Signature = void(std::exception_ptr, std::shared_ptr<SubprocessTransport>, std::shared_ptr<P>);
+  args.insert(args.begin(), std::move(program));
+  return asio::async_initiate<Token, Signature>(
+      [this, f = detail::erase_factory(std::move(factory)), argv = std::move(args),
+       options = std::move(options)](auto handler) mutable {
+        subprocess_exec_impl(std::move(f), std::move(argv), std::move(options),
+                             detail::SubprocessHandler(
+                                 detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
+      },
+      token);
+}
+
+template <class Factory, class Token>
+auto EventLoop::subprocess_shell(Factory factory, std::string command, SubprocessOptions options, Token&& token) {
+  return subprocess_exec(std::move(factory), "/bin/sh", {"-c", std::move(command)}, std::move(options),
+                         std::forward<Token>(token));
 }
 
 template <class Factory, class Token>

@@ -16,6 +16,7 @@ namespace conduit {
 
 class Transport;
 class DatagramTransport;
+class SubprocessTransport;
 class SocketAddress;
 
 /// Callbacks every protocol kind shares.
@@ -99,6 +100,33 @@ class DatagramProtocol : public BaseProtocol {
   /// A send or receive failed (e.g. ECONNREFUSED after an ICMP port
   /// unreachable on a connected endpoint); the endpoint stays open.
   virtual void error_received(std::exception_ptr exc) { (void)exc; }
+};
+
+/// The protocol of a child process (subprocess_exec / subprocess_shell).
+///
+/// Call grammar: start -> connection_made
+///                     [-> pipe_data_received | pipe_connection_lost
+///                         | pause_writing | resume_writing | process_exited]*
+///               -> connection_lost -> end
+/// process_exited comes once; pipe_connection_lost once per pipe; and
+/// connection_lost(nullptr) only after both, whatever their order.
+class SubprocessProtocol : public BaseProtocol {
+ public:
+  /// The child runs and its pipes are connected.
+  virtual void connection_made(std::shared_ptr<SubprocessTransport> transport) { (void)transport; }
+  /// The child wrote `data` to its stdout (fd 1) or stderr (fd 2); `data`
+  /// is valid only during the call.
+  virtual void pipe_data_received(int fd, std::span<const std::byte> data) {
+    (void)fd;
+    (void)data;
+  }
+  /// The pipe for `fd` (0, 1 or 2) closed; `exc` is null for a clean close.
+  virtual void pipe_connection_lost(int fd, std::exception_ptr exc) {
+    (void)fd;
+    (void)exc;
+  }
+  /// The child exited; SubprocessTransport::get_returncode() has its status.
+  virtual void process_exited() {}
 };
 
 }  // namespace conduit

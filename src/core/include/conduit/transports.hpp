@@ -162,6 +162,28 @@ class DatagramTransport : public virtual BaseTransport {
   virtual void abort() = 0;
 };
 
+/// A running (or finished) child process and its pipes.
+class SubprocessTransport : public virtual BaseTransport {
+ public:
+  /// The child's process id.
+  virtual int get_pid() const = 0;
+  /// The transport of the child's stdin (0: a write pipe), stdout (1) or
+  /// stderr (2) when that stream is a pipe; null otherwise.
+  virtual std::shared_ptr<Transport> get_pipe_transport(int fd) const = 0;
+  /// The exit status once the child has exited: its exit code, or minus
+  /// the signal that killed it (-9 after kill()).
+  virtual std::optional<int> get_returncode() const = 0;
+  /// Send `signal` to the child; nothing once it has exited. Throws
+  /// std::system_error(ESRCH) ("ProcessLookupError") after close().
+  virtual void send_signal(int signal) = 0;
+  /// send_signal(SIGTERM).
+  void terminate();
+  /// send_signal(SIGKILL).
+  void kill();
+  // close() closes the pipes and kills a still-running child (with its
+  // process group, if it has its own); it never blocks.
+};
+
 /// Bytes of a string, for write() and comparisons in user code.
 inline std::span<const std::byte> as_bytes(std::string_view text) {
   return std::as_bytes(std::span(text.data(), text.size()));
