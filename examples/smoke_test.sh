@@ -43,4 +43,7 @@ Close the socket
 Connection closed"
 [ "$(cat "$out/udp_client")" = "$expected" ] || { echo "udp_echo_client printed:"; cat "$out/udp_client"; exit 1; }
 grep -q "^Received 'Hello World!' from 127.0.0.1:" "$out/udp_server" || { echo "udp_echo_server printed:"; cat "$out/udp_server"; exit 1; }
+
+"$dir/subprocess_date" > "$out/date"
+grep -Eqx 'Current date: [0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:]{8}' "$out/date" || { echo "subprocess_date printed:"; cat "$out/date"; exit 1; }
 echo "examples: all as documented"
