@@ -5,6 +5,7 @@
 #include "completion.hpp"
 #include "socket_setup.hpp"
 #include "stream_transport.hpp"
+#include "tls_transport.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
@@ -79,6 +80,18 @@ void finish_connection(EventLoop& loop, const ProtocolFactory& factory, Socket s
   throw errors.front();
 }
 
+// The client side of TLS over a connected socket: handshake, then the
+// protocol (so a failed handshake never reaches it, SPEC T2).
+asio::awaitable<Connection> tls_connection(EventLoop& loop, const ProtocolFactory& factory, tcp::socket socket,
+                                           TlsOptions tls) {
+  auto transport = std::make_shared<TlsTransport>(loop, std::move(socket), std::move(tls), false, nullptr);
+  co_await transport->handshake();
+  std::shared_ptr<BaseProtocol> protocol = factory();
+  if (!protocol) throw std::invalid_argument("the protocol factory returned a null protocol");
+  transport->start(protocol, true);
+  co_return Connection{std::move(transport), std::move(protocol)};
+}
+
 asio::awaitable<Connection> connect_tcp(EventLoop& loop, ProtocolFactory factory, std::string host,
                                         std::uint16_t port, ConnectOptions options) {
   asio::io_context& context = loop.context();
@@ -120,6 +133,7 @@ asio::awaitable<Connection> connect_tcp(EventLoop& loop, ProtocolFactory factory
       if (!bound) continue;
     }
     co_await socket.async_connect(remote, asio::redirect_error(use_awaitable, ec));
+    if (!ec && options.tls) co_return co_await tls_connection(loop, factory, std::move(socket), *options.tls);
     if (!ec) co_return make_connection(loop, factory, std::move(socket));
     errors.emplace_back(ec, "Connect call failed " + SocketAddress(remote).to_string());
   }
@@ -277,6 +291,13 @@ void EventLoop::log(LogLevel level, std::string_view message) {
 
 void EventLoop::create_connection_impl(ProtocolFactory factory, std::string host, std::uint16_t port,
                                        ConnectOptions options, detail::ConnectionHandler handler) {
+  if (options.tls) {
+    if (!options.tls->context) {
+      return fail(*this, std::move(handler), std::make_exception_ptr(std::invalid_argument("tls: no SSL context given")));
+    }
+    // SNI and hostname checks use the host unless told otherwise (SPEC T1).
+    if (!options.tls->server_hostname) options.tls->server_hostname = host;
+  }
   asio::co_spawn(context_, connect_tcp(*this, std::move(factory), std::move(host), port, std::move(options)),
                  [this, handler = std::move(handler)](std::exception_ptr error, Connection connection) mutable {
                    complete_connection(*this, std::move(handler), error, std::move(connection));
@@ -344,7 +365,8 @@ void EventLoop::create_server_impl(ProtocolFactory factory, std::vector<std::str
           std::exception_ptr error, std::vector<Server::Listener> listeners) mutable {
         std::shared_ptr<Server> server;
         if (!error) {
-          server = std::make_shared<Server>(*this, std::move(factory), std::move(listeners), options.backlog, "");
+          server = std::make_shared<Server>(*this, std::move(factory), std::move(listeners), options.backlog, "",
+                                            options.tls);
           if (options.start_serving) {
             try {
               server->start_serving();

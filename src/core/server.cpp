@@ -2,6 +2,9 @@
 
 #include "completion.hpp"
 #include "stream_transport.hpp"
+#include "tls_transport.hpp"
+
+#include <boost/asio/co_spawn.hpp>
 
 #include <boost/asio/cancellation_type.hpp>
 
@@ -27,9 +30,10 @@ bool is_resource_exhaustion(const boost::system::error_code& ec) {
 }  // namespace
 
 Server::Server(EventLoop& loop, ProtocolFactory factory, std::vector<Listener> listeners,
-               int backlog, std::string unix_path_to_remove)
+               int backlog, std::string unix_path_to_remove, std::optional<TlsOptions> tls)
     : loop_(loop),
       factory_(std::move(factory)),
+      tls_(std::move(tls)),
       listeners_(std::move(listeners)),
       backlog_(backlog),
       unix_path_to_remove_(std::move(unix_path_to_remove)),
@@ -95,24 +99,60 @@ void Server::on_accepted(std::size_t index, const boost::system::error_code& ec,
     // ECONNABORTED and kin: that one connection is gone; keep accepting.
     return accept_next(index);
   }
-  std::shared_ptr<BaseProtocol> protocol;
+  if constexpr (std::is_same_v<Socket, asio::ip::tcp::socket>) {
+    if (tls_) {
+      start_tls_connection(std::move(socket));
+      return accept_next(index);
+    }
+  }
+  if (auto protocol = make_protocol()) {
+    start_connection(std::make_shared<StreamTransport<Socket>>(loop_, std::move(socket), shared_from_this()),
+                     std::move(protocol));
+  }
+  accept_next(index);
+}
+
+// A new connection's protocol, from the factory; a factory that throws
+// costs that connection only.
+std::shared_ptr<BaseProtocol> Server::make_protocol() {
   try {
-    protocol = factory_();
+    auto protocol = factory_();
+    if (!protocol) throw std::invalid_argument("the protocol factory returned a null protocol");
+    return protocol;
   } catch (...) {
     loop_.call_exception_handler(
         {"Error on transport creation for incoming connection", std::current_exception(), nullptr, nullptr});
+    return nullptr;
   }
-  if (protocol) {
-    auto transport = std::make_shared<StreamTransport<Socket>>(loop_, std::move(socket), shared_from_this());
-    try {
-      transport->start(std::move(protocol));
-    } catch (...) {
-      transport->abort();
-      loop_.call_exception_handler(
-          {"Error on transport creation for incoming connection", std::current_exception(), transport, nullptr});
-    }
+}
+
+template <class Transport>
+void Server::start_connection(const std::shared_ptr<Transport>& transport, std::shared_ptr<BaseProtocol> protocol) {
+  try {
+    transport->start(std::move(protocol));
+  } catch (...) {
+    transport->abort();
+    loop_.call_exception_handler(
+        {"Error on transport creation for incoming connection", std::current_exception(), transport, nullptr});
   }
-  accept_next(index);
+}
+
+void Server::start_tls_connection(asio::ip::tcp::socket socket) {
+  auto transport = std::make_shared<TlsTransport>(loop_, std::move(socket), *tls_, true, shared_from_this());
+  asio::co_spawn(loop_.context(), transport->handshake(),
+                 [this, self = shared_from_this(), transport](std::exception_ptr error) {
+                   if (!error) {
+                     if (auto protocol = make_protocol()) return start_connection(transport, std::move(protocol));
+                     return transport->discard();
+                   }
+                   // A client that fails the handshake is its own problem
+                   // (asyncio logs it at debug level too).
+                   try {
+                     std::rethrow_exception(error);
+                   } catch (const std::exception& e) {
+                     loop_.log(LogLevel::debug, std::string("SSL handshake failed on incoming connection: ") + e.what());
+                   }
+                 });
 }
 
 void Server::close() {

@@ -114,6 +114,24 @@ void StreamTransport<Socket>::start(std::shared_ptr<BaseProtocol> protocol) {
 }
 
 template <class Socket>
+std::pair<Socket, std::shared_ptr<Server>> StreamTransport<Socket>::hand_over() {
+  if (state_ != State::open) throw std::logic_error("start_tls: the transport is closing");
+  if (!buffer_.empty()) {
+    throw std::logic_error("start_tls: the transport still has " + std::to_string(buffer_.size()) +
+                           " bytes to write");
+  }
+  disarm_read();
+  if (write_armed_) socket_.cancel();
+  state_ = State::closed;
+  loop_.untrack(this);
+  protocol_.reset();
+  stream_protocol_ = nullptr;
+  buffered_protocol_ = nullptr;
+  if (server_) server_->detach(this);
+  return {std::move(socket_), std::move(server_)};
+}
+
+template <class Socket>
 void StreamTransport<Socket>::set_protocol(std::shared_ptr<BaseProtocol> protocol) {
   auto* stream = dynamic_cast<Protocol*>(protocol.get());
   auto* buffered = dynamic_cast<BufferedProtocol*>(protocol.get());

@@ -43,6 +43,11 @@ class StreamTransport final : public Transport, private detail::LoopResource {
   /// Post connection_made(protocol) and then the first read (SPEC S1).
   void start(std::shared_ptr<BaseProtocol> protocol);
 
+  /// For start_tls: give up the socket (and the server it belongs to) to a
+  /// transport that takes over. This one is then closed without callbacks.
+  /// Throws std::logic_error unless open with nothing left to write.
+  std::pair<Socket, std::shared_ptr<Server>> hand_over();
+
   bool is_closing() const override { return state_ != State::open; }
   void close() override;
   void set_protocol(std::shared_ptr<BaseProtocol> protocol) override;

@@ -141,7 +141,7 @@ TEST(LoopMethods, L1_LocalAddrBindsFirst) {
   auto server = make_server(loop, [] { return std::make_shared<EchoProtocol>(); }, {"127.0.0.1"});
   const auto local_port = free_port();
   auto r = connect(loop, "127.0.0.1", server->sockets().at(0).port(),
-                   ConnectOptions{std::make_pair(std::string("127.0.0.1"), local_port)});
+                   ConnectOptions{std::make_pair(std::string("127.0.0.1"), local_port), std::nullopt});
   ASSERT_FALSE(r.error);
   EXPECT_EQ(r.transport->get_extra_info_as<SocketAddress>("sockname")->port(), local_port);
   r.transport->close();

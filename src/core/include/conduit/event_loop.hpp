@@ -17,6 +17,7 @@
 
 #include "conduit/protocols.hpp"
 #include "conduit/socket_address.hpp"
+#include "conduit/tls.hpp"
 #include "conduit/transports.hpp"
 
 #include <boost/asio/any_completion_handler.hpp>
@@ -72,6 +73,9 @@ using ProtocolFactory = std::function<std::shared_ptr<BaseProtocol>()>;
 struct ConnectOptions {
   /// Bind the socket to this (host, port) before connecting.
   std::optional<std::pair<std::string, std::uint16_t>> local_addr;
+  /// Speak TLS: the handshake completes before the protocol is made, and a
+  /// failed one fails the call (the protocol never sees the connection).
+  std::optional<TlsOptions> tls;
 };
 
 /// Options of create_server / create_unix_server.
@@ -81,6 +85,9 @@ struct ServerOptions {
   bool reuse_port = false;      ///< SO_REUSEPORT (TCP only).
   bool start_serving = true;    ///< Listen at once; else bound only, until start_serving().
   bool cleanup_socket = true;   ///< Unix: remove the socket file when the server closes.
+  /// TCP only: speak TLS; a client whose handshake fails is dropped (and
+  /// logged at debug level) before any protocol is made for it.
+  std::optional<TlsOptions> tls;
 };
 
 /// An address family for create_datagram_endpoint.
@@ -281,6 +288,24 @@ class EventLoop {
   auto create_unix_server(Factory factory, std::string path, ServerOptions options,
                           Token&& token);
 
+  /// Upgrade the plain TCP `transport` (made by this loop, with nothing
+  /// left to write) to TLS in place: `protocol` stays connected (no second
+  /// connection_made) and receives the TLS transport's callbacks. Completes
+  /// with (error, new transport); the old transport must not be used again
+  /// (SPEC T6).
+  template <class Token>
+  auto start_tls(std::shared_ptr<Transport> transport, std::shared_ptr<BaseProtocol> protocol, TlsOptions options,
+                 bool server_side, Token&& token) {
+    return asio::async_initiate<Token, void(std::exception_ptr, std::shared_ptr<Transport>)>(
+        [this](auto handler, std::shared_ptr<Transport> t, std::shared_ptr<BaseProtocol> p, TlsOptions o,
+               bool server) {
+          start_tls_impl(std::move(t), std::move(p), std::move(o), server,
+                         asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<Transport>)>(
+                             std::move(handler)));
+        },
+        token, std::move(transport), std::move(protocol), std::move(options), server_side);
+  }
+
   /// Read from the pipe, FIFO, socket or character device `fd` through a
   /// Protocol; the transport owns `fd` from then on (on failure it stays
   /// the caller's). A regular file is refused (std::invalid_argument).
@@ -336,6 +361,9 @@ class EventLoop {
                           detail::ServerHandler handler);
   void create_unix_server_impl(ProtocolFactory factory, std::string path, ServerOptions options,
                                detail::ServerHandler handler);
+  void start_tls_impl(std::shared_ptr<Transport> transport, std::shared_ptr<BaseProtocol> protocol,
+                      TlsOptions options, bool server_side,
+                      asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<Transport>)> handler);
   void connect_read_pipe_impl(ProtocolFactory factory, int fd, detail::ConnectionHandler handler);
   void connect_write_pipe_impl(ProtocolFactory factory, int fd, detail::ConnectionHandler handler);
   void subprocess_exec_impl(ProtocolFactory factory, std::vector<std::string> argv, SubprocessOptions options,

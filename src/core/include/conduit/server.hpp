@@ -30,8 +30,10 @@ class Server : public std::enable_shared_from_this<Server> {
  public:
   using Listener = std::variant<asio::ip::tcp::acceptor, asio::local::stream_protocol::acceptor>;
 
+  /// With `tls`, every TCP connection is a TLS one, handed to a protocol
+  /// once its handshake succeeded.
   Server(EventLoop& loop, ProtocolFactory factory, std::vector<Listener> listeners, int backlog,
-         std::string unix_path_to_remove);
+         std::string unix_path_to_remove, std::optional<TlsOptions> tls = std::nullopt);
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
   ~Server();
@@ -91,12 +93,17 @@ class Server : public std::enable_shared_from_this<Server> {
   void accept_next(std::size_t index);
   template <class Socket>
   void on_accepted(std::size_t index, const boost::system::error_code& ec, Socket socket);
+  std::shared_ptr<BaseProtocol> make_protocol();
+  template <class Transport>
+  void start_connection(const std::shared_ptr<Transport>& transport, std::shared_ptr<BaseProtocol> protocol);
+  void start_tls_connection(asio::ip::tcp::socket socket);
   void wait_closed_impl(asio::any_completion_handler<void()> handler);
   void serve_forever_impl(asio::any_completion_handler<void(std::exception_ptr)> handler);
   void wake_waiters_if_done();
 
   EventLoop& loop_;
   ProtocolFactory factory_;
+  std::optional<TlsOptions> tls_;
   std::vector<Listener> listeners_;
   int backlog_;
   std::string unix_path_to_remove_;

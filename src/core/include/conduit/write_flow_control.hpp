@@ -13,8 +13,13 @@ namespace conduit {
 /// resume_writing(); the transport makes the calls.
 class WriteFlowControl {
  public:
+  /// When pause_writing() is owed: asyncio's socket transports pause
+  /// strictly above the high watermark, its TLS transport at or above it.
+  enum class PauseRule { above_high, at_or_above_high };
+
   /// `default_high`: the high watermark when none is given (low = high / 4).
-  explicit WriteFlowControl(std::size_t default_high) : default_high_(default_high) {
+  explicit WriteFlowControl(std::size_t default_high, PauseRule rule = PauseRule::above_high)
+      : default_high_(default_high), rule_(rule) {
     set_limits(std::nullopt, std::nullopt);
   }
 
@@ -28,10 +33,11 @@ class WriteFlowControl {
   /// True between a pause_writing() and its resume_writing().
   bool paused() const { return paused_; }
 
-  /// True once when `buffered` goes strictly above the high watermark: the
-  /// caller then calls pause_writing().
+  /// True once when `buffered` goes over the high watermark (as the rule
+  /// says): the caller then calls pause_writing().
   bool should_pause(std::size_t buffered) {
-    if (paused_ || buffered <= high_) return false;
+    const bool over = rule_ == PauseRule::above_high ? buffered > high_ : buffered >= high_;
+    if (paused_ || !over) return false;
     paused_ = true;
     return true;
   }
@@ -46,6 +52,7 @@ class WriteFlowControl {
 
  private:
   std::size_t default_high_;
+  PauseRule rule_;
   std::size_t high_ = 0;
   std::size_t low_ = 0;
   bool paused_ = false;
