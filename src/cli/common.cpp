@@ -14,8 +14,17 @@ namespace conduit::cli {
 std::string Endpoint::to_string() const {
   if (kind == Kind::unix_path) return "unix://" + path;
   const bool v6 = host.find(':') != std::string::npos;
-  return std::string(kind == Kind::udp ? "udp" : "tcp") + "://" + (v6 ? "[" + host + "]" : host) + ":" +
-         std::to_string(port);
+  return std::string(scheme()) + "://" + (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+std::string_view Endpoint::scheme() const {
+  switch (kind) {
+    case Kind::tcp: return "tcp";
+    case Kind::tls: return "tls";
+    case Kind::udp: return "udp";
+    case Kind::unix_path: return "unix";
+  }
+  return "tcp";
 }
 
 std::string Endpoint::url_of(const SocketAddress& address, std::string_view scheme) {
@@ -53,7 +62,7 @@ Endpoint parse_endpoint(std::string_view url, Schemes schemes) {
     ep.path = std::string(rest);
     return ep;
   }
-  ep.kind = scheme == "udp" ? Endpoint::Kind::udp : Endpoint::Kind::tcp;
+  ep.kind = scheme == "udp" ? Endpoint::Kind::udp : scheme == "tls" ? Endpoint::Kind::tls : Endpoint::Kind::tcp;
   std::string_view host, port;
   if (!rest.empty() && rest.front() == '[') {
     const auto close = rest.find(']');
@@ -94,6 +103,20 @@ CLI::Validator endpoint_validator(Schemes schemes) {
         }
       },
       "URL");
+}
+
+void add_tls_flags(CLI::App& app, TlsFlags& flags, bool server) {
+  if (server) {
+    app.add_option("--cert", flags.cert, "TLS: certificate chain (PEM) for tls:// listeners")->check(CLI::ExistingFile);
+    app.add_option("--key", flags.key, "TLS: private key (PEM) of --cert")->check(CLI::ExistingFile);
+    app.add_option("--cafile", flags.cafile, "TLS: require client certificates signed by this CA (mTLS)")
+        ->check(CLI::ExistingFile);
+  } else {
+    app.add_option("--cafile", flags.cafile, "TLS: trust this CA (PEM) instead of the system's")->check(CLI::ExistingFile);
+    app.add_flag("--insecure", flags.insecure, "TLS: do not verify the server's certificate or name");
+    app.add_option("--cert", flags.cert, "TLS: client certificate (PEM), for servers that ask")->check(CLI::ExistingFile);
+    app.add_option("--key", flags.key, "TLS: private key (PEM) of --cert")->check(CLI::ExistingFile);
+  }
 }
 
 void add_output_flags(CLI::App& app, OutputOptions& options) {

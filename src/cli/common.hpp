@@ -30,10 +30,10 @@ inline constexpr const char* exit_codes_help =
     "            4 timed out, 5 echo mismatch or connection closed early,\n"
     "            6 datagrams lost (udp-echo client).\n";
 
-/// A parsed endpoint URL: tcp://HOST:PORT or udp://HOST:PORT (HOST may be
+/// A parsed endpoint URL: tcp://, tls:// or udp://HOST:PORT (HOST may be
 /// [v6]) or unix:///PATH.
 struct Endpoint {
-  enum class Kind { tcp, udp, unix_path };
+  enum class Kind { tcp, tls, udp, unix_path };
   Kind kind = Kind::tcp;
   std::string host;
   std::uint16_t port = 0;
@@ -41,13 +41,15 @@ struct Endpoint {
 
   /// Back to URL form.
   std::string to_string() const;
+  /// "tcp", "tls", "udp" or "unix".
+  std::string_view scheme() const;
   /// URL form of a bound or connected address; IP addresses get `scheme`.
   static std::string url_of(const SocketAddress& address, std::string_view scheme = "tcp");
 };
 
 /// URL schemes a tool accepts.
 using Schemes = std::span<const std::string_view>;
-inline constexpr std::string_view stream_scheme_list[] = {"tcp", "unix"};
+inline constexpr std::string_view stream_scheme_list[] = {"tcp", "tls", "unix"};
 inline constexpr Schemes stream_schemes = stream_scheme_list;
 inline constexpr std::string_view datagram_scheme_list[] = {"udp"};
 inline constexpr Schemes datagram_schemes = datagram_scheme_list;
@@ -58,6 +60,14 @@ Endpoint parse_endpoint(std::string_view url, Schemes schemes = stream_schemes);
 
 /// A CLI11 validator for endpoint URLs of the given schemes.
 CLI::Validator endpoint_validator(Schemes schemes = stream_schemes);
+
+/// --cert, --key, --cafile, --insecure of the TLS-capable tools.
+struct TlsFlags {
+  std::string cert, key, cafile;
+  bool insecure = false;
+};
+/// Adds them to `app`; `server` words the help for a server.
+void add_tls_flags(CLI::App& app, TlsFlags& flags, bool server);
 
 /// -v, -x, --json, --quiet.
 struct OutputOptions {

@@ -4,6 +4,7 @@
 #include "common.hpp"
 
 #include <conduit/event_loop.hpp>
+#include <conduit/tls.hpp>
 
 #include <boost/asio/steady_timer.hpp>
 
@@ -25,6 +26,7 @@ struct EchoClientOptions {
   std::optional<std::size_t> size;
   std::size_t count = 1;
   double timeout = 10.0;
+  TlsFlags tls;
   OutputOptions output;
 };
 
@@ -178,7 +180,9 @@ int run_echo_client(const EchoClientOptions& options) {
   bool finished = false;
   const bool print_echo = !options.output.quiet && !options.output.json && !options.size;
   auto factory = [&] {
-    return std::make_shared<EchoClient>(payload, options.count, options.use_stdin, print_echo, log, result,
+    // TLS has no half-close: stdin's payload is then checked like a message.
+    const bool half_close = options.use_stdin && ep.kind != Endpoint::Kind::tls;
+    return std::make_shared<EchoClient>(payload, options.count, half_close, print_echo, log, result,
                                         [&] { finished = true; });
   };
   auto on_connected = [&](std::exception_ptr error, std::shared_ptr<Transport>, std::shared_ptr<EchoClient>) {
@@ -188,11 +192,29 @@ int run_echo_client(const EchoClientOptions& options) {
     finished = true;
   };
 
+  ConnectOptions connect_options;
+  if (ep.kind == Endpoint::Kind::tls) {
+    try {
+      auto context = options.tls.insecure ? tls::insecure_client_context()
+                                          : tls::client_context(options.tls.cafile.empty()
+                                                                    ? std::nullopt
+                                                                    : std::optional(options.tls.cafile));
+      if (!options.tls.cert.empty()) {
+        context->use_certificate_chain_file(options.tls.cert);
+        context->use_private_key_file(options.tls.key.empty() ? options.tls.cert : options.tls.key,
+                                      asio::ssl::context::pem);
+      }
+      connect_options.tls = TlsOptions(std::move(context));
+    } catch (const std::exception& e) {
+      std::cerr << "conduit echo-client: cannot set up TLS: " << e.what() << '\n';
+      return exit_usage;
+    }
+  }
   const auto start = Clock::now();
   if (ep.kind == Endpoint::Kind::unix_path) {
     loop.create_unix_connection(factory, ep.path, on_connected);
   } else {
-    loop.create_connection(factory, ep.host, ep.port, {}, on_connected);
+    loop.create_connection(factory, ep.host, ep.port, connect_options, on_connected);
   }
   const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::duration<double>(options.timeout));
   if (!loop.run_until([&] { return finished; }, timeout)) {
@@ -211,7 +233,7 @@ int run_echo_client(const EchoClientOptions& options) {
 void set_echo_client_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<EchoClientOptions>();
   CLI::App* cmd = app.add_subcommand("echo-client", "Send a payload to an echo server and check the echo");
-  cmd->add_option("-c,--connect", options->connect, "Server to connect to: tcp://HOST:PORT or unix:///PATH")
+  cmd->add_option("-c,--connect", options->connect, "Server to connect to: tcp://HOST:PORT, tls://HOST:PORT or unix:///PATH")
       ->required()
       ->check(endpoint_validator());
   auto* message = cmd->add_option("-m,--message", options->message, "Text to send (default: \"hello from conduit\\n\")");
@@ -228,6 +250,7 @@ void set_echo_client_command(CLI::App& app, int& exit_code) {
   cmd->add_option("-t,--timeout", options->timeout, "Give up after S seconds (connect included)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  add_tls_flags(*cmd, options->tls, false);
   add_output_flags(*cmd, options->output);
   cmd->footer(std::string(R"(Prints the echoed message on stdout (not with --size, --quiet or --json).
 
@@ -235,6 +258,7 @@ Examples:
   conduit echo-client --connect tcp://127.0.0.1:8888 --message 'hi there'
   conduit echo-client --connect unix:///tmp/echo.sock --size 102400 --count 1000 --json
   printf 'line 1\nline 2\n' | conduit echo-client --connect tcp://[::1]:9000 --stdin -v -x
+  conduit echo-client --connect tls://localhost:8443 --cafile ca.pem --message 'over TLS'
 
 )") + exit_codes_help);
   cmd->callback([options, &exit_code] { exit_code = run_echo_client(*options); });

@@ -4,6 +4,7 @@
 
 #include <conduit/event_loop.hpp>
 #include <conduit/server.hpp>
+#include <conduit/tls.hpp>
 
 #include <boost/asio/signal_set.hpp>
 
@@ -104,10 +105,28 @@ struct EchoServerOptions {
   std::vector<std::string> listen;
   bool buffered = false;
   int backlog = 100;
+  TlsFlags tls;
   OutputOptions output;
 };
 
 int run_echo_server(const EchoServerOptions& options) {
+  // TLS settings, checked before anything listens.
+  std::shared_ptr<asio::ssl::context> tls_context;
+  for (const auto& url : options.listen) {
+    if (parse_endpoint(url).kind != Endpoint::Kind::tls || tls_context) continue;
+    if (options.tls.cert.empty() || options.tls.key.empty()) {
+      std::cerr << "conduit echo-server: " << url << " needs --cert and --key\n";
+      return exit_usage;
+    }
+    try {
+      tls_context = tls::server_context(options.tls.cert, options.tls.key,
+                                        options.tls.cafile.empty() ? std::nullopt : std::optional(options.tls.cafile));
+    } catch (const std::exception& e) {
+      std::cerr << "conduit echo-server: cannot load the TLS certificate or key: " << e.what() << '\n';
+      return exit_usage;
+    }
+  }
+
   EventLoop loop;
   EventLog log(options.output);
   ServerStats stats;
@@ -123,7 +142,7 @@ int run_echo_server(const EchoServerOptions& options) {
 
   for (const auto& url : options.listen) {
     const Endpoint ep = parse_endpoint(url);
-    auto on_server = [&, url](std::exception_ptr error, std::shared_ptr<Server> server) {
+    auto on_server = [&, url, scheme = ep.scheme()](std::exception_ptr error, std::shared_ptr<Server> server) {
       if (error) {
         std::cerr << "conduit echo-server: cannot listen on " << url << ": " << describe(error) << '\n';
         exit_code = exit_connect_failed;
@@ -132,7 +151,7 @@ int run_echo_server(const EchoServerOptions& options) {
       }
       for (const auto& address : server->sockets()) {
         // The "listening" lines are the interface scripts wait on: always printed.
-        std::cout << "listening " << Endpoint::url_of(address) << std::endl;
+        std::cout << "listening " << Endpoint::url_of(address, scheme) << std::endl;
       }
       servers.push_back(std::move(server));
     };
@@ -141,7 +160,9 @@ int run_echo_server(const EchoServerOptions& options) {
     } else {
       std::vector<std::string> hosts;
       if (ep.host != "*") hosts.push_back(ep.host);
-      loop.create_server(factory, hosts, ep.port, server_options, on_server);
+      ServerOptions tcp_options = server_options;
+      if (ep.kind == Endpoint::Kind::tls) tcp_options.tls = TlsOptions(tls_context);
+      loop.create_server(factory, hosts, ep.port, tcp_options, on_server);
     }
   }
 
@@ -180,11 +201,12 @@ void set_echo_server_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<EchoServerOptions>();
   CLI::App* cmd = app.add_subcommand("echo-server", "Echo every connection back to its sender");
   cmd->add_option("-l,--listen", options->listen,
-                  "Where to listen: tcp://HOST:PORT (HOST * for all interfaces, PORT 0 for any free port) "
-                  "or unix:///PATH; repeatable")
+                  "Where to listen: tcp://HOST:PORT or tls://HOST:PORT (HOST * for all interfaces, PORT 0 "
+                  "for any free port) or unix:///PATH; repeatable")
       ->required()
       ->check(endpoint_validator());
   cmd->add_flag("--buffered", options->buffered, "Use a BufferedProtocol (reads into a per-connection buffer)");
+  add_tls_flags(*cmd, options->tls, true);
   cmd->add_option("--backlog", options->backlog, "listen() backlog")->capture_default_str()->check(CLI::PositiveNumber);
   add_output_flags(*cmd, options->output);
   cmd->footer(std::string(R"(Prints "listening URL" for each bound socket once it listens, then serves until
@@ -195,6 +217,7 @@ Examples:
   conduit echo-server --listen tcp://127.0.0.1:8888
   conduit echo-server --listen 'tcp://*:0' --listen unix:///tmp/echo.sock -v
   conduit echo-server --listen tcp://[::1]:9000 --buffered --json
+  conduit echo-server --listen tls://127.0.0.1:8443 --cert server.pem --key server.key
 
 )") + exit_codes_help);
   cmd->callback([options, &exit_code] { exit_code = run_echo_server(*options); });

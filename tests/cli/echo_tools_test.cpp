@@ -1,6 +1,7 @@
 // The echo tools end to end, as processes, against each other and against
 // socat, a peer this project did not write.
 #include "support/child_process.hpp"
+#include "support/test_certificates.hpp"
 
 #include <gtest/gtest.h>
 
@@ -190,4 +191,49 @@ TEST(Interop, ConduitClientAgainstSocatUnixEchoServer) {
   socat.signal(SIGTERM);
   socat.wait(bound);
   ::unlink(path.c_str());
+}
+
+// ---- TLS ----------------------------------------------------------------------
+
+TEST(EchoTools, TlsEchoVerifiesTheServer) {
+  const auto& certs = conduit::testing::test_certificates();
+  EchoServer server({"--listen", "tls://127.0.0.1:0", "--cert", certs.server_cert, "--key", certs.server_key});
+  // The first listener is tcp://; the TLS one prints its own line.
+  auto tls_line = server.process.wait_for_line("listening tls://", bound);
+  ASSERT_TRUE(tls_line) << server.process.err();
+  const std::string url = "tls://localhost:" + tls_line->substr(tls_line->rfind(':') + 1);
+
+  ChildProcess trusted({CONDUIT_BIN, "echo-client", "--connect", url, "--cafile", certs.ca, "--message", "secret"});
+  ASSERT_EQ(trusted.wait(bound), 0) << trusted.err();
+  EXPECT_EQ(trusted.out(), "secret");
+
+  ChildProcess untrusted({CONDUIT_BIN, "echo-client", "--connect", url, "--cafile", certs.other_ca});
+  EXPECT_EQ(untrusted.wait(bound), 3);
+  EXPECT_NE(untrusted.err().find("certificate verify failed"), std::string::npos) << untrusted.err();
+
+  ChildProcess insecure({CONDUIT_BIN, "echo-client", "--connect", url, "--insecure", "--size", "100000", "--count", "5"});
+  EXPECT_EQ(insecure.wait(bound), 0) << insecure.err();
+}
+
+TEST(EchoTools, TlsListenerNeedsACertificate) {
+  ChildProcess server({CONDUIT_BIN, "echo-server", "--listen", "tls://127.0.0.1:0"});
+  EXPECT_EQ(server.wait(bound), 2);
+  EXPECT_NE(server.err().find("needs --cert and --key"), std::string::npos) << server.err();
+}
+
+TEST(EchoTools, TlsInteropWithOpensslSClient) {
+  const auto& certs = conduit::testing::test_certificates();
+  ChildProcess server({CONDUIT_BIN, "echo-server", "--listen", "tls://127.0.0.1:0", "--cert", certs.server_cert, "--key",
+                       certs.server_key});
+  auto line = server.wait_for_line("listening tls://", bound);
+  ASSERT_TRUE(line) << server.err();
+  const std::string port = line->substr(line->rfind(':') + 1);
+  ChildProcess s_client({"openssl", "s_client", "-connect", "127.0.0.1:" + port, "-CAfile", certs.ca,
+                         "-verify_return_error", "-quiet"},
+                        "through openssl\n");
+  ASSERT_TRUE(s_client.wait_for_line("through openssl", bound)) << s_client.err();
+  s_client.signal(SIGTERM);
+  s_client.wait(bound);
+  server.signal(SIGTERM);
+  EXPECT_EQ(server.wait(bound), 0);
 }
