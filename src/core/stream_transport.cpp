@@ -6,6 +6,9 @@
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/post.hpp>
 
+#include <sys/sendfile.h>
+#include <unistd.h>
+
 #include <stdexcept>
 #include <system_error>
 
@@ -63,11 +66,16 @@ StreamTransport<Socket>::~StreamTransport() {
 template <class Socket>
 void StreamTransport<Socket>::on_loop_destroyed() {
   state_ = State::closed;
+  sendfile_.reset();  // no callbacks any more
   release();
 }
 
 template <class Socket>
 void StreamTransport<Socket>::release() {
+  if (sendfile_ && state_ == State::closed && protocol_) {
+    finish_sendfile(std::make_exception_ptr(std::system_error(
+        std::make_error_code(std::errc::connection_aborted), "sendfile: the connection was lost")));
+  }
   boost::system::error_code ignored;
   socket_.close(ignored);  // completes any pending wait with operation_aborted
   // Break the transport <-> protocol cycle, as asyncio does.
@@ -289,6 +297,7 @@ bool StreamTransport<Socket>::refuse_write_when_lost() {
 template <class Socket>
 void StreamTransport<Socket>::write(std::span<const std::byte> data) {
   if (eof_requested_) throw std::logic_error("Cannot call write() after write_eof()");
+  if (sendfile_) throw std::logic_error("unable to write; sendfile is in progress");
   if (data.empty() || refuse_write_when_lost()) return;
   buffer_and_send({&data, 1});
 }
@@ -296,6 +305,7 @@ void StreamTransport<Socket>::write(std::span<const std::byte> data) {
 template <class Socket>
 void StreamTransport<Socket>::writelines(std::span<const std::span<const std::byte>> buffers) {
   if (eof_requested_) throw std::logic_error("Cannot call writelines() after write_eof()");
+  if (sendfile_) throw std::logic_error("unable to write; sendfile is in progress");
   std::size_t total = 0;
   for (auto b : buffers) total += b.size();
   if (total == 0 || refuse_write_when_lost()) return;
@@ -361,6 +371,7 @@ void StreamTransport<Socket>::on_writable(const boost::system::error_code& ec) {
   maybe_resume_protocol();  // the protocol may write, close or abort here
   if (state_ >= State::lost) return;
   if (!buffer_.empty()) return arm_write();
+  if (sendfile_) return sendfile_step();  // it was waiting for the buffer to drain
   if (state_ == State::closing) post_connection_lost(nullptr);
   else if (eof_requested_) shutdown_write();
 }
@@ -454,6 +465,70 @@ std::any StreamTransport<Socket>::extra_info(std::string_view name) const {
   if (name == "sockname" && sockname_) return *sockname_;
   if (name == "socket" && state_ != State::closed) return static_cast<int>(const_cast<Socket&>(socket_).native_handle());
   return {};
+}
+
+// ---- sendfile ---------------------------------------------------------------
+
+template <class Socket>
+void StreamTransport<Socket>::send_file(int file, std::uint64_t offset, std::optional<std::uint64_t> count,
+                                        std::function<void(std::exception_ptr, std::uint64_t)> done) {
+  if (state_ != State::open || eof_requested_) {
+    throw std::logic_error("sendfile: the transport is closing");
+  }
+  if (sendfile_) throw std::logic_error("sendfile: another sendfile is in progress");
+  const bool was_reading = is_reading();
+  pause_reading();  // as asyncio: nothing arrives while the file goes out
+  sendfile_ = SendfileJob{file, offset, count, 0, was_reading, std::move(done)};
+  if (buffer_.empty()) {
+    asio::post(socket_.get_executor(), [this, keep = self()] {
+      if (sendfile_) sendfile_step();
+    });
+  }
+}
+
+template <class Socket>
+void StreamTransport<Socket>::sendfile_step() {
+  SendfileJob& job = *sendfile_;
+  const int sock = socket_.native_handle();
+  for (;;) {
+    if (job.remaining && *job.remaining == 0) return finish_sendfile(nullptr);
+    const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(job.remaining.value_or(1u << 30), 1u << 30));
+    off_t position = static_cast<off_t>(job.offset + job.sent);
+    const ssize_t n = ::sendfile(sock, job.file, &position, chunk);
+    if (n > 0) {
+      job.sent += static_cast<std::uint64_t>(n);
+      if (job.remaining) *job.remaining -= static_cast<std::uint64_t>(n);
+      continue;
+    }
+    if (n == 0) return finish_sendfile(nullptr);  // end of file
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) {
+      socket_.async_wait(Socket::wait_write, [this, keep = self()](const boost::system::error_code& ec) {
+        if (!sendfile_) return;
+        if (ec) {
+          return finish_sendfile(std::make_exception_ptr(std::system_error(ec, "sendfile: waiting for the socket")));
+        }
+        sendfile_step();
+      });
+      return;
+    }
+    const int error = errno;
+    if (job.sent == 0 && (error == EINVAL || error == ENOSYS || error == ESPIPE || error == EOVERFLOW)) {
+      return finish_sendfile(std::make_exception_ptr(std::system_error(
+          std::make_error_code(std::errc::operation_not_supported), "sendfile(2) cannot read this file")));
+    }
+    return finish_sendfile(std::make_exception_ptr(std::system_error(error, std::generic_category(), "sendfile")));
+  }
+}
+
+template <class Socket>
+void StreamTransport<Socket>::finish_sendfile(std::exception_ptr error) {
+  SendfileJob job = std::move(*sendfile_);
+  sendfile_.reset();
+  // Like asyncio, leave the file's position after what was sent.
+  ::lseek(job.file, static_cast<off_t>(job.offset + job.sent), SEEK_SET);
+  if (job.resume_reading) resume_reading();
+  asio::post(socket_.get_executor(), [done = std::move(job.done), error, sent = job.sent] { done(error, sent); });
 }
 
 template class StreamTransport<asio::ip::tcp::socket>;

@@ -12,7 +12,9 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 
+#include <functional>
 #include <memory>
+#include <optional>
 
 namespace conduit {
 
@@ -47,6 +49,14 @@ class StreamTransport final : public Transport, private detail::LoopResource {
   /// transport that takes over. This one is then closed without callbacks.
   /// Throws std::logic_error unless open with nothing left to write.
   std::pair<Socket, std::shared_ptr<Server>> hand_over();
+
+  /// For loop.sendfile: once the write buffer is empty, send `count` bytes
+  /// (nullopt: up to EOF) of `file` from `offset` with sendfile(2), reading
+  /// paused and write() refused meanwhile; then `done(error, bytes_sent)`.
+  /// An fd sendfile(2) cannot read fails with errc::operation_not_supported
+  /// before anything is sent (the caller may fall back to read/write).
+  void send_file(int file, std::uint64_t offset, std::optional<std::uint64_t> count,
+                 std::function<void(std::exception_ptr, std::uint64_t)> done);
 
   bool is_closing() const override { return state_ != State::open; }
   void close() override;
@@ -88,6 +98,17 @@ class StreamTransport final : public Transport, private detail::LoopResource {
     paused,   // pause_reading()
     at_eof,   // the peer's EOF was delivered: nothing is read again (SPEC S6)
   };
+
+  struct SendfileJob {
+    int file;
+    std::uint64_t offset;
+    std::optional<std::uint64_t> remaining;  // nullopt: to EOF
+    std::uint64_t sent = 0;
+    bool resume_reading;
+    std::function<void(std::exception_ptr, std::uint64_t)> done;
+  };
+  void sendfile_step();
+  void finish_sendfile(std::exception_ptr error);
 
   void on_loop_destroyed() override;
   /// Close the socket, drop the protocol and leave the server.
@@ -138,6 +159,7 @@ class StreamTransport final : public Transport, private detail::LoopResource {
   bool eof_requested_ = false;  // write_eof() was called
   std::size_t writes_after_lost_ = 0;
   WriteBuffer buffer_;
+  std::optional<SendfileJob> sendfile_;
   WriteFlowControl flow_{WriteTransport::default_high_water};
   std::optional<SocketAddress> peername_;
   std::optional<SocketAddress> sockname_;

@@ -306,6 +306,26 @@ class EventLoop {
         token, std::move(transport), std::move(protocol), std::move(options), server_side);
   }
 
+  /// Send `count` bytes (nullopt: to end of file) of the open file `file`
+  /// from `offset` over `transport`, and complete with (error, bytes sent);
+  /// the file's position ends after what was sent. TCP and Unix transports
+  /// use the kernel's sendfile(2) once their write buffer is empty; others
+  /// (TLS, pipes), or files sendfile(2) cannot read, go through read() and
+  /// write() with the transport's flow control, unless `fallback` is false
+  /// (an errc::operation_not_supported error then). Reading is paused
+  /// meanwhile, and write() is refused on a TCP/Unix transport.
+  template <class Token>
+  auto sendfile(std::shared_ptr<Transport> transport, int file, std::uint64_t offset,
+                std::optional<std::uint64_t> count, bool fallback, Token&& token) {
+    return asio::async_initiate<Token, void(std::exception_ptr, std::uint64_t)>(
+        [this](auto handler, std::shared_ptr<Transport> t, int f, std::uint64_t o, std::optional<std::uint64_t> c,
+               bool fb) {
+          sendfile_impl(std::move(t), f, o, c, fb,
+                        asio::any_completion_handler<void(std::exception_ptr, std::uint64_t)>(std::move(handler)));
+        },
+        token, std::move(transport), file, offset, count, fallback);
+  }
+
   /// Read from the pipe, FIFO, socket or character device `fd` through a
   /// Protocol; the transport owns `fd` from then on (on failure it stays
   /// the caller's). A regular file is refused (std::invalid_argument).
@@ -364,6 +384,9 @@ class EventLoop {
   void start_tls_impl(std::shared_ptr<Transport> transport, std::shared_ptr<BaseProtocol> protocol,
                       TlsOptions options, bool server_side,
                       asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<Transport>)> handler);
+  void sendfile_impl(std::shared_ptr<Transport> transport, int file, std::uint64_t offset,
+                     std::optional<std::uint64_t> count, bool fallback,
+                     asio::any_completion_handler<void(std::exception_ptr, std::uint64_t)> handler);
   void connect_read_pipe_impl(ProtocolFactory factory, int fd, detail::ConnectionHandler handler);
   void connect_write_pipe_impl(ProtocolFactory factory, int fd, detail::ConnectionHandler handler);
   void subprocess_exec_impl(ProtocolFactory factory, std::vector<std::string> argv, SubprocessOptions options,
