@@ -3,7 +3,7 @@
 
 # Everything the build, the tests and the demo need, from Debian 12.
 CONDUIT_PACKAGES="cmake ninja-build g++ pkg-config libboost1.81-dev libcli11-dev libssl-dev
-  libgtest-dev libgmock-dev socat procps util-linux"
+  libgtest-dev libgmock-dev socat openssl procps util-linux"
 
 install_missing_packages() {
   missing=
