@@ -137,6 +137,19 @@ void EventLog::data(std::string_view who, std::string_view what, std::span<const
   if (options_.hex) std::cerr << hex_dump(data);
 }
 
+RttSummary::RttSummary(const std::vector<double>& rtts_ms) {
+  if (rtts_ms.empty()) return;
+  min = *std::min_element(rtts_ms.begin(), rtts_ms.end());
+  max = *std::max_element(rtts_ms.begin(), rtts_ms.end());
+  double sum = 0;
+  for (double v : rtts_ms) sum += v;
+  avg = sum / static_cast<double>(rtts_ms.size());
+}
+
+std::string RttSummary::json() const {
+  return "{\"min\":" + std::to_string(min) + ",\"avg\":" + std::to_string(avg) + ",\"max\":" + std::to_string(max) + "}";
+}
+
 std::string hex_dump(std::span<const std::byte> data) {
   std::string out;
   char line[128];

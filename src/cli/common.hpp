@@ -10,6 +10,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace conduit::cli {
 
@@ -90,6 +91,14 @@ class EventLog {
 
  private:
   const OutputOptions& options_;
+};
+
+/// Round-trip times in milliseconds, summarized (all 0 when empty).
+struct RttSummary {
+  double min = 0, avg = 0, max = 0;
+  explicit RttSummary(const std::vector<double>& rtts_ms);
+  /// As JSON: {"min":..,"avg":..,"max":..}.
+  std::string json() const;
 };
 
 /// Classic hex dump: offset, 16 bytes in hex, printable ASCII.

@@ -152,17 +152,10 @@ std::string make_payload(const EchoClientOptions& options) {
 }
 
 void print_json(const EchoClientOptions& options, const ClientResult& r, double elapsed_ms) {
-  double min = 0, max = 0, sum = 0;
-  if (!r.rtts_ms.empty()) {
-    min = *std::min_element(r.rtts_ms.begin(), r.rtts_ms.end());
-    max = *std::max_element(r.rtts_ms.begin(), r.rtts_ms.end());
-    for (double v : r.rtts_ms) sum += v;
-  }
-  const double avg = r.rtts_ms.empty() ? 0 : sum / static_cast<double>(r.rtts_ms.size());
   std::cout << "{\"endpoint\":" << json_string(options.connect) << ",\"ok\":" << (r.exit_code == 0 ? "true" : "false")
             << ",\"exit_code\":" << r.exit_code << ",\"rounds\":" << r.rounds << ",\"bytes_sent\":" << r.sent
-            << ",\"bytes_received\":" << r.received << ",\"elapsed_ms\":" << elapsed_ms << ",\"rtt_ms\":{\"min\":" << min
-            << ",\"avg\":" << avg << ",\"max\":" << max << "}";
+            << ",\"bytes_received\":" << r.received << ",\"elapsed_ms\":" << elapsed_ms
+            << ",\"rtt_ms\":" << RttSummary(r.rtts_ms).json();
   if (!r.error.empty()) std::cout << ",\"error\":" << json_string(r.error);
   std::cout << "}" << std::endl;
 }

@@ -224,17 +224,9 @@ class UdpEchoClient final : public DatagramProtocol {
 };
 
 void print_client_json(const UdpClientOptions& options, const UdpClientResult& r) {
-  double min = 0, max = 0, sum = 0;
-  if (!r.rtts_ms.empty()) {
-    min = *std::min_element(r.rtts_ms.begin(), r.rtts_ms.end());
-    max = *std::max_element(r.rtts_ms.begin(), r.rtts_ms.end());
-    for (double v : r.rtts_ms) sum += v;
-  }
-  const double avg = r.rtts_ms.empty() ? 0 : sum / static_cast<double>(r.rtts_ms.size());
   std::cout << "{\"endpoint\":" << json_string(options.connect) << ",\"ok\":" << (r.exit_code == 0 ? "true" : "false")
             << ",\"exit_code\":" << r.exit_code << ",\"sent\":" << r.sent << ",\"received\":" << r.received
-            << ",\"lost\":" << r.lost << ",\"late\":" << r.late << ",\"rtt_ms\":{\"min\":" << min << ",\"avg\":" << avg
-            << ",\"max\":" << max << "}";
+            << ",\"lost\":" << r.lost << ",\"late\":" << r.late << ",\"rtt_ms\":" << RttSummary(r.rtts_ms).json();
   if (!r.error.empty()) std::cout << ",\"error\":" << json_string(r.error);
   std::cout << "}" << std::endl;
 }
@@ -270,11 +262,7 @@ int run_udp_client(const UdpClientOptions& options) {
     print_client_json(options, result);
   } else if (!options.output.quiet) {
     std::cout << result.sent << " sent, " << result.received << " received, " << result.lost << " lost";
-    if (!result.rtts_ms.empty()) {
-      double sum = 0;
-      for (double v : result.rtts_ms) sum += v;
-      std::cout << ", rtt avg " << sum / static_cast<double>(result.rtts_ms.size()) << " ms";
-    }
+    if (!result.rtts_ms.empty()) std::cout << ", rtt avg " << RttSummary(result.rtts_ms).avg << " ms";
     std::cout << std::endl;
   }
   return result.exit_code;

@@ -86,7 +86,7 @@ void DatagramEndpoint<Socket>::start(std::shared_ptr<DatagramProtocol> protocol)
     if (state_ == State::closed) return;
     call_protocol("Exception in callback protocol.connection_made()",
                   [&] { datagram_protocol_->connection_made(keep); });
-    if (is_reading()) arm_read();
+    if (is_reading()) reads_.start();
   });
 }
 
@@ -101,64 +101,28 @@ void DatagramEndpoint<Socket>::set_protocol(std::shared_ptr<BaseProtocol> protoc
 // ---- reading --------------------------------------------------------------
 
 template <class Socket>
-void DatagramEndpoint<Socket>::arm_read() {
-  if (read_wait_ != ReadWait::none) return;
-  read_wait_ = ReadWait::waiting;
-  socket_.async_wait(Socket::wait_read,
-                     asio::bind_cancellation_slot(read_cancel_.slot(),
-                                                  [this, keep = self()](const boost::system::error_code& ec) {
-                                                    on_readable(ec);
-                                                  }));
+void DatagramEndpoint<Socket>::on_read_wait_error(const boost::system::error_code& ec) {
+  report_error(ec, "recvfrom");
+  if (is_reading()) reads_.start();
 }
 
 template <class Socket>
-void DatagramEndpoint<Socket>::schedule_read() {
-  if (read_wait_ != ReadWait::none) return;
-  read_wait_ = ReadWait::posted;
-  asio::post(socket_.get_executor(), [this, keep = self()] { on_read_turn(); });
-}
-
-template <class Socket>
-void DatagramEndpoint<Socket>::on_readable(const boost::system::error_code& ec) {
-  read_wait_ = ReadWait::none;
-  if (!is_reading() || ec == asio::error::operation_aborted) return;
-  if (ec) {
-    report_error(ec, "recvfrom");
-    if (is_reading()) arm_read();
-    return;
-  }
-  on_read_turn();
-}
-
-template <class Socket>
-void DatagramEndpoint<Socket>::on_read_turn() {
-  read_wait_ = ReadWait::none;
-  if (!is_reading()) return;
-  // One datagram a turn, so that a flood on one endpoint does not starve
-  // the rest of the loop; the next is tried without waiting.
-  const bool received = receive_one();
-  if (!is_reading()) return;
-  if (received) schedule_read();
-  else arm_read();
-}
-
-template <class Socket>
-bool DatagramEndpoint<Socket>::receive_one() {
+detail::ReadOutcome DatagramEndpoint<Socket>::read_once() {
   std::span<std::byte> buffer = loop_.read_buffer();
   Endpoint sender;
   boost::system::error_code ec;
   std::size_t n = socket_.receive_from(asio::buffer(buffer.data(), buffer.size()), sender, 0, ec);
-  if (ec == asio::error::would_block || ec == asio::error::interrupted) return false;
+  if (ec == asio::error::would_block || ec == asio::error::interrupted) return detail::ReadOutcome::would_block;
   if (ec) {
     // E.g. ECONNREFUSED from an ICMP port unreachable (SPEC D4).
     report_error(ec, "recvfrom");
-    return true;
+    return detail::ReadOutcome::data;  // the next datagram may be fine
   }
   // A connected socket may report no sender address; it is the peer.
   const SocketAddress from = (peer_ && sender == Endpoint()) ? *peer_ : SocketAddress(sender);
   call_protocol("Exception in callback protocol.datagram_received()",
                 [&] { datagram_protocol_->datagram_received(buffer.first(n), from); });
-  return true;
+  return detail::ReadOutcome::data;
 }
 
 template <class Socket>
@@ -263,7 +227,7 @@ template <class Socket>
 void DatagramEndpoint<Socket>::close() {
   if (state_ != State::open) return;
   state_ = State::closing;
-  if (read_wait_ == ReadWait::waiting) read_cancel_.emit(asio::cancellation_type::all);
+  reads_.stop();
   if (queue_.empty()) post_connection_lost();
 }
 
@@ -277,7 +241,7 @@ void DatagramEndpoint<Socket>::force_close() {
   if (state_ >= State::lost) return;
   queue_.clear();
   queued_bytes_ = 0;
-  if (read_wait_ == ReadWait::waiting) read_cancel_.emit(asio::cancellation_type::all);
+  reads_.stop();
   post_connection_lost();
 }
 

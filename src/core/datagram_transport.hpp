@@ -7,6 +7,7 @@
 #include "conduit/event_loop.hpp"
 #include "conduit/transports.hpp"
 #include "conduit/write_flow_control.hpp"
+#include "read_pump.hpp"
 
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/ip/udp.hpp>
@@ -64,7 +65,6 @@ class DatagramEndpoint final : public DatagramTransport, private detail::LoopRes
 
  private:
   enum class State { open, closing, lost, closed };
-  enum class ReadWait { none, posted, waiting };
   struct Datagram {
     std::vector<std::byte> data;
     std::optional<Endpoint> to;  // none on a connected socket
@@ -74,12 +74,11 @@ class DatagramEndpoint final : public DatagramTransport, private detail::LoopRes
   void release();
   std::shared_ptr<DatagramEndpoint> self();
   Endpoint endpoint_of(const SocketAddress& addr) const;
+  friend class detail::ReadPump<DatagramEndpoint, Socket>;
   bool is_reading() const { return state_ == State::open; }
-  void arm_read();
-  void schedule_read();
-  void on_readable(const boost::system::error_code& ec);
-  void on_read_turn();
-  bool receive_one();
+  /// One datagram a turn, so a flood on one endpoint does not starve the loop.
+  detail::ReadOutcome read_once();
+  void on_read_wait_error(const boost::system::error_code& ec);
   /// One send of `datagram`: true if sent or failed for good (reported),
   /// false if the kernel said EAGAIN.
   bool send_one(std::span<const std::byte> data, const std::optional<Endpoint>& to);
@@ -99,8 +98,7 @@ class DatagramEndpoint final : public DatagramTransport, private detail::LoopRes
   std::shared_ptr<BaseProtocol> protocol_;
   DatagramProtocol* datagram_protocol_ = nullptr;  // protocol_, typed
   State state_ = State::open;
-  ReadWait read_wait_ = ReadWait::none;
-  boost::asio::cancellation_signal read_cancel_;
+  detail::ReadPump<DatagramEndpoint, Socket> reads_{*this, socket_};
   bool write_armed_ = false;
   std::size_t sends_after_lost_ = 0;
   std::deque<Datagram> queue_;

@@ -79,7 +79,7 @@ void ReadPipeTransport::start(std::shared_ptr<Protocol> protocol) {
       loop_.call_exception_handler({"Exception in callback protocol.connection_made()", std::current_exception(),
                                     shared_from_this(), protocol_});
     }
-    if (is_reading()) arm_read();
+    if (is_reading()) reads_.start();
   });
 }
 
@@ -90,46 +90,16 @@ void ReadPipeTransport::set_protocol(std::shared_ptr<BaseProtocol> protocol) {
   stream_protocol_ = typed;
 }
 
-void ReadPipeTransport::arm_read() {
-  if (read_wait_ != ReadWait::none) return;
-  read_wait_ = ReadWait::waiting;
-  pipe_.async_wait(asio::posix::stream_descriptor::wait_read,
-                   asio::bind_cancellation_slot(read_cancel_.slot(),
-                                                [this, keep = self()](const boost::system::error_code& ec) {
-                                                  read_wait_ = ReadWait::none;
-                                                  if (ec == asio::error::operation_aborted) {
-                                                    if (is_reading()) arm_read();
-                                                    return;
-                                                  }
-                                                  if (ec) return fatal_error(ec);
-                                                  on_read_turn();
-                                                }));
-}
-
-void ReadPipeTransport::schedule_read() {
-  if (read_wait_ != ReadWait::none) return;
-  read_wait_ = ReadWait::posted;
-  asio::post(pipe_.get_executor(), [this, keep = self()] {
-    read_wait_ = ReadWait::none;
-    on_read_turn();
-  });
-}
-
-void ReadPipeTransport::disarm_read() {
-  if (read_wait_ == ReadWait::waiting) read_cancel_.emit(asio::cancellation_type::all);
-}
-
-void ReadPipeTransport::on_read_turn() {
-  if (!is_reading()) return;
+detail::ReadOutcome ReadPipeTransport::read_once() {
   std::span<std::byte> buffer = loop_.read_buffer();
   boost::system::error_code ec;
   const std::size_t n = pipe_.read_some(asio::buffer(buffer.data(), buffer.size()), ec);
-  if (ec == asio::error::would_block || ec == asio::error::interrupted) return arm_read();
+  if (ec == asio::error::would_block || ec == asio::error::interrupted) return detail::ReadOutcome::would_block;
   if (ec == asio::error::eof) {
     // The writer is gone: eof_received, then connection_lost, whatever
     // eof_received returns (SPEC P2).
     state_ = State::lost;
-    disarm_read();
+    reads_.stop();
     asio::post(pipe_.get_executor(), [this, keep = self()] {
       try {
         stream_protocol_->eof_received();
@@ -139,29 +109,33 @@ void ReadPipeTransport::on_read_turn() {
       }
       call_connection_lost(nullptr);
     });
-    return;
+    return detail::ReadOutcome::stopped;
   }
-  if (ec) return fatal_error(ec);
+  if (ec) {
+    fatal_error(ec);
+    return detail::ReadOutcome::stopped;
+  }
   try {
     stream_protocol_->data_received(buffer.first(n));
   } catch (...) {
     auto exc = std::current_exception();
     loop_.call_exception_handler({"Fatal error: protocol.data_received() call failed.", exc, shared_from_this(), protocol_});
-    return close_with(exc);
+    close_with(exc);
+    return detail::ReadOutcome::stopped;
   }
-  if (is_reading()) schedule_read();
+  return detail::ReadOutcome::data;
 }
 
 void ReadPipeTransport::pause_reading() {
   if (!is_reading()) return;
   paused_ = true;
-  disarm_read();
+  reads_.stop();
 }
 
 void ReadPipeTransport::resume_reading() {
   if (state_ != State::open || !paused_) return;
   paused_ = false;
-  arm_read();
+  reads_.start();
 }
 
 void ReadPipeTransport::write(std::span<const std::byte>) {
@@ -192,7 +166,7 @@ void ReadPipeTransport::close() { close_with(nullptr); }
 void ReadPipeTransport::close_with(std::exception_ptr exc) {
   if (state_ != State::open) return;
   state_ = State::lost;
-  disarm_read();
+  reads_.stop();
   asio::post(pipe_.get_executor(), [this, keep = self(), exc] { call_connection_lost(exc); });
 }
 

@@ -12,6 +12,7 @@
 #include "conduit/transports.hpp"
 #include "conduit/write_buffer.hpp"
 #include "conduit/write_flow_control.hpp"
+#include "read_pump.hpp"
 
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -72,14 +73,12 @@ class ReadPipeTransport final : public Transport, private detail::LoopResource {
 
  private:
   enum class State { open, lost, closed };
-  enum class ReadWait { none, posted, waiting };
 
+  friend class detail::ReadPump<ReadPipeTransport, boost::asio::posix::stream_descriptor>;
   void on_loop_destroyed() override;
   std::shared_ptr<ReadPipeTransport> self();
-  void arm_read();
-  void schedule_read();
-  void disarm_read();
-  void on_read_turn();
+  detail::ReadOutcome read_once();
+  void on_read_wait_error(const boost::system::error_code& ec) { fatal_error(ec); }
   void fatal_error(const boost::system::error_code& ec);
   void close_with(std::exception_ptr exc);
   void call_connection_lost(std::exception_ptr exc);
@@ -90,8 +89,7 @@ class ReadPipeTransport final : public Transport, private detail::LoopResource {
   Protocol* stream_protocol_ = nullptr;
   State state_ = State::open;
   bool paused_ = false;
-  ReadWait read_wait_ = ReadWait::none;
-  boost::asio::cancellation_signal read_cancel_;
+  detail::ReadPump<ReadPipeTransport, boost::asio::posix::stream_descriptor> reads_{*this, pipe_};
 };
 
 /// The write end: buffered writes with flow control. write_eof() and

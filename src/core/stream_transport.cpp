@@ -117,7 +117,7 @@ void StreamTransport<Socket>::start(std::shared_ptr<BaseProtocol> protocol) {
       if (stream_protocol_) stream_protocol_->connection_made(keep);
       else buffered_protocol_->connection_made(keep);
     });
-    if (is_reading()) arm_read();
+    if (is_reading()) reads_.start();
   });
 }
 
@@ -128,7 +128,7 @@ std::pair<Socket, std::shared_ptr<Server>> StreamTransport<Socket>::hand_over() 
     throw std::logic_error("start_tls: the transport still has " + std::to_string(buffer_.size()) +
                            " bytes to write");
   }
-  disarm_read();
+  reads_.stop();
   if (write_armed_) socket_.cancel();
   state_ = State::closed;
   loop_.untrack(this);
@@ -154,57 +154,13 @@ void StreamTransport<Socket>::set_protocol(std::shared_ptr<BaseProtocol> protoco
 // ---- reading --------------------------------------------------------------
 
 template <class Socket>
-void StreamTransport<Socket>::arm_read() {
-  if (read_wait_ != ReadWait::none) return;
-  read_wait_ = ReadWait::waiting;
-  socket_.async_wait(Socket::wait_read,
-                     asio::bind_cancellation_slot(read_cancel_.slot(),
-                                                  [this, keep = self()](const boost::system::error_code& ec) {
-                                                    on_readable(ec);
-                                                  }));
+auto StreamTransport<Socket>::read_once() -> ReadOutcome {
+  return buffered_protocol_ ? read_into_protocol_buffer() : read_into_loop_buffer();
 }
 
 template <class Socket>
-void StreamTransport<Socket>::schedule_read() {
-  if (read_wait_ != ReadWait::none) return;
-  read_wait_ = ReadWait::posted;
-  asio::post(socket_.get_executor(), [this, keep = self()] { on_read_turn(); });
-}
-
-template <class Socket>
-void StreamTransport<Socket>::disarm_read() {
-  // A posted read cannot be withdrawn; it finds the transport not reading.
-  if (read_wait_ == ReadWait::waiting) read_cancel_.emit(asio::cancellation_type::all);
-}
-
-template <class Socket>
-void StreamTransport<Socket>::on_readable(const boost::system::error_code& ec) {
-  read_wait_ = ReadWait::none;
-  if (ec == asio::error::operation_aborted) {
-    // Cancelled by pause_reading() or close(); resume_reading() may have
-    // come since, while this wait was still pending.
-    if (is_reading()) arm_read();
-    return;
-  }
-  if (!is_reading()) return;  // completed just before a pause: leave the data
-  if (ec) return fatal_error(ec, "Fatal read error on socket transport");
-  continue_reading(buffered_protocol_ ? read_into_protocol_buffer() : read_into_loop_buffer());
-}
-
-template <class Socket>
-void StreamTransport<Socket>::on_read_turn() {
-  read_wait_ = ReadWait::none;
-  if (!is_reading()) return;  // paused or closed since: resume_reading() re-arms
-  continue_reading(buffered_protocol_ ? read_into_protocol_buffer() : read_into_loop_buffer());
-}
-
-template <class Socket>
-void StreamTransport<Socket>::continue_reading(ReadOutcome outcome) {
-  if (!is_reading()) return;
-  // Posting rather than looping also keeps one busy connection from
-  // starving the others: each gets one read per turn of the loop.
-  if (outcome == ReadOutcome::data) schedule_read();
-  else if (outcome == ReadOutcome::would_block) arm_read();
+void StreamTransport<Socket>::on_read_wait_error(const boost::system::error_code& ec) {
+  fatal_error(ec, "Fatal read error on socket transport");
 }
 
 template <class Socket>
@@ -273,14 +229,14 @@ template <class Socket>
 void StreamTransport<Socket>::pause_reading() {
   if (!is_reading()) return;
   read_state_ = ReadState::paused;
-  disarm_read();
+  reads_.stop();
 }
 
 template <class Socket>
 void StreamTransport<Socket>::resume_reading() {
   if (state_ != State::open || read_state_ != ReadState::paused) return;
   read_state_ = ReadState::reading;
-  arm_read();
+  reads_.start();
 }
 
 // ---- writing --------------------------------------------------------------
@@ -418,7 +374,7 @@ template <class Socket>
 void StreamTransport<Socket>::close() {
   if (state_ != State::open) return;
   state_ = State::closing;
-  disarm_read();
+  reads_.stop();
   if (buffer_.empty()) post_connection_lost(nullptr);
 }
 
@@ -439,7 +395,7 @@ template <class Socket>
 void StreamTransport<Socket>::force_close(std::exception_ptr exc) {
   if (state_ >= State::lost) return;
   buffer_.clear();
-  disarm_read();
+  reads_.stop();
   post_connection_lost(std::move(exc));
 }
 

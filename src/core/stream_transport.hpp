@@ -7,6 +7,7 @@
 #include "conduit/transports.hpp"
 #include "conduit/write_buffer.hpp"
 #include "conduit/write_flow_control.hpp"
+#include "read_pump.hpp"
 
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -114,13 +115,10 @@ class StreamTransport final : public Transport, private detail::LoopResource {
   /// Close the socket, drop the protocol and leave the server.
   void release();
   std::shared_ptr<StreamTransport> self();
-  enum class ReadOutcome { data, would_block, stopped };
-  void arm_read();
-  void schedule_read();
-  void disarm_read();
-  void on_readable(const boost::system::error_code& ec);
-  void on_read_turn();
-  void continue_reading(ReadOutcome outcome);
+  using ReadOutcome = detail::ReadOutcome;
+  friend class detail::ReadPump<StreamTransport, Socket>;
+  ReadOutcome read_once();
+  void on_read_wait_error(const boost::system::error_code& ec);
   ReadOutcome read_into_loop_buffer();
   ReadOutcome read_into_protocol_buffer();
   ReadOutcome on_eof();
@@ -146,15 +144,9 @@ class StreamTransport final : public Transport, private detail::LoopResource {
   BufferedProtocol* buffered_protocol_ = nullptr;  // protocol_ as a BufferedProtocol, or null
   State state_ = State::open;
   ReadState read_state_ = ReadState::reading;
-  enum class ReadWait {
-    none,     // nothing pending: paused, at EOF, closing, or inside a read
-    posted,   // a read is posted for the loop's next turn
-    waiting,  // an async_wait for readability is pending
-  };
-  ReadWait read_wait_ = ReadWait::none;
-  // Cancels just the read wait (socket.cancel() would take the write wait
+  // Cancels just its own wait (socket.cancel() would take the write wait
   // too), so a paused or closing transport holds no pending read.
-  boost::asio::cancellation_signal read_cancel_;
+  detail::ReadPump<StreamTransport, Socket> reads_{*this, socket_};
   bool write_armed_ = false;    // an async_wait for writability is pending
   bool eof_requested_ = false;  // write_eof() was called
   std::size_t writes_after_lost_ = 0;

@@ -1,0 +1,87 @@
+// The read loop every readiness-based transport shares (sockets, datagram
+// sockets, pipes): wait for readability, read once, and after a read that
+// got data try the next read on the loop's next turn before waiting again.
+#pragma once
+
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/asio/post.hpp>
+
+namespace conduit::detail {
+
+/// What one read attempt found.
+enum class ReadOutcome {
+  data,         // got something: read again on the next turn
+  would_block,  // nothing there: wait for readability
+  stopped,      // EOF, an error or a close: the owner ended reading
+};
+
+/// Drives the reads of `Owner`, which provides:
+///   bool is_reading() const;            // may a read happen now?
+///   ReadOutcome read_once();            // one non-blocking read, delivered
+///   void on_read_wait_error(ec);        // the readability wait failed
+///   std::shared_ptr<Owner> self();      // kept alive by each pending step
+///
+/// Why post instead of waiting at once: every Asio async_wait costs an
+/// epoll_ctl, and under load the next data is usually there by the next
+/// turn. Posting also keeps one busy transport from starving the others.
+///
+///   idle --start()--> waiting --readable--> read --data--> posted --turn--> read
+///     ^                  |                    |                  |
+///     +---stop()---------+<---would_block-----+  (not reading: back to idle)
+template <class Owner, class IoObject>
+class ReadPump {
+ public:
+  ReadPump(Owner& owner, IoObject& io) : owner_(owner), io_(io) {}
+
+  /// Make sure a read will come: wait unless a wait or a turn is pending.
+  void start() {
+    if (state_ != State::idle) return;
+    state_ = State::waiting;
+    io_.async_wait(IoObject::wait_read,
+                   boost::asio::bind_cancellation_slot(
+                       cancel_.slot(), [this, keep = owner_.self()](const boost::system::error_code& ec) {
+                         state_ = State::idle;
+                         if (ec == boost::asio::error::operation_aborted) {
+                           // Cancelled by stop(); start() may have come since.
+                           if (owner_.is_reading()) start();
+                           return;
+                         }
+                         if (!owner_.is_reading()) return;  // stopped just after it fired
+                         if (ec) return owner_.on_read_wait_error(ec);
+                         read();
+                       }));
+  }
+
+  /// No more reads until start(): cancels a pending wait; a posted turn
+  /// finds the owner not reading.
+  void stop() {
+    if (state_ == State::waiting) cancel_.emit(boost::asio::cancellation_type::all);
+  }
+
+ private:
+  enum class State { idle, waiting, posted };
+
+  void read() {
+    const ReadOutcome outcome = owner_.read_once();
+    if (!owner_.is_reading()) return;
+    if (outcome == ReadOutcome::data) post_turn();
+    else if (outcome == ReadOutcome::would_block) start();
+  }
+
+  void post_turn() {
+    state_ = State::posted;
+    boost::asio::post(io_.get_executor(), [this, keep = owner_.self()] {
+      state_ = State::idle;
+      if (owner_.is_reading()) read();
+    });
+  }
+
+  Owner& owner_;
+  IoObject& io_;
+  State state_ = State::idle;
+  boost::asio::cancellation_signal cancel_;
+};
+
+}  // namespace conduit::detail
