@@ -3,7 +3,8 @@
 
 # Everything the build, the tests and the demo need, from Debian 12.
 CONDUIT_PACKAGES="cmake ninja-build g++ pkg-config libboost1.81-dev libcli11-dev libssl-dev
-  libgtest-dev libgmock-dev socat openssl procps util-linux"
+  libgtest-dev libgmock-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  python3-grpcio python3-grpc-tools grpc-proto socat openssl procps util-linux"
 
 install_missing_packages() {
   missing=

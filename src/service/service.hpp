@@ -1,0 +1,79 @@
+// The gRPC service: remote callers open transports on this host and drive
+// them as sessions (proto/conduit/v1/conduit.proto). The core runs on one
+// EventLoop thread; gRPC's callback threads only post work to it.
+#pragma once
+
+#include "conduit/v1/conduit.grpc.pb.h"
+
+#include <conduit/event_loop.hpp>
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+
+namespace conduit::service {
+
+/// Policy and limits, from `conduit serve`'s flags.
+struct ServiceOptions {
+  /// Bearer token every call must present ("authorization: Bearer T");
+  /// empty: no authentication (allowed on loopback only, by `serve`).
+  std::string token;
+  /// Programs a subprocess session may run (argv[0], exactly), unless
+  /// allow_exec_any; shell sessions need allow_exec_any.
+  std::set<std::string> allow_exec;
+  bool allow_exec_any = false;
+  std::size_t max_sessions = 1000;
+  /// Events queued for a slow client before the session's transport stops
+  /// reading (and resumes below a quarter of it).
+  std::size_t max_buffered_events_bytes = 1 << 20;
+};
+
+/// What ListSessions reports of one session; counters are updated from the
+/// loop thread and read from gRPC threads.
+struct SessionRecord {
+  std::string id, kind, target, peer;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::atomic<std::uint64_t> bytes_in{0}, bytes_out{0};
+  std::function<void()> abort;  // posts an abort of its transport to the loop
+};
+
+class ConduitService final : public v1::Conduit::CallbackService {
+ public:
+  explicit ConduitService(ServiceOptions options);
+  ~ConduitService() override;
+
+  grpc::ServerBidiReactor<v1::ClientMessage, v1::Event>* Session(grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* ListSessions(grpc::CallbackServerContext* context, const v1::ListSessionsRequest* request,
+                                         v1::ListSessionsResponse* response) override;
+  grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* context, const v1::CloseSessionRequest* request,
+                                         v1::CloseSessionResponse* response) override;
+
+  EventLoop& loop() { return loop_; }
+  const ServiceOptions& options() const { return options_; }
+
+  /// UNAUTHENTICATED unless the call carries the token (constant-time check).
+  grpc::Status authenticate(const grpc::CallbackServerContext& context) const;
+
+  /// Register a session; RESOURCE_EXHAUSTED past max_sessions.
+  grpc::Status add_session(const std::shared_ptr<SessionRecord>& record);
+  void remove_session(const std::string& id);
+  std::string next_session_id();
+
+ private:
+  ServiceOptions options_;
+  EventLoop loop_;
+  std::thread loop_thread_;
+  mutable std::mutex sessions_mutex_;
+  std::map<std::string, std::shared_ptr<SessionRecord>> sessions_;
+  std::atomic<std::uint64_t> next_id_{1};
+};
+
+}  // namespace conduit::service

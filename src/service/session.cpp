@@ -1,0 +1,615 @@
+#include "session.hpp"
+
+#include <conduit/tls.hpp>
+
+#include <boost/asio/post.hpp>
+
+#include <chrono>
+#include <system_error>
+
+namespace conduit::service {
+
+namespace {
+
+// Data events carry at most this much: a 256 KiB read becomes 4 events.
+constexpr std::size_t max_event_data = 64 * 1024;
+
+v1::Error error_of(std::exception_ptr exc) {
+  v1::Error error;
+  try {
+    std::rethrow_exception(exc);
+  } catch (const std::system_error& e) {
+    if (e.code().category() == std::generic_category() || e.code().category() == std::system_category() ||
+        std::string_view(e.code().category().name()) == "system") {
+      error.set_errno_value(e.code().value());
+    }
+    error.set_message(e.what());
+  } catch (const std::exception& e) {
+    error.set_message(e.what());
+  } catch (...) {
+    error.set_message("unknown error");
+  }
+  return error;
+}
+
+std::size_t size_of(const v1::Event& event) {
+  return event.ByteSizeLong();
+}
+
+}  // namespace
+
+// ==== Link ======================================================================
+
+void Link::attach(SessionReactor* reactor) {
+  std::lock_guard lock(mutex_);
+  reactor_ = reactor;
+}
+
+void Link::detach() {
+  std::lock_guard lock(mutex_);
+  reactor_ = nullptr;
+}
+
+void Link::set_loop_side(std::shared_ptr<LoopSide> side) {
+  std::lock_guard lock(mutex_);
+  loop_side_ = std::move(side);
+}
+
+std::shared_ptr<LoopSide> Link::loop_side() {
+  std::lock_guard lock(mutex_);
+  return loop_side_;
+}
+
+void Link::emit(v1::Event event) {
+  std::lock_guard lock(mutex_);
+  if (finished_) return;
+  event.set_seq(++seq_);
+  event.set_unix_nanos(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::system_clock::now().time_since_epoch())
+                           .count());
+  queued_bytes_ += size_of(event);
+  queue_.push_back(std::move(event));
+  start_write_locked();
+  flow_control_locked();
+}
+
+void Link::finish(grpc::Status status) {
+  std::lock_guard lock(mutex_);
+  if (finish_) return;
+  finish_ = std::move(status);
+  start_write_locked();
+}
+
+void Link::start_write_locked() {
+  if (writing_ || !reactor_ || finished_) return;
+  if (!queue_.empty()) {
+    writing_ = true;
+    reactor_->StartWrite(&queue_.front());
+  } else if (finish_) {
+    finished_ = true;
+    reactor_->Finish(*finish_);
+  }
+}
+
+void Link::on_write_done(bool ok) {
+  std::lock_guard lock(mutex_);
+  writing_ = false;
+  if (!queue_.empty()) {
+    queued_bytes_ -= size_of(queue_.front());
+    queue_.pop_front();
+  }
+  if (!ok) {
+    // The stream broke: nothing more can be written.
+    queue_.clear();
+    queued_bytes_ = 0;
+    if (!finished_ && reactor_) {
+      finished_ = true;
+      reactor_->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client stream is gone"));
+    }
+    return;
+  }
+  start_write_locked();
+  flow_control_locked();
+}
+
+void Link::flow_control_locked() {
+  const std::size_t high = service_.options().max_buffered_events_bytes;
+  bool change = false, reading = false;
+  if (!transport_paused_ && queued_bytes_ > high) {
+    transport_paused_ = change = true;
+    reading = false;
+  } else if (transport_paused_ && queued_bytes_ <= high / 4) {
+    transport_paused_ = false;
+    change = reading = true;
+  }
+  if (!change || !loop_side_) return;
+  asio::post(service_.loop().get_executor(), [side = loop_side_, reading] { side->set_reading(reading); });
+}
+
+void Link::hold_commands(bool hold) {
+  std::lock_guard lock(mutex_);
+  commands_held_ = hold;
+  if (!hold && read_owed_ && reactor_ && !finished_) {
+    read_owed_ = false;
+    reactor_->resume_reads();
+  }
+}
+
+bool Link::may_read() {
+  std::lock_guard lock(mutex_);
+  if (commands_held_) read_owed_ = true;
+  return !commands_held_;
+}
+
+// ==== loop sides ================================================================
+
+namespace {
+
+/// Events from a stream transport's callbacks; commands onto it.
+class ConnectionSide final : public Protocol, public LoopSide {
+ public:
+  explicit ConnectionSide(std::shared_ptr<Link> link) : link_(std::move(link)) {}
+
+  void connection_made(std::shared_ptr<Transport> transport) override {
+    transport_ = std::move(transport);
+    v1::Event event;
+    auto* made = event.mutable_connection_made();
+    made->set_session_id(link_->record()->id);
+    if (auto peer = transport_->get_extra_info_as<SocketAddress>("peername")) made->set_peername(peer->to_string());
+    if (auto name = transport_->get_extra_info_as<SocketAddress>("sockname")) made->set_sockname(name->to_string());
+    if (auto cipher = transport_->get_extra_info_as<CipherInfo>("cipher")) {
+      made->set_tls_version(cipher->protocol);
+      made->set_tls_cipher(cipher->name);
+    }
+    link_->emit(std::move(event));
+    if (!reading_) transport_->pause_reading();
+  }
+  void data_received(std::span<const std::byte> data) override {
+    link_->record()->bytes_in += data.size();
+    for (std::size_t at = 0; at < data.size(); at += max_event_data) {
+      auto chunk = data.subspan(at, std::min(max_event_data, data.size() - at));
+      v1::Event event;
+      event.mutable_data_received()->set_data(std::string(as_string_view(chunk)));
+      link_->emit(std::move(event));
+    }
+  }
+  bool eof_received() override {
+    v1::Event event;
+    event.mutable_eof_received();
+    link_->emit(std::move(event));
+    peer_done_ = true;
+    // Half-open while the client still writes; once both sides are done,
+    // close (flushing what the client wrote last).
+    return !client_done_;
+  }
+  void pause_writing() override {
+    v1::Event event;
+    event.mutable_pause_writing()->set_buffered(transport_->get_write_buffer_size());
+    link_->emit(std::move(event));
+    link_->hold_commands(true);
+  }
+  void resume_writing() override {
+    v1::Event event;
+    event.mutable_resume_writing()->set_buffered(transport_->get_write_buffer_size());
+    link_->emit(std::move(event));
+    link_->hold_commands(false);
+  }
+  void connection_lost(std::exception_ptr exc) override {
+    v1::Event event;
+    auto* lost = event.mutable_connection_lost();
+    if (exc) *lost->mutable_error() = error_of(exc);
+    link_->emit(std::move(event));
+    link_->hold_commands(false);
+    link_->finish(grpc::Status::OK);
+    link_->set_loop_side(nullptr);  // break the link <-> side cycle
+    transport_.reset();
+  }
+
+  void command(const v1::Command& c) override {
+    if (!transport_) return failed(c, "the transport is closed");
+    try {
+      switch (c.kind_case()) {
+        case v1::Command::kWrite:
+          link_->record()->bytes_out += c.write().size();
+          transport_->write(c.write());
+          break;
+        case v1::Command::kWritelines: {
+          std::vector<std::span<const std::byte>> buffers;
+          for (const auto& d : c.writelines().data()) {
+            link_->record()->bytes_out += d.size();
+            buffers.push_back(as_bytes(d));
+          }
+          transport_->writelines(buffers);
+          break;
+        }
+        case v1::Command::kWriteEof: client_done_writing(); break;
+        case v1::Command::kClose: transport_->close(); break;
+        case v1::Command::kAbort: transport_->abort(); break;
+        case v1::Command::kPauseReading:
+          client_paused_ = true;
+          transport_->pause_reading();
+          break;
+        case v1::Command::kResumeReading:
+          client_paused_ = false;
+          if (reading_) transport_->resume_reading();
+          break;
+        case v1::Command::kSetWriteBufferLimits: {
+          const auto& l = c.set_write_buffer_limits();
+          transport_->set_write_buffer_limits(l.high(), l.low() ? std::optional<std::int64_t>(l.low()) : std::nullopt);
+          break;
+        }
+        case v1::Command::kGetExtraInfo: extra_info(c.get_extra_info().name()); break;
+        default: failed(c, "not a command for a connection session");
+      }
+    } catch (const std::exception& e) {
+      failed(c, e.what());
+    }
+  }
+  void client_done_writing() override {
+    if (!transport_ || client_done_) return;
+    client_done_ = true;
+    if (peer_done_ || !transport_->can_write_eof()) transport_->close();  // TLS has no half-close
+    else transport_->write_eof();
+  }
+  void abort() override {
+    if (transport_) transport_->abort();
+  }
+  void set_reading(bool reading) override {
+    reading_ = reading;
+    if (!transport_) return;
+    if (!reading) transport_->pause_reading();
+    else if (!client_paused_) transport_->resume_reading();
+  }
+
+ private:
+  void failed(const v1::Command& c, const std::string& why) {
+    v1::Event event;
+    auto* f = event.mutable_command_failed();
+    f->set_command(v1::Command::descriptor()->FindFieldByNumber(c.kind_case())
+                       ? v1::Command::descriptor()->FindFieldByNumber(c.kind_case())->name()
+                       : "unknown");
+    f->set_message(why);
+    link_->emit(std::move(event));
+  }
+  void extra_info(const std::string& name) {
+    v1::Event event;
+    auto* info = event.mutable_extra_info();
+    info->set_name(name);
+    std::any value = transport_->get_extra_info(name);
+    if (auto* address = std::any_cast<SocketAddress>(&value)) info->set_value(address->to_string());
+    else if (auto* fd = std::any_cast<int>(&value)) info->set_value(std::to_string(*fd));
+    else if (auto* cipher = std::any_cast<CipherInfo>(&value)) info->set_value(cipher->name + " " + cipher->protocol);
+    else if (auto* cert = std::any_cast<CertificateInfo>(&value)) info->set_value(cert->subject);
+    info->set_found(value.has_value());
+    link_->emit(std::move(event));
+  }
+
+  std::shared_ptr<Link> link_;
+  std::shared_ptr<Transport> transport_;
+  bool reading_ = true;        // the service's backpressure allows reading
+  bool client_paused_ = false;  // the client asked for pause_reading
+  bool client_done_ = false;    // the client half-closed (write_eof)
+  bool peer_done_ = false;      // the peer half-closed (eof_received)
+};
+
+/// Events from a child's callbacks; commands onto it and its stdin.
+class SubprocessSide final : public SubprocessProtocol, public LoopSide {
+ public:
+  explicit SubprocessSide(std::shared_ptr<Link> link) : link_(std::move(link)) {}
+
+  void connection_made(std::shared_ptr<SubprocessTransport> transport) override {
+    transport_ = std::move(transport);
+    v1::Event event;
+    event.mutable_connection_made()->set_session_id(link_->record()->id);
+    event.mutable_connection_made()->set_pid(transport_->get_pid());
+    link_->emit(std::move(event));
+  }
+  void pipe_data_received(int fd, std::span<const std::byte> data) override {
+    link_->record()->bytes_in += data.size();
+    for (std::size_t at = 0; at < data.size(); at += max_event_data) {
+      auto chunk = data.subspan(at, std::min(max_event_data, data.size() - at));
+      v1::Event event;
+      event.mutable_pipe_data_received()->set_fd(fd);
+      event.mutable_pipe_data_received()->set_data(std::string(as_string_view(chunk)));
+      link_->emit(std::move(event));
+    }
+  }
+  void pipe_connection_lost(int fd, std::exception_ptr exc) override {
+    v1::Event event;
+    event.mutable_pipe_connection_lost()->set_fd(fd);
+    if (exc) *event.mutable_pipe_connection_lost()->mutable_error() = error_of(exc);
+    link_->emit(std::move(event));
+  }
+  void process_exited() override {
+    v1::Event event;
+    event.mutable_process_exited()->set_returncode(transport_->get_returncode().value_or(0));
+    link_->emit(std::move(event));
+  }
+  void pause_writing() override {
+    v1::Event event;
+    event.mutable_pause_writing();
+    link_->emit(std::move(event));
+    link_->hold_commands(true);
+  }
+  void resume_writing() override {
+    v1::Event event;
+    event.mutable_resume_writing();
+    link_->emit(std::move(event));
+    link_->hold_commands(false);
+  }
+  void connection_lost(std::exception_ptr exc) override {
+    v1::Event event;
+    if (exc) *event.mutable_connection_lost()->mutable_error() = error_of(exc);
+    else event.mutable_connection_lost();
+    link_->emit(std::move(event));
+    link_->hold_commands(false);
+    link_->finish(grpc::Status::OK);
+    link_->set_loop_side(nullptr);
+    transport_.reset();
+  }
+
+  void command(const v1::Command& c) override {
+    if (!transport_) return failed(c, "the process session is over");
+    try {
+      auto stdin_pipe = transport_->get_pipe_transport(0);
+      switch (c.kind_case()) {
+        case v1::Command::kWrite:
+          if (!stdin_pipe) return failed(c, "the child's stdin is closed");
+          link_->record()->bytes_out += c.write().size();
+          stdin_pipe->write(c.write());
+          break;
+        case v1::Command::kWriteEof:
+          if (stdin_pipe) stdin_pipe->close();
+          break;
+        case v1::Command::kClose: transport_->close(); break;
+        case v1::Command::kAbort: transport_->close(); break;
+        case v1::Command::kSendSignal: transport_->send_signal(c.send_signal().signal()); break;
+        case v1::Command::kTerminate: transport_->terminate(); break;
+        case v1::Command::kKill: transport_->kill(); break;
+        case v1::Command::kPauseReading: set_output_reading(false); break;
+        case v1::Command::kResumeReading: set_output_reading(true); break;
+        default: failed(c, "not a command for a subprocess session");
+      }
+    } catch (const std::exception& e) {
+      failed(c, e.what());
+    }
+  }
+  void client_done_writing() override {
+    if (!transport_) return;
+    if (auto stdin_pipe = transport_->get_pipe_transport(0)) stdin_pipe->close();
+  }
+  void abort() override {
+    if (transport_) transport_->close();  // kills the child (and its group)
+  }
+  void set_reading(bool reading) override { set_output_reading(reading); }
+
+ private:
+  void set_output_reading(bool reading) {
+    if (!transport_) return;
+    for (int fd : {1, 2}) {
+      if (auto pipe = transport_->get_pipe_transport(fd)) {
+        if (reading) pipe->resume_reading();
+        else pipe->pause_reading();
+      }
+    }
+  }
+  void failed(const v1::Command& c, const std::string& why) {
+    v1::Event event;
+    const auto* field = v1::Command::descriptor()->FindFieldByNumber(c.kind_case());
+    event.mutable_command_failed()->set_command(field ? field->name() : "unknown");
+    event.mutable_command_failed()->set_message(why);
+    link_->emit(std::move(event));
+  }
+
+  std::shared_ptr<Link> link_;
+  std::shared_ptr<SubprocessTransport> transport_;
+};
+
+void open_failed(const std::shared_ptr<Link>& link, std::exception_ptr error) {
+  v1::Event event;
+  *event.mutable_open_failed()->mutable_error() = error_of(error);
+  link->emit(std::move(event));
+  link->finish(grpc::Status::OK);
+  link->set_loop_side(nullptr);
+}
+
+void open_connection(const std::shared_ptr<Link>& link, const v1::OpenConnection& open) {
+  EventLoop& loop = link->service().loop();
+  auto side = std::make_shared<ConnectionSide>(link);
+  link->set_loop_side(side);
+  auto done = [link, open](std::exception_ptr error, std::shared_ptr<Transport> transport, auto) {
+    if (error) return open_failed(link, error);
+    if (open.write_buffer_high()) {
+      transport->set_write_buffer_limits(
+          open.write_buffer_high(), open.write_buffer_low() ? std::optional<std::int64_t>(open.write_buffer_low()) : std::nullopt);
+    }
+  };
+  auto factory = [side] { return side; };
+  if (open.has_tcp()) {
+    ConnectOptions options;
+    if (open.tls().enabled()) {
+      std::shared_ptr<asio::ssl::context> context;
+      if (open.tls().insecure()) {
+        context = tls::insecure_client_context();
+      } else {
+        context = tls::client_context();
+        if (!open.tls().ca_pem().empty()) {
+          context = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+          context->add_certificate_authority(asio::buffer(open.tls().ca_pem()));
+          context->set_verify_mode(asio::ssl::verify_peer);
+        }
+      }
+      TlsOptions tls(context);
+      if (!open.tls().server_hostname().empty()) tls.server_hostname = open.tls().server_hostname();
+      options.tls = std::move(tls);
+    }
+    loop.create_connection(factory, open.tcp().host(), static_cast<std::uint16_t>(open.tcp().port()), options, done);
+  } else {
+    loop.create_unix_connection(factory, open.unix_path(), done);
+  }
+}
+
+void open_subprocess(const std::shared_ptr<Link>& link, const v1::OpenSubprocess& open) {
+  EventLoop& loop = link->service().loop();
+  auto side = std::make_shared<SubprocessSide>(link);
+  link->set_loop_side(side);
+  SubprocessOptions options;
+  if (!open.cwd().empty()) options.cwd = open.cwd();
+  if (!open.env().empty()) {
+    std::vector<std::string> env;
+    for (const auto& [k, v] : open.env()) env.push_back(k + "=" + v);
+    options.env = std::move(env);
+  }
+  auto done = [link](std::exception_ptr error, auto, auto) {
+    if (error) open_failed(link, error);
+  };
+  auto factory = [side] { return side; };
+  if (!open.shell().empty()) {
+    loop.subprocess_shell(factory, open.shell(), options, done);
+  } else {
+    std::vector<std::string> args(open.argv().begin() + 1, open.argv().end());
+    loop.subprocess_exec(factory, open.argv(0), args, options, done);
+  }
+}
+
+}  // namespace
+
+grpc::Status validate_open(const v1::ClientMessage& message, const ServiceOptions& options) {
+  using grpc::Status;
+  using grpc::StatusCode;
+  switch (message.kind_case()) {
+    case v1::ClientMessage::kOpenConnection: {
+      const auto& open = message.open_connection();
+      if (open.has_tcp()) {
+        if (open.tcp().host().empty()) return Status(StatusCode::INVALID_ARGUMENT, "open_connection.tcp.host is empty");
+        if (open.tcp().port() == 0 || open.tcp().port() > 65535) {
+          return Status(StatusCode::INVALID_ARGUMENT, "open_connection.tcp.port must be 1 to 65535");
+        }
+      } else if (open.target_case() == v1::OpenConnection::kUnixPath) {
+        if (open.unix_path().empty()) return Status(StatusCode::INVALID_ARGUMENT, "open_connection.unix_path is empty");
+        if (open.tls().enabled()) return Status(StatusCode::INVALID_ARGUMENT, "open_connection.tls: TLS needs tcp");
+      } else {
+        return Status(StatusCode::INVALID_ARGUMENT, "open_connection: set tcp or unix_path");
+      }
+      if (open.write_buffer_low() > open.write_buffer_high() && open.write_buffer_high() != 0) {
+        return Status(StatusCode::INVALID_ARGUMENT, "open_connection.write_buffer_low exceeds write_buffer_high");
+      }
+      return Status::OK;
+    }
+    case v1::ClientMessage::kOpenSubprocess: {
+      const auto& open = message.open_subprocess();
+      if (open.argv().empty() == open.shell().empty()) {
+        return Status(StatusCode::INVALID_ARGUMENT, "open_subprocess: set exactly one of argv and shell");
+      }
+      if (!open.argv().empty() && open.argv(0).empty()) {
+        return Status(StatusCode::INVALID_ARGUMENT, "open_subprocess.argv[0] (the program) is empty");
+      }
+      if (!options.allow_exec_any) {
+        if (!open.shell().empty()) {
+          return Status(StatusCode::PERMISSION_DENIED, "shell sessions need the service's --allow-exec-any");
+        }
+        if (!options.allow_exec.count(open.argv(0))) {
+          return Status(StatusCode::PERMISSION_DENIED,
+                        "'" + open.argv(0) + "' is not in the service's --allow-exec list");
+        }
+      }
+      return Status::OK;
+    }
+    case v1::ClientMessage::kCommand:
+      return Status(StatusCode::INVALID_ARGUMENT,
+                    "the first message must open the session (open_connection or open_subprocess), not a command");
+    default:
+      return Status(StatusCode::INVALID_ARGUMENT, "empty message: set open_connection or open_subprocess");
+  }
+}
+
+void open_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& open) {
+  if (open.has_open_connection()) open_connection(link, open.open_connection());
+  else open_subprocess(link, open.open_subprocess());
+}
+
+// ==== SessionReactor ============================================================
+
+SessionReactor::SessionReactor(ConduitService& service, grpc::CallbackServerContext* context) : service_(service) {
+  if (auto status = service.authenticate(*context); !status.ok()) {
+    Finish(status);
+    return;
+  }
+  auto record = std::make_shared<SessionRecord>();
+  record->id = service.next_session_id();
+  record->peer = context->peer();
+  link_ = std::make_shared<Link>(service, record);
+  link_->attach(this);
+  StartRead(&incoming_);
+}
+
+void SessionReactor::post_to_loop(std::function<void(LoopSide&)> fn) {
+  asio::post(service_.loop().get_executor(), [link = link_, fn = std::move(fn)] {
+    if (auto side = link->loop_side()) fn(*side);
+  });
+}
+
+void SessionReactor::fail(grpc::Status status) {
+  post_to_loop([](LoopSide& side) { side.abort(); });
+  link_->finish(std::move(status));
+}
+
+void SessionReactor::OnReadDone(bool ok) {
+  if (!ok) {
+    // The client half-closed (or went away: OnCancel follows then).
+    if (!opened_) return link_->finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                                     "the stream ended before a message opened the session"));
+    post_to_loop([](LoopSide& side) { side.client_done_writing(); });
+    return;
+  }
+  if (!opened_) {
+    if (auto status = validate_open(incoming_, service_.options()); !status.ok()) return link_->finish(status);
+    auto& record = *link_->record();
+    if (incoming_.has_open_connection()) {
+      const auto& c = incoming_.open_connection();
+      record.kind = "connection";
+      record.target = c.has_tcp() ? std::string(c.tls().enabled() ? "tls://" : "tcp://") + c.tcp().host() + ":" +
+                                        std::to_string(c.tcp().port())
+                                  : "unix://" + c.unix_path();
+    } else {
+      const auto& s = incoming_.open_subprocess();
+      record.kind = "subprocess";
+      record.target = s.shell().empty() ? s.argv(0) : "sh -c " + s.shell();
+    }
+    record.abort = [&service = service_, weak = std::weak_ptr<Link>(link_)] {
+      asio::post(service.loop().get_executor(), [weak] {
+        if (auto link = weak.lock()) {
+          if (auto side = link->loop_side()) side->abort();
+        }
+      });
+    };
+    if (auto status = service_.add_session(link_->record()); !status.ok()) return link_->finish(status);
+    opened_ = true;
+    asio::post(service_.loop().get_executor(), [link = link_, open = incoming_] { open_session(link, open); });
+  } else if (incoming_.has_command()) {
+    post_to_loop([command = incoming_.command()](LoopSide& side) { side.command(command); });
+  } else {
+    return fail(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a session opens once: only commands may follow"));
+  }
+  if (link_->may_read()) StartRead(&incoming_);
+}
+
+void SessionReactor::OnWriteDone(bool ok) { link_->on_write_done(ok); }
+
+void SessionReactor::OnCancel() {
+  if (link_) post_to_loop([](LoopSide& side) { side.abort(); });
+}
+
+void SessionReactor::OnDone() {
+  if (link_) {
+    link_->detach();
+    if (opened_) {
+      service_.remove_session(link_->record()->id);
+      // If the transport still runs (the client vanished), end it.
+      post_to_loop([](LoopSide& side) { side.abort(); });
+    }
+  }
+  delete this;
+}
+
+}  // namespace conduit::service

@@ -1,0 +1,116 @@
+// One session: a gRPC bidirectional stream (SessionReactor, on gRPC's
+// threads) bound to one transport and its protocol (the "loop side", on the
+// EventLoop thread). They talk only through Link: the reactor posts
+// commands to the loop; the loop side hands events to the link.
+#pragma once
+
+#include "service.hpp"
+
+#include <deque>
+#include <memory>
+#include <mutex>
+
+namespace conduit::service {
+
+class SessionReactor;
+class LoopSide;
+
+/// The two halves' meeting point, shared by both; `reactor` is null once
+/// gRPC is done with the stream.
+///
+/// Outgoing events queue here, one StartWrite at a time. Backpressure:
+///   events queued > high  -> the loop side pauses reading its transport
+///   events queued <= low  -> it resumes
+///   transport pause_writing  -> the reactor stops starting reads
+///   transport resume_writing -> it starts them again
+class Link {
+ public:
+  Link(ConduitService& service, std::shared_ptr<SessionRecord> record) : service_(service), record_(std::move(record)) {}
+
+  // ---- from the loop side (loop thread) ----
+  /// Queue an event for the client (seq and time are filled in here).
+  void emit(v1::Event event);
+  /// After the last event: finish the call once the queue drains.
+  void finish(grpc::Status status);
+  /// The transport's write buffer passed its high watermark (true) or
+  /// drained (false): hold or resume reading commands.
+  void hold_commands(bool hold);
+
+  // ---- from the reactor (gRPC threads) ----
+  void attach(SessionReactor* reactor);
+  void detach();
+  /// The write in flight completed: start the next or finish.
+  void on_write_done(bool ok);
+  /// Whether the reactor may start another read now; false also records
+  /// that one is owed when commands are released.
+  bool may_read();
+
+  ConduitService& service() { return service_; }
+  const std::shared_ptr<SessionRecord>& record() const { return record_; }
+  void set_loop_side(std::shared_ptr<LoopSide> side);
+  std::shared_ptr<LoopSide> loop_side();
+
+ private:
+  void start_write_locked();
+  void flow_control_locked();
+
+  ConduitService& service_;
+  std::shared_ptr<SessionRecord> record_;
+  std::mutex mutex_;
+  SessionReactor* reactor_ = nullptr;
+  std::shared_ptr<LoopSide> loop_side_;
+  std::deque<v1::Event> queue_;
+  std::size_t queued_bytes_ = 0;
+  bool writing_ = false;
+  bool transport_paused_ = false;  // we paused its reading for a slow client
+  std::optional<grpc::Status> finish_;
+  bool finished_ = false;
+  std::uint64_t seq_ = 0;
+  bool commands_held_ = false;
+  bool read_owed_ = false;
+};
+
+/// The transport side of a session, on the loop thread.
+class LoopSide {
+ public:
+  virtual ~LoopSide() = default;
+  /// Carry out one command from the client.
+  virtual void command(const v1::Command& command) = 0;
+  /// The client half-closed its stream.
+  virtual void client_done_writing() = 0;
+  /// Abort: the client went away or the session was closed by an admin.
+  virtual void abort() = 0;
+  /// Pause or resume reading from the transport (events backpressure).
+  virtual void set_reading(bool reading) = 0;
+};
+
+/// Open the session described by `open` on the loop (validated already).
+void open_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& open);
+
+/// INVALID_ARGUMENT naming the field, PERMISSION_DENIED by policy, or OK.
+grpc::Status validate_open(const v1::ClientMessage& open, const ServiceOptions& options);
+
+/// The reactor of one Session() call.
+class SessionReactor final : public grpc::ServerBidiReactor<v1::ClientMessage, v1::Event> {
+ public:
+  SessionReactor(ConduitService& service, grpc::CallbackServerContext* context);
+
+  void OnReadDone(bool ok) override;
+  void OnWriteDone(bool ok) override;
+  void OnCancel() override;
+  void OnDone() override;
+
+  /// For Link: resume reading commands.
+  void resume_reads() { StartRead(&incoming_); }
+
+ private:
+  void fail(grpc::Status status);
+  void post_to_loop(std::function<void(LoopSide&)> fn);
+
+  ConduitService& service_;
+  std::shared_ptr<Link> link_;
+  v1::ClientMessage incoming_;
+  bool opened_ = false;
+};
+
+}  // namespace conduit::service

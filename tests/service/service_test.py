@@ -1,0 +1,257 @@
+#!/usr/bin/python3
+"""conduit serve end to end, from Python's grpcio (Debian's python3-grpcio).
+
+usage: service_test.py CONDUIT_BIN PROTO_DIR
+
+Starts `conduit serve` and `conduit echo-server` as child processes (stopped
+by PID at the end), generates the Python stubs from PROTO_DIR (and the
+health service's from /usr/share/grpc-proto) into a temporary directory, and
+runs each scenario with a bounded wait.
+"""
+import hashlib
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import unittest
+
+import grpc
+from grpc_tools import protoc
+
+CONDUIT, PROTO_DIR = sys.argv[1], sys.argv[2]
+TIMEOUT = 20  # seconds any single wait may take
+
+STUBS = tempfile.mkdtemp(prefix="conduit-stubs-")
+if protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={STUBS}", f"--grpc_python_out={STUBS}",
+                os.path.join(PROTO_DIR, "conduit/v1/conduit.proto")]) != 0:
+    sys.exit("cannot generate the Python stubs")
+sys.path.insert(0, STUBS)
+from conduit.v1 import conduit_pb2 as pb, conduit_pb2_grpc as pb_grpc  # noqa: E402
+
+
+def start(argv):
+    """A child whose first stdout line is "listening ADDRESS"; returns (process, address)."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    if not line.startswith("listening "):
+        process.kill()
+        raise RuntimeError(f"{argv} did not start: {line!r} {process.stderr.read()}")
+    return process, line.split()[1]
+
+
+def stop(process):
+    process.terminate()
+    try:
+        process.wait(TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class Session:
+    """One Session() call: send() queues client messages; events() yields events."""
+
+    def __init__(self, stub, metadata=()):
+        self.outgoing = queue.Queue()
+        self.responses = stub.Session(iter(self.outgoing.get, None), metadata=metadata, timeout=60)
+
+    def send(self, **kind):
+        self.outgoing.put(pb.ClientMessage(**kind))
+
+    def command(self, **kind):
+        self.send(command=pb.Command(**kind))
+
+    def done_writing(self):
+        self.outgoing.put(None)
+
+    def next(self):
+        return next(self.responses)
+
+    def until(self, kind):
+        """Events up to and including the first of `kind`."""
+        seen = []
+        for event in self.responses:
+            seen.append(event)
+            if event.WhichOneof("kind") == kind:
+                return seen
+        raise AssertionError(f"the stream ended before {kind}: {[e.WhichOneof('kind') for e in seen]}")
+
+
+class ServiceTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.serve, address = start([CONDUIT, "serve", "--listen", "127.0.0.1:0", "--allow-exec", "/bin/cat"])
+        cls.echo, echo_url = start([CONDUIT, "echo-server", "--listen", "tcp://127.0.0.1:0", "--quiet"])
+        cls.echo_port = int(echo_url.rsplit(":", 1)[1])
+        cls.channel = grpc.insecure_channel(address)
+        grpc.channel_ready_future(cls.channel).result(timeout=TIMEOUT)
+        cls.stub = pb_grpc.ConduitStub(cls.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        stop(cls.echo)
+        stop(cls.serve)
+
+    def open_echo(self):
+        s = Session(self.stub)
+        s.send(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="127.0.0.1", port=self.echo_port)))
+        made = s.next()
+        self.assertEqual(made.WhichOneof("kind"), "connection_made", made)
+        self.assertEqual(made.seq, 1)
+        return s, made
+
+    def test_connection_session_round_trip(self):
+        s, made = self.open_echo()
+        self.assertEqual(made.connection_made.peername, f"127.0.0.1:{self.echo_port}")
+        s.command(write=b"hello, service")
+        data = b""
+        while len(data) < 14:
+            event = s.next()
+            self.assertEqual(event.WhichOneof("kind"), "data_received")
+            data += event.data_received.data
+        self.assertEqual(data, b"hello, service")
+        s.command(get_extra_info=pb.GetExtraInfo(name="peername"))
+        info = s.until("extra_info")[-1].extra_info
+        self.assertTrue(info.found)
+        s.command(close=pb.Close())
+        lost = s.until("connection_lost")[-1]
+        self.assertFalse(lost.connection_lost.HasField("error"))
+        self.assertEqual(list(s.responses), [], "the stream ends after connection_lost")
+
+    def test_half_close_is_write_eof(self):
+        s, _ = self.open_echo()
+        s.command(write=b"last words")
+        s.done_writing()  # the echo server flushes, then closes: eof_received
+        events = s.until("connection_lost")
+        kinds = [e.WhichOneof("kind") for e in events]
+        self.assertIn("eof_received", kinds)
+        self.assertEqual(b"".join(e.data_received.data for e in events), b"last words")
+        seqs = [e.seq for e in events]
+        self.assertEqual(seqs, sorted(seqs))
+
+    def test_refused_connection_is_an_open_failed_event(self):
+        with socket_bound() as port:
+            s = Session(self.stub)
+            s.send(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="127.0.0.1", port=port)))
+            event = s.next()
+        self.assertEqual(event.WhichOneof("kind"), "open_failed")
+        self.assertEqual(event.open_failed.error.errno_value, 111)  # ECONNREFUSED
+        self.assertIn("Connect call failed", event.open_failed.error.message)
+
+    def test_invalid_requests_name_the_field(self):
+        for message, text in ((pb.ClientMessage(command=pb.Command(write=b"x")), "first message must open"),
+                              (pb.ClientMessage(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="x"))),
+                               "open_connection.tcp.port"),
+                              (pb.ClientMessage(open_connection=pb.OpenConnection()), "set tcp or unix_path")):
+            with self.subTest(text=text):
+                s = Session(self.stub)
+                s.outgoing.put(message)
+                with self.assertRaises(grpc.RpcError) as caught:
+                    list(s.responses)
+                self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+                self.assertIn(text, caught.exception.details())
+
+    def test_subprocess_session_with_policy(self):
+        denied = Session(self.stub)
+        denied.send(open_subprocess=pb.OpenSubprocess(argv=["/bin/sh", "-c", "id"]))
+        with self.assertRaises(grpc.RpcError) as caught:
+            list(denied.responses)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+
+        s = Session(self.stub)
+        s.send(open_subprocess=pb.OpenSubprocess(argv=["/bin/cat"]))
+        made = s.next()
+        self.assertGreater(made.connection_made.pid, 0)
+        s.command(write=b"to stdin")
+        s.done_writing()  # closes the child's stdin: cat ends
+        events = s.until("connection_lost")
+        kinds = [e.WhichOneof("kind") for e in events]
+        self.assertIn("process_exited", kinds)
+        self.assertEqual(b"".join(e.pipe_data_received.data for e in events if e.pipe_data_received.fd == 1),
+                         b"to stdin")
+        exited = next(e for e in events if e.WhichOneof("kind") == "process_exited")
+        self.assertEqual(exited.process_exited.returncode, 0)
+
+    def test_list_and_close_sessions(self):
+        s, made = self.open_echo()
+        listed = self.stub.ListSessions(pb.ListSessionsRequest(), timeout=TIMEOUT)
+        mine = [x for x in listed.sessions if x.session_id == made.connection_made.session_id]
+        self.assertEqual(len(mine), 1)
+        self.assertEqual(mine[0].kind, "connection")
+        self.assertEqual(mine[0].target, f"tcp://127.0.0.1:{self.echo_port}")
+        self.stub.CloseSession(pb.CloseSessionRequest(session_id=made.connection_made.session_id), timeout=TIMEOUT)
+        s.until("connection_lost")
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.stub.CloseSession(pb.CloseSessionRequest(session_id="nope"), timeout=TIMEOUT)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+    def test_health_service(self):
+        # grpc.health.v1.Health/Check by hand: the request for service "" is
+        # empty; the reply SERVING is field 1 = 1. (Generated health stubs
+        # would be package "grpc", which grpcio itself owns.)
+        check = self.channel.unary_unary("/grpc.health.v1.Health/Check",
+                                         request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        self.assertEqual(check(b"", timeout=TIMEOUT), b"\x08\x01")
+
+    def test_slow_reader_fast_writer_keeps_memory_bounded(self):
+        """64 MiB through an echo session, read slowly: every byte in order, RSS bounded."""
+        total, chunk = 64 << 20, 256 << 10
+        s, _ = self.open_echo()
+        sent_digest, got_digest = hashlib.sha256(), hashlib.sha256()
+        rss_peak = [0]
+
+        def writer():
+            block = os.urandom(chunk)
+            for i in range(total // chunk):
+                data = block[i % 251:] + block[:i % 251]
+                sent_digest.update(data)
+                s.command(write=data)
+            s.done_writing()
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        received = 0
+        for event in s.responses:
+            if event.WhichOneof("kind") == "data_received":
+                received += len(event.data_received.data)
+                got_digest.update(event.data_received.data)
+                if received % (1 << 20) < len(event.data_received.data):
+                    rss_peak[0] = max(rss_peak[0], rss_kib(self.serve.pid))
+                    threading.Event().wait(0.02)  # a deliberately slow reader: ~50 MiB/s
+            if event.WhichOneof("kind") == "connection_lost":
+                break
+        thread.join(TIMEOUT)
+        self.assertEqual(received, total)
+        self.assertEqual(got_digest.hexdigest(), sent_digest.hexdigest())
+        # Unbounded buffering would hold most of the 64 MiB; the service's
+        # queues hold about 1 MiB of events plus the transport's 64 KiB.
+        print(f"service RSS peak {rss_peak[0]} KiB", file=sys.stderr)
+        self.assertLess(rss_peak[0], 48 * 1024, f"service RSS peaked at {rss_peak[0]} KiB")
+
+
+class socket_bound:
+    """A port nothing listens on (bound, not listening): connecting is refused."""
+
+    def __enter__(self):
+        import socket
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return self.sock.getsockname()[1]
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+if __name__ == "__main__":
+    unittest.main(argv=[sys.argv[0], "-v"])
