@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <stdexcept>
 #include <system_error>
@@ -117,6 +118,22 @@ void add_tls_flags(CLI::App& app, TlsFlags& flags, bool server) {
     app.add_option("--cert", flags.cert, "TLS: client certificate (PEM), for servers that ask")->check(CLI::ExistingFile);
     app.add_option("--key", flags.key, "TLS: private key (PEM) of --cert")->check(CLI::ExistingFile);
   }
+}
+
+void add_via_flags(CLI::App& app, ViaFlags& flags) {
+  app.add_option("--via", flags.address, "Run through the conduit service at HOST:PORT (a session on its host)");
+  app.add_option("--token-file", flags.token_file, "With --via: file whose first line is the service's bearer token")
+      ->check(CLI::ExistingFile);
+}
+
+std::string read_token(const ViaFlags& flags) {
+  if (flags.token_file.empty()) return {};
+  std::ifstream file(flags.token_file);
+  std::string token;
+  if (!std::getline(file, token) || token.empty()) {
+    throw std::invalid_argument("cannot read a token from --token-file " + flags.token_file);
+  }
+  return token;
 }
 
 void add_output_flags(CLI::App& app, OutputOptions& options) {

@@ -70,6 +70,17 @@ struct TlsFlags {
 /// Adds them to `app`; `server` words the help for a server.
 void add_tls_flags(CLI::App& app, TlsFlags& flags, bool server);
 
+/// --via HOST:PORT and --token-file: run the tool's protocol through a
+/// `conduit serve` session instead of locally.
+struct ViaFlags {
+  std::string address;
+  std::string token_file;
+};
+void add_via_flags(CLI::App& app, ViaFlags& flags);
+/// The token in flags.token_file's first line ("" without a file); throws
+/// std::invalid_argument if it cannot be read.
+std::string read_token(const ViaFlags& flags);
+
 /// -v, -x, --json, --quiet.
 struct OutputOptions {
   int verbose = 0;

@@ -6,10 +6,13 @@
 #include <conduit/event_loop.hpp>
 #include <conduit/tls.hpp>
 
+#include <remote_transport.hpp>
+
 #include <boost/asio/steady_timer.hpp>
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <iostream>
 #include <iterator>
 
@@ -27,6 +30,7 @@ struct EchoClientOptions {
   std::size_t count = 1;
   double timeout = 10.0;
   TlsFlags tls;
+  ViaFlags via;
   OutputOptions output;
 };
 
@@ -151,6 +155,27 @@ std::string make_payload(const EchoClientOptions& options) {
   return options.message.value_or("hello from conduit\n");
 }
 
+/// The session request for --via: `ep` as seen from the service's host.
+conduit::v1::OpenConnection open_connection_for(const Endpoint& ep, const TlsFlags& tls) {
+  conduit::v1::OpenConnection open;
+  if (ep.kind == Endpoint::Kind::unix_path) {
+    open.set_unix_path(ep.path);
+    return open;
+  }
+  open.mutable_tcp()->set_host(ep.host);
+  open.mutable_tcp()->set_port(ep.port);
+  if (ep.kind == Endpoint::Kind::tls) {
+    auto* t = open.mutable_tls();
+    t->set_enabled(true);
+    t->set_insecure(tls.insecure);
+    if (!tls.cafile.empty()) {
+      std::ifstream file(tls.cafile);
+      t->set_ca_pem(std::string(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()));
+    }
+  }
+  return open;
+}
+
 void print_json(const EchoClientOptions& options, const ClientResult& r, double elapsed_ms) {
   std::cout << "{\"endpoint\":" << json_string(options.connect) << ",\"ok\":" << (r.exit_code == 0 ? "true" : "false")
             << ",\"exit_code\":" << r.exit_code << ",\"rounds\":" << r.rounds << ",\"bytes_sent\":" << r.sent
@@ -204,7 +229,18 @@ int run_echo_client(const EchoClientOptions& options) {
     }
   }
   const auto start = Clock::now();
-  if (ep.kind == Endpoint::Kind::unix_path) {
+  if (!options.via.address.empty()) {
+    // The same protocol, over a connection made on the service's host.
+    service::RemoteOptions remote{options.via.address, {}};
+    try {
+      remote.token = read_token(options.via);
+    } catch (const std::invalid_argument& e) {
+      std::cerr << "conduit echo-client: " << e.what() << '\n';
+      return exit_usage;
+    }
+    service::create_remote_connection(loop, remote, open_connection_for(ep, options.tls), factory(),
+                                      [&](std::exception_ptr error) { on_connected(error, nullptr, nullptr); });
+  } else if (ep.kind == Endpoint::Kind::unix_path) {
     loop.create_unix_connection(factory, ep.path, on_connected);
   } else {
     loop.create_connection(factory, ep.host, ep.port, connect_options, on_connected);
@@ -244,6 +280,7 @@ void set_echo_client_command(CLI::App& app, int& exit_code) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   add_tls_flags(*cmd, options->tls, false);
+  add_via_flags(*cmd, options->via);
   add_output_flags(*cmd, options->output);
   cmd->footer(std::string(R"(Prints the echoed message on stdout (not with --size, --quiet or --json).
 
@@ -252,6 +289,7 @@ Examples:
   conduit echo-client --connect unix:///tmp/echo.sock --size 102400 --count 1000 --json
   printf 'line 1\nline 2\n' | conduit echo-client --connect tcp://[::1]:9000 --stdin -v -x
   conduit echo-client --connect tls://localhost:8443 --cafile ca.pem --message 'over TLS'
+  conduit echo-client --via 127.0.0.1:50051 --connect tcp://echo-tcp:7 --count 10   (through conduit serve)
 
 )") + exit_codes_help);
   cmd->callback([options, &exit_code] { exit_code = run_echo_client(*options); });

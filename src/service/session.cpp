@@ -41,27 +41,27 @@ std::size_t size_of(const v1::Event& event) {
 // ==== Link ======================================================================
 
 void Link::attach(SessionReactor* reactor) {
-  std::lock_guard lock(mutex_);
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   reactor_ = reactor;
 }
 
 void Link::detach() {
-  std::lock_guard lock(mutex_);
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   reactor_ = nullptr;
 }
 
 void Link::set_loop_side(std::shared_ptr<LoopSide> side) {
-  std::lock_guard lock(mutex_);
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   loop_side_ = std::move(side);
 }
 
 std::shared_ptr<LoopSide> Link::loop_side() {
-  std::lock_guard lock(mutex_);
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   return loop_side_;
 }
 
 void Link::emit(v1::Event event) {
-  std::lock_guard lock(mutex_);
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   if (finished_) return;
   event.set_seq(++seq_);
   event.set_unix_nanos(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -74,25 +74,36 @@ void Link::emit(v1::Event event) {
 }
 
 void Link::finish(grpc::Status status) {
-  std::lock_guard lock(mutex_);
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   if (finish_) return;
   finish_ = std::move(status);
   start_write_locked();
 }
 
 void Link::start_write_locked() {
-  if (writing_ || !reactor_ || finished_) return;
-  if (!queue_.empty()) {
-    writing_ = true;
-    reactor_->StartWrite(&queue_.front());
-  } else if (finish_) {
-    finished_ = true;
-    reactor_->Finish(*finish_);
+  // A write that completes at once re-enters through on_write_done: loop
+  // here instead of recursing.
+  if (pumping_) {
+    repump_ = true;
+    return;
   }
+  pumping_ = true;
+  do {
+    repump_ = false;
+    if (writing_ || !reactor_ || finished_) break;
+    if (!queue_.empty()) {
+      writing_ = true;
+      reactor_->StartWrite(&queue_.front());
+    } else if (finish_) {
+      finished_ = true;
+      reactor_->Finish(*finish_);
+    }
+  } while (repump_);
+  pumping_ = false;
 }
 
 void Link::on_write_done(bool ok) {
-  std::lock_guard lock(mutex_);
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   writing_ = false;
   if (!queue_.empty()) {
     queued_bytes_ -= size_of(queue_.front());
@@ -127,7 +138,7 @@ void Link::flow_control_locked() {
 }
 
 void Link::hold_commands(bool hold) {
-  std::lock_guard lock(mutex_);
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   commands_held_ = hold;
   if (!hold && read_owed_ && reactor_ && !finished_) {
     read_owed_ = false;
@@ -136,7 +147,7 @@ void Link::hold_commands(bool hold) {
 }
 
 bool Link::may_read() {
-  std::lock_guard lock(mutex_);
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   if (commands_held_) read_owed_ = true;
   return !commands_held_;
 }

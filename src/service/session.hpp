@@ -56,7 +56,11 @@ class Link {
 
   ConduitService& service_;
   std::shared_ptr<SessionRecord> record_;
-  std::mutex mutex_;
+  // Recursive: gRPC may run OnWriteDone/OnReadDone on the calling thread at
+  // the end of StartWrite/StartRead, while we still hold it.
+  std::recursive_mutex mutex_;
+  bool pumping_ = false;   // inside start_write_locked: re-entrant calls just ask for another round
+  bool repump_ = false;
   SessionReactor* reactor_ = nullptr;
   std::shared_ptr<LoopSide> loop_side_;
   std::deque<v1::Event> queue_;

@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <string>
 
 using conduit::testing::ChildProcess;
@@ -236,4 +237,78 @@ TEST(EchoTools, TlsInteropWithOpensslSClient) {
   s_client.wait(bound);
   server.signal(SIGTERM);
   EXPECT_EQ(server.wait(bound), 0);
+}
+
+// ---- through the service (--via) ----------------------------------------------
+
+namespace {
+
+struct Service {
+  ChildProcess process;
+  std::string address;
+  explicit Service(std::vector<std::string> extra = {})
+      : process([&] {
+          std::vector<std::string> argv = {CONDUIT_BIN, "serve", "--listen", "127.0.0.1:0"};
+          argv.insert(argv.end(), extra.begin(), extra.end());
+          return argv;
+        }()) {
+    auto line = process.wait_for_line("listening ", bound);
+    EXPECT_TRUE(line) << process.err();
+    address = line.value_or("");
+  }
+  ~Service() {
+    process.signal(SIGTERM);
+    process.wait(bound);
+  }
+};
+
+}  // namespace
+
+TEST(EchoTools, ViaTheServiceGivesTheSameOutputAndExitCodes) {
+  EchoServer server;
+  Service service;
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"--message", "same either way"}, {"--size", "300000", "--count", "20", "--quiet"}}) {
+    std::vector<std::string> direct = {CONDUIT_BIN, "echo-client", "--connect", server.url};
+    direct.insert(direct.end(), args.begin(), args.end());
+    std::vector<std::string> via = direct;
+    via.insert(via.begin() + 2, {"--via", service.address});
+    ChildProcess a(direct), b(via);
+    ASSERT_EQ(a.wait(bound), 0) << a.err();
+    ASSERT_EQ(b.wait(bound), 0) << b.err();
+    EXPECT_EQ(a.out(), b.out());
+  }
+  ChildProcess stdin_via({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url, "--stdin"},
+                         "half-closed through the service\n");
+  ASSERT_EQ(stdin_via.wait(bound), 0) << stdin_via.err();
+  EXPECT_EQ(stdin_via.out(), "half-closed through the service\n");
+
+  ChildProcess refused({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", "tcp://127.0.0.1:" + free_port()});
+  EXPECT_EQ(refused.wait(bound), 3);
+  EXPECT_NE(refused.err().find("Connection refused"), std::string::npos) << refused.err();
+}
+
+TEST(EchoTools, ServiceTokenIsEnforced) {
+  const std::string token_file = temp_path("token");
+  std::ofstream(token_file) << "s3cret-token\n";
+  const std::string wrong_file = temp_path("wrong-token");
+  std::ofstream(wrong_file) << "not-it\n";
+  EchoServer server;
+  Service service({"--token-file", token_file});
+  ChildProcess without({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url});
+  EXPECT_EQ(without.wait(bound), 3);
+  EXPECT_NE(without.err().find("missing 'authorization: Bearer TOKEN'"), std::string::npos) << without.err();
+  ChildProcess wrong({CONDUIT_BIN, "echo-client", "--via", service.address, "--token-file", wrong_file, "--connect",
+                      server.url});
+  EXPECT_EQ(wrong.wait(bound), 3);
+  EXPECT_NE(wrong.err().find("bad token"), std::string::npos) << wrong.err();
+  ChildProcess right({CONDUIT_BIN, "echo-client", "--via", service.address, "--token-file", token_file, "--connect",
+                      server.url, "--message", "ok"});
+  EXPECT_EQ(right.wait(bound), 0) << right.err();
+
+  ChildProcess exposed({CONDUIT_BIN, "serve", "--listen", "0.0.0.0:0"});
+  EXPECT_EQ(exposed.wait(bound), 2);
+  EXPECT_NE(exposed.err().find("needs authentication"), std::string::npos) << exposed.err();
+  ::unlink(token_file.c_str());
+  ::unlink(wrong_file.c_str());
 }
