@@ -125,16 +125,23 @@ void Link::on_write_done(bool ok) {
 
 void Link::flow_control_locked() {
   const std::size_t high = service_.options().max_buffered_events_bytes;
-  bool change = false, reading = false;
+  bool change = false;
   if (!transport_paused_ && queued_bytes_ > high) {
     transport_paused_ = change = true;
-    reading = false;
   } else if (transport_paused_ && queued_bytes_ <= high / 4) {
     transport_paused_ = false;
-    change = reading = true;
+    change = true;
   }
   if (!change || !loop_side_) return;
-  asio::post(service_.loop().get_executor(), [side = loop_side_, reading] { side->set_reading(reading); });
+  // Posts from the loop thread and from gRPC's threads do not keep their
+  // order in Asio's queue: each handler applies the state as it is when it
+  // runs, so the last one to run leaves the right one.
+  asio::post(service_.loop().get_executor(), [this, side = loop_side_] { side->set_reading(wants_transport_reading()); });
+}
+
+bool Link::wants_transport_reading() {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  return !transport_paused_;
 }
 
 void Link::hold_commands(bool hold) {

@@ -45,6 +45,9 @@ class Link {
   /// that one is owed when commands are released.
   bool may_read();
 
+  /// For the loop side: whether the events queue lets the transport read.
+  bool wants_transport_reading();
+
   ConduitService& service() { return service_; }
   const std::shared_ptr<SessionRecord>& record() const { return record_; }
   void set_loop_side(std::shared_ptr<LoopSide> side);

@@ -32,12 +32,15 @@ from conduit.v1 import conduit_pb2 as pb, conduit_pb2_grpc as pb_grpc  # noqa: E
 
 
 def start(argv):
-    """A child whose first stdout line is "listening ADDRESS"; returns (process, address)."""
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """A child whose first stdout line is "listening ADDRESS"; returns (process, address).
+    Its stderr goes to a file (a pipe nobody reads would block it once full)."""
+    log = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
     line = process.stdout.readline()
     if not line.startswith("listening "):
         process.kill()
-        raise RuntimeError(f"{argv} did not start: {line!r} {process.stderr.read()}")
+        log.seek(0)
+        raise RuntimeError(f"{argv} did not start: {line!r} {log.read()}")
     return process, line.split()[1]
 
 
@@ -229,6 +232,8 @@ class ServiceTest(unittest.TestCase):
         # Unbounded buffering would hold most of the 64 MiB; the service's
         # queues hold about 1 MiB of events plus the transport's 64 KiB.
         print(f"service RSS peak {rss_peak[0]} KiB", file=sys.stderr)
+        if os.environ.get("CONDUIT_SANITIZED"):
+            return  # ASan's quarantine keeps freed memory resident: RSS says nothing there
         self.assertLess(rss_peak[0], 48 * 1024, f"service RSS peaked at {rss_peak[0]} KiB")
 
 

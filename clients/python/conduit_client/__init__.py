@@ -1,0 +1,172 @@
+"""An asyncio-flavoured client for `conduit serve` (grpc.aio underneath).
+
+    async with Client("127.0.0.1:50051") as client:
+        async with client.create_connection("example.org", 80) as s:
+            await s.write(b"GET / HTTP/1.0\\r\\n\\r\\n")
+            async for event in s.events():
+                if event.WhichOneof("kind") == "data_received":
+                    print(event.data_received.data)
+
+Events are conduit.v1.Event messages, one per protocol callback, in order.
+The stubs are generated from proto/conduit/v1/conduit.proto with Debian's
+python3-grpc-tools on first import (or point CONDUIT_PROTO_DIR elsewhere).
+"""
+import os
+import sys
+import tempfile
+
+import grpc
+from grpc import aio
+
+__all__ = ["Client", "Session", "SessionError", "pb"]
+
+
+def _load_stubs():
+    proto_dir = os.environ.get(
+        "CONDUIT_PROTO_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "..", "proto"))
+    out = os.path.join(tempfile.gettempdir(), f"conduit-client-stubs-{os.getuid()}")
+    proto = os.path.join(proto_dir, "conduit", "v1", "conduit.proto")
+    generated = os.path.join(out, "conduit", "v1", "conduit_pb2.py")
+    if not os.path.exists(generated) or os.path.getmtime(generated) < os.path.getmtime(proto):
+        from grpc_tools import protoc
+        os.makedirs(out, exist_ok=True)
+        if protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", f"--grpc_python_out={out}", proto]) != 0:
+            raise ImportError(f"cannot generate the conduit stubs from {proto}")
+    if out not in sys.path:
+        sys.path.insert(0, out)
+    from conduit.v1 import conduit_pb2, conduit_pb2_grpc
+    return conduit_pb2, conduit_pb2_grpc
+
+
+pb, _pb_grpc = _load_stubs()
+
+
+class SessionError(OSError):
+    """The session could not open: the remote connect or spawn failed
+    (errno and text from the service), or the service refused the call."""
+
+
+class Session:
+    """One transport session. Use as `async with`; leaving it aborts the
+    transport if it is still open."""
+
+    def __init__(self, stub, metadata, open_message):
+        self._stub, self._metadata, self._open = stub, metadata, open_message
+        self._call = None
+        self.connection_made = None  # the first event, once open
+
+    async def __aenter__(self):
+        self._call = self._stub.Session(metadata=self._metadata)
+        await self._call.write(self._open)
+        try:
+            first = await self._call.read()
+        except grpc.aio.AioRpcError as e:
+            raise SessionError(0, f"{e.code().name}: {e.details()}") from None
+        if first is grpc.aio.EOF:
+            raise SessionError(0, "the session ended before it opened")
+        if first.WhichOneof("kind") == "open_failed":
+            error = first.open_failed.error
+            raise SessionError(error.errno_value, error.message)
+        self.connection_made = first.connection_made
+        return self
+
+    async def __aexit__(self, *exc):
+        if self._call is not None and not self._call.done():
+            try:
+                await self.abort()
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError):
+                pass
+            self._call.cancel()
+
+    async def events(self):
+        """The events after connection_made, until the session ends."""
+        while True:
+            event = await self._call.read()
+            if event is grpc.aio.EOF:
+                return
+            yield event
+
+    async def _command(self, **kind):
+        await self._call.write(pb.ClientMessage(command=pb.Command(**kind)))
+
+    async def write(self, data: bytes):
+        await self._command(write=data)
+
+    async def writelines(self, chunks):
+        await self._command(writelines=pb.Writelines(data=list(chunks)))
+
+    async def write_eof(self):
+        """Half-close: for a connection, write_eof; for a child, close its stdin."""
+        await self._call.done_writing()
+
+    async def close(self):
+        await self._command(close=pb.Close())
+
+    async def abort(self):
+        await self._command(abort=pb.Abort())
+
+    async def pause_reading(self):
+        await self._command(pause_reading=pb.PauseReading())
+
+    async def resume_reading(self):
+        await self._command(resume_reading=pb.ResumeReading())
+
+    async def set_write_buffer_limits(self, high, low=0):
+        await self._command(set_write_buffer_limits=pb.WriteBufferLimits(high=high, low=low))
+
+    async def get_extra_info(self, name):
+        """Ask; the answer arrives as an extra_info event."""
+        await self._command(get_extra_info=pb.GetExtraInfo(name=name))
+
+    async def send_signal(self, signal):
+        await self._command(send_signal=pb.Signal(signal=signal))
+
+    async def terminate(self):
+        await self._command(terminate=pb.Terminate())
+
+    async def kill(self):
+        await self._command(kill=pb.Kill())
+
+
+class Client:
+    """A channel to `conduit serve`; `token` is its bearer token, if any."""
+
+    def __init__(self, address="127.0.0.1:50051", token=None):
+        self._address = address
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._channel = None
+        self._stub = None
+
+    async def __aenter__(self):
+        self._channel = aio.insecure_channel(self._address)
+        self._stub = _pb_grpc.ConduitStub(self._channel)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self._channel.close()
+
+    def create_connection(self, host, port, *, ssl=False, server_hostname="", ca_pem="", insecure=False,
+                          write_buffer_high=0, write_buffer_low=0):
+        tls = pb.TlsClient(enabled=ssl, server_hostname=server_hostname, ca_pem=ca_pem, insecure=insecure)
+        open_message = pb.OpenConnection(tcp=pb.HostPort(host=host, port=port), tls=tls,
+                                         write_buffer_high=write_buffer_high, write_buffer_low=write_buffer_low)
+        return Session(self._stub, self._metadata, pb.ClientMessage(open_connection=open_message))
+
+    def create_unix_connection(self, path):
+        return Session(self._stub, self._metadata,
+                       pb.ClientMessage(open_connection=pb.OpenConnection(unix_path=path)))
+
+    def subprocess_exec(self, *argv, cwd="", env=None):
+        open_message = pb.OpenSubprocess(argv=list(argv), cwd=cwd, env=env or {})
+        return Session(self._stub, self._metadata, pb.ClientMessage(open_subprocess=open_message))
+
+    def subprocess_shell(self, command, *, cwd="", env=None):
+        open_message = pb.OpenSubprocess(shell=command, cwd=cwd, env=env or {})
+        return Session(self._stub, self._metadata, pb.ClientMessage(open_subprocess=open_message))
+
+    async def list_sessions(self):
+        reply = await self._stub.ListSessions(pb.ListSessionsRequest(), metadata=self._metadata)
+        return list(reply.sessions)
+
+    async def close_session(self, session_id):
+        await self._stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), metadata=self._metadata)

@@ -1,0 +1,94 @@
+#!/usr/bin/python3
+"""clients/python (conduit_client) against a real `conduit serve`.
+
+usage: client_test.py CONDUIT_BIN REPO_ROOT
+"""
+import asyncio
+import os
+import subprocess
+import sys
+import unittest
+
+CONDUIT, ROOT = sys.argv[1], sys.argv[2]
+os.environ["CONDUIT_PROTO_DIR"] = os.path.join(ROOT, "proto")
+sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+from conduit_client import Client, SessionError  # noqa: E402
+
+TIMEOUT = 20
+
+
+def start(argv):
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = process.stdout.readline()
+    if not line.startswith("listening "):
+        process.kill()
+        raise RuntimeError(f"{argv} did not start: {line!r}")
+    return process, line.split()[1]
+
+
+class ClientTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.serve, cls.address = start([CONDUIT, "serve", "--listen", "127.0.0.1:0", "--allow-exec", "/bin/cat"])
+        cls.echo, url = start([CONDUIT, "echo-server", "--listen", "tcp://127.0.0.1:0", "--quiet"])
+        cls.echo_port = int(url.rsplit(":", 1)[1])
+
+    @classmethod
+    def tearDownClass(cls):
+        for process in (cls.echo, cls.serve):
+            process.terminate()
+            process.wait(TIMEOUT)
+
+    def run_async(self, coroutine):
+        return asyncio.run(asyncio.wait_for(coroutine, TIMEOUT))
+
+    def test_echo_session(self):
+        async def scenario():
+            async with Client(self.address) as client:
+                async with client.create_connection("127.0.0.1", self.echo_port) as s:
+                    self.assertEqual(s.connection_made.peername, f"127.0.0.1:{self.echo_port}")
+                    await s.write(b"ping from python")
+                    got, kinds = b"", []
+                    async for event in s.events():
+                        kinds.append(event.WhichOneof("kind"))
+                        if event.WhichOneof("kind") == "data_received":
+                            got += event.data_received.data
+                            if got == b"ping from python":
+                                await s.close()
+                    self.assertEqual(kinds[-1], "connection_lost")
+                    return got
+        self.assertEqual(self.run_async(scenario()), b"ping from python")
+
+    def test_refused_connection_raises_with_errno(self):
+        async def scenario():
+            async with Client(self.address) as client:
+                with self.assertRaises(SessionError) as caught:
+                    async with client.create_connection("127.0.0.1", 1):
+                        pass
+                return caught.exception
+        error = self.run_async(scenario())
+        self.assertEqual(error.errno, 111)
+        self.assertIn("Connection refused", error.strerror)
+
+    def test_subprocess_and_listing(self):
+        async def scenario():
+            async with Client(self.address) as client:
+                async with client.subprocess_exec("/bin/cat") as s:
+                    self.assertGreater(s.connection_made.pid, 0)
+                    sessions = await client.list_sessions()
+                    self.assertIn(s.connection_made.session_id, [x.session_id for x in sessions])
+                    await s.write(b"through cat")
+                    await s.write_eof()
+                    out, returncode = b"", None
+                    async for event in s.events():
+                        kind = event.WhichOneof("kind")
+                        if kind == "pipe_data_received" and event.pipe_data_received.fd == 1:
+                            out += event.pipe_data_received.data
+                        elif kind == "process_exited":
+                            returncode = event.process_exited.returncode
+                    return out, returncode
+        self.assertEqual(self.run_async(scenario()), (b"through cat", 0))
+
+
+if __name__ == "__main__":
+    unittest.main(argv=[sys.argv[0], "-v"])
