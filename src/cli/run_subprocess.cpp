@@ -5,6 +5,8 @@
 
 #include <conduit/event_loop.hpp>
 
+#include <remote_transport.hpp>
+
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -34,6 +36,7 @@ struct RunOptions {
   std::optional<std::string> stdin_source;  // a file, or "-" for our stdin
   std::optional<double> timeout;
   bool prefix = false;
+  ViaFlags via;
   OutputOptions output;
 };
 
@@ -194,13 +197,38 @@ int run(const RunOptions& options) {
   std::shared_ptr<RunProtocol> protocol;
   std::exception_ptr spawn_error;
   bool spawned = false;
-  std::vector<std::string> args(options.command.begin() + 1, options.command.end());
-  loop.subprocess_exec([&] { return std::make_shared<RunProtocol>(output, log, result); }, options.command.front(), args,
-                       spawn, [&](std::exception_ptr error, std::shared_ptr<SubprocessTransport>, std::shared_ptr<RunProtocol> p) {
-                         spawn_error = error;
-                         protocol = std::move(p);
-                         spawned = true;
-                       });
+  std::string remote_stdin;  // --via with a file to feed: sent once the child runs
+  if (!options.via.address.empty()) {
+    // The child runs on the service's host; its stdin is fed from here.
+    service::RemoteOptions remote{options.via.address, {}};
+    try {
+      remote.token = read_token(options.via);
+    } catch (const std::invalid_argument& e) {
+      std::cerr << "conduit run-subprocess: " << e.what() << '\n';
+      return exit_usage;
+    }
+    if (stdin_file >= 0 || (options.stdin_source == "-" && !forward_our_stdin)) {
+      const int fd = stdin_file >= 0 ? stdin_file : STDIN_FILENO;
+      char chunk[65536];
+      for (ssize_t n; (n = ::read(fd, chunk, sizeof chunk)) > 0;) remote_stdin.append(chunk, static_cast<std::size_t>(n));
+    }
+    conduit::v1::OpenSubprocess open;
+    for (const auto& arg : options.command) open.add_argv(arg);
+    protocol = std::make_shared<RunProtocol>(output, log, result);
+    service::create_remote_subprocess(loop, remote, std::move(open), protocol, [&](std::exception_ptr error) {
+      spawn_error = error;
+      spawned = true;
+    });
+  } else {
+    std::vector<std::string> args(options.command.begin() + 1, options.command.end());
+    loop.subprocess_exec([&] { return std::make_shared<RunProtocol>(output, log, result); }, options.command.front(),
+                         args, spawn,
+                         [&](std::exception_ptr error, std::shared_ptr<SubprocessTransport>, std::shared_ptr<RunProtocol> p) {
+                           spawn_error = error;
+                           protocol = std::move(p);
+                           spawned = true;
+                         });
+  }
   loop.run_until([&] { return spawned; }, std::chrono::seconds(30));
   if (stdin_file >= 0) ::close(stdin_file);
   if (spawn_error || !protocol) {
@@ -209,6 +237,13 @@ int run(const RunOptions& options) {
   }
   loop.run_until([&] { return protocol->transport_ != nullptr || result.lost; }, std::chrono::seconds(30));
   auto transport = protocol->transport_;
+  if (!options.via.address.empty() && transport && !forward_our_stdin) {
+    // Remote stdin: what --stdin gave, then EOF (none: EOF at once, as /dev/null).
+    if (auto child_stdin = transport->get_pipe_transport(0)) {
+      if (!remote_stdin.empty()) child_stdin->write(remote_stdin);
+      child_stdin->close();
+    }
+  }
 
   // Reading our stdin through the loop makes it non-blocking, a flag shared
   // with whoever else holds that terminal or pipe: put it back at the end.
@@ -290,6 +325,7 @@ void set_run_subprocess_command(CLI::App& app, int& exit_code) {
   cmd->add_option("-t,--timeout", options->timeout, "Stop the child after S seconds (SIGTERM, then SIGKILL 2 s later)")
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--prefix", options->prefix, "Prefix output lines with [out] / [err]");
+  add_via_flags(*cmd, options->via);
   add_output_flags(*cmd, options->output);
   cmd->add_option("command", options->command, "PROGRAM [ARGS...] (after --)")->required();
   cmd->positionals_at_end();
@@ -304,6 +340,7 @@ Examples:
   conduit run-subprocess -- ls -l /tmp
   conduit run-subprocess --prefix --timeout 5 -- sh -c 'echo out; echo err >&2; exit 3'
   printf 'b\na\n' | conduit run-subprocess --stdin - --json -- sort
+  conduit run-subprocess --via 127.0.0.1:50051 -- /bin/date   (on the service's host; needs --allow-exec there)
 )");
   cmd->callback([options, &exit_code] { exit_code = run(*options); });
 }

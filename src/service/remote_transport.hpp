@@ -1,24 +1,17 @@
-// The client side of a connection session: a conduit::Transport on a local
-// EventLoop whose bytes move on the service's host. Any Protocol written
-// for create_connection runs unchanged over it (the CLI's --via).
+// The client side of sessions: a conduit::Transport (or SubprocessTransport)
+// on a local EventLoop whose bytes move on the service's host. Any protocol
+// written for create_connection or subprocess_exec runs unchanged over it
+// (the CLI's --via).
 #pragma once
 
-#include "conduit/v1/conduit.grpc.pb.h"
+#include "session_stream.hpp"
 
 #include <conduit/event_loop.hpp>
-
-#include <grpcpp/grpcpp.h>
 
 #include <memory>
 #include <string>
 
 namespace conduit::service {
-
-/// Where the service is and how to talk to it.
-struct RemoteOptions {
-  std::string address;  ///< HOST:PORT of `conduit serve`
-  std::string token;    ///< bearer token, if the service wants one
-};
 
 /// Open a connection session on the service and run `protocol` over it on
 /// `loop`: connection_made, data_received, eof_received, pause/resume_writing
@@ -28,5 +21,12 @@ struct RemoteOptions {
 /// the remote connect error). Must be called on the loop's thread.
 void create_remote_connection(EventLoop& loop, const RemoteOptions& remote, v1::OpenConnection open,
                               std::shared_ptr<Protocol> protocol, std::function<void(std::exception_ptr)> done);
+
+/// The same for a child process on the service's host: pipe_data_received,
+/// pipe_connection_lost, process_exited and connection_lost from its events;
+/// get_pipe_transport(0) writes to its stdin; send_signal/terminate/kill and
+/// close() act remotely. (Stdout and stderr have no local pipe transports.)
+void create_remote_subprocess(EventLoop& loop, const RemoteOptions& remote, v1::OpenSubprocess open,
+                              std::shared_ptr<SubprocessProtocol> protocol, std::function<void(std::exception_ptr)> done);
 
 }  // namespace conduit::service

@@ -89,3 +89,31 @@ TEST(RunSubprocess, BadInputGetsClearErrors) {
   EXPECT_EQ(bad_stdin.wait(bound), 2);
   EXPECT_NE(bad_stdin.err().find("cannot open --stdin /nonexistent/conduit"), std::string::npos) << bad_stdin.err();
 }
+
+TEST(RunSubprocess, ViaTheServiceGivesTheSameOutputAndStatus) {
+  ChildProcess service({CONDUIT_BIN, "serve", "--listen", "127.0.0.1:0", "--allow-exec", "sh", "--allow-exec", "sort"});
+  auto line = service.wait_for_line("listening ", bound);
+  ASSERT_TRUE(line) << service.err();
+  const std::string address = *line;  // what follows "listening "
+
+  auto direct = run({"--prefix", "--", "sh", "-c", "echo out; exit 3"});
+  auto via = run({"--via", address, "--prefix", "--", "sh", "-c", "echo out; exit 3"});
+  EXPECT_EQ(direct.wait(bound), 3);
+  EXPECT_EQ(via.wait(bound), 3) << via.err();
+  EXPECT_EQ(via.out(), direct.out());
+
+  auto sorted = run({"--via", address, "--stdin", "-", "--", "sort"}, "b\na\n");
+  ASSERT_EQ(sorted.wait(bound), 0) << sorted.err();
+  EXPECT_EQ(sorted.out(), "a\nb\n");
+
+  auto signalled = run({"--via", address, "--", "sh", "-c", "echo ready; exec sleep 30"});
+  ASSERT_TRUE(signalled.wait_for_line("ready", bound)) << signalled.err();
+  signalled.signal(SIGTERM);
+  EXPECT_EQ(signalled.wait(bound), 128 + SIGTERM) << signalled.err();
+
+  auto denied = run({"--via", address, "--", "/bin/date"});
+  EXPECT_EQ(denied.wait(bound), 127);
+  EXPECT_NE(denied.err().find("not in the service's --allow-exec list"), std::string::npos) << denied.err();
+  service.signal(SIGTERM);
+  service.wait(bound);
+}

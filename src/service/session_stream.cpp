@@ -1,0 +1,109 @@
+#include "session_stream.hpp"
+
+#include <boost/asio/post.hpp>
+
+namespace conduit::service {
+
+std::shared_ptr<SessionStream> SessionStream::start(EventLoop& loop, const RemoteOptions& remote,
+                                                    v1::ClientMessage open, SessionCallbacks callbacks) {
+  auto stream = std::make_shared<SessionStream>(loop, std::move(callbacks));
+  stream->channel_ = grpc::CreateChannel(remote.address, grpc::InsecureChannelCredentials());
+  stream->stub_ = v1::Conduit::NewStub(stream->channel_);
+  if (!remote.token.empty()) stream->context_.AddMetadata("authorization", "Bearer " + remote.token);
+  stream->stream_ = stream->stub_->Session(&stream->context_);
+  stream->enqueue(std::move(open));
+  stream->writer_ = std::thread([stream] { stream->write_loop(); });
+  stream->reader_ = std::thread([stream] { stream->read_loop(); });
+  return stream;
+}
+
+SessionStream::~SessionStream() {
+  // Only if the loop went away before the stream ended: stop the threads.
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+    wake_.notify_one();
+  }
+  context_.TryCancel();
+  for (std::thread* t : {&reader_, &writer_}) {
+    if (!t->joinable()) continue;
+    if (t->get_id() == std::this_thread::get_id()) t->detach();
+    else t->join();
+  }
+}
+
+void SessionStream::command(v1::Command command) {
+  v1::ClientMessage message;
+  *message.mutable_command() = std::move(command);
+  enqueue(std::move(message));
+}
+
+void SessionStream::writes_done() {
+  std::lock_guard lock(mutex_);
+  writes_done_ = true;
+  wake_.notify_one();
+}
+
+std::size_t SessionStream::queued_bytes() const {
+  std::lock_guard lock(mutex_);
+  return queued_bytes_;
+}
+
+void SessionStream::enqueue(v1::ClientMessage message) {
+  std::lock_guard lock(mutex_);
+  if (writes_done_) return;
+  queued_bytes_ += message.ByteSizeLong();
+  outgoing_.push_back(std::move(message));
+  wake_.notify_one();
+}
+
+void SessionStream::write_loop() {
+  for (;;) {
+    std::unique_lock lock(mutex_);
+    wake_.wait(lock, [&] { return !outgoing_.empty() || writes_done_ || stopping_; });
+    if (stopping_) return;
+    if (outgoing_.empty()) {  // writes_done_ with nothing left
+      lock.unlock();
+      stream_->WritesDone();
+      return;
+    }
+    v1::ClientMessage message = std::move(outgoing_.front());
+    outgoing_.pop_front();
+    lock.unlock();
+    const bool ok = stream_->Write(message);  // blocks while the service holds back
+    lock.lock();
+    queued_bytes_ -= message.ByteSizeLong();
+    lock.unlock();
+    if (!ok) return;
+    asio::post(loop_.get_executor(), [self = shared_from_this()] {
+      if (self->callbacks_.sent) self->callbacks_.sent();
+    });
+  }
+}
+
+void SessionStream::read_loop() {
+  v1::Event event;
+  while (stream_->Read(&event)) {
+    asio::post(loop_.get_executor(), [self = shared_from_this(), event] {
+      if (self->callbacks_.event) self->callbacks_.event(event);
+    });
+  }
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+    wake_.notify_one();
+  }
+  grpc::Status status = stream_->Finish();
+  asio::post(loop_.get_executor(), [self = shared_from_this(), status] { self->on_finished(status); });
+}
+
+void SessionStream::on_finished(const grpc::Status& status) {
+  if (reader_.joinable()) reader_.join();
+  if (writer_.joinable()) writer_.join();
+  // The callbacks own the transport that owns us: drop them to end the cycle.
+  SessionCallbacks callbacks = std::move(callbacks_);
+  callbacks_ = {};
+  if (callbacks.finished) callbacks.finished(status);
+}
+
+}  // namespace conduit::service

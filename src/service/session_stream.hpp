@@ -1,0 +1,72 @@
+// The client end of one Session() stream, for the transports that run a
+// protocol through the service (remote_transport.hpp): a writer thread drains
+// an outgoing queue (its blocking Write is where the service's backpressure
+// lands), a reader thread posts each event to the loop.
+#pragma once
+
+#include "conduit/v1/conduit.grpc.pb.h"
+
+#include <conduit/event_loop.hpp>
+
+#include <grpcpp/grpcpp.h>
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace conduit::service {
+
+/// Where the service is and how to talk to it.
+struct RemoteOptions {
+  std::string address;  ///< HOST:PORT of `conduit serve`
+  std::string token;    ///< bearer token, if the service wants one
+};
+
+/// What a stream reports, always on the loop's thread.
+struct SessionCallbacks {
+  std::function<void(const v1::Event&)> event;        ///< each event, in order
+  std::function<void()> sent;                         ///< a queued message went out
+  std::function<void(const grpc::Status&)> finished;  ///< last: the stream ended (threads gone)
+};
+
+class SessionStream : public std::enable_shared_from_this<SessionStream> {
+ public:
+  /// Start a Session() call whose first message is `open`.
+  static std::shared_ptr<SessionStream> start(EventLoop& loop, const RemoteOptions& remote, v1::ClientMessage open,
+                                              SessionCallbacks callbacks);
+  SessionStream(EventLoop& loop, SessionCallbacks callbacks) : loop_(loop), callbacks_(std::move(callbacks)) {}
+  ~SessionStream();
+
+  /// Queue a command (any thread); dropped after writes_done().
+  void command(v1::Command command);
+  /// Half-close the stream once the queue is sent.
+  void writes_done();
+  /// Bytes queued, not yet handed to gRPC.
+  std::size_t queued_bytes() const;
+
+ private:
+  void enqueue(v1::ClientMessage message);
+  void write_loop();
+  void read_loop();
+  void on_finished(const grpc::Status& status);
+
+  EventLoop& loop_;
+  SessionCallbacks callbacks_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Conduit::Stub> stub_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::ClientMessage, v1::Event>> stream_;
+  std::thread reader_, writer_;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<v1::ClientMessage> outgoing_;
+  std::size_t queued_bytes_ = 0;
+  bool writes_done_ = false;
+  bool stopping_ = false;
+};
+
+}  // namespace conduit::service
