@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   conduit::cli::set_udp_echo_command(app, exit_code);
   conduit::cli::set_run_subprocess_command(app, exit_code);
   conduit::cli::set_serve_command(app, exit_code);
+  conduit::cli::set_health_command(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -312,3 +312,14 @@ TEST(EchoTools, ServiceTokenIsEnforced) {
   ::unlink(token_file.c_str());
   ::unlink(wrong_file.c_str());
 }
+
+TEST(EchoTools, HealthProbeExitCodes) {
+  Service service;
+  ChildProcess serving({CONDUIT_BIN, "health", "--via", service.address});
+  EXPECT_EQ(serving.wait(bound), 0) << serving.err();
+  EXPECT_EQ(serving.out(), "status: SERVING\n");
+  ChildProcess unknown({CONDUIT_BIN, "health", "--via", service.address, "--service", "no.such.Service"});
+  EXPECT_EQ(unknown.wait(bound), 3) << "NOT_FOUND from Check is an RPC failure";
+  ChildProcess nobody({CONDUIT_BIN, "health", "--via", "127.0.0.1:" + free_port(), "--timeout", "0.5"});
+  EXPECT_EQ(nobody.wait(bound), 2);
+}

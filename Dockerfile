@@ -1,0 +1,29 @@
+# Conduit: the service and the tools in one image.
+#   docker build -t conduit .
+#   docker run --rm -p 50051:50051 conduit serve --listen 0.0.0.0:50051 --token-file /run/secrets/conduit-token
+FROM debian:bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      cmake ninja-build g++ pkg-config libboost1.81-dev libcli11-dev libssl-dev \
+      libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONDUIT_BUILD_TESTS=OFF \
+ && cmake --build /build --target conduit \
+ && strip /build/src/cli/conduit
+
+FROM debian:bookworm-slim
+# Runtime libraries only: gRPC (which brings protobuf, abseil, c-ares, re2) and OpenSSL.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgrpc++1.51 libssl3 openssl ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home conduit
+COPY --from=build /build/src/cli/conduit /usr/local/bin/conduit
+USER conduit
+EXPOSE 50051
+# The service's own health endpoint (grpc.health.v1); other roles override it.
+HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["conduit", "health", "--via", "127.0.0.1:50051"]
+ENTRYPOINT ["conduit"]
+CMD ["serve", "--listen", "0.0.0.0:50051", "--token-file", "/run/secrets/conduit-token"]
