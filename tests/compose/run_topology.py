@@ -1,0 +1,203 @@
+#!/usr/bin/python3
+"""Run docker-compose.yml's topology for real, without a container engine.
+
+usage: run_topology.py CONDUIT_BIN [COMPOSE_FILE]     (root: network namespaces)
+
+Each compose service becomes a "host": its own network namespace on a
+bridge this script creates (veth pairs, 10.77.0.0/24), with
+/etc/netns/NAME/hosts mapping every service name to its address, so the
+names resolve as they do under compose. Each service runs the command the
+compose file gives it (read from the file, not duplicated here), with the
+image's `conduit` entry point replaced by CONDUIT_BIN and compose secrets
+mounted at /run/secrets in a private mount namespace. The script waits for
+each service's healthcheck, runs the `tests` service, and exits with its
+status. Everything it made (processes by PID, namespaces, links, files) is
+removed at the end, also on failure.
+"""
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+CONDUIT = os.path.abspath(sys.argv[1])
+COMPOSE = os.path.abspath(sys.argv[2] if len(sys.argv) > 2 else
+                          os.path.join(os.path.dirname(__file__), "..", "..", "docker-compose.yml"))
+PREFIX = f"cdt{os.getpid() % 10000}"  # names of our namespaces and links (short: IFNAMSIZ)
+BRIDGE = f"{PREFIX}br"
+SUBNET = "10.77.{}.{}"
+HEALTH_TIMEOUT = 60  # seconds a service may take to become healthy
+TEST_TIMEOUT = 300
+
+
+def sh(*argv, check=True):
+    return subprocess.run(argv, check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+class Topology:
+    def __init__(self, compose):
+        self.compose = compose
+        self.services = list(compose["services"])
+        self.index = {name: i + 2 for i, name in enumerate(self.services)}  # .2, .3, ...
+        self.work = tempfile.mkdtemp(prefix="conduit-topology-")
+        self.processes = {}  # name -> Popen
+        self.netns = []
+        self.secrets_dir = os.path.join(self.work, "secrets")
+
+    def ns(self, name):
+        return f"{PREFIX}{self.index[name]}"
+
+    def address(self, name):
+        return SUBNET.format(0, self.index[name])
+
+    # ---- setup ----------------------------------------------------------------
+
+    def up_network(self):
+        sh("ip", "link", "add", BRIDGE, "type", "bridge")
+        sh("ip", "addr", "add", SUBNET.format(0, 1) + "/24", "dev", BRIDGE)
+        sh("ip", "link", "set", BRIDGE, "up")
+        hosts = "127.0.0.1 localhost\n::1 localhost\n" + "".join(
+            f"{self.address(n)} {n}\n" for n in self.services)
+        for name in self.services:
+            ns = self.ns(name)
+            sh("ip", "netns", "add", ns)
+            self.netns.append(ns)
+            os.makedirs(f"/etc/netns/{ns}", exist_ok=True)
+            with open(f"/etc/netns/{ns}/hosts", "w") as f:
+                f.write(hosts)
+            outer, inner = f"{ns}o", f"{ns}i"
+            sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+            sh("ip", "link", "set", outer, "master", BRIDGE, "up")
+            sh("ip", "link", "set", inner, "netns", ns)
+            sh("ip", "-n", ns, "addr", "add", self.address(name) + "/24", "dev", inner)
+            sh("ip", "-n", ns, "link", "set", inner, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+
+    def write_secrets(self):
+        os.makedirs(self.secrets_dir)
+        compose_dir = os.path.dirname(COMPOSE)
+        for name, spec in (self.compose.get("secrets") or {}).items():
+            source = os.path.join(compose_dir, spec["file"])
+            target = os.path.join(self.secrets_dir, name)
+            if os.path.exists(source):
+                shutil.copy(source, target)
+            else:  # a throwaway token for this run
+                with open(target, "w") as f:
+                    f.write(os.urandom(16).hex() + "\n")
+
+    # ---- services -------------------------------------------------------------
+
+    def argv_of(self, name):
+        """The service's command line, as the image would run it."""
+        spec = self.compose["services"][name]
+        entrypoint = spec.get("entrypoint", ["conduit"])
+        command = spec.get("command", [])
+        entrypoint = shlex.split(entrypoint) if isinstance(entrypoint, str) else list(entrypoint)
+        command = shlex.split(command) if isinstance(command, str) else list(command)
+        argv = [CONDUIT if a == "conduit" else a for a in entrypoint] + command
+        # Compose turns $$ into $; inside sh -c commands, `conduit` is our binary.
+        return [a.replace("$$", "$") for a in argv]
+
+    def in_namespace(self, name, argv):
+        """argv run in the service's network namespace, with /run/secrets and
+        `conduit` on PATH provided by a private mount namespace."""
+        bindir = os.path.join(self.work, "bin")
+        os.makedirs(bindir, exist_ok=True)
+        link = os.path.join(bindir, "conduit")
+        if not os.path.exists(link):
+            os.symlink(CONDUIT, link)
+        setup = (f"mkdir -p /run/secrets && mount -t tmpfs tmpfs /run/secrets && "
+                 f"cp {shlex.quote(self.secrets_dir)}/* /run/secrets/ 2>/dev/null; "
+                 f'PATH={shlex.quote(bindir)}:$PATH exec "$@"')
+        return ["ip", "netns", "exec", self.ns(name), "unshare", "-m", "--propagation", "private",
+                "sh", "-c", setup, "sh"] + argv
+
+    def start(self, name):
+        log = open(os.path.join(self.work, f"{name}.log"), "w")
+        self.processes[name] = subprocess.Popen(self.in_namespace(name, self.argv_of(name)),
+                                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def healthy(self, name):
+        spec = self.compose["services"][name].get("healthcheck")
+        if name == "conduit" and not spec:
+            test = ["conduit", "health", "--via", "127.0.0.1:50051"]
+        elif spec:
+            test = spec["test"][1:] if spec["test"][0] in ("CMD", "CMD-SHELL") else spec["test"]
+        else:
+            return True
+        argv = [CONDUIT if a == "conduit" else a for a in test]
+        try:
+            return subprocess.run(self.in_namespace(name, argv), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, timeout=10).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def wait_healthy(self, name):
+        deadline = time.monotonic() + HEALTH_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.processes[name].poll() is not None:
+                raise RuntimeError(f"{name} exited early:\n{self.log(name)}")
+            if self.healthy(name):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{name} not healthy after {HEALTH_TIMEOUT} s:\n{self.log(name)}")
+
+    def log(self, name):
+        with open(os.path.join(self.work, f"{name}.log")) as f:
+            return f.read()
+
+    # ---- teardown -------------------------------------------------------------
+
+    def down(self):
+        for name, process in self.processes.items():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        for ns in self.netns:
+            sh("ip", "netns", "del", ns, check=False)
+            shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
+        sh("ip", "link", "del", BRIDGE, check=False)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def main():
+    if os.geteuid() != 0:
+        print("run_topology.py needs root (network namespaces)", file=sys.stderr)
+        return 77  # CTest's "skipped" when SKIP_RETURN_CODE is 77
+    with open(COMPOSE) as f:
+        compose = yaml.safe_load(f)
+    topology = Topology(compose)
+    try:
+        topology.up_network()
+        topology.write_secrets()
+        services = [n for n in topology.services if n != "tests"]
+        for name in services:
+            topology.start(name)
+        for name in services:
+            topology.wait_healthy(name)
+            print(f"{name}: healthy at {topology.address(name)}", flush=True)
+        topology.start("tests")
+        try:
+            status = topology.processes["tests"].wait(TEST_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            status = 124
+        print(topology.log("tests"), end="")
+        if status != 0:
+            print(f"tests exited with {status}; the service's log:\n{topology.log('conduit')}", file=sys.stderr)
+        return status
+    finally:
+        topology.down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
