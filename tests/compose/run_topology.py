@@ -147,6 +147,20 @@ class Topology:
             time.sleep(0.2)
         raise RuntimeError(f"{name} not healthy after {HEALTH_TIMEOUT} s:\n{self.log(name)}")
 
+    def service_pid(self, name):
+        """The PID of the service's own process: the deepest descendant of
+        the ip-netns-exec / unshare / sh chain we started."""
+        pid = self.processes[name].pid
+        while True:
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    children = f.read().split()
+            except FileNotFoundError:
+                return pid
+            if not children:
+                return pid
+            pid = int(children[0])
+
     def log(self, name):
         with open(os.path.join(self.work, f"{name}.log")) as f:
             return f.read()
@@ -168,6 +182,81 @@ class Topology:
             shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
         sh("ip", "link", "del", BRIDGE, check=False)
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def fault_test(topology, repo_root):
+    """A host killed mid-transfer: the session through the service reports
+    connection_lost with an error within a bound, the service keeps serving
+    others, and its memory does not grow with the failure."""
+    import asyncio
+    sys.path.insert(0, os.path.join(repo_root, "clients", "python"))
+    os.environ.setdefault("CONDUIT_PROTO_DIR", os.path.join(repo_root, "proto"))
+    from conduit_client import Client  # noqa: E402
+
+    with open(os.path.join(topology.secrets_dir, "conduit-token")) as f:
+        token = f.read().strip()
+    address = f"{topology.address('conduit')}:50051"
+    service_pid = topology.service_pid("conduit")
+
+    async def doomed_session():
+        async with Client(address, token=token) as client:
+            async with client.create_connection("echo-tcp", 7007) as s:
+                chunk = b"x" * 65536
+                for _ in range(16):
+                    await s.write(chunk)
+                # echo-tcp's host dies while the transfer runs; the client
+                # keeps writing (a half-open TCP connection only notices a
+                # dead peer when it writes).
+                os.killpg(topology.processes["echo-tcp"].pid, signal.SIGKILL)
+                started = time.monotonic()
+
+                async def keep_writing():
+                    while True:
+                        await s.write(chunk)
+                        await asyncio.sleep(0.05)
+
+                writer = asyncio.ensure_future(keep_writing())
+                try:
+                    async for event in s.events():
+                        if event.WhichOneof("kind") == "connection_lost":
+                            return event.connection_lost, time.monotonic() - started
+                finally:
+                    writer.cancel()
+        return None, None
+
+    async def healthy_session():
+        async with Client(address, token=token) as client:
+            async with client.subprocess_exec("/bin/date") as s:
+                await s.write_eof()
+                returncode = None
+                async for event in s.events():
+                    if event.WhichOneof("kind") == "process_exited":
+                        returncode = event.process_exited.returncode
+                return returncode
+
+    async def both():  # one event loop: grpc.aio does not like a second one
+        lost, seconds = await asyncio.wait_for(doomed_session(), 60)
+        if lost is None or not lost.HasField("error"):
+            raise RuntimeError(f"expected connection_lost with an error, got {lost}")
+        print(f"fault: connection_lost after {seconds:.2f} s: {lost.error.message}", flush=True)
+        return await asyncio.wait_for(healthy_session(), 30)
+
+    rss_before = rss_kib(service_pid)
+    returncode = asyncio.run(both())
+    if returncode != 0:
+        raise RuntimeError(f"the service stopped serving other sessions (date exited {returncode})")
+    rss_after = rss_kib(service_pid)
+    print(f"fault: the service still serves; RSS {rss_before} -> {rss_after} KiB", flush=True)
+    if rss_after > rss_before + 32 * 1024:
+        raise RuntimeError(f"the service's RSS grew by {rss_after - rss_before} KiB")
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 def main():
@@ -194,7 +283,9 @@ def main():
         print(topology.log("tests"), end="")
         if status != 0:
             print(f"tests exited with {status}; the service's log:\n{topology.log('conduit')}", file=sys.stderr)
-        return status
+            return status
+        fault_test(topology, os.path.join(os.path.dirname(COMPOSE)))
+        return 0
     finally:
         topology.down()
 

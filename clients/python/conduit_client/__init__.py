@@ -11,6 +11,7 @@ Events are conduit.v1.Event messages, one per protocol callback, in order.
 The stubs are generated from proto/conduit/v1/conduit.proto with Debian's
 python3-grpc-tools on first import (or point CONDUIT_PROTO_DIR elsewhere).
 """
+import asyncio
 import os
 import sys
 import tempfile
@@ -53,6 +54,7 @@ class Session:
     def __init__(self, stub, metadata, open_message):
         self._stub, self._metadata, self._open = stub, metadata, open_message
         self._call = None
+        self._ended = False  # connection_lost was seen
         self.connection_made = None  # the first event, once open
 
     async def __aenter__(self):
@@ -72,10 +74,11 @@ class Session:
 
     async def __aexit__(self, *exc):
         if self._call is not None and not self._call.done():
-            try:
-                await self.abort()
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError):
-                pass
+            if not self._ended:
+                try:  # best effort, bounded: the stream may be ending already
+                    await asyncio.wait_for(self.abort(), 2)
+                except Exception:  # noqa: BLE001
+                    pass
             self._call.cancel()
 
     async def events(self):
@@ -84,6 +87,8 @@ class Session:
             event = await self._call.read()
             if event is grpc.aio.EOF:
                 return
+            if event.WhichOneof("kind") == "connection_lost":
+                self._ended = True
             yield event
 
     async def _command(self, **kind):
