@@ -5,6 +5,8 @@
 
 #include <conduit/event_loop.hpp>
 
+#include <remote_transport.hpp>
+
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -117,6 +119,7 @@ struct UdpClientOptions {
   std::size_t size = 64;
   double wait = 1.0;
   double timeout = 10.0;
+  ViaFlags via;
   OutputOptions output;
 };
 
@@ -237,16 +240,34 @@ int run_udp_client(const UdpClientOptions& options) {
   EventLog log(options.output);
   UdpClientResult result;
   bool finished = false;
-  DatagramOptions endpoint_options;
-  endpoint_options.remote_addr = std::pair{ep.host, ep.port};
-  loop.create_datagram_endpoint(
-      [&] { return std::make_shared<UdpEchoClient>(options, log, result, loop.context(), [&] { finished = true; }); },
-      endpoint_options, [&](std::exception_ptr error, auto, auto) {
-        if (!error) return;
-        result.exit_code = exit_connect_failed;
-        result.error = "cannot reach " + options.connect + ": " + describe(error);
-        finished = true;
-      });
+  auto on_open = [&](std::exception_ptr error) {
+    if (!error) return;
+    result.exit_code = exit_connect_failed;
+    result.error = "cannot reach " + options.connect + ": " + describe(error);
+    finished = true;
+  };
+  auto make_client = [&] {
+    return std::make_shared<UdpEchoClient>(options, log, result, loop.context(), [&] { finished = true; });
+  };
+  if (!options.via.address.empty()) {
+    // The endpoint lives on the service's host; datagrams go from there.
+    service::RemoteOptions remote{options.via.address, {}};
+    try {
+      remote.token = read_token(options.via);
+    } catch (const std::invalid_argument& e) {
+      std::cerr << "conduit udp-echo client: " << e.what() << '\n';
+      return exit_usage;
+    }
+    conduit::v1::OpenDatagramEndpoint open;
+    open.mutable_remote_addr()->set_host(ep.host);
+    open.mutable_remote_addr()->set_port(ep.port);
+    service::create_remote_datagram_endpoint(loop, remote, std::move(open), make_client(), on_open);
+  } else {
+    DatagramOptions endpoint_options;
+    endpoint_options.remote_addr = std::pair{ep.host, ep.port};
+    loop.create_datagram_endpoint(make_client, endpoint_options,
+                                  [&](std::exception_ptr error, auto, auto) { on_open(error); });
+  }
   const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::duration<double>(options.timeout));
   if (!loop.run_until([&] { return finished; }, timeout)) {
     result.exit_code = exit_timeout;
@@ -308,6 +329,7 @@ Examples:
   cli->add_option("-t,--timeout", client->timeout, "Give up after S seconds in all")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  add_via_flags(*cli, client->via);
   add_output_flags(*cli, client->output);
   cli->footer(std::string(R"(Prints "N sent, N received, N lost, rtt avg X ms" (or --json with min/avg/max).
 A refused port (ICMP port unreachable) ends the run with exit code 3.

@@ -2,6 +2,8 @@
 
 #include <conduit/write_flow_control.hpp>
 
+#include <boost/asio/ip/address.hpp>
+
 #include <signal.h>
 
 #include <stdexcept>
@@ -327,7 +329,129 @@ class RemoteSubprocess final : public SubprocessTransport {
   Ending ending_;
 };
 
+// ==== datagram endpoints ========================================================
+
+/// "127.0.0.1:53" or "[::1]:53" back to a SocketAddress (as the service
+/// printed it); nullopt if it is neither.
+std::optional<SocketAddress> parse_address(const std::string& text) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string::npos) return std::nullopt;
+  std::string host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  boost::system::error_code ec;
+  auto ip = asio::ip::make_address(host, ec);
+  if (ec) return std::nullopt;
+  return SocketAddress(ip, static_cast<std::uint16_t>(std::stoi(text.substr(colon + 1))));
+}
+
+/// A DatagramTransport whose socket is on the service's host.
+class RemoteDatagram final : public DatagramTransport {
+ public:
+  RemoteDatagram(EventLoop& loop, std::shared_ptr<DatagramProtocol> protocol, std::function<void(std::exception_ptr)> done)
+      : loop_(loop), protocol_(std::move(protocol)), done_(std::move(done)) {}
+
+  void start(const RemoteOptions& remote, v1::OpenDatagramEndpoint open) {
+    v1::ClientMessage first;
+    *first.mutable_open_datagram_endpoint() = std::move(open);
+    auto self = std::shared_ptr<RemoteDatagram>(shared_from_this(), this);
+    stream_ = SessionStream::start(loop_, remote, std::move(first),
+                                   {[self](const v1::Event& e) { self->on_event(e); },
+                                    [self] {
+                                      if (self->protocol_ && self->flow_.should_resume(self->get_write_buffer_size())) {
+                                        self->protocol_->resume_writing();
+                                      }
+                                    },
+                                    [self](const grpc::Status& s) { self->on_finished(s); }});
+  }
+
+  bool is_closing() const override { return closing_; }
+  void close() override {
+    if (closing_) return;
+    closing_ = true;
+    stream_->command(make_command([](v1::Command& c) { c.mutable_close(); }));
+  }
+  void abort() override {
+    closing_ = true;
+    stream_->command(make_command([](v1::Command& c) { c.mutable_abort(); }));
+  }
+  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override {
+    auto typed = std::dynamic_pointer_cast<DatagramProtocol>(protocol);
+    if (!typed) throw std::invalid_argument("set_protocol: a remote datagram endpoint needs a DatagramProtocol");
+    protocol_ = std::move(typed);
+  }
+  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_; }
+  using DatagramTransport::sendto;
+  void sendto(std::span<const std::byte> data, const std::optional<SocketAddress>& addr) override {
+    if (closing_) return;
+    stream_->command(make_command([&](v1::Command& c) {
+      c.mutable_sendto()->set_data(std::string(as_string_view(data)));
+      if (addr) {
+        c.mutable_sendto()->mutable_addr()->set_host(addr->ip().to_string());
+        c.mutable_sendto()->mutable_addr()->set_port(addr->port());
+      }
+    }));
+    if (flow_.should_pause(get_write_buffer_size())) protocol_->pause_writing();
+  }
+  void set_write_buffer_limits(std::optional<std::int64_t> high, std::optional<std::int64_t> low) override {
+    flow_.set_limits(high, low);
+  }
+  std::pair<std::size_t, std::size_t> get_write_buffer_limits() const override { return flow_.limits(); }
+  std::size_t get_write_buffer_size() const override { return stream_ ? stream_->queued_bytes() : 0; }
+
+ protected:
+  std::any extra_info(std::string_view name) const override {
+    if (name == "peername" && peername_) return *peername_;
+    if (name == "sockname" && sockname_) return *sockname_;
+    return {};
+  }
+
+ private:
+  void on_event(const v1::Event& event) {
+    switch (event.kind_case()) {
+      case v1::Event::kConnectionMade:
+        peername_ = parse_address(event.connection_made().peername());
+        sockname_ = parse_address(event.connection_made().sockname());
+        protocol_->connection_made(std::shared_ptr<RemoteDatagram>(shared_from_this(), this));
+        if (done_) std::exchange(done_, nullptr)(nullptr);
+        break;
+      case v1::Event::kDatagramReceived:
+        protocol_->datagram_received(as_bytes(event.datagram_received().data()),
+                                     parse_address(event.datagram_received().addr()).value_or(SocketAddress()));
+        break;
+      case v1::Event::kErrorReceived: protocol_->error_received(remote_error(event.error_received().error())); break;
+      case v1::Event::kConnectionLost:
+        ending_.lost = true;
+        if (event.connection_lost().has_error()) ending_.lost_error = remote_error(event.connection_lost().error());
+        break;
+      case v1::Event::kOpenFailed: ending_.lost_error = remote_error(event.open_failed().error()); break;
+      default: break;
+    }
+  }
+
+  void on_finished(const grpc::Status& status) {
+    closing_ = true;
+    if (done_) std::exchange(done_, nullptr)(ending_.for_status(status));
+    else protocol_->connection_lost(ending_.lost ? ending_.lost_error : status_error(status));
+    protocol_.reset();
+  }
+
+  EventLoop& loop_;
+  std::shared_ptr<DatagramProtocol> protocol_;
+  std::function<void(std::exception_ptr)> done_;
+  std::shared_ptr<SessionStream> stream_;
+  bool closing_ = false;
+  WriteFlowControl flow_{DatagramTransport::default_high_water};
+  std::optional<SocketAddress> peername_, sockname_;
+  Ending ending_;
+};
+
 }  // namespace
+
+void create_remote_datagram_endpoint(EventLoop& loop, const RemoteOptions& remote, v1::OpenDatagramEndpoint open,
+                                     std::shared_ptr<DatagramProtocol> protocol,
+                                     std::function<void(std::exception_ptr)> done) {
+  std::make_shared<RemoteDatagram>(loop, std::move(protocol), std::move(done))->start(remote, std::move(open));
+}
 
 void create_remote_connection(EventLoop& loop, const RemoteOptions& remote, v1::OpenConnection open,
                               std::shared_ptr<Protocol> protocol, std::function<void(std::exception_ptr)> done) {

@@ -29,4 +29,11 @@ void create_remote_connection(EventLoop& loop, const RemoteOptions& remote, v1::
 void create_remote_subprocess(EventLoop& loop, const RemoteOptions& remote, v1::OpenSubprocess open,
                               std::shared_ptr<SubprocessProtocol> protocol, std::function<void(std::exception_ptr)> done);
 
+/// And for a UDP endpoint: datagram_received (with the sender's address),
+/// error_received and connection_lost from its events; sendto and close
+/// act remotely.
+void create_remote_datagram_endpoint(EventLoop& loop, const RemoteOptions& remote, v1::OpenDatagramEndpoint open,
+                                     std::shared_ptr<DatagramProtocol> protocol,
+                                     std::function<void(std::exception_ptr)> done);
+
 }  // namespace conduit::service

@@ -423,6 +423,113 @@ class SubprocessSide final : public SubprocessProtocol, public LoopSide {
   std::shared_ptr<SubprocessTransport> transport_;
 };
 
+/// Events from a datagram endpoint; sendto and close onto it. While the
+/// client reads events too slowly, datagrams are dropped (counted), as the
+/// kernel would drop them: UDP has no backpressure to carry.
+class DatagramSide final : public DatagramProtocol, public LoopSide {
+ public:
+  explicit DatagramSide(std::shared_ptr<Link> link) : link_(std::move(link)) {}
+
+  void connection_made(std::shared_ptr<DatagramTransport> transport) override {
+    transport_ = std::move(transport);
+    v1::Event event;
+    auto* made = event.mutable_connection_made();
+    made->set_session_id(link_->record()->id);
+    if (auto peer = transport_->get_extra_info_as<SocketAddress>("peername")) made->set_peername(peer->to_string());
+    if (auto name = transport_->get_extra_info_as<SocketAddress>("sockname")) made->set_sockname(name->to_string());
+    link_->emit(std::move(event));
+  }
+  void datagram_received(std::span<const std::byte> data, const SocketAddress& addr) override {
+    if (!reading_) {
+      ++dropped_;
+      return;
+    }
+    link_->record()->bytes_in += data.size();
+    v1::Event event;
+    event.mutable_datagram_received()->set_data(std::string(as_string_view(data)));
+    event.mutable_datagram_received()->set_addr(addr.to_string());
+    link_->emit(std::move(event));
+  }
+  void error_received(std::exception_ptr exc) override {
+    v1::Event event;
+    *event.mutable_error_received()->mutable_error() = error_of(exc);
+    link_->emit(std::move(event));
+  }
+  void pause_writing() override {
+    v1::Event event;
+    event.mutable_pause_writing()->set_buffered(transport_->get_write_buffer_size());
+    link_->emit(std::move(event));
+    link_->hold_commands(true);
+  }
+  void resume_writing() override {
+    v1::Event event;
+    event.mutable_resume_writing()->set_buffered(transport_->get_write_buffer_size());
+    link_->emit(std::move(event));
+    link_->hold_commands(false);
+  }
+  void connection_lost(std::exception_ptr exc) override {
+    v1::Event event;
+    if (exc) *event.mutable_connection_lost()->mutable_error() = error_of(exc);
+    else event.mutable_connection_lost();
+    link_->emit(std::move(event));
+    link_->hold_commands(false);
+    link_->finish(grpc::Status::OK);
+    link_->set_loop_side(nullptr);
+    transport_.reset();
+  }
+
+  void command(const v1::Command& c) override {
+    if (!transport_) return failed(c, "the endpoint is closed");
+    try {
+      switch (c.kind_case()) {
+        case v1::Command::kSendto: {
+          std::optional<SocketAddress> to;
+          if (c.sendto().has_addr()) {
+            boost::system::error_code ec;
+            auto ip = asio::ip::make_address(c.sendto().addr().host(), ec);
+            if (ec) return failed(c, "sendto.addr.host must be an IP address, not '" + c.sendto().addr().host() + "'");
+            to = SocketAddress(ip, static_cast<std::uint16_t>(c.sendto().addr().port()));
+          }
+          link_->record()->bytes_out += c.sendto().data().size();
+          transport_->sendto(as_bytes(c.sendto().data()), to);
+          break;
+        }
+        case v1::Command::kClose: transport_->close(); break;
+        case v1::Command::kAbort: transport_->abort(); break;
+        case v1::Command::kSetWriteBufferLimits: {
+          const auto& l = c.set_write_buffer_limits();
+          transport_->set_write_buffer_limits(l.high(), l.low() ? std::optional<std::int64_t>(l.low()) : std::nullopt);
+          break;
+        }
+        default: failed(c, "not a command for a datagram session");
+      }
+    } catch (const std::exception& e) {
+      failed(c, e.what());
+    }
+  }
+  void client_done_writing() override {
+    if (transport_) transport_->close();
+  }
+  void abort() override {
+    if (transport_) transport_->abort();
+  }
+  void set_reading(bool reading) override { reading_ = reading; }
+
+ private:
+  void failed(const v1::Command& c, const std::string& why) {
+    v1::Event event;
+    const auto* field = v1::Command::descriptor()->FindFieldByNumber(c.kind_case());
+    event.mutable_command_failed()->set_command(field ? field->name() : "unknown");
+    event.mutable_command_failed()->set_message(why);
+    link_->emit(std::move(event));
+  }
+
+  std::shared_ptr<Link> link_;
+  std::shared_ptr<DatagramTransport> transport_;
+  bool reading_ = true;
+  std::uint64_t dropped_ = 0;
+};
+
 void open_failed(const std::shared_ptr<Link>& link, std::exception_ptr error) {
   v1::Event event;
   *event.mutable_open_failed()->mutable_error() = error_of(error);
@@ -490,6 +597,20 @@ void open_subprocess(const std::shared_ptr<Link>& link, const v1::OpenSubprocess
   }
 }
 
+void open_datagram_endpoint(const std::shared_ptr<Link>& link, const v1::OpenDatagramEndpoint& open) {
+  EventLoop& loop = link->service().loop();
+  auto side = std::make_shared<DatagramSide>(link);
+  link->set_loop_side(side);
+  DatagramOptions options;
+  if (open.has_local_addr()) options.local_addr = std::pair{open.local_addr().host(), static_cast<std::uint16_t>(open.local_addr().port())};
+  if (open.has_remote_addr()) options.remote_addr = std::pair{open.remote_addr().host(), static_cast<std::uint16_t>(open.remote_addr().port())};
+  options.reuse_port = open.reuse_port();
+  options.allow_broadcast = open.allow_broadcast();
+  loop.create_datagram_endpoint([side] { return side; }, options, [link](std::exception_ptr error, auto, auto) {
+    if (error) open_failed(link, error);
+  });
+}
+
 }  // namespace
 
 grpc::Status validate_open(const v1::ClientMessage& message, const ServiceOptions& options) {
@@ -533,16 +654,32 @@ grpc::Status validate_open(const v1::ClientMessage& message, const ServiceOption
       }
       return Status::OK;
     }
+    case v1::ClientMessage::kOpenDatagramEndpoint: {
+      const auto& open = message.open_datagram_endpoint();
+      if (!open.has_local_addr() && !open.has_remote_addr()) {
+        return Status(StatusCode::INVALID_ARGUMENT, "open_datagram_endpoint: set local_addr, remote_addr or both");
+      }
+      if (open.has_local_addr() && (open.local_addr().host().empty() || open.local_addr().port() > 65535)) {
+        return Status(StatusCode::INVALID_ARGUMENT, "open_datagram_endpoint.local_addr needs a host and a port 0 to 65535");
+      }
+      if (open.has_remote_addr() &&
+          (open.remote_addr().host().empty() || open.remote_addr().port() == 0 || open.remote_addr().port() > 65535)) {
+        return Status(StatusCode::INVALID_ARGUMENT, "open_datagram_endpoint.remote_addr needs a host and a port 1 to 65535");
+      }
+      return Status::OK;
+    }
     case v1::ClientMessage::kCommand:
       return Status(StatusCode::INVALID_ARGUMENT,
                     "the first message must open the session (open_connection or open_subprocess), not a command");
     default:
-      return Status(StatusCode::INVALID_ARGUMENT, "empty message: set open_connection or open_subprocess");
+      return Status(StatusCode::INVALID_ARGUMENT,
+                    "empty message: set open_connection, open_datagram_endpoint or open_subprocess");
   }
 }
 
 void open_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& open) {
   if (open.has_open_connection()) open_connection(link, open.open_connection());
+  else if (open.has_open_datagram_endpoint()) open_datagram_endpoint(link, open.open_datagram_endpoint());
   else open_subprocess(link, open.open_subprocess());
 }
 
@@ -589,6 +726,11 @@ void SessionReactor::OnReadDone(bool ok) {
       record.target = c.has_tcp() ? std::string(c.tls().enabled() ? "tls://" : "tcp://") + c.tcp().host() + ":" +
                                         std::to_string(c.tcp().port())
                                   : "unix://" + c.unix_path();
+    } else if (incoming_.has_open_datagram_endpoint()) {
+      const auto& d = incoming_.open_datagram_endpoint();
+      record.kind = "datagram";
+      const auto& a = d.has_remote_addr() ? d.remote_addr() : d.local_addr();
+      record.target = "udp://" + a.host() + ":" + std::to_string(a.port());
     } else {
       const auto& s = incoming_.open_subprocess();
       record.kind = "subprocess";

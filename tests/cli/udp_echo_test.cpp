@@ -105,3 +105,20 @@ TEST(UdpEcho, InteropWithSocat) {
   socat_client.signal(SIGTERM);
   socat_client.wait(bound);
 }
+
+TEST(UdpEcho, ViaTheServiceGivesTheSameResults) {
+  UdpEchoServer server;
+  ChildProcess service({CONDUIT_BIN, "serve", "--listen", "127.0.0.1:0"});
+  auto line = service.wait_for_line("listening ", bound);
+  ASSERT_TRUE(line) << service.err();
+  ChildProcess via({CONDUIT_BIN, "udp-echo", "client", "--via", *line, "--connect", server.url, "--count", "50",
+                    "--size", "700"});
+  ASSERT_EQ(via.wait(bound), 0) << via.err();
+  EXPECT_EQ(via.out().rfind("50 sent, 50 received, 0 lost", 0), 0u) << via.out();
+  ChildProcess refused({CONDUIT_BIN, "udp-echo", "client", "--via", *line, "--connect",
+                        "udp://127.0.0.1:" + free_udp_port()});
+  EXPECT_EQ(refused.wait(bound), 3);
+  EXPECT_NE(refused.err().find("Connection refused"), std::string::npos) << refused.err();
+  service.signal(SIGTERM);
+  service.wait(bound);
+}
