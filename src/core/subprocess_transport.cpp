@@ -397,8 +397,7 @@ Spawned spawn(const std::vector<std::string>& argv, const SubprocessOptions& opt
     ::waitpid(pid, &status, 0);
     throw_errno(error, "pidfd_open (Linux 5.3 or later is needed)");
   }
-  ::fcntl(pidfd, F_SETFD, FD_CLOEXEC);
-  spawned.pidfd = UniqueFd(pidfd);
+  spawned.pidfd = UniqueFd(pidfd);  // pidfd_open sets close-on-exec itself
   return spawned;
 }
 
