@@ -27,6 +27,9 @@ struct ServeOptions {
   std::vector<std::string> allow_exec;
   bool allow_exec_any = false;
   std::size_t max_sessions = 1000;
+  std::size_t session_buffer_kib = 1024;
+  std::size_t max_message_kib = 4096;
+  unsigned idle_timeout = 0;
   OutputOptions output;
 };
 
@@ -61,6 +64,8 @@ int run_serve(const ServeOptions& options) {
   service_options.allow_exec.insert(options.allow_exec.begin(), options.allow_exec.end());
   service_options.allow_exec_any = options.allow_exec_any;
   service_options.max_sessions = options.max_sessions;
+  service_options.max_buffered_events_bytes = options.session_buffer_kib * 1024;
+  service_options.idle_timeout = std::chrono::seconds(options.idle_timeout);
 
   // Session opens and closes are logged (with caller, kind and target)
   // from gRPC's threads and the loop's: one line at a time.
@@ -80,7 +85,7 @@ int run_serve(const ServeOptions& options) {
   int port = 0;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
-  builder.SetMaxReceiveMessageSize(4 << 20);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_kib * 1024));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -120,6 +125,17 @@ void set_serve_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--max-sessions", options->max_sessions, "Sessions open at once before RESOURCE_EXHAUSTED")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--session-buffer", options->session_buffer_kib,
+                  "KiB of events a session queues for a slow client before its transport stops reading")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{64}, std::size_t{1} << 20));
+  cmd->add_option("--max-message-size", options->max_message_kib,
+                  "KiB: the largest message a client may send (a bigger write is RESOURCE_EXHAUSTED)")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{64}, std::size_t{1} << 20));
+  cmd->add_option("--idle-timeout", options->idle_timeout,
+                  "Close a session after S seconds without events or commands (0: never)")
+      ->capture_default_str();
   add_output_flags(*cmd, options->output);
   cmd->footer(R"(Prints "listening HOST:PORT" once it serves; logs every session open and close on stderr;
 stops on SIGINT or SIGTERM (health turns NOT_SERVING first). Serves conduit.v1.Conduit, the

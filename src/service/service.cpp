@@ -7,14 +7,47 @@
 
 #include <openssl/crypto.h>
 
+#include <vector>
+
 namespace conduit::service {
 
 ConduitService::ConduitService(ServiceOptions options) : options_(std::move(options)) {
+  if (options_.idle_timeout.count() > 0) {
+    idle_timer_ = std::make_unique<asio::steady_timer>(loop_.context());
+    check_idle_sessions();
+  }
   loop_thread_ = std::thread([this] { loop_.run_forever(); });
 }
 
+// Every second, on the loop: abort the sessions idle for longer than allowed.
+void ConduitService::check_idle_sessions() {
+  idle_timer_->expires_after(std::chrono::seconds(1));
+  idle_timer_->async_wait([this](const boost::system::error_code& ec) {
+    if (ec) return;
+    const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+    const auto limit = std::chrono::duration_cast<std::chrono::steady_clock::duration>(options_.idle_timeout).count();
+    std::vector<std::shared_ptr<SessionRecord>> idle;
+    {
+      std::lock_guard lock(sessions_mutex_);
+      for (const auto& [id, record] : sessions_) {
+        if (now - record->last_activity > limit) idle.push_back(record);
+      }
+    }
+    for (const auto& record : idle) {
+      loop_.log(LogLevel::info, "session " + record->id + " idle for " + std::to_string(options_.idle_timeout.count()) +
+                                    " s: closing it");
+      record->touch();  // one abort per timeout
+      if (record->abort) record->abort();
+    }
+    check_idle_sessions();
+  });
+}
+
 ConduitService::~ConduitService() {
-  asio::post(loop_.get_executor(), [this] { loop_.stop(); });
+  asio::post(loop_.get_executor(), [this] {
+    if (idle_timer_) idle_timer_->cancel();
+    loop_.stop();
+  });
   loop_thread_.join();
 }
 

@@ -9,6 +9,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <boost/asio/steady_timer.hpp>
+
 #include <atomic>
 #include <chrono>
 #include <map>
@@ -34,6 +36,9 @@ struct ServiceOptions {
   /// Events queued for a slow client before the session's transport stops
   /// reading (and resumes below a quarter of it).
   std::size_t max_buffered_events_bytes = 1 << 20;
+  /// A session with no event and no command for this long is aborted
+  /// (zero: never).
+  std::chrono::seconds idle_timeout{0};
 };
 
 /// What ListSessions reports of one session; counters are updated from the
@@ -42,6 +47,9 @@ struct SessionRecord {
   std::string id, kind, target, peer;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::atomic<std::uint64_t> bytes_in{0}, bytes_out{0};
+  /// steady_clock ticks of the last event or command (for the idle timeout).
+  std::atomic<std::int64_t> last_activity{std::chrono::steady_clock::now().time_since_epoch().count()};
+  void touch() { last_activity = std::chrono::steady_clock::now().time_since_epoch().count(); }
   std::function<void()> abort;  // posts an abort of its transport to the loop
 };
 
@@ -68,12 +76,15 @@ class ConduitService final : public v1::Conduit::CallbackService {
   std::string next_session_id();
 
  private:
+  void check_idle_sessions();
+
   ServiceOptions options_;
   EventLoop loop_;
   std::thread loop_thread_;
   mutable std::mutex sessions_mutex_;
   std::map<std::string, std::shared_ptr<SessionRecord>> sessions_;
   std::atomic<std::uint64_t> next_id_{1};
+  std::unique_ptr<asio::steady_timer> idle_timer_;  // on the loop, when idle_timeout is set
 };
 
 }  // namespace conduit::service

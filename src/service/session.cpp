@@ -63,6 +63,7 @@ std::shared_ptr<LoopSide> Link::loop_side() {
 void Link::emit(v1::Event event) {
   std::lock_guard<std::recursive_mutex> lock(mutex_);
   if (finished_) return;
+  record_->touch();
   event.set_seq(++seq_);
   event.set_unix_nanos(std::chrono::duration_cast<std::chrono::nanoseconds>(
                            std::chrono::system_clock::now().time_since_epoch())
@@ -747,6 +748,7 @@ void SessionReactor::OnReadDone(bool ok) {
     opened_ = true;
     asio::post(service_.loop().get_executor(), [link = link_, open = incoming_] { open_session(link, open); });
   } else if (incoming_.has_command()) {
+    link_->record()->touch();
     post_to_loop([command = incoming_.command()](LoopSide& side) { side.command(command); });
   } else {
     return fail(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a session opens once: only commands may follow"));

@@ -323,3 +323,18 @@ TEST(EchoTools, HealthProbeExitCodes) {
   ChildProcess nobody({CONDUIT_BIN, "health", "--via", "127.0.0.1:" + free_port(), "--timeout", "0.5"});
   EXPECT_EQ(nobody.wait(bound), 2);
 }
+
+TEST(EchoTools, ServiceLimitsIdleTimeoutAndMessageSize) {
+  EchoServer server;
+  Service service({"--idle-timeout", "1", "--max-message-size", "64", "--allow-exec-any"});
+  // A session with nothing happening is closed: the child is killed (128+9).
+  ChildProcess idle({CONDUIT_BIN, "run-subprocess", "--via", service.address, "--", "sh", "-c", "sleep 30"});
+  EXPECT_EQ(idle.wait(bound), 128 + SIGKILL) << idle.err();
+  // A write larger than --max-message-size: RESOURCE_EXHAUSTED, not a crash.
+  ChildProcess big({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url, "--size", "200000"});
+  EXPECT_EQ(big.wait(bound), 1);
+  EXPECT_NE(big.err().find("(8): Received message larger than max"), std::string::npos) << big.err();
+  ChildProcess fine({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url, "--size", "20000",
+                     "--count", "5"});
+  EXPECT_EQ(fine.wait(bound), 0) << fine.err() << " (the service still serves)";
+}
