@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <iostream>
 #include <stdexcept>
 #include <system_error>
@@ -124,6 +125,27 @@ void add_via_flags(CLI::App& app, ViaFlags& flags) {
   app.add_option("--via", flags.address, "Run through the conduit service at HOST:PORT (a session on its host)");
   app.add_option("--token-file", flags.token_file, "With --via: file whose first line is the service's bearer token")
       ->check(CLI::ExistingFile);
+  app.add_option("--via-cafile", flags.cafile, "With --via: speak TLS to the service, trusting this CA (PEM)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--via-cert", flags.cert, "With --via-cafile: client certificate (PEM) for a service that asks (mTLS)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--via-key", flags.key, "With --via-cert: its private key (PEM)")->check(CLI::ExistingFile);
+}
+
+std::string read_file(const std::string& path, const char* what) {
+  std::ifstream file(path);
+  if (!file) throw std::invalid_argument(std::string("cannot read ") + what + " " + path);
+  return std::string(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
+}
+
+service::RemoteOptions read_remote(const ViaFlags& flags) {
+  service::RemoteOptions r;
+  r.address = flags.address;
+  r.token = read_token(flags);
+  if (!flags.cafile.empty()) r.ca_pem = read_file(flags.cafile, "--via-cafile");
+  if (!flags.cert.empty()) r.cert_pem = read_file(flags.cert, "--via-cert");
+  if (!flags.key.empty()) r.key_pem = read_file(flags.key, "--via-key");
+  return r;
 }
 
 std::string read_token(const ViaFlags& flags) {

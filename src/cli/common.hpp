@@ -4,6 +4,8 @@
 
 #include <conduit/socket_address.hpp>
 
+#include <session_stream.hpp>
+
 #include <CLI/CLI.hpp>
 
 #include <cstdint>
@@ -75,11 +77,17 @@ void add_tls_flags(CLI::App& app, TlsFlags& flags, bool server);
 struct ViaFlags {
   std::string address;
   std::string token_file;
+  std::string cafile, cert, key;  // TLS to the service
 };
 void add_via_flags(CLI::App& app, ViaFlags& flags);
 /// The token in flags.token_file's first line ("" without a file); throws
 /// std::invalid_argument if it cannot be read.
 std::string read_token(const ViaFlags& flags);
+/// Everything --via's flags say, files read; throws std::invalid_argument
+/// naming a file that cannot be read.
+service::RemoteOptions read_remote(const ViaFlags& flags);
+/// A file's whole content; throws std::invalid_argument naming it.
+std::string read_file(const std::string& path, const char* what);
 
 /// -v, -x, --json, --quiet.
 struct OutputOptions {

@@ -231,9 +231,9 @@ int run_echo_client(const EchoClientOptions& options) {
   const auto start = Clock::now();
   if (!options.via.address.empty()) {
     // The same protocol, over a connection made on the service's host.
-    service::RemoteOptions remote{options.via.address, {}};
+    service::RemoteOptions remote;
     try {
-      remote.token = read_token(options.via);
+      remote = read_remote(options.via);
     } catch (const std::invalid_argument& e) {
       std::cerr << "conduit echo-client: " << e.what() << '\n';
       return exit_usage;

@@ -31,14 +31,17 @@ struct HealthOptions {
 };
 
 int run_health(const HealthOptions& options) {
-  std::string token;
+  service::RemoteOptions remote;
   try {
-    token = read_token(options.via);
+    ViaFlags via = options.via;
+    via.address = options.address;
+    remote = read_remote(via);
   } catch (const std::invalid_argument& e) {
     std::cerr << "conduit health: " << e.what() << '\n';
     return health_bad_arguments;
   }
-  auto channel = grpc::CreateChannel(options.address, grpc::InsecureChannelCredentials());
+  const std::string& token = remote.token;
+  auto channel = service::make_channel(remote);
   const auto deadline = std::chrono::system_clock::now() +
                         std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(options.timeout));
   if (!channel->WaitForConnected(deadline)) {
@@ -70,6 +73,10 @@ void set_health_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--via", options->address, "The service, HOST:PORT")->required();
   cmd->add_option("--token-file", options->via.token_file, "File whose first line is the service's bearer token")
       ->check(CLI::ExistingFile);
+  cmd->add_option("--via-cafile", options->via.cafile, "Speak TLS to the service, trusting this CA (PEM)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--via-cert", options->via.cert, "Client certificate (PEM) for mTLS")->check(CLI::ExistingFile);
+  cmd->add_option("--via-key", options->via.key, "Its private key (PEM)")->check(CLI::ExistingFile);
   cmd->add_option("--service", options->service, "The service name to check (default: the whole server)");
   cmd->add_option("-t,--timeout", options->timeout, "Give up after S seconds")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->footer(R"(Prints "status: SERVING" (or the status it got). Exit codes, as grpc_health_probe's:

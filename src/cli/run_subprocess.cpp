@@ -200,9 +200,9 @@ int run(const RunOptions& options) {
   std::string remote_stdin;  // --via with a file to feed: sent once the child runs
   if (!options.via.address.empty()) {
     // The child runs on the service's host; its stdin is fed from here.
-    service::RemoteOptions remote{options.via.address, {}};
+    service::RemoteOptions remote;
     try {
-      remote.token = read_token(options.via);
+      remote = read_remote(options.via);
     } catch (const std::invalid_argument& e) {
       std::cerr << "conduit run-subprocess: " << e.what() << '\n';
       return exit_usage;

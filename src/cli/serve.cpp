@@ -24,6 +24,7 @@ namespace {
 struct ServeOptions {
   std::string listen = "127.0.0.1:50051";
   std::string token_file;
+  std::string tls_cert, tls_key, tls_client_ca;
   std::vector<std::string> allow_exec;
   bool allow_exec_any = false;
   std::size_t max_sessions = 1000;
@@ -56,10 +57,29 @@ int run_serve(const ServeOptions& options) {
       return exit_usage;
     }
   }
-  if (!is_loopback(options.listen) && service_options.token.empty()) {
+  const bool mtls = !options.tls_client_ca.empty();
+  if (!is_loopback(options.listen) && service_options.token.empty() && !mtls) {
     std::cerr << "conduit serve: listening on " << options.listen
-              << " (not loopback) needs authentication: give --token-file\n";
+              << " (not loopback) needs authentication: give --token-file or --tls-client-ca\n";
     return exit_usage;
+  }
+  if (options.tls_cert.empty() != options.tls_key.empty() || (mtls && options.tls_cert.empty())) {
+    std::cerr << "conduit serve: TLS needs both --tls-cert and --tls-key (and they are required by --tls-client-ca)\n";
+    return exit_usage;
+  }
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!options.tls_cert.empty()) {
+    // TLS, and with a client CA, mTLS: only clients with a certificate it signed get in.
+    grpc::SslServerCredentialsOptions tls(mtls ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                               : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    try {
+      tls.pem_key_cert_pairs.push_back({read_file(options.tls_key, "--tls-key"), read_file(options.tls_cert, "--tls-cert")});
+      if (mtls) tls.pem_root_certs = read_file(options.tls_client_ca, "--tls-client-ca");
+    } catch (const std::invalid_argument& e) {
+      std::cerr << "conduit serve: " << e.what() << '\n';
+      return exit_usage;
+    }
+    credentials = grpc::SslServerCredentials(tls);
   }
   service_options.allow_exec.insert(options.allow_exec.begin(), options.allow_exec.end());
   service_options.allow_exec_any = options.allow_exec_any;
@@ -83,7 +103,7 @@ int run_serve(const ServeOptions& options) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options.listen, credentials, &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_kib * 1024));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
@@ -119,6 +139,12 @@ void set_serve_command(CLI::App& app, int& exit_code) {
       ->capture_default_str();
   cmd->add_option("--token-file", options->token_file,
                   "File whose first line is the bearer token every call must present; required off loopback")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--tls-cert", options->tls_cert, "Serve over TLS with this certificate chain (PEM)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--tls-key", options->tls_key, "The private key of --tls-cert (PEM)")->check(CLI::ExistingFile);
+  cmd->add_option("--tls-client-ca", options->tls_client_ca,
+                  "Require client certificates signed by this CA (mTLS); counts as authentication off loopback")
       ->check(CLI::ExistingFile);
   cmd->add_option("--allow-exec", options->allow_exec, "A program subprocess sessions may run (exact argv[0]); repeatable");
   cmd->add_flag("--allow-exec-any", options->allow_exec_any, "Let subprocess and shell sessions run anything");

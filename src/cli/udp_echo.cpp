@@ -251,9 +251,9 @@ int run_udp_client(const UdpClientOptions& options) {
   };
   if (!options.via.address.empty()) {
     // The endpoint lives on the service's host; datagrams go from there.
-    service::RemoteOptions remote{options.via.address, {}};
+    service::RemoteOptions remote;
     try {
-      remote.token = read_token(options.via);
+      remote = read_remote(options.via);
     } catch (const std::invalid_argument& e) {
       std::cerr << "conduit udp-echo client: " << e.what() << '\n';
       return exit_usage;

@@ -4,10 +4,19 @@
 
 namespace conduit::service {
 
+std::shared_ptr<grpc::Channel> make_channel(const RemoteOptions& remote) {
+  if (remote.ca_pem.empty()) return grpc::CreateChannel(remote.address, grpc::InsecureChannelCredentials());
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = remote.ca_pem;
+  tls.pem_cert_chain = remote.cert_pem;
+  tls.pem_private_key = remote.key_pem;
+  return grpc::CreateChannel(remote.address, grpc::SslCredentials(tls));
+}
+
 std::shared_ptr<SessionStream> SessionStream::start(EventLoop& loop, const RemoteOptions& remote,
                                                     v1::ClientMessage open, SessionCallbacks callbacks) {
   auto stream = std::make_shared<SessionStream>(loop, std::move(callbacks));
-  stream->channel_ = grpc::CreateChannel(remote.address, grpc::InsecureChannelCredentials());
+  stream->channel_ = make_channel(remote);
   stream->stub_ = v1::Conduit::NewStub(stream->channel_);
   if (!remote.token.empty()) stream->context_.AddMetadata("authorization", "Bearer " + remote.token);
   stream->stream_ = stream->stub_->Session(&stream->context_);

@@ -24,7 +24,13 @@ namespace conduit::service {
 struct RemoteOptions {
   std::string address;  ///< HOST:PORT of `conduit serve`
   std::string token;    ///< bearer token, if the service wants one
+  /// TLS to the service (when ca_pem is set): trust this CA, and present
+  /// this certificate and key if the service asks (mTLS). PEM text.
+  std::string ca_pem, cert_pem, key_pem;
 };
+
+/// A channel to the service as `remote` says (TLS when ca_pem is set).
+std::shared_ptr<grpc::Channel> make_channel(const RemoteOptions& remote);
 
 /// What a stream reports, always on the loop's thread.
 struct SessionCallbacks {

@@ -338,3 +338,27 @@ TEST(EchoTools, ServiceLimitsIdleTimeoutAndMessageSize) {
                      "--count", "5"});
   EXPECT_EQ(fine.wait(bound), 0) << fine.err() << " (the service still serves)";
 }
+
+TEST(EchoTools, ServiceMutualTls) {
+  const auto& certs = conduit::testing::test_certificates();
+  EchoServer server;
+  Service service({"--tls-cert", certs.server_cert, "--tls-key", certs.server_key, "--tls-client-ca", certs.ca});
+  ChildProcess with_cert({CONDUIT_BIN, "echo-client", "--via", service.address, "--via-cafile", certs.ca, "--via-cert",
+                          certs.client_cert, "--via-key", certs.client_key, "--connect", server.url, "--message", "mtls"});
+  EXPECT_EQ(with_cert.wait(bound), 0) << with_cert.err();
+  EXPECT_EQ(with_cert.out(), "mtls");
+  ChildProcess without_cert({CONDUIT_BIN, "echo-client", "--via", service.address, "--via-cafile", certs.ca,
+                             "--connect", server.url});
+  EXPECT_EQ(without_cert.wait(bound), 3) << "no client certificate: refused";
+  ChildProcess plaintext({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url});
+  EXPECT_EQ(plaintext.wait(bound), 3);
+  ChildProcess health({CONDUIT_BIN, "health", "--via", service.address, "--via-cafile", certs.ca, "--via-cert",
+                       certs.client_cert, "--via-key", certs.client_key});
+  EXPECT_EQ(health.wait(bound), 0) << health.err();
+
+  ChildProcess exposed({CONDUIT_BIN, "serve", "--listen", "0.0.0.0:0", "--tls-cert", certs.server_cert, "--tls-key",
+                        certs.server_key, "--tls-client-ca", certs.ca});
+  EXPECT_TRUE(exposed.wait_for_line("listening ", bound)) << "mTLS counts as authentication: " << exposed.err();
+  exposed.signal(SIGTERM);
+  exposed.wait(bound);
+}
