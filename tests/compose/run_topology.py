@@ -266,6 +266,11 @@ def main():
     with open(COMPOSE) as f:
         compose = yaml.safe_load(f)
     topology = Topology(compose)
+    probe = sh("ip", "netns", "add", f"{PREFIX}probe", check=False)
+    if probe.returncode != 0:
+        print(f"cannot create network namespaces here ({probe.stderr.strip()}): skipped", file=sys.stderr)
+        return 77
+    sh("ip", "netns", "del", f"{PREFIX}probe", check=False)
     try:
         topology.up_network()
         topology.write_secrets()
