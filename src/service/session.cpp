@@ -164,10 +164,48 @@ bool Link::may_read() {
 
 namespace {
 
+/// What every loop side reports the same way: flow control, the end of the
+/// transport, and a command it could not carry out.
+class SideEvents {
+ protected:
+  explicit SideEvents(std::shared_ptr<Link> link) : link_(std::move(link)) {}
+
+  /// pause_writing (true) or resume_writing (false): tell the client, and
+  /// hold or release its commands so HTTP/2 pushes back on it.
+  void writing_paused(bool paused, std::size_t buffered) {
+    v1::Event event;
+    if (paused) event.mutable_pause_writing()->set_buffered(buffered);
+    else event.mutable_resume_writing()->set_buffered(buffered);
+    link_->emit(std::move(event));
+    link_->hold_commands(paused);
+  }
+
+  /// connection_lost: the last event; the call finishes once it is sent.
+  void lost(std::exception_ptr exc) {
+    v1::Event event;
+    if (exc) *event.mutable_connection_lost()->mutable_error() = error_of(exc);
+    else event.mutable_connection_lost();
+    link_->emit(std::move(event));
+    link_->hold_commands(false);
+    link_->finish(grpc::Status::OK);
+    link_->set_loop_side(nullptr);  // break the link <-> side cycle
+  }
+
+  void failed(const v1::Command& c, const std::string& why) {
+    v1::Event event;
+    const auto* field = v1::Command::descriptor()->FindFieldByNumber(c.kind_case());
+    event.mutable_command_failed()->set_command(field ? field->name() : "unknown");
+    event.mutable_command_failed()->set_message(why);
+    link_->emit(std::move(event));
+  }
+
+  std::shared_ptr<Link> link_;
+};
+
 /// Events from a stream transport's callbacks; commands onto it.
-class ConnectionSide final : public Protocol, public LoopSide {
+class ConnectionSide final : public Protocol, public LoopSide, SideEvents {
  public:
-  explicit ConnectionSide(std::shared_ptr<Link> link) : link_(std::move(link)) {}
+  explicit ConnectionSide(std::shared_ptr<Link> link) : SideEvents(std::move(link)) {}
 
   void connection_made(std::shared_ptr<Transport> transport) override {
     transport_ = std::move(transport);
@@ -201,26 +239,10 @@ class ConnectionSide final : public Protocol, public LoopSide {
     // close (flushing what the client wrote last).
     return !client_done_;
   }
-  void pause_writing() override {
-    v1::Event event;
-    event.mutable_pause_writing()->set_buffered(transport_->get_write_buffer_size());
-    link_->emit(std::move(event));
-    link_->hold_commands(true);
-  }
-  void resume_writing() override {
-    v1::Event event;
-    event.mutable_resume_writing()->set_buffered(transport_->get_write_buffer_size());
-    link_->emit(std::move(event));
-    link_->hold_commands(false);
-  }
+  void pause_writing() override { writing_paused(true, transport_->get_write_buffer_size()); }
+  void resume_writing() override { writing_paused(false, transport_->get_write_buffer_size()); }
   void connection_lost(std::exception_ptr exc) override {
-    v1::Event event;
-    auto* lost = event.mutable_connection_lost();
-    if (exc) *lost->mutable_error() = error_of(exc);
-    link_->emit(std::move(event));
-    link_->hold_commands(false);
-    link_->finish(grpc::Status::OK);
-    link_->set_loop_side(nullptr);  // break the link <-> side cycle
+    lost(exc);
     transport_.reset();
   }
 
@@ -281,15 +303,6 @@ class ConnectionSide final : public Protocol, public LoopSide {
   }
 
  private:
-  void failed(const v1::Command& c, const std::string& why) {
-    v1::Event event;
-    auto* f = event.mutable_command_failed();
-    f->set_command(v1::Command::descriptor()->FindFieldByNumber(c.kind_case())
-                       ? v1::Command::descriptor()->FindFieldByNumber(c.kind_case())->name()
-                       : "unknown");
-    f->set_message(why);
-    link_->emit(std::move(event));
-  }
   void extra_info(const std::string& name) {
     v1::Event event;
     auto* info = event.mutable_extra_info();
@@ -303,7 +316,6 @@ class ConnectionSide final : public Protocol, public LoopSide {
     link_->emit(std::move(event));
   }
 
-  std::shared_ptr<Link> link_;
   std::shared_ptr<Transport> transport_;
   bool reading_ = true;        // the service's backpressure allows reading
   bool client_paused_ = false;  // the client asked for pause_reading
@@ -312,9 +324,9 @@ class ConnectionSide final : public Protocol, public LoopSide {
 };
 
 /// Events from a child's callbacks; commands onto it and its stdin.
-class SubprocessSide final : public SubprocessProtocol, public LoopSide {
+class SubprocessSide final : public SubprocessProtocol, public LoopSide, SideEvents {
  public:
-  explicit SubprocessSide(std::shared_ptr<Link> link) : link_(std::move(link)) {}
+  explicit SubprocessSide(std::shared_ptr<Link> link) : SideEvents(std::move(link)) {}
 
   void connection_made(std::shared_ptr<SubprocessTransport> transport) override {
     transport_ = std::move(transport);
@@ -344,26 +356,10 @@ class SubprocessSide final : public SubprocessProtocol, public LoopSide {
     event.mutable_process_exited()->set_returncode(transport_->get_returncode().value_or(0));
     link_->emit(std::move(event));
   }
-  void pause_writing() override {
-    v1::Event event;
-    event.mutable_pause_writing();
-    link_->emit(std::move(event));
-    link_->hold_commands(true);
-  }
-  void resume_writing() override {
-    v1::Event event;
-    event.mutable_resume_writing();
-    link_->emit(std::move(event));
-    link_->hold_commands(false);
-  }
+  void pause_writing() override { writing_paused(true, 0); }
+  void resume_writing() override { writing_paused(false, 0); }
   void connection_lost(std::exception_ptr exc) override {
-    v1::Event event;
-    if (exc) *event.mutable_connection_lost()->mutable_error() = error_of(exc);
-    else event.mutable_connection_lost();
-    link_->emit(std::move(event));
-    link_->hold_commands(false);
-    link_->finish(grpc::Status::OK);
-    link_->set_loop_side(nullptr);
+    lost(exc);
     transport_.reset();
   }
 
@@ -412,24 +408,16 @@ class SubprocessSide final : public SubprocessProtocol, public LoopSide {
       }
     }
   }
-  void failed(const v1::Command& c, const std::string& why) {
-    v1::Event event;
-    const auto* field = v1::Command::descriptor()->FindFieldByNumber(c.kind_case());
-    event.mutable_command_failed()->set_command(field ? field->name() : "unknown");
-    event.mutable_command_failed()->set_message(why);
-    link_->emit(std::move(event));
-  }
 
-  std::shared_ptr<Link> link_;
   std::shared_ptr<SubprocessTransport> transport_;
 };
 
 /// Events from a datagram endpoint; sendto and close onto it. While the
 /// client reads events too slowly, datagrams are dropped (counted), as the
 /// kernel would drop them: UDP has no backpressure to carry.
-class DatagramSide final : public DatagramProtocol, public LoopSide {
+class DatagramSide final : public DatagramProtocol, public LoopSide, SideEvents {
  public:
-  explicit DatagramSide(std::shared_ptr<Link> link) : link_(std::move(link)) {}
+  explicit DatagramSide(std::shared_ptr<Link> link) : SideEvents(std::move(link)) {}
 
   void connection_made(std::shared_ptr<DatagramTransport> transport) override {
     transport_ = std::move(transport);
@@ -456,26 +444,10 @@ class DatagramSide final : public DatagramProtocol, public LoopSide {
     *event.mutable_error_received()->mutable_error() = error_of(exc);
     link_->emit(std::move(event));
   }
-  void pause_writing() override {
-    v1::Event event;
-    event.mutable_pause_writing()->set_buffered(transport_->get_write_buffer_size());
-    link_->emit(std::move(event));
-    link_->hold_commands(true);
-  }
-  void resume_writing() override {
-    v1::Event event;
-    event.mutable_resume_writing()->set_buffered(transport_->get_write_buffer_size());
-    link_->emit(std::move(event));
-    link_->hold_commands(false);
-  }
+  void pause_writing() override { writing_paused(true, transport_->get_write_buffer_size()); }
+  void resume_writing() override { writing_paused(false, transport_->get_write_buffer_size()); }
   void connection_lost(std::exception_ptr exc) override {
-    v1::Event event;
-    if (exc) *event.mutable_connection_lost()->mutable_error() = error_of(exc);
-    else event.mutable_connection_lost();
-    link_->emit(std::move(event));
-    link_->hold_commands(false);
-    link_->finish(grpc::Status::OK);
-    link_->set_loop_side(nullptr);
+    lost(exc);
     transport_.reset();
   }
 
@@ -517,15 +489,7 @@ class DatagramSide final : public DatagramProtocol, public LoopSide {
   void set_reading(bool reading) override { reading_ = reading; }
 
  private:
-  void failed(const v1::Command& c, const std::string& why) {
-    v1::Event event;
-    const auto* field = v1::Command::descriptor()->FindFieldByNumber(c.kind_case());
-    event.mutable_command_failed()->set_command(field ? field->name() : "unknown");
-    event.mutable_command_failed()->set_message(why);
-    link_->emit(std::move(event));
-  }
 
-  std::shared_ptr<Link> link_;
   std::shared_ptr<DatagramTransport> transport_;
   bool reading_ = true;
   std::uint64_t dropped_ = 0;
