@@ -489,7 +489,6 @@ class DatagramSide final : public DatagramProtocol, public LoopSide, SideEvents 
   void set_reading(bool reading) override { reading_ = reading; }
 
  private:
-
   std::shared_ptr<DatagramTransport> transport_;
   bool reading_ = true;
   std::uint64_t dropped_ = 0;
