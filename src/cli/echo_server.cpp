@@ -6,6 +6,8 @@
 #include <conduit/server.hpp>
 #include <conduit/tls.hpp>
 
+#include <remote_transport.hpp>
+
 #include <boost/asio/signal_set.hpp>
 
 #include <iostream>
@@ -106,18 +108,60 @@ struct EchoServerOptions {
   bool buffered = false;
   int backlog = 100;
   TlsFlags tls;
+  ViaFlags via;
   OutputOptions output;
 };
 
+/// The server session request for --via: listen on `ep` on the service's host.
+v1::OpenServer remote_server_request(const Endpoint& ep, const EchoServerOptions& options) {
+  v1::OpenServer open;
+  if (ep.kind == Endpoint::Kind::unix_path) {
+    open.set_unix_path(ep.path);
+  } else {
+    open.mutable_tcp()->set_host(ep.host);
+    open.mutable_tcp()->set_port(ep.port);
+  }
+  if (ep.kind == Endpoint::Kind::tls) {
+    auto* tls = open.mutable_tls();
+    tls->set_enabled(true);
+    tls->set_cert_pem(read_file(options.tls.cert, "--cert"));
+    tls->set_key_pem(read_file(options.tls.key, "--key"));
+    if (!options.tls.cafile.empty()) tls->set_client_ca_pem(read_file(options.tls.cafile, "--cafile"));
+  }
+  open.set_backlog(static_cast<std::uint32_t>(options.backlog));
+  return open;
+}
+
+/// "listening URL" for an address a server session reports ("host:port" or a path).
+std::string remote_url(const std::string& address, std::string_view scheme) {
+  if (scheme == "unix") return "unix://" + address;
+  return std::string(scheme) + "://" + address;
+}
+
 int run_echo_server(const EchoServerOptions& options) {
-  // TLS settings, checked before anything listens.
-  std::shared_ptr<asio::ssl::context> tls_context;
+  const bool via = !options.via.address.empty();
   for (const auto& url : options.listen) {
-    if (parse_endpoint(url).kind != Endpoint::Kind::tls || tls_context) continue;
-    if (options.tls.cert.empty() || options.tls.key.empty()) {
+    if (parse_endpoint(url).kind == Endpoint::Kind::tls && (options.tls.cert.empty() || options.tls.key.empty())) {
       std::cerr << "conduit echo-server: " << url << " needs --cert and --key\n";
       return exit_usage;
     }
+  }
+  // --via: the service listens; the certificate goes to it as PEM text.
+  service::RemoteOptions remote;
+  std::vector<v1::OpenServer> remote_requests;
+  if (via) {
+    try {
+      remote = read_remote(options.via);
+      for (const auto& url : options.listen) remote_requests.push_back(remote_server_request(parse_endpoint(url), options));
+    } catch (const std::invalid_argument& e) {
+      std::cerr << "conduit echo-server: " << e.what() << '\n';
+      return exit_usage;
+    }
+  }
+  // TLS settings, checked before anything listens.
+  std::shared_ptr<asio::ssl::context> tls_context;
+  for (const auto& url : options.listen) {
+    if (via || parse_endpoint(url).kind != Endpoint::Kind::tls || tls_context) continue;
     try {
       tls_context = tls::server_context(options.tls.cert, options.tls.key,
                                         options.tls.cafile.empty() ? std::nullopt : std::optional(options.tls.cafile));
@@ -131,6 +175,7 @@ int run_echo_server(const EchoServerOptions& options) {
   EventLog log(options.output);
   ServerStats stats;
   std::vector<std::shared_ptr<Server>> servers;
+  std::vector<std::shared_ptr<service::RemoteServer>> remote_servers;
   int exit_code = exit_ok;
 
   auto factory = [&]() -> std::shared_ptr<BaseProtocol> {
@@ -140,8 +185,25 @@ int run_echo_server(const EchoServerOptions& options) {
   ServerOptions server_options;
   server_options.backlog = options.backlog;
 
-  for (const auto& url : options.listen) {
+  for (std::size_t i = 0; i < options.listen.size(); ++i) {
+    const std::string& url = options.listen[i];
     const Endpoint ep = parse_endpoint(url);
+    if (via) {
+      service::create_remote_server(
+          loop, remote, remote_requests[i], factory,
+          [&, url, scheme = ep.scheme()](std::exception_ptr error, std::shared_ptr<service::RemoteServer> server) {
+            if (error) {
+              std::cerr << "conduit echo-server: cannot listen on " << url << " via " << options.via.address << ": "
+                        << describe(error) << '\n';
+              exit_code = exit_connect_failed;
+              loop.stop();
+              return;
+            }
+            for (const auto& address : server->sockets()) std::cout << "listening " << remote_url(address, scheme) << std::endl;
+            remote_servers.push_back(std::move(server));
+          });
+      continue;
+    }
     auto on_server = [&, url, scheme = ep.scheme()](std::exception_ptr error, std::shared_ptr<Server> server) {
       if (error) {
         std::cerr << "conduit echo-server: cannot listen on " << url << ": " << describe(error) << '\n';
@@ -180,14 +242,19 @@ int run_echo_server(const EchoServerOptions& options) {
     server->close();
     server->close_clients();
   }
+  for (auto& server : remote_servers) server->close();
   loop.run_until(
       [&] {
         for (auto& server : servers) {
           if (server->active_connections() > 0) return false;
         }
+        for (auto& server : remote_servers) {
+          if (!server->is_closed()) return false;
+        }
         return true;
       },
       std::chrono::seconds(2));
+  remote_servers.clear();
   if (options.output.json) {
     std::cout << "{\"connections\":" << stats.connections << ",\"bytes_echoed\":" << stats.bytes
               << ",\"connection_errors\":" << stats.errors << "}" << std::endl;
@@ -208,16 +275,20 @@ void set_echo_server_command(CLI::App& app, int& exit_code) {
   cmd->add_flag("--buffered", options->buffered, "Use a BufferedProtocol (reads into a per-connection buffer)");
   add_tls_flags(*cmd, options->tls, true);
   cmd->add_option("--backlog", options->backlog, "listen() backlog")->capture_default_str()->check(CLI::PositiveNumber);
+  add_via_flags(*cmd, options->via);
   add_output_flags(*cmd, options->output);
   cmd->footer(std::string(R"(Prints "listening URL" for each bound socket once it listens, then serves until
 SIGINT or SIGTERM. A client's EOF is carried through: everything it sent is echoed
-before the server closes its side.
+before the server closes its side. With --via the service's host listens (a server
+session) and each connection's bytes come here to be echoed; the URLs name addresses
+on that host.
 
 Examples:
   conduit echo-server --listen tcp://127.0.0.1:8888
   conduit echo-server --listen 'tcp://*:0' --listen unix:///tmp/echo.sock -v
   conduit echo-server --listen tcp://[::1]:9000 --buffered --json
   conduit echo-server --listen tls://127.0.0.1:8443 --cert server.pem --key server.key
+  conduit echo-server --via 127.0.0.1:50051 --listen tcp://0.0.0.0:7000   (listens on the service's host)
 
 )") + exit_codes_help);
   cmd->callback([options, &exit_code] { exit_code = run_echo_server(*options); });

@@ -24,6 +24,7 @@ using Clock = std::chrono::steady_clock;
 
 struct UdpServerOptions {
   std::vector<std::string> listen;
+  ViaFlags via;
   OutputOptions output;
 };
 
@@ -32,6 +33,7 @@ struct UdpServerStats {
   std::uint64_t bytes = 0;
   std::uint64_t dropped = 0;  // not echoed while the send queue was over its high watermark
   std::uint64_t errors = 0;
+  std::size_t open_endpoints = 0;
 };
 
 /// Echoes each datagram to its sender. While the send queue is above its
@@ -41,7 +43,10 @@ class UdpEchoProtocol final : public DatagramProtocol {
  public:
   UdpEchoProtocol(const EventLog& log, UdpServerStats& stats) : log_(log), stats_(stats) {}
 
-  void connection_made(std::shared_ptr<DatagramTransport> transport) override { transport_ = std::move(transport); }
+  void connection_made(std::shared_ptr<DatagramTransport> transport) override {
+    transport_ = std::move(transport);
+    ++stats_.open_endpoints;
+  }
   void datagram_received(std::span<const std::byte> data, const SocketAddress& from) override {
     log_.data(from.to_string(), "datagram_received", data);
     ++stats_.datagrams;
@@ -58,7 +63,11 @@ class UdpEchoProtocol final : public DatagramProtocol {
   }
   void pause_writing() override { paused_ = true; }
   void resume_writing() override { paused_ = false; }
-  void connection_lost(std::exception_ptr) override { transport_.reset(); }
+  const std::shared_ptr<DatagramTransport>& transport() const { return transport_; }
+  void connection_lost(std::exception_ptr) override {
+    transport_.reset();
+    --stats_.open_endpoints;
+  }
 
  private:
   const EventLog& log_;
@@ -74,24 +83,50 @@ int run_udp_server(const UdpServerOptions& options) {
   std::vector<std::shared_ptr<DatagramTransport>> endpoints;
   int exit_code = exit_ok;
 
+  const bool via = !options.via.address.empty();
+  service::RemoteOptions remote;
+  if (via) {
+    try {
+      remote = read_remote(options.via);
+    } catch (const std::invalid_argument& e) {
+      std::cerr << "conduit udp-echo server: " << e.what() << '\n';
+      return exit_usage;
+    }
+  }
   for (const auto& url : options.listen) {
     const Endpoint ep = parse_endpoint(url, datagram_schemes);
-    DatagramOptions endpoint_options;
-    endpoint_options.local_addr = std::pair{ep.host == "*" ? std::string("::") : ep.host, ep.port};
-    loop.create_datagram_endpoint(
-        [&] { return std::make_shared<UdpEchoProtocol>(log, stats); }, endpoint_options,
-        [&, url](std::exception_ptr error, std::shared_ptr<DatagramTransport> transport, auto) {
-          if (error) {
-            std::cerr << "conduit udp-echo server: cannot listen on " << url << ": " << describe(error) << '\n';
-            exit_code = exit_connect_failed;
-            loop.stop();
-            return;
-          }
-          if (auto address = transport->get_extra_info_as<SocketAddress>("sockname")) {
-            std::cout << "listening " << Endpoint::url_of(*address, "udp") << std::endl;
-          }
-          endpoints.push_back(std::move(transport));
-        });
+    const std::string host = ep.host == "*" ? std::string("::") : ep.host;
+    auto factory = [&] { return std::make_shared<UdpEchoProtocol>(log, stats); };
+    auto on_endpoint = [&, url](std::exception_ptr error, std::shared_ptr<DatagramTransport> transport) {
+      if (error) {
+        std::cerr << "conduit udp-echo server: cannot listen on " << url
+                  << (via ? " via " + options.via.address : std::string()) << ": " << describe(error) << '\n';
+        exit_code = exit_connect_failed;
+        loop.stop();
+        return;
+      }
+      if (auto address = transport->get_extra_info_as<SocketAddress>("sockname")) {
+        std::cout << "listening " << Endpoint::url_of(*address, "udp") << std::endl;
+      }
+      endpoints.push_back(std::move(transport));
+    };
+    if (via) {
+      // The socket is bound on the service's host; datagrams come here to be echoed.
+      conduit::v1::OpenDatagramEndpoint open;
+      open.mutable_local_addr()->set_host(host);
+      open.mutable_local_addr()->set_port(ep.port);
+      auto protocol = factory();
+      service::create_remote_datagram_endpoint(loop, remote, std::move(open), protocol,
+                                               [on_endpoint, protocol](std::exception_ptr error) {
+                                                 on_endpoint(error, error ? nullptr : protocol->transport());
+                                               });
+    } else {
+      DatagramOptions endpoint_options;
+      endpoint_options.local_addr = std::pair{host, ep.port};
+      loop.create_datagram_endpoint(factory, endpoint_options,
+                                    [on_endpoint](std::exception_ptr error, std::shared_ptr<DatagramTransport> transport,
+                                                  auto) { on_endpoint(error, std::move(transport)); });
+    }
   }
 
   asio::signal_set signals(loop.context(), SIGINT, SIGTERM);
@@ -103,7 +138,8 @@ int run_udp_server(const UdpServerOptions& options) {
   loop.run_forever();
   signals.cancel();
   for (auto& endpoint : endpoints) endpoint->abort();
-  loop.run_until([] { return false; }, std::chrono::milliseconds(0));
+  endpoints.clear();
+  loop.run_until([&] { return stats.open_endpoints == 0; }, std::chrono::seconds(2));
   if (options.output.json) {
     std::cout << "{\"datagrams\":" << stats.datagrams << ",\"bytes_echoed\":" << stats.bytes
               << ",\"dropped\":" << stats.dropped << ",\"errors\":" << stats.errors << "}" << std::endl;
@@ -301,6 +337,7 @@ void set_udp_echo_command(CLI::App& app, int& exit_code) {
                   "Where to listen: udp://HOST:PORT (HOST * for all interfaces, PORT 0 for any free port); repeatable")
       ->required()
       ->check(endpoint_validator(datagram_schemes));
+  add_via_flags(*srv, server->via);
   add_output_flags(*srv, server->output);
   srv->footer(std::string(R"(Prints "listening URL" for each bound socket, then serves until SIGINT or SIGTERM.
 While its send queue is over the high watermark it drops datagrams instead of queueing.
@@ -308,6 +345,7 @@ While its send queue is over the high watermark it drops datagrams instead of qu
 Examples:
   conduit udp-echo server --listen udp://127.0.0.1:9999
   conduit udp-echo server --listen 'udp://*:0' -v --json
+  conduit udp-echo server --via 127.0.0.1:50051 --listen udp://0.0.0.0:9999   (bound on the service's host)
 
 )") + exit_codes_help);
   srv->callback([server, &exit_code] { exit_code = run_udp_server(*server); });

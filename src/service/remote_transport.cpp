@@ -4,6 +4,9 @@
 
 #include <boost/asio/ip/address.hpp>
 
+#include <cstring>
+#include <map>
+
 #include <signal.h>
 
 #include <stdexcept>
@@ -55,18 +58,96 @@ v1::Command make_command(Fill fill) {
 
 // ==== connections ===============================================================
 
+/// "127.0.0.1:53" or "[::1]:53" back to a SocketAddress (as the service
+/// printed it); nullopt if it is neither.
+std::optional<SocketAddress> parse_address(const std::string& text) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string::npos) return std::nullopt;
+  std::string host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  boost::system::error_code ec;
+  auto ip = asio::ip::make_address(host, ec);
+  if (ec) return std::nullopt;
+  return SocketAddress(ip, static_cast<std::uint16_t>(std::stoi(text.substr(colon + 1))));
+}
+
+/// An address as the service printed it: IP and port, else a Unix path
+/// (nullopt when empty: an unnamed socket).
+std::optional<SocketAddress> parse_stream_address(const std::string& text) {
+  if (text.empty()) return std::nullopt;
+  if (auto ip = parse_address(text)) return ip;
+  return SocketAddress::unix_path(text);
+}
+
+
+/// The stream callbacks of a Protocol or a BufferedProtocol, whichever it is:
+/// a BufferedProtocol gets the event's bytes copied into its buffers.
+class StreamProtocolCalls {
+ public:
+  void set(std::shared_ptr<BaseProtocol> protocol) {
+    auto* stream = dynamic_cast<Protocol*>(protocol.get());
+    auto* buffered = dynamic_cast<BufferedProtocol*>(protocol.get());
+    if (!stream && !buffered) throw std::invalid_argument("set_protocol: a remote connection needs a Protocol or a BufferedProtocol");
+    protocol_ = std::move(protocol);
+    stream_ = stream;
+    buffered_ = stream ? nullptr : buffered;
+  }
+  const std::shared_ptr<BaseProtocol>& get() const { return protocol_; }
+  BaseProtocol* operator->() const { return protocol_.get(); }
+  explicit operator bool() const { return protocol_ != nullptr; }
+  void reset() {
+    protocol_.reset();
+    stream_ = nullptr;
+    buffered_ = nullptr;
+  }
+
+  void connection_made(std::shared_ptr<Transport> transport) {
+    if (stream_) stream_->connection_made(std::move(transport));
+    else buffered_->connection_made(std::move(transport));
+  }
+  void data_received(std::span<const std::byte> data) {
+    if (stream_) return stream_->data_received(data);
+    while (!data.empty()) {
+      std::span<std::byte> buffer = buffered_->get_buffer(data.size());
+      if (buffer.empty()) throw std::runtime_error("get_buffer() returned an empty buffer");
+      const std::size_t n = std::min(buffer.size(), data.size());
+      std::memcpy(buffer.data(), data.data(), n);
+      buffered_->buffer_updated(n);
+      data = data.subspan(n);
+    }
+  }
+  bool eof_received() { return stream_ ? stream_->eof_received() : buffered_->eof_received(); }
+
+ private:
+  std::shared_ptr<BaseProtocol> protocol_;
+  Protocol* stream_ = nullptr;
+  BufferedProtocol* buffered_ = nullptr;
+};
+
 /// A Transport whose commands go to the service and whose protocol is fed by
-/// the session's events. connection_lost (and a failed open's done) are
-/// delivered when the stream has ended, so the caller may tear down at once.
+/// the session's events: a connection session's own transport, or one
+/// connection of a server session (then commands and events carry its id,
+/// and the stream is the server's). A connection session's connection_lost
+/// (and a failed open's done) are delivered when its stream has ended, so
+/// the caller may tear down at once.
 ///
 ///   opening --connection_made--> open --close()/abort()--> closing
 ///      |                           |                          |
-///      |                           +--stream ends-------> closed <--+
+///      |                           +--lost / stream ends--> closed <--+
 ///      +--open_failed / refused--> done(error)
 class RemoteTransport final : public Transport {
  public:
-  RemoteTransport(EventLoop& loop, std::shared_ptr<Protocol> protocol, std::function<void(std::exception_ptr)> done)
-      : loop_(loop), protocol_(std::move(protocol)), done_(std::move(done)) {}
+  /// A connection session, opened by start().
+  RemoteTransport(EventLoop& loop, std::shared_ptr<BaseProtocol> protocol, std::function<void(std::exception_ptr)> done)
+      : loop_(loop), done_(std::move(done)) {
+    protocol_.set(std::move(protocol));
+  }
+  /// Connection `id` of a server session's `stream`, accepted already.
+  RemoteTransport(EventLoop& loop, std::shared_ptr<BaseProtocol> protocol, std::shared_ptr<SessionStream> stream,
+                  std::uint64_t id)
+      : loop_(loop), stream_(std::move(stream)), connection_id_(id) {
+    protocol_.set(std::move(protocol));
+  }
 
   void start(const RemoteOptions& remote, v1::OpenConnection open) {
     v1::ClientMessage first;
@@ -82,41 +163,42 @@ class RemoteTransport final : public Transport {
   void close() override {
     if (state_ != State::open) return;
     state_ = State::closing;
-    stream_->command(make_command([](v1::Command& c) { c.mutable_close(); }));
+    send([](v1::Command& c) { c.mutable_close(); });
   }
   void abort() override {
     if (state_ == State::closed) return;
     state_ = State::closing;
-    stream_->command(make_command([](v1::Command& c) { c.mutable_abort(); }));
+    send([](v1::Command& c) { c.mutable_abort(); });
   }
-  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override {
-    auto typed = std::dynamic_pointer_cast<Protocol>(protocol);
-    if (!typed) throw std::invalid_argument("set_protocol: a remote connection needs a Protocol");
-    protocol_ = std::move(typed);
-  }
-  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_; }
+  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override { protocol_.set(std::move(protocol)); }
+  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_.get(); }
   bool is_reading() const override { return state_ == State::open && !paused_reading_; }
   void pause_reading() override {
     if (!is_reading()) return;
     paused_reading_ = true;
-    stream_->command(make_command([](v1::Command& c) { c.mutable_pause_reading(); }));
+    send([](v1::Command& c) { c.mutable_pause_reading(); });
   }
   void resume_reading() override {
     if (state_ != State::open || !paused_reading_) return;
     paused_reading_ = false;
-    stream_->command(make_command([](v1::Command& c) { c.mutable_resume_reading(); }));
+    send([](v1::Command& c) { c.mutable_resume_reading(); });
   }
   void set_write_buffer_limits(std::optional<std::int64_t> high, std::optional<std::int64_t> low) override {
     flow_.set_limits(high, low);
   }
   std::pair<std::size_t, std::size_t> get_write_buffer_limits() const override { return flow_.limits(); }
+  /// What waits to go to the service (for a server's connection: on the
+  /// whole session's stream).
   std::size_t get_write_buffer_size() const override { return stream_ ? stream_->queued_bytes() : 0; }
   using WriteTransport::write;
   void write(std::span<const std::byte> data) override {
     if (eof_written_) throw std::logic_error("Cannot call write() after write_eof()");
     if (data.empty() || state_ != State::open) return;
-    stream_->command(make_command([&](v1::Command& c) { c.set_write(std::string(as_string_view(data))); }));
-    if (flow_.should_pause(get_write_buffer_size())) protocol_->pause_writing();
+    send([&](v1::Command& c) { c.set_write(std::string(as_string_view(data))); });
+    if (!writing_paused_ && flow_.should_pause(get_write_buffer_size())) {
+      writing_paused_ = true;
+      protocol_->pause_writing();
+    }
   }
   using WriteTransport::writelines;
   void writelines(std::span<const std::span<const std::byte>> buffers) override {
@@ -125,15 +207,53 @@ class RemoteTransport final : public Transport {
   void write_eof() override {
     if (state_ != State::open || eof_written_) return;
     eof_written_ = true;
-    stream_->writes_done();  // the stream's half-close is the session's write_eof
+    // A connection session's write_eof is the stream's half-close.
+    if (connection_id_) send([](v1::Command& c) { c.mutable_write_eof(); });
+    else stream_->writes_done();
   }
   bool can_write_eof() const override { return true; }
 
- protected:
-  std::any extra_info(std::string_view name) const override {
-    if (name == "peername" && !peername_.empty()) return peername_;
-    if (name == "sockname" && !sockname_.empty()) return sockname_;
-    return {};
+  // ---- for RemoteServer ----
+  void accepted(const v1::ConnectionMade& made) {
+    state_ = State::open;
+    peername_ = parse_stream_address(made.peername());
+    sockname_ = parse_stream_address(made.sockname());
+    protocol_.connection_made(shared());
+  }
+  /// A queued command went out: resume_writing if the queue drained.
+  void on_sent() {
+    if (state_ != State::closed && writing_paused_ && flow_.should_resume(get_write_buffer_size())) {
+      writing_paused_ = false;
+      protocol_->resume_writing();
+    }
+  }
+  void on_event(const v1::Event& event) {
+    switch (event.kind_case()) {
+      case v1::Event::kConnectionMade:
+        accepted(event.connection_made());
+        if (done_) std::exchange(done_, nullptr)(nullptr);
+        break;
+      case v1::Event::kDataReceived: protocol_.data_received(as_bytes(event.data_received().data())); break;
+      case v1::Event::kEofReceived:
+        if (!protocol_.eof_received()) close();
+        break;
+      case v1::Event::kConnectionLost:
+        ending_.lost = true;
+        if (event.connection_lost().has_error()) ending_.lost_error = remote_error(event.connection_lost().error());
+        if (connection_id_) lost(ending_.lost_error);  // a server's connection: its stream goes on
+        break;
+      case v1::Event::kOpenFailed: ending_.lost_error = remote_error(event.open_failed().error()); break;
+      default: break;  // the remote transport's pause/resume_writing: our own queue tells us
+    }
+  }
+  void on_finished(const grpc::Status& status) {
+    if (done_) {
+      state_ = State::closed;
+      std::exchange(done_, nullptr)(ending_.for_status(status));
+      protocol_.reset();
+      return;
+    }
+    lost(ending_.lost ? ending_.lost_error : status_error(status));
   }
 
  private:
@@ -141,48 +261,132 @@ class RemoteTransport final : public Transport {
 
   std::shared_ptr<RemoteTransport> shared() { return std::shared_ptr<RemoteTransport>(shared_from_this(), this); }
 
-  void on_sent() {
-    if (state_ != State::closed && flow_.should_resume(get_write_buffer_size())) protocol_->resume_writing();
+  template <class Fill>
+  void send(Fill fill) {
+    v1::Command c;
+    c.set_connection_id(connection_id_);
+    fill(c);
+    stream_->command(std::move(c));
   }
 
+  void lost(std::exception_ptr error) {
+    if (std::exchange(state_, State::closed) == State::closed) return;
+    if (protocol_) protocol_->connection_lost(error);
+    protocol_.reset();  // break the transport <-> protocol cycle
+  }
+
+ protected:
+  std::any extra_info(std::string_view name) const override {
+    if (name == "peername" && peername_) return *peername_;
+    if (name == "sockname" && sockname_) return *sockname_;
+    return {};
+  }
+
+ private:
+  EventLoop& loop_;
+  StreamProtocolCalls protocol_;
+  std::function<void(std::exception_ptr)> done_;
+  std::shared_ptr<SessionStream> stream_;
+  std::uint64_t connection_id_ = 0;
+  State state_ = State::opening;
+  bool paused_reading_ = false;
+  bool writing_paused_ = false;
+  bool eof_written_ = false;
+  WriteFlowControl flow_{WriteTransport::default_high_water};
+  std::optional<SocketAddress> peername_, sockname_;
+  Ending ending_;
+};
+
+/// A server session: each connection_accepted becomes a RemoteTransport with
+/// a protocol from the factory, fed the events tagged with its id.
+///
+///   opening --server_started--> serving --close()/abort()--> closing --stream ends--> closed
+///      +--open_failed / refused--> done(error)
+class RemoteServerSession final : public RemoteServer, public std::enable_shared_from_this<RemoteServerSession> {
+ public:
+  RemoteServerSession(EventLoop& loop, ProtocolFactory factory,
+                      std::function<void(std::exception_ptr, std::shared_ptr<RemoteServer>)> done)
+      : loop_(loop), factory_(std::move(factory)), done_(std::move(done)) {}
+
+  void start(const RemoteOptions& remote, v1::OpenServer open) {
+    v1::ClientMessage first;
+    *first.mutable_open_server() = std::move(open);
+    auto self = shared_from_this();
+    stream_ = SessionStream::start(loop_, remote, std::move(first),
+                                   {[self](const v1::Event& e) { self->on_event(e); },
+                                    [self] {
+                                      auto connections = self->connections_;  // on_sent may close one
+                                      for (auto& [id, connection] : connections) connection->on_sent();
+                                    },
+                                    [self](const grpc::Status& s) { self->on_finished(s); }});
+  }
+
+  const std::vector<std::string>& sockets() const override { return sockets_; }
+  std::size_t active_connections() const override { return connections_.size(); }
+  bool is_closed() const override { return closed_; }
+  void close() override {
+    if (closing_ || closed_) return;
+    closing_ = true;
+    v1::Command c;
+    c.mutable_close();  // to the server (id 0): stop listening, close every connection
+    stream_->command(std::move(c));
+  }
+  void abort() override {
+    if (closed_) return;
+    closing_ = true;
+    v1::Command c;
+    c.mutable_abort();
+    stream_->command(std::move(c));
+  }
+
+ private:
   void on_event(const v1::Event& event) {
-    switch (event.kind_case()) {
-      case v1::Event::kConnectionMade:
-        state_ = State::open;
-        peername_ = event.connection_made().peername();
-        sockname_ = event.connection_made().sockname();
-        protocol_->connection_made(shared());
-        if (done_) std::exchange(done_, nullptr)(nullptr);
-        break;
-      case v1::Event::kDataReceived: protocol_->data_received(as_bytes(event.data_received().data())); break;
-      case v1::Event::kEofReceived:
-        if (!protocol_->eof_received()) close();
-        break;
-      case v1::Event::kConnectionLost:
-        ending_.lost = true;
-        if (event.connection_lost().has_error()) ending_.lost_error = remote_error(event.connection_lost().error());
-        break;
-      case v1::Event::kOpenFailed: ending_.lost_error = remote_error(event.open_failed().error()); break;
-      default: break;  // the remote transport's pause/resume_writing: our own queue tells us
+    const std::uint64_t id = event.connection_id();
+    if (event.has_server_started()) {
+      sockets_.assign(event.server_started().sockets().begin(), event.server_started().sockets().end());
+      if (done_) std::exchange(done_, nullptr)(nullptr, shared_from_this());
+    } else if (event.has_connection_accepted()) {
+      std::shared_ptr<BaseProtocol> protocol;
+      try {
+        protocol = factory_();
+        auto connection = std::make_shared<RemoteTransport>(loop_, protocol, stream_, id);
+        connections_.emplace(id, connection);
+        connection->accepted(event.connection_accepted());
+      } catch (const std::exception& e) {
+        loop_.log(LogLevel::error, std::string("remote server: cannot accept a connection: ") + e.what());
+        v1::Command c;
+        c.set_connection_id(id);
+        c.mutable_abort();
+        stream_->command(std::move(c));
+      }
+    } else if (event.has_open_failed()) {
+      ending_.lost_error = remote_error(event.open_failed().error());
+    } else if (id == 0 && event.has_connection_lost()) {
+      ending_.lost = true;
+    } else if (auto it = connections_.find(id); it != connections_.end()) {
+      auto connection = it->second;
+      if (event.has_connection_lost()) connections_.erase(it);
+      connection->on_event(event);
     }
   }
 
   void on_finished(const grpc::Status& status) {
-    const State was = std::exchange(state_, State::closed);
-    if (done_) std::exchange(done_, nullptr)(ending_.for_status(status));
-    else if (was != State::closed) protocol_->connection_lost(ending_.lost ? ending_.lost_error : status_error(status));
-    protocol_.reset();  // break the transport <-> protocol cycle
+    closed_ = true;
+    if (done_) std::exchange(done_, nullptr)(ending_.for_status(status), nullptr);
+    // Connections the stream's end cut off.
+    auto open = std::move(connections_);
+    for (auto& [id, connection] : open) connection->on_finished(status);
+    factory_ = nullptr;
   }
 
   EventLoop& loop_;
-  std::shared_ptr<Protocol> protocol_;
-  std::function<void(std::exception_ptr)> done_;
+  ProtocolFactory factory_;
+  std::function<void(std::exception_ptr, std::shared_ptr<RemoteServer>)> done_;
   std::shared_ptr<SessionStream> stream_;
-  State state_ = State::opening;
-  bool paused_reading_ = false;
-  bool eof_written_ = false;
-  WriteFlowControl flow_{WriteTransport::default_high_water};
-  std::string peername_, sockname_;
+  std::map<std::uint64_t, std::shared_ptr<RemoteTransport>> connections_;
+  std::vector<std::string> sockets_;
+  bool closing_ = false;
+  bool closed_ = false;
   Ending ending_;
 };
 
@@ -331,19 +535,6 @@ class RemoteSubprocess final : public SubprocessTransport {
 
 // ==== datagram endpoints ========================================================
 
-/// "127.0.0.1:53" or "[::1]:53" back to a SocketAddress (as the service
-/// printed it); nullopt if it is neither.
-std::optional<SocketAddress> parse_address(const std::string& text) {
-  const auto colon = text.rfind(':');
-  if (colon == std::string::npos) return std::nullopt;
-  std::string host = text.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  boost::system::error_code ec;
-  auto ip = asio::ip::make_address(host, ec);
-  if (ec) return std::nullopt;
-  return SocketAddress(ip, static_cast<std::uint16_t>(std::stoi(text.substr(colon + 1))));
-}
-
 /// A DatagramTransport whose socket is on the service's host.
 class RemoteDatagram final : public DatagramTransport {
  public:
@@ -454,8 +645,13 @@ void create_remote_datagram_endpoint(EventLoop& loop, const RemoteOptions& remot
 }
 
 void create_remote_connection(EventLoop& loop, const RemoteOptions& remote, v1::OpenConnection open,
-                              std::shared_ptr<Protocol> protocol, std::function<void(std::exception_ptr)> done) {
+                              std::shared_ptr<BaseProtocol> protocol, std::function<void(std::exception_ptr)> done) {
   std::make_shared<RemoteTransport>(loop, std::move(protocol), std::move(done))->start(remote, std::move(open));
+}
+
+void create_remote_server(EventLoop& loop, const RemoteOptions& remote, v1::OpenServer open, ProtocolFactory factory,
+                          std::function<void(std::exception_ptr, std::shared_ptr<RemoteServer>)> done) {
+  std::make_shared<RemoteServerSession>(loop, std::move(factory), std::move(done))->start(remote, std::move(open));
 }
 
 void create_remote_subprocess(EventLoop& loop, const RemoteOptions& remote, v1::OpenSubprocess open,

@@ -10,6 +10,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace conduit::service {
 
@@ -19,8 +20,37 @@ namespace conduit::service {
 /// `done(error)` runs on the loop once the session is open (error null;
 /// connection_made follows) or failed to open (the service's status, or
 /// the remote connect error). Must be called on the loop's thread.
+/// `protocol` is a Protocol or a BufferedProtocol.
 void create_remote_connection(EventLoop& loop, const RemoteOptions& remote, v1::OpenConnection open,
-                              std::shared_ptr<Protocol> protocol, std::function<void(std::exception_ptr)> done);
+                              std::shared_ptr<BaseProtocol> protocol, std::function<void(std::exception_ptr)> done);
+
+/// A server listening on the service's host (a server session), as
+/// create_remote_server gives it.
+class RemoteServer {
+ public:
+  virtual ~RemoteServer() = default;
+  /// Where the service listens, as it prints addresses: "127.0.0.1:8080",
+  /// "[::1]:8080", or a Unix path.
+  virtual const std::vector<std::string>& sockets() const = 0;
+  /// Connections open now.
+  virtual std::size_t active_connections() const = 0;
+  /// Stop listening and close every connection, flushing each; the
+  /// connections' connection_lost follow, then the session ends.
+  virtual void close() = 0;
+  /// Stop listening and drop every connection.
+  virtual void abort() = 0;
+  /// True once the session has ended (after close/abort, or if it broke).
+  virtual bool is_closed() const = 0;
+};
+
+/// Open a server session: the service listens as `open` says, and each
+/// connection it accepts runs a protocol from `factory` (a Protocol or a
+/// BufferedProtocol) on `loop`, its transport a proxy for the connection
+/// on the service's host. `done(error, server)` runs on the loop once the
+/// server listens, or with the error if it cannot. Must be called on the
+/// loop's thread.
+void create_remote_server(EventLoop& loop, const RemoteOptions& remote, v1::OpenServer open, ProtocolFactory factory,
+                          std::function<void(std::exception_ptr, std::shared_ptr<RemoteServer>)> done);
 
 /// The same for a child process on the service's host: pipe_data_received,
 /// pipe_connection_lost, process_exited and connection_lost from its events;

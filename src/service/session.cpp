@@ -1,10 +1,12 @@
 #include "session.hpp"
 
+#include <conduit/server.hpp>
 #include <conduit/tls.hpp>
 
 #include <boost/asio/post.hpp>
 
 #include <chrono>
+#include <map>
 #include <system_error>
 
 namespace conduit::service {
@@ -34,6 +36,20 @@ v1::Error error_of(std::exception_ptr exc) {
 
 std::size_t size_of(const v1::Event& event) {
   return event.ByteSizeLong();
+}
+
+/// A server context from PEM text; throws what OpenSSL says is wrong.
+std::shared_ptr<asio::ssl::context> server_tls_context(const v1::TlsServer& tls) {
+  auto context = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  context->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                       asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1);
+  context->use_certificate_chain(asio::buffer(tls.cert_pem()));
+  context->use_private_key(asio::buffer(tls.key_pem()), asio::ssl::context::pem);
+  if (!tls.client_ca_pem().empty()) {
+    context->add_certificate_authority(asio::buffer(tls.client_ca_pem()));
+    context->set_verify_mode(asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert);
+  }
+  return context;
 }
 
 }  // namespace
@@ -165,30 +181,47 @@ bool Link::may_read() {
 namespace {
 
 /// What every loop side reports the same way: flow control, the end of the
-/// transport, and a command it could not carry out.
+/// transport, and a command it could not carry out. A server session's
+/// connection tags its events with its id.
 class SideEvents {
  protected:
-  explicit SideEvents(std::shared_ptr<Link> link) : link_(std::move(link)) {}
+  explicit SideEvents(std::shared_ptr<Link> link, std::uint64_t connection_id = 0)
+      : link_(std::move(link)), connection_id_(connection_id) {}
 
-  /// pause_writing (true) or resume_writing (false): tell the client, and
-  /// hold or release its commands so HTTP/2 pushes back on it.
-  void writing_paused(bool paused, std::size_t buffered) {
+  void emit(v1::Event event) {
+    if (connection_id_) event.set_connection_id(connection_id_);
+    link_->emit(std::move(event));
+  }
+
+  /// pause_writing (true) or resume_writing (false): tell the client.
+  void report_writing_paused(bool paused, std::size_t buffered) {
     v1::Event event;
     if (paused) event.mutable_pause_writing()->set_buffered(buffered);
     else event.mutable_resume_writing()->set_buffered(buffered);
-    link_->emit(std::move(event));
+    emit(std::move(event));
+  }
+
+  /// The same, and hold or release the client's commands so HTTP/2 pushes
+  /// back on it.
+  void writing_paused(bool paused, std::size_t buffered) {
+    report_writing_paused(paused, buffered);
     link_->hold_commands(paused);
   }
 
   /// connection_lost: the last event; the call finishes once it is sent.
   void lost(std::exception_ptr exc) {
-    v1::Event event;
-    if (exc) *event.mutable_connection_lost()->mutable_error() = error_of(exc);
-    else event.mutable_connection_lost();
-    link_->emit(std::move(event));
+    link_->emit(lost_event(exc));
     link_->hold_commands(false);
     link_->finish(grpc::Status::OK);
     link_->set_loop_side(nullptr);  // break the link <-> side cycle
+  }
+
+  v1::Event lost_event(std::exception_ptr exc) const {
+    v1::Event event;
+    if (exc) *event.mutable_connection_lost()->mutable_error() = error_of(exc);
+    else event.mutable_connection_lost();
+    if (connection_id_) event.set_connection_id(connection_id_);
+    return event;
   }
 
   void failed(const v1::Command& c, const std::string& why) {
@@ -196,21 +229,40 @@ class SideEvents {
     const auto* field = v1::Command::descriptor()->FindFieldByNumber(c.kind_case());
     event.mutable_command_failed()->set_command(field ? field->name() : "unknown");
     event.mutable_command_failed()->set_message(why);
+    event.set_connection_id(c.connection_id());
     link_->emit(std::move(event));
   }
 
   std::shared_ptr<Link> link_;
+  std::uint64_t connection_id_;
+};
+
+class ServerSide;
+
+/// Write buffer limits from an open message (0: keep the defaults).
+struct BufferLimits {
+  std::uint32_t high = 0, low = 0;
+  void apply(Transport& transport) const {
+    if (high) transport.set_write_buffer_limits(high, low ? std::optional<std::int64_t>(low) : std::nullopt);
+  }
 };
 
 /// Events from a stream transport's callbacks; commands onto it.
+///
+/// The connection session's own transport, or one connection of a server
+/// session (`server` set): then its events carry its id, it starts with
+/// connection_accepted, and its end goes to the server side, not the call.
 class ConnectionSide final : public Protocol, public LoopSide, SideEvents {
  public:
-  explicit ConnectionSide(std::shared_ptr<Link> link) : SideEvents(std::move(link)) {}
+  explicit ConnectionSide(std::shared_ptr<Link> link, BufferLimits limits = {}, std::uint64_t connection_id = 0,
+                          std::weak_ptr<ServerSide> server = {}, bool reading = true)
+      : SideEvents(std::move(link), connection_id), limits_(limits), server_(std::move(server)), reading_(reading) {}
 
   void connection_made(std::shared_ptr<Transport> transport) override {
     transport_ = std::move(transport);
+    limits_.apply(*transport_);
     v1::Event event;
-    auto* made = event.mutable_connection_made();
+    auto* made = connection_id_ ? event.mutable_connection_accepted() : event.mutable_connection_made();
     made->set_session_id(link_->record()->id);
     if (auto peer = transport_->get_extra_info_as<SocketAddress>("peername")) made->set_peername(peer->to_string());
     if (auto name = transport_->get_extra_info_as<SocketAddress>("sockname")) made->set_sockname(name->to_string());
@@ -218,7 +270,7 @@ class ConnectionSide final : public Protocol, public LoopSide, SideEvents {
       made->set_tls_version(cipher->protocol);
       made->set_tls_cipher(cipher->name);
     }
-    link_->emit(std::move(event));
+    emit(std::move(event));
     if (!reading_) transport_->pause_reading();
   }
   void data_received(std::span<const std::byte> data) override {
@@ -227,24 +279,21 @@ class ConnectionSide final : public Protocol, public LoopSide, SideEvents {
       auto chunk = data.subspan(at, std::min(max_event_data, data.size() - at));
       v1::Event event;
       event.mutable_data_received()->set_data(std::string(as_string_view(chunk)));
-      link_->emit(std::move(event));
+      emit(std::move(event));
     }
   }
   bool eof_received() override {
     v1::Event event;
     event.mutable_eof_received();
-    link_->emit(std::move(event));
+    emit(std::move(event));
     peer_done_ = true;
     // Half-open while the client still writes; once both sides are done,
     // close (flushing what the client wrote last).
     return !client_done_;
   }
-  void pause_writing() override { writing_paused(true, transport_->get_write_buffer_size()); }
-  void resume_writing() override { writing_paused(false, transport_->get_write_buffer_size()); }
-  void connection_lost(std::exception_ptr exc) override {
-    lost(exc);
-    transport_.reset();
-  }
+  void pause_writing() override;
+  void resume_writing() override;
+  void connection_lost(std::exception_ptr exc) override;
 
   void command(const v1::Command& c) override {
     if (!transport_) return failed(c, "the transport is closed");
@@ -295,6 +344,10 @@ class ConnectionSide final : public Protocol, public LoopSide, SideEvents {
   void abort() override {
     if (transport_) transport_->abort();
   }
+  /// close(): flush, then connection_lost.
+  void close() {
+    if (transport_) transport_->close();
+  }
   void set_reading(bool reading) override {
     reading_ = reading;
     if (!transport_) return;
@@ -313,10 +366,15 @@ class ConnectionSide final : public Protocol, public LoopSide, SideEvents {
     else if (auto* cipher = std::any_cast<CipherInfo>(&value)) info->set_value(cipher->name + " " + cipher->protocol);
     else if (auto* cert = std::any_cast<CertificateInfo>(&value)) info->set_value(cert->subject);
     info->set_found(value.has_value());
-    link_->emit(std::move(event));
+    emit(std::move(event));
   }
 
+  void writing_paused_changed(bool paused);
+
   std::shared_ptr<Transport> transport_;
+  BufferLimits limits_;
+  std::weak_ptr<ServerSide> server_;  // set for a server session's connection
+  bool writing_paused_ = false;
   bool reading_ = true;        // the service's backpressure allows reading
   bool client_paused_ = false;  // the client asked for pause_reading
   bool client_done_ = false;    // the client half-closed (write_eof)
@@ -494,6 +552,140 @@ class DatagramSide final : public DatagramProtocol, public LoopSide, SideEvents 
   std::uint64_t dropped_ = 0;
 };
 
+/// A protocol for a connection over a server session's max_connections:
+/// dropped as soon as it is made.
+class RefusedConnection final : public Protocol {
+ public:
+  void connection_made(std::shared_ptr<Transport> transport) override { transport->abort(); }
+};
+
+/// A listening server's session. Each accepted connection is a
+/// ConnectionSide tagged with a fresh id; the client's commands reach it by
+/// that id.
+///
+///   listening --close / abort / client done--> draining --last connection gone--> ended
+///                                               (stopped listening)               (connection_lost, id 0)
+///
+/// Backpressure: a slow client pauses reading on every connection; any
+/// connection over its write high watermark holds the client's commands.
+class ServerSide final : public LoopSide, SideEvents, public std::enable_shared_from_this<ServerSide> {
+ public:
+  ServerSide(std::shared_ptr<Link> link, const v1::OpenServer& open)
+      : SideEvents(std::move(link)),
+        limits_{open.write_buffer_high(), open.write_buffer_low()},
+        max_connections_(open.max_connections() ? open.max_connections() : default_max_connections) {}
+
+  static constexpr std::size_t default_max_connections = 256;
+
+  /// The server's protocol factory.
+  std::shared_ptr<BaseProtocol> accept() {
+    if (draining_ || connections_.size() >= max_connections_) {
+      link_->service().loop().log(LogLevel::warning, "session " + link_->record()->id + ": refused a connection (" +
+                                                         std::to_string(max_connections_) + " open)");
+      return std::make_shared<RefusedConnection>();
+    }
+    const std::uint64_t id = ++last_id_;
+    auto side = std::make_shared<ConnectionSide>(link_, limits_, id, weak_from_this(), reading_);
+    connections_.emplace(id, side);
+    return side;
+  }
+
+  void started(std::shared_ptr<Server> server) {
+    server_ = std::move(server);
+    v1::Event event;
+    auto* started = event.mutable_server_started();
+    started->set_session_id(link_->record()->id);
+    for (const auto& address : server_->sockets()) started->add_sockets(address.to_string());
+    emit(std::move(event));
+    if (draining_) {  // the client left while the server was opening
+      server_->close();
+      end_if_drained();
+    }
+  }
+
+  void command(const v1::Command& c) override {
+    if (c.connection_id() != 0) {
+      auto it = connections_.find(c.connection_id());
+      if (it == connections_.end()) return failed(c, "connection " + std::to_string(c.connection_id()) + " is not open");
+      return it->second->command(c);
+    }
+    switch (c.kind_case()) {
+      case v1::Command::kClose: return stop(false);
+      case v1::Command::kAbort: return stop(true);
+      default: return failed(c, "a server session's command needs a connection_id (0, the server, takes close and abort)");
+    }
+  }
+  void client_done_writing() override { stop(false); }
+  void abort() override { stop(true); }
+  void set_reading(bool reading) override {
+    reading_ = reading;
+    for (auto& [id, connection] : connections_) connection->set_reading(reading);
+  }
+
+  // ---- from its connections ----
+  void connection_writing_paused(bool paused) {
+    held_ += paused ? 1 : -1;
+    if (held_ == (paused ? 1 : 0)) link_->hold_commands(paused);
+  }
+  void connection_gone(std::uint64_t id) {
+    connections_.erase(id);
+    end_if_drained();
+  }
+
+ private:
+  void stop(bool abort) {
+    if (!draining_) {
+      draining_ = true;
+      if (server_) server_->close();
+    }
+    std::vector<std::shared_ptr<ConnectionSide>> open;
+    for (auto& [id, connection] : connections_) open.push_back(connection);
+    for (auto& connection : open) {
+      if (abort) connection->abort();
+      else connection->close();
+    }
+    end_if_drained();
+  }
+
+  void end_if_drained() {
+    if (!draining_ || !server_ || !connections_.empty() || ended_) return;
+    ended_ = true;
+    server_.reset();
+    lost(nullptr);
+  }
+
+  BufferLimits limits_;
+  std::size_t max_connections_;
+  std::shared_ptr<Server> server_;
+  std::map<std::uint64_t, std::shared_ptr<ConnectionSide>> connections_;
+  std::uint64_t last_id_ = 0;
+  int held_ = 0;          // connections whose writing is paused
+  bool reading_ = true;   // the events queue lets connections read
+  bool draining_ = false;
+  bool ended_ = false;
+};
+
+void ConnectionSide::pause_writing() { writing_paused_changed(true); }
+void ConnectionSide::resume_writing() { writing_paused_changed(false); }
+
+void ConnectionSide::writing_paused_changed(bool paused) {
+  writing_paused_ = paused;
+  const std::size_t buffered = transport_ ? transport_->get_write_buffer_size() : 0;
+  if (connection_id_ == 0) return writing_paused(paused, buffered);
+  report_writing_paused(paused, buffered);
+  if (auto server = server_.lock()) server->connection_writing_paused(paused);
+}
+
+void ConnectionSide::connection_lost(std::exception_ptr exc) {
+  transport_.reset();
+  if (connection_id_ == 0) return lost(exc);
+  link_->emit(lost_event(exc));
+  if (auto server = server_.lock()) {
+    if (writing_paused_) server->connection_writing_paused(false);
+    server->connection_gone(connection_id_);  // may destroy this side: last
+  }
+}
+
 void open_failed(const std::shared_ptr<Link>& link, std::exception_ptr error) {
   v1::Event event;
   *event.mutable_open_failed()->mutable_error() = error_of(error);
@@ -504,14 +696,10 @@ void open_failed(const std::shared_ptr<Link>& link, std::exception_ptr error) {
 
 void open_connection(const std::shared_ptr<Link>& link, const v1::OpenConnection& open) {
   EventLoop& loop = link->service().loop();
-  auto side = std::make_shared<ConnectionSide>(link);
+  auto side = std::make_shared<ConnectionSide>(link, BufferLimits{open.write_buffer_high(), open.write_buffer_low()});
   link->set_loop_side(side);
-  auto done = [link, open](std::exception_ptr error, std::shared_ptr<Transport> transport, auto) {
-    if (error) return open_failed(link, error);
-    if (open.write_buffer_high()) {
-      transport->set_write_buffer_limits(
-          open.write_buffer_high(), open.write_buffer_low() ? std::optional<std::int64_t>(open.write_buffer_low()) : std::nullopt);
-    }
+  auto done = [link](std::exception_ptr error, auto, auto) {
+    if (error) open_failed(link, error);
   };
   auto factory = [side] { return side; };
   if (open.has_tcp()) {
@@ -535,6 +723,39 @@ void open_connection(const std::shared_ptr<Link>& link, const v1::OpenConnection
     loop.create_connection(factory, open.tcp().host(), static_cast<std::uint16_t>(open.tcp().port()), options, done);
   } else {
     loop.create_unix_connection(factory, open.unix_path(), done);
+  }
+}
+
+void open_server(const std::shared_ptr<Link>& link, const v1::OpenServer& open) {
+  EventLoop& loop = link->service().loop();
+  auto side = std::make_shared<ServerSide>(link, open);
+  link->set_loop_side(side);
+  ServerOptions options;
+  if (open.backlog()) options.backlog = static_cast<int>(open.backlog());
+  options.reuse_port = open.reuse_port();
+  if (open.tls().enabled()) {
+    try {
+      options.tls = TlsOptions(server_tls_context(open.tls()));
+    } catch (const std::exception& e) {
+      return open_failed(link, std::make_exception_ptr(std::invalid_argument(
+                                   std::string("open_server.tls: cannot use the certificate or key: ") + e.what())));
+    }
+  }
+  // Weak: the server keeps its factory, and the side keeps the server.
+  auto factory = [weak = std::weak_ptr<ServerSide>(side)]() -> std::shared_ptr<BaseProtocol> {
+    if (auto server = weak.lock()) return server->accept();
+    return std::make_shared<RefusedConnection>();
+  };
+  auto done = [link, side](std::exception_ptr error, std::shared_ptr<Server> server) {
+    if (error) return open_failed(link, error);
+    side->started(std::move(server));
+  };
+  if (open.has_tcp()) {
+    std::vector<std::string> hosts;
+    if (!open.tcp().host().empty() && open.tcp().host() != "*") hosts.push_back(open.tcp().host());
+    loop.create_server(factory, hosts, static_cast<std::uint16_t>(open.tcp().port()), options, done);
+  } else {
+    loop.create_unix_server(factory, open.unix_path(), options, done);
   }
 }
 
@@ -632,17 +853,37 @@ grpc::Status validate_open(const v1::ClientMessage& message, const ServiceOption
       }
       return Status::OK;
     }
+    case v1::ClientMessage::kOpenServer: {
+      const auto& open = message.open_server();
+      if (open.has_tcp()) {
+        if (open.tcp().port() > 65535) return Status(StatusCode::INVALID_ARGUMENT, "open_server.tcp.port must be 0 to 65535");
+      } else if (open.target_case() == v1::OpenServer::kUnixPath) {
+        if (open.unix_path().empty()) return Status(StatusCode::INVALID_ARGUMENT, "open_server.unix_path is empty");
+        if (open.tls().enabled()) return Status(StatusCode::INVALID_ARGUMENT, "open_server.tls: TLS needs tcp");
+      } else {
+        return Status(StatusCode::INVALID_ARGUMENT, "open_server: set tcp or unix_path");
+      }
+      if (open.tls().enabled() && (open.tls().cert_pem().empty() || open.tls().key_pem().empty())) {
+        return Status(StatusCode::INVALID_ARGUMENT, "open_server.tls needs cert_pem and key_pem");
+      }
+      if (open.write_buffer_low() > open.write_buffer_high() && open.write_buffer_high() != 0) {
+        return Status(StatusCode::INVALID_ARGUMENT, "open_server.write_buffer_low exceeds write_buffer_high");
+      }
+      return Status::OK;
+    }
     case v1::ClientMessage::kCommand:
       return Status(StatusCode::INVALID_ARGUMENT,
-                    "the first message must open the session (open_connection or open_subprocess), not a command");
+                    "the first message must open the session (open_connection, open_server, open_datagram_endpoint "
+                    "or open_subprocess), not a command");
     default:
       return Status(StatusCode::INVALID_ARGUMENT,
-                    "empty message: set open_connection, open_datagram_endpoint or open_subprocess");
+                    "empty message: set open_connection, open_server, open_datagram_endpoint or open_subprocess");
   }
 }
 
 void open_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& open) {
   if (open.has_open_connection()) open_connection(link, open.open_connection());
+  else if (open.has_open_server()) open_server(link, open.open_server());
   else if (open.has_open_datagram_endpoint()) open_datagram_endpoint(link, open.open_datagram_endpoint());
   else open_subprocess(link, open.open_subprocess());
 }
@@ -690,6 +931,12 @@ void SessionReactor::OnReadDone(bool ok) {
       record.target = c.has_tcp() ? std::string(c.tls().enabled() ? "tls://" : "tcp://") + c.tcp().host() + ":" +
                                         std::to_string(c.tcp().port())
                                   : "unix://" + c.unix_path();
+    } else if (incoming_.has_open_server()) {
+      const auto& o = incoming_.open_server();
+      record.kind = "server";
+      record.target = o.has_tcp() ? std::string(o.tls().enabled() ? "tls://" : "tcp://") +
+                                        (o.tcp().host().empty() ? "*" : o.tcp().host()) + ":" + std::to_string(o.tcp().port())
+                                  : "unix://" + o.unix_path();
     } else if (incoming_.has_open_datagram_endpoint()) {
       const auto& d = incoming_.open_datagram_endpoint();
       record.kind = "datagram";
