@@ -367,3 +367,49 @@ TEST(EchoTools, ServiceMutualTls) {
   exposed.signal(SIGTERM);
   exposed.wait(bound);
 }
+
+TEST(EchoTools, EchoServerViaTheServiceServesTcpUnixAndTls) {
+  const auto& certs = conduit::testing::test_certificates();
+  Service service;
+  const std::string path = temp_path("via-echo.sock");
+  ChildProcess server({CONDUIT_BIN, "echo-server", "--via", service.address, "--listen", "tcp://127.0.0.1:0", "--listen",
+                       "unix://" + path, "--listen", "tls://127.0.0.1:0", "--cert", certs.server_cert, "--key",
+                       certs.server_key, "--json"});
+  std::string tcp, unix_url, tls;
+  for (int i = 0; i < 3; ++i) {
+    auto line = server.wait_for_line("listening ", bound);
+    ASSERT_TRUE(line) << server.err();
+    (line->rfind("tcp://", 0) == 0 ? tcp : line->rfind("tls://", 0) == 0 ? tls : unix_url) = *line;
+  }
+  EXPECT_EQ(unix_url, "unix://" + path);
+
+  // Every client gets what a direct echo server would give it.
+  ChildProcess rounds({CONDUIT_BIN, "echo-client", "--connect", tcp, "--size", "300000", "--count", "20", "--quiet"});
+  EXPECT_EQ(rounds.wait(bound), 0) << rounds.err();
+  ChildProcess over_unix({CONDUIT_BIN, "echo-client", "--connect", unix_url, "--message", "over a Unix path"});
+  EXPECT_EQ(over_unix.wait(bound), 0) << over_unix.err();
+  EXPECT_EQ(over_unix.out(), "over a Unix path");
+  ChildProcess over_tls({CONDUIT_BIN, "echo-client", "--connect", tls, "--cafile", certs.ca, "--message", "over TLS"});
+  EXPECT_EQ(over_tls.wait(bound), 0) << over_tls.err();
+  EXPECT_EQ(over_tls.out(), "over TLS");
+  // socat half-closes after 1 MiB: the echo comes back whole before the FIN.
+  const std::string data = payload(1024 * 1024);
+  ChildProcess socat({"socat", "-t", "10", "-", "TCP:127.0.0.1:" + tcp.substr(tcp.rfind(':') + 1)}, data);
+  ASSERT_EQ(socat.wait(bound), 0) << socat.err();
+  EXPECT_TRUE(socat.out() == data) << socat.out().size() << " of " << data.size() << " bytes came back";
+
+  server.signal(SIGTERM);
+  EXPECT_EQ(server.wait(bound), 0) << server.err();
+  EXPECT_NE(server.out().find("\"connections\":4,\"bytes_echoed\":" + std::to_string(20 * 300000 + 16 + 8 + data.size())),
+            std::string::npos)
+      << server.out();
+  EXPECT_NE(::access(path.c_str(), F_OK), 0) << "the service removes its socket file when the server closes";
+
+  // A port in use on the service's host: exit code 3, the service's reason.
+  boost::asio::io_context ctx;
+  boost::asio::ip::tcp::acceptor taken(ctx, {boost::asio::ip::make_address("127.0.0.1"), 0});
+  ChildProcess in_use({CONDUIT_BIN, "echo-server", "--via", service.address, "--listen",
+                       "tcp://127.0.0.1:" + std::to_string(taken.local_endpoint().port())});
+  EXPECT_EQ(in_use.wait(bound), 3);
+  EXPECT_NE(in_use.err().find("Address already in use"), std::string::npos) << in_use.err();
+}

@@ -122,3 +122,20 @@ TEST(UdpEcho, ViaTheServiceGivesTheSameResults) {
   service.signal(SIGTERM);
   service.wait(bound);
 }
+
+TEST(UdpEcho, ServerViaTheServiceEchoesFromItsHost) {
+  ChildProcess service({CONDUIT_BIN, "serve", "--listen", "127.0.0.1:0"});
+  auto address = service.wait_for_line("listening ", bound);
+  ASSERT_TRUE(address) << service.err();
+  ChildProcess server({CONDUIT_BIN, "udp-echo", "server", "--via", *address, "--listen", "udp://127.0.0.1:0", "--json"});
+  auto url = server.wait_for_line("listening ", bound);
+  ASSERT_TRUE(url) << server.err();
+  ChildProcess client({CONDUIT_BIN, "udp-echo", "client", "--connect", *url, "--count", "50", "--size", "700"});
+  ASSERT_EQ(client.wait(bound), 0) << client.err();
+  EXPECT_EQ(client.out().rfind("50 sent, 50 received, 0 lost", 0), 0u) << client.out();
+  server.signal(SIGTERM);
+  EXPECT_EQ(server.wait(bound), 0) << server.err();
+  EXPECT_NE(server.out().find("{\"datagrams\":50,\"bytes_echoed\":35000,"), std::string::npos) << server.out();
+  service.signal(SIGTERM);
+  service.wait(bound);
+}
