@@ -90,5 +90,39 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(self.run_async(scenario()), (b"through cat", 0))
 
 
+    def test_server_session_echoes_a_local_client(self):
+        async def scenario():
+            async with Client(self.address) as client:
+                async with client.create_server("127.0.0.1", 0) as server:
+                    port = int(server.sockets[0].rsplit(":", 1)[1])
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.write(b"echo me, server session")
+                    writer.write_eof()
+                    async for event in server.events():
+                        kind = event.WhichOneof("kind")
+                        if kind == "data_received":
+                            await server.connection(event.connection_id).write(event.data_received.data)
+                        elif kind == "eof_received":
+                            await server.connection(event.connection_id).close()
+                        elif kind == "connection_lost" and event.connection_id != 0:
+                            await server.close()
+                    echoed = await reader.read()
+                    writer.close()
+                    return echoed
+        self.assertEqual(self.run_async(scenario()), b"echo me, server session")
+
+    def test_datagram_session(self):
+        async def scenario():
+            async with Client(self.address) as client:
+                async with client.create_datagram_endpoint(local_addr=("127.0.0.1", 0)) as a:
+                    async with client.create_datagram_endpoint(remote_addr=("127.0.0.1", int(
+                            a.connection_made.sockname.rsplit(":", 1)[1]))) as b:
+                        await b.sendto(b"datagram one")
+                        async for event in a.events():
+                            if event.WhichOneof("kind") == "datagram_received":
+                                return event.datagram_received.data, event.datagram_received.addr == \
+                                    b.connection_made.sockname
+        self.assertEqual(self.run_async(scenario()), (b"datagram one", True))
+
 if __name__ == "__main__":
     unittest.main(argv=[sys.argv[0], "-v"])

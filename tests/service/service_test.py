@@ -199,6 +199,118 @@ class ServiceTest(unittest.TestCase):
                                          request_serializer=lambda b: b, response_deserializer=lambda b: b)
         self.assertEqual(check(b"", timeout=TIMEOUT), b"\x08\x01")
 
+    def open_server(self, **fields):
+        s = Session(self.stub)
+        s.send(open_server=pb.OpenServer(**fields))
+        started = s.next()
+        self.assertEqual(started.WhichOneof("kind"), "server_started", started)
+        return s, started.server_started
+
+    def test_server_session_accepts_and_tags_each_connection(self):
+        import socket
+        s, started = self.open_server(tcp=pb.HostPort(host="127.0.0.1", port=0))
+        self.assertEqual(len(started.sockets), 1)
+        port = int(started.sockets[0].rsplit(":", 1)[1])
+        first = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        accepted = s.until("connection_accepted")[-1]
+        second = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        accepted2 = s.until("connection_accepted")[-1]
+        one, two = accepted.connection_id, accepted2.connection_id
+        self.assertNotEqual(one, two)
+        self.assertNotEqual(0, one)
+        self.assertEqual(accepted.connection_accepted.peername, "127.0.0.1:%d" % first.getsockname()[1])
+
+        first.sendall(b"to one")
+        data = s.until("data_received")[-1]
+        self.assertEqual((data.connection_id, data.data_received.data), (one, b"to one"))
+        s.command(write=b"reply to one", connection_id=one)
+        self.assertEqual(first.recv(100), b"reply to one")
+
+        # The peer's half-close is that connection's eof_received; write_eof answers it.
+        second.shutdown(socket.SHUT_WR)
+        eof = s.until("eof_received")[-1]
+        self.assertEqual(eof.connection_id, two)
+        s.command(write=b"bye", connection_id=two)
+        s.command(write_eof=pb.WriteEof(), connection_id=two)
+        self.assertEqual(second.recv(100), b"bye")
+        self.assertEqual(second.recv(100), b"", "the FIN follows the data")
+        lost_two = s.until("connection_lost")[-1]
+        self.assertEqual(lost_two.connection_id, two)
+
+        s.command(write=b"x", connection_id=99)
+        failed = s.until("command_failed")[-1]
+        self.assertEqual(failed.connection_id, 99)
+        self.assertIn("connection 99 is not open", failed.command_failed.message)
+
+        listed = self.stub.ListSessions(pb.ListSessionsRequest(), timeout=TIMEOUT)
+        mine = [x for x in listed.sessions if x.session_id == started.session_id]
+        self.assertEqual((mine[0].kind, mine[0].target), ("server", "tcp://127.0.0.1:0"))
+
+        # Closing the server closes its connections (flushed), then ends the session.
+        s.command(write=b"flushed before the close", connection_id=one)
+        s.command(close=pb.Close())
+        events = s.until("connection_lost")
+        self.assertEqual(events[-1].connection_id, one)
+        end = s.until("connection_lost")[-1]
+        self.assertEqual(end.connection_id, 0)
+        self.assertFalse(end.connection_lost.HasField("error"))
+        self.assertEqual(list(s.responses), [], "the stream ends after the server's connection_lost")
+        got = b""
+        while chunk := first.recv(100):
+            got += chunk
+        self.assertEqual(got, b"flushed before the close")
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        first.close()
+        second.close()
+
+    def test_unix_server_session_and_max_connections(self):
+        import socket
+        path = os.path.join(tempfile.mkdtemp(prefix="conduit-"), "server.sock")
+        s, started = self.open_server(unix_path=path, max_connections=1)
+        self.assertEqual(list(started.sockets), [path])
+        kept = socket.socket(socket.AF_UNIX)
+        kept.connect(path)
+        s.until("connection_accepted")
+        refused = socket.socket(socket.AF_UNIX)
+        refused.settimeout(TIMEOUT)
+        refused.connect(path)  # the backlog takes it; the service then drops it
+        try:
+            self.assertEqual(refused.recv(10), b"")
+        except ConnectionResetError:
+            pass
+        kept.sendall(b"still served")
+        data = s.until("data_received")[-1]
+        self.assertEqual(data.data_received.data, b"still served")
+        s.done_writing()  # the client's half-close closes the server
+        self.assertEqual(s.until("connection_lost")[-1].connection_id, 1)
+        self.assertEqual(s.until("connection_lost")[-1].connection_id, 0)
+        self.assertFalse(os.path.exists(path), "the socket file goes with the server")
+        kept.close()
+        refused.close()
+
+    def test_invalid_server_requests_name_the_field(self):
+        for open_server, text in ((pb.OpenServer(), "open_server: set tcp or unix_path"),
+                                  (pb.OpenServer(tcp=pb.HostPort(host="127.0.0.1"), tls=pb.TlsServer(enabled=True)),
+                                   "open_server.tls needs cert_pem and key_pem"),
+                                  (pb.OpenServer(unix_path=""), "open_server.unix_path is empty"),
+                                  (pb.OpenServer(tcp=pb.HostPort(host="127.0.0.1", port=70000)),
+                                   "open_server.tcp.port")):
+            with self.subTest(text=text):
+                s = Session(self.stub)
+                s.send(open_server=open_server)
+                with self.assertRaises(grpc.RpcError) as caught:
+                    list(s.responses)
+                self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+                self.assertIn(text, caught.exception.details())
+        # A certificate that is not one: a failed open naming the field.
+        s = Session(self.stub)
+        s.send(open_server=pb.OpenServer(tcp=pb.HostPort(host="127.0.0.1"),
+                                         tls=pb.TlsServer(enabled=True, cert_pem="junk", key_pem="junk")))
+        event = s.next()
+        self.assertEqual(event.WhichOneof("kind"), "open_failed")
+        self.assertIn("open_server.tls", event.open_failed.error.message)
+
     def test_slow_reader_fast_writer_keeps_memory_bounded(self):
         """64 MiB through an echo session, read slowly: every byte in order, RSS bounded."""
         total, chunk = 64 << 20, 256 << 10

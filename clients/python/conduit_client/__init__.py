@@ -7,6 +7,12 @@
                 if event.WhichOneof("kind") == "data_received":
                     print(event.data_received.data)
 
+    async with client.create_server("127.0.0.1", 0) as server:   # listens on the service's host
+        print(server.sockets)
+        async for event in server.events():
+            if event.WhichOneof("kind") == "data_received":      # tagged with event.connection_id
+                await server.connection(event.connection_id).write(event.data_received.data)
+
 Events are conduit.v1.Event messages, one per protocol callback, in order.
 The stubs are generated from proto/conduit/v1/conduit.proto with Debian's
 python3-grpc-tools on first import (or point CONDUIT_PROTO_DIR elsewhere).
@@ -19,7 +25,7 @@ import tempfile
 import grpc
 from grpc import aio
 
-__all__ = ["Client", "Session", "SessionError", "pb"]
+__all__ = ["Client", "Session", "ServerSession", "SessionError", "pb"]
 
 
 def _load_stubs():
@@ -55,7 +61,7 @@ class Session:
         self._stub, self._metadata, self._open = stub, metadata, open_message
         self._call = None
         self._ended = False  # connection_lost was seen
-        self.connection_made = None  # the first event, once open
+        self.connection_made = None  # the first event (connection_made or server_started), once open
 
     async def __aenter__(self):
         self._call = self._stub.Session(metadata=self._metadata)
@@ -69,7 +75,7 @@ class Session:
         if first.WhichOneof("kind") == "open_failed":
             error = first.open_failed.error
             raise SessionError(error.errno_value, error.message)
-        self.connection_made = first.connection_made
+        self.connection_made = getattr(first, first.WhichOneof("kind"))
         return self
 
     async def __aexit__(self, *exc):
@@ -87,12 +93,12 @@ class Session:
             event = await self._call.read()
             if event is grpc.aio.EOF:
                 return
-            if event.WhichOneof("kind") == "connection_lost":
+            if event.WhichOneof("kind") == "connection_lost" and event.connection_id == 0:
                 self._ended = True
             yield event
 
-    async def _command(self, **kind):
-        await self._call.write(pb.ClientMessage(command=pb.Command(**kind)))
+    async def _command(self, connection_id=0, **kind):
+        await self._call.write(pb.ClientMessage(command=pb.Command(connection_id=connection_id, **kind)))
 
     async def write(self, data: bytes):
         await self._command(write=data)
@@ -132,6 +138,55 @@ class Session:
     async def kill(self):
         await self._command(kill=pb.Kill())
 
+    async def sendto(self, data: bytes, addr=None):
+        """Datagram sessions: send to (host, port), or to the connected peer."""
+        to = pb.HostPort(host=addr[0], port=addr[1]) if addr else None
+        await self._command(sendto=pb.Sendto(data=data, addr=to))
+
+
+class ServerSession(Session):
+    """A server listening on the service's host. events() yields every
+    connection's events, each with its connection_id (connection_accepted
+    starts one); connection(id) drives one connection. close() stops
+    listening and closes every connection (flushing each); the session ends
+    with connection_lost for connection_id 0."""
+
+    @property
+    def sockets(self):
+        """Where it listens: "127.0.0.1:8080", "[::1]:8080" or a path."""
+        return list(self.connection_made.sockets)
+
+    def connection(self, connection_id):
+        return _Connection(self, connection_id)
+
+
+class _Connection:
+    """One connection of a ServerSession: the commands of a connection session."""
+
+    def __init__(self, server, connection_id):
+        self._server, self.connection_id = server, connection_id
+
+    async def _command(self, **kind):
+        await self._server._command(connection_id=self.connection_id, **kind)
+
+    async def write(self, data: bytes):
+        await self._command(write=data)
+
+    async def write_eof(self):
+        await self._command(write_eof=pb.WriteEof())
+
+    async def close(self):
+        await self._command(close=pb.Close())
+
+    async def abort(self):
+        await self._command(abort=pb.Abort())
+
+    async def pause_reading(self):
+        await self._command(pause_reading=pb.PauseReading())
+
+    async def resume_reading(self):
+        await self._command(resume_reading=pb.ResumeReading())
+
 
 class Client:
     """A channel to `conduit serve`; `token` is its bearer token, if any."""
@@ -160,6 +215,26 @@ class Client:
     def create_unix_connection(self, path):
         return Session(self._stub, self._metadata,
                        pb.ClientMessage(open_connection=pb.OpenConnection(unix_path=path)))
+
+    def create_server(self, host="127.0.0.1", port=0, *, cert_pem="", key_pem="", client_ca_pem="", backlog=0,
+                      max_connections=0):
+        """Listen on the service's host (TLS when cert_pem and key_pem are given)."""
+        tls = pb.TlsServer(enabled=bool(cert_pem), cert_pem=cert_pem, key_pem=key_pem, client_ca_pem=client_ca_pem)
+        open_message = pb.OpenServer(tcp=pb.HostPort(host=host, port=port), tls=tls, backlog=backlog,
+                                     max_connections=max_connections)
+        return ServerSession(self._stub, self._metadata, pb.ClientMessage(open_server=open_message))
+
+    def create_unix_server(self, path, *, backlog=0, max_connections=0):
+        open_message = pb.OpenServer(unix_path=path, backlog=backlog, max_connections=max_connections)
+        return ServerSession(self._stub, self._metadata, pb.ClientMessage(open_server=open_message))
+
+    def create_datagram_endpoint(self, local_addr=None, remote_addr=None, *, reuse_port=False, allow_broadcast=False):
+        """UDP on the service's host; addresses are (host, port)."""
+        open_message = pb.OpenDatagramEndpoint(
+            local_addr=pb.HostPort(host=local_addr[0], port=local_addr[1]) if local_addr else None,
+            remote_addr=pb.HostPort(host=remote_addr[0], port=remote_addr[1]) if remote_addr else None,
+            reuse_port=reuse_port, allow_broadcast=allow_broadcast)
+        return Session(self._stub, self._metadata, pb.ClientMessage(open_datagram_endpoint=open_message))
 
     def subprocess_exec(self, *argv, cwd="", env=None):
         open_message = pb.OpenSubprocess(argv=list(argv), cwd=cwd, env=env or {})
