@@ -10,6 +10,7 @@
 
 #include <boost/asio/signal_set.hpp>
 
+#include <functional>
 #include <iostream>
 #include <vector>
 
@@ -19,8 +20,10 @@ namespace {
 
 struct ServerStats {
   std::uint64_t connections = 0;
+  std::uint64_t closed = 0;
   std::uint64_t bytes = 0;  // echoed, each way
   std::uint64_t errors = 0;
+  std::function<void()> on_closed;  // after each connection_lost
 };
 
 /// What both echo protocols share: the connection's name for logs, stats,
@@ -53,6 +56,8 @@ class EchoConnection {
     if (error) ++stats_.errors;
     log_.event(name_, error ? "connection_lost: " + describe(error) : "connection_lost");
     transport_.reset();
+    ++stats_.closed;
+    if (stats_.on_closed) stats_.on_closed();
   }
   void paused() {
     log_.event(name_, "pause_writing: client reads slowly, pausing reading");
@@ -107,6 +112,7 @@ struct EchoServerOptions {
   std::vector<std::string> listen;
   bool buffered = false;
   int backlog = 100;
+  std::uint64_t exit_after = 0;
   TlsFlags tls;
   ViaFlags via;
   OutputOptions output;
@@ -174,6 +180,11 @@ int run_echo_server(const EchoServerOptions& options) {
   EventLoop loop;
   EventLog log(options.output);
   ServerStats stats;
+  if (options.exit_after) {
+    stats.on_closed = [&] {
+      if (stats.closed == options.exit_after) loop.stop();
+    };
+  }
   std::vector<std::shared_ptr<Server>> servers;
   std::vector<std::shared_ptr<service::RemoteServer>> remote_servers;
   int exit_code = exit_ok;
@@ -275,10 +286,12 @@ void set_echo_server_command(CLI::App& app, int& exit_code) {
   cmd->add_flag("--buffered", options->buffered, "Use a BufferedProtocol (reads into a per-connection buffer)");
   add_tls_flags(*cmd, options->tls, true);
   cmd->add_option("--backlog", options->backlog, "listen() backlog")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--exit-after", options->exit_after, "Stop once N connections have been served and closed")
+      ->check(CLI::PositiveNumber);
   add_via_flags(*cmd, options->via);
   add_output_flags(*cmd, options->output);
   cmd->footer(std::string(R"(Prints "listening URL" for each bound socket once it listens, then serves until
-SIGINT or SIGTERM. A client's EOF is carried through: everything it sent is echoed
+SIGINT or SIGTERM (or --exit-after N connections). A client's EOF is carried through: everything it sent is echoed
 before the server closes its side. With --via the service's host listens (a server
 session) and each connection's bytes come here to be echoed; the URLs name addresses
 on that host.

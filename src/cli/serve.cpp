@@ -31,6 +31,7 @@ struct ServeOptions {
   std::size_t session_buffer_kib = 1024;
   std::size_t max_message_kib = 4096;
   unsigned idle_timeout = 0;
+  unsigned dead_peer_timeout = 60;
   OutputOptions output;
 };
 
@@ -86,6 +87,7 @@ int run_serve(const ServeOptions& options) {
   service_options.max_sessions = options.max_sessions;
   service_options.max_buffered_events_bytes = options.session_buffer_kib * 1024;
   service_options.idle_timeout = std::chrono::seconds(options.idle_timeout);
+  service_options.dead_peer_timeout = std::chrono::seconds(options.dead_peer_timeout);
 
   // Session opens and closes are logged (with caller, kind and target)
   // from gRPC's threads and the loop's: one line at a time.
@@ -162,6 +164,12 @@ void set_serve_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--idle-timeout", options->idle_timeout,
                   "Close a session after S seconds without events or commands (0: never)")
       ->capture_default_str();
+  cmd->add_option("--dead-peer-timeout", options->dead_peer_timeout,
+                  "Sessions' TCP connections: a peer that acknowledges nothing for S seconds (keepalive "
+                  "probes when idle, TCP_USER_TIMEOUT when data waits) is lost with ETIMEDOUT (0: the "
+                  "kernel's defaults, which take minutes)")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 86400u));
   add_output_flags(*cmd, options->output);
   cmd->footer(R"(Prints "listening HOST:PORT" once it serves; logs every session open and close on stderr;
 stops on SIGINT or SIGTERM (health turns NOT_SERVING first). Serves conduit.v1.Conduit, the

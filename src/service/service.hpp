@@ -39,6 +39,10 @@ struct ServiceOptions {
   /// A session with no event and no command for this long is aborted
   /// (zero: never).
   std::chrono::seconds idle_timeout{0};
+  /// Sessions' TCP connections end with ETIMEDOUT when the peer acknowledges
+  /// nothing for this long: keepalive probes while idle, TCP_USER_TIMEOUT
+  /// while data waits (zero: the kernel's defaults).
+  std::chrono::seconds dead_peer_timeout{60};
 };
 
 /// What ListSessions reports of one session; counters are updated from the

@@ -5,6 +5,11 @@
 
 #include <boost/asio/post.hpp>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <system_error>
@@ -36,6 +41,26 @@ v1::Error error_of(std::exception_ptr exc) {
 
 std::size_t size_of(const v1::Event& event) {
   return event.ByteSizeLong();
+}
+
+/// Make a vanished TCP peer (host down, cable cut) show up as ETIMEDOUT
+/// within about `timeout`, instead of after the kernel's many minutes of
+/// retransmissions; with TCP_USER_TIMEOUT set, Linux also ends a connection
+/// whose keepalive probes go unanswered for that long.
+void bound_dead_peer_detection(Transport& transport, std::chrono::seconds timeout) {
+  if (timeout.count() == 0) return;
+  auto peer = transport.get_extra_info_as<SocketAddress>("peername");
+  auto fd = transport.get_extra_info_as<int>("socket");
+  if (!peer || peer->is_unix() || !fd) return;
+  const int seconds = static_cast<int>(timeout.count());
+  const int on = 1, idle = std::max(1, seconds / 2), interval = std::max(1, seconds / 6), count = 3;
+  const unsigned user_timeout_ms = static_cast<unsigned>(seconds) * 1000;
+  // Best effort: a failure leaves the kernel's defaults, which still work.
+  (void)::setsockopt(*fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+  (void)::setsockopt(*fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  (void)::setsockopt(*fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+  (void)::setsockopt(*fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+  (void)::setsockopt(*fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof user_timeout_ms);
 }
 
 /// A server context from PEM text; throws what OpenSSL says is wrong.
@@ -261,6 +286,7 @@ class ConnectionSide final : public Protocol, public LoopSide, SideEvents {
   void connection_made(std::shared_ptr<Transport> transport) override {
     transport_ = std::move(transport);
     limits_.apply(*transport_);
+    bound_dead_peer_detection(*transport_, link_->service().options().dead_peer_timeout);
     v1::Event event;
     auto* made = connection_id_ ? event.mutable_connection_accepted() : event.mutable_connection_made();
     made->set_session_id(link_->record()->id);

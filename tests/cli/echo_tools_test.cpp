@@ -413,3 +413,15 @@ TEST(EchoTools, EchoServerViaTheServiceServesTcpUnixAndTls) {
   EXPECT_EQ(in_use.wait(bound), 3);
   EXPECT_NE(in_use.err().find("Address already in use"), std::string::npos) << in_use.err();
 }
+
+TEST(EchoTools, ExitAfterStopsOnceNConnectionsAreServed) {
+  ChildProcess server({CONDUIT_BIN, "echo-server", "--listen", "tcp://127.0.0.1:0", "--exit-after", "2", "--json"});
+  auto url = server.wait_for_line("listening ", bound);
+  ASSERT_TRUE(url) << server.err();
+  for (int i = 0; i < 2; ++i) {
+    ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", *url, "--message", "one of two"});
+    EXPECT_EQ(client.wait(bound), 0) << client.err();
+  }
+  EXPECT_EQ(server.wait(bound), 0) << "stops by itself: " << server.err();
+  EXPECT_NE(server.out().find("{\"connections\":2,\"bytes_echoed\":20,"), std::string::npos) << server.out();
+}
