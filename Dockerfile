@@ -13,12 +13,28 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONDUIT_BUILD_TES
  && cmake --build /build --target conduit \
  && strip /build/src/cli/conduit
 
+# The compose file's test runner: the tools plus Python's grpcio and the
+# Python client (docker compose builds it with target: tests).
+FROM debian:bookworm-slim AS tests
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgrpc++1.51 libssl3 python3-grpcio python3-grpc-tools \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home conduit
+COPY --from=build /build/src/cli/conduit /usr/local/bin/conduit
+COPY proto /opt/conduit/proto
+COPY clients/python /opt/conduit/clients/python
+COPY tests/compose/integration.py /opt/conduit/tests/compose/integration.py
+USER conduit
+ENTRYPOINT ["conduit"]
+
+# The image: the service and the tools.
 FROM debian:bookworm-slim
 # Runtime libraries only: gRPC (which brings protobuf, abseil, c-ares, re2) and OpenSSL.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgrpc++1.51 libssl3 openssl ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home conduit
+ && useradd --system --uid 10001 --no-create-home conduit \
+ && install -d -o conduit /run/conduit-sockets
 COPY --from=build /build/src/cli/conduit /usr/local/bin/conduit
 USER conduit
 EXPOSE 50051

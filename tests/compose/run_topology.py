@@ -8,8 +8,10 @@ bridge this script creates (veth pairs, 10.77.0.0/24), with
 /etc/netns/NAME/hosts mapping every service name to its address, so the
 names resolve as they do under compose. Each service runs the command the
 compose file gives it (read from the file, not duplicated here), with the
-image's `conduit` entry point replaced by CONDUIT_BIN and compose secrets
-mounted at /run/secrets in a private mount namespace. The script waits for
+image's `conduit` entry point replaced by CONDUIT_BIN, compose secrets
+mounted at /run/secrets, named volumes bind-mounted from a directory per
+volume, and the repository at /opt/conduit (where the tests image keeps
+the Python client), all in a private mount namespace. The script waits for
 each service's healthcheck, runs the `tests` service, and exits with its
 status. Everything it made (processes by PID, namespaces, links, files) is
 removed at the end, also on failure.
@@ -33,6 +35,7 @@ BRIDGE = f"{PREFIX}br"
 SUBNET = "10.77.{}.{}"
 HEALTH_TIMEOUT = 60  # seconds a service may take to become healthy
 TEST_TIMEOUT = 300
+REPO_ROOT = os.path.dirname(COMPOSE)
 
 
 def sh(*argv, check=True):
@@ -48,6 +51,7 @@ class Topology:
         self.processes = {}  # name -> Popen
         self.netns = []
         self.secrets_dir = os.path.join(self.work, "secrets")
+        self.made_dirs = []  # mount points this script had to create on the host
 
     def ns(self, name):
         return f"{PREFIX}{self.index[name]}"
@@ -111,11 +115,28 @@ class Topology:
         link = os.path.join(bindir, "conduit")
         if not os.path.exists(link):
             os.symlink(CONDUIT, link)
-        setup = (f"mkdir -p /run/secrets && mount -t tmpfs tmpfs /run/secrets && "
-                 f"cp {shlex.quote(self.secrets_dir)}/* /run/secrets/ 2>/dev/null; "
-                 f'PATH={shlex.quote(bindir)}:$PATH exec "$@"')
+        python = os.path.join(bindir, "python3")  # Debian's, which has grpcio
+        if not os.path.exists(python):
+            os.symlink("/usr/bin/python3", python)
+        mounts = [(self.secrets_dir, "/run/secrets"), (REPO_ROOT, "/opt/conduit")]
+        for volume in self.compose["services"][name].get("volumes", []):
+            source, target = volume.split(":")[:2]
+            mounts.append((self.volume_dir(source), target))
+        setup = ""
+        for source, target in mounts:
+            if not os.path.exists(target):
+                os.makedirs(target)
+                self.made_dirs.append(target)
+            setup += f"mount --bind {shlex.quote(source)} {shlex.quote(target)} && "
+        setup += f'PATH={shlex.quote(bindir)}:$PATH exec "$@"'
+
         return ["ip", "netns", "exec", self.ns(name), "unshare", "-m", "--propagation", "private",
                 "sh", "-c", setup, "sh"] + argv
+
+    def volume_dir(self, volume):
+        path = os.path.join(self.work, "volumes", volume)
+        os.makedirs(path, exist_ok=True)
+        return path
 
     def start(self, name):
         log = open(os.path.join(self.work, f"{name}.log"), "w")
@@ -182,12 +203,18 @@ class Topology:
             shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
         sh("ip", "link", "del", BRIDGE, check=False)
         shutil.rmtree(self.work, ignore_errors=True)
+        for path in reversed(self.made_dirs):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
 
 
 def fault_test(topology, repo_root):
-    """A host killed mid-transfer: the session through the service reports
+    """Hosts cut off mid-transfer, one by its link going down, one by its
+    process being killed: each session through the service reports
     connection_lost with an error within a bound, the service keeps serving
-    others, and its memory does not grow with the failure."""
+    others, and its memory does not grow with the failures."""
     import asyncio
     sys.path.insert(0, os.path.join(repo_root, "clients", "python"))
     os.environ.setdefault("CONDUIT_PROTO_DIR", os.path.join(repo_root, "proto"))
@@ -198,51 +225,59 @@ def fault_test(topology, repo_root):
     address = f"{topology.address('conduit')}:50051"
     service_pid = topology.service_pid("conduit")
 
-    async def doomed_session():
-        async with Client(address, token=token) as client:
-            async with client.create_connection("echo-tcp", 7007) as s:
-                chunk = b"x" * 65536
-                for _ in range(16):
+    async def cut_off_session(client, host, port, cut, **tls):
+        async with client.create_connection(host, port, **tls) as s:
+            chunk = b"x" * 65536
+            for _ in range(16):
+                await s.write(chunk)
+            cut()
+            started = time.monotonic()
+
+            # The client keeps writing: data the peer never acknowledges is
+            # what TCP_USER_TIMEOUT (--dead-peer-timeout) bounds; the
+            # service holding back our writes is its backpressure.
+            async def keep_writing():
+                while True:
                     await s.write(chunk)
-                # echo-tcp's host dies while the transfer runs; the client
-                # keeps writing (a half-open TCP connection only notices a
-                # dead peer when it writes).
-                os.killpg(topology.processes["echo-tcp"].pid, signal.SIGKILL)
-                started = time.monotonic()
+                    await asyncio.sleep(0.05)
 
-                async def keep_writing():
-                    while True:
-                        await s.write(chunk)
-                        await asyncio.sleep(0.05)
-
-                writer = asyncio.ensure_future(keep_writing())
-                try:
-                    async for event in s.events():
-                        if event.WhichOneof("kind") == "connection_lost":
-                            return event.connection_lost, time.monotonic() - started
-                finally:
-                    writer.cancel()
+            writer = asyncio.ensure_future(keep_writing())
+            try:
+                async for event in s.events():
+                    if event.WhichOneof("kind") == "connection_lost":
+                        return event.connection_lost, time.monotonic() - started
+            finally:
+                writer.cancel()
         return None, None
 
-    async def healthy_session():
-        async with Client(address, token=token) as client:
-            async with client.subprocess_exec("/bin/date") as s:
-                await s.write_eof()
-                returncode = None
-                async for event in s.events():
-                    if event.WhichOneof("kind") == "process_exited":
-                        returncode = event.process_exited.returncode
-                return returncode
+    def link_down():  # the host's cable pulled: nothing more arrives from it, not even a RST
+        sh("ip", "link", "set", f"{topology.ns('echo-tls')}o", "down")
 
-    async def both():  # one event loop: grpc.aio does not like a second one
-        lost, seconds = await asyncio.wait_for(doomed_session(), 60)
-        if lost is None or not lost.HasField("error"):
-            raise RuntimeError(f"expected connection_lost with an error, got {lost}")
-        print(f"fault: connection_lost after {seconds:.2f} s: {lost.error.message}", flush=True)
-        return await asyncio.wait_for(healthy_session(), 30)
+    def killed():  # the host's process gone: its kernel resets the connection
+        os.killpg(topology.processes["echo-tcp"].pid, signal.SIGKILL)
+
+    async def healthy_session(client):
+        async with client.subprocess_exec("/bin/date") as s:
+            await s.write_eof()
+            returncode = None
+            async for event in s.events():
+                if event.WhichOneof("kind") == "process_exited":
+                    returncode = event.process_exited.returncode
+            return returncode
+
+    async def scenarios():  # one event loop: grpc.aio does not like a second one
+        async with Client(address, token=token) as client:
+            for what, host, port, cut, tls, bound in (
+                    ("link down", "echo-tls", 7443, link_down, {"ssl": True, "insecure": True}, 45),
+                    ("process killed", "echo-tcp", 7007, killed, {}, 30)):
+                lost, seconds = await asyncio.wait_for(cut_off_session(client, host, port, cut, **tls), bound)
+                if lost is None or not lost.HasField("error"):
+                    raise RuntimeError(f"{what}: expected connection_lost with an error, got {lost}")
+                print(f"fault ({what}): connection_lost after {seconds:.2f} s: {lost.error.message}", flush=True)
+            return await asyncio.wait_for(healthy_session(client), 30)
 
     rss_before = rss_kib(service_pid)
-    returncode = asyncio.run(both())
+    returncode = asyncio.run(scenarios())
     if returncode != 0:
         raise RuntimeError(f"the service stopped serving other sessions (date exited {returncode})")
     rss_after = rss_kib(service_pid)
