@@ -53,7 +53,29 @@ class SessionError(OSError):
     (errno and text from the service), or the service refused the call."""
 
 
-class Session:
+class _TransportCommands:
+    """The commands a connection takes, sent through self._command."""
+
+    async def write(self, data: bytes):
+        await self._command(write=data)
+
+    async def writelines(self, chunks):
+        await self._command(writelines=pb.Writelines(data=list(chunks)))
+
+    async def close(self):
+        await self._command(close=pb.Close())
+
+    async def abort(self):
+        await self._command(abort=pb.Abort())
+
+    async def pause_reading(self):
+        await self._command(pause_reading=pb.PauseReading())
+
+    async def resume_reading(self):
+        await self._command(resume_reading=pb.ResumeReading())
+
+
+class Session(_TransportCommands):
     """One transport session. Use as `async with`; leaving it aborts the
     transport if it is still open."""
 
@@ -100,27 +122,9 @@ class Session:
     async def _command(self, connection_id=0, **kind):
         await self._call.write(pb.ClientMessage(command=pb.Command(connection_id=connection_id, **kind)))
 
-    async def write(self, data: bytes):
-        await self._command(write=data)
-
-    async def writelines(self, chunks):
-        await self._command(writelines=pb.Writelines(data=list(chunks)))
-
     async def write_eof(self):
         """Half-close: for a connection, write_eof; for a child, close its stdin."""
         await self._call.done_writing()
-
-    async def close(self):
-        await self._command(close=pb.Close())
-
-    async def abort(self):
-        await self._command(abort=pb.Abort())
-
-    async def pause_reading(self):
-        await self._command(pause_reading=pb.PauseReading())
-
-    async def resume_reading(self):
-        await self._command(resume_reading=pb.ResumeReading())
 
     async def set_write_buffer_limits(self, high, low=0):
         await self._command(set_write_buffer_limits=pb.WriteBufferLimits(high=high, low=low))
@@ -160,7 +164,7 @@ class ServerSession(Session):
         return _Connection(self, connection_id)
 
 
-class _Connection:
+class _Connection(_TransportCommands):
     """One connection of a ServerSession: the commands of a connection session."""
 
     def __init__(self, server, connection_id):
@@ -169,23 +173,8 @@ class _Connection:
     async def _command(self, **kind):
         await self._server._command(connection_id=self.connection_id, **kind)
 
-    async def write(self, data: bytes):
-        await self._command(write=data)
-
     async def write_eof(self):
         await self._command(write_eof=pb.WriteEof())
-
-    async def close(self):
-        await self._command(close=pb.Close())
-
-    async def abort(self):
-        await self._command(abort=pb.Abort())
-
-    async def pause_reading(self):
-        await self._command(pause_reading=pb.PauseReading())
-
-    async def resume_reading(self):
-        await self._command(resume_reading=pb.ResumeReading())
 
 
 class Client:
