@@ -1,5 +1,6 @@
 #include "service.hpp"
 
+#include "grpc_runtime.hpp"
 #include "session.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -12,6 +13,7 @@
 namespace conduit::service {
 
 ConduitService::ConduitService(ServiceOptions options) : options_(std::move(options)) {
+  quiet_grpc_mutex_checks();
   if (options_.idle_timeout.count() > 0) {
     idle_timer_ = std::make_unique<asio::steady_timer>(loop_.context());
     check_idle_sessions();
