@@ -211,6 +211,13 @@ int run_echo_server(const EchoServerOptions& options) {
               return;
             }
             for (const auto& address : server->sockets()) std::cout << "listening " << remote_url(address, scheme) << std::endl;
+            server->on_closed([&, url](std::exception_ptr why) {
+              if (!why) return;  // we closed it
+              std::cerr << "conduit echo-server: lost " << url << " via " << options.via.address << ": "
+                        << describe(why) << '\n';
+              exit_code = exit_failure;
+              loop.stop();
+            });
             remote_servers.push_back(std::move(server));
           });
       continue;
@@ -253,7 +260,10 @@ int run_echo_server(const EchoServerOptions& options) {
     server->close();
     server->close_clients();
   }
-  for (auto& server : remote_servers) server->close();
+  for (auto& server : remote_servers) {
+    server->on_closed(nullptr);
+    server->close();
+  }
   loop.run_until(
       [&] {
         for (auto& server : servers) {

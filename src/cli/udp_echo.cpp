@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <iostream>
 
 namespace conduit::cli {
@@ -34,6 +35,7 @@ struct UdpServerStats {
   std::uint64_t dropped = 0;  // not echoed while the send queue was over its high watermark
   std::uint64_t errors = 0;
   std::size_t open_endpoints = 0;
+  std::function<void(std::exception_ptr)> on_lost;  // an endpoint ended
 };
 
 /// Echoes each datagram to its sender. While the send queue is above its
@@ -64,9 +66,10 @@ class UdpEchoProtocol final : public DatagramProtocol {
   void pause_writing() override { paused_ = true; }
   void resume_writing() override { paused_ = false; }
   const std::shared_ptr<DatagramTransport>& transport() const { return transport_; }
-  void connection_lost(std::exception_ptr) override {
+  void connection_lost(std::exception_ptr error) override {
     transport_.reset();
     --stats_.open_endpoints;
+    if (stats_.on_lost) stats_.on_lost(error);
   }
 
  private:
@@ -93,6 +96,14 @@ int run_udp_server(const UdpServerOptions& options) {
       return exit_usage;
     }
   }
+  // An endpoint that ends with an error while serving (the service went
+  // away, say) ends the server.
+  stats.on_lost = [&](std::exception_ptr error) {
+    if (!error) return;
+    std::cerr << "conduit udp-echo server: an endpoint was lost: " << describe(error) << '\n';
+    exit_code = exit_failure;
+    loop.stop();
+  };
   for (const auto& url : options.listen) {
     const Endpoint ep = parse_endpoint(url, datagram_schemes);
     const std::string host = ep.host == "*" ? std::string("::") : ep.host;
@@ -137,6 +148,7 @@ int run_udp_server(const UdpServerOptions& options) {
   });
   loop.run_forever();
   signals.cancel();
+  stats.on_lost = nullptr;  // our own abort below
   for (auto& endpoint : endpoints) endpoint->abort();
   endpoints.clear();
   loop.run_until([&] { return stats.open_endpoints == 0; }, std::chrono::seconds(2));

@@ -16,8 +16,15 @@ namespace conduit::service {
 
 namespace {
 
+/// The call failed before the session opened.
 std::exception_ptr status_error(const grpc::Status& status) {
   return std::make_exception_ptr(std::runtime_error("the service refused the session (" +
+                                                    std::to_string(status.error_code()) + "): " + status.error_message()));
+}
+
+/// The call ended while the session was open, without its last event.
+std::exception_ptr broken_error(const grpc::Status& status) {
+  return std::make_exception_ptr(std::runtime_error("the session with the service broke off (" +
                                                     std::to_string(status.error_code()) + "): " + status.error_message()));
 }
 
@@ -253,7 +260,7 @@ class RemoteTransport final : public Transport {
       protocol_.reset();
       return;
     }
-    lost(ending_.lost ? ending_.lost_error : status_error(status));
+    lost(ending_.lost ? ending_.lost_error : broken_error(status));
   }
 
  private:
@@ -324,6 +331,7 @@ class RemoteServerSession final : public RemoteServer, public std::enable_shared
   const std::vector<std::string>& sockets() const override { return sockets_; }
   std::size_t active_connections() const override { return connections_.size(); }
   bool is_closed() const override { return closed_; }
+  void on_closed(std::function<void(std::exception_ptr)> handler) override { closed_handler_ = std::move(handler); }
   void close() override {
     if (closing_ || closed_) return;
     closing_ = true;
@@ -377,11 +385,17 @@ class RemoteServerSession final : public RemoteServer, public std::enable_shared
     auto open = std::move(connections_);
     for (auto& [id, connection] : open) connection->on_finished(status);
     factory_ = nullptr;
+    if (auto handler = std::exchange(closed_handler_, nullptr)) {
+      if (closing_ && status.ok()) handler(nullptr);
+      else if (status.ok()) handler(std::make_exception_ptr(std::runtime_error("the service closed the server session")));
+      else handler(broken_error(status));
+    }
   }
 
   EventLoop& loop_;
   ProtocolFactory factory_;
   std::function<void(std::exception_ptr, std::shared_ptr<RemoteServer>)> done_;
+  std::function<void(std::exception_ptr)> closed_handler_;
   std::shared_ptr<SessionStream> stream_;
   std::map<std::uint64_t, std::shared_ptr<RemoteTransport>> connections_;
   std::vector<std::string> sockets_;
@@ -517,7 +531,7 @@ class RemoteSubprocess final : public SubprocessTransport {
 
   void on_finished(const grpc::Status& status) {
     if (done_) std::exchange(done_, nullptr)(ending_.for_status(status));
-    else protocol_->connection_lost(ending_.lost ? ending_.lost_error : status_error(status));
+    else protocol_->connection_lost(ending_.lost ? ending_.lost_error : broken_error(status));
     protocol_.reset();
     stdin_.reset();
   }
@@ -622,7 +636,7 @@ class RemoteDatagram final : public DatagramTransport {
   void on_finished(const grpc::Status& status) {
     closing_ = true;
     if (done_) std::exchange(done_, nullptr)(ending_.for_status(status));
-    else protocol_->connection_lost(ending_.lost ? ending_.lost_error : status_error(status));
+    else protocol_->connection_lost(ending_.lost ? ending_.lost_error : broken_error(status));
     protocol_.reset();
   }
 

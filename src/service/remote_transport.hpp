@@ -41,6 +41,9 @@ class RemoteServer {
   virtual void abort() = 0;
   /// True once the session has ended (after close/abort, or if it broke).
   virtual bool is_closed() const = 0;
+  /// Call `handler` once the session ends: with null after close()/abort(),
+  /// else with why (the service went away, or closed the session).
+  virtual void on_closed(std::function<void(std::exception_ptr)> handler) = 0;
 };
 
 /// Open a server session: the service listens as `open` says, and each

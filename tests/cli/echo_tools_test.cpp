@@ -425,3 +425,16 @@ TEST(EchoTools, ExitAfterStopsOnceNConnectionsAreServed) {
   EXPECT_EQ(server.wait(bound), 0) << "stops by itself: " << server.err();
   EXPECT_NE(server.out().find("{\"connections\":2,\"bytes_echoed\":20,"), std::string::npos) << server.out();
 }
+
+TEST(EchoTools, ServersViaTheServiceEndWhenItGoesAway) {
+  Service service;
+  ChildProcess echo({CONDUIT_BIN, "echo-server", "--via", service.address, "--listen", "tcp://127.0.0.1:0"});
+  ChildProcess udp({CONDUIT_BIN, "udp-echo", "server", "--via", service.address, "--listen", "udp://127.0.0.1:0"});
+  ASSERT_TRUE(echo.wait_for_line("listening ", bound)) << echo.err();
+  ASSERT_TRUE(udp.wait_for_line("listening ", bound)) << udp.err();
+  service.process.signal(SIGKILL);
+  EXPECT_EQ(echo.wait(bound), 1) << "not left serving nothing";
+  EXPECT_NE(echo.err().find("the session with the service broke off"), std::string::npos) << echo.err();
+  EXPECT_EQ(udp.wait(bound), 1);
+  EXPECT_NE(udp.err().find("the session with the service broke off"), std::string::npos) << udp.err();
+}
