@@ -264,6 +264,42 @@ class ServiceTest(unittest.TestCase):
         first.close()
         second.close()
 
+    def test_server_session_backpressure_holds_the_peer_back(self):
+        """A server session whose client reads no events: the service pauses
+        reading the connection, so the peer's writes stall; once the client
+        reads, every byte arrives in order."""
+        import select
+        import socket
+        s, started = self.open_server(tcp=pb.HostPort(host="127.0.0.1", port=0))
+        port = int(started.sockets[0].rsplit(":", 1)[1])
+        peer = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        s.until("connection_accepted")
+        peer.setblocking(False)
+        block, sent, sent_digest = os.urandom(64 << 10), 0, hashlib.sha256()
+        while sent < (256 << 20):
+            try:
+                n = peer.send(block)
+                sent_digest.update(block[:n])
+                sent += n
+            except BlockingIOError:
+                # Not writable again within a second: the service holds it back.
+                if not select.select([], [peer], [], 1.0)[1]:
+                    break
+        self.assertLess(sent, 64 << 20, "the service kept reading although nobody read its events")
+        rss = rss_kib(self.serve.pid)
+        peer.shutdown(socket.SHUT_WR)
+        got, got_digest = 0, hashlib.sha256()
+        for event in s.responses:
+            if event.WhichOneof("kind") == "data_received":
+                got += len(event.data_received.data)
+                got_digest.update(event.data_received.data)
+            elif event.WhichOneof("kind") == "eof_received":
+                s.command(close=pb.Close())  # the server: ends the session once the connection is gone
+        self.assertEqual(got, sent)
+        self.assertEqual(got_digest.hexdigest(), sent_digest.hexdigest())
+        print(f"server session: peer stalled after {sent >> 10} KiB; service RSS {rss} KiB", file=sys.stderr)
+        peer.close()
+
     def test_unix_server_session_and_max_connections(self):
         import socket
         path = os.path.join(tempfile.mkdtemp(prefix="conduit-"), "server.sock")
