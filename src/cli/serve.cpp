@@ -162,7 +162,7 @@ void set_serve_command(CLI::App& app, int& exit_code) {
       ->capture_default_str()
       ->check(CLI::Range(std::size_t{64}, std::size_t{1} << 20));
   cmd->add_option("--idle-timeout", options->idle_timeout,
-                  "Close a session after S seconds without events or commands (0: never)")
+                  "Close a session after S seconds without events or commands (0: never; not server sessions)")
       ->capture_default_str();
   cmd->add_option("--dead-peer-timeout", options->dead_peer_timeout,
                   "Sessions' TCP connections: a peer that acknowledges nothing for S seconds (keepalive "

@@ -202,10 +202,7 @@ class RemoteTransport final : public Transport {
     if (eof_written_) throw std::logic_error("Cannot call write() after write_eof()");
     if (data.empty() || state_ != State::open) return;
     send([&](v1::Command& c) { c.set_write(std::string(as_string_view(data))); });
-    if (!writing_paused_ && flow_.should_pause(get_write_buffer_size())) {
-      writing_paused_ = true;
-      protocol_->pause_writing();
-    }
+    if (flow_.should_pause(get_write_buffer_size())) set_writing_paused(true, remote_paused_);
   }
   using WriteTransport::writelines;
   void writelines(std::span<const std::span<const std::byte>> buffers) override {
@@ -229,10 +226,7 @@ class RemoteTransport final : public Transport {
   }
   /// A queued command went out: resume_writing if the queue drained.
   void on_sent() {
-    if (state_ != State::closed && writing_paused_ && flow_.should_resume(get_write_buffer_size())) {
-      writing_paused_ = false;
-      protocol_->resume_writing();
-    }
+    if (flow_.should_resume(get_write_buffer_size())) set_writing_paused(false, remote_paused_);
   }
   void on_event(const v1::Event& event) {
     switch (event.kind_case()) {
@@ -250,7 +244,16 @@ class RemoteTransport final : public Transport {
         if (connection_id_) lost(ending_.lost_error);  // a server's connection: its stream goes on
         break;
       case v1::Event::kOpenFailed: ending_.lost_error = remote_error(event.open_failed().error()); break;
-      default: break;  // the remote transport's pause/resume_writing: our own queue tells us
+      // A connection session's own stream holds our writes back while its
+      // transport is paused; a server's connections share one stream, so
+      // theirs say it with these events.
+      case v1::Event::kPauseWriting:
+        if (connection_id_) set_writing_paused(local_paused_, true);
+        break;
+      case v1::Event::kResumeWriting:
+        if (connection_id_) set_writing_paused(local_paused_, false);
+        break;
+      default: break;
     }
   }
   void on_finished(const grpc::Status& status) {
@@ -267,6 +270,18 @@ class RemoteTransport final : public Transport {
   enum class State { opening, open, closing, closed };
 
   std::shared_ptr<RemoteTransport> shared() { return std::shared_ptr<RemoteTransport>(shared_from_this(), this); }
+
+  /// The protocol is paused while either our queue to the service is over
+  /// its high watermark (local) or the remote transport's is (remote).
+  void set_writing_paused(bool local, bool remote) {
+    const bool was = local_paused_ || remote_paused_;
+    local_paused_ = local;
+    remote_paused_ = remote;
+    const bool now = local_paused_ || remote_paused_;
+    if (was == now || state_ == State::closed || !protocol_) return;
+    if (now) protocol_->pause_writing();
+    else protocol_->resume_writing();
+  }
 
   template <class Fill>
   void send(Fill fill) {
@@ -297,7 +312,7 @@ class RemoteTransport final : public Transport {
   std::uint64_t connection_id_ = 0;
   State state_ = State::opening;
   bool paused_reading_ = false;
-  bool writing_paused_ = false;
+  bool local_paused_ = false, remote_paused_ = false;  // see set_writing_paused
   bool eof_written_ = false;
   WriteFlowControl flow_{WriteTransport::default_high_water};
   std::optional<SocketAddress> peername_, sockname_;

@@ -32,7 +32,8 @@ void ConduitService::check_idle_sessions() {
     {
       std::lock_guard lock(sessions_mutex_);
       for (const auto& [id, record] : sessions_) {
-        if (now - record->last_activity > limit) idle.push_back(record);
+        // A listening server waits for connections by design: not idle.
+        if (record->kind != "server" && now - record->last_activity > limit) idle.push_back(record);
       }
     }
     for (const auto& record : idle) {

@@ -37,7 +37,7 @@ struct ServiceOptions {
   /// reading (and resumes below a quarter of it).
   std::size_t max_buffered_events_bytes = 1 << 20;
   /// A session with no event and no command for this long is aborted
-  /// (zero: never).
+  /// (zero: never); server sessions are exempt (they wait by design).
   std::chrono::seconds idle_timeout{0};
   /// Sessions' TCP connections end with ETIMEDOUT when the peer acknowledges
   /// nothing for this long: keepalive probes while idle, TCP_USER_TIMEOUT

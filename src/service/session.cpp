@@ -5,9 +5,12 @@
 
 #include <boost/asio/post.hpp>
 
+#include <boost/asio/local/stream_protocol.hpp>
+
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
@@ -61,6 +64,23 @@ void bound_dead_peer_detection(Transport& transport, std::chrono::seconds timeou
   (void)::setsockopt(*fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
   (void)::setsockopt(*fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
   (void)::setsockopt(*fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof user_timeout_ms);
+}
+
+/// Whether a server listens on the Unix socket at `path` now. The core
+/// replaces a socket file left at the path, as asyncio does; a remote caller
+/// must not take a live one over from another program.
+bool unix_socket_is_live(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return false;
+  asio::io_context context;
+  asio::local::stream_protocol::socket probe(context);
+  boost::system::error_code ec;
+  probe.open(asio::local::stream_protocol(), ec);
+  if (ec) return false;
+  probe.non_blocking(true, ec);
+  probe.connect(asio::local::stream_protocol::endpoint(path), ec);
+  // Connected, or a full backlog (EAGAIN): somebody listens.
+  return !ec || ec == asio::error::would_block || ec == asio::error::try_again;
 }
 
 /// A server context from PEM text; throws what OpenSSL says is wrong.
@@ -283,22 +303,7 @@ class ConnectionSide final : public Protocol, public LoopSide, SideEvents {
                           std::weak_ptr<ServerSide> server = {}, bool reading = true)
       : SideEvents(std::move(link), connection_id), limits_(limits), server_(std::move(server)), reading_(reading) {}
 
-  void connection_made(std::shared_ptr<Transport> transport) override {
-    transport_ = std::move(transport);
-    limits_.apply(*transport_);
-    bound_dead_peer_detection(*transport_, link_->service().options().dead_peer_timeout);
-    v1::Event event;
-    auto* made = connection_id_ ? event.mutable_connection_accepted() : event.mutable_connection_made();
-    made->set_session_id(link_->record()->id);
-    if (auto peer = transport_->get_extra_info_as<SocketAddress>("peername")) made->set_peername(peer->to_string());
-    if (auto name = transport_->get_extra_info_as<SocketAddress>("sockname")) made->set_sockname(name->to_string());
-    if (auto cipher = transport_->get_extra_info_as<CipherInfo>("cipher")) {
-      made->set_tls_version(cipher->protocol);
-      made->set_tls_cipher(cipher->name);
-    }
-    emit(std::move(event));
-    if (!reading_) transport_->pause_reading();
-  }
+  void connection_made(std::shared_ptr<Transport> transport) override;
   void data_received(std::span<const std::byte> data) override {
     link_->record()->bytes_in += data.size();
     for (std::size_t at = 0; at < data.size(); at += max_event_data) {
@@ -314,8 +319,9 @@ class ConnectionSide final : public Protocol, public LoopSide, SideEvents {
     emit(std::move(event));
     peer_done_ = true;
     // Half-open while the client still writes; once both sides are done,
-    // close (flushing what the client wrote last).
-    return !client_done_;
+    // close (flushing what the client wrote last). TLS has no half-open
+    // state: it closes whatever we return (asyncio warns if we return true).
+    return !client_done_ && transport_->can_write_eof();
   }
   void pause_writing() override;
   void resume_writing() override;
@@ -328,6 +334,7 @@ class ConnectionSide final : public Protocol, public LoopSide, SideEvents {
         case v1::Command::kWrite:
           link_->record()->bytes_out += c.write().size();
           transport_->write(c.write());
+          check_backlog(c);
           break;
         case v1::Command::kWritelines: {
           std::vector<std::span<const std::byte>> buffers;
@@ -336,6 +343,7 @@ class ConnectionSide final : public Protocol, public LoopSide, SideEvents {
             buffers.push_back(as_bytes(d));
           }
           transport_->writelines(buffers);
+          check_backlog(c);
           break;
         }
         case v1::Command::kWriteEof: client_done_writing(); break;
@@ -351,6 +359,10 @@ class ConnectionSide final : public Protocol, public LoopSide, SideEvents {
           break;
         case v1::Command::kSetWriteBufferLimits: {
           const auto& l = c.set_write_buffer_limits();
+          if (l.high() == 0 && !transport_->can_write_eof()) {
+            // asyncio's SSL rule pauses at size >= high: with 0, at once and for good.
+            return failed(c, "set_write_buffer_limits.high must be at least 1 on a TLS connection");
+          }
           transport_->set_write_buffer_limits(l.high(), l.low() ? std::optional<std::int64_t>(l.low()) : std::nullopt);
           break;
         }
@@ -369,10 +381,12 @@ class ConnectionSide final : public Protocol, public LoopSide, SideEvents {
   }
   void abort() override {
     if (transport_) transport_->abort();
+    else ending_ = End::abort;  // not made yet
   }
   /// close(): flush, then connection_lost.
   void close() {
     if (transport_) transport_->close();
+    else if (!ending_) ending_ = End::close;
   }
   void set_reading(bool reading) override {
     reading_ = reading;
@@ -397,10 +411,26 @@ class ConnectionSide final : public Protocol, public LoopSide, SideEvents {
 
   void writing_paused_changed(bool paused);
 
+  /// A server's connection: its client is told to stop writing by
+  /// pause_writing, not held back by the stream (see ServerSide). One that
+  /// writes on regardless is aborted before its buffer grows without bound.
+  void check_backlog(const v1::Command& c) {
+    if (connection_id_ == 0 || !transport_) return;
+    const std::size_t cap = 8 * link_->service().options().max_buffered_events_bytes;
+    const std::size_t buffered = transport_->get_write_buffer_size();
+    if (buffered <= cap) return;
+    failed(c, "connection " + std::to_string(connection_id_) + " buffers " + std::to_string(buffered) +
+                  " bytes, over the session's cap of " + std::to_string(cap) +
+                  ": aborted (wait for resume_writing before writing more)");
+    transport_->abort();
+  }
+
+  enum class End { close, abort };
+
   std::shared_ptr<Transport> transport_;
   BufferLimits limits_;
   std::weak_ptr<ServerSide> server_;  // set for a server session's connection
-  bool writing_paused_ = false;
+  std::optional<End> ending_;         // asked to end before connection_made
   bool reading_ = true;        // the service's backpressure allows reading
   bool client_paused_ = false;  // the client asked for pause_reading
   bool client_done_ = false;    // the client half-closed (write_eof)
@@ -592,8 +622,11 @@ class RefusedConnection final : public Protocol {
 ///   listening --close / abort / client done--> draining --last connection gone--> ended
 ///                                               (stopped listening)               (connection_lost, id 0)
 ///
-/// Backpressure: a slow client pauses reading on every connection; any
-/// connection over its write high watermark holds the client's commands.
+/// Backpressure: a slow client pauses reading on every connection. Writes
+/// are not held session-wide (one peer that does not read would stall every
+/// connection): each connection's pause_writing / resume_writing, tagged
+/// with its id, tells the client to stop writing to it, and a connection
+/// whose client writes on regardless is aborted past a hard cap.
 class ServerSide final : public LoopSide, SideEvents, public std::enable_shared_from_this<ServerSide> {
  public:
   ServerSide(std::shared_ptr<Link> link, const v1::OpenServer& open)
@@ -606,8 +639,11 @@ class ServerSide final : public LoopSide, SideEvents, public std::enable_shared_
   /// The server's protocol factory.
   std::shared_ptr<BaseProtocol> accept() {
     if (draining_ || connections_.size() >= max_connections_) {
-      link_->service().loop().log(LogLevel::warning, "session " + link_->record()->id + ": refused a connection (" +
-                                                         std::to_string(max_connections_) + " open)");
+      link_->service().loop().log(
+          LogLevel::warning, "session " + link_->record()->id + ": refused a connection (" +
+                                 (draining_ ? std::string("the server is closing")
+                                            : "max_connections " + std::to_string(max_connections_) + " open") +
+                                 ")");
       return std::make_shared<RefusedConnection>();
     }
     const std::uint64_t id = ++last_id_;
@@ -649,10 +685,7 @@ class ServerSide final : public LoopSide, SideEvents, public std::enable_shared_
   }
 
   // ---- from its connections ----
-  void connection_writing_paused(bool paused) {
-    held_ += paused ? 1 : -1;
-    if (held_ == (paused ? 1 : 0)) link_->hold_commands(paused);
-  }
+  bool draining() const { return draining_; }
   void connection_gone(std::uint64_t id) {
     connections_.erase(id);
     end_if_drained();
@@ -685,7 +718,6 @@ class ServerSide final : public LoopSide, SideEvents, public std::enable_shared_
   std::shared_ptr<Server> server_;
   std::map<std::uint64_t, std::shared_ptr<ConnectionSide>> connections_;
   std::uint64_t last_id_ = 0;
-  int held_ = 0;          // connections whose writing is paused
   bool reading_ = true;   // the events queue lets connections read
   bool draining_ = false;
   bool ended_ = false;
@@ -695,21 +727,39 @@ void ConnectionSide::pause_writing() { writing_paused_changed(true); }
 void ConnectionSide::resume_writing() { writing_paused_changed(false); }
 
 void ConnectionSide::writing_paused_changed(bool paused) {
-  writing_paused_ = paused;
   const std::size_t buffered = transport_ ? transport_->get_write_buffer_size() : 0;
   if (connection_id_ == 0) return writing_paused(paused, buffered);
   report_writing_paused(paused, buffered);
-  if (auto server = server_.lock()) server->connection_writing_paused(paused);
+}
+
+void ConnectionSide::connection_made(std::shared_ptr<Transport> transport) {
+  transport_ = std::move(transport);
+  limits_.apply(*transport_);
+  bound_dead_peer_detection(*transport_, link_->service().options().dead_peer_timeout);
+  v1::Event event;
+  auto* made = connection_id_ ? event.mutable_connection_accepted() : event.mutable_connection_made();
+  made->set_session_id(link_->record()->id);
+  if (auto peer = transport_->get_extra_info_as<SocketAddress>("peername")) made->set_peername(peer->to_string());
+  if (auto name = transport_->get_extra_info_as<SocketAddress>("sockname")) made->set_sockname(name->to_string());
+  if (auto cipher = transport_->get_extra_info_as<CipherInfo>("cipher")) {
+    made->set_tls_version(cipher->protocol);
+    made->set_tls_cipher(cipher->name);
+  }
+  emit(std::move(event));
+  if (!reading_) transport_->pause_reading();
+  // Accepted while the server was stopping (connection_made comes a turn
+  // after the accept): end it the way the others ended.
+  if (ending_) {
+    if (*ending_ == End::abort) transport_->abort();
+    else transport_->close();
+  }
 }
 
 void ConnectionSide::connection_lost(std::exception_ptr exc) {
   transport_.reset();
   if (connection_id_ == 0) return lost(exc);
   link_->emit(lost_event(exc));
-  if (auto server = server_.lock()) {
-    if (writing_paused_) server->connection_writing_paused(false);
-    server->connection_gone(connection_id_);  // may destroy this side: last
-  }
+  if (auto server = server_.lock()) server->connection_gone(connection_id_);  // may destroy this side: last
 }
 
 void open_failed(const std::shared_ptr<Link>& link, std::exception_ptr error) {
@@ -781,6 +831,10 @@ void open_server(const std::shared_ptr<Link>& link, const v1::OpenServer& open) 
     if (!open.tcp().host().empty() && open.tcp().host() != "*") hosts.push_back(open.tcp().host());
     loop.create_server(factory, hosts, static_cast<std::uint16_t>(open.tcp().port()), options, done);
   } else {
+    if (unix_socket_is_live(open.unix_path())) {
+      return open_failed(link, std::make_exception_ptr(std::system_error(
+                                   EADDRINUSE, std::generic_category(), "a server already listens on " + open.unix_path())));
+    }
     loop.create_unix_server(factory, open.unix_path(), options, done);
   }
 }
@@ -841,7 +895,10 @@ grpc::Status validate_open(const v1::ClientMessage& message, const ServiceOption
       } else {
         return Status(StatusCode::INVALID_ARGUMENT, "open_connection: set tcp or unix_path");
       }
-      if (open.write_buffer_low() > open.write_buffer_high() && open.write_buffer_high() != 0) {
+      if (open.write_buffer_low() != 0 && open.write_buffer_high() == 0) {
+        return Status(StatusCode::INVALID_ARGUMENT, "open_connection.write_buffer_low needs write_buffer_high");
+      }
+      if (open.write_buffer_low() > open.write_buffer_high()) {
         return Status(StatusCode::INVALID_ARGUMENT, "open_connection.write_buffer_low exceeds write_buffer_high");
       }
       return Status::OK;
@@ -892,7 +949,10 @@ grpc::Status validate_open(const v1::ClientMessage& message, const ServiceOption
       if (open.tls().enabled() && (open.tls().cert_pem().empty() || open.tls().key_pem().empty())) {
         return Status(StatusCode::INVALID_ARGUMENT, "open_server.tls needs cert_pem and key_pem");
       }
-      if (open.write_buffer_low() > open.write_buffer_high() && open.write_buffer_high() != 0) {
+      if (open.write_buffer_low() != 0 && open.write_buffer_high() == 0) {
+        return Status(StatusCode::INVALID_ARGUMENT, "open_server.write_buffer_low needs write_buffer_high");
+      }
+      if (open.write_buffer_low() > open.write_buffer_high()) {
         return Status(StatusCode::INVALID_ARGUMENT, "open_server.write_buffer_low exceeds write_buffer_high");
       }
       return Status::OK;

@@ -332,9 +332,17 @@ TEST(EchoTools, HealthProbeExitCodes) {
 TEST(EchoTools, ServiceLimitsIdleTimeoutAndMessageSize) {
   EchoServer server;
   Service service({"--idle-timeout", "1", "--max-message-size", "64", "--allow-exec-any"});
+  // A listening server waits by design: the idle timeout leaves it alone.
+  ChildProcess listener({CONDUIT_BIN, "echo-server", "--via", service.address, "--listen", "tcp://127.0.0.1:0"});
+  auto listening = listener.wait_for_line("listening ", bound);
+  ASSERT_TRUE(listening) << listener.err();
   // A session with nothing happening is closed: the child is killed (128+9).
   ChildProcess idle({CONDUIT_BIN, "run-subprocess", "--via", service.address, "--", "sh", "-c", "sleep 30"});
   EXPECT_EQ(idle.wait(bound), 128 + SIGKILL) << idle.err();
+  ChildProcess late({CONDUIT_BIN, "echo-client", "--connect", *listening, "--message", "after the idle timeout"});
+  EXPECT_EQ(late.wait(bound), 0) << late.err() << listener.err();
+  listener.signal(SIGTERM);
+  EXPECT_EQ(listener.wait(bound), 0) << listener.err();
   // A write larger than --max-message-size: RESOURCE_EXHAUSTED, not a crash.
   ChildProcess big({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url, "--size", "200000"});
   EXPECT_EQ(big.wait(bound), 1);

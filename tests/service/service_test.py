@@ -300,6 +300,80 @@ class ServiceTest(unittest.TestCase):
         print(f"server session: peer stalled after {sent >> 10} KiB; service RSS {rss} KiB", file=sys.stderr)
         peer.close()
 
+    def test_server_connection_paused_holds_back_only_itself(self):
+        """One peer that reads nothing: its connection reports pause_writing
+        while another connection of the same server still gets its writes;
+        writing on past the cap aborts only the stuck connection."""
+        import socket
+        s, started = self.open_server(tcp=pb.HostPort(host="127.0.0.1", port=0))
+        port = int(started.sockets[0].rsplit(":", 1)[1])
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills fast
+        stuck.connect(("127.0.0.1", port))
+        stuck_id = s.until("connection_accepted")[-1].connection_id
+        healthy = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        healthy_id = s.until("connection_accepted")[-1].connection_id
+        block = b"z" * (256 << 10)
+        # 6 MiB: the service's kernel send buffer takes up to 4 MiB, the
+        # rest waits in the transport, far past its 64 KiB high watermark.
+        for _ in range(24):
+            s.command(write=block, connection_id=stuck_id)
+        paused = s.until("pause_writing")[-1]
+        self.assertEqual(paused.connection_id, stuck_id)
+        s.command(write=b"not held back", connection_id=healthy_id)
+        self.assertEqual(healthy.recv(100), b"not held back")
+        # A client that writes on regardless: past 8 x the session buffer, aborted.
+        for _ in range(48):
+            s.command(write=block, connection_id=stuck_id)
+        failed = s.until("command_failed")[-1]
+        self.assertEqual(failed.connection_id, stuck_id)
+        self.assertIn("over the session's cap", failed.command_failed.message)
+        lost = s.until("connection_lost")[-1]
+        self.assertEqual(lost.connection_id, stuck_id)
+        s.command(write=b"still served", connection_id=healthy_id)
+        self.assertEqual(healthy.recv(100), b"still served")
+        s.command(close=pb.Close())
+        self.assertEqual(s.until("connection_lost")[-1].connection_id, healthy_id)
+        self.assertEqual(s.until("connection_lost")[-1].connection_id, 0)
+        stuck.close()
+        healthy.close()
+
+    def test_server_session_leaves_a_live_unix_socket_alone(self):
+        import socket
+        path = os.path.join(tempfile.mkdtemp(prefix="conduit-"), "taken.sock")
+        owner = socket.socket(socket.AF_UNIX)
+        owner.bind(path)
+        owner.listen()
+        s = Session(self.stub)
+        s.send(open_server=pb.OpenServer(unix_path=path))
+        event = s.next()
+        self.assertEqual(event.WhichOneof("kind"), "open_failed")
+        self.assertEqual(event.open_failed.error.errno_value, 98)  # EADDRINUSE
+        self.assertIn("already listens", event.open_failed.error.message)
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(path)  # still the owner's
+        owner.accept()[0].close()
+        client.close()
+        owner.close()
+
+    def test_server_tls_key_must_match_its_certificate(self):
+        work = tempfile.mkdtemp(prefix="conduit-")
+        for name in ("a", "b"):
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                            "-days", "1", "-subj", f"/CN={name}", "-keyout", f"{work}/{name}.key",
+                            "-out", f"{work}/{name}.pem"], check=True, capture_output=True, timeout=TIMEOUT)
+        read = lambda name: open(f"{work}/{name}").read()  # noqa: E731
+        s = Session(self.stub)
+        s.send(open_server=pb.OpenServer(tcp=pb.HostPort(host="127.0.0.1"), tls=pb.TlsServer(
+            enabled=True, cert_pem=read("a.pem"), key_pem=read("b.key"))))
+        event = s.next()
+        self.assertEqual(event.WhichOneof("kind"), "open_failed")
+        self.assertIn("key values mismatch", event.open_failed.error.message)
+        s, started = self.open_server(tcp=pb.HostPort(host="127.0.0.1"), tls=pb.TlsServer(
+            enabled=True, cert_pem=read("a.pem"), key_pem=read("a.key")))
+        s.command(close=pb.Close())
+        self.assertEqual(s.until("connection_lost")[-1].connection_id, 0)
+
     def test_unix_server_session_and_max_connections(self):
         import socket
         path = os.path.join(tempfile.mkdtemp(prefix="conduit-"), "server.sock")
@@ -331,7 +405,9 @@ class ServiceTest(unittest.TestCase):
                                    "open_server.tls needs cert_pem and key_pem"),
                                   (pb.OpenServer(unix_path=""), "open_server.unix_path is empty"),
                                   (pb.OpenServer(tcp=pb.HostPort(host="127.0.0.1", port=70000)),
-                                   "open_server.tcp.port")):
+                                   "open_server.tcp.port"),
+                                  (pb.OpenServer(tcp=pb.HostPort(host="127.0.0.1"), write_buffer_low=10),
+                                   "open_server.write_buffer_low needs write_buffer_high")):
             with self.subTest(text=text):
                 s = Session(self.stub)
                 s.send(open_server=open_server)
