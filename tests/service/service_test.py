@@ -41,16 +41,26 @@ def start(argv):
         process.kill()
         log.seek(0)
         raise RuntimeError(f"{argv} did not start: {line!r} {log.read()}")
+    process.log = log
     return process, line.split()[1]
 
 
 def stop(process):
+    """SIGTERM, then its exit status, which must be 0: a clean shutdown (and,
+    under the sanitizers, no leak and no error at exit)."""
     process.terminate()
     try:
-        process.wait(TIMEOUT)
+        status = process.wait(TIMEOUT)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+        status = "hung after SIGTERM"
+    process.stdout.close()
+    process.log.seek(0)
+    log = process.log.read()
+    process.log.close()
+    if status != 0:
+        raise AssertionError(f"{process.args[:2]} exited with {status}:\n{log[-4000:]}")
 
 
 class Session:
@@ -95,8 +105,10 @@ class ServiceTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.channel.close()
-        stop(cls.echo)
-        stop(cls.serve)
+        try:
+            stop(cls.echo)
+        finally:
+            stop(cls.serve)
 
     def open_echo(self):
         s = Session(self.stub)
