@@ -878,6 +878,21 @@ void open_datagram_endpoint(const std::shared_ptr<Link>& link, const v1::OpenDat
 
 }  // namespace
 
+namespace {
+
+/// write_buffer_high / write_buffer_low of an open message (0: default).
+grpc::Status validate_buffer_limits(const std::string& message, std::uint32_t high, std::uint32_t low) {
+  if (low != 0 && high == 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, message + ".write_buffer_low needs write_buffer_high");
+  }
+  if (low > high) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, message + ".write_buffer_low exceeds write_buffer_high");
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace
+
 grpc::Status validate_open(const v1::ClientMessage& message, const ServiceOptions& options) {
   using grpc::Status;
   using grpc::StatusCode;
@@ -895,13 +910,7 @@ grpc::Status validate_open(const v1::ClientMessage& message, const ServiceOption
       } else {
         return Status(StatusCode::INVALID_ARGUMENT, "open_connection: set tcp or unix_path");
       }
-      if (open.write_buffer_low() != 0 && open.write_buffer_high() == 0) {
-        return Status(StatusCode::INVALID_ARGUMENT, "open_connection.write_buffer_low needs write_buffer_high");
-      }
-      if (open.write_buffer_low() > open.write_buffer_high()) {
-        return Status(StatusCode::INVALID_ARGUMENT, "open_connection.write_buffer_low exceeds write_buffer_high");
-      }
-      return Status::OK;
+      return validate_buffer_limits("open_connection", open.write_buffer_high(), open.write_buffer_low());
     }
     case v1::ClientMessage::kOpenSubprocess: {
       const auto& open = message.open_subprocess();
@@ -949,13 +958,7 @@ grpc::Status validate_open(const v1::ClientMessage& message, const ServiceOption
       if (open.tls().enabled() && (open.tls().cert_pem().empty() || open.tls().key_pem().empty())) {
         return Status(StatusCode::INVALID_ARGUMENT, "open_server.tls needs cert_pem and key_pem");
       }
-      if (open.write_buffer_low() != 0 && open.write_buffer_high() == 0) {
-        return Status(StatusCode::INVALID_ARGUMENT, "open_server.write_buffer_low needs write_buffer_high");
-      }
-      if (open.write_buffer_low() > open.write_buffer_high()) {
-        return Status(StatusCode::INVALID_ARGUMENT, "open_server.write_buffer_low exceeds write_buffer_high");
-      }
-      return Status::OK;
+      return validate_buffer_limits("open_server", open.write_buffer_high(), open.write_buffer_low());
     }
     case v1::ClientMessage::kCommand:
       return Status(StatusCode::INVALID_ARGUMENT,
