@@ -2,7 +2,8 @@
 # Install what is missing, build, and run the main job: the Conduit service
 # (`conduit serve` on 127.0.0.1:50051, or $CONDUIT_LISTEN) with a working
 # echo demo on it: an echo server on TCP and a Unix socket, echo clients
-# direct and through the service (--via). The service then keeps serving
+# direct and through the service (--via), and a server session (the service
+# listens, this script's echo-server --via echoes). The service then keeps serving
 # until Ctrl-C; set CONDUIT_DEMO_ONLY=1 to stop after the demo.
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,7 +17,8 @@ listen=${CONDUIT_LISTEN:-127.0.0.1:50051}
 work=$(mktemp -d)
 server_pid=
 service_pid=
-trap 'for p in $server_pid $service_pid; do kill "$p" 2>/dev/null; done; rm -rf "$work"' EXIT INT TERM
+via_pid=
+trap 'for p in $via_pid $server_pid $service_pid; do kill "$p" 2>/dev/null; done; rm -rf "$work"' EXIT INT TERM
 
 # wait_lines FILE N: until FILE has N "listening" lines (at most 10 s).
 wait_lines() {
@@ -50,6 +52,18 @@ echo "--- the same through the service at $service (--via)"
 echo
 echo "--- echo-client over unix://$work/echo.sock, 1000 rounds of 1 KiB"
 "$bin" echo-client --connect "unix://$work/echo.sock" --size 1024 --count 1000 --json
+echo "--- a server session: the service listens, echo-server --via echoes"
+"$bin" echo-server --via "$service" --listen tcp://127.0.0.1:0 --exit-after 1 --json \
+  > "$work/via-listening" 2> "$work/via-listening.err" &
+via_pid=$!
+wait_lines "$work/via-listening" 1
+via_url=$(sed -n 's/^listening //p' "$work/via-listening")
+echo "listening $via_url (the service's socket)"
+"$bin" echo-client --connect "$via_url" --message "Hello via a server session!"
+echo
+wait "$via_pid"
+via_pid=
+tail -n 1 "$work/via-listening"
 
 kill "$server_pid"
 wait "$server_pid" 2>/dev/null || true
