@@ -138,9 +138,9 @@ v1::OpenServer remote_server_request(const Endpoint& ep, const EchoServerOptions
   return open;
 }
 
-/// "listening URL" for an address a server session reports ("host:port" or a path).
+/// "listening URL" for an address a server session reports: "host:port"
+/// ("[v6]:port") or a path, both of which follow "scheme://" as they are.
 std::string remote_url(const std::string& address, std::string_view scheme) {
-  if (scheme == "unix") return "unix://" + address;
   return std::string(scheme) + "://" + address;
 }
 

@@ -88,30 +88,57 @@ CertificateInfo certificate_info(X509* cert) {
 
 namespace tls {
 
-std::shared_ptr<ssl::context> client_context(const std::optional<std::string>& cafile) {
-  auto context = std::make_shared<ssl::context>(ssl::context::tls_client);
+namespace {
+
+/// What every context here starts from: TLS 1.2 at least.
+std::shared_ptr<ssl::context> new_context(ssl::context::method method) {
+  auto context = std::make_shared<ssl::context>(method);
   SSL_CTX_set_min_proto_version(context->native_handle(), TLS1_2_VERSION);
+  return context;
+}
+
+}  // namespace
+
+std::shared_ptr<ssl::context> client_context(const std::optional<std::string>& cafile) {
+  auto context = new_context(ssl::context::tls_client);
   if (cafile) context->load_verify_file(*cafile);
   else context->set_default_verify_paths();
   context->set_verify_mode(ssl::verify_peer);
   return context;
 }
 
+std::shared_ptr<ssl::context> client_context_from_pem(std::string_view ca_pem) {
+  auto context = new_context(ssl::context::tls_client);
+  context->add_certificate_authority(asio::buffer(ca_pem));
+  context->set_verify_mode(ssl::verify_peer);
+  return context;
+}
+
 std::shared_ptr<ssl::context> insecure_client_context() {
-  auto context = std::make_shared<ssl::context>(ssl::context::tls_client);
-  SSL_CTX_set_min_proto_version(context->native_handle(), TLS1_2_VERSION);
+  auto context = new_context(ssl::context::tls_client);
   context->set_verify_mode(ssl::verify_none);
   return context;
 }
 
 std::shared_ptr<ssl::context> server_context(const std::string& certfile, const std::string& keyfile,
                                              const std::optional<std::string>& client_cafile) {
-  auto context = std::make_shared<ssl::context>(ssl::context::tls_server);
-  SSL_CTX_set_min_proto_version(context->native_handle(), TLS1_2_VERSION);
+  auto context = new_context(ssl::context::tls_server);
   context->use_certificate_chain_file(certfile);
   context->use_private_key_file(keyfile, ssl::context::pem);
   if (client_cafile) {
     context->load_verify_file(*client_cafile);
+    context->set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
+  }
+  return context;
+}
+
+std::shared_ptr<ssl::context> server_context_from_pem(std::string_view cert_pem, std::string_view key_pem,
+                                                      std::string_view client_ca_pem) {
+  auto context = new_context(ssl::context::tls_server);
+  context->use_certificate_chain(asio::buffer(cert_pem));
+  context->use_private_key(asio::buffer(key_pem), ssl::context::pem);
+  if (!client_ca_pem.empty()) {
+    context->add_certificate_authority(asio::buffer(client_ca_pem));
     context->set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
   }
   return context;

@@ -54,8 +54,7 @@ struct Ending {
   }
 };
 
-/// Writes by the client side, with flow control on what is queued for the
-/// service: the shared part of both remote transports' write halves.
+/// A command, as `fill` sets it.
 template <class Fill>
 v1::Command make_command(Fill fill) {
   v1::Command c;
@@ -86,6 +85,21 @@ std::optional<SocketAddress> parse_stream_address(const std::string& text) {
   return SocketAddress::unix_path(text);
 }
 
+/// peername and sockname as connection_made (or connection_accepted)
+/// reported them, for get_extra_info.
+struct ReportedAddresses {
+  std::optional<SocketAddress> peername, sockname;
+
+  void set(const v1::ConnectionMade& made) {
+    peername = parse_stream_address(made.peername());
+    sockname = parse_stream_address(made.sockname());
+  }
+  std::any lookup(std::string_view name) const {
+    if (name == "peername" && peername) return *peername;
+    if (name == "sockname" && sockname) return *sockname;
+    return {};
+  }
+};
 
 /// The stream callbacks of a Protocol or a BufferedProtocol, whichever it is:
 /// a BufferedProtocol gets the event's bytes copied into its buffers.
@@ -220,8 +234,7 @@ class RemoteTransport final : public Transport {
   // ---- for RemoteServer ----
   void accepted(const v1::ConnectionMade& made) {
     state_ = State::open;
-    peername_ = parse_stream_address(made.peername());
-    sockname_ = parse_stream_address(made.sockname());
+    addresses_.set(made);
     protocol_.connection_made(shared());
   }
   /// A queued command went out: resume_writing if the queue drained.
@@ -298,11 +311,7 @@ class RemoteTransport final : public Transport {
   }
 
  protected:
-  std::any extra_info(std::string_view name) const override {
-    if (name == "peername" && peername_) return *peername_;
-    if (name == "sockname" && sockname_) return *sockname_;
-    return {};
-  }
+  std::any extra_info(std::string_view name) const override { return addresses_.lookup(name); }
 
  private:
   EventLoop& loop_;
@@ -315,7 +324,7 @@ class RemoteTransport final : public Transport {
   bool local_paused_ = false, remote_paused_ = false;  // see set_writing_paused
   bool eof_written_ = false;
   WriteFlowControl flow_{WriteTransport::default_high_water};
-  std::optional<SocketAddress> peername_, sockname_;
+  ReportedAddresses addresses_;
   Ending ending_;
 };
 
@@ -350,16 +359,13 @@ class RemoteServerSession final : public RemoteServer, public std::enable_shared
   void close() override {
     if (closing_ || closed_) return;
     closing_ = true;
-    v1::Command c;
-    c.mutable_close();  // to the server (id 0): stop listening, close every connection
-    stream_->command(std::move(c));
+    // To the server (id 0): stop listening, close every connection.
+    stream_->command(make_command([](v1::Command& c) { c.mutable_close(); }));
   }
   void abort() override {
     if (closed_) return;
     closing_ = true;
-    v1::Command c;
-    c.mutable_abort();
-    stream_->command(std::move(c));
+    stream_->command(make_command([](v1::Command& c) { c.mutable_abort(); }));
   }
 
  private:
@@ -377,10 +383,10 @@ class RemoteServerSession final : public RemoteServer, public std::enable_shared
         connection->accepted(event.connection_accepted());
       } catch (const std::exception& e) {
         loop_.log(LogLevel::error, std::string("remote server: cannot accept a connection: ") + e.what());
-        v1::Command c;
-        c.set_connection_id(id);
-        c.mutable_abort();
-        stream_->command(std::move(c));
+        stream_->command(make_command([id](v1::Command& c) {
+          c.set_connection_id(id);
+          c.mutable_abort();
+        }));
       }
     } else if (event.has_open_failed()) {
       ending_.lost_error = remote_error(event.open_failed().error());
@@ -619,18 +625,13 @@ class RemoteDatagram final : public DatagramTransport {
   std::size_t get_write_buffer_size() const override { return stream_ ? stream_->queued_bytes() : 0; }
 
  protected:
-  std::any extra_info(std::string_view name) const override {
-    if (name == "peername" && peername_) return *peername_;
-    if (name == "sockname" && sockname_) return *sockname_;
-    return {};
-  }
+  std::any extra_info(std::string_view name) const override { return addresses_.lookup(name); }
 
  private:
   void on_event(const v1::Event& event) {
     switch (event.kind_case()) {
       case v1::Event::kConnectionMade:
-        peername_ = parse_address(event.connection_made().peername());
-        sockname_ = parse_address(event.connection_made().sockname());
+        addresses_.set(event.connection_made());
         protocol_->connection_made(std::shared_ptr<RemoteDatagram>(shared_from_this(), this));
         if (done_) std::exchange(done_, nullptr)(nullptr);
         break;
@@ -661,7 +662,7 @@ class RemoteDatagram final : public DatagramTransport {
   std::shared_ptr<SessionStream> stream_;
   bool closing_ = false;
   WriteFlowControl flow_{DatagramTransport::default_high_water};
-  std::optional<SocketAddress> peername_, sockname_;
+  ReportedAddresses addresses_;
   Ending ending_;
 };
 

@@ -83,20 +83,6 @@ bool unix_socket_is_live(const std::string& path) {
   return !ec || ec == asio::error::would_block || ec == asio::error::try_again;
 }
 
-/// A server context from PEM text; throws what OpenSSL says is wrong.
-std::shared_ptr<asio::ssl::context> server_tls_context(const v1::TlsServer& tls) {
-  auto context = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
-  context->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
-                       asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1);
-  context->use_certificate_chain(asio::buffer(tls.cert_pem()));
-  context->use_private_key(asio::buffer(tls.key_pem()), asio::ssl::context::pem);
-  if (!tls.client_ca_pem().empty()) {
-    context->add_certificate_authority(asio::buffer(tls.client_ca_pem()));
-    context->set_verify_mode(asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert);
-  }
-  return context;
-}
-
 }  // namespace
 
 // ==== Link ======================================================================
@@ -255,7 +241,7 @@ class SideEvents {
 
   /// connection_lost: the last event; the call finishes once it is sent.
   void lost(std::exception_ptr exc) {
-    link_->emit(lost_event(exc));
+    emit(lost_event(exc));
     link_->hold_commands(false);
     link_->finish(grpc::Status::OK);
     link_->set_loop_side(nullptr);  // break the link <-> side cycle
@@ -265,7 +251,6 @@ class SideEvents {
     v1::Event event;
     if (exc) *event.mutable_connection_lost()->mutable_error() = error_of(exc);
     else event.mutable_connection_lost();
-    if (connection_id_) event.set_connection_id(connection_id_);
     return event;
   }
 
@@ -685,7 +670,6 @@ class ServerSide final : public LoopSide, SideEvents, public std::enable_shared_
   }
 
   // ---- from its connections ----
-  bool draining() const { return draining_; }
   void connection_gone(std::uint64_t id) {
     connections_.erase(id);
     end_if_drained();
@@ -758,7 +742,7 @@ void ConnectionSide::connection_made(std::shared_ptr<Transport> transport) {
 void ConnectionSide::connection_lost(std::exception_ptr exc) {
   transport_.reset();
   if (connection_id_ == 0) return lost(exc);
-  link_->emit(lost_event(exc));
+  emit(lost_event(exc));
   if (auto server = server_.lock()) server->connection_gone(connection_id_);  // may destroy this side: last
 }
 
@@ -785,12 +769,7 @@ void open_connection(const std::shared_ptr<Link>& link, const v1::OpenConnection
       if (open.tls().insecure()) {
         context = tls::insecure_client_context();
       } else {
-        context = tls::client_context();
-        if (!open.tls().ca_pem().empty()) {
-          context = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
-          context->add_certificate_authority(asio::buffer(open.tls().ca_pem()));
-          context->set_verify_mode(asio::ssl::verify_peer);
-        }
+        context = open.tls().ca_pem().empty() ? tls::client_context() : tls::client_context_from_pem(open.tls().ca_pem());
       }
       TlsOptions tls(context);
       if (!open.tls().server_hostname().empty()) tls.server_hostname = open.tls().server_hostname();
@@ -811,7 +790,8 @@ void open_server(const std::shared_ptr<Link>& link, const v1::OpenServer& open) 
   options.reuse_port = open.reuse_port();
   if (open.tls().enabled()) {
     try {
-      options.tls = TlsOptions(server_tls_context(open.tls()));
+      options.tls = TlsOptions(
+          tls::server_context_from_pem(open.tls().cert_pem(), open.tls().key_pem(), open.tls().client_ca_pem()));
     } catch (const std::exception& e) {
       return open_failed(link, std::make_exception_ptr(std::invalid_argument(
                                    std::string("open_server.tls: cannot use the certificate or key: ") + e.what())));

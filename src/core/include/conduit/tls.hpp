@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace conduit {
@@ -62,6 +63,14 @@ std::shared_ptr<boost::asio::ssl::context> insecure_client_context();
 /// `client_cafile`, clients must present a certificate it signed (mTLS).
 std::shared_ptr<boost::asio::ssl::context> server_context(const std::string& certfile, const std::string& keyfile,
                                                           const std::optional<std::string>& client_cafile = std::nullopt);
+
+/// client_context trusting only the CA certificates in `ca_pem` (PEM text).
+std::shared_ptr<boost::asio::ssl::context> client_context_from_pem(std::string_view ca_pem);
+
+/// server_context from PEM text instead of files (an empty `client_ca_pem`:
+/// no client certificates asked for). Throws what OpenSSL finds wrong.
+std::shared_ptr<boost::asio::ssl::context> server_context_from_pem(std::string_view cert_pem, std::string_view key_pem,
+                                                                   std::string_view client_ca_pem = {});
 
 }  // namespace tls
 
