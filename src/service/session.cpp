@@ -768,8 +768,15 @@ void open_connection(const std::shared_ptr<Link>& link, const v1::OpenConnection
       std::shared_ptr<asio::ssl::context> context;
       if (open.tls().insecure()) {
         context = tls::insecure_client_context();
+      } else if (open.tls().ca_pem().empty()) {
+        context = tls::client_context();
       } else {
-        context = open.tls().ca_pem().empty() ? tls::client_context() : tls::client_context_from_pem(open.tls().ca_pem());
+        try {
+          context = tls::client_context_from_pem(open.tls().ca_pem());
+        } catch (const std::exception& e) {
+          return open_failed(link, std::make_exception_ptr(std::invalid_argument(
+                                       std::string("open_connection.tls.ca_pem: cannot use the CA: ") + e.what())));
+        }
       }
       TlsOptions tls(context);
       if (!open.tls().server_hostname().empty()) tls.server_hostname = open.tls().server_hostname();
@@ -951,10 +958,16 @@ grpc::Status validate_open(const v1::ClientMessage& message, const ServiceOption
 }
 
 void open_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& open) {
-  if (open.has_open_connection()) open_connection(link, open.open_connection());
-  else if (open.has_open_server()) open_server(link, open.open_server());
-  else if (open.has_open_datagram_endpoint()) open_datagram_endpoint(link, open.open_datagram_endpoint());
-  else open_subprocess(link, open.open_subprocess());
+  // Whatever a request makes fail here (a CA or key OpenSSL will not take,
+  // say) is that session's failed open, never an exception out of the loop.
+  try {
+    if (open.has_open_connection()) open_connection(link, open.open_connection());
+    else if (open.has_open_server()) open_server(link, open.open_server());
+    else if (open.has_open_datagram_endpoint()) open_datagram_endpoint(link, open.open_datagram_endpoint());
+    else open_subprocess(link, open.open_subprocess());
+  } catch (const std::exception&) {
+    open_failed(link, std::current_exception());
+  }
 }
 
 // ==== SessionReactor ============================================================

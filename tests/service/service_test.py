@@ -169,6 +169,15 @@ class ServiceTest(unittest.TestCase):
                 self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
                 self.assertIn(text, caught.exception.details())
 
+    def test_unusable_ca_is_a_failed_open_naming_the_field(self):
+        s = Session(self.stub)
+        s.send(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="127.0.0.1", port=self.echo_port),
+                                                 tls=pb.TlsClient(enabled=True, ca_pem="not a certificate")))
+        event = s.next()
+        self.assertEqual(event.WhichOneof("kind"), "open_failed")
+        self.assertIn("open_connection.tls.ca_pem: cannot use the CA", event.open_failed.error.message)
+        self.open_echo()  # the service lives on
+
     def test_subprocess_session_with_policy(self):
         denied = Session(self.stub)
         denied.send(open_subprocess=pb.OpenSubprocess(argv=["/bin/sh", "-c", "id"]))
