@@ -84,16 +84,8 @@ async def datagram_session(client):
 
 async def subprocess_session(client):
     async with client.subprocess_exec("/bin/cat") as s:
-        await s.write(b"through cat on the service's host")
-        await s.write_eof()
-        out, returncode = b"", None
-        async for event in s.events():
-            kind = event.WhichOneof("kind")
-            if kind == "pipe_data_received" and event.pipe_data_received.fd == 1:
-                out += event.pipe_data_received.data
-            elif kind == "process_exited":
-                returncode = event.process_exited.returncode
-        assert (out, returncode) == (b"through cat on the service's host", 0), (out, returncode)
+        result = await s.communicate(b"through cat on the service's host")
+        assert result == (b"through cat on the service's host", b"", 0), result
 
 
 async def main():

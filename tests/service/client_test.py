@@ -77,17 +77,8 @@ class ClientTest(unittest.TestCase):
                     self.assertGreater(s.connection_made.pid, 0)
                     sessions = await client.list_sessions()
                     self.assertIn(s.connection_made.session_id, [x.session_id for x in sessions])
-                    await s.write(b"through cat")
-                    await s.write_eof()
-                    out, returncode = b"", None
-                    async for event in s.events():
-                        kind = event.WhichOneof("kind")
-                        if kind == "pipe_data_received" and event.pipe_data_received.fd == 1:
-                            out += event.pipe_data_received.data
-                        elif kind == "process_exited":
-                            returncode = event.process_exited.returncode
-                    return out, returncode
-        self.assertEqual(self.run_async(scenario()), (b"through cat", 0))
+                    return await s.communicate(b"through cat")
+        self.assertEqual(self.run_async(scenario()), (b"through cat", b"", 0))
 
 
     def test_server_session_echoes_a_local_client(self):

@@ -126,6 +126,22 @@ class Session(_TransportCommands):
         """Half-close: for a connection, write_eof; for a child, close its stdin."""
         await self._call.done_writing()
 
+    async def communicate(self, data=b""):
+        """Subprocess sessions, as asyncio's Process.communicate(): write
+        `data` to the child's stdin, close it, and read to the session's end.
+        Returns (stdout, stderr, returncode)."""
+        if data:
+            await self.write(data)
+        await self.write_eof()
+        output, returncode = {1: [], 2: []}, None
+        async for event in self.events():
+            kind = event.WhichOneof("kind")
+            if kind == "pipe_data_received":
+                output[event.pipe_data_received.fd].append(event.pipe_data_received.data)
+            elif kind == "process_exited":
+                returncode = event.process_exited.returncode
+        return b"".join(output[1]), b"".join(output[2]), returncode
+
     async def set_write_buffer_limits(self, high, low=0):
         await self._command(set_write_buffer_limits=pb.WriteBufferLimits(high=high, low=low))
 
