@@ -69,10 +69,9 @@ void bound_dead_peer_detection(Transport& transport, std::chrono::seconds timeou
 /// Whether a server listens on the Unix socket at `path` now. The core
 /// replaces a socket file left at the path, as asyncio does; a remote caller
 /// must not take a live one over from another program.
-bool unix_socket_is_live(const std::string& path) {
+bool unix_socket_is_live(asio::io_context& context, const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return false;
-  asio::io_context context;
   asio::local::stream_protocol::socket probe(context);
   boost::system::error_code ec;
   probe.open(asio::local::stream_protocol(), ec);
@@ -818,7 +817,7 @@ void open_server(const std::shared_ptr<Link>& link, const v1::OpenServer& open) 
     if (!open.tcp().host().empty() && open.tcp().host() != "*") hosts.push_back(open.tcp().host());
     loop.create_server(factory, hosts, static_cast<std::uint16_t>(open.tcp().port()), options, done);
   } else {
-    if (unix_socket_is_live(open.unix_path())) {
+    if (unix_socket_is_live(loop.context(), open.unix_path())) {
       return open_failed(link, std::make_exception_ptr(std::system_error(
                                    EADDRINUSE, std::generic_category(), "a server already listens on " + open.unix_path())));
     }
