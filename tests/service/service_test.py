@@ -378,24 +378,42 @@ class ServiceTest(unittest.TestCase):
         owner.close()
 
     def test_server_tls_key_must_match_its_certificate(self):
-        work = tempfile.mkdtemp(prefix="conduit-")
-        for name in ("a", "b"):
-            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                            "-days", "1", "-subj", f"/CN={name}", "-keyout", f"{work}/{name}.key",
-                            "-out", f"{work}/{name}.pem"], check=True, capture_output=True, timeout=TIMEOUT)
-        def read(name):
-            with open(f"{work}/{name}") as f:
-                return f.read()
+        cert_a, key_a = self_signed("a")
+        _, key_b = self_signed("b")
         s = Session(self.stub)
         s.send(open_server=pb.OpenServer(tcp=pb.HostPort(host="127.0.0.1"), tls=pb.TlsServer(
-            enabled=True, cert_pem=read("a.pem"), key_pem=read("b.key"))))
+            enabled=True, cert_pem=cert_a, key_pem=key_b)))
         event = s.next()
         self.assertEqual(event.WhichOneof("kind"), "open_failed")
         self.assertIn("key values mismatch", event.open_failed.error.message)
         s, started = self.open_server(tcp=pb.HostPort(host="127.0.0.1"), tls=pb.TlsServer(
-            enabled=True, cert_pem=read("a.pem"), key_pem=read("a.key")))
+            enabled=True, cert_pem=cert_a, key_pem=key_a))
         s.command(close=pb.Close())
         self.assertEqual(s.until("connection_lost")[-1].connection_id, 0)
+
+    def test_tls_connection_refuses_a_zero_high_watermark(self):
+        """asyncio's SSL rule pauses at size >= high: 0 would pause writing
+        for good, with the client's commands held. A command_failed instead."""
+        cert, key = self_signed("localhost")
+        server, started = self.open_server(tcp=pb.HostPort(host="127.0.0.1"),
+                                           tls=pb.TlsServer(enabled=True, cert_pem=cert, key_pem=key))
+        port = int(started.sockets[0].rsplit(":", 1)[1])
+        s = Session(self.stub)
+        s.send(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="127.0.0.1", port=port),
+                                                 tls=pb.TlsClient(enabled=True, insecure=True)))
+        made = s.next()
+        self.assertEqual(made.WhichOneof("kind"), "connection_made", made)
+        self.assertTrue(made.connection_made.tls_version.startswith("TLS"), made)
+        s.command(set_write_buffer_limits=pb.WriteBufferLimits(high=0))
+        failed = s.until("command_failed")[-1]
+        self.assertIn("high must be at least 1 on a TLS connection", failed.command_failed.message)
+        s.command(write=b"still writable")
+        self.assertEqual(server.until("data_received")[-1].data_received.data, b"still writable")
+        s.command(close=pb.Close())
+        s.until("connection_lost")
+        self.assertNotEqual(server.until("connection_lost")[-1].connection_id, 0)
+        server.command(close=pb.Close())
+        self.assertEqual(server.until("connection_lost")[-1].connection_id, 0)
 
     def test_unix_server_session_and_max_connections(self):
         import socket
@@ -516,6 +534,16 @@ class socket_bound:
 
     def __exit__(self, *exc):
         self.sock.close()
+
+
+def self_signed(name):
+    """A throwaway P-256 certificate for CN `name` and its key, as PEM text."""
+    work = tempfile.mkdtemp(prefix="conduit-")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "1", "-subj", f"/CN={name}", "-keyout", f"{work}/key.pem", "-out", f"{work}/cert.pem"],
+                   check=True, capture_output=True, timeout=TIMEOUT)
+    with open(f"{work}/cert.pem") as cert, open(f"{work}/key.pem") as key:
+        return cert.read(), key.read()
 
 
 def rss_kib(pid):
