@@ -4,6 +4,7 @@
 
 #include <conduit/socket_address.hpp>
 
+#include <json_text.hpp>
 #include <session_stream.hpp>
 
 #include <CLI/CLI.hpp>
@@ -124,7 +125,7 @@ struct RttSummary {
 std::string hex_dump(std::span<const std::byte> data);
 
 /// A JSON string literal for `text`.
-std::string json_string(std::string_view text);
+using service::json_string;
 
 /// Text of an exception_ptr (empty for null).
 std::string describe(std::exception_ptr error);

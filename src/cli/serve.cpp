@@ -3,19 +3,23 @@
 #include "commands.hpp"
 #include "common.hpp"
 
+#include <conduit/tls.hpp>
+
+#include <grpc_runtime.hpp>
+#include <reflection.hpp>
 #include <service.hpp>
 
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
 #include <boost/asio/ip/address.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
 
 #include <signal.h>
 
+#include <charconv>
 #include <fstream>
 #include <iostream>
-#include <mutex>
-#include <sstream>
 
 namespace conduit::cli {
 
@@ -27,39 +31,137 @@ struct ServeOptions {
   std::string tls_cert, tls_key, tls_client_ca;
   std::vector<std::string> allow_exec;
   bool allow_exec_any = false;
+  std::vector<std::string> allow_listen, allow_connect, allow_unix, allow_env;
   std::size_t max_sessions = 1000;
   std::size_t session_buffer_kib = 1024;
   std::size_t max_message_kib = 4096;
   unsigned idle_timeout = 0;
   unsigned dead_peer_timeout = 60;
-  OutputOptions output;
+  std::string log_format = "text";
+  bool quiet = false;
 };
 
-bool is_loopback(const std::string& listen) {
-  std::string host = listen.substr(0, listen.rfind(':'));
-  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  if (host == "localhost") return true;
+/// A bearer token shorter than this is refused: guessable.
+constexpr std::size_t min_token_bytes = 16;
+
+/// --listen: HOST:PORT ([V6]:PORT) or unix:PATH.
+struct ListenAddress {
+  std::string host;  // empty for a Unix socket
+  std::uint16_t port = 0;
+  std::string unix_path;
+
+  /// As gRPC takes it.
+  std::string grpc_uri() const {
+    if (!unix_path.empty()) return "unix:" + unix_path;
+    return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+  }
+  /// Whether only this host can reach it (a Unix socket: its folder's
+  /// permissions decide who may call).
+  bool is_local() const {
+    if (!unix_path.empty() || host == "localhost") return true;
+    boost::system::error_code ec;
+    auto address = asio::ip::make_address(host, ec);
+    return !ec && address.is_loopback();
+  }
+};
+
+ListenAddress parse_listen(const std::string& text) {
+  ListenAddress a;
+  const std::string forms = " (expected HOST:PORT, [IPV6]:PORT or unix:/PATH)";
+  if (text.rfind("unix:", 0) == 0) {
+    std::string path = text.substr(5);
+    if (path.rfind("//", 0) == 0) path = path.substr(2);  // unix:///path
+    if (path.empty() || path.front() != '/') {
+      throw std::invalid_argument("--listen " + text + ": a Unix socket path must be absolute, unix:/PATH");
+    }
+    a.unix_path = path;
+    return a;
+  }
+  std::string port;
+  if (!text.empty() && text.front() == '[') {
+    const auto close = text.find(']');
+    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      throw std::invalid_argument("--listen " + text + ": expected [IPV6]:PORT");
+    }
+    a.host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string::npos) throw std::invalid_argument("--listen " + text + ": missing :PORT" + forms);
+    a.host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+    if (a.host.find(':') != std::string::npos) {
+      throw std::invalid_argument("--listen " + text + ": write IPv6 addresses in brackets, [::1]:PORT");
+    }
+  }
+  if (a.host.empty()) throw std::invalid_argument("--listen " + text + ": the host is empty" + forms);
+  unsigned value = 0;
+  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (port.empty() || ec != std::errc() || end != port.data() + port.size() || value > 65535) {
+    throw std::invalid_argument("--listen " + text + ": the port must be a number from 0 to 65535");
+  }
+  a.port = static_cast<std::uint16_t>(value);
+  return a;
+}
+
+/// Why binding `a` fails, found by trying it ourselves after gRPC could
+/// not: gRPC's own report is a multi-line log dump.
+std::string why_cannot_listen(const ListenAddress& a) {
+  asio::io_context context;
   boost::system::error_code ec;
-  auto address = asio::ip::make_address(host, ec);
-  return !ec && address.is_loopback();
+  if (!a.unix_path.empty()) {
+    asio::local::stream_protocol::acceptor acceptor(context);
+    acceptor.open(asio::local::stream_protocol(), ec);
+    if (!ec) acceptor.bind(asio::local::stream_protocol::endpoint(a.unix_path), ec);
+  } else {
+    asio::ip::tcp::resolver resolver(context);
+    auto results = resolver.resolve(a.host, std::to_string(a.port), asio::ip::tcp::resolver::passive, ec);
+    if (ec) return "cannot resolve " + a.host + ": " + ec.message();
+    for (const auto& entry : results) {
+      asio::ip::tcp::acceptor acceptor(context);
+      acceptor.open(entry.endpoint().protocol(), ec);
+      if (!ec) acceptor.bind(entry.endpoint(), ec);
+      if (ec) break;
+    }
+  }
+  if (ec == asio::error::address_in_use) return "the address is in use";
+  return ec ? ec.message() : "gRPC could not bind it";
 }
 
 int run_serve(const ServeOptions& options) {
   service::ServiceOptions service_options;
+  ListenAddress listen;
+  try {
+    listen = parse_listen(options.listen);
+    auto& policy = service_options.policy;
+    if (!options.allow_listen.empty()) policy.set_listen_rules(options.allow_listen);
+    if (!options.allow_connect.empty()) policy.set_connect_rules(options.allow_connect);
+    policy.set_unix_dirs(options.allow_unix);
+    policy.set_env_patterns(options.allow_env);
+    policy.set_exec({options.allow_exec.begin(), options.allow_exec.end()}, options.allow_exec_any);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "conduit serve: " << e.what() << '\n';
+    return exit_usage;
+  }
+
   if (!options.token_file.empty()) {
     std::ifstream file(options.token_file);
-    std::getline(file, service_options.token);
-    if (!file && service_options.token.empty()) {
-      std::cerr << "conduit serve: cannot read --token-file " << options.token_file << '\n';
+    std::string token;
+    if (!std::getline(file, token)) {
+      std::cerr << "conduit serve: cannot read a token from --token-file " << options.token_file << '\n';
       return exit_usage;
     }
-    if (service_options.token.empty()) {
-      std::cerr << "conduit serve: --token-file " << options.token_file << " is empty\n";
+    while (!token.empty() && (token.back() == '\r' || token.back() == ' ' || token.back() == '\t')) token.pop_back();
+    if (token.size() < min_token_bytes) {
+      std::cerr << "conduit serve: the token in --token-file " << options.token_file << " has " << token.size()
+                << " bytes; at least " << min_token_bytes << " are needed (e.g. openssl rand -hex 32)\n";
       return exit_usage;
     }
+    service_options.token = std::move(token);
   }
   const bool mtls = !options.tls_client_ca.empty();
-  if (!is_loopback(options.listen) && service_options.token.empty() && !mtls) {
+  service_options.mtls = mtls;
+  if (!listen.is_local() && service_options.token.empty() && !mtls) {
     std::cerr << "conduit serve: listening on " << options.listen
               << " (not loopback) needs authentication: give --token-file or --tls-client-ca\n";
     return exit_usage;
@@ -74,49 +176,60 @@ int run_serve(const ServeOptions& options) {
     grpc::SslServerCredentialsOptions tls(mtls ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
                                                : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
     try {
-      tls.pem_key_cert_pairs.push_back({read_file(options.tls_key, "--tls-key"), read_file(options.tls_cert, "--tls-cert")});
-      if (mtls) tls.pem_root_certs = read_file(options.tls_client_ca, "--tls-client-ca");
+      const std::string key = read_file(options.tls_key, "--tls-key");
+      const std::string cert = read_file(options.tls_cert, "--tls-cert");
+      const std::string ca = mtls ? read_file(options.tls_client_ca, "--tls-client-ca") : std::string();
+      // OpenSSL's verdict now, in one line, rather than gRPC's at the first call.
+      try {
+        tls::server_context_from_pem(cert, key, ca);
+      } catch (const std::exception& e) {
+        throw std::invalid_argument("--tls-cert " + options.tls_cert + " / --tls-key " + options.tls_key +
+                                    (mtls ? " / --tls-client-ca " + options.tls_client_ca : std::string()) +
+                                    ": cannot use them: " + e.what());
+      }
+      tls.pem_key_cert_pairs.push_back({key, cert});
+      if (mtls) tls.pem_root_certs = ca;
     } catch (const std::invalid_argument& e) {
       std::cerr << "conduit serve: " << e.what() << '\n';
       return exit_usage;
     }
     credentials = grpc::SslServerCredentials(tls);
   }
-  service_options.allow_exec.insert(options.allow_exec.begin(), options.allow_exec.end());
-  service_options.allow_exec_any = options.allow_exec_any;
   service_options.max_sessions = options.max_sessions;
   service_options.max_buffered_events_bytes = options.session_buffer_kib * 1024;
   service_options.idle_timeout = std::chrono::seconds(options.idle_timeout);
   service_options.dead_peer_timeout = std::chrono::seconds(options.dead_peer_timeout);
+  service_options.log_format = options.log_format == "json" ? service::LogFormat::json : service::LogFormat::text;
+  service_options.quiet = options.quiet;
 
-  // Session opens and closes are logged (with caller, kind and target)
-  // from gRPC's threads and the loop's: one line at a time.
-  auto log_mutex = std::make_shared<std::mutex>();
-  const bool quiet = options.output.quiet;
+  service::set_grpc_log_sink(nullptr);  // start-up failures are reported below, in one line
   service::ConduitService service(service_options);
-  service.loop().set_log_handler([log_mutex, quiet](LogLevel level, std::string_view message) {
-    if (quiet && level < LogLevel::warning) return;
-    if (level == LogLevel::debug) return;
-    std::lock_guard lock(*log_mutex);
-    std::cerr << "conduit serve: " << message << '\n';
-  });
-
+  service::ReflectionService reflection(service);
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options.listen, credentials, &port);
+  builder.AddListeningPort(listen.grpc_uri(), credentials, &port);
   builder.RegisterService(&service);
+  reflection.register_with(builder);
+  // gRPC sets SO_REUSEPORT on its listeners by default: a second server on
+  // the same port would then start and take most new calls.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_kib * 1024));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) {
-    std::cerr << "conduit serve: cannot listen on " << options.listen << '\n';
+  if (!server || (listen.unix_path.empty() && port == 0)) {
+    std::cerr << "conduit serve: cannot listen on " << options.listen << ": " << why_cannot_listen(listen) << '\n';
     return exit_connect_failed;
   }
-  const std::string host = options.listen.substr(0, options.listen.rfind(':'));
-  std::cout << "listening " << host << ":" << port << std::endl;
+  service::set_grpc_log_sink(&service.audit());
+  service.set_own_address(static_cast<std::uint16_t>(listen.unix_path.empty() ? port : 0), listen.unix_path);
+  listen.port = static_cast<std::uint16_t>(port);
+  std::cout << "listening " << (listen.unix_path.empty() ? listen.grpc_uri() : "unix:" + listen.unix_path)
+            << std::endl;
+  service.audit().write(LogLevel::info, "started", "serving on " + listen.grpc_uri(),
+                        {service::field("listen", listen.grpc_uri()),
+                         service::field("policy", service_options.policy.describe(), true)});
 
   // SIGINT/SIGTERM: report NOT_SERVING, stop taking calls, end sessions.
   sigset_t signals;
@@ -126,9 +239,10 @@ int run_serve(const ServeOptions& options) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   int signal = 0;
   sigwait(&signals, &signal);
-  if (!quiet) std::cerr << "conduit serve: shutting down\n";
+  service.audit().write(LogLevel::info, "stopping", "shutting down");
   server->GetHealthCheckService()->SetServingStatus(false);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  service::set_grpc_log_sink(nullptr);
   return exit_ok;
 }
 
@@ -137,10 +251,11 @@ int run_serve(const ServeOptions& options) {
 void set_serve_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<ServeOptions>();
   CLI::App* cmd = app.add_subcommand("serve", "Run the gRPC service: remote transport sessions on this host");
-  cmd->add_option("-l,--listen", options->listen, "HOST:PORT to serve on (port 0: any free port)")
+  cmd->add_option("-l,--listen", options->listen, "HOST:PORT ([IPV6]:PORT) or unix:/PATH to serve on (port 0: any free port)")
       ->capture_default_str();
   cmd->add_option("--token-file", options->token_file,
-                  "File whose first line is the bearer token every call must present; required off loopback")
+                  "File whose first line is the bearer token (16 bytes or more) every call must present; "
+                  "required off loopback unless --tls-client-ca")
       ->check(CLI::ExistingFile);
   cmd->add_option("--tls-cert", options->tls_cert, "Serve over TLS with this certificate chain (PEM)")
       ->check(CLI::ExistingFile);
@@ -148,36 +263,62 @@ void set_serve_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--tls-client-ca", options->tls_client_ca,
                   "Require client certificates signed by this CA (mTLS); counts as authentication off loopback")
       ->check(CLI::ExistingFile);
+  cmd->add_option("--allow-listen", options->allow_listen,
+                  "HOST:PORTS server sessions may listen on (repeatable; HOST: *, an address, ADDRESS/LENGTH or a "
+                  "name; PORTS: 7000, 7000-7100 or *). Default: 127.0.0.1:* and [::1]:*");
+  cmd->add_option("--allow-connect", options->allow_connect,
+                  "HOST:PORTS sessions may connect or send datagrams to (repeatable; checked against every address a "
+                  "name resolves to; 'none' for no connects). Default: *:*");
+  cmd->add_option("--allow-unix", options->allow_unix,
+                  "A folder under which sessions may connect to or listen on Unix sockets (repeatable). Default: none");
   cmd->add_option("--allow-exec", options->allow_exec, "A program subprocess sessions may run (exact argv[0]); repeatable");
   cmd->add_flag("--allow-exec-any", options->allow_exec_any, "Let subprocess and shell sessions run anything");
+  cmd->add_option("--allow-env", options->allow_env,
+                  "An environment variable subprocess sessions may set (repeatable; * and ? globs, e.g. 'LC_*'). "
+                  "Default: none");
   cmd->add_option("--max-sessions", options->max_sessions, "Sessions open at once before RESOURCE_EXHAUSTED")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
   cmd->add_option("--session-buffer", options->session_buffer_kib,
                   "KiB of events a session queues for a slow client before its transport stops reading")
       ->capture_default_str()
       ->check(CLI::Range(std::size_t{64}, std::size_t{1} << 20));
   cmd->add_option("--max-message-size", options->max_message_kib,
-                  "KiB: the largest message a client may send (a bigger write is RESOURCE_EXHAUSTED)")
+                  "KiB: the largest message a client may send (the clients split writes into 64 KiB commands)")
       ->capture_default_str()
-      ->check(CLI::Range(std::size_t{64}, std::size_t{1} << 20));
+      ->check(CLI::Range(std::size_t{256}, std::size_t{1} << 20));
   cmd->add_option("--idle-timeout", options->idle_timeout,
                   "Close a session after S seconds without events or commands (0: never; not server sessions)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 86400u * 365));
   cmd->add_option("--dead-peer-timeout", options->dead_peer_timeout,
                   "Sessions' TCP connections: a peer that acknowledges nothing for S seconds (keepalive "
                   "probes when idle, TCP_USER_TIMEOUT when data waits) is lost with ETIMEDOUT (0: the "
                   "kernel's defaults, which take minutes)")
       ->capture_default_str()
       ->check(CLI::Range(0u, 86400u));
-  add_output_flags(*cmd, options->output);
-  cmd->footer(R"(Prints "listening HOST:PORT" once it serves; logs every session open and close on stderr;
-stops on SIGINT or SIGTERM (health turns NOT_SERVING first). Serves conduit.v1.Conduit, the
-standard grpc.health.v1 health service and reflection (grpc.reflection.v1alpha).
+  cmd->add_option("--log-format", options->log_format, "The log on stderr: text lines, or json (one object per line)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"text", "json"}));
+  cmd->add_flag("-q,--quiet", options->quiet, "Log only warnings and errors (refused calls among them)");
+  cmd->footer(R"(Prints "listening HOST:PORT" (or "listening unix:PATH") once it serves. Logs on stderr, with
+an RFC 3339 time: every refused call (peer, method, status, reason) and every session's open
+(with a subprocess's whole argv) and close. Stops on SIGINT or SIGTERM (health turns
+NOT_SERVING first). Serves conduit.v1.Conduit, the standard grpc.health.v1 health service
+(always open, for probes) and reflection (grpc.reflection.v1alpha and v1; with a token or
+mTLS, only for callers that present it).
+
+Policy: by default sessions may listen on loopback only, connect anywhere over TCP and
+UDP, use no Unix paths, run no programs and set no environment variables; the --allow-*
+flags widen each. A refusal is PERMISSION_DENIED naming the flag that would allow it.
+
+Exit status: 0 after a signal, 2 for bad arguments (a bad --listen, a short token,
+unusable TLS files), 3 if it cannot listen (the address is in use, say).
 
 Examples:
   conduit serve
-  conduit serve --listen 0.0.0.0:50051 --token-file /run/secrets/conduit-token --allow-exec /bin/date
+  conduit serve --listen 0.0.0.0:50051 --token-file /run/secrets/conduit-token --allow-exec /bin/date \
+      --allow-listen '*:7000-7100' --allow-connect 'db:5432' --allow-unix /run/conduit
 )");
   cmd->callback([options, &exit_code] { exit_code = run_serve(*options); });
 }

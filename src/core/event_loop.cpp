@@ -97,6 +97,9 @@ asio::awaitable<Connection> connect_tcp(EventLoop& loop, ProtocolFactory factory
   asio::io_context& context = loop.context();
   tcp::resolver resolver(context);
   auto remotes = co_await detail::resolve(resolver, host, port, {});
+  if (options.check_remote_address) {
+    for (const auto& entry : remotes) options.check_remote_address(SocketAddress(entry.endpoint()));
+  }
   std::vector<tcp::endpoint> locals;
   if (options.local_addr) {
     auto results = co_await detail::resolve(resolver, options.local_addr->first, options.local_addr->second,
@@ -173,6 +176,9 @@ asio::awaitable<std::vector<Server::Listener>> bind_tcp(asio::io_context& contex
         }
       }
     }
+  }
+  if (options.check_local_address) {
+    for (const auto& endpoint : endpoints) options.check_local_address(SocketAddress(endpoint));
   }
 
   std::vector<Server::Listener> listeners;

@@ -1,6 +1,11 @@
 #include "grpc_runtime.hpp"
 
+#include "audit_log.hpp"
+
 #include <absl/synchronization/mutex.h>
+#include <grpc/support/log.h>
+
+#include <atomic>
 
 namespace conduit::service {
 
@@ -14,6 +19,27 @@ void quiet_grpc_mutex_checks() {
     return true;
   }();
   (void)once;
+}
+
+namespace {
+
+std::atomic<AuditLog*> grpc_log_sink{nullptr};
+
+void forward_grpc_log(gpr_log_func_args* args) {
+  AuditLog* sink = grpc_log_sink.load();
+  if (!sink || args->severity != GPR_LOG_SEVERITY_ERROR) return;
+  sink->write(LogLevel::warning, "grpc", std::string("gRPC: ") + args->message);
+}
+
+}  // namespace
+
+void set_grpc_log_sink(AuditLog* sink) {
+  static const bool once = [] {
+    gpr_set_log_function(forward_grpc_log);
+    return true;
+  }();
+  (void)once;
+  grpc_log_sink.store(sink);
 }
 
 }  // namespace conduit::service

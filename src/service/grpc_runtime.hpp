@@ -10,3 +10,14 @@ namespace conduit::service {
 void quiet_grpc_mutex_checks();
 
 }  // namespace conduit::service
+
+namespace conduit::service {
+
+class AuditLog;
+
+/// Where gRPC's own log lines go: its errors to `sink` as warnings, the rest
+/// nowhere; null drops them all (start-up, where the caller reports a
+/// failure in one line of its own). Process-wide.
+void set_grpc_log_sink(AuditLog* sink);
+
+}  // namespace conduit::service

@@ -4,6 +4,7 @@
 
 #include <boost/asio/ip/address.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 
@@ -215,7 +216,10 @@ class RemoteTransport final : public Transport {
   void write(std::span<const std::byte> data) override {
     if (eof_written_) throw std::logic_error("Cannot call write() after write_eof()");
     if (data.empty() || state_ != State::open) return;
-    send([&](v1::Command& c) { c.set_write(std::string(as_string_view(data))); });
+    for (std::size_t at = 0; at < data.size(); at += max_command_data) {
+      auto chunk = data.subspan(at, std::min(max_command_data, data.size() - at));
+      send([&](v1::Command& c) { c.set_write(std::string(as_string_view(chunk))); });
+    }
     if (flow_.should_pause(get_write_buffer_size())) set_writing_paused(true, remote_paused_);
   }
   using WriteTransport::writelines;
@@ -451,7 +455,10 @@ class RemoteStdin final : public Transport {
   using WriteTransport::write;
   void write(std::span<const std::byte> data) override {
     if (data.empty() || closed_) return;
-    stream_->command(make_command([&](v1::Command& c) { c.set_write(std::string(as_string_view(data))); }));
+    for (std::size_t at = 0; at < data.size(); at += max_command_data) {
+      auto chunk = data.subspan(at, std::min(max_command_data, data.size() - at));
+      stream_->command(make_command([&](v1::Command& c) { c.set_write(std::string(as_string_view(chunk))); }));
+    }
   }
   using WriteTransport::writelines;
   void writelines(std::span<const std::span<const std::byte>> buffers) override {

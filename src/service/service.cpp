@@ -8,12 +8,18 @@
 
 #include <openssl/crypto.h>
 
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+
 #include <vector>
 
 namespace conduit::service {
 
-ConduitService::ConduitService(ServiceOptions options) : options_(std::move(options)) {
+ConduitService::ConduitService(ServiceOptions options)
+    : options_(std::move(options)), audit_(options_.log_format, options_.quiet) {
   quiet_grpc_mutex_checks();
+  loop_.set_log_handler([this](LogLevel level, std::string_view message) { audit_.loop_message(level, message); });
   if (options_.idle_timeout.count() > 0) {
     idle_timer_ = std::make_unique<asio::steady_timer>(loop_.context());
     check_idle_sessions();
@@ -56,18 +62,77 @@ ConduitService::~ConduitService() {
 
 grpc::Status ConduitService::authenticate(const grpc::CallbackServerContext& context) const {
   if (options_.token.empty()) return grpc::Status::OK;
-  const std::string expected = "Bearer " + options_.token;
   const auto& metadata = context.client_metadata();
   auto it = metadata.find("authorization");
   if (it == metadata.end()) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing 'authorization: Bearer TOKEN' metadata");
   }
-  const std::string_view given(it->second.data(), it->second.size());
+  std::string_view given(it->second.data(), it->second.size());
+  // RFC 7235: the scheme is case-insensitive ("bearer", "BEARER").
+  constexpr std::string_view scheme = "bearer ";
+  if (given.size() < scheme.size() ||
+      !std::equal(scheme.begin(), scheme.end(), given.begin(),
+                  [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); })) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "the authorization metadata is not 'Bearer TOKEN'");
+  }
+  given.remove_prefix(scheme.size());
+  const std::string& expected = options_.token;
   // Constant time in the token's content (the length may leak; it is not secret).
   if (given.size() != expected.size() || CRYPTO_memcmp(given.data(), expected.data(), expected.size()) != 0) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "bad token");
   }
   return grpc::Status::OK;
+}
+
+namespace {
+
+std::string_view code_name(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
+    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    default: return "ERROR";
+  }
+}
+
+}  // namespace
+
+grpc::Status ConduitService::refuse(const grpc::CallbackServerContext& context, std::string_view method,
+                                    grpc::Status status) {
+  refuse(context.peer(), method, status);
+  return status;
+}
+
+void ConduitService::refuse(std::string_view peer, std::string_view method, const grpc::Status& status) {
+  audit_.refused(peer, method, code_name(status.error_code()), status.error_message());
+}
+
+void ConduitService::set_own_address(std::uint16_t port, std::string unix_path) {
+  own_unix_path_ = std::move(unix_path);
+  own_port_.store(port, std::memory_order_release);
+}
+
+std::optional<std::string> ConduitService::check_not_own_address(std::uint16_t port,
+                                                                  const std::string& unix_path) const {
+  const int own = own_port_.load(std::memory_order_acquire);
+  if (own < 0) return "the service is still starting: try again";
+  if (!unix_path.empty()) {
+    if (!own_unix_path_.empty() && unix_path == own_unix_path_) {
+      return "open_server: " + unix_path + " is the service's own listening socket";
+    }
+    return std::nullopt;
+  }
+  // Any address on that port: with SO_REUSEPORT, or a wildcard beside a
+  // specific address, a session could take the service's own callers.
+  if (own != 0 && port == own) {
+    return "open_server: port " + std::to_string(port) +
+           " is the service's own listening port (a server session there could take other callers' calls)";
+  }
+  return std::nullopt;
 }
 
 std::string ConduitService::next_session_id() { return "s" + std::to_string(next_id_++); }
@@ -79,18 +144,39 @@ grpc::Status ConduitService::add_session(const std::shared_ptr<SessionRecord>& r
                         "the service has its maximum of " + std::to_string(options_.max_sessions) + " sessions open");
   }
   sessions_[record->id] = record;
-  loop_.log(LogLevel::info, "session " + record->id + " opened by " + record->peer + ": " + record->kind + " " + record->target);
   return grpc::Status::OK;
 }
 
+void ConduitService::log_session_opened(SessionRecord& record) {
+  record.opened = true;
+  std::vector<LogField> fields{field("session", record.id), field("peer", record.peer), field("kind", record.kind),
+                               field("target", record.target)};
+  if (!record.argv.empty()) fields.push_back(list_field("argv", record.argv));
+  audit_.write(LogLevel::info, "session_opened",
+               "session " + record.id + " opened by " + record.peer + ": " + record.kind + " " + record.target, fields);
+}
+
 void ConduitService::remove_session(const std::string& id) {
-  std::lock_guard lock(sessions_mutex_);
-  auto it = sessions_.find(id);
-  if (it == sessions_.end()) return;
-  loop_.log(LogLevel::info, "session " + id + " closed (" + it->second->kind + " " + it->second->target + ", " +
-                                std::to_string(it->second->bytes_in.load()) + " bytes in, " +
-                                std::to_string(it->second->bytes_out.load()) + " bytes out)");
-  sessions_.erase(it);
+  std::shared_ptr<SessionRecord> record;
+  {
+    std::lock_guard lock(sessions_mutex_);
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) return;
+    record = it->second;
+    sessions_.erase(it);
+  }
+  if (!record->opened) return;  // refused by the policy: logged as such
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - record->started).count();
+  char duration[32];
+  std::snprintf(duration, sizeof duration, "%.3f", seconds);
+  audit_.write(LogLevel::info, "session_closed",
+               "session " + id + " closed (" + record->kind + " " + record->target + ", " +
+                   std::to_string(record->bytes_in.load()) + " bytes in, " + std::to_string(record->bytes_out.load()) +
+                   " bytes out)",
+               {field("session", id), field("peer", record->peer), field("kind", record->kind),
+                field("target", record->target), number_field("bytes_in", std::to_string(record->bytes_in.load())),
+                number_field("bytes_out", std::to_string(record->bytes_out.load())),
+                number_field("duration_s", duration, true)});
 }
 
 grpc::ServerBidiReactor<v1::ClientMessage, v1::Event>* ConduitService::Session(grpc::CallbackServerContext* context) {
@@ -102,7 +188,7 @@ grpc::ServerUnaryReactor* ConduitService::ListSessions(grpc::CallbackServerConte
                                                        v1::ListSessionsResponse* response) {
   auto* reactor = context->DefaultReactor();
   if (auto status = authenticate(*context); !status.ok()) {
-    reactor->Finish(status);
+    reactor->Finish(refuse(*context, "/conduit.v1.Conduit/ListSessions", status));
     return reactor;
   }
   const auto now = std::chrono::steady_clock::now();
@@ -126,7 +212,7 @@ grpc::ServerUnaryReactor* ConduitService::CloseSession(grpc::CallbackServerConte
                                                        v1::CloseSessionResponse*) {
   auto* reactor = context->DefaultReactor();
   if (auto status = authenticate(*context); !status.ok()) {
-    reactor->Finish(status);
+    reactor->Finish(refuse(*context, "/conduit.v1.Conduit/CloseSession", status));
     return reactor;
   }
   std::shared_ptr<SessionRecord> record;
@@ -135,7 +221,8 @@ grpc::ServerUnaryReactor* ConduitService::CloseSession(grpc::CallbackServerConte
     if (auto it = sessions_.find(request->session_id()); it != sessions_.end()) record = it->second;
   }
   if (!record) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "no session '" + request->session_id() + "'"));
+    reactor->Finish(refuse(*context, "/conduit.v1.Conduit/CloseSession",
+                           grpc::Status(grpc::StatusCode::NOT_FOUND, "no session '" + request->session_id() + "'")));
     return reactor;
   }
   if (record->abort) record->abort();

@@ -3,7 +3,12 @@
 #include <conduit/server.hpp>
 #include <conduit/tls.hpp>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <boost/asio/local/stream_protocol.hpp>
 
@@ -206,6 +211,41 @@ bool Link::may_read() {
   return !commands_held_;
 }
 
+// ==== LoopSide ==================================================================
+
+void LoopSide::deliver(const v1::Command& c) {
+  switch (opening_) {
+    case Opening::open: return command(c);
+    case Opening::opening: queued_.emplace_back(c); return;
+    case Opening::failed: return command_failed(c, "not carried out: the session did not open");
+  }
+}
+
+void LoopSide::deliver_done_writing() {
+  if (opening_ == Opening::open) client_done_writing();
+  else if (opening_ == Opening::opening) queued_.emplace_back(std::nullopt);
+}
+
+void LoopSide::opened() {
+  if (opening_ != Opening::opening) return;
+  opening_ = Opening::open;
+  while (!queued_.empty()) {
+    std::optional<v1::Command> next = std::move(queued_.front());
+    queued_.pop_front();
+    if (next) command(*next);
+    else client_done_writing();
+  }
+}
+
+void LoopSide::failed_to_open(const std::string& why) {
+  if (opening_ != Opening::opening) return;
+  opening_ = Opening::failed;
+  for (const auto& next : queued_) {
+    if (next) command_failed(*next, "not carried out: the session did not open (" + why + ")");
+  }
+  queued_.clear();
+}
+
 // ==== loop sides ================================================================
 
 namespace {
@@ -213,10 +253,12 @@ namespace {
 /// What every loop side reports the same way: flow control, the end of the
 /// transport, and a command it could not carry out. A server session's
 /// connection tags its events with its id.
-class SideEvents {
+class SideEvents : public LoopSide {
  protected:
   explicit SideEvents(std::shared_ptr<Link> link, std::uint64_t connection_id = 0)
       : link_(std::move(link)), connection_id_(connection_id) {}
+
+  void command_failed(const v1::Command& c, const std::string& why) override { failed(c, why); }
 
   void emit(v1::Event event) {
     if (connection_id_) event.set_connection_id(connection_id_);
@@ -281,7 +323,7 @@ struct BufferLimits {
 /// The connection session's own transport, or one connection of a server
 /// session (`server` set): then its events carry its id, it starts with
 /// connection_accepted, and its end goes to the server side, not the call.
-class ConnectionSide final : public Protocol, public LoopSide, SideEvents {
+class ConnectionSide final : public Protocol, public SideEvents {
  public:
   explicit ConnectionSide(std::shared_ptr<Link> link, BufferLimits limits = {}, std::uint64_t connection_id = 0,
                           std::weak_ptr<ServerSide> server = {}, bool reading = true)
@@ -422,7 +464,7 @@ class ConnectionSide final : public Protocol, public LoopSide, SideEvents {
 };
 
 /// Events from a child's callbacks; commands onto it and its stdin.
-class SubprocessSide final : public SubprocessProtocol, public LoopSide, SideEvents {
+class SubprocessSide final : public SubprocessProtocol, public SideEvents {
  public:
   explicit SubprocessSide(std::shared_ptr<Link> link) : SideEvents(std::move(link)) {}
 
@@ -432,6 +474,8 @@ class SubprocessSide final : public SubprocessProtocol, public LoopSide, SideEve
     event.mutable_connection_made()->set_session_id(link_->record()->id);
     event.mutable_connection_made()->set_pid(transport_->get_pid());
     link_->emit(std::move(event));
+    if (aborted_) return transport_->close();  // the client left while it started
+    opened();
   }
   void pipe_data_received(int fd, std::span<const std::byte> data) override {
     link_->record()->bytes_in += data.size();
@@ -493,6 +537,7 @@ class SubprocessSide final : public SubprocessProtocol, public LoopSide, SideEve
   }
   void abort() override {
     if (transport_) transport_->close();  // kills the child (and its group)
+    else aborted_ = true;
   }
   void set_reading(bool reading) override { set_output_reading(reading); }
 
@@ -508,23 +553,29 @@ class SubprocessSide final : public SubprocessProtocol, public LoopSide, SideEve
   }
 
   std::shared_ptr<SubprocessTransport> transport_;
+  bool aborted_ = false;  // before connection_made
 };
 
 /// Events from a datagram endpoint; sendto and close onto it. While the
 /// client reads events too slowly, datagrams are dropped (counted), as the
 /// kernel would drop them: UDP has no backpressure to carry.
-class DatagramSide final : public DatagramProtocol, public LoopSide, SideEvents {
+class DatagramSide final : public DatagramProtocol, public SideEvents {
  public:
   explicit DatagramSide(std::shared_ptr<Link> link) : SideEvents(std::move(link)) {}
 
+  /// The policy's host names as resolved at the open, for checking sendto.
+  void set_rule_names(std::shared_ptr<const ResolvedNames> names) { rule_names_ = std::move(names); }
+
   void connection_made(std::shared_ptr<DatagramTransport> transport) override {
     transport_ = std::move(transport);
+    if (aborted_) return transport_->abort();  // the client left while it opened
     v1::Event event;
     auto* made = event.mutable_connection_made();
     made->set_session_id(link_->record()->id);
     if (auto peer = transport_->get_extra_info_as<SocketAddress>("peername")) made->set_peername(peer->to_string());
     if (auto name = transport_->get_extra_info_as<SocketAddress>("sockname")) made->set_sockname(name->to_string());
     link_->emit(std::move(event));
+    opened();
   }
   void datagram_received(std::span<const std::byte> data, const SocketAddress& addr) override {
     if (!reading_) {
@@ -559,7 +610,17 @@ class DatagramSide final : public DatagramProtocol, public LoopSide, SideEvents 
             boost::system::error_code ec;
             auto ip = asio::ip::make_address(c.sendto().addr().host(), ec);
             if (ec) return failed(c, "sendto.addr.host must be an IP address, not '" + c.sendto().addr().host() + "'");
+            if (c.sendto().addr().port() == 0 || c.sendto().addr().port() > 65535) {
+              return failed(c, "sendto.addr.port must be 1 to 65535");
+            }
             to = SocketAddress(ip, static_cast<std::uint16_t>(c.sendto().addr().port()));
+            const auto& policy = link_->service().options().policy;
+            if (auto why = policy.check_connect("sendto " + to->to_string(), {ip}, to->port(),
+                                                rule_names_ ? *rule_names_ : ResolvedNames{})) {
+              link_->service().refuse(link_->record()->peer, "/conduit.v1.Conduit/Session (sendto)",
+                                      grpc::Status(grpc::StatusCode::PERMISSION_DENIED, *why));
+              return failed(c, "PERMISSION_DENIED: " + *why);
+            }
           }
           link_->record()->bytes_out += c.sendto().data().size();
           transport_->sendto(as_bytes(c.sendto().data()), to);
@@ -583,11 +644,14 @@ class DatagramSide final : public DatagramProtocol, public LoopSide, SideEvents 
   }
   void abort() override {
     if (transport_) transport_->abort();
+    else aborted_ = true;
   }
   void set_reading(bool reading) override { reading_ = reading; }
 
  private:
   std::shared_ptr<DatagramTransport> transport_;
+  std::shared_ptr<const ResolvedNames> rule_names_;
+  bool aborted_ = false;  // before connection_made
   bool reading_ = true;
   std::uint64_t dropped_ = 0;
 };
@@ -611,12 +675,14 @@ class RefusedConnection final : public Protocol {
 /// connection): each connection's pause_writing / resume_writing, tagged
 /// with its id, tells the client to stop writing to it, and a connection
 /// whose client writes on regardless is aborted past a hard cap.
-class ServerSide final : public LoopSide, SideEvents, public std::enable_shared_from_this<ServerSide> {
+class ServerSide final : public SideEvents, public std::enable_shared_from_this<ServerSide> {
  public:
   ServerSide(std::shared_ptr<Link> link, const v1::OpenServer& open)
       : SideEvents(std::move(link)),
         limits_{open.write_buffer_high(), open.write_buffer_low()},
-        max_connections_(open.max_connections() ? open.max_connections() : default_max_connections) {}
+        max_connections_(open.max_connections() ? open.max_connections() : default_max_connections) {
+    opened();  // a server takes close and abort while it opens; its connections come later
+  }
 
   static constexpr std::size_t default_max_connections = 256;
 
@@ -653,7 +719,7 @@ class ServerSide final : public LoopSide, SideEvents, public std::enable_shared_
     if (c.connection_id() != 0) {
       auto it = connections_.find(c.connection_id());
       if (it == connections_.end()) return failed(c, "connection " + std::to_string(c.connection_id()) + " is not open");
-      return it->second->command(c);
+      return it->second->deliver(c);
     }
     switch (c.kind_case()) {
       case v1::Command::kClose: return stop(false);
@@ -731,11 +797,14 @@ void ConnectionSide::connection_made(std::shared_ptr<Transport> transport) {
   emit(std::move(event));
   if (!reading_) transport_->pause_reading();
   // Accepted while the server was stopping (connection_made comes a turn
-  // after the accept): end it the way the others ended.
+  // after the accept), or the client left while it connected: end it the
+  // way the others ended.
   if (ending_) {
     if (*ending_ == End::abort) transport_->abort();
     else transport_->close();
+    return;
   }
+  opened();
 }
 
 void ConnectionSide::connection_lost(std::exception_ptr exc) {
@@ -745,50 +814,141 @@ void ConnectionSide::connection_lost(std::exception_ptr exc) {
   if (auto server = server_.lock()) server->connection_gone(connection_id_);  // may destroy this side: last
 }
 
-void open_failed(const std::shared_ptr<Link>& link, std::exception_ptr error) {
+/// The open failed (a refused connect, a program that is not there): the
+/// open_failed event, an answer to each queued command, then the call ends.
+void fail_open(const std::shared_ptr<Link>& link, std::exception_ptr error) {
   v1::Event event;
   *event.mutable_open_failed()->mutable_error() = error_of(error);
+  const std::string why = event.open_failed().error().message();
   link->emit(std::move(event));
+  if (auto side = link->loop_side()) side->failed_to_open(why);
   link->finish(grpc::Status::OK);
   link->set_loop_side(nullptr);
 }
 
+/// What an address check throws when the policy refuses an address.
+class PolicyRefusal : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// The policy said no: the call ends with PERMISSION_DENIED saying why
+/// (nothing was opened; queued commands are dropped with the call).
+void refuse_open(const std::shared_ptr<Link>& link, const std::string& why) {
+  const grpc::Status status(grpc::StatusCode::PERMISSION_DENIED, why);
+  link->service().refuse(link->record()->peer, "/conduit.v1.Conduit/Session", status);
+  link->finish(status);
+  link->set_loop_side(nullptr);
+}
+
+/// The completion of an open that passed the policy (or was refused by an
+/// address check inside it).
+void finish_open(const std::shared_ptr<Link>& link, std::exception_ptr error) {
+  if (error) {
+    try {
+      std::rethrow_exception(error);
+    } catch (const PolicyRefusal& refusal) {
+      return refuse_open(link, refusal.what());
+    } catch (...) {
+    }
+  }
+  link->service().log_session_opened(*link->record());
+  if (error) fail_open(link, error);
+}
+
+/// Resolve the host names the policy's rules use, then `then(names)`, on
+/// the loop. A name that does not resolve matches nothing.
+asio::awaitable<ResolvedNames> resolve_rule_names(std::vector<std::string> names) {
+  asio::ip::tcp::resolver resolver(co_await asio::this_coro::executor);
+  ResolvedNames resolved;
+  for (const auto& name : names) {
+    boost::system::error_code ec;
+    auto results = co_await resolver.async_resolve(name, "", asio::redirect_error(asio::use_awaitable, ec));
+    auto& addresses = resolved[name];
+    if (!ec) {
+      for (const auto& entry : results) addresses.push_back(entry.endpoint().address());
+    }
+  }
+  co_return resolved;
+}
+
+void with_rule_names(EventLoop& loop, std::vector<std::string> names,
+                     std::function<void(std::shared_ptr<const ResolvedNames>)> then) {
+  if (names.empty()) return then(std::make_shared<const ResolvedNames>());
+  asio::co_spawn(loop.context(), resolve_rule_names(std::move(names)),
+                 [then = std::move(then)](std::exception_ptr, ResolvedNames resolved) {
+                   then(std::make_shared<const ResolvedNames>(std::move(resolved)));
+                 });
+}
+
+enum class AddressUse { listen, connect };
+
+/// An AddressCheck that throws PolicyRefusal where the policy refuses the
+/// address for `use`; `what` names the request in the refusal.
+AddressCheck policy_check(const Policy& policy, AddressUse use, std::string what,
+                          std::shared_ptr<const ResolvedNames> names) {
+  return [&policy, use, what = std::move(what), names = std::move(names)](const SocketAddress& address) {
+    const std::vector<asio::ip::address> addresses{address.ip()};
+    auto why = use == AddressUse::listen ? policy.check_listen(what, addresses, address.port(), *names)
+                                         : policy.check_connect(what, addresses, address.port(), *names);
+    if (why) throw PolicyRefusal(*why);
+  };
+}
+
+std::string host_port(const std::string& host, std::uint32_t port) {
+  return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
 void open_connection(const std::shared_ptr<Link>& link, const v1::OpenConnection& open) {
   EventLoop& loop = link->service().loop();
+  const Policy& policy = link->service().options().policy;
   auto side = std::make_shared<ConnectionSide>(link, BufferLimits{open.write_buffer_high(), open.write_buffer_low()});
   link->set_loop_side(side);
-  auto done = [link](std::exception_ptr error, auto, auto) {
-    if (error) open_failed(link, error);
-  };
+  auto done = [link](std::exception_ptr error, auto, auto) { finish_open(link, error); };
   auto factory = [side] { return side; };
-  if (open.has_tcp()) {
-    ConnectOptions options;
-    if (open.tls().enabled()) {
-      std::shared_ptr<asio::ssl::context> context;
-      if (open.tls().insecure()) {
-        context = tls::insecure_client_context();
-      } else if (open.tls().ca_pem().empty()) {
-        context = tls::client_context();
-      } else {
-        try {
-          context = tls::client_context_from_pem(open.tls().ca_pem());
-        } catch (const std::exception& e) {
-          return open_failed(link, std::make_exception_ptr(std::invalid_argument(
-                                       std::string("open_connection.tls.ca_pem: cannot use the CA: ") + e.what())));
-        }
-      }
-      TlsOptions tls(context);
-      if (!open.tls().server_hostname().empty()) tls.server_hostname = open.tls().server_hostname();
-      options.tls = std::move(tls);
-    }
-    loop.create_connection(factory, open.tcp().host(), static_cast<std::uint16_t>(open.tcp().port()), options, done);
-  } else {
-    loop.create_unix_connection(factory, open.unix_path(), done);
+  if (!open.has_tcp()) {
+    if (auto why = policy.check_unix("open_connection", open.unix_path(), false)) return refuse_open(link, *why);
+    link->service().log_session_opened(*link->record());
+    return loop.create_unix_connection(factory, open.unix_path(), [link](std::exception_ptr error, auto, auto) {
+      if (error) fail_open(link, error);
+    });
   }
+  ConnectOptions options;
+  if (open.tls().enabled()) {
+    std::shared_ptr<asio::ssl::context> context;
+    if (open.tls().insecure()) {
+      context = tls::insecure_client_context();
+    } else if (open.tls().ca_pem().empty()) {
+      context = tls::client_context();
+    } else {
+      try {
+        context = tls::client_context_from_pem(open.tls().ca_pem());
+      } catch (const std::exception& e) {
+        link->service().log_session_opened(*link->record());
+        return fail_open(link, std::make_exception_ptr(std::invalid_argument(
+                                   std::string("open_connection.tls.ca_pem: cannot use the CA: ") + e.what())));
+      }
+    }
+    TlsOptions tls(context);
+    if (!open.tls().server_hostname().empty()) tls.server_hostname = open.tls().server_hostname();
+    options.tls = std::move(tls);
+  }
+  with_rule_names(loop, policy.connect_names(),
+                  [link, &loop, &policy, factory, done, options = std::move(options), host = open.tcp().host(),
+                   port = static_cast<std::uint16_t>(open.tcp().port())](auto names) mutable {
+                    options.check_remote_address = policy_check(policy, AddressUse::connect,
+                                                                "open_connection to " + host_port(host, port), names);
+                    loop.create_connection(factory, host, port, std::move(options), done);
+                  });
 }
 
 void open_server(const std::shared_ptr<Link>& link, const v1::OpenServer& open) {
   EventLoop& loop = link->service().loop();
+  const Policy& policy = link->service().options().policy;
+  if (auto why = link->service().check_not_own_address(open.has_tcp() ? open.tcp().port() : 0,
+                                                       open.has_tcp() ? std::string() : open.unix_path())) {
+    return refuse_open(link, *why);
+  }
   auto side = std::make_shared<ServerSide>(link, open);
   link->set_loop_side(side);
   ServerOptions options;
@@ -799,8 +959,9 @@ void open_server(const std::shared_ptr<Link>& link, const v1::OpenServer& open) 
       options.tls = TlsOptions(
           tls::server_context_from_pem(open.tls().cert_pem(), open.tls().key_pem(), open.tls().client_ca_pem()));
     } catch (const std::exception& e) {
-      return open_failed(link, std::make_exception_ptr(std::invalid_argument(
-                                   std::string("open_server.tls: cannot use the certificate or key: ") + e.what())));
+      link->service().log_session_opened(*link->record());
+      return fail_open(link, std::make_exception_ptr(std::invalid_argument(
+                                 std::string("open_server.tls: cannot use the certificate or key: ") + e.what())));
     }
   }
   // Weak: the server keeps its factory, and the side keeps the server.
@@ -809,20 +970,27 @@ void open_server(const std::shared_ptr<Link>& link, const v1::OpenServer& open) 
     return std::make_shared<RefusedConnection>();
   };
   auto done = [link, side](std::exception_ptr error, std::shared_ptr<Server> server) {
-    if (error) return open_failed(link, error);
-    side->started(std::move(server));
+    finish_open(link, error);
+    if (!error) side->started(std::move(server));
   };
-  if (open.has_tcp()) {
-    std::vector<std::string> hosts;
-    if (!open.tcp().host().empty() && open.tcp().host() != "*") hosts.push_back(open.tcp().host());
-    loop.create_server(factory, hosts, static_cast<std::uint16_t>(open.tcp().port()), options, done);
-  } else {
+  if (!open.has_tcp()) {
+    if (auto why = policy.check_unix("open_server", open.unix_path(), true)) return refuse_open(link, *why);
     if (unix_socket_is_live(loop.context(), open.unix_path())) {
-      return open_failed(link, std::make_exception_ptr(std::system_error(
-                                   EADDRINUSE, std::generic_category(), "a server already listens on " + open.unix_path())));
+      link->service().log_session_opened(*link->record());
+      return fail_open(link, std::make_exception_ptr(std::system_error(
+                                 EADDRINUSE, std::generic_category(), "a server already listens on " + open.unix_path())));
     }
-    loop.create_unix_server(factory, open.unix_path(), options, done);
+    return loop.create_unix_server(factory, open.unix_path(), options, done);
   }
+  std::vector<std::string> hosts;
+  if (!open.tcp().host().empty() && open.tcp().host() != "*") hosts.push_back(open.tcp().host());
+  const std::string what = "open_server on " + host_port(hosts.empty() ? "*" : hosts.front(), open.tcp().port());
+  with_rule_names(loop, policy.listen_names(),
+                  [&loop, &policy, factory, done, what, options = std::move(options), hosts = std::move(hosts),
+                   port = static_cast<std::uint16_t>(open.tcp().port())](auto names) mutable {
+                    options.check_local_address = policy_check(policy, AddressUse::listen, what, names);
+                    loop.create_server(factory, std::move(hosts), port, std::move(options), done);
+                  });
 }
 
 void open_subprocess(const std::shared_ptr<Link>& link, const v1::OpenSubprocess& open) {
@@ -836,8 +1004,9 @@ void open_subprocess(const std::shared_ptr<Link>& link, const v1::OpenSubprocess
     for (const auto& [k, v] : open.env()) env.push_back(k + "=" + v);
     options.env = std::move(env);
   }
+  link->service().log_session_opened(*link->record());
   auto done = [link](std::exception_ptr error, auto, auto) {
-    if (error) open_failed(link, error);
+    if (error) fail_open(link, error);
   };
   auto factory = [side] { return side; };
   if (!open.shell().empty()) {
@@ -850,15 +1019,32 @@ void open_subprocess(const std::shared_ptr<Link>& link, const v1::OpenSubprocess
 
 void open_datagram_endpoint(const std::shared_ptr<Link>& link, const v1::OpenDatagramEndpoint& open) {
   EventLoop& loop = link->service().loop();
-  auto side = std::make_shared<DatagramSide>(link);
-  link->set_loop_side(side);
+  const Policy& policy = link->service().options().policy;
   DatagramOptions options;
   if (open.has_local_addr()) options.local_addr = std::pair{open.local_addr().host(), static_cast<std::uint16_t>(open.local_addr().port())};
   if (open.has_remote_addr()) options.remote_addr = std::pair{open.remote_addr().host(), static_cast<std::uint16_t>(open.remote_addr().port())};
   options.reuse_port = open.reuse_port();
   options.allow_broadcast = open.allow_broadcast();
-  loop.create_datagram_endpoint([side] { return side; }, options, [link](std::exception_ptr error, auto, auto) {
-    if (error) open_failed(link, error);
+  // Binding is listening and sending is connecting, as far as the policy
+  // goes; each sendto is checked too, against the names resolved now.
+  auto rule_names = policy.listen_names();
+  for (auto& name : policy.connect_names()) rule_names.push_back(std::move(name));
+  auto side = std::make_shared<DatagramSide>(link);
+  link->set_loop_side(side);
+  with_rule_names(loop, std::move(rule_names), [link, side, &loop, &policy, options = std::move(options)](auto names) mutable {
+    side->set_rule_names(names);
+    if (options.local_addr) {
+      options.check_local_address = policy_check(
+          policy, AddressUse::listen,
+          "open_datagram_endpoint on " + host_port(options.local_addr->first, options.local_addr->second), names);
+    }
+    if (options.remote_addr) {
+      options.check_remote_address = policy_check(
+          policy, AddressUse::connect,
+          "open_datagram_endpoint to " + host_port(options.remote_addr->first, options.remote_addr->second), names);
+    }
+    loop.create_datagram_endpoint([side] { return side; }, std::move(options),
+                                  [link](std::exception_ptr error, auto, auto) { finish_open(link, error); });
   });
 }
 
@@ -892,6 +1078,9 @@ grpc::Status validate_open(const v1::ClientMessage& message, const ServiceOption
         }
       } else if (open.target_case() == v1::OpenConnection::kUnixPath) {
         if (open.unix_path().empty()) return Status(StatusCode::INVALID_ARGUMENT, "open_connection.unix_path is empty");
+        if (open.unix_path().find('\0') != std::string::npos) {
+          return Status(StatusCode::INVALID_ARGUMENT, "open_connection.unix_path holds a NUL byte (abstract sockets are not supported)");
+        }
         if (open.tls().enabled()) return Status(StatusCode::INVALID_ARGUMENT, "open_connection.tls: TLS needs tcp");
       } else {
         return Status(StatusCode::INVALID_ARGUMENT, "open_connection: set tcp or unix_path");
@@ -906,14 +1095,30 @@ grpc::Status validate_open(const v1::ClientMessage& message, const ServiceOption
       if (!open.argv().empty() && open.argv(0).empty()) {
         return Status(StatusCode::INVALID_ARGUMENT, "open_subprocess.argv[0] (the program) is empty");
       }
-      if (!options.allow_exec_any) {
-        if (!open.shell().empty()) {
-          return Status(StatusCode::PERMISSION_DENIED, "shell sessions need the service's --allow-exec-any");
+      for (int i = 0; i < open.argv_size(); ++i) {
+        if (open.argv(i).find('\0') != std::string::npos) {
+          return Status(StatusCode::INVALID_ARGUMENT, "open_subprocess.argv[" + std::to_string(i) + "] holds a NUL byte");
         }
-        if (!options.allow_exec.count(open.argv(0))) {
-          return Status(StatusCode::PERMISSION_DENIED,
-                        "'" + open.argv(0) + "' is not in the service's --allow-exec list");
+      }
+      if (open.shell().find('\0') != std::string::npos || open.cwd().find('\0') != std::string::npos) {
+        return Status(StatusCode::INVALID_ARGUMENT, "open_subprocess: shell and cwd may not hold NUL bytes");
+      }
+      for (const auto& [name, value] : open.env()) {
+        if (name.empty() || name.find('=') != std::string::npos || name.find('\0') != std::string::npos ||
+            value.find('\0') != std::string::npos) {
+          return Status(StatusCode::INVALID_ARGUMENT, "open_subprocess.env: '" + name +
+                                                          "' is not a variable name (empty, or holds '=' or NUL), "
+                                                          "or its value holds NUL");
         }
+      }
+      const bool shell = !open.shell().empty();
+      if (auto why = options.policy.check_exec(shell ? std::string() : open.argv(0), shell)) {
+        return Status(StatusCode::PERMISSION_DENIED, *why);
+      }
+      // The caller's environment replaces the child's: LD_PRELOAD and the
+      // like would make any allowed program run any code.
+      for (const auto& [name, value] : open.env()) {
+        if (auto why = options.policy.check_env(name)) return Status(StatusCode::PERMISSION_DENIED, *why);
       }
       return Status::OK;
     }
@@ -937,6 +1142,9 @@ grpc::Status validate_open(const v1::ClientMessage& message, const ServiceOption
         if (open.tcp().port() > 65535) return Status(StatusCode::INVALID_ARGUMENT, "open_server.tcp.port must be 0 to 65535");
       } else if (open.target_case() == v1::OpenServer::kUnixPath) {
         if (open.unix_path().empty()) return Status(StatusCode::INVALID_ARGUMENT, "open_server.unix_path is empty");
+        if (open.unix_path().find('\0') != std::string::npos) {
+          return Status(StatusCode::INVALID_ARGUMENT, "open_server.unix_path holds a NUL byte (abstract sockets are not supported)");
+        }
         if (open.tls().enabled()) return Status(StatusCode::INVALID_ARGUMENT, "open_server.tls: TLS needs tcp");
       } else {
         return Status(StatusCode::INVALID_ARGUMENT, "open_server: set tcp or unix_path");
@@ -965,15 +1173,20 @@ void open_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& op
     else if (open.has_open_datagram_endpoint()) open_datagram_endpoint(link, open.open_datagram_endpoint());
     else open_subprocess(link, open.open_subprocess());
   } catch (const std::exception&) {
-    open_failed(link, std::current_exception());
+    fail_open(link, std::current_exception());
   }
 }
 
 // ==== SessionReactor ============================================================
 
-SessionReactor::SessionReactor(ConduitService& service, grpc::CallbackServerContext* context) : service_(service) {
+namespace {
+constexpr std::string_view session_method = "/conduit.v1.Conduit/Session";
+}  // namespace
+
+SessionReactor::SessionReactor(ConduitService& service, grpc::CallbackServerContext* context)
+    : service_(service), context_(context) {
   if (auto status = service.authenticate(*context); !status.ok()) {
-    Finish(status);
+    Finish(service.refuse(*context, session_method, status));
     return;
   }
   auto record = std::make_shared<SessionRecord>();
@@ -992,19 +1205,24 @@ void SessionReactor::post_to_loop(std::function<void(LoopSide&)> fn) {
 
 void SessionReactor::fail(grpc::Status status) {
   post_to_loop([](LoopSide& side) { side.abort(); });
-  link_->finish(std::move(status));
+  link_->finish(service_.refuse(*context_, session_method, std::move(status)));
 }
 
 void SessionReactor::OnReadDone(bool ok) {
   if (!ok) {
     // The client half-closed (or went away: OnCancel follows then).
-    if (!opened_) return link_->finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                                     "the stream ended before a message opened the session"));
-    post_to_loop([](LoopSide& side) { side.client_done_writing(); });
+    if (!opened_) {
+      return link_->finish(service_.refuse(
+          *context_, session_method,
+          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the stream ended before a message opened the session")));
+    }
+    post_to_loop([](LoopSide& side) { side.deliver_done_writing(); });
     return;
   }
   if (!opened_) {
-    if (auto status = validate_open(incoming_, service_.options()); !status.ok()) return link_->finish(status);
+    if (auto status = validate_open(incoming_, service_.options()); !status.ok()) {
+      return link_->finish(service_.refuse(*context_, session_method, status));
+    }
     auto& record = *link_->record();
     if (incoming_.has_open_connection()) {
       const auto& c = incoming_.open_connection();
@@ -1027,6 +1245,8 @@ void SessionReactor::OnReadDone(bool ok) {
       const auto& s = incoming_.open_subprocess();
       record.kind = "subprocess";
       record.target = s.shell().empty() ? s.argv(0) : "sh -c " + s.shell();
+      if (s.shell().empty()) record.argv.assign(s.argv().begin(), s.argv().end());
+      else record.argv = {"/bin/sh", "-c", s.shell()};
     }
     record.abort = [&service = service_, weak = std::weak_ptr<Link>(link_)] {
       asio::post(service.loop().get_executor(), [weak] {
@@ -1035,12 +1255,14 @@ void SessionReactor::OnReadDone(bool ok) {
         }
       });
     };
-    if (auto status = service_.add_session(link_->record()); !status.ok()) return link_->finish(status);
+    if (auto status = service_.add_session(link_->record()); !status.ok()) {
+      return link_->finish(service_.refuse(*context_, session_method, status));
+    }
     opened_ = true;
     asio::post(service_.loop().get_executor(), [link = link_, open = incoming_] { open_session(link, open); });
   } else if (incoming_.has_command()) {
     link_->record()->touch();
-    post_to_loop([command = incoming_.command()](LoopSide& side) { side.command(command); });
+    post_to_loop([command = incoming_.command()](LoopSide& side) { side.deliver(command); });
   } else {
     return fail(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a session opens once: only commands may follow"));
   }

@@ -9,6 +9,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 namespace conduit::service {
 
@@ -78,23 +79,55 @@ class Link {
 };
 
 /// The transport side of a session, on the loop thread.
+///
+/// A client may send commands right behind its open message (any gRPC
+/// client may pipeline). Until the transport exists they wait here, in
+/// order, and are carried out once it does; if the open fails, each is
+/// answered with a command_failed.
+///
+///   opening --opened()--> open            (queued commands run, in order)
+///      +----open_failed()--> failed       (each queued command fails)
 class LoopSide {
  public:
   virtual ~LoopSide() = default;
+
+  /// A command from the client, in the order sent.
+  void deliver(const v1::Command& command);
+  /// The client half-closed its stream, after its last command.
+  void deliver_done_writing();
+
+  /// Abort: the client went away or the session was closed by an admin
+  /// (at once, queued commands or not).
+  virtual void abort() = 0;
+  /// Pause or resume reading from the transport (events backpressure).
+  virtual void set_reading(bool reading) = 0;
+  /// The open failed with `why`: answer what was queued.
+  void failed_to_open(const std::string& why);
+
+ protected:
+  /// The transport exists: run what was queued.
+  void opened();
+
   /// Carry out one command from the client.
   virtual void command(const v1::Command& command) = 0;
   /// The client half-closed its stream.
   virtual void client_done_writing() = 0;
-  /// Abort: the client went away or the session was closed by an admin.
-  virtual void abort() = 0;
-  /// Pause or resume reading from the transport (events backpressure).
-  virtual void set_reading(bool reading) = 0;
+  /// Report a command that could not be carried out.
+  virtual void command_failed(const v1::Command& command, const std::string& why) = 0;
+
+ private:
+  enum class Opening { opening, open, failed };
+  Opening opening_ = Opening::opening;
+  std::deque<std::optional<v1::Command>> queued_;  // nullopt: the client's half-close
 };
 
 /// Open the session described by `open` on the loop (validated already).
+/// A policy refusal that needs the loop (an address a name resolved to)
+/// ends the call with PERMISSION_DENIED.
 void open_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& open);
 
-/// INVALID_ARGUMENT naming the field, PERMISSION_DENIED by policy, or OK.
+/// INVALID_ARGUMENT naming the field, PERMISSION_DENIED by the policy
+/// (programs and environment; addresses are checked when opening), or OK.
 grpc::Status validate_open(const v1::ClientMessage& open, const ServiceOptions& options);
 
 /// The reactor of one Session() call.
@@ -115,6 +148,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::ClientMessage, v
   void post_to_loop(std::function<void(LoopSide&)> fn);
 
   ConduitService& service_;
+  grpc::CallbackServerContext* context_;  // gRPC's, valid until OnDone
   std::shared_ptr<Link> link_;
   v1::ClientMessage incoming_;
   bool opened_ = false;

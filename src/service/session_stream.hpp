@@ -20,6 +20,11 @@
 
 namespace conduit::service {
 
+/// The most data one command carries: a write of more is split, so that
+/// every message stays well under the service's --max-message-size (256 KiB
+/// at least) whatever the caller writes.
+constexpr std::size_t max_command_data = 64 * 1024;
+
 /// Where the service is and how to talk to it.
 struct RemoteOptions {
   std::string address;  ///< HOST:PORT of `conduit serve`

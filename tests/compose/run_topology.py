@@ -4,7 +4,10 @@
 usage: run_topology.py CONDUIT_BIN [COMPOSE_FILE]     (root: network namespaces)
 
 Each compose service becomes a "host": its own network namespace on a
-bridge this script creates (veth pairs, 10.77.0.0/24), with
+bridge this script creates (veth pairs, 10.77.0.0/24), with the bridge in a
+namespace of its own (a "switch"), whose empty firewall forwards everything
+whatever the host's (Docker's daemon sets the host's FORWARD policy to DROP
+and turns bridge netfilter on), and the host itself on it as 10.77.0.1; with
 /etc/netns/NAME/hosts mapping every service name to its address, so the
 names resolve as they do under compose. Each service runs the command the
 compose file gives it (read from the file, not duplicated here), with the
@@ -32,6 +35,7 @@ COMPOSE = os.path.abspath(sys.argv[2] if len(sys.argv) > 2 else
                           os.path.join(os.path.dirname(__file__), "..", "..", "docker-compose.yml"))
 PREFIX = f"cdt{os.getpid() % 10000}"  # names of our namespaces and links (short: IFNAMSIZ)
 BRIDGE = f"{PREFIX}br"
+SWITCH = f"{PREFIX}sw"  # the namespace that holds the bridge
 SUBNET = "10.77.{}.{}"
 HEALTH_TIMEOUT = 60  # seconds a service may take to become healthy
 TEST_TIMEOUT = 300
@@ -62,9 +66,19 @@ class Topology:
     # ---- setup ----------------------------------------------------------------
 
     def up_network(self):
-        sh("ip", "link", "add", BRIDGE, "type", "bridge")
-        sh("ip", "addr", "add", SUBNET.format(0, 1) + "/24", "dev", BRIDGE)
-        sh("ip", "link", "set", BRIDGE, "up")
+        # The bridge lives in the switch namespace: frames between hosts are
+        # forwarded by its netfilter (empty, ACCEPT), never by the host's.
+        sh("ip", "netns", "add", SWITCH)
+        self.netns.append(SWITCH)
+        sh("ip", "-n", SWITCH, "link", "add", BRIDGE, "type", "bridge")
+        sh("ip", "-n", SWITCH, "link", "set", BRIDGE, "up")
+        # The host on the switch, for the fault test's client.
+        host_end, switch_end = f"{PREFIX}h", f"{PREFIX}hs"
+        sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", switch_end)
+        sh("ip", "link", "set", switch_end, "netns", SWITCH)
+        sh("ip", "-n", SWITCH, "link", "set", switch_end, "master", BRIDGE, "up")
+        sh("ip", "addr", "add", SUBNET.format(0, 1) + "/24", "dev", host_end)
+        sh("ip", "link", "set", host_end, "up")
         hosts = "127.0.0.1 localhost\n::1 localhost\n" + "".join(
             f"{self.address(n)} {n}\n" for n in self.services)
         for name in self.services:
@@ -76,7 +90,8 @@ class Topology:
                 f.write(hosts)
             outer, inner = f"{ns}o", f"{ns}i"
             sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
-            sh("ip", "link", "set", outer, "master", BRIDGE, "up")
+            sh("ip", "link", "set", outer, "netns", SWITCH)
+            sh("ip", "-n", SWITCH, "link", "set", outer, "master", BRIDGE, "up")
             sh("ip", "link", "set", inner, "netns", ns)
             sh("ip", "-n", ns, "addr", "add", self.address(name) + "/24", "dev", inner)
             sh("ip", "-n", ns, "link", "set", inner, "up")
@@ -201,7 +216,7 @@ class Topology:
         for ns in self.netns:
             sh("ip", "netns", "del", ns, check=False)
             shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
-        sh("ip", "link", "del", BRIDGE, check=False)
+        sh("ip", "link", "del", f"{PREFIX}h", check=False)  # gone with the switch already, normally
         shutil.rmtree(self.work, ignore_errors=True)
         for path in reversed(self.made_dirs):
             try:
@@ -251,7 +266,7 @@ def fault_test(topology, repo_root):
         return None, None
 
     def link_down():  # the host's cable pulled: nothing more arrives from it, not even a RST
-        sh("ip", "link", "set", f"{topology.ns('echo-tls')}o", "down")
+        sh("ip", "-n", SWITCH, "link", "set", f"{topology.ns('echo-tls')}o", "down")
 
     def killed():  # the host's process gone: its kernel resets the connection
         os.killpg(topology.processes["echo-tcp"].pid, signal.SIGKILL)

@@ -141,7 +141,7 @@ TEST(LoopMethods, L1_LocalAddrBindsFirst) {
   auto server = make_server(loop, [] { return std::make_shared<EchoProtocol>(); }, {"127.0.0.1"});
   const auto local_port = free_port();
   auto r = connect(loop, "127.0.0.1", server->sockets().at(0).port(),
-                   ConnectOptions{std::make_pair(std::string("127.0.0.1"), local_port), std::nullopt});
+                   ConnectOptions{std::make_pair(std::string("127.0.0.1"), local_port), std::nullopt, {}});
   ASSERT_FALSE(r.error);
   EXPECT_EQ(r.transport->get_extra_info_as<SocketAddress>("sockname")->port(), local_port);
   r.transport->close();
@@ -157,6 +157,47 @@ TEST(LoopMethods, L1_UnresolvableHostIsAClearError) {
   } catch (const std::system_error& e) {
     EXPECT_NE(std::string(e.what()).find("no-such-host.invalid"), std::string::npos) << e.what();
   }
+}
+
+// Not asyncio: the hook a policy uses to vet what a name really resolved to.
+TEST(LoopMethods, CheckRemoteAddressSeesEveryAddressAndItsExceptionFailsTheConnect) {
+  EventLoop loop;
+  int accepted = 0;
+  auto server = make_server(loop, [&] {
+    ++accepted;
+    return std::make_shared<EchoProtocol>();
+  }, {"127.0.0.1"});
+  const auto port = server->sockets().at(0).port();
+  std::vector<SocketAddress> seen;
+  ConnectOptions options;
+  options.check_remote_address = [&](const SocketAddress& address) {
+    seen.push_back(address);
+    throw std::runtime_error("refused by policy");
+  };
+  auto r = connect(loop, "127.0.0.1", port, options);
+  ASSERT_TRUE(r.error);
+  EXPECT_EQ(describe_error(r.error), "refused by policy");
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0], SocketAddress(asio::ip::make_address("127.0.0.1"), port));
+  // A check that passes lets the connect go on.
+  options.check_remote_address = [](const SocketAddress&) {};
+  auto ok = connect(loop, "127.0.0.1", port, options);
+  ASSERT_FALSE(ok.error);
+  ASSERT_TRUE(run_until(loop, [&] { return accepted == 1; }));
+  ok.transport->close();
+  server->close();
+}
+
+TEST(Server, CheckLocalAddressSeesTheWildcardsOfEveryInterface) {
+  EventLoop loop;
+  std::vector<std::string> seen;
+  ServerOptions options;
+  options.check_local_address = [&](const SocketAddress& address) {
+    seen.push_back(address.to_string());
+    if (address.ip().is_v6()) throw std::runtime_error("no listening here");
+  };
+  EXPECT_THROW(make_server(loop, [] { return std::make_shared<EchoProtocol>(); }, {}, options), std::runtime_error);
+  EXPECT_EQ(seen, (std::vector<std::string>{"0.0.0.0:0", "[::]:0"}));
 }
 
 TEST(LoopMethods, L1_ExistingConnectedSocket) {

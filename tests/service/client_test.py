@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import unittest
 
 CONDUIT, ROOT = sys.argv[1], sys.argv[2]
@@ -29,7 +30,8 @@ def start(argv):
 class ClientTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.serve, cls.address = start([CONDUIT, "serve", "--listen", "127.0.0.1:0", "--allow-exec", "/bin/cat"])
+        cls.serve, cls.address = start([CONDUIT, "serve", "--listen", "127.0.0.1:0", "--allow-exec", "/bin/cat",
+                                         "--allow-unix", tempfile.gettempdir()])
         cls.echo, url = start([CONDUIT, "echo-server", "--listen", "tcp://127.0.0.1:0", "--quiet"])
         cls.echo_port = int(url.rsplit(":", 1)[1])
 

@@ -95,7 +95,8 @@ class Session:
 class ServiceTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.serve, address = start([CONDUIT, "serve", "--listen", "127.0.0.1:0", "--allow-exec", "/bin/cat"])
+        cls.serve, address = start([CONDUIT, "serve", "--listen", "127.0.0.1:0", "--allow-exec", "/bin/cat",
+                                         "--allow-unix", tempfile.gettempdir()])
         cls.echo, echo_url = start([CONDUIT, "echo-server", "--listen", "tcp://127.0.0.1:0", "--quiet"])
         cls.echo_port = int(echo_url.rsplit(":", 1)[1])
         cls.channel = grpc.insecure_channel(address)

@@ -53,6 +53,18 @@ inline std::error_code error_code_of(std::exception_ptr exc) {
   }
 }
 
+/// The text of an exception, or "" for none.
+inline std::string describe_error(std::exception_ptr exc) {
+  if (!exc) return {};
+  try {
+    std::rethrow_exception(exc);
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown exception";
+  }
+}
+
 /// What a recording protocol saw; shared by Protocol and BufferedProtocol.
 struct Record {
   std::vector<std::string> events;  // "made", "data", "eof", "lost", "pause", "resume"

@@ -69,6 +69,12 @@ using LogHandler = std::function<void(LogLevel, std::string_view)>;
 /// Makes one protocol per connection.
 using ProtocolFactory = std::function<std::shared_ptr<BaseProtocol>()>;
 
+/// Vets an address before any socket uses it (not in asyncio): called with
+/// every address a host resolved to, before the first socket is made; an
+/// exception it throws fails the whole call with that exception. A policy
+/// that must hold for a name checks here what the name really gave.
+using AddressCheck = std::function<void(const SocketAddress&)>;
+
 /// Options of create_connection beyond the peer.
 struct ConnectOptions {
   /// Bind the socket to this (host, port) before connecting.
@@ -76,6 +82,8 @@ struct ConnectOptions {
   /// Speak TLS: the handshake completes before the protocol is made, and a
   /// failed one fails the call (the protocol never sees the connection).
   std::optional<TlsOptions> tls;
+  /// Called with every address the host resolved to (see AddressCheck).
+  AddressCheck check_remote_address;
 };
 
 /// Options of create_server / create_unix_server.
@@ -88,6 +96,9 @@ struct ServerOptions {
   /// TCP only: speak TLS; a client whose handshake fails is dropped (and
   /// logged at debug level) before any protocol is made for it.
   std::optional<TlsOptions> tls;
+  /// TCP: called with every address to bind, the wildcard ones of "every
+  /// interface" included (see AddressCheck).
+  AddressCheck check_local_address;
 };
 
 /// An address family for create_datagram_endpoint.
@@ -107,6 +118,10 @@ struct DatagramOptions {
   bool reuse_address = false;
   bool reuse_port = false;       ///< SO_REUSEPORT.
   bool allow_broadcast = false;  ///< SO_BROADCAST; remote_addr is then not connected to.
+  /// Called with every address local_addr resolved to (see AddressCheck).
+  AddressCheck check_local_address;
+  /// Called with every address remote_addr resolved to (see AddressCheck).
+  AddressCheck check_remote_address;
 };
 
 /// Options of create_unix_datagram_endpoint.
