@@ -4,92 +4,25 @@
 usage: service_test.py CONDUIT_BIN PROTO_DIR
 
 Starts `conduit serve` and `conduit echo-server` as child processes (stopped
-by PID at the end), generates the Python stubs from PROTO_DIR (and the
-health service's from /usr/share/grpc-proto) into a temporary directory, and
-runs each scenario with a bounded wait.
+by PID at the end), generates the Python stubs (harness.py), and runs each scenario with a
+bounded wait. security_test.py covers authentication, the policy flags and
+the audit log.
 """
 import hashlib
 import os
-import queue
-import subprocess
 import sys
 import tempfile
 import threading
 import unittest
 
 import grpc
-from grpc_tools import protoc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import TIMEOUT, Session, load_stubs, rss_kib, self_signed, socket_bound, start, stop  # noqa: E402
 
 CONDUIT, PROTO_DIR = sys.argv[1], sys.argv[2]
-TIMEOUT = 20  # seconds any single wait may take
-
-STUBS = tempfile.mkdtemp(prefix="conduit-stubs-")
-if protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={STUBS}", f"--grpc_python_out={STUBS}",
-                os.path.join(PROTO_DIR, "conduit/v1/conduit.proto")]) != 0:
-    sys.exit("cannot generate the Python stubs")
-sys.path.insert(0, STUBS)
+load_stubs(PROTO_DIR)
 from conduit.v1 import conduit_pb2 as pb, conduit_pb2_grpc as pb_grpc  # noqa: E402
-
-
-def start(argv):
-    """A child whose first stdout line is "listening ADDRESS"; returns (process, address).
-    Its stderr goes to a file (a pipe nobody reads would block it once full)."""
-    log = tempfile.TemporaryFile(mode="w+")
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
-    line = process.stdout.readline()
-    if not line.startswith("listening "):
-        process.kill()
-        log.seek(0)
-        raise RuntimeError(f"{argv} did not start: {line!r} {log.read()}")
-    process.log = log
-    return process, line.split()[1]
-
-
-def stop(process):
-    """SIGTERM, then its exit status, which must be 0: a clean shutdown (and,
-    under the sanitizers, no leak and no error at exit)."""
-    process.terminate()
-    try:
-        status = process.wait(TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        status = "hung after SIGTERM"
-    process.stdout.close()
-    process.log.seek(0)
-    log = process.log.read()
-    process.log.close()
-    if status != 0:
-        raise AssertionError(f"{process.args[:2]} exited with {status}:\n{log[-4000:]}")
-
-
-class Session:
-    """One Session() call: send() queues client messages; events() yields events."""
-
-    def __init__(self, stub, metadata=()):
-        self.outgoing = queue.Queue()
-        self.responses = stub.Session(iter(self.outgoing.get, None), metadata=metadata, timeout=60)
-
-    def send(self, **kind):
-        self.outgoing.put(pb.ClientMessage(**kind))
-
-    def command(self, **kind):
-        self.send(command=pb.Command(**kind))
-
-    def done_writing(self):
-        self.outgoing.put(None)
-
-    def next(self):
-        return next(self.responses)
-
-    def until(self, kind):
-        """Events up to and including the first of `kind`."""
-        seen = []
-        for event in self.responses:
-            seen.append(event)
-            if event.WhichOneof("kind") == kind:
-                return seen
-        raise AssertionError(f"the stream ended before {kind}: {[e.WhichOneof('kind') for e in seen]}")
 
 
 class ServiceTest(unittest.TestCase):
@@ -522,37 +455,6 @@ class ServiceTest(unittest.TestCase):
         if os.environ.get("CONDUIT_SANITIZED"):
             return
         self.assertLess(growth, 64 * 1024, f"service RSS grew by {growth} KiB")
-
-
-class socket_bound:
-    """A port nothing listens on (bound, not listening): connecting is refused."""
-
-    def __enter__(self):
-        import socket
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        return self.sock.getsockname()[1]
-
-    def __exit__(self, *exc):
-        self.sock.close()
-
-
-def self_signed(name):
-    """A throwaway P-256 certificate for CN `name` and its key, as PEM text."""
-    work = tempfile.mkdtemp(prefix="conduit-")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-days", "1", "-subj", f"/CN={name}", "-keyout", f"{work}/key.pem", "-out", f"{work}/cert.pem"],
-                   check=True, capture_output=True, timeout=TIMEOUT)
-    with open(f"{work}/cert.pem") as cert, open(f"{work}/key.pem") as key:
-        return cert.read(), key.read()
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 if __name__ == "__main__":
