@@ -65,6 +65,12 @@ wait "$via_pid"
 via_pid=
 tail -n 1 "$work/via-listening"
 
+echo "--- the policy at work: listening on every interface needs the service's --allow-listen"
+if "$bin" echo-server --via "$service" --listen tcp://0.0.0.0:0 --exit-after 1; then
+  echo "error: the service let a session listen on every interface" >&2
+  exit 1
+fi
+
 kill "$server_pid"
 wait "$server_pid" 2>/dev/null || true
 server_pid=

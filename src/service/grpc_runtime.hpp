@@ -11,9 +11,16 @@ void quiet_grpc_mutex_checks();
 
 }  // namespace conduit::service
 
+#include <grpcpp/support/status.h>
+
+#include <string_view>
+
 namespace conduit::service {
 
 class AuditLog;
+
+/// A status code's name as gRPC documents it: "PERMISSION_DENIED".
+std::string_view status_code_name(grpc::StatusCode code);
 
 /// Where gRPC's own log lines go: its errors to `sink` as warnings, the rest
 /// nowhere; null drops them all (start-up, where the caller reports a

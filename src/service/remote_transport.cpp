@@ -1,5 +1,7 @@
 #include "remote_transport.hpp"
 
+#include "grpc_runtime.hpp"
+
 #include <conduit/write_flow_control.hpp>
 
 #include <boost/asio/ip/address.hpp>
@@ -17,16 +19,21 @@ namespace conduit::service {
 
 namespace {
 
-/// The call failed before the session opened.
+/// The call failed before the session opened: the service is not there,
+/// or it refused the session.
 std::exception_ptr status_error(const grpc::Status& status) {
-  return std::make_exception_ptr(std::runtime_error("the service refused the session (" +
-                                                    std::to_string(status.error_code()) + "): " + status.error_message()));
+  const std::string code(status_code_name(status.error_code()));
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE || status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    return std::make_exception_ptr(std::runtime_error("cannot reach the service (" + code + "): " + status.error_message()));
+  }
+  return std::make_exception_ptr(std::runtime_error("the service refused the session (" + code + "): " + status.error_message()));
 }
 
 /// The call ended while the session was open, without its last event.
 std::exception_ptr broken_error(const grpc::Status& status) {
   return std::make_exception_ptr(std::runtime_error("the session with the service broke off (" +
-                                                    std::to_string(status.error_code()) + "): " + status.error_message()));
+                                                    std::string(status_code_name(status.error_code())) +
+                                                    "): " + status.error_message()));
 }
 
 std::exception_ptr remote_error(const v1::Error& error) {

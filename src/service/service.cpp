@@ -84,23 +84,6 @@ grpc::Status ConduitService::authenticate(const grpc::CallbackServerContext& con
   return grpc::Status::OK;
 }
 
-namespace {
-
-std::string_view code_name(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
-    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    default: return "ERROR";
-  }
-}
-
-}  // namespace
-
 grpc::Status ConduitService::refuse(const grpc::CallbackServerContext& context, std::string_view method,
                                     grpc::Status status) {
   refuse(context.peer(), method, status);
@@ -108,7 +91,7 @@ grpc::Status ConduitService::refuse(const grpc::CallbackServerContext& context, 
 }
 
 void ConduitService::refuse(std::string_view peer, std::string_view method, const grpc::Status& status) {
-  audit_.refused(peer, method, code_name(status.error_code()), status.error_message());
+  audit_.refused(peer, method, status_code_name(status.error_code()), status.error_message());
 }
 
 void ConduitService::set_own_address(std::uint16_t port, std::string unix_path) {
