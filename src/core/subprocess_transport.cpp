@@ -82,7 +82,9 @@ ChildProcessTransport::~ChildProcessTransport() {
 
 void ChildProcessTransport::on_loop_destroyed() {
   // No callbacks any more, but no zombie either: a child still running is
-  // killed and reaped here (it dies at once; this wait is short).
+  // killed and reaped here (it dies at once; this wait is short), and what
+  // it left in its group goes too.
+  kill_process_group();
   finished_ = true;
   if (!returncode_) {
     kill_running_child();
@@ -209,13 +211,25 @@ void ChildProcessTransport::close() {
   for (auto& pipe : output_pipes_) {
     if (pipe) pipe->close();
   }
+  // The group first: once the child has exited, what it started there
+  // (`sh -c 'sleep 300 & exit 0'`) is all that is left of it.
+  kill_process_group();
   if (!returncode_) kill_running_child();
 }
 
 void ChildProcessTransport::kill_running_child() {
-  // Unreaped, the pid (and the group it leads) cannot be reused: safe.
-  if (own_process_group_) ::kill(-pid_, SIGKILL);
+  // Unreaped, the pid cannot be reused: safe.
   ::kill(pid_, SIGKILL);
+}
+
+void ChildProcessTransport::kill_process_group() {
+  // Linux reuses a pid only once no process, group or session has it as
+  // its id: while anything is left in the child's group, -pid_ is that
+  // group, reaped leader or not. Once the group is empty the pid could come
+  // back (as another group's leader) after a wrap of the pid space, so the
+  // group is killed only until the transport finishes: while a pipe is
+  // still open, which is what a descendant left in the group holds.
+  if (own_process_group_ && !finished_) ::kill(-pid_, SIGKILL);
 }
 
 void ChildProcessTransport::send_signal(int signal) {

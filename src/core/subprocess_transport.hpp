@@ -24,8 +24,10 @@ namespace conduit {
 ///
 /// process_exited() is called on the exit, pipe_connection_lost(fd) as each
 /// pipe closes, and connection_lost(nullptr) once, on reaching "finished"
-/// (SPEC X4). close() closes the pipes and kills a running child; the
-/// callbacks still follow as the pipes close and the child is reaped.
+/// (SPEC X4). close() closes the pipes, kills a running child and, with a
+/// process group of its own, everything left in that group, exited child
+/// or not; the callbacks still follow as the pipes close and the child is
+/// reaped.
 class ChildProcessTransport final : public SubprocessTransport, private detail::LoopResource {
  public:
   /// Takes the spawned child `pid`, its `pidfd`, and its pipes (null where
@@ -64,6 +66,7 @@ class ChildProcessTransport final : public SubprocessTransport, private detail::
   void watch_exit();
   void on_exit_signalled();
   void kill_running_child();
+  void kill_process_group();
   void try_finish();
   void call_connection_lost();
   template <class Fn>

@@ -3,6 +3,8 @@
 #include "support/recording_protocol.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
+#include <sys/syscall.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -321,6 +323,34 @@ TEST(Subprocess, R5_CloseEndsTheChildsWholeProcessGroup) {
   EXPECT_FALSE(not_running(grandchild));
   p->transport->close();
   ASSERT_TRUE(run_until(loop, [&] { return p->done() && not_running(grandchild); }));
+}
+
+TEST(Subprocess, R5_CloseEndsTheGroupAfterTheChildHasExited) {
+  EventLoop loop;
+  // The shell exits at once; what it started holds stdout open, so the
+  // transport has not finished: close() must end it all the same.
+  auto p = shell(loop, "sleep 30 & echo $!; exit 0");
+  ASSERT_TRUE(run_until(loop, [&] { return p->exited == 1 && p->out.find('\n') != std::string::npos; }));
+  const int grandchild = std::stoi(p->out);
+  EXPECT_FALSE(not_running(grandchild));
+  ASSERT_EQ(p->lost, 0) << "the grandchild holds stdout";
+  p->transport->close();
+  ASSERT_TRUE(run_until(loop, [&] { return p->done() && not_running(grandchild); }));
+}
+
+TEST(Subprocess, R5_TheLoopGoingAwayEndsTheGroupToo) {
+  int watch = -1;
+  {
+    EventLoop loop;
+    auto p = shell(loop, "sleep 30 & echo $!; exit 0");
+    ASSERT_TRUE(run_until(loop, [&] { return p->exited == 1 && p->out.find('\n') != std::string::npos; }));
+    // Not our child: a pidfd turns readable when it exits.
+    watch = static_cast<int>(::syscall(SYS_pidfd_open, std::stoi(p->out), 0));
+    ASSERT_GE(watch, 0);
+  }
+  pollfd exited{watch, POLLIN, 0};
+  EXPECT_EQ(::poll(&exited, 1, 10000), 1) << "the grandchild outlived the loop";
+  ::close(watch);
 }
 
 }  // namespace

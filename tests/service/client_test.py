@@ -61,6 +61,20 @@ class ClientTest(unittest.TestCase):
                     return got
         self.assertEqual(self.run_async(scenario()), b"ping from python")
 
+    def test_a_write_larger_than_one_message_goes_through(self):
+        # 6 MiB in one write(): more than the service's 4 MiB message limit.
+        payload = os.urandom(6 << 20)
+
+        async def scenario():
+            async with Client(self.address) as client:
+                async with client.subprocess_exec("/bin/cat") as s:
+                    out, err, returncode = await s.communicate(payload)
+                    return out, returncode
+        out, returncode = self.run_async(scenario())
+        self.assertEqual(returncode, 0)
+        self.assertEqual(len(out), len(payload))
+        self.assertEqual(out, payload)
+
     def test_refused_connection_raises_with_errno(self):
         async def scenario():
             async with Client(self.address) as client:

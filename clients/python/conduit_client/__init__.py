@@ -53,14 +53,26 @@ class SessionError(OSError):
     (errno and text from the service), or the service refused the call."""
 
 
+# The most data one command carries: bigger writes are split, so that every
+# message stays well under the service's --max-message-size (256 KiB at least).
+MAX_COMMAND_DATA = 64 * 1024
+
+
 class _TransportCommands:
     """The commands a connection takes, sent through self._command."""
 
     async def write(self, data: bytes):
-        await self._command(write=data)
+        view = memoryview(data)
+        for at in range(0, len(view), MAX_COMMAND_DATA):
+            await self._command(write=bytes(view[at:at + MAX_COMMAND_DATA]))
 
     async def writelines(self, chunks):
-        await self._command(writelines=pb.Writelines(data=list(chunks)))
+        chunks = [bytes(c) for c in chunks]
+        if sum(len(c) for c in chunks) <= MAX_COMMAND_DATA:
+            await self._command(writelines=pb.Writelines(data=chunks))
+        else:
+            for chunk in chunks:
+                await self.write(chunk)
 
     async def close(self):
         await self._command(close=pb.Close())
