@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -105,6 +106,22 @@ CLI::Validator endpoint_validator(Schemes schemes) {
         }
       },
       "URL");
+}
+
+CLI::Validator seconds_validator(double max) {
+  return CLI::Validator(
+      [max](std::string& value) -> std::string {
+        double seconds = 0;
+        const char* end = value.data() + value.size();
+        auto [ptr, ec] = std::from_chars(value.data(), end, seconds);
+        char limit[32];
+        std::snprintf(limit, sizeof limit, "%.10g", max);
+        const std::string range = "a number of seconds from 0.001 to " + std::string(limit);
+        if (ec != std::errc() || ptr != end || !std::isfinite(seconds)) return "'" + value + "' is not " + range;
+        if (seconds < 0.001 || seconds > max) return "'" + value + "' is out of range: give " + range;
+        return {};
+      },
+      "SECONDS");
 }
 
 void add_tls_flags(CLI::App& app, TlsFlags& flags, bool server) {

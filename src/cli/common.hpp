@@ -65,6 +65,10 @@ Endpoint parse_endpoint(std::string_view url, Schemes schemes = stream_schemes);
 /// A CLI11 validator for endpoint URLs of the given schemes.
 CLI::Validator endpoint_validator(Schemes schemes = stream_schemes);
 
+/// A CLI11 validator for a duration in seconds: a finite number from 0.001
+/// to `max` (a year by default); NaN, infinities and 1e308 are refused.
+CLI::Validator seconds_validator(double max = 365.0 * 86400);
+
 /// --cert, --key, --cafile, --insecure of the TLS-capable tools.
 struct TlsFlags {
   std::string cert, key, cafile;

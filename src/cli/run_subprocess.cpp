@@ -7,6 +7,7 @@
 
 #include <remote_transport.hpp>
 
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -17,7 +18,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <algorithm>
 #include <cstring>
+#include <iterator>
+#include <optional>
 #include <iostream>
 
 namespace conduit::cli {
@@ -35,6 +39,7 @@ struct RunOptions {
   std::vector<std::string> command;
   std::optional<std::string> stdin_source;  // a file, or "-" for our stdin
   std::optional<double> timeout;
+  double kill_after = 5;
   bool prefix = false;
   ViaFlags via;
   OutputOptions output;
@@ -95,7 +100,9 @@ struct RunResult {
   std::optional<int> returncode;
   std::uint64_t stdout_bytes = 0, stderr_bytes = 0;
   bool timed_out = false;
-  bool lost = false;  // connection_lost came
+  bool killed = false;  // the grace period after a signal or the timeout ran out
+  bool lost = false;    // connection_lost came
+  std::exception_ptr lost_error;
 };
 
 class RunProtocol final : public SubprocessProtocol {
@@ -115,16 +122,18 @@ class RunProtocol final : public SubprocessProtocol {
   void pipe_connection_lost(int fd, std::exception_ptr error) override {
     log_.event("child", "pipe_connection_lost fd=" + std::to_string(fd) + (error ? ": " + describe(error) : ""));
     if (fd > 0) output_.flush(fd);
+    if (fd == 0 && on_stdin_lost) on_stdin_lost(error);
   }
   void process_exited() override {
     result_.returncode = transport_->get_returncode();
     log_.event("child", "process_exited returncode=" + std::to_string(result_.returncode.value_or(0)));
   }
-  void connection_lost(std::exception_ptr) override {
-    log_.event("child", "connection_lost");
+  void connection_lost(std::exception_ptr error) override {
+    log_.event("child", error ? "connection_lost: " + describe(error) : "connection_lost");
     result_.lost = true;
+    result_.lost_error = error;
   }
-  // The child's stdin pipe is full: stop reading our stdin until it drains.
+  // The child's stdin is full: stop reading our input until it drains.
   void pause_writing() override {
     if (on_stdin_pressure) on_stdin_pressure(true);
   }
@@ -133,6 +142,7 @@ class RunProtocol final : public SubprocessProtocol {
   }
 
   std::function<void(bool)> on_stdin_pressure;
+  std::function<void(std::exception_ptr)> on_stdin_lost;
   std::shared_ptr<SubprocessTransport> transport_;
 
  private:
@@ -141,22 +151,119 @@ class RunProtocol final : public SubprocessProtocol {
   RunResult& result_;
 };
 
-/// Our stdin, forwarded into the child's stdin pipe; EOF closes it.
-class StdinForwarder final : public Protocol {
+/// Our input (standard input, or the --stdin file) into the child's stdin,
+/// read only while that has room: its pause_writing stops the reading, so
+/// memory stays bounded by its watermarks whatever the input's size. EOF
+/// closes the child's stdin. A pipe, terminal or socket is read through
+/// the loop; a regular file (which epoll cannot watch) in 64 KiB reads
+/// posted to the loop, one at a time.
+class InputFeeder {
  public:
-  explicit StdinForwarder(std::shared_ptr<Transport> child_stdin) : child_stdin_(std::move(child_stdin)) {}
-  void connection_made(std::shared_ptr<Transport> transport) override { transport_ = std::move(transport); }
-  void data_received(std::span<const std::byte> data) override { child_stdin_->write(data); }
-  bool eof_received() override {
-    child_stdin_->close();
-    return false;
-  }
-  void connection_lost(std::exception_ptr) override { transport_.reset(); }
-  std::shared_ptr<Transport> transport_;
+  InputFeeder(EventLoop& loop, std::shared_ptr<Transport> child_stdin)
+      : loop_(loop), child_stdin_(std::move(child_stdin)) {}
+
+  /// Start reading `fd`; it is ours from now on. Returns false (with the
+  /// reason on stderr) if it cannot be read.
+  bool start(int fd);
+  /// The child's stdin is full (true) or has room again (false).
+  void set_paused(bool paused);
+  /// The child's stdin is gone: read no more, and say so once if input
+  /// was left.
+  void child_stdin_lost(std::exception_ptr error);
+  /// Whether all of the input was handed to the child (EOF reached).
+  bool finished() const { return finished_; }
 
  private:
+  class PipeReader;
+  void read_file_chunk();
+  void end_of_input();
+
+  EventLoop& loop_;
   std::shared_ptr<Transport> child_stdin_;
+  std::shared_ptr<Transport> pipe_;  // reading a pipe: its transport
+  int file_ = -1;                    // reading a regular file
+  bool paused_ = false;
+  bool reading_scheduled_ = false;
+  bool finished_ = false;
+  bool stopped_ = false;
 };
+
+class InputFeeder::PipeReader final : public Protocol {
+ public:
+  explicit PipeReader(InputFeeder& feeder) : feeder_(feeder) {}
+  void data_received(std::span<const std::byte> data) override { feeder_.child_stdin_->write(data); }
+  bool eof_received() override {
+    feeder_.end_of_input();
+    return false;
+  }
+
+ private:
+  InputFeeder& feeder_;
+};
+
+bool InputFeeder::start(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+    file_ = fd;
+    set_paused(false);
+    return true;
+  }
+  bool ok = true;
+  loop_.connect_read_pipe([this] { return std::make_shared<PipeReader>(*this); }, fd,
+                          [&](std::exception_ptr error, std::shared_ptr<Transport> transport, auto) {
+                            if (error) {
+                              std::cerr << "conduit run-subprocess: cannot read the input: " << describe(error) << '\n';
+                              ok = false;
+                              return;
+                            }
+                            pipe_ = std::move(transport);
+                            if (paused_) pipe_->pause_reading();
+                          });
+  return ok;
+}
+
+void InputFeeder::set_paused(bool paused) {
+  paused_ = paused;
+  if (stopped_ || finished_) return;
+  if (pipe_) {
+    if (paused) pipe_->pause_reading();
+    else pipe_->resume_reading();
+  } else if (file_ >= 0 && !paused && !reading_scheduled_) {
+    reading_scheduled_ = true;
+    asio::post(loop_.get_executor(), [this] { read_file_chunk(); });
+  }
+}
+
+void InputFeeder::read_file_chunk() {
+  reading_scheduled_ = false;
+  if (stopped_ || finished_ || paused_) return;
+  char chunk[65536];
+  const ssize_t n = ::read(file_, chunk, sizeof chunk);
+  if (n < 0 && errno == EINTR) return set_paused(false);
+  if (n < 0) {
+    std::cerr << "conduit run-subprocess: cannot read the input: " << std::strerror(errno) << '\n';
+    return end_of_input();
+  }
+  if (n == 0) return end_of_input();
+  child_stdin_->write(std::string_view(chunk, static_cast<std::size_t>(n)));
+  set_paused(paused_);  // the write may have paused us (pause_writing runs inside it)
+}
+
+void InputFeeder::end_of_input() {
+  if (finished_ || stopped_) return;
+  finished_ = true;
+  if (file_ >= 0) ::close(std::exchange(file_, -1));
+  child_stdin_->close();
+}
+
+void InputFeeder::child_stdin_lost(std::exception_ptr error) {
+  if (stopped_ || finished_) return;
+  stopped_ = true;
+  std::cerr << "conduit run-subprocess: the child closed its stdin" << (error ? " (" + describe(error) + ")" : "")
+            << ": the rest of the input is not sent\n";
+  if (pipe_) pipe_->close();
+  if (file_ >= 0) ::close(std::exchange(file_, -1));
+}
 
 int exit_code_of(int returncode) { return returncode < 0 ? 128 - returncode : returncode; }
 
@@ -165,57 +272,58 @@ bool is_regular_file(int fd) {
   return ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+/// Signals run-subprocess forwards to the child; the first four also end
+/// it (after --kill-after, with its whole group) if the child does not.
+constexpr int ending_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+constexpr int forwarded_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+
 int run(const RunOptions& options) {
   EventLoop loop;
   EventLog log(options.output);
   OutputForwarder output(options.prefix);
   RunResult result;
+  const bool remote = !options.via.address.empty();
+
+  // The input: none (/dev/null, or EOF at once through the service), a
+  // descriptor the local child reads itself, or one we forward.
+  int input_fd = -1;
   SubprocessOptions spawn;
   spawn.stdin_stream = Stdio::devnull();
-  int stdin_file = -1;
-  bool forward_our_stdin = false;
   if (options.stdin_source == "-") {
-    // A file can go to the child as is; a pipe or terminal is forwarded
+    // A file can go to a local child as is; a pipe or terminal is forwarded
     // through the loop, so the child (in its own process group) never
     // reads our terminal directly.
-    if (is_regular_file(STDIN_FILENO)) spawn.stdin_stream = Stdio::fd(STDIN_FILENO);
-    else {
-      spawn.stdin_stream = Stdio::pipe();
-      forward_our_stdin = true;
-    }
+    if (!remote && is_regular_file(STDIN_FILENO)) spawn.stdin_stream = Stdio::fd(STDIN_FILENO);
+    else input_fd = STDIN_FILENO;
   } else if (options.stdin_source) {
-    stdin_file = ::open(options.stdin_source->c_str(), O_RDONLY | O_CLOEXEC);
-    if (stdin_file < 0) {
+    const int file = ::open(options.stdin_source->c_str(), O_RDONLY | O_CLOEXEC);
+    if (file < 0) {
       std::cerr << "conduit run-subprocess: cannot open --stdin " << *options.stdin_source << ": "
                 << std::strerror(errno) << '\n';
       return exit_usage;
     }
-    spawn.stdin_stream = Stdio::fd(stdin_file);
+    if (remote) input_fd = file;
+    else spawn.stdin_stream = Stdio::fd(file);
   }
+  if (input_fd >= 0 && !remote) spawn.stdin_stream = Stdio::pipe();
 
   const auto start = Clock::now();
   std::shared_ptr<RunProtocol> protocol;
   std::exception_ptr spawn_error;
   bool spawned = false;
-  std::string remote_stdin;  // --via with a file to feed: sent once the child runs
-  if (!options.via.address.empty()) {
+  if (remote) {
     // The child runs on the service's host; its stdin is fed from here.
-    service::RemoteOptions remote;
+    service::RemoteOptions remote_options;
     try {
-      remote = read_remote(options.via);
+      remote_options = read_remote(options.via);
     } catch (const std::invalid_argument& e) {
       std::cerr << "conduit run-subprocess: " << e.what() << '\n';
       return exit_usage;
     }
-    if (stdin_file >= 0 || (options.stdin_source == "-" && !forward_our_stdin)) {
-      const int fd = stdin_file >= 0 ? stdin_file : STDIN_FILENO;
-      char chunk[65536];
-      for (ssize_t n; (n = ::read(fd, chunk, sizeof chunk)) > 0;) remote_stdin.append(chunk, static_cast<std::size_t>(n));
-    }
     conduit::v1::OpenSubprocess open;
     for (const auto& arg : options.command) open.add_argv(arg);
     protocol = std::make_shared<RunProtocol>(output, log, result);
-    service::create_remote_subprocess(loop, remote, std::move(open), protocol, [&](std::exception_ptr error) {
+    service::create_remote_subprocess(loop, remote_options, std::move(open), protocol, [&](std::exception_ptr error) {
       spawn_error = error;
       spawned = true;
     });
@@ -230,48 +338,69 @@ int run(const RunOptions& options) {
                          });
   }
   loop.run_until([&] { return spawned; }, std::chrono::seconds(30));
-  if (stdin_file >= 0) ::close(stdin_file);
+  if (spawn.stdin_stream.kind() == Stdio::Kind::fd && spawn.stdin_stream.descriptor() != STDIN_FILENO) {
+    ::close(spawn.stdin_stream.descriptor());  // the child has its copy
+  }
   if (spawn_error || !protocol) {
+    if (input_fd > STDIN_FILENO) ::close(input_fd);
     std::cerr << "conduit run-subprocess: " << (spawn_error ? describe(spawn_error) : "spawn did not complete") << '\n';
     return exit_cannot_run;
   }
   loop.run_until([&] { return protocol->transport_ != nullptr || result.lost; }, std::chrono::seconds(30));
   auto transport = protocol->transport_;
-  if (!options.via.address.empty() && transport && !forward_our_stdin) {
-    // Remote stdin: what --stdin gave, then EOF (none: EOF at once, as /dev/null).
-    if (auto child_stdin = transport->get_pipe_transport(0)) {
-      if (!remote_stdin.empty()) child_stdin->write(remote_stdin);
-      child_stdin->close();
-    }
-  }
 
   // Reading our stdin through the loop makes it non-blocking, a flag shared
   // with whoever else holds that terminal or pipe: put it back at the end.
   const int stdin_flags = ::fcntl(STDIN_FILENO, F_GETFL);
-  if (forward_our_stdin && transport) {
-    auto child_stdin = transport->get_pipe_transport(0);
-    loop.connect_read_pipe([child_stdin] { return std::make_shared<StdinForwarder>(child_stdin); }, STDIN_FILENO,
-                           [&, child_stdin](std::exception_ptr error, std::shared_ptr<Transport> ours, auto) {
-                             if (error) {
-                               std::cerr << "conduit run-subprocess: cannot read stdin: " << describe(error) << '\n';
-                               child_stdin->close();
-                               return;
-                             }
-                             protocol->on_stdin_pressure = [ours](bool full) {
-                               if (full) ours->pause_reading();
-                               else ours->resume_reading();
-                             };
-                           });
+  std::optional<InputFeeder> feeder;
+  if (transport) {
+    if (auto child_stdin = transport->get_pipe_transport(0)) {
+      if (input_fd >= 0) {
+        feeder.emplace(loop, child_stdin);
+        protocol->on_stdin_pressure = [&](bool full) { feeder->set_paused(full); };
+        protocol->on_stdin_lost = [&](std::exception_ptr error) { feeder->child_stdin_lost(error); };
+        if (!feeder->start(input_fd)) child_stdin->close();
+      } else if (remote) {
+        child_stdin->close();  // no --stdin: EOF at once, as /dev/null
+      }
+    }
   }
 
-  // Ctrl-C and SIGTERM go to the child (in its own process group, it does
-  // not get the terminal's); it decides how to end, and we report that.
-  asio::signal_set signals(loop.context(), SIGINT, SIGTERM, SIGHUP);
+  // The child is in its own process group, so a Ctrl-C at our terminal
+  // reaches only us: we forward what we get; it decides how to end. If it
+  // has not ended --kill-after seconds after an ending signal (or the
+  // timeout), its whole group is killed, so nothing is left behind.
+  asio::steady_timer grace(loop.context());
+  bool grace_running = false;
+  const auto grace_period = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.kill_after));
+  auto end_after_grace = [&](const std::string& why) {
+    if (grace_running || !transport) return;
+    grace_running = true;
+    grace.expires_after(grace_period);
+    grace.async_wait([&, why](const boost::system::error_code& ec) {
+      if (ec || result.lost) return;
+      std::cerr << "conduit run-subprocess: " << why << ", and " << (result.returncode ? "what it left" : "the child")
+                << " still ran " << options.kill_after << " s later: killing its process group\n";
+      result.killed = true;
+      transport->close();
+    });
+  };
+  asio::signal_set signals(loop.context());
+  for (int signal : forwarded_signals) signals.add(signal);
   std::function<void()> wait_signal = [&] {
     signals.async_wait([&](const boost::system::error_code& ec, int signal) {
       if (ec) return;
       log.event("run-subprocess", "forwarding signal " + std::to_string(signal));
-      if (transport && !result.returncode) transport->send_signal(signal);
+      if (transport && !result.returncode) {
+        try {
+          transport->send_signal(signal);
+        } catch (const std::exception& e) {
+          log.event("run-subprocess", std::string("cannot forward the signal: ") + e.what());
+        }
+      }
+      if (std::find(std::begin(ending_signals), std::end(ending_signals), signal) != std::end(ending_signals)) {
+        end_after_grace(std::string("got ") + ::strsignal(signal));
+      }
       wait_signal();
     });
   };
@@ -281,25 +410,42 @@ int run(const RunOptions& options) {
   if (options.timeout && transport) {
     deadline.expires_after(std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(*options.timeout)));
     deadline.async_wait([&](const boost::system::error_code& ec) {
-      if (ec || result.returncode) return;
+      if (ec || result.lost) return;
       result.timed_out = true;
+      if (result.returncode) {
+        // The child is done; what it left holds the pipes: end it now.
+        log.event("run-subprocess", "timeout: killing what the child left in its group");
+        transport->close();
+        return;
+      }
       log.event("run-subprocess", "timeout: terminating the child");
-      transport->terminate();
-      // A child that ignores SIGTERM gets SIGKILL (with its group) 2 s later.
-      deadline.expires_after(std::chrono::seconds(2));
-      deadline.async_wait([&](const boost::system::error_code& ec2) {
-        if (!ec2 && !result.returncode) transport->close();
-      });
+      try {
+        transport->terminate();
+      } catch (const std::exception&) {
+      }
+      end_after_grace("timed out");
     });
   }
 
   loop.run_until([&] { return result.lost; }, std::chrono::hours(24 * 365));
   signals.cancel();
   deadline.cancel();
-  if (forward_our_stdin && stdin_flags >= 0) ::fcntl(STDIN_FILENO, F_SETFL, stdin_flags);
+  grace.cancel();
+  if (input_fd == STDIN_FILENO && stdin_flags >= 0) ::fcntl(STDIN_FILENO, F_SETFL, stdin_flags);
 
-  const int returncode = result.returncode.value_or(-SIGKILL);
-  int exit_code = exit_code_of(returncode);
+  int exit_code;
+  if (!result.returncode) {
+    // The session broke (the service went away) before the child's exit
+    // was reported: its status is unknown.
+    std::cerr << "conduit run-subprocess: the child's exit status is unknown: "
+              << (result.lost_error ? describe(result.lost_error) : std::string("the session ended")) << '\n';
+    exit_code = exit_failure;
+  } else {
+    exit_code = exit_code_of(*result.returncode);
+    if (remote && result.lost_error) {
+      std::cerr << "conduit run-subprocess: the session ended with an error: " << describe(result.lost_error) << '\n';
+    }
+  }
   if (result.timed_out) {
     std::cerr << "conduit run-subprocess: timed out after " << *options.timeout << " s\n";
     exit_code = exit_timed_out;
@@ -308,8 +454,9 @@ int run(const RunOptions& options) {
     const double elapsed_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
     std::cout << "{\"program\":" << json_string(options.command.front())
               << ",\"pid\":" << (transport ? transport->get_pid() : 0)
-              << ",\"returncode\":" << returncode << ",\"exit_code\":" << exit_code
-              << ",\"timed_out\":" << (result.timed_out ? "true" : "false") << ",\"stdout_bytes\":" << result.stdout_bytes
+              << ",\"returncode\":" << (result.returncode ? std::to_string(*result.returncode) : "null")
+              << ",\"exit_code\":" << exit_code << ",\"timed_out\":" << (result.timed_out ? "true" : "false")
+              << ",\"killed\":" << (result.killed ? "true" : "false") << ",\"stdout_bytes\":" << result.stdout_bytes
               << ",\"stderr_bytes\":" << result.stderr_bytes << ",\"elapsed_ms\":" << elapsed_ms << "}" << std::endl;
   }
   return exit_code;
@@ -322,19 +469,29 @@ void set_run_subprocess_command(CLI::App& app, int& exit_code) {
   CLI::App* cmd = app.add_subcommand("run-subprocess", "Run a program through subprocess_exec and stream its output");
   cmd->add_option("--stdin", options->stdin_source, "Feed the child this file, or - for our standard input "
                                                     "(default: /dev/null)");
-  cmd->add_option("-t,--timeout", options->timeout, "Stop the child after S seconds (SIGTERM, then SIGKILL 2 s later)")
-      ->check(CLI::PositiveNumber);
+  cmd->add_option("-t,--timeout", options->timeout,
+                  "Stop the child after S seconds (SIGTERM, then its whole group SIGKILLed --kill-after S later)")
+      ->check(seconds_validator());
+  cmd->add_option("--kill-after", options->kill_after,
+                  "Seconds a child has to end after a forwarded SIGINT/SIGTERM/SIGHUP/SIGQUIT or the timeout, "
+                  "before its whole process group is killed")
+      ->capture_default_str()
+      ->check(seconds_validator());
   cmd->add_flag("--prefix", options->prefix, "Prefix output lines with [out] / [err]");
   add_via_flags(*cmd, options->via);
   add_output_flags(*cmd, options->output);
   cmd->add_option("command", options->command, "PROGRAM [ARGS...] (after --)")->required();
   cmd->positionals_at_end();
-  cmd->footer(R"(The child runs in its own process group; SIGINT (Ctrl-C), SIGTERM and SIGHUP sent
-to run-subprocess are forwarded to it. --json adds a JSON summary as the last line of
-stdout.
+  cmd->footer(R"(The child runs in its own process group. SIGINT (Ctrl-C), SIGTERM, SIGHUP, SIGQUIT,
+SIGUSR1 and SIGUSR2 sent to run-subprocess are forwarded to it; after SIGINT, SIGTERM,
+SIGHUP or SIGQUIT (or --timeout), whatever is still running in its group --kill-after
+seconds later is killed, so nothing is left behind. Input (--stdin) is read only as fast
+as the child takes it. --json adds a JSON summary as the last line of stdout.
 
-Exit status: the child's own exit code, or 128+N if signal N ended it; 124 if --timeout
-stopped it; 127 if it could not be started; 2 for bad arguments.
+Exit status: the child's own exit code, or 128+N if signal N ended it (137 when the grace
+period ran out and it was killed); 124 if --timeout stopped it; 127 if it could not be
+started; 2 for bad arguments; 1 if the session with the service broke before the child's
+exit was known (the reason is printed).
 
 Examples:
   conduit run-subprocess -- ls -l /tmp

@@ -17,6 +17,8 @@
 
 #include <signal.h>
 
+#include <cstring>
+
 #include <charconv>
 #include <fstream>
 #include <iostream>
@@ -241,6 +243,9 @@ int run_serve(const ServeOptions& options) {
   sigwait(&signals, &signal);
   service.audit().write(LogLevel::info, "stopping", "shutting down");
   server->GetHealthCheckService()->SetServingStatus(false);
+  // Each session ends now, its client told why, rather than at Shutdown's
+  // deadline as a cancelled call.
+  service.abort_all_sessions("the service is shutting down (" + std::string(::strsignal(signal)) + ")");
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   service::set_grpc_log_sink(nullptr);
   return exit_ok;

@@ -70,6 +70,30 @@ v1::Command make_command(Fill fill) {
   return c;
 }
 
+/// A remote transport's writing is paused while either our queue to the
+/// service (local) or the transport's own buffer on the service's host
+/// (remote) is over its high watermark; the protocol hears of each change
+/// of the two together once.
+class WritingPauses {
+ public:
+  /// Set the local side's state; calls `protocol` on a change.
+  void set_local(bool paused, BaseProtocol* protocol) { set(paused, remote_, protocol); }
+  void set_remote(bool paused, BaseProtocol* protocol) { set(local_, paused, protocol); }
+
+ private:
+  void set(bool local, bool remote, BaseProtocol* protocol) {
+    const bool was = local_ || remote_;
+    local_ = local;
+    remote_ = remote;
+    const bool now = local_ || remote_;
+    if (was == now || !protocol) return;
+    if (now) protocol->pause_writing();
+    else protocol->resume_writing();
+  }
+
+  bool local_ = false, remote_ = false;
+};
+
 // ==== connections ===============================================================
 
 /// "127.0.0.1:53" or "[::1]:53" back to a SocketAddress (as the service
@@ -227,7 +251,7 @@ class RemoteTransport final : public Transport {
       auto chunk = data.subspan(at, std::min(max_command_data, data.size() - at));
       send([&](v1::Command& c) { c.set_write(std::string(as_string_view(chunk))); });
     }
-    if (flow_.should_pause(get_write_buffer_size())) set_writing_paused(true, remote_paused_);
+    if (flow_.should_pause(get_write_buffer_size())) pauses_.set_local(true, writing_protocol());
   }
   using WriteTransport::writelines;
   void writelines(std::span<const std::span<const std::byte>> buffers) override {
@@ -250,7 +274,7 @@ class RemoteTransport final : public Transport {
   }
   /// A queued command went out: resume_writing if the queue drained.
   void on_sent() {
-    if (flow_.should_resume(get_write_buffer_size())) set_writing_paused(false, remote_paused_);
+    if (flow_.should_resume(get_write_buffer_size())) pauses_.set_local(false, writing_protocol());
   }
   void on_event(const v1::Event& event) {
     switch (event.kind_case()) {
@@ -272,10 +296,10 @@ class RemoteTransport final : public Transport {
       // transport is paused; a server's connections share one stream, so
       // theirs say it with these events.
       case v1::Event::kPauseWriting:
-        if (connection_id_) set_writing_paused(local_paused_, true);
+        if (connection_id_) pauses_.set_remote(true, writing_protocol());
         break;
       case v1::Event::kResumeWriting:
-        if (connection_id_) set_writing_paused(local_paused_, false);
+        if (connection_id_) pauses_.set_remote(false, writing_protocol());
         break;
       default: break;
     }
@@ -295,17 +319,8 @@ class RemoteTransport final : public Transport {
 
   std::shared_ptr<RemoteTransport> shared() { return std::shared_ptr<RemoteTransport>(shared_from_this(), this); }
 
-  /// The protocol is paused while either our queue to the service is over
-  /// its high watermark (local) or the remote transport's is (remote).
-  void set_writing_paused(bool local, bool remote) {
-    const bool was = local_paused_ || remote_paused_;
-    local_paused_ = local;
-    remote_paused_ = remote;
-    const bool now = local_paused_ || remote_paused_;
-    if (was == now || state_ == State::closed || !protocol_) return;
-    if (now) protocol_->pause_writing();
-    else protocol_->resume_writing();
-  }
+  /// The protocol to tell of pause/resume_writing (none once closed).
+  BaseProtocol* writing_protocol() const { return state_ == State::closed ? nullptr : protocol_.get().get(); }
 
   template <class Fill>
   void send(Fill fill) {
@@ -332,7 +347,7 @@ class RemoteTransport final : public Transport {
   std::uint64_t connection_id_ = 0;
   State state_ = State::opening;
   bool paused_reading_ = false;
-  bool local_paused_ = false, remote_paused_ = false;  // see set_writing_paused
+  WritingPauses pauses_;
   bool eof_written_ = false;
   WriteFlowControl flow_{WriteTransport::default_high_water};
   ReportedAddresses addresses_;
@@ -441,10 +456,13 @@ class RemoteServerSession final : public RemoteServer, public std::enable_shared
 class RemoteSubprocess;
 
 /// The child's stdin, as get_pipe_transport(0) returns it: writes and close
-/// (EOF) go to the session.
+/// (EOF) go to the session. Its write buffer is what waits to go to the
+/// service; `pressure(true/false)` tells the child's transport when that
+/// passes the high watermark and when it drains below the low one.
 class RemoteStdin final : public Transport {
  public:
-  explicit RemoteStdin(std::shared_ptr<SessionStream> stream) : stream_(std::move(stream)) {}
+  RemoteStdin(std::shared_ptr<SessionStream> stream, std::function<void(bool)> pressure)
+      : stream_(std::move(stream)), pressure_(std::move(pressure)) {}
   bool is_closing() const override { return closed_; }
   void close() override { write_eof(); }
   void set_protocol(std::shared_ptr<BaseProtocol>) override {
@@ -456,6 +474,7 @@ class RemoteStdin final : public Transport {
   void resume_reading() override {}
   void set_write_buffer_limits(std::optional<std::int64_t> high, std::optional<std::int64_t> low) override {
     flow_.set_limits(high, low);
+    check_pressure();
   }
   std::pair<std::size_t, std::size_t> get_write_buffer_limits() const override { return flow_.limits(); }
   std::size_t get_write_buffer_size() const override { return stream_->queued_bytes(); }
@@ -466,6 +485,7 @@ class RemoteStdin final : public Transport {
       auto chunk = data.subspan(at, std::min(max_command_data, data.size() - at));
       stream_->command(make_command([&](v1::Command& c) { c.set_write(std::string(as_string_view(chunk))); }));
     }
+    check_pressure();
   }
   using WriteTransport::writelines;
   void writelines(std::span<const std::span<const std::byte>> buffers) override {
@@ -479,12 +499,26 @@ class RemoteStdin final : public Transport {
   bool can_write_eof() const override { return true; }
   void abort() override { write_eof(); }
 
+  /// A queued command went out.
+  void check_pressure() {
+    const std::size_t size = get_write_buffer_size();
+    if (!paused_ && flow_.should_pause(size)) {
+      paused_ = true;
+      pressure_(true);
+    } else if (paused_ && flow_.should_resume(size)) {
+      paused_ = false;
+      pressure_(false);
+    }
+  }
+
  protected:
   std::any extra_info(std::string_view) const override { return {}; }
 
  private:
   std::shared_ptr<SessionStream> stream_;
+  std::function<void(bool)> pressure_;
   bool closed_ = false;
+  bool paused_ = false;
   WriteFlowControl flow_{WriteTransport::default_high_water};
 };
 
@@ -500,9 +534,15 @@ class RemoteSubprocess final : public SubprocessTransport {
     *first.mutable_open_subprocess() = std::move(open);
     auto self = std::shared_ptr<RemoteSubprocess>(shared_from_this(), this);
     stream_ = SessionStream::start(loop_, remote, std::move(first),
-                                   {[self](const v1::Event& e) { self->on_event(e); }, nullptr,
+                                   {[self](const v1::Event& e) { self->on_event(e); },
+                                    [self] {
+                                      if (self->stdin_) self->stdin_->check_pressure();
+                                    },
                                     [self](const grpc::Status& s) { self->on_finished(s); }});
-    stdin_ = std::make_shared<RemoteStdin>(stream_);
+    std::weak_ptr<RemoteSubprocess> weak = self;
+    stdin_ = std::make_shared<RemoteStdin>(stream_, [weak](bool paused) {
+      if (auto owner = weak.lock()) owner->pauses_.set_local(paused, owner->protocol_.get());
+    });
   }
 
   bool is_closing() const override { return closed_; }
@@ -553,8 +593,8 @@ class RemoteSubprocess final : public SubprocessTransport {
         returncode_ = event.process_exited().returncode();
         protocol_->process_exited();
         break;
-      case v1::Event::kPauseWriting: protocol_->pause_writing(); break;
-      case v1::Event::kResumeWriting: protocol_->resume_writing(); break;
+      case v1::Event::kPauseWriting: pauses_.set_remote(true, protocol_.get()); break;
+      case v1::Event::kResumeWriting: pauses_.set_remote(false, protocol_.get()); break;
       case v1::Event::kConnectionLost:
         ending_.lost = true;
         if (event.connection_lost().has_error()) ending_.lost_error = remote_error(event.connection_lost().error());
@@ -570,6 +610,8 @@ class RemoteSubprocess final : public SubprocessTransport {
     protocol_.reset();
     stdin_.reset();
   }
+
+  WritingPauses pauses_;
 
   EventLoop& loop_;
   std::shared_ptr<SubprocessProtocol> protocol_;

@@ -46,7 +46,7 @@ void ConduitService::check_idle_sessions() {
       loop_.log(LogLevel::info, "session " + record->id + " idle for " + std::to_string(options_.idle_timeout.count()) +
                                     " s: closing it");
       record->touch();  // one abort per timeout
-      if (record->abort) record->abort();
+      if (record->abort) record->abort("the service closed the session: idle for " + std::to_string(options_.idle_timeout.count()) + " s");
     }
     check_idle_sessions();
   });
@@ -139,6 +139,17 @@ void ConduitService::log_session_opened(SessionRecord& record) {
                "session " + record.id + " opened by " + record.peer + ": " + record.kind + " " + record.target, fields);
 }
 
+void ConduitService::abort_all_sessions(const std::string& reason) {
+  std::vector<std::shared_ptr<SessionRecord>> all;
+  {
+    std::lock_guard lock(sessions_mutex_);
+    for (const auto& [id, record] : sessions_) all.push_back(record);
+  }
+  for (const auto& record : all) {
+    if (record->abort) record->abort(reason);
+  }
+}
+
 void ConduitService::remove_session(const std::string& id) {
   std::shared_ptr<SessionRecord> record;
   {
@@ -208,7 +219,7 @@ grpc::ServerUnaryReactor* ConduitService::CloseSession(grpc::CallbackServerConte
                            grpc::Status(grpc::StatusCode::NOT_FOUND, "no session '" + request->session_id() + "'")));
     return reactor;
   }
-  if (record->abort) record->abort();
+  if (record->abort) record->abort("the session was closed by CloseSession from " + context->peer());
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

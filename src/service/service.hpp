@@ -63,7 +63,9 @@ struct SessionRecord {
   /// steady_clock ticks of the last event or command (for the idle timeout).
   std::atomic<std::int64_t> last_activity{std::chrono::steady_clock::now().time_since_epoch().count()};
   void touch() { last_activity = std::chrono::steady_clock::now().time_since_epoch().count(); }
-  std::function<void()> abort;  // posts an abort of its transport to the loop
+  /// Posts an abort of its transport to the loop; `reason` becomes the
+  /// error of its connection_lost, so the client learns why.
+  std::function<void(std::string reason)> abort;
 };
 
 class ConduitService final : public v1::Conduit::CallbackService {
@@ -94,6 +96,9 @@ class ConduitService final : public v1::Conduit::CallbackService {
   /// A reason to refuse listening on `port` or `unix_path`, if it is the
   /// service's own (or the service does not know its own yet).
   std::optional<std::string> check_not_own_address(std::uint16_t port, const std::string& unix_path) const;
+
+  /// Abort every session (on shutdown), telling each client `reason`.
+  void abort_all_sessions(const std::string& reason);
 
   /// Register a session; RESOURCE_EXHAUSTED past max_sessions.
   grpc::Status add_session(const std::shared_ptr<SessionRecord>& record);

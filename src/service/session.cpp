@@ -291,6 +291,7 @@ class SideEvents : public LoopSide {
   v1::Event lost_event(std::exception_ptr exc) const {
     v1::Event event;
     if (exc) *event.mutable_connection_lost()->mutable_error() = error_of(exc);
+    else if (!link_->abort_reason().empty()) event.mutable_connection_lost()->mutable_error()->set_message(link_->abort_reason());
     else event.mutable_connection_lost();
     return event;
   }
@@ -1248,9 +1249,10 @@ void SessionReactor::OnReadDone(bool ok) {
       if (s.shell().empty()) record.argv.assign(s.argv().begin(), s.argv().end());
       else record.argv = {"/bin/sh", "-c", s.shell()};
     }
-    record.abort = [&service = service_, weak = std::weak_ptr<Link>(link_)] {
-      asio::post(service.loop().get_executor(), [weak] {
+    record.abort = [&service = service_, weak = std::weak_ptr<Link>(link_)](std::string reason) {
+      asio::post(service.loop().get_executor(), [weak, reason = std::move(reason)] {
         if (auto link = weak.lock()) {
+          link->set_abort_reason(reason);
           if (auto side = link->loop_side()) side->abort();
         }
       });

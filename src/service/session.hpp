@@ -49,6 +49,11 @@ class Link {
   /// For the loop side: whether the events queue lets the transport read.
   bool wants_transport_reading();
 
+  /// Why the service aborted the session (shutdown, idle, CloseSession);
+  /// loop thread only. Empty: it did not.
+  void set_abort_reason(std::string reason) { abort_reason_ = std::move(reason); }
+  const std::string& abort_reason() const { return abort_reason_; }
+
   ConduitService& service() { return service_; }
   const std::shared_ptr<SessionRecord>& record() const { return record_; }
   void set_loop_side(std::shared_ptr<LoopSide> side);
@@ -76,6 +81,7 @@ class Link {
   std::uint64_t seq_ = 0;
   bool commands_held_ = false;
   bool read_owed_ = false;
+  std::string abort_reason_;  // loop thread
 };
 
 /// The transport side of a session, on the loop thread.
