@@ -124,6 +124,12 @@ CLI::Validator seconds_validator(double max) {
       "SECONDS");
 }
 
+std::string format_seconds(double seconds) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.10g", seconds);
+  return text;
+}
+
 void add_tls_flags(CLI::App& app, TlsFlags& flags, bool server) {
   if (server) {
     app.add_option("--cert", flags.cert, "TLS: certificate chain (PEM) for tls:// listeners")->check(CLI::ExistingFile);

@@ -69,6 +69,9 @@ CLI::Validator endpoint_validator(Schemes schemes = stream_schemes);
 /// to `max` (a year by default); NaN, infinities and 1e308 are refused.
 CLI::Validator seconds_validator(double max = 365.0 * 86400);
 
+/// Seconds as a person writes them: "1", "0.25", "1.5".
+std::string format_seconds(double seconds);
+
 /// --cert, --key, --cafile, --insecure of the TLS-capable tools.
 struct TlsFlags {
   std::string cert, key, cafile;

@@ -2,12 +2,12 @@
 // output, forward SIGINT/SIGTERM to it, and exit with its status.
 #include "commands.hpp"
 #include "common.hpp"
+#include "input_feeder.hpp"
 
 #include <conduit/event_loop.hpp>
 
 #include <remote_transport.hpp>
 
-#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -151,120 +151,6 @@ class RunProtocol final : public SubprocessProtocol {
   RunResult& result_;
 };
 
-/// Our input (standard input, or the --stdin file) into the child's stdin,
-/// read only while that has room: its pause_writing stops the reading, so
-/// memory stays bounded by its watermarks whatever the input's size. EOF
-/// closes the child's stdin. A pipe, terminal or socket is read through
-/// the loop; a regular file (which epoll cannot watch) in 64 KiB reads
-/// posted to the loop, one at a time.
-class InputFeeder {
- public:
-  InputFeeder(EventLoop& loop, std::shared_ptr<Transport> child_stdin)
-      : loop_(loop), child_stdin_(std::move(child_stdin)) {}
-
-  /// Start reading `fd`; it is ours from now on. Returns false (with the
-  /// reason on stderr) if it cannot be read.
-  bool start(int fd);
-  /// The child's stdin is full (true) or has room again (false).
-  void set_paused(bool paused);
-  /// The child's stdin is gone: read no more, and say so once if input
-  /// was left.
-  void child_stdin_lost(std::exception_ptr error);
-  /// Whether all of the input was handed to the child (EOF reached).
-  bool finished() const { return finished_; }
-
- private:
-  class PipeReader;
-  void read_file_chunk();
-  void end_of_input();
-
-  EventLoop& loop_;
-  std::shared_ptr<Transport> child_stdin_;
-  std::shared_ptr<Transport> pipe_;  // reading a pipe: its transport
-  int file_ = -1;                    // reading a regular file
-  bool paused_ = false;
-  bool reading_scheduled_ = false;
-  bool finished_ = false;
-  bool stopped_ = false;
-};
-
-class InputFeeder::PipeReader final : public Protocol {
- public:
-  explicit PipeReader(InputFeeder& feeder) : feeder_(feeder) {}
-  void data_received(std::span<const std::byte> data) override { feeder_.child_stdin_->write(data); }
-  bool eof_received() override {
-    feeder_.end_of_input();
-    return false;
-  }
-
- private:
-  InputFeeder& feeder_;
-};
-
-bool InputFeeder::start(int fd) {
-  struct stat st {};
-  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
-    file_ = fd;
-    set_paused(false);
-    return true;
-  }
-  bool ok = true;
-  loop_.connect_read_pipe([this] { return std::make_shared<PipeReader>(*this); }, fd,
-                          [&](std::exception_ptr error, std::shared_ptr<Transport> transport, auto) {
-                            if (error) {
-                              std::cerr << "conduit run-subprocess: cannot read the input: " << describe(error) << '\n';
-                              ok = false;
-                              return;
-                            }
-                            pipe_ = std::move(transport);
-                            if (paused_) pipe_->pause_reading();
-                          });
-  return ok;
-}
-
-void InputFeeder::set_paused(bool paused) {
-  paused_ = paused;
-  if (stopped_ || finished_) return;
-  if (pipe_) {
-    if (paused) pipe_->pause_reading();
-    else pipe_->resume_reading();
-  } else if (file_ >= 0 && !paused && !reading_scheduled_) {
-    reading_scheduled_ = true;
-    asio::post(loop_.get_executor(), [this] { read_file_chunk(); });
-  }
-}
-
-void InputFeeder::read_file_chunk() {
-  reading_scheduled_ = false;
-  if (stopped_ || finished_ || paused_) return;
-  char chunk[65536];
-  const ssize_t n = ::read(file_, chunk, sizeof chunk);
-  if (n < 0 && errno == EINTR) return set_paused(false);
-  if (n < 0) {
-    std::cerr << "conduit run-subprocess: cannot read the input: " << std::strerror(errno) << '\n';
-    return end_of_input();
-  }
-  if (n == 0) return end_of_input();
-  child_stdin_->write(std::string_view(chunk, static_cast<std::size_t>(n)));
-  set_paused(paused_);  // the write may have paused us (pause_writing runs inside it)
-}
-
-void InputFeeder::end_of_input() {
-  if (finished_ || stopped_) return;
-  finished_ = true;
-  if (file_ >= 0) ::close(std::exchange(file_, -1));
-  child_stdin_->close();
-}
-
-void InputFeeder::child_stdin_lost(std::exception_ptr error) {
-  if (stopped_ || finished_) return;
-  stopped_ = true;
-  std::cerr << "conduit run-subprocess: the child closed its stdin" << (error ? " (" + describe(error) + ")" : "")
-            << ": the rest of the input is not sent\n";
-  if (pipe_) pipe_->close();
-  if (file_ >= 0) ::close(std::exchange(file_, -1));
-}
-
 int exit_code_of(int returncode) { return returncode < 0 ? 128 - returncode : returncode; }
 
 bool is_regular_file(int fd) {
@@ -356,10 +242,21 @@ int run(const RunOptions& options) {
   if (transport) {
     if (auto child_stdin = transport->get_pipe_transport(0)) {
       if (input_fd >= 0) {
-        feeder.emplace(loop, child_stdin);
+        feeder.emplace(
+            loop, [child_stdin](std::span<const std::byte> data) { child_stdin->write(data); },
+            [child_stdin] { child_stdin->close(); });
         protocol->on_stdin_pressure = [&](bool full) { feeder->set_paused(full); };
-        protocol->on_stdin_lost = [&](std::exception_ptr error) { feeder->child_stdin_lost(error); };
-        if (!feeder->start(input_fd)) child_stdin->close();
+        protocol->on_stdin_lost = [&](std::exception_ptr error) {
+          if (feeder->stop()) {
+            std::cerr << "conduit run-subprocess: the child closed its stdin"
+                      << (error ? " (" + describe(error) + ")" : "") << ": the rest of the input is not sent\n";
+          }
+        };
+        std::string why;
+        if (!feeder->start(input_fd, why)) {
+          std::cerr << "conduit run-subprocess: cannot read the input: " << why << '\n';
+          child_stdin->close();
+        }
       } else if (remote) {
         child_stdin->close();  // no --stdin: EOF at once, as /dev/null
       }

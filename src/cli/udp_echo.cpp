@@ -319,7 +319,7 @@ int run_udp_client(const UdpClientOptions& options) {
   const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::duration<double>(options.timeout));
   if (!loop.run_until([&] { return finished; }, timeout)) {
     result.exit_code = exit_timeout;
-    result.error = "timed out after " + std::to_string(options.timeout) + " s (" + std::to_string(result.sent) + " of " +
+    result.error = "timed out after " + format_seconds(options.timeout) + " s (" + std::to_string(result.sent) + " of " +
                    std::to_string(options.count) + " datagrams sent)";
   }
   if (result.exit_code == exit_ok && result.lost > 0) {

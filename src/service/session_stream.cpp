@@ -35,6 +35,7 @@ SessionStream::~SessionStream() {
     std::lock_guard lock(mutex_);
     stopping_ = true;
     wake_.notify_one();
+    wake_reader_.notify_one();
   }
   context_.TryCancel();
   for (std::thread* t : {&reader_, &writer_}) {
@@ -96,9 +97,24 @@ void SessionStream::write_loop() {
 void SessionStream::read_loop() {
   v1::Event event;
   while (stream_->Read(&event)) {
-    asio::post(loop_.get_executor(), [self = shared_from_this(), event] {
+    const std::size_t size = event.ByteSizeLong();
+    {
+      // Read no further ahead of the loop than this: past it, HTTP/2 flow
+      // control holds the service back, which pauses the remote transport.
+      std::unique_lock lock(mutex_);
+      wake_reader_.wait(lock, [&] { return undelivered_bytes_ < max_undelivered_bytes || stopping_; });
+      if (stopping_) break;
+      undelivered_bytes_ += size;
+    }
+    asio::post(loop_.get_executor(), [self = shared_from_this(), event = std::move(event), size] {
+      {
+        std::lock_guard lock(self->mutex_);
+        self->undelivered_bytes_ -= size;
+        self->wake_reader_.notify_one();
+      }
       if (self->callbacks_.event) self->callbacks_.event(event);
     });
+    event = v1::Event();
   }
   {
     std::lock_guard lock(mutex_);

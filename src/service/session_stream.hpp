@@ -72,8 +72,12 @@ class SessionStream : public std::enable_shared_from_this<SessionStream> {
   grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::ClientMessage, v1::Event>> stream_;
   std::thread reader_, writer_;
+  /// Events read and posted to the loop, not yet delivered there.
+  static constexpr std::size_t max_undelivered_bytes = 1 << 20;
   mutable std::mutex mutex_;
-  std::condition_variable wake_;
+  std::condition_variable wake_;         // the writer
+  std::condition_variable wake_reader_;  // the reader, when the loop caught up
+  std::size_t undelivered_bytes_ = 0;
   std::deque<v1::ClientMessage> outgoing_;
   std::size_t queued_bytes_ = 0;
   bool writes_done_ = false;

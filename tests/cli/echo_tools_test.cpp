@@ -152,6 +152,33 @@ TEST(EchoTools, MismatchIsExitCodeFive) {
   upper.wait(bound);
 }
 
+TEST(EchoTools, StdinIsStreamedUnderFlowControlAndHonoursTheTimeout) {
+  EchoServer server;
+  // Endless input: it connects first, sends as it reads, and stops at the
+  // timeout, its memory bounded by the transport's watermarks.
+  ChildProcess endless({"sh", "-c", std::string("exec ") + CONDUIT_BIN + " echo-client --connect " + server.url +
+                                        " --stdin --quiet --timeout 1 < /dev/zero"});
+  EXPECT_EQ(endless.wait(bound), 4) << endless.err();
+  EXPECT_NE(endless.err().find("timed out after 1 s"), std::string::npos) << endless.err();
+  EXPECT_LT(endless.peak_rss_kib(), 300u * 1024) << "read more than it sent";
+
+  // 32 MiB through a pipe comes back whole and in order.
+  std::string input(32 << 20, '\0');
+  for (std::size_t i = 0; i < input.size(); ++i) input[i] = static_cast<char>((i * 2654435761u) >> 13);
+  ChildProcess piped({CONDUIT_BIN, "echo-client", "--connect", server.url, "--stdin"}, input);
+  ASSERT_EQ(piped.wait(bound), 0) << piped.err();
+  EXPECT_TRUE(piped.out() == input) << "the echo differs (" << piped.out().size() << " bytes)";
+}
+
+TEST(EchoTools, LargeSizesAreCheckedAsTheyArriveInBoundedMemory) {
+  EchoServer server;
+  ChildProcess big({CONDUIT_BIN, "echo-client", "--connect", server.url, "--size", "400000000", "--json"});
+  ASSERT_EQ(big.wait(bound), 0) << big.err();
+  EXPECT_NE(big.out().find("\"bytes_received\":400000000"), std::string::npos) << big.out();
+  // The payload is generated as it goes and the echo compared as it comes.
+  EXPECT_LT(big.peak_rss_kib(), 200u * 1024);
+}
+
 TEST(Interop, R2_SocatClientGetsEverythingBackAfterHalfClose) {
   EchoServer server;
   const std::string data = payload(1024 * 1024);
@@ -354,6 +381,11 @@ TEST(EchoTools, ServiceLimitsIdleTimeoutAndMessageSize) {
   // works directly works through the service.
   ChildProcess big({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url, "--size", "5000000"});
   EXPECT_EQ(big.wait(bound), 0) << big.err();
+  std::string input(6 << 20, 'v');
+  ChildProcess big_stdin({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url, "--stdin",
+                          "--quiet"},
+                         input);
+  EXPECT_EQ(big_stdin.wait(bound), 0) << big_stdin.err();
   ChildProcess fine({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url, "--size", "20000",
                      "--count", "5"});
   EXPECT_EQ(fine.wait(bound), 0) << fine.err() << " (the service still serves)";

@@ -29,6 +29,9 @@ class ChildProcess {
   /// Send a signal by PID.
   void signal(int sig);
 
+  /// The most memory it ever had resident (KiB), once wait() saw it exit.
+  std::size_t peak_rss_kib() const { return peak_rss_kib_; }
+
   const std::string& out() const { return out_; }
   const std::string& err() const { return err_; }
   int pid() const { return pid_; }
@@ -47,6 +50,7 @@ class ChildProcess {
   std::string err_;
   std::size_t scanned_ = 0;  // stdout bytes already searched by wait_for_line
   std::optional<int> status_;
+  std::size_t peak_rss_kib_ = 0;
 };
 
 }  // namespace conduit::testing
