@@ -144,6 +144,38 @@ void add_tls_flags(CLI::App& app, TlsFlags& flags, bool server) {
   }
 }
 
+std::string tls_flags_problem(const TlsFlags& flags, bool uses_tls, bool server) {
+  const bool any = !flags.cert.empty() || !flags.key.empty() || !flags.cafile.empty() || flags.insecure;
+  if (any && !uses_tls) {
+    const char* flag = !flags.cert.empty() ? "--cert" : !flags.key.empty() ? "--key" : !flags.cafile.empty() ? "--cafile" : "--insecure";
+    return std::string(flag) + " applies to tls:// endpoints only, and none is given";
+  }
+  if (!flags.key.empty() && flags.cert.empty()) return "--key needs --cert";
+  if (!flags.cert.empty() && flags.key.empty()) {
+    // A client's --cert may hold its key too (one PEM file); else say so
+    // rather than let OpenSSL report a decoder failure.
+    std::ifstream file(flags.cert);
+    const std::string pem((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    if (server || pem.find("PRIVATE KEY-----") == std::string::npos) {
+      return "--cert " + flags.cert + " needs --key (the file holds no private key)";
+    }
+  }
+  return {};
+}
+
+std::string via_flags_problem(const ViaFlags& flags) {
+  if (flags.address.empty()) {
+    for (const auto& [value, name] : {std::pair{&flags.token_file, "--token-file"}, {&flags.cafile, "--via-cafile"},
+                                      {&flags.cert, "--via-cert"}, {&flags.key, "--via-key"}}) {
+      if (!value->empty()) return std::string(name) + " applies with --via only";
+    }
+    return {};
+  }
+  if (flags.cert.empty() != flags.key.empty()) return "--via-cert and --via-key go together";
+  if (!flags.cert.empty() && flags.cafile.empty()) return "--via-cert needs --via-cafile (mTLS is TLS)";
+  return {};
+}
+
 void add_via_flags(CLI::App& app, ViaFlags& flags) {
   app.add_option("--via", flags.address, "Run through the conduit service at HOST:PORT (a session on its host)");
   app.add_option("--token-file", flags.token_file, "With --via: file whose first line is the service's bearer token")

@@ -79,6 +79,9 @@ struct TlsFlags {
 };
 /// Adds them to `app`; `server` words the help for a server.
 void add_tls_flags(CLI::App& app, TlsFlags& flags, bool server);
+/// Why these TLS flags cannot be used: given without a tls:// endpoint
+/// (`uses_tls` false), or --cert without its key. Empty: fine.
+std::string tls_flags_problem(const TlsFlags& flags, bool uses_tls, bool server);
 
 /// --via HOST:PORT and --token-file: run the tool's protocol through a
 /// `conduit serve` session instead of locally.
@@ -88,6 +91,9 @@ struct ViaFlags {
   std::string cafile, cert, key;  // TLS to the service
 };
 void add_via_flags(CLI::App& app, ViaFlags& flags);
+/// Why these flags cannot be used: --token-file or --via-* without --via,
+/// --via-cert without --via-key or --via-cafile. Empty: fine.
+std::string via_flags_problem(const ViaFlags& flags);
 /// The token in flags.token_file's first line ("" without a file); throws
 /// std::invalid_argument if it cannot be read.
 std::string read_token(const ViaFlags& flags);

@@ -314,6 +314,13 @@ void print_json(const EchoClientOptions& options, const ClientResult& r, double 
 
 int run_echo_client(const EchoClientOptions& options) {
   const Endpoint ep = parse_endpoint(options.connect);
+  for (const std::string& problem :
+       {tls_flags_problem(options.tls, ep.kind == Endpoint::Kind::tls, false), via_flags_problem(options.via)}) {
+    if (!problem.empty()) {
+      std::cerr << "conduit echo-client: " << problem << '\n';
+      return exit_usage;
+    }
+  }
   const Payload payload = make_payload(options);
   if (payload.kind == Payload::Kind::message && payload.message.empty()) {
     std::cerr << "conduit echo-client: nothing to send (the message is empty)\n";

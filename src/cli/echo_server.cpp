@@ -47,10 +47,10 @@ class EchoConnection {
   }
   bool eof() {
     log_.event(name_, "eof_received");
-    // Half-close carried through: everything received is flushed back
-    // before our FIN (SPEC R2).
-    transport_->close();
-    return true;
+    // Half-close carried through: false closes the transport, which
+    // flushes everything received back before our FIN (SPEC R2). (True
+    // would mean nothing over TLS, which cannot half-close.)
+    return false;
   }
   void lost(std::exception_ptr error) {
     if (error) ++stats_.errors;
@@ -146,9 +146,18 @@ std::string remote_url(const std::string& address, std::string_view scheme) {
 
 int run_echo_server(const EchoServerOptions& options) {
   const bool via = !options.via.address.empty();
+  bool uses_tls = false;
   for (const auto& url : options.listen) {
-    if (parse_endpoint(url).kind == Endpoint::Kind::tls && (options.tls.cert.empty() || options.tls.key.empty())) {
+    if (parse_endpoint(url).kind != Endpoint::Kind::tls) continue;
+    uses_tls = true;
+    if (options.tls.cert.empty() || options.tls.key.empty()) {
       std::cerr << "conduit echo-server: " << url << " needs --cert and --key\n";
+      return exit_usage;
+    }
+  }
+  for (const std::string& problem : {tls_flags_problem(options.tls, uses_tls, true), via_flags_problem(options.via)}) {
+    if (!problem.empty()) {
+      std::cerr << "conduit echo-server: " << problem << '\n';
       return exit_usage;
     }
   }
@@ -295,7 +304,9 @@ void set_echo_server_command(CLI::App& app, int& exit_code) {
       ->check(endpoint_validator());
   cmd->add_flag("--buffered", options->buffered, "Use a BufferedProtocol (reads into a per-connection buffer)");
   add_tls_flags(*cmd, options->tls, true);
-  cmd->add_option("--backlog", options->backlog, "listen() backlog")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--backlog", options->backlog, "listen() backlog")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65535));
   cmd->add_option("--exit-after", options->exit_after, "Stop once N connections have been served and closed")
       ->check(CLI::PositiveNumber);
   add_via_flags(*cmd, options->via);

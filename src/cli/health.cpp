@@ -78,7 +78,9 @@ void set_health_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--via-cert", options->via.cert, "Client certificate (PEM) for mTLS")->check(CLI::ExistingFile);
   cmd->add_option("--via-key", options->via.key, "Its private key (PEM)")->check(CLI::ExistingFile);
   cmd->add_option("--service", options->service, "The service name to check (default: the whole server)");
-  cmd->add_option("-t,--timeout", options->timeout, "Give up after S seconds")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("-t,--timeout", options->timeout, "Give up after S seconds")
+      ->capture_default_str()
+      ->check(seconds_validator());
   cmd->footer(R"(Prints "status: SERVING" (or the status it got). Exit codes, as grpc_health_probe's:
 0 serving, 1 bad arguments, 2 cannot connect, 3 the Check call failed, 4 not serving.
 

@@ -18,11 +18,32 @@ int main(int argc, char** argv) {
   conduit::cli::set_run_subprocess_command(app, exit_code);
   conduit::cli::set_serve_command(app, exit_code);
   conduit::cli::set_health_command(app, exit_code);
+  // A first word that is no subcommand: name it (CLI11 would only say that
+  // a subcommand is required).
+  if (argc > 1 && argv[1][0] != '-') {
+    const std::string word = argv[1];
+    std::string names;
+    bool known = false;
+    for (const CLI::App* sub : app.get_subcommands({})) {
+      known = known || sub->check_name(word);
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!known) {
+      std::cerr << "conduit: unknown subcommand '" << word << "' (the subcommands: " << names << ")\n"
+                << "Run 'conduit --help' for more information.\n";
+      return conduit::cli::exit_usage;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int rc = app.exit(e);  // prints help, version or the error
-    return rc == 0 ? 0 : conduit::cli::exit_usage;
+    if (rc == 0) return 0;
+    // `conduit health` keeps grpc_health_probe's codes: 1 for bad arguments.
+    for (const CLI::App* sub : app.get_subcommands()) {
+      if (sub->get_name() == "health") return 1;
+    }
+    return conduit::cli::exit_usage;
   }
   return exit_code;
 }

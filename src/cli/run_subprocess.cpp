@@ -169,6 +169,10 @@ int run(const RunOptions& options) {
   OutputForwarder output(options.prefix);
   RunResult result;
   const bool remote = !options.via.address.empty();
+  if (auto problem = via_flags_problem(options.via); !problem.empty()) {
+    std::cerr << "conduit run-subprocess: " << problem << '\n';
+    return exit_usage;
+  }
 
   // The input: none (/dev/null, or EOF at once through the service), a
   // descriptor the local child reads itself, or one we forward.

@@ -80,6 +80,10 @@ class UdpEchoProtocol final : public DatagramProtocol {
 };
 
 int run_udp_server(const UdpServerOptions& options) {
+  if (auto problem = via_flags_problem(options.via); !problem.empty()) {
+    std::cerr << "conduit udp-echo server: " << problem << '\n';
+    return exit_usage;
+  }
   EventLoop loop;
   EventLog log(options.output);
   UdpServerStats stats;
@@ -283,6 +287,10 @@ void print_client_json(const UdpClientOptions& options, const UdpClientResult& r
 }
 
 int run_udp_client(const UdpClientOptions& options) {
+  if (auto problem = via_flags_problem(options.via); !problem.empty()) {
+    std::cerr << "conduit udp-echo client: " << problem << '\n';
+    return exit_usage;
+  }
   const Endpoint ep = parse_endpoint(options.connect, datagram_schemes);
   EventLoop loop;
   EventLog log(options.output);
@@ -375,10 +383,10 @@ Examples:
       ->check(CLI::Range(std::size_t{8}, std::size_t{65507}));
   cli->add_option("-w,--wait", client->wait, "Seconds to wait for each echo before counting it lost")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(seconds_validator());
   cli->add_option("-t,--timeout", client->timeout, "Give up after S seconds in all")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(seconds_validator());
   add_via_flags(*cli, client->via);
   add_output_flags(*cli, client->output);
   cli->footer(std::string(R"(Prints "N sent, N received, N lost, rtt avg X ms" (or --json with min/avg/max).

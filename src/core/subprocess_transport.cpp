@@ -313,6 +313,24 @@ struct Spawned {
 
 void validate(const std::vector<std::string>& argv, const SubprocessOptions& options) {
   if (argv.empty() || argv.front().empty()) throw std::invalid_argument("subprocess_exec: the program is empty");
+  // As asyncio (ValueError: embedded null byte): C strings would cut them short.
+  for (std::size_t i = 0; i < argv.size(); ++i) {
+    if (argv[i].find('\0') != std::string::npos) {
+      throw std::invalid_argument("subprocess_exec: argv[" + std::to_string(i) + "] holds an embedded null byte");
+    }
+  }
+  if (options.env) {
+    for (const auto& entry : *options.env) {
+      const auto equals = entry.find('=');
+      if (entry.find('\0') != std::string::npos || equals == 0 || equals == std::string::npos) {
+        throw std::invalid_argument("subprocess_exec: the environment entry '" + entry.substr(0, entry.find('\0')) +
+                                    "' is not NAME=value (or holds a null byte)");
+      }
+    }
+  }
+  if (options.cwd && options.cwd->find('\0') != std::string::npos) {
+    throw std::invalid_argument("subprocess_exec: cwd holds an embedded null byte");
+  }
   const Stdio* streams[] = {&options.stdin_stream, &options.stdout_stream, &options.stderr_stream};
   const char* names[] = {"stdin", "stdout", "stderr"};
   for (int i = 0; i < 3; ++i) {

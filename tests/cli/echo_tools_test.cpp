@@ -131,6 +131,39 @@ TEST(EchoTools, ExitCodes) {
   EXPECT_EQ(in_use.wait(bound), 3);
   EXPECT_NE(in_use.err().find("cannot listen"), std::string::npos) << in_use.err();
 
+  ChildProcess unknown({CONDUIT_BIN, "echo-servre", "--listen", "tcp://127.0.0.1:0"});
+  EXPECT_EQ(unknown.wait(bound), 2);
+  EXPECT_NE(unknown.err().find("unknown subcommand 'echo-servre'"), std::string::npos) << unknown.err();
+
+  for (const char* seconds : {"nan", "inf", "1e308", "-1", "0"}) {
+    ChildProcess bad({CONDUIT_BIN, "echo-client", "--connect", "tcp://127.0.0.1:1", "--timeout", seconds});
+    EXPECT_EQ(bad.wait(bound), 2) << seconds;
+    EXPECT_NE(bad.err().find("a number of seconds from 0.001 to 31536000"), std::string::npos) << bad.err();
+    EXPECT_LT(bad.err().size(), 200u) << "no 300-digit numbers: " << bad.err();
+  }
+
+  // Flags that do not apply are refused, not ignored.
+  const auto& certs = conduit::testing::test_certificates();
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"echo-client", "--connect", "tcp://127.0.0.1:1", "--cafile", certs.ca},
+        {"echo-client", "--connect", "tcp://127.0.0.1:1", "--insecure"},
+        {"echo-server", "--listen", "tcp://127.0.0.1:0", "--cert", certs.server_cert, "--key", certs.server_key},
+        {"echo-client", "--connect", "tcp://127.0.0.1:1", "--token-file", certs.ca},
+        {"run-subprocess", "--via-cafile", certs.ca, "--", "true"}}) {
+    std::vector<std::string> argv = {CONDUIT_BIN};
+    argv.insert(argv.end(), args.begin(), args.end());
+    ChildProcess refused_flag(argv);
+    EXPECT_EQ(refused_flag.wait(bound), 2) << args[0] << " " << args.back();
+    EXPECT_NE(refused_flag.err().find("applies"), std::string::npos) << refused_flag.err();
+  }
+  ChildProcess cert_without_key({CONDUIT_BIN, "echo-client", "--connect", "tls://127.0.0.1:1", "--cert", certs.client_cert});
+  EXPECT_EQ(cert_without_key.wait(bound), 2);
+  EXPECT_NE(cert_without_key.err().find("needs --key (the file holds no private key)"), std::string::npos)
+      << cert_without_key.err();
+
+  ChildProcess serve_json({CONDUIT_BIN, "serve", "--json"});
+  EXPECT_EQ(serve_json.wait(bound), 2) << "refused, not silently ignored";
+
   ChildProcess help({CONDUIT_BIN, "echo-server", "--help"});
   EXPECT_EQ(help.wait(bound), 0);
   EXPECT_NE(help.out().find("Examples:"), std::string::npos);
@@ -248,6 +281,21 @@ TEST(EchoTools, TlsEchoVerifiesTheServer) {
   EXPECT_EQ(insecure.wait(bound), 0) << insecure.err();
 }
 
+TEST(EchoTools, TlsEchoServerLogsNoWarningPerConnection) {
+  const auto& certs = conduit::testing::test_certificates();
+  ChildProcess server({CONDUIT_BIN, "echo-server", "--listen", "tls://127.0.0.1:0", "--cert", certs.server_cert,
+                       "--key", certs.server_key});
+  auto url = server.wait_for_line("listening ", bound);
+  ASSERT_TRUE(url) << server.err();
+  for (int i = 0; i < 3; ++i) {
+    ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", *url, "--cafile", certs.ca, "--message", "tls"});
+    ASSERT_EQ(client.wait(bound), 0) << client.err();
+  }
+  server.signal(SIGTERM);
+  EXPECT_EQ(server.wait(bound), 0);
+  EXPECT_EQ(server.err().find("has no effect"), std::string::npos) << server.err();
+}
+
 TEST(EchoTools, TlsListenerNeedsACertificate) {
   ChildProcess server({CONDUIT_BIN, "echo-server", "--listen", "tls://127.0.0.1:0"});
   EXPECT_EQ(server.wait(bound), 2);
@@ -361,6 +409,17 @@ TEST(EchoTools, HealthProbeExitCodes) {
   EXPECT_EQ(unknown.wait(bound), 3) << "NOT_FOUND from Check is an RPC failure";
   ChildProcess nobody({CONDUIT_BIN, "health", "--via", "127.0.0.1:" + free_port(), "--timeout", "0.5"});
   EXPECT_EQ(nobody.wait(bound), 2);
+  // Bad arguments are 1, as the help (and grpc_health_probe) say.
+  ChildProcess bad_timeout({CONDUIT_BIN, "health", "--via", service.address, "--timeout", "nan"});
+  EXPECT_EQ(bad_timeout.wait(bound), 1) << bad_timeout.err();
+  ChildProcess no_address({CONDUIT_BIN, "health"});
+  EXPECT_EQ(no_address.wait(bound), 1) << no_address.err();
+
+  // A --via to a port where nothing listens says so.
+  ChildProcess unreachable({CONDUIT_BIN, "echo-client", "--via", "127.0.0.1:" + free_port(), "--connect",
+                            "tcp://127.0.0.1:1", "--timeout", "5"});
+  EXPECT_EQ(unreachable.wait(bound), 3);
+  EXPECT_NE(unreachable.err().find("cannot reach the service (UNAVAILABLE)"), std::string::npos) << unreachable.err();
 }
 
 TEST(EchoTools, ServiceLimitsIdleTimeoutAndMessageSize) {

@@ -193,6 +193,25 @@ TEST(Subprocess, X1_AProgramThatCannotRunIsAClearError) {
   EXPECT_THROW(start(loop, {"true"}, bad), std::invalid_argument);
 }
 
+TEST(Subprocess, X1_NullBytesAndMalformedEnvironmentAreRefused) {
+  EventLoop loop;
+  auto refused = [&](std::vector<std::string> argv, SubprocessOptions options) {
+    try {
+      start(loop, std::move(argv), std::move(options));
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("started");
+  };
+  EXPECT_NE(refused({"/bin/echo", std::string("a\0b", 3)}, {}).find("argv[1] holds an embedded null byte"),
+            std::string::npos);
+  SubprocessOptions bad_env;
+  bad_env.env = std::vector<std::string>{"NO_EQUALS"};
+  EXPECT_NE(refused({"/bin/true"}, bad_env).find("is not NAME=value"), std::string::npos);
+  bad_env.env = std::vector<std::string>{"=value"};
+  EXPECT_NE(refused({"/bin/true"}, bad_env).find("is not NAME=value"), std::string::npos);
+}
+
 TEST(Subprocess, X2_ConnectionMadeComesAfterThePipesAreConnected) {
   EventLoop loop;
   auto p = shell(loop, "echo early");
