@@ -61,6 +61,7 @@ Endpoint parse_endpoint(std::string_view url, Schemes schemes) {
   }
   if (scheme == "unix") {
     if (rest.empty()) throw std::invalid_argument("'" + std::string(url) + "': the unix socket path is empty");
+    if (rest.find('\0') != std::string_view::npos) throw std::invalid_argument("the unix socket path holds a null byte");
     ep.kind = Endpoint::Kind::unix_path;
     ep.path = std::string(rest);
     return ep;
@@ -74,6 +75,9 @@ Endpoint parse_endpoint(std::string_view url, Schemes schemes) {
     }
     host = rest.substr(1, close - 1);
     port = rest.substr(close + 2);
+    if (host.find(':') == std::string_view::npos) {
+      throw std::invalid_argument("'" + std::string(url) + "': only IPv6 addresses go in brackets");
+    }
   } else {
     const auto colon = rest.rfind(':');
     if (colon == std::string_view::npos) throw std::invalid_argument("'" + std::string(url) + "': missing :PORT");
@@ -85,6 +89,7 @@ Endpoint parse_endpoint(std::string_view url, Schemes schemes) {
     }
   }
   if (host.empty()) throw std::invalid_argument("'" + std::string(url) + "': the host is empty");
+  if (host.find('\0') != std::string_view::npos) throw std::invalid_argument("the host holds a null byte");
   unsigned value = 0;
   auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
   if (ec != std::errc() || end != port.data() + port.size() || port.empty() || value > 65535) {
@@ -93,6 +98,65 @@ Endpoint parse_endpoint(std::string_view url, Schemes schemes) {
   ep.host = std::string(host);
   ep.port = static_cast<std::uint16_t>(value);
   return ep;
+}
+
+std::string ListenAddress::grpc_uri() const {
+  if (!unix_path.empty()) return "unix:" + unix_path;
+  return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+bool ListenAddress::is_local() const {
+  if (!unix_path.empty() || host == "localhost") return true;
+  boost::system::error_code ec;
+  auto address = asio::ip::make_address(host, ec);
+  return !ec && address.is_loopback();
+}
+
+ListenAddress parse_listen_address(const std::string& text) {
+  ListenAddress a;
+  const std::string forms = " (expected HOST:PORT, [IPV6]:PORT or unix:/PATH)";
+  if (text.rfind("unix:", 0) == 0) {
+    std::string path = text.substr(5);
+    if (path.rfind("//", 0) == 0) path = path.substr(2);  // unix:///path
+    // One slash where there are several ("unix:////run/x" is /run/x), so
+    // that grpc_uri() gives back what parses to the same path.
+    path.erase(std::unique(path.begin(), path.end(), [](char x, char y) { return x == '/' && y == '/'; }), path.end());
+    if (path.empty() || path.front() != '/') {
+      throw std::invalid_argument("--listen " + text + ": a Unix socket path must be absolute, unix:/PATH");
+    }
+    if (path.find('\0') != std::string::npos) throw std::invalid_argument("--listen: the path holds a null byte");
+    a.unix_path = path;
+    return a;
+  }
+  std::string port;
+  if (!text.empty() && text.front() == '[') {
+    const auto close = text.find(']');
+    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      throw std::invalid_argument("--listen " + text + ": expected [IPV6]:PORT");
+    }
+    a.host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+    if (a.host.find(':') == std::string::npos) {
+      throw std::invalid_argument("--listen " + text + ": only IPv6 addresses go in brackets");
+    }
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string::npos) throw std::invalid_argument("--listen " + text + ": missing :PORT" + forms);
+    a.host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+    if (a.host.find(':') != std::string::npos) {
+      throw std::invalid_argument("--listen " + text + ": write IPv6 addresses in brackets, [::1]:PORT");
+    }
+  }
+  if (a.host.empty()) throw std::invalid_argument("--listen " + text + ": the host is empty" + forms);
+  if (a.host.find('\0') != std::string::npos) throw std::invalid_argument("--listen: the host holds a null byte");
+  unsigned value = 0;
+  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (port.empty() || ec != std::errc() || end != port.data() + port.size() || value > 65535) {
+    throw std::invalid_argument("--listen " + text + ": the port must be a number from 0 to 65535");
+  }
+  a.port = static_cast<std::uint16_t>(value);
+  return a;
 }
 
 CLI::Validator endpoint_validator(Schemes schemes) {

@@ -62,6 +62,22 @@ inline constexpr Schemes datagram_schemes = datagram_scheme_list;
 /// (also when its scheme is not among `schemes`).
 Endpoint parse_endpoint(std::string_view url, Schemes schemes = stream_schemes);
 
+/// `conduit serve --listen`: HOST:PORT ([IPV6]:PORT) or unix:/PATH.
+struct ListenAddress {
+  std::string host;  ///< empty for a Unix socket
+  std::uint16_t port = 0;
+  std::string unix_path;
+
+  /// As gRPC takes it: "127.0.0.1:50051", "[::1]:50051", "unix:/run/c.sock".
+  std::string grpc_uri() const;
+  /// Whether only this host can reach it (for a Unix socket, its folder's
+  /// permissions decide who may call).
+  bool is_local() const;
+};
+
+/// Parse a --listen value; throws std::invalid_argument naming the problem.
+ListenAddress parse_listen_address(const std::string& text);
+
 /// A CLI11 validator for endpoint URLs of the given schemes.
 CLI::Validator endpoint_validator(Schemes schemes = stream_schemes);
 

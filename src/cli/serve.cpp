@@ -46,66 +46,6 @@ struct ServeOptions {
 /// A bearer token shorter than this is refused: guessable.
 constexpr std::size_t min_token_bytes = 16;
 
-/// --listen: HOST:PORT ([V6]:PORT) or unix:PATH.
-struct ListenAddress {
-  std::string host;  // empty for a Unix socket
-  std::uint16_t port = 0;
-  std::string unix_path;
-
-  /// As gRPC takes it.
-  std::string grpc_uri() const {
-    if (!unix_path.empty()) return "unix:" + unix_path;
-    return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
-  }
-  /// Whether only this host can reach it (a Unix socket: its folder's
-  /// permissions decide who may call).
-  bool is_local() const {
-    if (!unix_path.empty() || host == "localhost") return true;
-    boost::system::error_code ec;
-    auto address = asio::ip::make_address(host, ec);
-    return !ec && address.is_loopback();
-  }
-};
-
-ListenAddress parse_listen(const std::string& text) {
-  ListenAddress a;
-  const std::string forms = " (expected HOST:PORT, [IPV6]:PORT or unix:/PATH)";
-  if (text.rfind("unix:", 0) == 0) {
-    std::string path = text.substr(5);
-    if (path.rfind("//", 0) == 0) path = path.substr(2);  // unix:///path
-    if (path.empty() || path.front() != '/') {
-      throw std::invalid_argument("--listen " + text + ": a Unix socket path must be absolute, unix:/PATH");
-    }
-    a.unix_path = path;
-    return a;
-  }
-  std::string port;
-  if (!text.empty() && text.front() == '[') {
-    const auto close = text.find(']');
-    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') {
-      throw std::invalid_argument("--listen " + text + ": expected [IPV6]:PORT");
-    }
-    a.host = text.substr(1, close - 1);
-    port = text.substr(close + 2);
-  } else {
-    const auto colon = text.rfind(':');
-    if (colon == std::string::npos) throw std::invalid_argument("--listen " + text + ": missing :PORT" + forms);
-    a.host = text.substr(0, colon);
-    port = text.substr(colon + 1);
-    if (a.host.find(':') != std::string::npos) {
-      throw std::invalid_argument("--listen " + text + ": write IPv6 addresses in brackets, [::1]:PORT");
-    }
-  }
-  if (a.host.empty()) throw std::invalid_argument("--listen " + text + ": the host is empty" + forms);
-  unsigned value = 0;
-  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
-  if (port.empty() || ec != std::errc() || end != port.data() + port.size() || value > 65535) {
-    throw std::invalid_argument("--listen " + text + ": the port must be a number from 0 to 65535");
-  }
-  a.port = static_cast<std::uint16_t>(value);
-  return a;
-}
-
 /// Why binding `a` fails, found by trying it ourselves after gRPC could
 /// not: gRPC's own report is a multi-line log dump.
 std::string why_cannot_listen(const ListenAddress& a) {
@@ -134,7 +74,7 @@ int run_serve(const ServeOptions& options) {
   service::ServiceOptions service_options;
   ListenAddress listen;
   try {
-    listen = parse_listen(options.listen);
+    listen = parse_listen_address(options.listen);
     auto& policy = service_options.policy;
     if (!options.allow_listen.empty()) policy.set_listen_rules(options.allow_listen);
     if (!options.allow_connect.empty()) policy.set_connect_rules(options.allow_connect);

@@ -281,8 +281,14 @@ void EventLoop::default_exception_handler(const ExceptionContext& context) {
       text += "\n  exception: (not a std::exception)";
     }
   }
-  if (context.transport) text += "\n  transport: " + demangled_type(typeid(*context.transport));
-  if (context.protocol) text += "\n  protocol: " + demangled_type(typeid(*context.protocol));
+  if (context.transport) {
+    const BaseTransport& transport = *context.transport;
+    text += "\n  transport: " + demangled_type(typeid(transport));
+  }
+  if (context.protocol) {
+    const BaseProtocol& protocol = *context.protocol;
+    text += "\n  protocol: " + demangled_type(typeid(protocol));
+  }
   log(LogLevel::error, text);
 }
 

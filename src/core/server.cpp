@@ -72,9 +72,8 @@ void Server::start_serving() {
 void Server::accept_next(std::size_t index) {
   std::visit(
       [&](auto& acceptor) {
-        acceptor.async_accept([this, self = shared_from_this(), index](
-                                  const boost::system::error_code& ec, auto socket) {
-          on_accepted(index, ec, std::move(socket));
+        acceptor.async_accept([self = shared_from_this(), index](const boost::system::error_code& ec, auto socket) {
+          self->on_accepted(index, ec, std::move(socket));
         });
       },
       listeners_[index]);

@@ -17,7 +17,7 @@
 namespace conduit::service {
 
 ConduitService::ConduitService(ServiceOptions options)
-    : options_(std::move(options)), audit_(options_.log_format, options_.quiet) {
+    : options_(std::move(options)), audit_(options_.log_format, options_.quiet, options_.log_stream) {
   quiet_grpc_mutex_checks();
   loop_.set_log_handler([this](LogLevel level, std::string_view message) { audit_.loop_message(level, message); });
   if (options_.idle_timeout.count() > 0) {

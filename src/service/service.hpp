@@ -46,6 +46,8 @@ struct ServiceOptions {
   /// while data waits (zero: the kernel's defaults).
   std::chrono::seconds dead_peer_timeout{60};
   LogFormat log_format = LogFormat::text;
+  /// Where the log goes (stderr when null).
+  std::ostream* log_stream = nullptr;
   /// Log warnings and errors only (refusals are warnings).
   bool quiet = false;
 };
