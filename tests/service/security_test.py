@@ -279,6 +279,52 @@ class SubprocessEnvironment(unittest.TestCase):
                     self.assertIn(text, details)
 
 
+def exits_within(pid, seconds):
+    """Whether process `pid` (not our child) ends within `seconds`: a pidfd
+    turns readable when it does."""
+    import select
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], seconds)[0])
+    finally:
+        os.close(fd)
+
+
+class ProcessGroups(unittest.TestCase):
+    """What a child leaves in its process group ends with its session, even
+    after the child itself has exited."""
+
+    def start_leaver(self, service):
+        s = service.session()
+        s.send(open_subprocess=pb.OpenSubprocess(argv=["/bin/sh", "-c", "sleep 300 & echo $!; exit 0"]))
+        made = s.next()
+        self.assertEqual(made.WhichOneof("kind"), "connection_made", made)
+        out = b""
+        while b"\n" not in out:
+            out += s.next().pipe_data_received.data
+        return s, made.connection_made.session_id, int(out)
+
+    def test_close_session_and_a_vanished_client_end_the_group(self):
+        with Service("--allow-exec", "/bin/sh") as service:
+            s, session_id, sleeper = self.start_leaver(service)
+            service.stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), timeout=TIMEOUT)
+            self.assertTrue(exits_within(sleeper, TIMEOUT), "CloseSession left the background sleep running")
+            lost = s.until("connection_lost")[-1].connection_lost
+            self.assertIn("closed by CloseSession", lost.error.message)
+
+            s, _, sleeper = self.start_leaver(service)
+            s.responses.cancel()  # the client goes away
+            self.assertTrue(exits_within(sleeper, TIMEOUT), "a vanished client left the background sleep running")
+
+            s, _, sleeper = self.start_leaver(service)
+            s.command(close=pb.Close())
+            self.assertTrue(exits_within(sleeper, TIMEOUT), "close left the background sleep running")
+            s.until("connection_lost")
+
+
 class TokenAndProbes(unittest.TestCase):
     def test_scheme_is_case_insensitive_and_health_stays_open(self):
         with Service(token=TOKEN) as service:
