@@ -30,6 +30,9 @@ import time
 
 import yaml
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "service"))
+from harness import rss_kib  # noqa: E402
+
 CONDUIT = os.path.abspath(sys.argv[1])
 COMPOSE = os.path.abspath(sys.argv[2] if len(sys.argv) > 2 else
                           os.path.join(os.path.dirname(__file__), "..", "..", "docker-compose.yml"))
@@ -296,12 +299,6 @@ def fault_test(topology, repo_root):
         raise RuntimeError(f"the service's RSS grew by {rss_after - rss_before} KiB")
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def main():
