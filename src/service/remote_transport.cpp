@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <map>
 
 #include <signal.h>
@@ -48,6 +49,13 @@ std::exception_ptr remote_error(const v1::Error& error) {
     return std::make_exception_ptr(std::system_error(code, what));
   }
   return std::make_exception_ptr(std::runtime_error(error.message()));
+}
+
+/// What the core's transports report when `event`'s protocol callback throws:
+/// "Exception in callback protocol.pipe_data_received()".
+std::string callback_failure(const v1::Event& event) {
+  const auto* field = v1::Event::descriptor()->FindFieldByNumber(event.kind_case());
+  return std::string("Exception in callback protocol.") + (field ? field->name() : "unknown") + "()";
 }
 
 /// How a remote session ended, for the callbacks run at the stream's end:
@@ -184,6 +192,14 @@ class StreamProtocolCalls {
 /// (and a failed open's done) are delivered when its stream has ended, so
 /// the caller may tear down at once.
 ///
+/// What asyncio answers at the call is answered here, from local state
+/// (SPEC RS4): write() after write_eof() throws, writes after close() or
+/// the loss are dropped, is_closing() is true from close() on. The session
+/// opens with keep_open_after_eof and start_paused, so that eof_received's
+/// answer and a pause_reading in connection_made are the protocol's own
+/// (RS1, RS2); data that arrives while the protocol has reading paused
+/// waits here until it resumes.
+///
 ///   opening --connection_made--> open --close()/abort()--> closing
 ///      |                           |                          |
 ///      |                           +--lost / stream ends--> closed <--+
@@ -195,20 +211,24 @@ class RemoteTransport final : public Transport {
       : loop_(loop), done_(std::move(done)) {
     protocol_.set(std::move(protocol));
   }
-  /// Connection `id` of a server session's `stream`, accepted already.
+  /// Connection `id` of a server session's `stream`, accepted already
+  /// (with the server's start_paused and keep_open_after_eof).
   RemoteTransport(EventLoop& loop, std::shared_ptr<BaseProtocol> protocol, std::shared_ptr<SessionStream> stream,
-                  std::uint64_t id)
-      : loop_(loop), stream_(std::move(stream)), connection_id_(id) {
+                  std::uint64_t id, bool tls)
+      : loop_(loop), stream_(std::move(stream)), connection_id_(id), tls_(tls) {
     protocol_.set(std::move(protocol));
   }
 
   void start(const RemoteOptions& remote, v1::OpenConnection open) {
+    tls_ = open.tls().enabled();
+    open.set_keep_open_after_eof(true);
+    open.set_start_paused(true);
     v1::ClientMessage first;
     *first.mutable_open_connection() = std::move(open);
     auto self = shared();
     stream_ = SessionStream::start(loop_, remote, std::move(first),
                                    {[self](const v1::Event& e) { self->on_event(e); },
-                                    [self] { self->on_sent(); },
+                                    [self](std::uint64_t) { self->on_sent(); },
                                     [self](const grpc::Status& s) { self->on_finished(s); }});
   }
 
@@ -219,9 +239,15 @@ class RemoteTransport final : public Transport {
     send([](v1::Command& c) { c.mutable_close(); });
   }
   void abort() override {
-    if (state_ == State::closed) return;
+    if (state_ == State::closed || aborted_) return;
     state_ = State::closing;
-    send([](v1::Command& c) { c.mutable_abort(); });
+    aborted_ = true;
+    held_.clear();
+    // At once, ahead of whatever writes still wait here (SPEC RS3).
+    v1::Command c;
+    c.set_connection_id(connection_id_);
+    c.mutable_abort();
+    stream_->abort(std::move(c));
   }
   void set_protocol(std::shared_ptr<BaseProtocol> protocol) override { protocol_.set(std::move(protocol)); }
   std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_.get(); }
@@ -229,20 +255,23 @@ class RemoteTransport final : public Transport {
   void pause_reading() override {
     if (!is_reading()) return;
     paused_reading_ = true;
-    send([](v1::Command& c) { c.mutable_pause_reading(); });
+    sync_remote_reading();
   }
   void resume_reading() override {
     if (state_ != State::open || !paused_reading_) return;
     paused_reading_ = false;
-    send([](v1::Command& c) { c.mutable_resume_reading(); });
+    sync_remote_reading();
+    deliver_held();
   }
   void set_write_buffer_limits(std::optional<std::int64_t> high, std::optional<std::int64_t> low) override {
     flow_.set_limits(high, low);
+    // New limits apply at once, as the core's (SPEC F6).
+    if (flow_.should_pause(get_write_buffer_size())) pauses_.set_local(true, writing_protocol());
+    else if (flow_.should_resume(get_write_buffer_size())) pauses_.set_local(false, writing_protocol());
   }
   std::pair<std::size_t, std::size_t> get_write_buffer_limits() const override { return flow_.limits(); }
-  /// What waits to go to the service (for a server's connection: on the
-  /// whole session's stream).
-  std::size_t get_write_buffer_size() const override { return stream_ ? stream_->queued_bytes() : 0; }
+  /// What this connection has waiting to go to the service.
+  std::size_t get_write_buffer_size() const override { return stream_ ? stream_->queued_bytes(connection_id_) : 0; }
   using WriteTransport::write;
   void write(std::span<const std::byte> data) override {
     if (eof_written_) throw std::logic_error("Cannot call write() after write_eof()");
@@ -254,23 +283,32 @@ class RemoteTransport final : public Transport {
     if (flow_.should_pause(get_write_buffer_size())) pauses_.set_local(true, writing_protocol());
   }
   using WriteTransport::writelines;
+  /// One write of everything (SPEC RS5), sent in commands of at most
+  /// max_command_data.
   void writelines(std::span<const std::span<const std::byte>> buffers) override {
-    for (auto b : buffers) write(b);
+    if (eof_written_) throw std::logic_error("Cannot call writelines() after write_eof()");
+    if (state_ != State::open) return;
+    std::string joined;
+    for (auto b : buffers) joined.append(as_string_view(b));
+    write(as_bytes(joined));
   }
   void write_eof() override {
+    if (tls_) throw std::logic_error("write_eof: TLS transports do not support half-closed connections");
     if (state_ != State::open || eof_written_) return;
     eof_written_ = true;
-    // A connection session's write_eof is the stream's half-close.
-    if (connection_id_) send([](v1::Command& c) { c.mutable_write_eof(); });
-    else stream_->writes_done();
+    send([](v1::Command& c) { c.mutable_write_eof(); });
   }
-  bool can_write_eof() const override { return true; }
+  bool can_write_eof() const override { return !tls_; }
 
   // ---- for RemoteServer ----
   void accepted(const v1::ConnectionMade& made) {
     state_ = State::open;
     addresses_.set(made);
-    protocol_.connection_made(shared());
+    in_connection_made_ = true;
+    call("Exception in callback protocol.connection_made()", [&] { protocol_.connection_made(shared()); });
+    in_connection_made_ = false;
+    // The service opened it paused: resume unless the protocol paused.
+    sync_remote_reading();
   }
   /// A queued command went out: resume_writing if the queue drained.
   void on_sent() {
@@ -282,9 +320,16 @@ class RemoteTransport final : public Transport {
         accepted(event.connection_made());
         if (done_) std::exchange(done_, nullptr)(nullptr);
         break;
-      case v1::Event::kDataReceived: protocol_.data_received(as_bytes(event.data_received().data())); break;
+      case v1::Event::kDataReceived:
       case v1::Event::kEofReceived:
-        if (!protocol_.eof_received()) close();
+        // After close() nothing more is received, as asyncio's close()
+        // stops reading; what the service read meanwhile is dropped.
+        if (state_ != State::open) break;
+        if (paused_reading_ || !held_.empty()) {
+          held_.push_back(event);  // the protocol paused: it waits for resume_reading
+        } else {
+          deliver(event);
+        }
         break;
       case v1::Event::kConnectionLost:
         ending_.lost = true;
@@ -292,14 +337,11 @@ class RemoteTransport final : public Transport {
         if (connection_id_) lost(ending_.lost_error);  // a server's connection: its stream goes on
         break;
       case v1::Event::kOpenFailed: ending_.lost_error = remote_error(event.open_failed().error()); break;
-      // A connection session's own stream holds our writes back while its
-      // transport is paused; a server's connections share one stream, so
-      // theirs say it with these events.
-      case v1::Event::kPauseWriting:
-        if (connection_id_) pauses_.set_remote(true, writing_protocol());
-        break;
-      case v1::Event::kResumeWriting:
-        if (connection_id_) pauses_.set_remote(false, writing_protocol());
+      case v1::Event::kPauseWriting: pauses_.set_remote(true, writing_protocol()); break;
+      case v1::Event::kResumeWriting: pauses_.set_remote(false, writing_protocol()); break;
+      case v1::Event::kCommandFailed:
+        loop_.log(LogLevel::warning, "remote transport: the service could not carry out " +
+                                         event.command_failed().command() + ": " + event.command_failed().message());
         break;
       default: break;
     }
@@ -319,6 +361,57 @@ class RemoteTransport final : public Transport {
 
   std::shared_ptr<RemoteTransport> shared() { return std::shared_ptr<RemoteTransport>(shared_from_this(), this); }
 
+  /// A protocol callback, with the core's contract (SPEC RS6): an exception
+  /// goes to the loop's exception handler, and the transport is aborted,
+  /// its connection_lost carrying the exception.
+  template <class Fn>
+  bool call(const char* failure, Fn&& fn) {
+    try {
+      fn();
+      return true;
+    } catch (...) {
+      const auto exc = std::current_exception();
+      loop_.call_exception_handler({failure, exc, shared(), protocol_.get()});
+      if (!forced_error_) forced_error_ = exc;
+      abort();
+      return false;
+    }
+  }
+
+  void deliver(const v1::Event& event) {
+    if (event.has_data_received()) {
+      call("Fatal error: protocol.data_received() call failed.",
+           [&] { protocol_.data_received(as_bytes(event.data_received().data())); });
+      return;
+    }
+    bool keep_open = false;
+    if (!call("Fatal error: protocol.eof_received() call failed.", [&] { keep_open = protocol_.eof_received(); })) return;
+    // The service keeps the connection open: closing is the protocol's
+    // answer to give (SPEC RS1). TLS closed itself already.
+    if (!keep_open) close();
+  }
+
+  /// What arrived while the protocol had reading paused, in order, for as
+  /// long as it stays resumed.
+  void deliver_held() {
+    while (!held_.empty() && !paused_reading_ && state_ == State::open) {
+      v1::Event next = std::move(held_.front());
+      held_.pop_front();
+      deliver(next);
+    }
+  }
+
+  /// Tell the service whether to read, once the protocol has settled it
+  /// (not inside connection_made: that is decided when it returns).
+  void sync_remote_reading() {
+    if (in_connection_made_ || state_ != State::open) return;
+    const bool want_paused = paused_reading_;
+    if (want_paused == remote_paused_) return;
+    remote_paused_ = want_paused;
+    if (want_paused) send([](v1::Command& c) { c.mutable_pause_reading(); });
+    else send([](v1::Command& c) { c.mutable_resume_reading(); });
+  }
+
   /// The protocol to tell of pause/resume_writing (none once closed).
   BaseProtocol* writing_protocol() const { return state_ == State::closed ? nullptr : protocol_.get().get(); }
 
@@ -332,7 +425,16 @@ class RemoteTransport final : public Transport {
 
   void lost(std::exception_ptr error) {
     if (std::exchange(state_, State::closed) == State::closed) return;
-    if (protocol_) protocol_->connection_lost(error);
+    held_.clear();
+    if (forced_error_) error = forced_error_;
+    if (protocol_) {
+      try {
+        protocol_->connection_lost(error);
+      } catch (...) {
+        loop_.call_exception_handler({"Exception in callback protocol.connection_lost()", std::current_exception(),
+                                      shared(), protocol_.get()});
+      }
+    }
     protocol_.reset();  // break the transport <-> protocol cycle
   }
 
@@ -345,8 +447,14 @@ class RemoteTransport final : public Transport {
   std::function<void(std::exception_ptr)> done_;
   std::shared_ptr<SessionStream> stream_;
   std::uint64_t connection_id_ = 0;
+  bool tls_ = false;
   State state_ = State::opening;
-  bool paused_reading_ = false;
+  bool paused_reading_ = false;     // as the protocol sees it
+  bool remote_paused_ = true;       // as the service does: opened paused
+  bool in_connection_made_ = false;
+  bool aborted_ = false;
+  std::deque<v1::Event> held_;      // data and EOF that came while paused
+  std::exception_ptr forced_error_;  // a protocol callback threw
   WritingPauses pauses_;
   bool eof_written_ = false;
   WriteFlowControl flow_{WriteTransport::default_high_water};
@@ -366,14 +474,21 @@ class RemoteServerSession final : public RemoteServer, public std::enable_shared
       : loop_(loop), factory_(std::move(factory)), done_(std::move(done)) {}
 
   void start(const RemoteOptions& remote, v1::OpenServer open) {
+    tls_ = open.tls().enabled();
+    // Each connection's protocol decides eof_received and may pause in
+    // connection_made (see RemoteTransport).
+    open.set_keep_open_after_eof(true);
+    open.set_start_paused(true);
     v1::ClientMessage first;
     *first.mutable_open_server() = std::move(open);
     auto self = shared_from_this();
     stream_ = SessionStream::start(loop_, remote, std::move(first),
                                    {[self](const v1::Event& e) { self->on_event(e); },
-                                    [self] {
-                                      auto connections = self->connections_;  // on_sent may close one
-                                      for (auto& [id, connection] : connections) connection->on_sent();
+                                    [self](std::uint64_t id) {
+                                      if (auto it = self->connections_.find(id); it != self->connections_.end()) {
+                                        auto connection = it->second;  // on_sent may close it
+                                        connection->on_sent();
+                                      }
                                     },
                                     [self](const grpc::Status& s) { self->on_finished(s); }});
   }
@@ -391,7 +506,7 @@ class RemoteServerSession final : public RemoteServer, public std::enable_shared
   void abort() override {
     if (closed_) return;
     closing_ = true;
-    stream_->command(make_command([](v1::Command& c) { c.mutable_abort(); }));
+    stream_->abort(make_command([](v1::Command& c) { c.mutable_abort(); }));
   }
 
  private:
@@ -404,7 +519,7 @@ class RemoteServerSession final : public RemoteServer, public std::enable_shared
       std::shared_ptr<BaseProtocol> protocol;
       try {
         protocol = factory_();
-        auto connection = std::make_shared<RemoteTransport>(loop_, protocol, stream_, id);
+        auto connection = std::make_shared<RemoteTransport>(loop_, protocol, stream_, id, tls_);
         connections_.emplace(id, connection);
         connection->accepted(event.connection_accepted());
       } catch (const std::exception& e) {
@@ -446,6 +561,7 @@ class RemoteServerSession final : public RemoteServer, public std::enable_shared
   std::shared_ptr<SessionStream> stream_;
   std::map<std::uint64_t, std::shared_ptr<RemoteTransport>> connections_;
   std::vector<std::string> sockets_;
+  bool tls_ = false;
   bool closing_ = false;
   bool closed_ = false;
   Ending ending_;
@@ -488,8 +604,11 @@ class RemoteStdin final : public Transport {
     check_pressure();
   }
   using WriteTransport::writelines;
+  /// One write of everything (SPEC RS5).
   void writelines(std::span<const std::span<const std::byte>> buffers) override {
-    for (auto b : buffers) write(b);
+    std::string joined;
+    for (auto b : buffers) joined.append(as_string_view(b));
+    write(as_bytes(joined));
   }
   void write_eof() override {
     if (closed_) return;
@@ -535,7 +654,7 @@ class RemoteSubprocess final : public SubprocessTransport {
     auto self = std::shared_ptr<RemoteSubprocess>(shared_from_this(), this);
     stream_ = SessionStream::start(loop_, remote, std::move(first),
                                    {[self](const v1::Event& e) { self->on_event(e); },
-                                    [self] {
+                                    [self](std::uint64_t) {
                                       if (self->stdin_) self->stdin_->check_pressure();
                                     },
                                     [self](const grpc::Status& s) { self->on_finished(s); }});
@@ -573,7 +692,22 @@ class RemoteSubprocess final : public SubprocessTransport {
   }
 
  private:
+  /// A protocol callback that throws is reported as the core's transports
+  /// do, and ends the child (close: its group is killed), its
+  /// connection_lost carrying the exception (SPEC RS6).
   void on_event(const v1::Event& event) {
+    if (!protocol_) return;
+    try {
+      dispatch(event);
+    } catch (...) {
+      const auto exc = std::current_exception();
+      loop_.call_exception_handler({callback_failure(event), exc, shared_from_this(), protocol_});
+      if (!forced_error_) forced_error_ = exc;
+      close();
+    }
+  }
+
+  void dispatch(const v1::Event& event) {
     switch (event.kind_case()) {
       case v1::Event::kConnectionMade:
         pid_ = event.connection_made().pid();
@@ -606,12 +740,13 @@ class RemoteSubprocess final : public SubprocessTransport {
 
   void on_finished(const grpc::Status& status) {
     if (done_) std::exchange(done_, nullptr)(ending_.for_status(status));
-    else protocol_->connection_lost(ending_.lost ? ending_.lost_error : broken_error(status));
+    else if (protocol_) protocol_->connection_lost(forced_error_ ? forced_error_ : ending_.lost ? ending_.lost_error : broken_error(status));
     protocol_.reset();
     stdin_.reset();
   }
 
   WritingPauses pauses_;
+  std::exception_ptr forced_error_;  // a protocol callback threw
 
   EventLoop& loop_;
   std::shared_ptr<SubprocessProtocol> protocol_;
@@ -638,7 +773,7 @@ class RemoteDatagram final : public DatagramTransport {
     auto self = std::shared_ptr<RemoteDatagram>(shared_from_this(), this);
     stream_ = SessionStream::start(loop_, remote, std::move(first),
                                    {[self](const v1::Event& e) { self->on_event(e); },
-                                    [self] {
+                                    [self](std::uint64_t) {
                                       if (self->protocol_ && self->flow_.should_resume(self->get_write_buffer_size())) {
                                         self->protocol_->resume_writing();
                                       }
@@ -684,7 +819,21 @@ class RemoteDatagram final : public DatagramTransport {
   std::any extra_info(std::string_view name) const override { return addresses_.lookup(name); }
 
  private:
+  /// A protocol callback that throws: reported, and the endpoint aborted
+  /// (SPEC RS6).
   void on_event(const v1::Event& event) {
+    if (!protocol_) return;
+    try {
+      dispatch(event);
+    } catch (...) {
+      const auto exc = std::current_exception();
+      loop_.call_exception_handler({callback_failure(event), exc, shared_from_this(), protocol_});
+      if (!forced_error_) forced_error_ = exc;
+      abort();
+    }
+  }
+
+  void dispatch(const v1::Event& event) {
     switch (event.kind_case()) {
       case v1::Event::kConnectionMade:
         addresses_.set(event.connection_made());
@@ -708,7 +857,7 @@ class RemoteDatagram final : public DatagramTransport {
   void on_finished(const grpc::Status& status) {
     closing_ = true;
     if (done_) std::exchange(done_, nullptr)(ending_.for_status(status));
-    else protocol_->connection_lost(ending_.lost ? ending_.lost_error : broken_error(status));
+    else if (protocol_) protocol_->connection_lost(forced_error_ ? forced_error_ : ending_.lost ? ending_.lost_error : broken_error(status));
     protocol_.reset();
   }
 
@@ -720,6 +869,7 @@ class RemoteDatagram final : public DatagramTransport {
   WriteFlowControl flow_{DatagramTransport::default_high_water};
   ReportedAddresses addresses_;
   Ending ending_;
+  std::exception_ptr forced_error_;  // a protocol callback threw
 };
 
 }  // namespace

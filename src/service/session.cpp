@@ -111,16 +111,15 @@ std::shared_ptr<LoopSide> Link::loop_side() {
   return loop_side_;
 }
 
-void Link::emit(v1::Event event) {
+void Link::emit(v1::Event event, bool urgent) {
   std::lock_guard<std::recursive_mutex> lock(mutex_);
   if (finished_) return;
   record_->touch();
-  event.set_seq(++seq_);
   event.set_unix_nanos(std::chrono::duration_cast<std::chrono::nanoseconds>(
                            std::chrono::system_clock::now().time_since_epoch())
                            .count());
   queued_bytes_ += size_of(event);
-  queue_.push_back(std::move(event));
+  (urgent ? urgent_ : queue_).push_back(std::move(event));
   start_write_locked();
   flow_control_locked();
 }
@@ -143,9 +142,16 @@ void Link::start_write_locked() {
   do {
     repump_ = false;
     if (writing_ || !reactor_ || finished_) break;
-    if (!queue_.empty()) {
+    if (!urgent_.empty() || !queue_.empty()) {
+      // Urgent events (flow control) go ahead of queued data: the client
+      // must hear pause_writing within a message, not behind a backlog.
+      auto& from = urgent_.empty() ? queue_ : urgent_;
+      in_flight_ = std::move(from.front());
+      from.pop_front();
+      in_flight_bytes_ = size_of(in_flight_);
+      in_flight_.set_seq(++seq_);  // numbered in the order they go out
       writing_ = true;
-      reactor_->StartWrite(&queue_.front());
+      reactor_->StartWrite(&in_flight_);
     } else if (finish_) {
       finished_ = true;
       reactor_->Finish(*finish_);
@@ -157,13 +163,11 @@ void Link::start_write_locked() {
 void Link::on_write_done(bool ok) {
   std::lock_guard<std::recursive_mutex> lock(mutex_);
   writing_ = false;
-  if (!queue_.empty()) {
-    queued_bytes_ -= size_of(queue_.front());
-    queue_.pop_front();
-  }
+  queued_bytes_ -= std::exchange(in_flight_bytes_, 0);
   if (!ok) {
     // The stream broke: nothing more can be written.
     queue_.clear();
+    urgent_.clear();
     queued_bytes_ = 0;
     if (!finished_ && reactor_) {
       finished_ = true;
@@ -194,21 +198,6 @@ void Link::flow_control_locked() {
 bool Link::wants_transport_reading() {
   std::lock_guard<std::recursive_mutex> lock(mutex_);
   return !transport_paused_;
-}
-
-void Link::hold_commands(bool hold) {
-  std::lock_guard<std::recursive_mutex> lock(mutex_);
-  commands_held_ = hold;
-  if (!hold && read_owed_ && reactor_ && !finished_) {
-    read_owed_ = false;
-    reactor_->resume_reads();
-  }
-}
-
-bool Link::may_read() {
-  std::lock_guard<std::recursive_mutex> lock(mutex_);
-  if (commands_held_) read_owed_ = true;
-  return !commands_held_;
 }
 
 // ==== LoopSide ==================================================================
@@ -265,33 +254,46 @@ class SideEvents : public LoopSide {
     link_->emit(std::move(event));
   }
 
-  /// pause_writing (true) or resume_writing (false): tell the client.
+  /// pause_writing (true) or resume_writing (false): tell the client,
+  /// ahead of the data events queued for it.
   void report_writing_paused(bool paused, std::size_t buffered) {
     v1::Event event;
     if (paused) event.mutable_pause_writing()->set_buffered(buffered);
     else event.mutable_resume_writing()->set_buffered(buffered);
-    emit(std::move(event));
+    if (connection_id_) event.set_connection_id(connection_id_);
+    link_->emit(std::move(event), /*urgent=*/true);
   }
 
-  /// The same, and hold or release the client's commands so HTTP/2 pushes
-  /// back on it.
-  void writing_paused(bool paused, std::size_t buffered) {
-    report_writing_paused(paused, buffered);
-    link_->hold_commands(paused);
+  /// Commands are never held (an abort must not wait behind writes): a
+  /// client that writes on past this many bytes buffered, despite
+  /// pause_writing, is aborted before memory grows without bound.
+  std::size_t write_cap() const { return 8 * link_->service().options().max_buffered_events_bytes; }
+
+  /// Whether `buffered` is past the cap; if so, says so for `c`, and the
+  /// caller aborts the transport.
+  bool over_cap(const v1::Command& c, std::size_t buffered, const std::string& what) {
+    if (buffered <= write_cap()) return false;
+    const std::string why = what + " buffers " + std::to_string(buffered) + " bytes, over the session's cap of " +
+                            std::to_string(write_cap()) + ": aborted (wait for resume_writing before writing more)";
+    failed(c, why);
+    ended_because_ = why;  // its connection_lost says so too
+    return true;
   }
 
   /// connection_lost: the last event; the call finishes once it is sent.
   void lost(std::exception_ptr exc) {
     emit(lost_event(exc));
-    link_->hold_commands(false);
     link_->finish(grpc::Status::OK);
     link_->set_loop_side(nullptr);  // break the link <-> side cycle
   }
 
+  /// connection_lost, with why the service ended it if it did (over the
+  /// cap; shutdown, idle, CloseSession) and the transport had no error.
   v1::Event lost_event(std::exception_ptr exc) const {
     v1::Event event;
+    const std::string& because = !ended_because_.empty() ? ended_because_ : link_->abort_reason();
     if (exc) *event.mutable_connection_lost()->mutable_error() = error_of(exc);
-    else if (!link_->abort_reason().empty()) event.mutable_connection_lost()->mutable_error()->set_message(link_->abort_reason());
+    else if (!because.empty()) event.mutable_connection_lost()->mutable_error()->set_message(because);
     else event.mutable_connection_lost();
     return event;
   }
@@ -307,14 +309,23 @@ class SideEvents : public LoopSide {
 
   std::shared_ptr<Link> link_;
   std::uint64_t connection_id_;
+  std::string ended_because_;  // the service aborted this side, and why
 };
 
 class ServerSide;
 
 /// Write buffer limits from an open message (0: keep the defaults).
-struct BufferLimits {
-  std::uint32_t high = 0, low = 0;
-  void apply(Transport& transport) const {
+/// What an open message says about each connection it makes.
+struct ConnectionOptions {
+  std::uint32_t high = 0, low = 0;   // write buffer limits; 0: the defaults
+  bool keep_open_after_eof = false;  // eof_received's answer (SPEC RS1)
+  bool start_paused = false;         // no data_received until resume_reading (RS2)
+
+  template <class Open>
+  static ConnectionOptions of(const Open& open) {
+    return {open.write_buffer_high(), open.write_buffer_low(), open.keep_open_after_eof(), open.start_paused()};
+  }
+  void apply_limits(Transport& transport) const {
     if (high) transport.set_write_buffer_limits(high, low ? std::optional<std::int64_t>(low) : std::nullopt);
   }
 };
@@ -326,9 +337,13 @@ struct BufferLimits {
 /// connection_accepted, and its end goes to the server side, not the call.
 class ConnectionSide final : public Protocol, public SideEvents {
  public:
-  explicit ConnectionSide(std::shared_ptr<Link> link, BufferLimits limits = {}, std::uint64_t connection_id = 0,
+  explicit ConnectionSide(std::shared_ptr<Link> link, ConnectionOptions options, std::uint64_t connection_id = 0,
                           std::weak_ptr<ServerSide> server = {}, bool reading = true)
-      : SideEvents(std::move(link), connection_id), limits_(limits), server_(std::move(server)), reading_(reading) {}
+      : SideEvents(std::move(link), connection_id),
+        options_(options),
+        server_(std::move(server)),
+        reading_(reading),
+        client_paused_(options.start_paused) {}
 
   void connection_made(std::shared_ptr<Transport> transport) override;
   void data_received(std::span<const std::byte> data) override {
@@ -344,11 +359,11 @@ class ConnectionSide final : public Protocol, public SideEvents {
     v1::Event event;
     event.mutable_eof_received();
     emit(std::move(event));
-    peer_done_ = true;
-    // Half-open while the client still writes; once both sides are done,
-    // close (flushing what the client wrote last). TLS has no half-open
-    // state: it closes whatever we return (asyncio warns if we return true).
-    return !client_done_ && transport_->can_write_eof();
+    // The client's choice, made at the open (SPEC RS1): asyncio's default
+    // closes (flushing); keep_open leaves closing to the client alone. TLS
+    // has no half-open state and closes whatever we return (asyncio warns
+    // if we return true).
+    return options_.keep_open_after_eof && transport_->can_write_eof();
   }
   void pause_writing() override;
   void resume_writing() override;
@@ -373,7 +388,10 @@ class ConnectionSide final : public Protocol, public SideEvents {
           check_backlog(c);
           break;
         }
-        case v1::Command::kWriteEof: client_done_writing(); break;
+        case v1::Command::kWriteEof:
+          if (!transport_->can_write_eof()) return failed(c, "write_eof: a TLS connection cannot half-close");
+          client_done_writing();
+          break;
         case v1::Command::kClose: transport_->close(); break;
         case v1::Command::kAbort: transport_->abort(); break;
         case v1::Command::kPauseReading:
@@ -403,7 +421,7 @@ class ConnectionSide final : public Protocol, public SideEvents {
   void client_done_writing() override {
     if (!transport_ || client_done_) return;
     client_done_ = true;
-    if (peer_done_ || !transport_->can_write_eof()) transport_->close();  // TLS has no half-close
+    if (!transport_->can_write_eof()) transport_->close();  // TLS has no half-close
     else transport_->write_eof();
   }
   void abort() override {
@@ -438,30 +456,23 @@ class ConnectionSide final : public Protocol, public SideEvents {
 
   void writing_paused_changed(bool paused);
 
-  /// A server's connection: its client is told to stop writing by
-  /// pause_writing, not held back by the stream (see ServerSide). One that
-  /// writes on regardless is aborted before its buffer grows without bound.
+  /// The client is told to stop writing by pause_writing, not held back
+  /// by the stream; one that writes on regardless is aborted.
   void check_backlog(const v1::Command& c) {
-    if (connection_id_ == 0 || !transport_) return;
-    const std::size_t cap = 8 * link_->service().options().max_buffered_events_bytes;
-    const std::size_t buffered = transport_->get_write_buffer_size();
-    if (buffered <= cap) return;
-    failed(c, "connection " + std::to_string(connection_id_) + " buffers " + std::to_string(buffered) +
-                  " bytes, over the session's cap of " + std::to_string(cap) +
-                  ": aborted (wait for resume_writing before writing more)");
-    transport_->abort();
+    if (!transport_) return;
+    const std::string what = connection_id_ ? "connection " + std::to_string(connection_id_) : "the connection";
+    if (over_cap(c, transport_->get_write_buffer_size(), what)) transport_->abort();
   }
 
   enum class End { close, abort };
 
   std::shared_ptr<Transport> transport_;
-  BufferLimits limits_;
+  ConnectionOptions options_;
   std::weak_ptr<ServerSide> server_;  // set for a server session's connection
   std::optional<End> ending_;         // asked to end before connection_made
   bool reading_ = true;        // the service's backpressure allows reading
   bool client_paused_ = false;  // the client asked for pause_reading
   bool client_done_ = false;    // the client half-closed (write_eof)
-  bool peer_done_ = false;      // the peer half-closed (eof_received)
 };
 
 /// Events from a child's callbacks; commands onto it and its stdin.
@@ -499,8 +510,8 @@ class SubprocessSide final : public SubprocessProtocol, public SideEvents {
     event.mutable_process_exited()->set_returncode(transport_->get_returncode().value_or(0));
     link_->emit(std::move(event));
   }
-  void pause_writing() override { writing_paused(true, 0); }
-  void resume_writing() override { writing_paused(false, 0); }
+  void pause_writing() override { report_writing_paused(true, stdin_buffered()); }
+  void resume_writing() override { report_writing_paused(false, stdin_buffered()); }
   void connection_lost(std::exception_ptr exc) override {
     lost(exc);
     transport_.reset();
@@ -515,6 +526,7 @@ class SubprocessSide final : public SubprocessProtocol, public SideEvents {
           if (!stdin_pipe) return failed(c, "the child's stdin is closed");
           link_->record()->bytes_out += c.write().size();
           stdin_pipe->write(c.write());
+          if (over_cap(c, stdin_pipe->get_write_buffer_size(), "the child's stdin")) transport_->close();
           break;
         case v1::Command::kWriteEof:
           if (stdin_pipe) stdin_pipe->close();
@@ -543,6 +555,11 @@ class SubprocessSide final : public SubprocessProtocol, public SideEvents {
   void set_reading(bool reading) override { set_output_reading(reading); }
 
  private:
+  std::size_t stdin_buffered() const {
+    auto stdin_pipe = transport_ ? transport_->get_pipe_transport(0) : nullptr;
+    return stdin_pipe ? stdin_pipe->get_write_buffer_size() : 0;
+  }
+
   void set_output_reading(bool reading) {
     if (!transport_) return;
     for (int fd : {1, 2}) {
@@ -594,8 +611,8 @@ class DatagramSide final : public DatagramProtocol, public SideEvents {
     *event.mutable_error_received()->mutable_error() = error_of(exc);
     link_->emit(std::move(event));
   }
-  void pause_writing() override { writing_paused(true, transport_->get_write_buffer_size()); }
-  void resume_writing() override { writing_paused(false, transport_->get_write_buffer_size()); }
+  void pause_writing() override { report_writing_paused(true, transport_->get_write_buffer_size()); }
+  void resume_writing() override { report_writing_paused(false, transport_->get_write_buffer_size()); }
   void connection_lost(std::exception_ptr exc) override {
     lost(exc);
     transport_.reset();
@@ -625,6 +642,7 @@ class DatagramSide final : public DatagramProtocol, public SideEvents {
           }
           link_->record()->bytes_out += c.sendto().data().size();
           transport_->sendto(as_bytes(c.sendto().data()), to);
+          if (over_cap(c, transport_->get_write_buffer_size(), "the endpoint")) transport_->abort();
           break;
         }
         case v1::Command::kClose: transport_->close(); break;
@@ -680,7 +698,7 @@ class ServerSide final : public SideEvents, public std::enable_shared_from_this<
  public:
   ServerSide(std::shared_ptr<Link> link, const v1::OpenServer& open)
       : SideEvents(std::move(link)),
-        limits_{open.write_buffer_high(), open.write_buffer_low()},
+        connection_options_(ConnectionOptions::of(open)),
         max_connections_(open.max_connections() ? open.max_connections() : default_max_connections) {
     opened();  // a server takes close and abort while it opens; its connections come later
   }
@@ -698,7 +716,7 @@ class ServerSide final : public SideEvents, public std::enable_shared_from_this<
       return std::make_shared<RefusedConnection>();
     }
     const std::uint64_t id = ++last_id_;
-    auto side = std::make_shared<ConnectionSide>(link_, limits_, id, weak_from_this(), reading_);
+    auto side = std::make_shared<ConnectionSide>(link_, connection_options_, id, weak_from_this(), reading_);
     connections_.emplace(id, side);
     return side;
   }
@@ -763,7 +781,7 @@ class ServerSide final : public SideEvents, public std::enable_shared_from_this<
     lost(nullptr);
   }
 
-  BufferLimits limits_;
+  ConnectionOptions connection_options_;
   std::size_t max_connections_;
   std::shared_ptr<Server> server_;
   std::map<std::uint64_t, std::shared_ptr<ConnectionSide>> connections_;
@@ -777,14 +795,16 @@ void ConnectionSide::pause_writing() { writing_paused_changed(true); }
 void ConnectionSide::resume_writing() { writing_paused_changed(false); }
 
 void ConnectionSide::writing_paused_changed(bool paused) {
-  const std::size_t buffered = transport_ ? transport_->get_write_buffer_size() : 0;
-  if (connection_id_ == 0) return writing_paused(paused, buffered);
-  report_writing_paused(paused, buffered);
+  report_writing_paused(paused, transport_ ? transport_->get_write_buffer_size() : 0);
 }
 
 void ConnectionSide::connection_made(std::shared_ptr<Transport> transport) {
   transport_ = std::move(transport);
-  limits_.apply(*transport_);
+  options_.apply_limits(*transport_);
+  // Paused before the protocol's first event goes out: nothing is read
+  // until the client says resume_reading (a pause_reading in its
+  // connection_made, SPEC RS2).
+  if (client_paused_) transport_->pause_reading();
   bound_dead_peer_detection(*transport_, link_->service().options().dead_peer_timeout);
   v1::Event event;
   auto* made = connection_id_ ? event.mutable_connection_accepted() : event.mutable_connection_made();
@@ -903,7 +923,7 @@ std::string host_port(const std::string& host, std::uint32_t port) {
 void open_connection(const std::shared_ptr<Link>& link, const v1::OpenConnection& open) {
   EventLoop& loop = link->service().loop();
   const Policy& policy = link->service().options().policy;
-  auto side = std::make_shared<ConnectionSide>(link, BufferLimits{open.write_buffer_high(), open.write_buffer_low()});
+  auto side = std::make_shared<ConnectionSide>(link, ConnectionOptions::of(open));
   link->set_loop_side(side);
   auto done = [link](std::exception_ptr error, auto, auto) { finish_open(link, error); };
   auto factory = [side] { return side; };
@@ -1268,7 +1288,7 @@ void SessionReactor::OnReadDone(bool ok) {
   } else {
     return fail(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a session opens once: only commands may follow"));
   }
-  if (link_->may_read()) StartRead(&incoming_);
+  StartRead(&incoming_);
 }
 
 void SessionReactor::OnWriteDone(bool ok) { link_->on_write_done(ok); }

@@ -22,29 +22,24 @@ class LoopSide;
 /// Outgoing events queue here, one StartWrite at a time. Backpressure:
 ///   events queued > high  -> the loop side pauses reading its transport
 ///   events queued <= low  -> it resumes
-///   transport pause_writing  -> the reactor stops starting reads
-///   transport resume_writing -> it starts them again
+/// Commands are never held: the transport's pause_writing and
+/// resume_writing go to the client as events.
 class Link {
  public:
   Link(ConduitService& service, std::shared_ptr<SessionRecord> record) : service_(service), record_(std::move(record)) {}
 
   // ---- from the loop side (loop thread) ----
-  /// Queue an event for the client (seq and time are filled in here).
-  void emit(v1::Event event);
+  /// Queue an event for the client (seq and time are filled in here);
+  /// `urgent` ones (flow control) go out before the queued others.
+  void emit(v1::Event event, bool urgent = false);
   /// After the last event: finish the call once the queue drains.
   void finish(grpc::Status status);
-  /// The transport's write buffer passed its high watermark (true) or
-  /// drained (false): hold or resume reading commands.
-  void hold_commands(bool hold);
 
   // ---- from the reactor (gRPC threads) ----
   void attach(SessionReactor* reactor);
   void detach();
   /// The write in flight completed: start the next or finish.
   void on_write_done(bool ok);
-  /// Whether the reactor may start another read now; false also records
-  /// that one is owed when commands are released.
-  bool may_read();
 
   /// For the loop side: whether the events queue lets the transport read.
   bool wants_transport_reading();
@@ -73,14 +68,15 @@ class Link {
   SessionReactor* reactor_ = nullptr;
   std::shared_ptr<LoopSide> loop_side_;
   std::deque<v1::Event> queue_;
-  std::size_t queued_bytes_ = 0;
+  std::deque<v1::Event> urgent_;
+  v1::Event in_flight_;  // the one StartWrite has
+  std::size_t in_flight_bytes_ = 0;
+  std::size_t queued_bytes_ = 0;  // queued and in flight
   bool writing_ = false;
   bool transport_paused_ = false;  // we paused its reading for a slow client
   std::optional<grpc::Status> finish_;
   bool finished_ = false;
-  std::uint64_t seq_ = 0;
-  bool commands_held_ = false;
-  bool read_owed_ = false;
+  std::uint64_t seq_ = 0;  // of the last event sent
   std::string abort_reason_;  // loop thread
 };
 
@@ -146,8 +142,6 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::ClientMessage, v
   void OnCancel() override;
   void OnDone() override;
 
-  /// For Link: resume reading commands.
-  void resume_reads() { StartRead(&incoming_); }
 
  private:
   void fail(grpc::Status status);

@@ -4,6 +4,8 @@
 
 #include <boost/asio/post.hpp>
 
+#include <algorithm>
+
 namespace conduit::service {
 
 std::shared_ptr<grpc::Channel> make_channel(const RemoteOptions& remote) {
@@ -19,7 +21,7 @@ std::shared_ptr<grpc::Channel> make_channel(const RemoteOptions& remote) {
 std::shared_ptr<SessionStream> SessionStream::start(EventLoop& loop, const RemoteOptions& remote,
                                                     v1::ClientMessage open, SessionCallbacks callbacks) {
   auto stream = std::make_shared<SessionStream>(loop, std::move(callbacks));
-  stream->channel_ = make_channel(remote);
+  stream->channel_ = remote.channel ? remote.channel : make_channel(remote);
   stream->stub_ = v1::Conduit::NewStub(stream->channel_);
   if (!remote.token.empty()) stream->context_.AddMetadata("authorization", "Bearer " + remote.token);
   stream->stream_ = stream->stub_->Session(&stream->context_);
@@ -57,16 +59,42 @@ void SessionStream::writes_done() {
   wake_.notify_one();
 }
 
-std::size_t SessionStream::queued_bytes() const {
+std::size_t SessionStream::queued_bytes(std::uint64_t connection_id) const {
   std::lock_guard lock(mutex_);
-  return queued_bytes_;
+  auto it = queued_bytes_.find(connection_id);
+  return it == queued_bytes_.end() ? 0 : it->second;
 }
+
+namespace {
+std::uint64_t connection_of(const v1::ClientMessage& message) {
+  return message.has_command() ? message.command().connection_id() : 0;
+}
+}  // namespace
 
 void SessionStream::enqueue(v1::ClientMessage message) {
   std::lock_guard lock(mutex_);
   if (writes_done_) return;
-  queued_bytes_ += message.ByteSizeLong();
+  queued_bytes_[connection_of(message)] += message.ByteSizeLong();
   outgoing_.push_back(std::move(message));
+  wake_.notify_one();
+}
+
+void SessionStream::abort(v1::Command abort) {
+  std::lock_guard lock(mutex_);
+  if (writes_done_) return;
+  const std::uint64_t id = abort.connection_id();
+  // The connection's queued commands go (a server's abort, id 0, drops them
+  // all); anything not a command (the open) stays first.
+  auto keep = std::stable_partition(outgoing_.begin(), outgoing_.end(), [&](const v1::ClientMessage& m) {
+    return !m.has_command() || (id != 0 && m.command().connection_id() != id);
+  });
+  for (auto it = keep; it != outgoing_.end(); ++it) queued_bytes_[connection_of(*it)] -= it->ByteSizeLong();
+  outgoing_.erase(keep, outgoing_.end());
+  auto first_command = std::find_if(outgoing_.begin(), outgoing_.end(), [](const v1::ClientMessage& m) { return m.has_command(); });
+  v1::ClientMessage message;
+  *message.mutable_command() = std::move(abort);
+  queued_bytes_[id] += message.ByteSizeLong();
+  outgoing_.insert(first_command, std::move(message));
   wake_.notify_one();
 }
 
@@ -83,13 +111,14 @@ void SessionStream::write_loop() {
     v1::ClientMessage message = std::move(outgoing_.front());
     outgoing_.pop_front();
     lock.unlock();
-    const bool ok = stream_->Write(message);  // blocks while the service holds back
+    const bool ok = stream_->Write(message);  // blocks while HTTP/2 flow control holds back
+    const std::uint64_t id = connection_of(message);
     lock.lock();
-    queued_bytes_ -= message.ByteSizeLong();
+    queued_bytes_[id] -= message.ByteSizeLong();
     lock.unlock();
     if (!ok) return;
-    asio::post(loop_.get_executor(), [self = shared_from_this()] {
-      if (self->callbacks_.sent) self->callbacks_.sent();
+    asio::post(loop_.get_executor(), [self = shared_from_this(), id] {
+      if (self->callbacks_.sent) self->callbacks_.sent(id);
     });
   }
 }

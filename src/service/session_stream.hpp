@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -32,6 +33,9 @@ struct RemoteOptions {
   /// TLS to the service (when ca_pem is set): trust this CA, and present
   /// this certificate and key if the service asks (mTLS). PEM text.
   std::string ca_pem, cert_pem, key_pem;
+  /// A channel to use instead of one to `address` (tests: an in-process
+  /// service's InProcessChannel).
+  std::shared_ptr<grpc::Channel> channel;
 };
 
 /// A channel to the service as `remote` says (TLS when ca_pem is set).
@@ -40,7 +44,7 @@ std::shared_ptr<grpc::Channel> make_channel(const RemoteOptions& remote);
 /// What a stream reports, always on the loop's thread.
 struct SessionCallbacks {
   std::function<void(const v1::Event&)> event;        ///< each event, in order
-  std::function<void()> sent;                         ///< a queued message went out
+  std::function<void(std::uint64_t connection_id)> sent;  ///< a queued command for it went out
   std::function<void(const grpc::Status&)> finished;  ///< last: the stream ended (threads gone)
 };
 
@@ -54,10 +58,13 @@ class SessionStream : public std::enable_shared_from_this<SessionStream> {
 
   /// Queue a command (any thread); dropped after writes_done().
   void command(v1::Command command);
+  /// Queue `abort` ahead of everything queued, dropping the queued commands
+  /// for its connection: an abort acts at once (SPEC RS3).
+  void abort(v1::Command abort);
   /// Half-close the stream once the queue is sent.
   void writes_done();
-  /// Bytes queued, not yet handed to gRPC.
-  std::size_t queued_bytes() const;
+  /// Bytes of commands for `connection_id` queued, not yet handed to gRPC.
+  std::size_t queued_bytes(std::uint64_t connection_id = 0) const;
 
  private:
   void enqueue(v1::ClientMessage message);
@@ -79,7 +86,7 @@ class SessionStream : public std::enable_shared_from_this<SessionStream> {
   std::condition_variable wake_reader_;  // the reader, when the loop caught up
   std::size_t undelivered_bytes_ = 0;
   std::deque<v1::ClientMessage> outgoing_;
-  std::size_t queued_bytes_ = 0;
+  std::map<std::uint64_t, std::size_t> queued_bytes_;  // by connection id
   bool writes_done_ = false;
   bool stopping_ = false;
 };

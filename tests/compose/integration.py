@@ -22,13 +22,16 @@ STEP_TIMEOUT = 30
 
 
 async def echo_through(session, payload):
-    """Write, half-close, and collect the echo until connection_lost."""
+    """Write, half-close, and collect the echo until connection_lost (closing
+    at the peer's EOF, as a protocol whose eof_received returns False)."""
     await session.write(payload)
     await session.write_eof()
     got = b""
     async for event in session.events():
         if event.WhichOneof("kind") == "data_received":
             got += event.data_received.data
+        elif event.WhichOneof("kind") == "eof_received":
+            await session.close()
     return got
 
 

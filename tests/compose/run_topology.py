@@ -251,18 +251,27 @@ def fault_test(topology, repo_root):
             cut()
             started = time.monotonic()
 
-            # The client keeps writing: data the peer never acknowledges is
-            # what TCP_USER_TIMEOUT (--dead-peer-timeout) bounds; the
-            # service holding back our writes is its backpressure.
+            # The client keeps writing while the service lets it (it says
+            # pause_writing once the transport's buffer is full): data the
+            # peer never acknowledges is what TCP_USER_TIMEOUT
+            # (--dead-peer-timeout) bounds.
+            paused = asyncio.Event()
+
             async def keep_writing():
                 while True:
-                    await s.write(chunk)
+                    if not paused.is_set():
+                        await s.write(chunk)
                     await asyncio.sleep(0.05)
 
             writer = asyncio.ensure_future(keep_writing())
             try:
                 async for event in s.events():
-                    if event.WhichOneof("kind") == "connection_lost":
+                    kind = event.WhichOneof("kind")
+                    if kind == "pause_writing":
+                        paused.set()
+                    elif kind == "resume_writing":
+                        paused.clear()
+                    elif kind == "connection_lost":
                         return event.connection_lost, time.monotonic() - started
             finally:
                 writer.cancel()

@@ -83,12 +83,14 @@ def run(argv, timeout=TIMEOUT):
 
 
 class Session:
-    """One Session() call: send() queues client messages; events() yields events."""
+    """One Session() call: send() queues client messages; events() yields events.
+    With `max_queued`, send() blocks while that many wait for gRPC to take
+    them: the local half of write flow control."""
 
-    def __init__(self, stub, metadata=()):
+    def __init__(self, stub, metadata=(), max_queued=0):
         from conduit.v1 import conduit_pb2 as pb
         self.pb = pb
-        self.outgoing = queue.Queue()
+        self.outgoing = queue.Queue(maxsize=max_queued)
         self.responses = stub.Session(iter(self.outgoing.get, None), metadata=metadata, timeout=60)
 
     def send(self, **kind):

@@ -81,6 +81,80 @@ class ServiceTest(unittest.TestCase):
         seqs = [e.seq for e in events]
         self.assertEqual(seqs, sorted(seqs))
 
+    def test_peer_eof_closes_by_default_and_keep_open_leaves_closing_to_the_client(self):
+        import socket
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        port = listener.getsockname()[1]
+        # Default: asyncio's default protocol; the peer's EOF closes, flushing.
+        s = Session(self.stub)
+        s.send(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="127.0.0.1", port=port)))
+        peer, _ = listener.accept()
+        self.assertEqual(s.next().WhichOneof("kind"), "connection_made")
+        peer.shutdown(socket.SHUT_WR)
+        kinds = [e.WhichOneof("kind") for e in s.until("connection_lost")]
+        self.assertEqual(kinds, ["eof_received", "connection_lost"])
+        peer.close()
+        # keep_open_after_eof: both sides half-closed, still open until the
+        # client closes; the service never closes on its behalf.
+        s = Session(self.stub)
+        s.send(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="127.0.0.1", port=port), keep_open_after_eof=True))
+        peer, _ = listener.accept()
+        self.addCleanup(peer.close)
+        self.assertEqual(s.next().WhichOneof("kind"), "connection_made")
+        peer.shutdown(socket.SHUT_WR)
+        self.assertEqual(s.next().WhichOneof("kind"), "eof_received")
+        s.command(write=b"answer")
+        s.command(write_eof=pb.WriteEof())
+        s.command(get_extra_info=pb.GetExtraInfo(name="peername"))
+        events = s.until("extra_info")
+        self.assertTrue(events[-1].extra_info.found, events)
+        self.assertEqual(peer.recv(100), b"answer")
+        self.assertEqual(peer.recv(100), b"", "our EOF")
+        s.command(close=pb.Close())
+        kinds = [e.WhichOneof("kind") for e in s.until("connection_lost")]
+        self.assertEqual(kinds, ["connection_lost"], "nothing failed: the transport was open until the close")
+
+    def test_start_paused_reads_nothing_until_resumed(self):
+        import socket
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        s = Session(self.stub)
+        s.send(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="127.0.0.1", port=listener.getsockname()[1]),
+                                                 start_paused=True))
+        peer, _ = listener.accept()
+        self.addCleanup(peer.close)
+        peer.sendall(b"early")
+        self.assertEqual(s.next().WhichOneof("kind"), "connection_made")
+        s.command(get_extra_info=pb.GetExtraInfo(name="sockname"))
+        # The data was there before connection_made, yet only the answer
+        # comes: the transport reads nothing while paused.
+        self.assertEqual(s.next().WhichOneof("kind"), "extra_info")
+        s.command(resume_reading=pb.ResumeReading())
+        self.assertEqual(s.next().data_received.data, b"early")
+        s.command(abort=pb.Abort())
+        s.until("connection_lost")
+
+    def test_commands_are_never_held_and_writing_past_the_cap_aborts(self):
+        import socket
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        s = Session(self.stub)
+        s.send(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="127.0.0.1", port=listener.getsockname()[1])))
+        peer, _ = listener.accept()
+        self.addCleanup(peer.close)
+        self.assertEqual(s.next().WhichOneof("kind"), "connection_made")
+        block = b"x" * (256 << 10)
+        for _ in range(48):  # 12 MiB to a peer that reads nothing, past the 8 MiB cap
+            s.command(write=block)
+        events = s.until("connection_lost")
+        kinds = [e.WhichOneof("kind") for e in events]
+        self.assertIn("pause_writing", kinds)
+        failed = next(e.command_failed for e in events if e.WhichOneof("kind") == "command_failed")
+        self.assertIn("over the session's cap", failed.message)
+        self.assertIn("wait for resume_writing", failed.message)
+        self.assertIn("over the session's cap", events[-1].connection_lost.error.message, "connection_lost says why")
+
     def test_refused_connection_is_an_open_failed_event(self):
         with socket_bound() as port:
             s = Session(self.stub)
@@ -163,7 +237,8 @@ class ServiceTest(unittest.TestCase):
 
     def test_server_session_accepts_and_tags_each_connection(self):
         import socket
-        s, started = self.open_server(tcp=pb.HostPort(host="127.0.0.1", port=0))
+        # keep_open_after_eof: the client answers each peer's EOF (RS1).
+        s, started = self.open_server(tcp=pb.HostPort(host="127.0.0.1", port=0), keep_open_after_eof=True)
         self.assertEqual(len(started.sockets), 1)
         port = int(started.sockets[0].rsplit(":", 1)[1])
         first = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
@@ -189,6 +264,8 @@ class ServiceTest(unittest.TestCase):
         s.command(write_eof=pb.WriteEof(), connection_id=two)
         self.assertEqual(second.recv(100), b"bye")
         self.assertEqual(second.recv(100), b"", "the FIN follows the data")
+        # Both sides half-closed: still open until the client closes it (RS1).
+        s.command(close=pb.Close(), connection_id=two)
         lost_two = s.until("connection_lost")[-1]
         self.assertEqual(lost_two.connection_id, two)
 
@@ -409,28 +486,48 @@ class ServiceTest(unittest.TestCase):
         # grown, and RSS is measured against where this one starts.
         serve, address = start([CONDUIT, "serve", "--listen", "127.0.0.1:0"])
         self.addCleanup(stop, serve)
-        channel = grpc.insecure_channel(address)
+        # A small receive window (no BDP probing): few events wait in gRPC
+        # ahead of a pause_writing, so the client hears it soon.
+        channel = grpc.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0),
+                                                          ("grpc.http2.lookahead_bytes", 256 << 10)])
         self.addCleanup(channel.close)
-        s = Session(pb_grpc.ConduitStub(channel))
+        s = Session(pb_grpc.ConduitStub(channel), max_queued=4)
         s.send(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="127.0.0.1", port=self.echo_port)))
         self.assertEqual(s.next().WhichOneof("kind"), "connection_made")
         rss_start = rss_kib(serve.pid)
         sent_digest, got_digest = hashlib.sha256(), hashlib.sha256()
         rss_peak = [0]
 
-        def writer():
-            block = os.urandom(chunk)
-            for i in range(total // chunk):
+        # Commands are never held: the client is the protocol an asyncio
+        # writer would be. It writes from its callbacks only (here: after
+        # each event it handles), while no pause_writing holds it, and its
+        # own queue to gRPC is short (max_queued, as the C++ client's
+        # transports pause on theirs): what it sends past a pause is then a
+        # round trip's worth, and a stall in a callback stalls its writing.
+        block = os.urandom(chunk)
+        state = {"paused": False, "written": 0}
+
+        def write_while_allowed(most=2):
+            for _ in range(most):
+                if state["paused"] or state["written"] == total:
+                    return
+                i = state["written"] // chunk
                 data = block[i % 251:] + block[:i % 251]
                 sent_digest.update(data)
-                s.command(write=data)  # the queue is drained by gRPC only as the service takes it
-            s.done_writing()
+                s.command(write=data)
+                state["written"] += chunk
+                if state["written"] == total:
+                    s.done_writing()
 
-        thread = threading.Thread(target=writer)
-        thread.start()
+        write_while_allowed()
         received, stalls = 0, 0
         for event in s.responses:
-            if event.WhichOneof("kind") == "data_received":
+            kind = event.WhichOneof("kind")
+            if kind == "pause_writing":
+                state["paused"] = True
+            elif kind == "resume_writing":
+                state["paused"] = False
+            elif kind == "data_received":
                 received += len(event.data_received.data)
                 got_digest.update(event.data_received.data)
                 if received % (16 << 20) < len(event.data_received.data):
@@ -440,9 +537,11 @@ class ServiceTest(unittest.TestCase):
                     threading.Event().wait(0.05)
                     rss_peak[0] = max(rss_peak[0], rss_kib(serve.pid))
                     stalls += 1
-            if event.WhichOneof("kind") == "connection_lost":
+            elif kind == "command_failed":
+                self.fail(event.command_failed.message)
+            elif kind == "connection_lost":
                 break
-        thread.join(TIMEOUT)
+            write_while_allowed()
         self.assertEqual(received, total)
         self.assertEqual(got_digest.hexdigest(), sent_digest.hexdigest())
         # Unbounded buffering would hold hundreds of MiB. Measured: 26 to 29

@@ -31,10 +31,15 @@ __all__ = ["Client", "Session", "ServerSession", "SessionError", "pb"]
 def _load_stubs():
     proto_dir = os.environ.get(
         "CONDUIT_PROTO_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "..", "proto"))
-    out = os.path.join(tempfile.gettempdir(), f"conduit-client-stubs-{os.getuid()}")
     proto = os.path.join(proto_dir, "conduit", "v1", "conduit.proto")
+    # Keyed by the proto's content: checkouts with different protos must not
+    # share stubs (an mtime check let an older proto's stubs win).
+    import hashlib
+    with open(proto, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    out = os.path.join(tempfile.gettempdir(), f"conduit-client-stubs-{os.getuid()}-{digest}")
     generated = os.path.join(out, "conduit", "v1", "conduit_pb2.py")
-    if not os.path.exists(generated) or os.path.getmtime(generated) < os.path.getmtime(proto):
+    if not os.path.exists(generated):
         from grpc_tools import protoc
         os.makedirs(out, exist_ok=True)
         if protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", f"--grpc_python_out={out}", proto]) != 0:
@@ -135,8 +140,9 @@ class Session(_TransportCommands):
         await self._call.write(pb.ClientMessage(command=pb.Command(connection_id=connection_id, **kind)))
 
     async def write_eof(self):
-        """Half-close: for a connection, write_eof; for a child, close its stdin."""
-        await self._call.done_writing()
+        """Half-close: for a connection, write_eof; for a child, close its
+        stdin. A command, so that close() and the rest can still follow."""
+        await self._command(write_eof=pb.WriteEof())
 
     async def communicate(self, data=b""):
         """Subprocess sessions, as asyncio's Process.communicate(): write
@@ -223,26 +229,32 @@ class Client:
         await self._channel.close()
 
     def create_connection(self, host, port, *, ssl=False, server_hostname="", ca_pem="", insecure=False,
-                          write_buffer_high=0, write_buffer_low=0):
+                          write_buffer_high=0, write_buffer_low=0, keep_open_after_eof=True):
+        """keep_open_after_eof: after the peer's eof_received, the script
+        closes (as a protocol whose eof_received returned False would);
+        False lets the service close at once."""
         tls = pb.TlsClient(enabled=ssl, server_hostname=server_hostname, ca_pem=ca_pem, insecure=insecure)
         open_message = pb.OpenConnection(tcp=pb.HostPort(host=host, port=port), tls=tls,
-                                         write_buffer_high=write_buffer_high, write_buffer_low=write_buffer_low)
+                                         write_buffer_high=write_buffer_high, write_buffer_low=write_buffer_low,
+                                         keep_open_after_eof=keep_open_after_eof)
         return Session(self._stub, self._metadata, pb.ClientMessage(open_connection=open_message))
 
-    def create_unix_connection(self, path):
-        return Session(self._stub, self._metadata,
-                       pb.ClientMessage(open_connection=pb.OpenConnection(unix_path=path)))
+    def create_unix_connection(self, path, *, keep_open_after_eof=True):
+        return Session(self._stub, self._metadata, pb.ClientMessage(open_connection=pb.OpenConnection(
+            unix_path=path, keep_open_after_eof=keep_open_after_eof)))
 
     def create_server(self, host="127.0.0.1", port=0, *, cert_pem="", key_pem="", client_ca_pem="", backlog=0,
-                      max_connections=0):
-        """Listen on the service's host (TLS when cert_pem and key_pem are given)."""
+                      max_connections=0, keep_open_after_eof=True):
+        """Listen on the service's host (TLS when cert_pem and key_pem are given).
+        keep_open_after_eof: as create_connection's, for each connection."""
         tls = pb.TlsServer(enabled=bool(cert_pem), cert_pem=cert_pem, key_pem=key_pem, client_ca_pem=client_ca_pem)
         open_message = pb.OpenServer(tcp=pb.HostPort(host=host, port=port), tls=tls, backlog=backlog,
-                                     max_connections=max_connections)
+                                     max_connections=max_connections, keep_open_after_eof=keep_open_after_eof)
         return ServerSession(self._stub, self._metadata, pb.ClientMessage(open_server=open_message))
 
-    def create_unix_server(self, path, *, backlog=0, max_connections=0):
-        open_message = pb.OpenServer(unix_path=path, backlog=backlog, max_connections=max_connections)
+    def create_unix_server(self, path, *, backlog=0, max_connections=0, keep_open_after_eof=True):
+        open_message = pb.OpenServer(unix_path=path, backlog=backlog, max_connections=max_connections,
+                                     keep_open_after_eof=keep_open_after_eof)
         return ServerSession(self._stub, self._metadata, pb.ClientMessage(open_server=open_message))
 
     def create_datagram_endpoint(self, local_addr=None, remote_addr=None, *, reuse_port=False, allow_broadcast=False):

@@ -1,0 +1,294 @@
+// SPEC RS1-RS7: a protocol cannot tell a remote transport from a local one.
+// Each scenario runs one protocol twice: on the core's own transport, and on
+// a remote one through a real ConduitService (in this process, reached over
+// gRPC's in-process channel), against the same kind of raw peer socket, and
+// checks the same callbacks, in the same order, with the same answers.
+#include "support/recording_protocol.hpp"
+
+#include <remote_transport.hpp>
+#include <service.hpp>
+
+#include <grpcpp/grpcpp.h>
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+using namespace conduit;
+using namespace conduit::testing;
+
+namespace {
+
+/// A ConduitService serving on no port: clients use its in-process channel.
+struct InProcessService {
+  std::unique_ptr<service::ConduitService> service;
+  std::unique_ptr<grpc::Server> server;
+  service::RemoteOptions remote;
+
+  InProcessService() {
+    service::ServiceOptions options;
+    options.quiet = true;
+    service = std::make_unique<service::ConduitService>(std::move(options));
+    grpc::ServerBuilder builder;
+    builder.RegisterService(service.get());
+    server = builder.BuildAndStart();
+    service->set_own_address(0, "");
+    remote.channel = server->InProcessChannel(grpc::ChannelArguments());
+  }
+  ~InProcessService() { server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2)); }
+};
+
+enum class Mode { local, remote };
+
+/// The callbacks but pause_writing / resume_writing, whose number depends
+/// on how fast the bytes move (the kernel takes a local write at once; a
+/// remote one waits in the client's queue first). Tests check that those
+/// pair up.
+std::vector<std::string> without_flow_control(const std::vector<std::string>& events) {
+  std::vector<std::string> kept;
+  for (const auto& e : events) {
+    if (e != "pause" && e != "resume") kept.push_back(e);
+  }
+  return kept;
+}
+
+std::string mode_name(const ::testing::TestParamInfo<Mode>& info) {
+  return info.param == Mode::local ? "Local" : "Remote";
+}
+
+/// One connection under test: `protocol` on a local or remote transport
+/// to 127.0.0.1, and the raw peer socket that accepted it.
+class RemoteTransportTest : public ::testing::TestWithParam<Mode> {
+ protected:
+  EventLoop loop;
+  LoopRecorder recorder{loop};
+  static InProcessService& service() {
+    static InProcessService* s = new InProcessService();  // shared by the tests; lives to the end
+    return *s;
+  }
+
+  template <class P>
+  std::unique_ptr<Peer> open(const std::shared_ptr<P>& protocol) {
+    asio::ip::tcp::acceptor acceptor(loop.context(), {asio::ip::make_address("127.0.0.1"), 0});
+    const auto port = acceptor.local_endpoint().port();
+    bool done = false;
+    if (GetParam() == Mode::local) {
+      loop.create_connection([protocol] { return protocol; }, "127.0.0.1", port, {},
+                             [&](std::exception_ptr error, auto, auto) {
+                               EXPECT_FALSE(error) << describe_error(error);
+                               done = true;
+                             });
+    } else {
+      v1::OpenConnection request;
+      request.mutable_tcp()->set_host("127.0.0.1");
+      request.mutable_tcp()->set_port(port);
+      service::create_remote_connection(loop, service().remote, request, protocol, [&](std::exception_ptr error) {
+        EXPECT_FALSE(error) << describe_error(error);
+        done = true;
+      });
+    }
+    EXPECT_TRUE(run_until(loop, [&] { return done && protocol->rec.made == 1; }));
+    asio::ip::tcp::socket accepted(loop.context());
+    acceptor.accept(accepted);
+    return std::make_unique<Peer>(std::move(accepted));
+  }
+
+  /// Send from the peer until its kernel buffers are full (the other side
+  /// reads nothing); returns the bytes sent. Runs the loop meanwhile.
+  std::size_t fill_from_peer(Peer& peer) {
+    const std::string chunk(64 * 1024, 'p');
+    std::size_t sent = 0;
+    int would_block = 0;
+    run_until(loop, [&] {
+      boost::system::error_code ec;
+      const std::size_t n = peer.socket().send(asio::buffer(chunk), 0, ec);
+      if (ec == asio::error::would_block) return ++would_block > 20;  // stays full across loop turns
+      would_block = 0;
+      sent += n;
+      return false;
+    });
+    return sent;
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(BothWays, RemoteTransportTest, ::testing::Values(Mode::local, Mode::remote), mode_name);
+
+// ---- RS1 --------------------------------------------------------------------------
+
+TEST_P(RemoteTransportTest, RS1_EofReceivedFalseClosesFlushing) {
+  auto protocol = std::make_shared<RecordingProtocol>();
+  auto peer = open(protocol);
+  peer->send("bye");
+  peer->shutdown_send();
+  ASSERT_TRUE(run_until(loop, [&] { return protocol->rec.is_lost(); }));
+  EXPECT_EQ(protocol->rec.events, (std::vector<std::string>{"made", "data", "eof", "lost"}));
+  EXPECT_EQ(protocol->rec.data, "bye");
+  EXPECT_FALSE(protocol->rec.lost_error) << describe_error(protocol->rec.lost_error);
+  EXPECT_TRUE(peer->receive_eof(loop)) << "the transport closed";
+}
+
+TEST_P(RemoteTransportTest, RS1_EofReceivedTrueKeepsItOpenUntilTheProtocolCloses) {
+  auto protocol = std::make_shared<RecordingProtocol>();
+  protocol->keep_open_on_eof = true;
+  auto peer = open(protocol);
+  peer->send("half");
+  peer->shutdown_send();
+  ASSERT_TRUE(run_until(loop, [&] { return protocol->rec.eofs == 1; }));
+  // Still open: the protocol writes after the peer's EOF, and only its
+  // close() ends the connection (flushing).
+  EXPECT_FALSE(protocol->rec.transport->is_closing());
+  protocol->rec.transport->write(std::string(300000, 'w'));
+  protocol->rec.transport->close();
+  ASSERT_TRUE(peer->receive_eof(loop));
+  EXPECT_EQ(peer->received(), std::string(300000, 'w'));
+  ASSERT_TRUE(run_until(loop, [&] { return protocol->rec.is_lost(); }));
+  EXPECT_EQ(without_flow_control(protocol->rec.events), (std::vector<std::string>{"made", "data", "eof", "lost"}));
+  EXPECT_EQ(protocol->rec.pauses, protocol->rec.resumes);
+}
+
+// ---- RS2 --------------------------------------------------------------------------
+
+TEST_P(RemoteTransportTest, RS2_PauseInConnectionMadeMeansNoDataUntilResumed) {
+  auto protocol = std::make_shared<RecordingProtocol>();
+  protocol->on_made = [](Transport& t) { t.pause_reading(); };
+  bool resumed = false;
+  protocol->on_data = [&](Transport&, std::string_view) { EXPECT_TRUE(resumed) << "data while paused"; };
+  auto peer = open(protocol);
+  EXPECT_FALSE(protocol->rec.transport->is_reading());
+  // Nobody reads the connection (not even the service on our behalf): the
+  // peer's kernel buffers fill.
+  const std::size_t sent = fill_from_peer(*peer);
+  EXPECT_GT(sent, 0u);
+  EXPECT_EQ(protocol->rec.data_calls, 0);
+  resumed = true;
+  protocol->rec.transport->resume_reading();
+  EXPECT_TRUE(protocol->rec.transport->is_reading());
+  ASSERT_TRUE(run_until(loop, [&] { return protocol->rec.data.size() == sent; }));
+  protocol->rec.transport->close();
+  ASSERT_TRUE(run_until(loop, [&] { return protocol->rec.is_lost(); }));
+}
+
+// ---- RS3 --------------------------------------------------------------------------
+
+TEST_P(RemoteTransportTest, RS3_AbortActsAtOnceAndDropsWhatIsBuffered) {
+  auto protocol = std::make_shared<RecordingProtocol>();
+  auto peer = open(protocol);
+  // The peer reads nothing yet; 16 MiB queue up (pause_writing ignored).
+  const std::string chunk(64 * 1024, 'a');
+  constexpr std::size_t total = 16u << 20;
+  for (std::size_t sent = 0; sent < total; sent += chunk.size()) protocol->rec.transport->write(chunk);
+  protocol->rec.transport->abort();
+  EXPECT_TRUE(protocol->rec.transport->is_closing());
+  ASSERT_TRUE(run_until(loop, [&] { return protocol->rec.is_lost(); }));
+  // The peer gets what had reached its kernel, then the end: never the rest.
+  run_until(loop, [&] {
+    peer->read_available();
+    return peer->eof() || peer->error();
+  });
+  EXPECT_LT(peer->received().size(), total / 2) << "the abort waited behind the writes";
+  EXPECT_EQ(protocol->rec.events.front(), "made");
+  EXPECT_EQ(protocol->rec.events.back(), "lost");
+}
+
+// ---- RS4 --------------------------------------------------------------------------
+
+TEST_P(RemoteTransportTest, RS4_AnswersAtTheCall) {
+  auto protocol = std::make_shared<RecordingProtocol>();
+  auto peer = open(protocol);
+  auto& transport = *protocol->rec.transport;
+  EXPECT_THROW(transport.set_write_buffer_limits(10, 20), std::invalid_argument) << "low above high";
+  EXPECT_TRUE(transport.can_write_eof());
+  transport.write("before eof");
+  transport.write_eof();
+  EXPECT_THROW(transport.write("after eof"), std::logic_error);
+  EXPECT_FALSE(transport.is_closing());
+  ASSERT_TRUE(peer->receive_eof(loop));
+  EXPECT_EQ(peer->received(), "before eof");
+  transport.close();
+  EXPECT_TRUE(transport.is_closing()) << "closing from the moment of close()";
+  EXPECT_NO_THROW(transport.close());
+  peer->close();
+  ASSERT_TRUE(run_until(loop, [&] { return protocol->rec.is_lost(); }));
+  EXPECT_EQ(protocol->rec.events, (std::vector<std::string>{"made", "lost"}));
+}
+
+TEST_P(RemoteTransportTest, RS4_WritesAfterCloseOrLossAreDropped) {
+  auto protocol = std::make_shared<RecordingProtocol>();
+  auto peer = open(protocol);
+  auto transport = protocol->rec.transport;
+  transport->write("kept");
+  transport->close();
+  EXPECT_NO_THROW(transport->write("dropped"));
+  ASSERT_TRUE(peer->receive_eof(loop));
+  EXPECT_EQ(peer->received(), "kept");
+  ASSERT_TRUE(run_until(loop, [&] { return protocol->rec.is_lost(); }));
+  EXPECT_NO_THROW(transport->write("after the loss"));
+  EXPECT_TRUE(transport->is_closing());
+}
+
+// ---- RS5 --------------------------------------------------------------------------
+
+TEST_P(RemoteTransportTest, RS5_WriteFlowControlPausesAndResumesAroundTheBuffer) {
+  auto protocol = std::make_shared<RecordingProtocol>();
+  bool paused = false;
+  protocol->on_pause = [&] { paused = true; };
+  protocol->on_resume = [&] { paused = false; };
+  auto peer = open(protocol);
+  auto& transport = *protocol->rec.transport;
+  transport.set_write_buffer_limits(256 * 1024, 64 * 1024);
+  EXPECT_EQ(transport.get_write_buffer_limits(), (std::pair<std::size_t, std::size_t>{64 * 1024, 256 * 1024}));
+  // Write while allowed; the peer reads nothing, so pause_writing comes.
+  const std::string chunk(64 * 1024, 'f');
+  constexpr std::size_t total = 32u << 20;
+  std::size_t written = 0;
+  auto write_while_allowed = [&] {
+    while (!paused && written < total) {
+      transport.write(chunk);
+      written += chunk.size();
+    }
+  };
+  write_while_allowed();
+  ASSERT_TRUE(run_until(loop, [&] { return paused; }));
+  EXPECT_LT(written, total) << "never paused";
+  // The peer reads: resume_writing comes, and the rest goes out.
+  protocol->on_resume = [&] {
+    paused = false;
+    write_while_allowed();
+  };
+  ASSERT_TRUE(peer->receive(loop, total));
+  EXPECT_EQ(written, total);
+  EXPECT_GE(protocol->rec.pauses, 1);
+  ASSERT_TRUE(run_until(loop, [&] { return protocol->rec.pauses == protocol->rec.resumes; }))
+      << "pause_writing and resume_writing pair up once the buffer drains";
+  // writelines is one write.
+  const std::string a = "a", b = "bb", c = "ccc";
+  const std::span<const std::byte> lines[] = {as_bytes(a), as_bytes(b), as_bytes(c)};
+  transport.writelines(lines);
+  ASSERT_TRUE(peer->receive(loop, total + 6));
+  EXPECT_EQ(peer->received().substr(total), "abbccc");
+  transport.close();
+  ASSERT_TRUE(run_until(loop, [&] { return protocol->rec.is_lost(); }));
+}
+
+// ---- RS6 --------------------------------------------------------------------------
+
+TEST_P(RemoteTransportTest, RS6_AProtocolExceptionGoesToTheHandlerAndClosesTheTransport) {
+  auto protocol = std::make_shared<RecordingProtocol>();
+  protocol->on_data = [](Transport&, std::string_view) { throw std::runtime_error("protocol bug"); };
+  auto peer = open(protocol);
+  peer->send("trigger");
+  ASSERT_TRUE(run_until(loop, [&] { return protocol->rec.is_lost(); }));
+  ASSERT_EQ(recorder.exceptions.size(), 1u);
+  EXPECT_EQ(recorder.exceptions[0].message, "Fatal error: protocol.data_received() call failed.");
+  EXPECT_EQ(describe_error(recorder.exceptions[0].exception), "protocol bug");
+  EXPECT_EQ(describe_error(protocol->rec.lost_error), "protocol bug") << "connection_lost carries it";
+  EXPECT_EQ(protocol->rec.events, (std::vector<std::string>{"made", "data", "lost"}));
+  run_until(loop, [&] {
+    peer->read_available();
+    return peer->eof() || peer->error();
+  });
+}
+
+}  // namespace
