@@ -4,7 +4,7 @@
 // and spawn, with the program forced to /bin/true. The raw values also go
 // to the core unvalidated (but for LD_* variables): it must refuse what C
 // strings cannot carry, never cut it short or crash.
-#include <session.hpp>
+#include <session_open.hpp>
 
 #include <conduit/event_loop.hpp>
 

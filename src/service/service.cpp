@@ -1,7 +1,7 @@
 #include "service.hpp"
 
 #include "grpc_runtime.hpp"
-#include "session.hpp"
+#include "session_reactor.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>

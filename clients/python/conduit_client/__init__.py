@@ -137,7 +137,15 @@ class Session(_TransportCommands):
             yield event
 
     async def _command(self, connection_id=0, **kind):
-        await self._call.write(pb.ClientMessage(command=pb.Command(connection_id=connection_id, **kind)))
+        # A command after the session ended is dropped, as asyncio drops
+        # writes after connection_lost.
+        if self._ended or self._call.done():
+            return
+        try:
+            await self._call.write(pb.ClientMessage(command=pb.Command(connection_id=connection_id, **kind)))
+        except (asyncio.InvalidStateError, asyncio.CancelledError, grpc.aio.AioRpcError):
+            if not self._call.done():
+                raise
 
     async def write_eof(self):
         """Half-close: for a connection, write_eof; for a child, close its

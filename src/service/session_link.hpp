@@ -1,7 +1,8 @@
-// One session: a gRPC bidirectional stream (SessionReactor, on gRPC's
-// threads) bound to one transport and its protocol (the "loop side", on the
-// EventLoop thread). They talk only through Link: the reactor posts
-// commands to the loop; the loop side hands events to the link.
+// One session's two halves and what joins them: a gRPC bidirectional
+// stream (SessionReactor, on gRPC's threads) bound to one transport and its
+// protocol (a LoopSide, on the EventLoop thread). They meet only in Link,
+// which holds the session's one mutex and makes its posts to the loop: the
+// reactor hands it commands, the loop side hands it events.
 #pragma once
 
 #include "service.hpp"
@@ -121,37 +122,6 @@ class LoopSide {
   enum class Opening { opening, open, failed };
   Opening opening_ = Opening::opening;
   std::deque<std::optional<v1::Command>> queued_;  // nullopt: the client's half-close
-};
-
-/// Open the session described by `open` on the loop (validated already).
-/// A policy refusal that needs the loop (an address a name resolved to)
-/// ends the call with PERMISSION_DENIED.
-void open_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& open);
-
-/// INVALID_ARGUMENT naming the field, PERMISSION_DENIED by the policy
-/// (programs and environment; addresses are checked when opening), or OK.
-grpc::Status validate_open(const v1::ClientMessage& open, const ServiceOptions& options);
-
-/// The reactor of one Session() call.
-class SessionReactor final : public grpc::ServerBidiReactor<v1::ClientMessage, v1::Event> {
- public:
-  SessionReactor(ConduitService& service, grpc::CallbackServerContext* context);
-
-  void OnReadDone(bool ok) override;
-  void OnWriteDone(bool ok) override;
-  void OnCancel() override;
-  void OnDone() override;
-
-
- private:
-  void fail(grpc::Status status);
-  void post_to_loop(std::function<void(LoopSide&)> fn);
-
-  ConduitService& service_;
-  grpc::CallbackServerContext* context_;  // gRPC's, valid until OnDone
-  std::shared_ptr<Link> link_;
-  v1::ClientMessage incoming_;
-  bool opened_ = false;
 };
 
 }  // namespace conduit::service

@@ -1,0 +1,127 @@
+#include "connection_session.hpp"
+
+#include "session_open.hpp"
+
+#include <conduit/tls.hpp>
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <chrono>
+
+namespace conduit::service {
+
+namespace {
+
+/// Make a vanished TCP peer (host down, cable cut) show up as ETIMEDOUT
+/// within about `timeout`, instead of after the kernel's many minutes of
+/// retransmissions; with TCP_USER_TIMEOUT set, Linux also ends a connection
+/// whose keepalive probes go unanswered for that long.
+void bound_dead_peer_detection(Transport& transport, std::chrono::seconds timeout) {
+  if (timeout.count() == 0) return;
+  auto peer = transport.get_extra_info_as<SocketAddress>("peername");
+  auto fd = transport.get_extra_info_as<int>("socket");
+  if (!peer || peer->is_unix() || !fd) return;
+  const int seconds = static_cast<int>(timeout.count());
+  const int on = 1, idle = std::max(1, seconds / 2), interval = std::max(1, seconds / 6), count = 3;
+  const unsigned user_timeout_ms = static_cast<unsigned>(seconds) * 1000;
+  // Best effort: a failure leaves the kernel's defaults, which still work.
+  (void)::setsockopt(*fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+  (void)::setsockopt(*fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  (void)::setsockopt(*fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+  (void)::setsockopt(*fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+  (void)::setsockopt(*fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof user_timeout_ms);
+}
+
+}  // namespace
+
+void ConnectionSide::pause_writing() { writing_paused_changed(true); }
+void ConnectionSide::resume_writing() { writing_paused_changed(false); }
+
+void ConnectionSide::writing_paused_changed(bool paused) {
+  report_writing_paused(paused, transport_ ? transport_->get_write_buffer_size() : 0);
+}
+
+void ConnectionSide::connection_made(std::shared_ptr<Transport> transport) {
+  transport_ = std::move(transport);
+  options_.apply_limits(*transport_);
+  // Paused before the protocol's first event goes out: nothing is read
+  // until the client says resume_reading (a pause_reading in its
+  // connection_made, SPEC RS2).
+  if (client_paused_) transport_->pause_reading();
+  bound_dead_peer_detection(*transport_, link_->service().options().dead_peer_timeout);
+  v1::Event event;
+  auto* made = connection_id_ ? event.mutable_connection_accepted() : event.mutable_connection_made();
+  made->set_session_id(link_->record()->id);
+  if (auto peer = transport_->get_extra_info_as<SocketAddress>("peername")) made->set_peername(peer->to_string());
+  if (auto name = transport_->get_extra_info_as<SocketAddress>("sockname")) made->set_sockname(name->to_string());
+  if (auto cipher = transport_->get_extra_info_as<CipherInfo>("cipher")) {
+    made->set_tls_version(cipher->protocol);
+    made->set_tls_cipher(cipher->name);
+  }
+  emit(std::move(event));
+  if (!reading_) transport_->pause_reading();
+  // Accepted while the server was stopping (connection_made comes a turn
+  // after the accept), or the client left while it connected: end it the
+  // way the others ended.
+  if (ending_) {
+    if (*ending_ == End::abort) transport_->abort();
+    else transport_->close();
+    return;
+  }
+  opened();
+}
+
+void ConnectionSide::connection_lost(std::exception_ptr exc) {
+  transport_.reset();
+  if (connection_id_ == 0) return lost(exc);
+  emit(lost_event(exc));
+  if (auto server = server_.lock()) server->connection_gone(connection_id_);  // may destroy this side: last
+}
+
+void open_connection(const std::shared_ptr<Link>& link, const v1::OpenConnection& open) {
+  EventLoop& loop = link->service().loop();
+  const Policy& policy = link->service().options().policy;
+  auto side = std::make_shared<ConnectionSide>(link, ConnectionOptions::of(open));
+  link->set_loop_side(side);
+  auto done = [link](std::exception_ptr error, auto, auto) { finish_open(link, error); };
+  auto factory = [side] { return side; };
+  if (!open.has_tcp()) {
+    if (auto why = policy.check_unix("open_connection", open.unix_path(), false)) return refuse_open(link, *why);
+    link->service().log_session_opened(*link->record());
+    return loop.create_unix_connection(factory, open.unix_path(), [link](std::exception_ptr error, auto, auto) {
+      if (error) fail_open(link, error);
+    });
+  }
+  ConnectOptions options;
+  if (open.tls().enabled()) {
+    std::shared_ptr<asio::ssl::context> context;
+    if (open.tls().insecure()) {
+      context = tls::insecure_client_context();
+    } else if (open.tls().ca_pem().empty()) {
+      context = tls::client_context();
+    } else {
+      try {
+        context = tls::client_context_from_pem(open.tls().ca_pem());
+      } catch (const std::exception& e) {
+        link->service().log_session_opened(*link->record());
+        return fail_open(link, std::make_exception_ptr(std::invalid_argument(
+                                   std::string("open_connection.tls.ca_pem: cannot use the CA: ") + e.what())));
+      }
+    }
+    TlsOptions tls(context);
+    if (!open.tls().server_hostname().empty()) tls.server_hostname = open.tls().server_hostname();
+    options.tls = std::move(tls);
+  }
+  with_rule_names(loop, policy.connect_names(),
+                  [link, &loop, &policy, factory, done, options = std::move(options), host = open.tcp().host(),
+                   port = static_cast<std::uint16_t>(open.tcp().port())](auto names) mutable {
+                    options.check_remote_address = policy_check(policy, AddressUse::connect,
+                                                                "open_connection to " + host_port(host, port), names);
+                    loop.create_connection(factory, host, port, std::move(options), done);
+                  });
+}
+
+}  // namespace conduit::service

@@ -1,0 +1,205 @@
+#include "server_session.hpp"
+
+#include "connection_session.hpp"
+#include "session_open.hpp"
+
+#include <conduit/server.hpp>
+#include <conduit/tls.hpp>
+
+#include <boost/asio/local/stream_protocol.hpp>
+
+#include <sys/stat.h>
+
+#include <map>
+#include <system_error>
+
+namespace conduit::service {
+
+namespace {
+
+/// Whether a server listens on the Unix socket at `path` now. The core
+/// replaces a socket file left at the path, as asyncio does; a remote caller
+/// must not take a live one over from another program.
+bool unix_socket_is_live(asio::io_context& context, const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return false;
+  asio::local::stream_protocol::socket probe(context);
+  boost::system::error_code ec;
+  probe.open(asio::local::stream_protocol(), ec);
+  if (ec) return false;
+  probe.non_blocking(true, ec);
+  probe.connect(asio::local::stream_protocol::endpoint(path), ec);
+  // Connected, or a full backlog (EAGAIN): somebody listens.
+  return !ec || ec == asio::error::would_block || ec == asio::error::try_again;
+}
+
+/// A protocol for a connection over a server session's max_connections:
+/// dropped as soon as it is made.
+class RefusedConnection final : public Protocol {
+ public:
+  void connection_made(std::shared_ptr<Transport> transport) override { transport->abort(); }
+};
+
+/// A listening server's session. Each accepted connection is a
+/// ConnectionSide tagged with a fresh id; the client's commands reach it by
+/// that id.
+///
+///   listening --close / abort / client done--> draining --last connection gone--> ended
+///                                               (stopped listening)               (connection_lost, id 0)
+///
+/// Backpressure: a slow client pauses reading on every connection. Writes
+/// are not held session-wide (one peer that does not read would stall every
+/// connection): each connection's pause_writing / resume_writing, tagged
+/// with its id, tells the client to stop writing to it, and a connection
+/// whose client writes on regardless is aborted past a hard cap.
+class ServerSide final : public SideEvents, public ConnectionOwner, public std::enable_shared_from_this<ServerSide> {
+ public:
+  ServerSide(std::shared_ptr<Link> link, const v1::OpenServer& open)
+      : SideEvents(std::move(link)),
+        connection_options_(ConnectionOptions::of(open)),
+        max_connections_(open.max_connections() ? open.max_connections() : default_max_connections) {
+    opened();  // a server takes close and abort while it opens; its connections come later
+  }
+
+  static constexpr std::size_t default_max_connections = 256;
+
+  /// The server's protocol factory.
+  std::shared_ptr<BaseProtocol> accept() {
+    if (draining_ || connections_.size() >= max_connections_) {
+      link_->service().loop().log(
+          LogLevel::warning, "session " + link_->record()->id + ": refused a connection (" +
+                                 (draining_ ? std::string("the server is closing")
+                                            : "max_connections " + std::to_string(max_connections_) + " open") +
+                                 ")");
+      return std::make_shared<RefusedConnection>();
+    }
+    const std::uint64_t id = ++last_id_;
+    auto side = std::make_shared<ConnectionSide>(link_, connection_options_, id, weak_from_this(), reading_);
+    connections_.emplace(id, side);
+    return side;
+  }
+
+  void started(std::shared_ptr<Server> server) {
+    server_ = std::move(server);
+    v1::Event event;
+    auto* started = event.mutable_server_started();
+    started->set_session_id(link_->record()->id);
+    for (const auto& address : server_->sockets()) started->add_sockets(address.to_string());
+    emit(std::move(event));
+    if (draining_) {  // the client left while the server was opening
+      server_->close();
+      end_if_drained();
+    }
+  }
+
+  void command(const v1::Command& c) override {
+    if (c.connection_id() != 0) {
+      auto it = connections_.find(c.connection_id());
+      if (it == connections_.end()) return failed(c, "connection " + std::to_string(c.connection_id()) + " is not open");
+      return it->second->deliver(c);
+    }
+    switch (c.kind_case()) {
+      case v1::Command::kClose: return stop(false);
+      case v1::Command::kAbort: return stop(true);
+      default: return failed(c, "a server session's command needs a connection_id (0, the server, takes close and abort)");
+    }
+  }
+  void client_done_writing() override { stop(false); }
+  void abort() override { stop(true); }
+  void set_reading(bool reading) override {
+    reading_ = reading;
+    for (auto& [id, connection] : connections_) connection->set_reading(reading);
+  }
+
+  // ---- from its connections ----
+  void connection_gone(std::uint64_t id) override {
+    connections_.erase(id);
+    end_if_drained();
+  }
+
+ private:
+  void stop(bool abort) {
+    if (!draining_) {
+      draining_ = true;
+      if (server_) server_->close();
+    }
+    std::vector<std::shared_ptr<ConnectionSide>> open;
+    for (auto& [id, connection] : connections_) open.push_back(connection);
+    for (auto& connection : open) {
+      if (abort) connection->abort();
+      else connection->close();
+    }
+    end_if_drained();
+  }
+
+  void end_if_drained() {
+    if (!draining_ || !server_ || !connections_.empty() || ended_) return;
+    ended_ = true;
+    server_.reset();
+    lost(nullptr);
+  }
+
+  ConnectionOptions connection_options_;
+  std::size_t max_connections_;
+  std::shared_ptr<Server> server_;
+  std::map<std::uint64_t, std::shared_ptr<ConnectionSide>> connections_;
+  std::uint64_t last_id_ = 0;
+  bool reading_ = true;   // the events queue lets connections read
+  bool draining_ = false;
+  bool ended_ = false;
+};
+
+}  // namespace
+
+void open_server(const std::shared_ptr<Link>& link, const v1::OpenServer& open) {
+  EventLoop& loop = link->service().loop();
+  const Policy& policy = link->service().options().policy;
+  if (auto why = link->service().check_not_own_address(open.has_tcp() ? open.tcp().port() : 0,
+                                                       open.has_tcp() ? std::string() : open.unix_path())) {
+    return refuse_open(link, *why);
+  }
+  auto side = std::make_shared<ServerSide>(link, open);
+  link->set_loop_side(side);
+  ServerOptions options;
+  if (open.backlog()) options.backlog = static_cast<int>(open.backlog());
+  options.reuse_port = open.reuse_port();
+  if (open.tls().enabled()) {
+    try {
+      options.tls = TlsOptions(
+          tls::server_context_from_pem(open.tls().cert_pem(), open.tls().key_pem(), open.tls().client_ca_pem()));
+    } catch (const std::exception& e) {
+      link->service().log_session_opened(*link->record());
+      return fail_open(link, std::make_exception_ptr(std::invalid_argument(
+                                 std::string("open_server.tls: cannot use the certificate or key: ") + e.what())));
+    }
+  }
+  // Weak: the server keeps its factory, and the side keeps the server.
+  auto factory = [weak = std::weak_ptr<ServerSide>(side)]() -> std::shared_ptr<BaseProtocol> {
+    if (auto server = weak.lock()) return server->accept();
+    return std::make_shared<RefusedConnection>();
+  };
+  auto done = [link, side](std::exception_ptr error, std::shared_ptr<Server> server) {
+    finish_open(link, error);
+    if (!error) side->started(std::move(server));
+  };
+  if (!open.has_tcp()) {
+    if (auto why = policy.check_unix("open_server", open.unix_path(), true)) return refuse_open(link, *why);
+    if (unix_socket_is_live(loop.context(), open.unix_path())) {
+      link->service().log_session_opened(*link->record());
+      return fail_open(link, std::make_exception_ptr(std::system_error(
+                                 EADDRINUSE, std::generic_category(), "a server already listens on " + open.unix_path())));
+    }
+    return loop.create_unix_server(factory, open.unix_path(), options, done);
+  }
+  std::vector<std::string> hosts;
+  if (!open.tcp().host().empty() && open.tcp().host() != "*") hosts.push_back(open.tcp().host());
+  const std::string what = "open_server on " + host_port(hosts.empty() ? "*" : hosts.front(), open.tcp().port());
+  with_rule_names(loop, policy.listen_names(),
+                  [&loop, &policy, factory, done, what, options = std::move(options), hosts = std::move(hosts),
+                   port = static_cast<std::uint16_t>(open.tcp().port())](auto names) mutable {
+                    options.check_local_address = policy_check(policy, AddressUse::listen, what, names);
+                    loop.create_server(factory, std::move(hosts), port, std::move(options), done);
+                  });
+}
+
+}  // namespace conduit::service

@@ -1,0 +1,166 @@
+#include "session_link.hpp"
+
+#include "session_reactor.hpp"
+
+#include <boost/asio/post.hpp>
+
+#include <chrono>
+
+namespace conduit::service {
+
+namespace {
+
+std::size_t size_of(const v1::Event& event) {
+  return event.ByteSizeLong();
+}
+
+}  // namespace
+
+// ==== Link ======================================================================
+
+void Link::attach(SessionReactor* reactor) {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  reactor_ = reactor;
+}
+
+void Link::detach() {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  reactor_ = nullptr;
+}
+
+void Link::set_loop_side(std::shared_ptr<LoopSide> side) {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  loop_side_ = std::move(side);
+}
+
+std::shared_ptr<LoopSide> Link::loop_side() {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  return loop_side_;
+}
+
+void Link::emit(v1::Event event, bool urgent) {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  if (finished_) return;
+  record_->touch();
+  event.set_unix_nanos(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::system_clock::now().time_since_epoch())
+                           .count());
+  queued_bytes_ += size_of(event);
+  (urgent ? urgent_ : queue_).push_back(std::move(event));
+  start_write_locked();
+  flow_control_locked();
+}
+
+void Link::finish(grpc::Status status) {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  if (finish_) return;
+  finish_ = std::move(status);
+  start_write_locked();
+}
+
+void Link::start_write_locked() {
+  // A write that completes at once re-enters through on_write_done: loop
+  // here instead of recursing.
+  if (pumping_) {
+    repump_ = true;
+    return;
+  }
+  pumping_ = true;
+  do {
+    repump_ = false;
+    if (writing_ || !reactor_ || finished_) break;
+    if (!urgent_.empty() || !queue_.empty()) {
+      // Urgent events (flow control) go ahead of queued data: the client
+      // must hear pause_writing within a message, not behind a backlog.
+      auto& from = urgent_.empty() ? queue_ : urgent_;
+      in_flight_ = std::move(from.front());
+      from.pop_front();
+      in_flight_bytes_ = size_of(in_flight_);
+      in_flight_.set_seq(++seq_);  // numbered in the order they go out
+      writing_ = true;
+      reactor_->StartWrite(&in_flight_);
+    } else if (finish_) {
+      finished_ = true;
+      reactor_->Finish(*finish_);
+    }
+  } while (repump_);
+  pumping_ = false;
+}
+
+void Link::on_write_done(bool ok) {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  writing_ = false;
+  queued_bytes_ -= std::exchange(in_flight_bytes_, 0);
+  if (!ok) {
+    // The stream broke: nothing more can be written.
+    queue_.clear();
+    urgent_.clear();
+    queued_bytes_ = 0;
+    if (!finished_ && reactor_) {
+      finished_ = true;
+      reactor_->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client stream is gone"));
+    }
+    return;
+  }
+  start_write_locked();
+  flow_control_locked();
+}
+
+void Link::flow_control_locked() {
+  const std::size_t high = service_.options().max_buffered_events_bytes;
+  bool change = false;
+  if (!transport_paused_ && queued_bytes_ > high) {
+    transport_paused_ = change = true;
+  } else if (transport_paused_ && queued_bytes_ <= high / 4) {
+    transport_paused_ = false;
+    change = true;
+  }
+  if (!change || !loop_side_) return;
+  // Posts from the loop thread and from gRPC's threads do not keep their
+  // order in Asio's queue: each handler applies the state as it is when it
+  // runs, so the last one to run leaves the right one.
+  asio::post(service_.loop().get_executor(), [this, side = loop_side_] { side->set_reading(wants_transport_reading()); });
+}
+
+bool Link::wants_transport_reading() {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  return !transport_paused_;
+}
+
+// ==== LoopSide ==================================================================
+
+void LoopSide::deliver(const v1::Command& c) {
+  switch (opening_) {
+    case Opening::open: return command(c);
+    case Opening::opening: queued_.emplace_back(c); return;
+    case Opening::failed: return command_failed(c, "not carried out: the session did not open");
+  }
+}
+
+void LoopSide::deliver_done_writing() {
+  if (opening_ == Opening::open) client_done_writing();
+  else if (opening_ == Opening::opening) queued_.emplace_back(std::nullopt);
+}
+
+void LoopSide::opened() {
+  if (opening_ != Opening::opening) return;
+  opening_ = Opening::open;
+  while (!queued_.empty()) {
+    std::optional<v1::Command> next = std::move(queued_.front());
+    queued_.pop_front();
+    if (next) command(*next);
+    else client_done_writing();
+  }
+}
+
+void LoopSide::failed_to_open(const std::string& why) {
+  if (opening_ != Opening::opening) return;
+  opening_ = Opening::failed;
+  for (const auto& next : queued_) {
+    if (next) command_failed(*next, "not carried out: the session did not open (" + why + ")");
+  }
+  queued_.clear();
+}
+
+
+}  // namespace conduit::service

@@ -1,0 +1,120 @@
+#include "session_reactor.hpp"
+
+#include "session_open.hpp"
+
+#include <boost/asio/post.hpp>
+
+namespace conduit::service {
+
+// ==== SessionReactor ============================================================
+
+namespace {
+constexpr std::string_view session_method = "/conduit.v1.Conduit/Session";
+}  // namespace
+
+SessionReactor::SessionReactor(ConduitService& service, grpc::CallbackServerContext* context)
+    : service_(service), context_(context) {
+  if (auto status = service.authenticate(*context); !status.ok()) {
+    Finish(service.refuse(*context, session_method, status));
+    return;
+  }
+  auto record = std::make_shared<SessionRecord>();
+  record->id = service.next_session_id();
+  record->peer = context->peer();
+  link_ = std::make_shared<Link>(service, record);
+  link_->attach(this);
+  StartRead(&incoming_);
+}
+
+void SessionReactor::post_to_loop(std::function<void(LoopSide&)> fn) {
+  asio::post(service_.loop().get_executor(), [link = link_, fn = std::move(fn)] {
+    if (auto side = link->loop_side()) fn(*side);
+  });
+}
+
+void SessionReactor::fail(grpc::Status status) {
+  post_to_loop([](LoopSide& side) { side.abort(); });
+  link_->finish(service_.refuse(*context_, session_method, std::move(status)));
+}
+
+void SessionReactor::OnReadDone(bool ok) {
+  if (!ok) {
+    // The client half-closed (or went away: OnCancel follows then).
+    if (!opened_) {
+      return link_->finish(service_.refuse(
+          *context_, session_method,
+          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the stream ended before a message opened the session")));
+    }
+    post_to_loop([](LoopSide& side) { side.deliver_done_writing(); });
+    return;
+  }
+  if (!opened_) {
+    if (auto status = validate_open(incoming_, service_.options()); !status.ok()) {
+      return link_->finish(service_.refuse(*context_, session_method, status));
+    }
+    auto& record = *link_->record();
+    if (incoming_.has_open_connection()) {
+      const auto& c = incoming_.open_connection();
+      record.kind = "connection";
+      record.target = c.has_tcp() ? std::string(c.tls().enabled() ? "tls://" : "tcp://") + c.tcp().host() + ":" +
+                                        std::to_string(c.tcp().port())
+                                  : "unix://" + c.unix_path();
+    } else if (incoming_.has_open_server()) {
+      const auto& o = incoming_.open_server();
+      record.kind = "server";
+      record.target = o.has_tcp() ? std::string(o.tls().enabled() ? "tls://" : "tcp://") +
+                                        (o.tcp().host().empty() ? "*" : o.tcp().host()) + ":" + std::to_string(o.tcp().port())
+                                  : "unix://" + o.unix_path();
+    } else if (incoming_.has_open_datagram_endpoint()) {
+      const auto& d = incoming_.open_datagram_endpoint();
+      record.kind = "datagram";
+      const auto& a = d.has_remote_addr() ? d.remote_addr() : d.local_addr();
+      record.target = "udp://" + a.host() + ":" + std::to_string(a.port());
+    } else {
+      const auto& s = incoming_.open_subprocess();
+      record.kind = "subprocess";
+      record.target = s.shell().empty() ? s.argv(0) : "sh -c " + s.shell();
+      if (s.shell().empty()) record.argv.assign(s.argv().begin(), s.argv().end());
+      else record.argv = {"/bin/sh", "-c", s.shell()};
+    }
+    record.abort = [&service = service_, weak = std::weak_ptr<Link>(link_)](std::string reason) {
+      asio::post(service.loop().get_executor(), [weak, reason = std::move(reason)] {
+        if (auto link = weak.lock()) {
+          link->set_abort_reason(reason);
+          if (auto side = link->loop_side()) side->abort();
+        }
+      });
+    };
+    if (auto status = service_.add_session(link_->record()); !status.ok()) {
+      return link_->finish(service_.refuse(*context_, session_method, status));
+    }
+    opened_ = true;
+    asio::post(service_.loop().get_executor(), [link = link_, open = incoming_] { open_session(link, open); });
+  } else if (incoming_.has_command()) {
+    link_->record()->touch();
+    post_to_loop([command = incoming_.command()](LoopSide& side) { side.deliver(command); });
+  } else {
+    return fail(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a session opens once: only commands may follow"));
+  }
+  StartRead(&incoming_);
+}
+
+void SessionReactor::OnWriteDone(bool ok) { link_->on_write_done(ok); }
+
+void SessionReactor::OnCancel() {
+  if (link_) post_to_loop([](LoopSide& side) { side.abort(); });
+}
+
+void SessionReactor::OnDone() {
+  if (link_) {
+    link_->detach();
+    if (opened_) {
+      service_.remove_session(link_->record()->id);
+      // If the transport still runs (the client vanished), end it.
+      post_to_loop([](LoopSide& side) { side.abort(); });
+    }
+  }
+  delete this;
+}
+
+}  // namespace conduit::service

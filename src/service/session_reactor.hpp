@@ -1,0 +1,31 @@
+// The reactor of one Session() call: gRPC's callbacks, and nothing else.
+// What it reads goes to the session's Link; what the Link queues it writes.
+#pragma once
+
+#include "session_link.hpp"
+
+namespace conduit::service {
+
+/// The reactor of one Session() call.
+class SessionReactor final : public grpc::ServerBidiReactor<v1::ClientMessage, v1::Event> {
+ public:
+  SessionReactor(ConduitService& service, grpc::CallbackServerContext* context);
+
+  void OnReadDone(bool ok) override;
+  void OnWriteDone(bool ok) override;
+  void OnCancel() override;
+  void OnDone() override;
+
+
+ private:
+  void fail(grpc::Status status);
+  void post_to_loop(std::function<void(LoopSide&)> fn);
+
+  ConduitService& service_;
+  grpc::CallbackServerContext* context_;  // gRPC's, valid until OnDone
+  std::shared_ptr<Link> link_;
+  v1::ClientMessage incoming_;
+  bool opened_ = false;
+};
+
+}  // namespace conduit::service
