@@ -1,10 +1,12 @@
 #include "session_link.hpp"
 
+#include "session_open.hpp"
 #include "session_reactor.hpp"
 
 #include <boost/asio/post.hpp>
 
 #include <chrono>
+#include <utility>
 
 namespace conduit::service {
 
@@ -17,6 +19,45 @@ std::size_t size_of(const v1::Event& event) {
 }  // namespace
 
 // ==== Link ======================================================================
+
+void Link::open(v1::ClientMessage open) { push_inbound({Inbound::Kind::open, std::move(open), {}, {}}); }
+
+void Link::command(v1::Command command) { push_inbound({Inbound::Kind::command, {}, std::move(command), {}}); }
+
+void Link::client_done_writing() { push_inbound({Inbound::Kind::done_writing, {}, {}, {}}); }
+
+void Link::abort(std::string reason) { push_inbound({Inbound::Kind::abort, {}, {}, std::move(reason)}); }
+
+void Link::push_inbound(Inbound inbound) {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  inbound_.push_back(std::move(inbound));
+  if (std::exchange(drain_posted_, true)) return;  // a drain is on its way: it takes this one too
+  asio::post(service_.loop().get_executor(), [self = shared_from_this()] { self->drain_inbound(); });
+}
+
+void Link::drain_inbound() {
+  std::deque<Inbound> batch;
+  {
+    std::lock_guard<std::recursive_mutex> lock(mutex_);
+    batch.swap(inbound_);
+    drain_posted_ = false;
+  }
+  for (auto& in : batch) {
+    if (in.kind == Inbound::Kind::open) {
+      open_session(shared_from_this(), in.open);
+      continue;
+    }
+    if (in.kind == Inbound::Kind::abort && !in.reason.empty()) set_abort_reason(std::move(in.reason));
+    auto side = loop_side();
+    if (!side) continue;  // not open yet, or over: nothing to act on
+    switch (in.kind) {
+      case Inbound::Kind::command: side->deliver(in.command); break;
+      case Inbound::Kind::done_writing: side->deliver_done_writing(); break;
+      case Inbound::Kind::abort: side->abort(); break;
+      case Inbound::Kind::open: break;
+    }
+  }
+}
 
 void Link::attach(SessionReactor* reactor) {
   std::lock_guard<std::recursive_mutex> lock(mutex_);

@@ -25,7 +25,7 @@ class LoopSide;
 ///   events queued <= low  -> it resumes
 /// Commands are never held: the transport's pause_writing and
 /// resume_writing go to the client as events.
-class Link {
+class Link : public std::enable_shared_from_this<Link> {
  public:
   Link(ConduitService& service, std::shared_ptr<SessionRecord> record) : service_(service), record_(std::move(record)) {}
 
@@ -36,7 +36,18 @@ class Link {
   /// After the last event: finish the call once the queue drains.
   void finish(grpc::Status status);
 
-  // ---- from the reactor (gRPC threads) ----
+  // ---- from the reactor (gRPC threads), in the order it read them ----
+  /// The open message: the session opens on the loop.
+  void open(v1::ClientMessage open);
+  /// A command for the loop side (carried out in order, once it opened).
+  void command(v1::Command command);
+  /// The client half-closed the stream.
+  void client_done_writing();
+  /// End the transport at once (any thread): the client went away, an admin
+  /// closed the session, or the service stops; `reason` becomes the error
+  /// of its connection_lost.
+  void abort(std::string reason = {});
+
   void attach(SessionReactor* reactor);
   void detach();
   /// The write in flight completed: start the next or finish.
@@ -58,6 +69,16 @@ class Link {
  private:
   void start_write_locked();
   void flow_control_locked();
+  /// What came from the client, for the loop: queued here, carried out in
+  /// batches, one post per batch (not one per message).
+  struct Inbound {
+    enum class Kind { open, command, done_writing, abort } kind;
+    v1::ClientMessage open;
+    v1::Command command;
+    std::string reason;
+  };
+  void push_inbound(Inbound inbound);
+  void drain_inbound();  // on the loop
 
   ConduitService& service_;
   std::shared_ptr<SessionRecord> record_;
@@ -79,6 +100,8 @@ class Link {
   bool finished_ = false;
   std::uint64_t seq_ = 0;  // of the last event sent
   std::string abort_reason_;  // loop thread
+  std::deque<Inbound> inbound_;  // guarded by mutex_
+  bool drain_posted_ = false;
 };
 
 /// The transport side of a session, on the loop thread.

@@ -2,11 +2,7 @@
 
 #include "session_open.hpp"
 
-#include <boost/asio/post.hpp>
-
 namespace conduit::service {
-
-// ==== SessionReactor ============================================================
 
 namespace {
 constexpr std::string_view session_method = "/conduit.v1.Conduit/Session";
@@ -26,14 +22,8 @@ SessionReactor::SessionReactor(ConduitService& service, grpc::CallbackServerCont
   StartRead(&incoming_);
 }
 
-void SessionReactor::post_to_loop(std::function<void(LoopSide&)> fn) {
-  asio::post(service_.loop().get_executor(), [link = link_, fn = std::move(fn)] {
-    if (auto side = link->loop_side()) fn(*side);
-  });
-}
-
 void SessionReactor::fail(grpc::Status status) {
-  post_to_loop([](LoopSide& side) { side.abort(); });
+  link_->abort();
   link_->finish(service_.refuse(*context_, session_method, std::move(status)));
 }
 
@@ -45,7 +35,7 @@ void SessionReactor::OnReadDone(bool ok) {
           *context_, session_method,
           grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the stream ended before a message opened the session")));
     }
-    post_to_loop([](LoopSide& side) { side.deliver_done_writing(); });
+    link_->client_done_writing();
     return;
   }
   if (!opened_) {
@@ -77,22 +67,17 @@ void SessionReactor::OnReadDone(bool ok) {
       if (s.shell().empty()) record.argv.assign(s.argv().begin(), s.argv().end());
       else record.argv = {"/bin/sh", "-c", s.shell()};
     }
-    record.abort = [&service = service_, weak = std::weak_ptr<Link>(link_)](std::string reason) {
-      asio::post(service.loop().get_executor(), [weak, reason = std::move(reason)] {
-        if (auto link = weak.lock()) {
-          link->set_abort_reason(reason);
-          if (auto side = link->loop_side()) side->abort();
-        }
-      });
+    record.abort = [weak = std::weak_ptr<Link>(link_)](std::string reason) {
+      if (auto link = weak.lock()) link->abort(std::move(reason));
     };
     if (auto status = service_.add_session(link_->record()); !status.ok()) {
       return link_->finish(service_.refuse(*context_, session_method, status));
     }
     opened_ = true;
-    asio::post(service_.loop().get_executor(), [link = link_, open = incoming_] { open_session(link, open); });
+    link_->open(std::move(incoming_));
   } else if (incoming_.has_command()) {
     link_->record()->touch();
-    post_to_loop([command = incoming_.command()](LoopSide& side) { side.deliver(command); });
+    link_->command(std::move(*incoming_.mutable_command()));
   } else {
     return fail(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a session opens once: only commands may follow"));
   }
@@ -102,7 +87,7 @@ void SessionReactor::OnReadDone(bool ok) {
 void SessionReactor::OnWriteDone(bool ok) { link_->on_write_done(ok); }
 
 void SessionReactor::OnCancel() {
-  if (link_) post_to_loop([](LoopSide& side) { side.abort(); });
+  if (link_) link_->abort();
 }
 
 void SessionReactor::OnDone() {
@@ -111,7 +96,7 @@ void SessionReactor::OnDone() {
     if (opened_) {
       service_.remove_session(link_->record()->id);
       // If the transport still runs (the client vanished), end it.
-      post_to_loop([](LoopSide& side) { side.abort(); });
+      link_->abort();
     }
   }
   delete this;

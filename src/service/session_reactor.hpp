@@ -19,7 +19,6 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::ClientMessage, v
 
  private:
   void fail(grpc::Status status);
-  void post_to_loop(std::function<void(LoopSide&)> fn);
 
   ConduitService& service_;
   grpc::CallbackServerContext* context_;  // gRPC's, valid until OnDone
