@@ -7,6 +7,7 @@
 #include "codec.hpp"
 #include "session_stream.hpp"
 
+#include <conduit/event_loop.hpp>
 #include <conduit/protocols.hpp>
 #include <conduit/transports.hpp>
 
@@ -20,6 +21,22 @@
 #include <string_view>
 
 namespace conduit::service {
+
+/// A protocol callback under the core's contract (SPEC RS6): an exception
+/// goes to the loop's exception handler as `failure` and is returned, for
+/// the caller to end the transport with (its connection_lost carries it).
+template <class Fn>
+std::exception_ptr call_protocol(EventLoop& loop, const std::string& failure, std::shared_ptr<BaseTransport> transport,
+                                 std::shared_ptr<BaseProtocol> protocol, Fn&& fn) {
+  try {
+    fn();
+    return nullptr;
+  } catch (...) {
+    std::exception_ptr exc = std::current_exception();
+    loop.call_exception_handler({failure, exc, std::move(transport), std::move(protocol)});
+    return exc;
+  }
+}
 
 /// The call failed before the session opened: the service is not there,
 /// or it refused the session.

@@ -194,16 +194,11 @@ class RemoteTransport final : public Transport {
   /// its connection_lost carrying the exception.
   template <class Fn>
   bool call(const char* failure, Fn&& fn) {
-    try {
-      fn();
-      return true;
-    } catch (...) {
-      const auto exc = std::current_exception();
-      loop_.call_exception_handler({failure, exc, shared(), protocol_.get()});
-      if (!forced_error_) forced_error_ = exc;
-      abort();
-      return false;
-    }
+    auto exc = call_protocol(loop_, failure, shared(), protocol_.get(), std::forward<Fn>(fn));
+    if (!exc) return true;
+    if (!forced_error_) forced_error_ = exc;
+    abort();
+    return false;
   }
 
   void deliver(const v1::Event& event) {
@@ -256,12 +251,8 @@ class RemoteTransport final : public Transport {
     held_.clear();
     if (forced_error_) error = forced_error_;
     if (protocol_) {
-      try {
-        protocol_->connection_lost(error);
-      } catch (...) {
-        loop_.call_exception_handler({"Exception in callback protocol.connection_lost()", std::current_exception(),
-                                      shared(), protocol_.get()});
-      }
+      call_protocol(loop_, "Exception in callback protocol.connection_lost()", shared(), protocol_.get(),
+                    [&] { protocol_->connection_lost(error); });
     }
     protocol_.reset();  // break the transport <-> protocol cycle
   }

@@ -72,11 +72,7 @@ class RemoteDatagram final : public DatagramTransport {
   /// (SPEC RS6).
   void on_event(const v1::Event& event) {
     if (!protocol_) return;
-    try {
-      dispatch(event);
-    } catch (...) {
-      const auto exc = std::current_exception();
-      loop_.call_exception_handler({callback_failure(event), exc, shared_from_this(), protocol_});
+    if (auto exc = call_protocol(loop_, callback_failure(event), shared_from_this(), protocol_, [&] { dispatch(event); })) {
       if (!forced_error_) forced_error_ = exc;
       abort();
     }

@@ -44,14 +44,14 @@ class RefusedConnection final : public Protocol {
 /// ConnectionSide tagged with a fresh id; the client's commands reach it by
 /// that id.
 ///
-///   listening --close / abort / client done--> draining --last connection gone--> ended
-///                                               (stopped listening)               (connection_lost, id 0)
+///   opening --started--> listening --close / abort / client done--> draining --last connection gone--> ended
+///      |                                                              ^  (stopped listening)            (connection_lost, id 0)
+///      +--close / abort / client done--> stopping --started----------+  (closes the server at once)
 ///
-/// Backpressure: a slow client pauses reading on every connection. Writes
-/// are not held session-wide (one peer that does not read would stall every
-/// connection): each connection's pause_writing / resume_writing, tagged
-/// with its id, tells the client to stop writing to it, and a connection
-/// whose client writes on regardless is aborted past a hard cap.
+/// Backpressure: a slow client pauses reading on every connection. Each
+/// connection's pause_writing / resume_writing, tagged with its id, tells
+/// the client to stop writing to it, and a connection whose client writes
+/// on regardless is aborted past the cap.
 class ServerSide final : public SideEvents, public ConnectionOwner, public std::enable_shared_from_this<ServerSide> {
  public:
   ServerSide(std::shared_ptr<Link> link, const v1::OpenServer& open)
@@ -65,10 +65,10 @@ class ServerSide final : public SideEvents, public ConnectionOwner, public std::
 
   /// The server's protocol factory.
   std::shared_ptr<BaseProtocol> accept() {
-    if (draining_ || connections_.size() >= max_connections_) {
+    if (state_ != State::listening || connections_.size() >= max_connections_) {
       link_->service().loop().log(
           LogLevel::warning, "session " + link_->record()->id + ": refused a connection (" +
-                                 (draining_ ? std::string("the server is closing")
+                                 (state_ != State::listening ? std::string("the server is closing")
                                             : "max_connections " + std::to_string(max_connections_) + " open") +
                                  ")");
       return std::make_shared<RefusedConnection>();
@@ -86,10 +86,12 @@ class ServerSide final : public SideEvents, public ConnectionOwner, public std::
     started->set_session_id(link_->record()->id);
     for (const auto& address : server_->sockets()) started->add_sockets(address.to_string());
     emit(std::move(event));
-    if (draining_) {  // the client left while the server was opening
+    if (state_ == State::stopping) {  // the client left while the server was opening
+      state_ = State::draining;
       server_->close();
-      end_if_drained();
+      return end_if_drained();
     }
+    state_ = State::listening;
   }
 
   void command(const v1::Command& c) override {
@@ -119,9 +121,11 @@ class ServerSide final : public SideEvents, public ConnectionOwner, public std::
 
  private:
   void stop(bool abort) {
-    if (!draining_) {
-      draining_ = true;
-      if (server_) server_->close();
+    if (state_ == State::opening) {
+      state_ = State::stopping;
+    } else if (state_ == State::listening) {
+      state_ = State::draining;
+      server_->close();
     }
     std::vector<std::shared_ptr<ConnectionSide>> open;
     for (auto& [id, connection] : connections_) open.push_back(connection);
@@ -133,20 +137,28 @@ class ServerSide final : public SideEvents, public ConnectionOwner, public std::
   }
 
   void end_if_drained() {
-    if (!draining_ || !server_ || !connections_.empty() || ended_) return;
-    ended_ = true;
+    if (state_ != State::draining || !connections_.empty()) return;
+    state_ = State::ended;
     server_.reset();
     lost(nullptr);
   }
+
+  /// The diagram above.
+  enum class State {
+    opening,    ///< binding; no server yet
+    stopping,   ///< asked to stop while binding: stops once it has the server
+    listening,  ///< accepting connections
+    draining,   ///< stopped listening; waiting for its connections to end
+    ended,      ///< connection_lost sent
+  };
 
   ConnectionOptions connection_options_;
   std::size_t max_connections_;
   std::shared_ptr<Server> server_;
   std::map<std::uint64_t, std::shared_ptr<ConnectionSide>> connections_;
   std::uint64_t last_id_ = 0;
-  bool reading_ = true;   // the events queue lets connections read
-  bool draining_ = false;
-  bool ended_ = false;
+  bool reading_ = true;  // the events queue lets connections read
+  State state_ = State::opening;
 };
 
 }  // namespace

@@ -119,7 +119,11 @@ void Link::start_write_locked() {
       in_flight_bytes_ = size_of(in_flight_);
       in_flight_.set_seq(++seq_);  // numbered in the order they go out
       writing_ = true;
-      reactor_->StartWrite(&in_flight_);
+      // More behind it: gRPC may hold this one to send it with the next
+      // (fewer frames and syscalls); the last of a run goes out at once.
+      grpc::WriteOptions options;
+      if (!urgent_.empty() || !queue_.empty()) options.set_buffer_hint();
+      reactor_->StartWrite(&in_flight_, options);
     } else if (finish_) {
       finished_ = true;
       reactor_->Finish(*finish_);
