@@ -13,16 +13,21 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONDUIT_BUILD_TES
  && cmake --build /build --target conduit \
  && strip /build/src/cli/conduit
 
-# The compose file's test runner: the tools plus Python's grpcio and the
-# Python client (docker compose builds it with target: tests).
+# The compose file's test runner: the tools plus the Python client, pip
+# installed (offline) into a venv that sees Debian's grpcio and protobuf
+# (docker compose builds it with target: tests).
 FROM debian:bookworm-slim AS tests
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libgrpc++1.51 libssl3 python3-grpcio python3-grpc-tools \
+ && apt-get install -y --no-install-recommends libgrpc++1.51 libssl3 python3-grpcio python3-pip python3-venv \
+      python3-setuptools \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home conduit
 COPY --from=build /build/src/cli/conduit /usr/local/bin/conduit
-COPY proto /opt/conduit/proto
-COPY clients/python /opt/conduit/clients/python
+COPY clients/python /tmp/conduit-client
+RUN python3 -m venv --system-site-packages /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir --no-index --no-build-isolation /tmp/conduit-client \
+ && rm -rf /tmp/conduit-client
+ENV PATH=/opt/venv/bin:$PATH
 COPY tests/compose/integration.py /opt/conduit/tests/compose/integration.py
 USER conduit
 ENTRYPOINT ["conduit"]

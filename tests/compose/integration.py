@@ -12,83 +12,92 @@ the first failure exits non-zero with what went wrong.
 import asyncio
 import os
 import socket
+import ssl
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
-from conduit_client import Client  # noqa: E402
+# The tests image installs the package (pip); in a checkout, use the tree's.
+try:
+    from conduit_client import Client
+except ImportError:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
+    from conduit_client import Client  # noqa: E402
 
 ADDRESS, TOKEN_FILE = sys.argv[1], sys.argv[2]
 STEP_TIMEOUT = 30
 
 
-async def echo_through(session, payload):
-    """Write, half-close, and collect the echo until connection_lost (closing
-    at the peer's EOF, as a protocol whose eof_received returns False)."""
-    await session.write(payload)
-    await session.write_eof()
-    got = b""
-    async for event in session.events():
-        if event.WhichOneof("kind") == "data_received":
-            got += event.data_received.data
-        elif event.WhichOneof("kind") == "eof_received":
-            await session.close()
+async def echo_through(reader, writer, payload):
+    """Write, half-close, and read the echo to its end (asyncio's streams
+    over the client's transports)."""
+    writer.write(payload)
+    await writer.drain()
+    if writer.can_write_eof():
+        writer.write_eof()
+        got = await reader.read()
+    else:  # TLS: no half-close; read what was sent, then close
+        got = await reader.readexactly(len(payload))
+    writer.close()
+    await writer.wait_closed()
     return got
 
 
 async def connection_sessions(client):
     payload = os.urandom(256 * 1024)
-    async with client.create_connection("echo-tcp", 7007) as s:
-        assert await echo_through(s, payload) == payload, "tcp echo differs"
-    async with client.create_connection("echo-tls", 7443, ssl=True, insecure=True) as s:
-        assert s.connection_made.tls_version.startswith("TLS"), s.connection_made
-        await s.write(b"over tls")
-        got = b""
-        async for event in s.events():
-            if event.WhichOneof("kind") == "data_received":
-                got += event.data_received.data
-                if got == b"over tls":
-                    await s.close()
-        assert got == b"over tls", got
-    async with client.create_unix_connection("/run/conduit-sockets/echo.sock") as s:
-        assert await echo_through(s, b"over a unix path") == b"over a unix path"
+    reader, writer = await client.open_connection("echo-tcp", 7007)
+    assert await echo_through(reader, writer, payload) == payload, "tcp echo differs"
+    insecure = ssl.create_default_context()
+    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+    reader, writer = await client.open_connection("echo-tls", 7443, ssl=insecure)
+    cipher = writer.get_extra_info("cipher")
+    assert cipher and cipher[1].startswith("TLS"), cipher
+    assert await echo_through(reader, writer, b"over tls") == b"over tls"
+    reader, writer = await client.open_unix_connection("/run/conduit-sockets/echo.sock")
+    assert await echo_through(reader, writer, b"over a unix path") == b"over a unix path"
 
 
 async def server_session(client):
     """Listen on the service's host; the peer host connects and is echoed."""
     peer_address = socket.gethostbyname("peer")
-    async with client.create_server("0.0.0.0", 7101) as server:
-        async for event in server.events():
-            kind = event.WhichOneof("kind")
-            if kind == "connection_accepted":
-                host = event.connection_accepted.peername.rsplit(":", 1)[0]
-                assert host == peer_address, f"accepted {host}, expected the peer host {peer_address}"
-            elif kind == "data_received":
-                await server.connection(event.connection_id).write(event.data_received.data)
-            elif kind == "eof_received":
-                await server.connection(event.connection_id).close()
-            elif kind == "connection_lost" and event.connection_id != 0:
-                await server.close()  # one served connection is the proof
+    served = asyncio.get_running_loop().create_future()
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            host = transport.get_extra_info("peername")[0]
+            assert host == peer_address, f"accepted {host}, expected the peer host {peer_address}"
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+        def connection_lost(self, exc):
+            if not served.done():
+                served.set_result(exc)
+
+    async with await client.create_server(Echo, "0.0.0.0", 7101):
+        error = await served  # one served connection is the proof
+        assert error is None, error
     return peer_address
 
 
 async def datagram_session(client):
-    async with client.create_datagram_endpoint(remote_addr=("udp-echo", 7009)) as s:
-        events = s.events()
-        for i in range(20):
-            await s.sendto(b"datagram %d" % i)
-            event = await anext(events)
-            while event.WhichOneof("kind") != "datagram_received":
-                event = await anext(events)
-            assert event.datagram_received.data == b"datagram %d" % i, event
-        await s.close()
-        async for _ in events:  # until connection_lost
-            pass
+    received = asyncio.Queue()
+
+    class Datagrams(asyncio.DatagramProtocol):
+        def datagram_received(self, data, addr):
+            received.put_nowait(data)
+
+    transport, _ = await client.create_datagram_endpoint(Datagrams, remote_addr=("udp-echo", 7009))
+    for i in range(20):
+        transport.sendto(b"datagram %d" % i)
+        assert await received.get() == b"datagram %d" % i
+    transport.close()
 
 
 async def subprocess_session(client):
-    async with client.subprocess_exec("/bin/cat") as s:
-        result = await s.communicate(b"through cat on the service's host")
-        assert result == (b"through cat on the service's host", b"", 0), result
+    proc = await client.create_subprocess_exec("/bin/cat", stdin=asyncio.subprocess.PIPE,
+                                               stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate(b"through cat on the service's host")
+    assert (out, proc.returncode) == (b"through cat on the service's host", 0), (out, proc.returncode)
 
 
 async def main():

@@ -244,7 +244,7 @@ def fault_test(topology, repo_root):
     service_pid = topology.service_pid("conduit")
 
     async def cut_off_session(client, host, port, cut, **tls):
-        async with client.create_connection(host, port, **tls) as s:
+        async with client.raw.create_connection(host, port, **tls) as s:
             chunk = b"x" * 65536
             for _ in range(16):
                 await s.write(chunk)
@@ -284,7 +284,7 @@ def fault_test(topology, repo_root):
         os.killpg(topology.processes["echo-tcp"].pid, signal.SIGKILL)
 
     async def healthy_session(client):
-        async with client.subprocess_exec("/bin/date") as s:
+        async with client.raw.subprocess_exec("/bin/date") as s:
             return (await s.communicate())[2]
 
     async def scenarios():  # one event loop: grpc.aio does not like a second one

@@ -1,0 +1,127 @@
+"""One Session() call as the transports use it: commands queue here and a
+task hands them to gRPC one at a time (so that a transport's write() never
+blocks and its write buffer is what waits here), events are read by another
+task and handed to a callback, in order, on the event loop."""
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Callable, Deque, Dict, Optional, Tuple
+
+import grpc
+
+from ._wire import pb
+
+
+class SessionCall:
+    """The client end of one session's stream.
+
+    `on_event(event)` gets every event; `on_sent(connection_id)` is told
+    when a command of that connection went to gRPC; `on_end(status_code,
+    details)` once, when the stream is over (the call's status).
+    """
+
+    def __init__(self, stub, metadata, first: "pb.ClientMessage", on_event: Callable, on_sent: Callable,
+                 on_end: Callable):
+        self._loop = asyncio.get_running_loop()
+        self._on_event, self._on_sent, self._on_end = on_event, on_sent, on_end
+        self._queue: Deque[Tuple[Optional["pb.ClientMessage"], int, int]] = collections.deque()
+        self._queued: Dict[int, int] = collections.defaultdict(int)
+        self._wake = asyncio.Event()
+        self._done_writing = False
+        self._call = stub.Session(metadata=metadata)
+        self.enqueue(first)
+        self._writer = self._loop.create_task(self._write_loop())
+        self._reader = self._loop.create_task(self._read_loop())
+
+    # ---- commands ----
+    def enqueue(self, message: "pb.ClientMessage", connection_id: int = 0) -> None:
+        if self._done_writing:
+            return
+        size = message.ByteSize()
+        self._queue.append((message, connection_id, size))
+        self._queued[connection_id] += size
+        self._wake.set()
+
+    def command(self, connection_id: int = 0, **kind) -> None:
+        self.enqueue(pb.ClientMessage(command=pb.Command(connection_id=connection_id, **kind)), connection_id)
+
+    def abort(self, connection_id: int = 0) -> None:
+        """An abort ahead of everything queued for the connection (all of
+        it for id 0), which it drops: abort acts at once."""
+        kept = collections.deque()
+        for item in self._queue:
+            message, cid, size = item
+            if message is not None and message.HasField("command") and (connection_id == 0 or cid == connection_id):
+                self._queued[cid] -= size
+            else:
+                kept.append(item)
+        self._queue = kept
+        message = pb.ClientMessage(command=pb.Command(connection_id=connection_id, abort=pb.Abort()))
+        # After the open (it must go first), before every command.
+        at = 0
+        while at < len(self._queue) and not self._queue[at][0].HasField("command"):
+            at += 1
+        self._queue.insert(at, (message, connection_id, message.ByteSize()))
+        self._queued[connection_id] += message.ByteSize()
+        self._wake.set()
+
+    def queued(self, connection_id: int = 0) -> int:
+        """Bytes of that connection's commands not yet handed to gRPC."""
+        return self._queued.get(connection_id, 0)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    async def close(self) -> None:
+        """Cancel the call (if still going) and wait for its tasks to end."""
+        self._call.cancel()
+        for task in (self._reader, self._writer):
+            if not task.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), 2)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    task.cancel()
+                except Exception:  # noqa: BLE001  (ended with an error: reported already)
+                    pass
+
+    def done(self) -> bool:
+        return self._reader.done()
+
+    # ---- tasks ----
+    async def _write_loop(self):
+        try:
+            while True:
+                while not self._queue:
+                    self._wake.clear()
+                    await self._wake.wait()
+                message, connection_id, size = self._queue.popleft()
+                try:
+                    await self._call.write(message)
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    return  # the call ended: the reader reports how
+                finally:
+                    self._queued[connection_id] -= size
+                self._on_sent(connection_id)
+        except asyncio.CancelledError:
+            pass
+
+    async def _read_loop(self):
+        code, details = grpc.StatusCode.OK, ""
+        try:
+            while True:
+                event = await self._call.read()
+                if event is grpc.aio.EOF:
+                    break
+                self._on_event(event)
+        except grpc.aio.AioRpcError as error:
+            code, details = error.code(), error.details() or ""
+        except asyncio.CancelledError:
+            code, details = grpc.StatusCode.CANCELLED, "cancelled"
+        else:
+            code = await self._call.code()
+            details = await self._call.details() or ""
+        finally:
+            self._done_writing = True
+            self._writer.cancel()
+        self._on_end(code, details)

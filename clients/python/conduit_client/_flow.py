@@ -1,0 +1,69 @@
+"""Write flow control as asyncio's transports do it (FlowControlMixin and
+_SelectorTransport's rules), for a remote transport whose write buffer is
+split in two: what waits here to go to the service (local), and the
+transport's own buffer on the service's host, which the service reports
+with pause_writing / resume_writing events (remote). The protocol is
+paused while either is over its high watermark, and hears of each change
+of the two together once."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+
+class WriteFlow:
+    def __init__(self, loop, transport, protocol_of: Callable[[], Optional[object]]):
+        self._loop, self._transport, self._protocol_of = loop, transport, protocol_of
+        self._high, self._low = 64 * 1024, 16 * 1024
+        self._local = False
+        self._remote = False
+
+    # ---- asyncio's rules ----
+    def set_limits(self, high: Optional[int] = None, low: Optional[int] = None) -> None:
+        """asyncio's _set_write_buffer_limits: high defaults to 64 KiB (or
+        4 * low), low to high // 4; ValueError unless high >= low >= 0."""
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+
+    def limits(self):
+        """(low, high), as get_write_buffer_limits() returns them."""
+        return (self._low, self._high)
+
+    def maybe_pause(self, size: int) -> None:
+        if size > self._high and not self._local:
+            self._set(local=True)
+
+    def maybe_resume(self, size: int) -> None:
+        if self._local and size <= self._low:
+            self._set(local=False)
+
+    def remote(self, paused: bool) -> None:
+        self._set(remote=paused)
+
+    # ----
+    def _set(self, local: Optional[bool] = None, remote: Optional[bool] = None) -> None:
+        was = self._local or self._remote
+        if local is not None:
+            self._local = local
+        if remote is not None:
+            self._remote = remote
+        now = self._local or self._remote
+        protocol = self._protocol_of()
+        if was == now or protocol is None:
+            return
+        name = "pause_writing" if now else "resume_writing"
+        try:
+            getattr(protocol, name)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": f"protocol.{name}() failed",
+                "exception": exc,
+                "transport": self._transport,
+                "protocol": protocol,
+            })

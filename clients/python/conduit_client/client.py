@@ -1,0 +1,221 @@
+"""Client: a remote event loop's connection methods. Each opens a session on
+`conduit serve` and returns what asyncio's loop method of the same name
+returns, with transports whose bytes move on the service's host."""
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl as _ssl
+import subprocess
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+from grpc import aio
+
+from ._call import SessionCall
+from ._datagram import RemoteDatagramTransport
+from ._stream import ConnectionSession, RemoteServer, RemoteTransport
+from ._subprocess import RemoteSubprocessTransport
+from ._wire import host_port, pb, pb_grpc
+from .events import RawSessions
+
+__all__ = ["Client"]
+
+
+def _tls_client(ssl, server_hostname, host) -> Optional["pb.TlsClient"]:
+    """asyncio's ssl= as the service's TlsClient: True (verify against the
+    service host's CAs), an SSLContext (its verify_mode; a CA can be given
+    as ca_pem=), or falsy (no TLS)."""
+    if not ssl:
+        if server_hostname:
+            raise ValueError("server_hostname is only meaningful with ssl")
+        return None
+    insecure = isinstance(ssl, _ssl.SSLContext) and ssl.verify_mode == _ssl.CERT_NONE
+    return pb.TlsClient(enabled=True, server_hostname=server_hostname or "", insecure=insecure)
+
+
+class Client:
+    """A channel to `conduit serve`, as an async context manager.
+
+    `token` (or the first line of `token_file`) is its bearer token; `tls`
+    a grpc.ChannelCredentials for a TLS service (grpc.ssl_channel_credentials).
+    """
+
+    def __init__(self, address: str = "127.0.0.1:50051", *, token: Optional[str] = None,
+                 token_file: Optional[str] = None, tls=None):
+        if token_file is not None:
+            with open(token_file) as f:
+                token = f.readline().strip()
+        self._address = address
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._tls = tls
+        self._channel = None
+        self._stub = None
+        self._calls = []
+        #: The raw event-stream API (events.py), for those who want events.
+        self.raw = RawSessions(self)
+
+    async def __aenter__(self) -> "Client":
+        self._channel = (aio.secure_channel(self._address, self._tls) if self._tls is not None
+                         else aio.insecure_channel(self._address))
+        self._stub = pb_grpc.ConduitStub(self._channel)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        # Sessions still open end with the client, as a loop's transports
+        # do when it closes.
+        for call in self._calls:
+            await call.close()
+        await self._channel.close()
+
+    # ---- plumbing ----
+    def _start(self, first: "pb.ClientMessage", session) -> SessionCall:
+        call = SessionCall(self._stub, self._metadata, first, session.on_event, session.on_sent, session.on_end)
+        session.attach(call)
+        self._calls = [c for c in self._calls if not c.done()] + [call]
+        return call
+
+    # ---- streams ----
+    async def create_connection(self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str,
+                                port: int, *, ssl=None, server_hostname: Optional[str] = None,
+                                ca_pem: str = "") -> Tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        """loop.create_connection, the connection made on the service's host.
+        `ssl`: True or an SSLContext (CERT_NONE: no verification); `ca_pem`:
+        trust only this CA (PEM text)."""
+        tls = _tls_client(ssl, server_hostname, host)
+        if tls is not None and ca_pem:
+            tls.ca_pem = ca_pem
+        request = pb.OpenConnection(tcp=pb.HostPort(host=host, port=port), tls=tls,
+                                    keep_open_after_eof=True, start_paused=True)
+        return await self._open_stream(protocol_factory, pb.ClientMessage(open_connection=request), tls is not None)
+
+    async def create_unix_connection(self, protocol_factory, path: str):
+        """loop.create_unix_connection, on the service's host."""
+        request = pb.OpenConnection(unix_path=os.fspath(path), keep_open_after_eof=True, start_paused=True)
+        return await self._open_stream(protocol_factory, pb.ClientMessage(open_connection=request), False)
+
+    async def _open_stream(self, protocol_factory, first, tls: bool):
+        loop = asyncio.get_running_loop()
+        opened = loop.create_future()
+        session = ConnectionSession(loop, protocol_factory, opened, tls)
+        call = self._start(first, session)
+        try:
+            return await opened
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+
+    async def create_server(self, protocol_factory, host: Optional[str] = None, port: int = 0, *,
+                            ssl: Optional[Tuple[str, str]] = None, backlog: int = 100, reuse_port: bool = False,
+                            client_ca_pem: str = "", max_connections: int = 0) -> RemoteServer:
+        """loop.create_server, listening on the service's host (host None or
+        "" for every interface, as asyncio). `ssl`: (cert_pem, key_pem), PEM
+        text: the service has no access to an SSLContext's files."""
+        request = pb.OpenServer(tcp=pb.HostPort(host=host or "", port=port), backlog=backlog, reuse_port=reuse_port,
+                                max_connections=max_connections, keep_open_after_eof=True, start_paused=True)
+        if ssl:
+            cert_pem, key_pem = ssl
+            request.tls.CopyFrom(pb.TlsServer(enabled=True, cert_pem=cert_pem, key_pem=key_pem,
+                                              client_ca_pem=client_ca_pem))
+        return await self._open_server(protocol_factory, pb.ClientMessage(open_server=request), bool(ssl))
+
+    async def create_unix_server(self, protocol_factory, path: str, *, backlog: int = 100,
+                                 max_connections: int = 0) -> RemoteServer:
+        """loop.create_unix_server, on the service's host."""
+        request = pb.OpenServer(unix_path=os.fspath(path), backlog=backlog, max_connections=max_connections,
+                                keep_open_after_eof=True, start_paused=True)
+        return await self._open_server(protocol_factory, pb.ClientMessage(open_server=request), False)
+
+    async def _open_server(self, protocol_factory, first, tls: bool) -> RemoteServer:
+        loop = asyncio.get_running_loop()
+        started = loop.create_future()
+        server = RemoteServer(loop, protocol_factory, started, tls)
+        self._start(first, server)
+        return await started
+
+    # ---- datagrams ----
+    async def create_datagram_endpoint(self, protocol_factory, local_addr=None, remote_addr=None, *,
+                                       reuse_port: bool = False, allow_broadcast: bool = False):
+        """loop.create_datagram_endpoint, the socket on the service's host;
+        addresses are (host, port)."""
+        if local_addr is None and remote_addr is None:
+            raise ValueError("unexpected address family: give local_addr, remote_addr or both")
+        request = pb.OpenDatagramEndpoint(reuse_port=reuse_port, allow_broadcast=allow_broadcast)
+        if local_addr is not None:
+            request.local_addr.CopyFrom(host_port(local_addr))
+        if remote_addr is not None:
+            request.remote_addr.CopyFrom(host_port(remote_addr))
+        loop = asyncio.get_running_loop()
+        opened = loop.create_future()
+        transport = RemoteDatagramTransport(loop, protocol_factory, opened)
+        self._start(pb.ClientMessage(open_datagram_endpoint=request), transport)
+        return await opened
+
+    # ---- subprocesses ----
+    async def subprocess_exec(self, protocol_factory, program, *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, cwd=None, env: Optional[Dict[str, str]] = None):
+        """loop.subprocess_exec, the child on the service's host (which must
+        allow the program: --allow-exec, and `env`'s names: --allow-env)."""
+        request = pb.OpenSubprocess(argv=[os.fspath(program), *map(str, args)], cwd=os.fspath(cwd) if cwd else "",
+                                    env=env or {})
+        return await self._open_subprocess(protocol_factory, request, stdin, stdout, stderr)
+
+    async def subprocess_shell(self, protocol_factory, cmd: str, *, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=None, env: Optional[Dict[str, str]] = None):
+        """loop.subprocess_shell (the service needs --allow-exec-any)."""
+        request = pb.OpenSubprocess(shell=cmd, cwd=os.fspath(cwd) if cwd else "", env=env or {})
+        return await self._open_subprocess(protocol_factory, request, stdin, stdout, stderr)
+
+    async def _open_subprocess(self, protocol_factory, request, stdin, stdout, stderr):
+        for name, value in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
+            allowed = (subprocess.PIPE, subprocess.DEVNULL, None) + ((subprocess.STDOUT,) if name == "stderr" else ())
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r}: a remote child's {name} is PIPE, DEVNULL or None"
+                                 + (" (or STDOUT)" if name == "stderr" else ""))
+        loop = asyncio.get_running_loop()
+        opened = loop.create_future()
+        transport = RemoteSubprocessTransport(loop, protocol_factory, opened, stdin, stdout, stderr)
+        self._start(pb.ClientMessage(open_subprocess=request), transport)
+        return await opened
+
+    # ---- asyncio's streams on top ----
+    async def open_connection(self, host: str, port: int, *, limit: int = 2 ** 16, **kwargs):
+        """asyncio.open_connection: (StreamReader, StreamWriter)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await self.create_connection(lambda: protocol, host, port, **kwargs)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def open_unix_connection(self, path: str, *, limit: int = 2 ** 16):
+        """asyncio.open_unix_connection."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await self.create_unix_connection(lambda: protocol, path)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def create_subprocess_exec(self, program, *args, stdin=None, stdout=None, stderr=None,
+                                     limit: int = 2 ** 16, **kwargs) -> asyncio.subprocess.Process:
+        """asyncio.create_subprocess_exec: asyncio's own Process."""
+        loop = asyncio.get_running_loop()
+        transport, protocol = await self.subprocess_exec(
+            lambda: asyncio.subprocess.SubprocessStreamProtocol(limit=limit, loop=loop), program, *args,
+            stdin=stdin, stdout=stdout, stderr=stderr, **kwargs)
+        return asyncio.subprocess.Process(transport, protocol, loop)
+
+    async def create_subprocess_shell(self, cmd: str, *, stdin=None, stdout=None, stderr=None, limit: int = 2 ** 16,
+                                      **kwargs) -> asyncio.subprocess.Process:
+        """asyncio.create_subprocess_shell."""
+        loop = asyncio.get_running_loop()
+        transport, protocol = await self.subprocess_shell(
+            lambda: asyncio.subprocess.SubprocessStreamProtocol(limit=limit, loop=loop), cmd,
+            stdin=stdin, stdout=stdout, stderr=stderr, **kwargs)
+        return asyncio.subprocess.Process(transport, protocol, loop)
+
+    # ---- the service itself ----
+    async def list_sessions(self) -> Sequence[Any]:
+        reply = await self._stub.ListSessions(pb.ListSessionsRequest(), metadata=self._metadata)
+        return list(reply.sessions)
+
+    async def close_session(self, session_id: str) -> None:
+        await self._stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), metadata=self._metadata)
