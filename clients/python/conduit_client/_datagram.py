@@ -6,7 +6,7 @@ import asyncio
 from typing import Optional
 
 from ._flow import WriteFlow
-from ._wire import exception_of, host_port, parse_address, pb
+from ._wire import broken_session, exception_or_none, exception_of, host_port, parse_address, pb
 from ._stream import _call_status_error
 
 
@@ -108,7 +108,7 @@ class RemoteDatagramTransport(asyncio.DatagramTransport):
             self._open_error = exception_of(event.open_failed.error)
         elif kind == "connection_lost":
             error = event.connection_lost.error
-            self._lost(exception_of(error) if error.message or error.errno_value else None)
+            self._lost(exception_or_none(error))
 
     def on_sent(self, connection_id: int) -> None:
         self._flow.maybe_resume(self.get_write_buffer_size())
@@ -117,9 +117,7 @@ class RemoteDatagramTransport(asyncio.DatagramTransport):
         if not self._opened.done():
             self._opened.set_exception(self._open_error or _call_status_error(code, details))
             return
-        import grpc
-        self._lost(None if code == grpc.StatusCode.OK else ConnectionResetError(
-            f"the session with the service broke off ({code.name}): {details}"))
+        self._lost(broken_session(code, details))
 
     def _lost(self, exc) -> None:
         if self._closed:

@@ -23,7 +23,7 @@ import logging
 from typing import Any, Optional
 
 from ._flow import WriteFlow
-from ._wire import MAX_COMMAND_DATA, exception_of, parse_address, pb
+from ._wire import broken_session, exception_or_none, MAX_COMMAND_DATA, exception_of, parse_address, pb
 
 logger = logging.getLogger("conduit_client")
 
@@ -189,7 +189,7 @@ class RemoteTransport(asyncio.Transport):
             self._flow.remote(False)
         elif kind == "connection_lost":
             error = event.connection_lost.error
-            self.lost(exception_of(error) if error.message or error.errno_value else None)
+            self.lost(exception_or_none(error))
         elif kind == "command_failed":
             logger.warning("the service could not carry out %s: %s", event.command_failed.command,
                            event.command_failed.message)
@@ -313,10 +313,7 @@ class ConnectionSession:
             self._opened.set_exception(self._open_error or _call_status_error(code, details))
             return
         if self.transport is not None:
-            import grpc
-            broken = None if code == grpc.StatusCode.OK else ConnectionResetError(
-                f"the session with the service broke off ({code.name}): {details}")
-            self.transport.lost(broken)
+            self.transport.lost(broken_session(code, details))
 
 
 class _ServerSocket:
@@ -435,9 +432,7 @@ class RemoteServer(asyncio.AbstractServer):
         self._serving = False
         if not self._started.done():
             self._started.set_exception(self._open_error or _call_status_error(code, details))
-        import grpc
-        broken = None if code == grpc.StatusCode.OK else ConnectionResetError(
-            f"the session with the service broke off ({code.name}): {details}")
+        broken = broken_session(code, details)
         for transport in list(self._connections.values()):
             transport.lost(broken)
         self._connections.clear()

@@ -14,7 +14,7 @@ import subprocess
 from typing import Optional
 
 from ._flow import WriteFlow
-from ._wire import MAX_COMMAND_DATA, exception_of, pb
+from ._wire import broken_session, exception_or_none, MAX_COMMAND_DATA, exception_of, pb
 from ._stream import _call_status_error
 
 
@@ -228,7 +228,7 @@ class RemoteSubprocessTransport(asyncio.SubprocessTransport):
         elif kind == "pipe_connection_lost":
             fd = event.pipe_connection_lost.fd
             error = event.pipe_connection_lost.error
-            exc = exception_of(error) if error.message or error.errno_value else None
+            exc = exception_or_none(error)
             if fd == 0 and self._stdin is None:
                 return
             if fd == 2 and self._stderr_to_stdout:
@@ -256,7 +256,7 @@ class RemoteSubprocessTransport(asyncio.SubprocessTransport):
             self._open_error = exception_of(event.open_failed.error)
         elif kind == "connection_lost":
             error = event.connection_lost.error
-            self._lost(exception_of(error) if error.message or error.errno_value else None)
+            self._lost(exception_or_none(error))
 
     def on_sent(self, connection_id: int) -> None:
         if self._stdin is not None:
@@ -266,9 +266,7 @@ class RemoteSubprocessTransport(asyncio.SubprocessTransport):
         if not self._opened.done():
             self._opened.set_exception(self._open_error or _call_status_error(code, details))
             return
-        import grpc
-        self._lost(None if code == grpc.StatusCode.OK else ConnectionResetError(
-            f"the session with the service broke off ({code.name}): {details}"))
+        self._lost(broken_session(code, details))
 
     def _deliver_output(self, fd: int, data: bytes) -> None:
         self._call_protocol("Exception in callback protocol.pipe_data_received()",

@@ -29,6 +29,20 @@ def exception_of(error: "pb.Error") -> Exception:
     return ConnectionError(error.message)
 
 
+def exception_or_none(error: "pb.Error") -> Optional[Exception]:
+    """exception_of for an Error that may be unset (a clean end: None)."""
+    return exception_of(error) if error.message or error.errno_value else None
+
+
+def broken_session(code, details: str) -> Optional[Exception]:
+    """How a call's end reads to a transport that was open: nothing after a
+    clean end (OK), else the session broke off."""
+    import grpc
+    if code == grpc.StatusCode.OK:
+        return None
+    return ConnectionResetError(f"the session with the service broke off ({code.name}): {details}")
+
+
 def _strerror(code: int) -> str:
     import os
     return os.strerror(code)
