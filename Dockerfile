@@ -1,7 +1,11 @@
 # Conduit: the service and the tools in one image.
 #   docker build -t conduit .
 #   docker run --rm -p 50051:50051 conduit serve --listen 0.0.0.0:50051 --token-file /run/secrets/conduit-token
-FROM debian:bookworm AS build
+# The base images are arguments, for machines without a registry that make
+# their own (scripts/compose-test.sh debootstraps them).
+ARG BUILD_BASE=debian:bookworm
+ARG RUNTIME_BASE=debian:bookworm-slim
+FROM ${BUILD_BASE} AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       cmake ninja-build g++ pkg-config libboost1.81-dev libcli11-dev libssl-dev \
@@ -16,7 +20,7 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONDUIT_BUILD_TES
 # The compose file's test runner: the tools plus the Python client, pip
 # installed (offline) into a venv that sees Debian's grpcio and protobuf
 # (docker compose builds it with target: tests).
-FROM debian:bookworm-slim AS tests
+FROM ${RUNTIME_BASE} AS tests
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgrpc++1.51 libssl3 python3-grpcio python3-pip python3-venv \
       python3-setuptools \
@@ -33,7 +37,7 @@ USER conduit
 ENTRYPOINT ["conduit"]
 
 # The image: the service and the tools.
-FROM debian:bookworm-slim
+FROM ${RUNTIME_BASE}
 # Runtime libraries only: gRPC (which brings protobuf, abseil, c-ares, re2) and OpenSSL.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgrpc++1.51 libssl3 openssl ca-certificates \

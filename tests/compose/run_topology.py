@@ -229,85 +229,26 @@ class Topology:
 
 
 def fault_test(topology, repo_root):
-    """Hosts cut off mid-transfer, one by its link going down, one by its
-    process being killed: each session through the service reports
-    connection_lost with an error within a bound, the service keeps serving
-    others, and its memory does not grow with the failures."""
-    import asyncio
-    sys.path.insert(0, os.path.join(repo_root, "clients", "python"))
-    os.environ.setdefault("CONDUIT_PROTO_DIR", os.path.join(repo_root, "proto"))
-    from conduit_client import Client  # noqa: E402
+    """faults.py's steps, the hosts cut off this runner's way; and the
+    service's memory must not grow with the failures."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import faults  # noqa: E402
 
     with open(os.path.join(topology.secrets_dir, "conduit-token")) as f:
         token = f.read().strip()
-    address = f"{topology.address('conduit')}:50051"
     service_pid = topology.service_pid("conduit")
-
-    async def cut_off_session(client, host, port, cut, **tls):
-        async with client.raw.create_connection(host, port, **tls) as s:
-            chunk = b"x" * 65536
-            for _ in range(16):
-                await s.write(chunk)
-            cut()
-            started = time.monotonic()
-
-            # The client keeps writing while the service lets it (it says
-            # pause_writing once the transport's buffer is full): data the
-            # peer never acknowledges is what TCP_USER_TIMEOUT
-            # (--dead-peer-timeout) bounds.
-            paused = asyncio.Event()
-
-            async def keep_writing():
-                while True:
-                    if not paused.is_set():
-                        await s.write(chunk)
-                    await asyncio.sleep(0.05)
-
-            writer = asyncio.ensure_future(keep_writing())
-            try:
-                async for event in s.events():
-                    kind = event.WhichOneof("kind")
-                    if kind == "pause_writing":
-                        paused.set()
-                    elif kind == "resume_writing":
-                        paused.clear()
-                    elif kind == "connection_lost":
-                        return event.connection_lost, time.monotonic() - started
-            finally:
-                writer.cancel()
-        return None, None
-
-    def link_down():  # the host's cable pulled: nothing more arrives from it, not even a RST
-        sh("ip", "-n", SWITCH, "link", "set", f"{topology.ns('echo-tls')}o", "down")
-
-    def killed():  # the host's process gone: its kernel resets the connection
-        os.killpg(topology.processes["echo-tcp"].pid, signal.SIGKILL)
-
-    async def healthy_session(client):
-        async with client.raw.subprocess_exec("/bin/date") as s:
-            return (await s.communicate())[2]
-
-    async def scenarios():  # one event loop: grpc.aio does not like a second one
-        async with Client(address, token=token) as client:
-            for what, host, port, cut, tls, bound in (
-                    ("link down", "echo-tls", 7443, link_down, {"ssl": True, "insecure": True}, 45),
-                    ("process killed", "echo-tcp", 7007, killed, {}, 30)):
-                lost, seconds = await asyncio.wait_for(cut_off_session(client, host, port, cut, **tls), bound)
-                if lost is None or not lost.HasField("error"):
-                    raise RuntimeError(f"{what}: expected connection_lost with an error, got {lost}")
-                print(f"fault ({what}): connection_lost after {seconds:.2f} s: {lost.error.message}", flush=True)
-            return await asyncio.wait_for(healthy_session(client), 30)
-
+    cuts = {
+        # the host's cable pulled: nothing more arrives from it, not even a RST
+        "link down": lambda: sh("ip", "-n", SWITCH, "link", "set", f"{topology.ns('echo-tls')}o", "down"),
+        # the host's process gone: its kernel resets the connection
+        "process killed": lambda: os.killpg(topology.processes["echo-tcp"].pid, signal.SIGKILL),
+    }
     rss_before = rss_kib(service_pid)
-    returncode = asyncio.run(scenarios())
-    if returncode != 0:
-        raise RuntimeError(f"the service stopped serving other sessions (date exited {returncode})")
+    faults.run(f"{topology.address('conduit')}:50051", token, cuts, repo_root)
     rss_after = rss_kib(service_pid)
-    print(f"fault: the service still serves; RSS {rss_before} -> {rss_after} KiB", flush=True)
+    print(f"fault: RSS {rss_before} -> {rss_after} KiB", flush=True)
     if rss_after > rss_before + 32 * 1024:
         raise RuntimeError(f"the service's RSS grew by {rss_after - rss_before} KiB")
-
-
 
 
 def main():
