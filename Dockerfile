@@ -10,9 +10,16 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       cmake ninja-build g++ pkg-config libboost1.81-dev libcli11-dev libssl-dev \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY . .
+# What the build reads, alone: editing tests, scripts or docs keeps this
+# stage's cache.
+COPY CMakeLists.txt ./
+COPY cmake cmake
+COPY proto proto
+COPY src src
+COPY fuzz fuzz
+COPY examples examples
 RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONDUIT_BUILD_TESTS=OFF \
  && cmake --build /build --target conduit \
  && strip /build/src/cli/conduit
@@ -24,8 +31,8 @@ FROM ${RUNTIME_BASE} AS tests
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgrpc++1.51 libssl3 python3-grpcio python3-pip python3-venv \
       python3-setuptools \
- && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home conduit
+ && apt-get clean && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 conduit && useradd --system --uid 10001 --gid 10001 --no-create-home conduit
 COPY --from=build /build/src/cli/conduit /usr/local/bin/conduit
 COPY clients/python /tmp/conduit-client
 RUN python3 -m venv --system-site-packages /opt/venv \
@@ -36,14 +43,16 @@ COPY tests/compose/integration.py /opt/conduit/tests/compose/integration.py
 USER conduit
 ENTRYPOINT ["conduit"]
 
-# The image: the service and the tools.
+# The image: the service and the tools. The user's ids are fixed (10001)
+# because Compose without swarm bind-mounts a secret with the host file's
+# owner and mode: the token file must be readable by uid or gid 10001.
 FROM ${RUNTIME_BASE}
 # Runtime libraries only: gRPC (which brings protobuf, abseil, c-ares, re2) and OpenSSL.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgrpc++1.51 libssl3 openssl ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home conduit \
- && install -d -o conduit /run/conduit-sockets
+ && apt-get clean && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 conduit && useradd --system --uid 10001 --gid 10001 --no-create-home conduit \
+ && install -d -o conduit -g conduit /run/conduit-sockets
 COPY --from=build /build/src/cli/conduit /usr/local/bin/conduit
 USER conduit
 EXPOSE 50051

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install what is missing, build with warnings as errors, and run every test:
 # once in a normal build and once under AddressSanitizer + UBSan; then fuzz
-# every libFuzzer target for 30 s (scripts/fuzz.sh).
+# every libFuzzer target for 30 s (scripts/fuzz.sh), and run docker-compose.yml
+# under Docker Engine where there is one (scripts/compose-test.sh).
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/common.sh"
@@ -19,6 +20,9 @@ for variant in normal asan; do
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir "$ROOT/build/ci-$variant" --output-on-failure -j2 --timeout 120
 done
+
+echo "=== docker-compose under Docker Engine"
+"$ROOT/scripts/compose-test.sh"
 
 echo "=== fuzzing, ${CONDUIT_FUZZ_SECONDS:-30} s per target"
 "$ROOT/scripts/fuzz.sh" "${CONDUIT_FUZZ_SECONDS:-30}"

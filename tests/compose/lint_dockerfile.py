@@ -10,7 +10,7 @@ Checks what would otherwise only fail at `docker build` time, or silently:
   - ENTRYPOINT, CMD and HEALTHCHECK CMD use the exec (JSON array) form, so
     signals reach the process;
   - apt-get install uses --no-install-recommends and the layer removes
-    /var/lib/apt/lists; every package it names exists in Debian 12 (apt-cache);
+    /var/lib/apt/lists and the downloaded packages (apt-get clean); every package it names exists in Debian 12 (apt-cache);
   - the final stage runs as a non-root USER;
   - every build target docker-compose.yml names is a stage here.
 Prints each problem with its line number; exits 1 if there is any.
@@ -105,6 +105,10 @@ def main():
                 problems.append(f"{where}: apt-get install without --no-install-recommends")
             if "rm -rf /var/lib/apt/lists" not in rest:
                 problems.append(f"{where}: the apt layer keeps /var/lib/apt/lists (rm -rf it)")
+            # A base without the official images' docker-clean hook keeps
+            # every downloaded .deb in the layer (85 MB seen here).
+            if "apt-get clean" not in rest:
+                problems.append(f"{where}: the apt layer keeps downloaded packages (apt-get clean)")
             for command in re.split(r"&&|;", rest):
                 words = command.split()
                 if "install" not in words or "apt-get" not in words:
