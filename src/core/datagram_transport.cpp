@@ -17,10 +17,6 @@ namespace conduit {
 
 namespace {
 
-// As on stream transports: sends after the endpoint is lost are dropped,
-// with a warning from this one on.
-constexpr std::size_t log_threshold_for_connlost_writes = 5;
-
 std::exception_ptr make_system_error(const boost::system::error_code& ec, const char* what) {
   return std::make_exception_ptr(std::system_error(ec, what));
 }
@@ -35,14 +31,14 @@ DatagramEndpoint<Socket>::DatagramEndpoint(EventLoop& loop, Socket socket,
   boost::system::error_code ec;
   auto local = socket_.local_endpoint(ec);
   if (!ec) sockname_ = SocketAddress(local);
-  loop_.track(this);
+  detail::LoopInternals::track(loop_, this);
 }
 
 template <class Socket>
 DatagramEndpoint<Socket>::~DatagramEndpoint() {
   if (state_ != State::closed) {
     loop_.log(LogLevel::warning, "unclosed datagram transport: closing its socket");
-    loop_.untrack(this);
+    detail::LoopInternals::untrack(loop_, this);
   }
 }
 
@@ -59,7 +55,6 @@ void DatagramEndpoint<Socket>::release() {
   queue_.clear();
   queued_bytes_ = 0;
   protocol_.reset();
-  datagram_protocol_ = nullptr;
 }
 
 template <class Socket>
@@ -68,34 +63,13 @@ std::shared_ptr<DatagramEndpoint<Socket>> DatagramEndpoint<Socket>::self() {
 }
 
 template <class Socket>
-template <class Fn>
-void DatagramEndpoint<Socket>::call_protocol(const char* failure_message, Fn&& fn) {
-  // Unlike a stream, a datagram endpoint survives a throwing callback: each
-  // datagram stands alone (SPEC D8).
-  try {
-    fn();
-  } catch (...) {
-    loop_.call_exception_handler({failure_message, std::current_exception(), shared_from_this(), protocol_});
-  }
-}
-
-template <class Socket>
 void DatagramEndpoint<Socket>::start(std::shared_ptr<DatagramProtocol> protocol) {
   set_protocol(std::move(protocol));
   asio::post(socket_.get_executor(), [this, keep = self()] {
     if (state_ == State::closed) return;
-    call_protocol("Exception in callback protocol.connection_made()",
-                  [&] { datagram_protocol_->connection_made(keep); });
+    protocol_.connection_made();
     if (is_reading()) reads_.start();
   });
-}
-
-template <class Socket>
-void DatagramEndpoint<Socket>::set_protocol(std::shared_ptr<BaseProtocol> protocol) {
-  auto* typed = dynamic_cast<DatagramProtocol*>(protocol.get());
-  if (!typed) throw std::invalid_argument("set_protocol: a datagram transport needs a DatagramProtocol");
-  protocol_ = std::move(protocol);
-  datagram_protocol_ = typed;
 }
 
 // ---- reading --------------------------------------------------------------
@@ -108,7 +82,7 @@ void DatagramEndpoint<Socket>::on_read_wait_error(const boost::system::error_cod
 
 template <class Socket>
 detail::ReadOutcome DatagramEndpoint<Socket>::read_once() {
-  std::span<std::byte> buffer = loop_.read_buffer();
+  const std::span<std::byte> buffer = detail::LoopInternals::read_buffer(loop_);
   Endpoint sender;
   boost::system::error_code ec;
   std::size_t n = socket_.receive_from(asio::buffer(buffer.data(), buffer.size()), sender, 0, ec);
@@ -120,16 +94,13 @@ detail::ReadOutcome DatagramEndpoint<Socket>::read_once() {
   }
   // A connected socket may report no sender address; it is the peer.
   const SocketAddress from = (peer_ && sender == Endpoint()) ? *peer_ : SocketAddress(sender);
-  call_protocol("Exception in callback protocol.datagram_received()",
-                [&] { datagram_protocol_->datagram_received(buffer.first(n), from); });
+  protocol_.datagram_received(buffer.first(n), from);
   return detail::ReadOutcome::data;
 }
 
 template <class Socket>
 void DatagramEndpoint<Socket>::report_error(const boost::system::error_code& ec, const char* what) {
-  auto exc = make_system_error(ec, what);
-  call_protocol("Exception in callback protocol.error_received()",
-                [&] { datagram_protocol_->error_received(exc); });
+  protocol_.error_received(make_system_error(ec, what));
 }
 
 // ---- writing --------------------------------------------------------------
@@ -157,19 +128,12 @@ void DatagramEndpoint<Socket>::sendto(std::span<const std::byte> data,
     if (!addr) throw std::invalid_argument("sendto: an address is needed on an unconnected endpoint");
     to = endpoint_of(*addr);
   }
-  if (state_ >= State::lost) {
-    if (++sends_after_lost_ >= log_threshold_for_connlost_writes) {
-      loop_.log(LogLevel::warning, "socket.send() raised exception.");
-    }
-    return;
-  }
+  if (state_ >= State::lost) return late_writes_.drop(loop_, "socket.send() raised exception.");
   if (queue_.empty() && send_one(data, to)) return;
   queue_.push_back({std::vector<std::byte>(data.begin(), data.end()), std::move(to)});
   queued_bytes_ += data.size() + datagram_overhead;
   arm_write();
-  if (flow_.should_pause(queued_bytes_)) {
-    call_protocol("protocol.pause_writing() failed", [&] { protocol_->pause_writing(); });
-  }
+  if (flow_.should_pause(queued_bytes_)) protocol_.pause_writing();
 }
 
 template <class Socket>
@@ -205,7 +169,7 @@ void DatagramEndpoint<Socket>::on_writable(const boost::system::error_code& ec) 
     if (state_ >= State::lost) return;  // error_received aborted us
   }
   if (flow_.should_resume(queued_bytes_)) {
-    call_protocol("protocol.resume_writing() failed", [&] { protocol_->resume_writing(); });
+    protocol_.resume_writing();
     if (state_ >= State::lost) return;
   }
   if (!queue_.empty()) return arm_write();
@@ -216,9 +180,7 @@ template <class Socket>
 void DatagramEndpoint<Socket>::set_write_buffer_limits(std::optional<std::int64_t> high,
                                                        std::optional<std::int64_t> low) {
   flow_.set_limits(high, low);
-  if (flow_.should_pause(queued_bytes_)) {
-    call_protocol("protocol.pause_writing() failed", [&] { protocol_->pause_writing(); });
-  }
+  if (flow_.should_pause(queued_bytes_)) protocol_.pause_writing();
 }
 
 // ---- closing --------------------------------------------------------------
@@ -254,9 +216,8 @@ void DatagramEndpoint<Socket>::post_connection_lost() {
 template <class Socket>
 void DatagramEndpoint<Socket>::call_connection_lost() {
   state_ = State::closed;
-  loop_.untrack(this);
-  call_protocol("Exception in callback protocol.connection_lost()",
-                [&] { protocol_->connection_lost(nullptr); });
+  detail::LoopInternals::untrack(loop_, this);
+  protocol_.connection_lost(nullptr);
   release();
 }
 

@@ -4,10 +4,13 @@
 // create_datagram_endpoint methods.
 #pragma once
 
+#include "conduit/detail/protocol_guard.hpp"
+#include "conduit/detail/write_flow_control.hpp"
 #include "conduit/event_loop.hpp"
 #include "conduit/transports.hpp"
-#include "conduit/write_flow_control.hpp"
+#include "loop_internals.hpp"
 #include "read_pump.hpp"
+#include "stream_writer.hpp"
 
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/ip/udp.hpp>
@@ -48,8 +51,8 @@ class DatagramEndpoint final : public DatagramTransport, private detail::LoopRes
   bool is_closing() const override { return state_ != State::open; }
   void close() override;
   void abort() override;
-  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override;
-  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_; }
+  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override { protocol_.set(std::move(protocol)); }
+  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_.get(); }
 
   using DatagramTransport::sendto;
   void sendto(std::span<const std::byte> data, const std::optional<SocketAddress>& addr) override;
@@ -88,22 +91,21 @@ class DatagramEndpoint final : public DatagramTransport, private detail::LoopRes
   void force_close();
   void post_connection_lost();
   void call_connection_lost();
-  template <class Fn>
-  void call_protocol(const char* failure_message, Fn&& fn);
 
   EventLoop& loop_;
   Socket socket_;
   std::optional<SocketAddress> peer_;
   std::optional<SocketAddress> sockname_;
-  std::shared_ptr<BaseProtocol> protocol_;
-  DatagramProtocol* datagram_protocol_ = nullptr;  // protocol_, typed
+  // Unlike a stream, a datagram endpoint survives a throwing callback: each
+  // datagram stands alone (SPEC D8). No callback is fatal.
+  detail::ProtocolGuard protocol_{loop_, *this, detail::ProtocolGuard::datagram, "a datagram transport"};
   State state_ = State::open;
   detail::ReadPump<DatagramEndpoint, Socket> reads_{*this, socket_};
   bool write_armed_ = false;
-  std::size_t sends_after_lost_ = 0;
+  detail::LateWrites late_writes_;
   std::deque<Datagram> queue_;
   std::size_t queued_bytes_ = 0;  // with datagram_overhead each
-  WriteFlowControl flow_{DatagramTransport::default_high_water};
+  detail::WriteFlowControl flow_{DatagramTransport::default_high_water};
 };
 
 using UdpEndpoint = DatagramEndpoint<boost::asio::ip::udp::socket>;

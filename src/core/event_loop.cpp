@@ -3,6 +3,7 @@
 #include "conduit/errors.hpp"
 #include "conduit/server.hpp"
 #include "completion.hpp"
+#include "loop_internals.hpp"
 #include "socket_setup.hpp"
 #include "stream_transport.hpp"
 #include "tls_transport.hpp"
@@ -161,7 +162,7 @@ void bind_listener(Acceptor& acceptor, const typename Acceptor::endpoint_type& e
   }
 }
 
-asio::awaitable<std::vector<Server::Listener>> bind_tcp(asio::io_context& context, std::vector<std::string> hosts,
+asio::awaitable<std::vector<detail::ServerListener>> bind_tcp(asio::io_context& context, std::vector<std::string> hosts,
                                                         std::uint16_t port, ServerOptions options) {
   std::vector<tcp::endpoint> endpoints;
   if (hosts.empty()) {
@@ -181,7 +182,7 @@ asio::awaitable<std::vector<Server::Listener>> bind_tcp(asio::io_context& contex
     for (const auto& endpoint : endpoints) options.check_local_address(SocketAddress(endpoint));
   }
 
-  std::vector<Server::Listener> listeners;
+  std::vector<detail::ServerListener> listeners;
   for (auto endpoint : endpoints) {
     // With port 0, later sockets take the port the first one got, so that
     // "all interfaces" is one port on IPv4 and IPv6.
@@ -374,11 +375,10 @@ void EventLoop::create_server_impl(ProtocolFactory factory, std::vector<std::str
   asio::co_spawn(
       context_, bind_tcp(context_, std::move(hosts), port, options),
       [this, factory = std::move(factory), options, handler = std::move(handler)](
-          std::exception_ptr error, std::vector<Server::Listener> listeners) mutable {
+          std::exception_ptr error, std::vector<detail::ServerListener> listeners) mutable {
         std::shared_ptr<Server> server;
         if (!error) {
-          server = std::make_shared<Server>(*this, std::move(factory), std::move(listeners), options.backlog, "",
-                                            options.tls);
+          server.reset(new Server(*this, std::move(factory), std::move(listeners), options.backlog, "", options.tls));
           if (options.start_serving) {
             try {
               server->start_serving();
@@ -401,11 +401,11 @@ void EventLoop::create_unix_server_impl(ProtocolFactory factory, std::string pat
     detail::remove_stale_socket(path);
     unix_stream::acceptor acceptor(context_, unix_stream());
     bind_listener(acceptor, unix_stream::endpoint(path));
-    std::vector<Server::Listener> listeners;
+    std::vector<detail::ServerListener> listeners;
     listeners.emplace_back(std::move(acceptor));
     const bool named = path.front() != '\0';
-    server = std::make_shared<Server>(*this, std::move(factory), std::move(listeners), options.backlog,
-                                      options.cleanup_socket && named ? path : "");
+    server.reset(new Server(*this, std::move(factory), std::move(listeners), options.backlog,
+                            options.cleanup_socket && named ? path : ""));
     if (options.start_serving) server->start_serving();
   } catch (...) {
     error = std::current_exception();

@@ -15,15 +15,8 @@ namespace conduit {
 
 namespace {
 
-constexpr std::size_t log_threshold_for_connlost_writes = 5;
-
 std::exception_ptr make_system_error(const boost::system::error_code& ec, const char* what) {
   return std::make_exception_ptr(std::system_error(ec, what));
-}
-
-void connection_made(BaseProtocol& protocol, const std::shared_ptr<Transport>& transport) {
-  if (auto* p = dynamic_cast<Protocol*>(&protocol)) p->connection_made(transport);
-  else if (auto* b = dynamic_cast<BufferedProtocol*>(&protocol)) b->connection_made(transport);
 }
 
 }  // namespace
@@ -47,13 +40,13 @@ PipeKind check_pipe(int fd, const char* which) {
 ReadPipeTransport::ReadPipeTransport(EventLoop& loop, asio::posix::stream_descriptor pipe)
     : loop_(loop), pipe_(std::move(pipe)) {
   pipe_.non_blocking(true);
-  loop_.track(this);
+  detail::LoopInternals::track(loop_, this);
 }
 
 ReadPipeTransport::~ReadPipeTransport() {
   if (state_ != State::closed) {
     loop_.log(LogLevel::warning, "unclosed read pipe transport: closing it");
-    loop_.untrack(this);
+    detail::LoopInternals::untrack(loop_, this);
   }
 }
 
@@ -62,7 +55,6 @@ void ReadPipeTransport::on_loop_destroyed() {
   boost::system::error_code ignored;
   pipe_.close(ignored);
   protocol_.reset();
-  stream_protocol_ = nullptr;
 }
 
 std::shared_ptr<ReadPipeTransport> ReadPipeTransport::self() {
@@ -73,25 +65,13 @@ void ReadPipeTransport::start(std::shared_ptr<Protocol> protocol) {
   set_protocol(std::move(protocol));
   asio::post(pipe_.get_executor(), [this, keep = self()] {
     if (state_ == State::closed) return;
-    try {
-      stream_protocol_->connection_made(keep);
-    } catch (...) {
-      loop_.call_exception_handler({"Exception in callback protocol.connection_made()", std::current_exception(),
-                                    shared_from_this(), protocol_});
-    }
+    protocol_.connection_made();
     if (is_reading()) reads_.start();
   });
 }
 
-void ReadPipeTransport::set_protocol(std::shared_ptr<BaseProtocol> protocol) {
-  auto* typed = dynamic_cast<Protocol*>(protocol.get());
-  if (!typed) throw std::invalid_argument("set_protocol: a read pipe transport needs a Protocol");
-  protocol_ = std::move(protocol);
-  stream_protocol_ = typed;
-}
-
 detail::ReadOutcome ReadPipeTransport::read_once() {
-  std::span<std::byte> buffer = loop_.read_buffer();
+  const std::span<std::byte> buffer = detail::LoopInternals::read_buffer(loop_);
   boost::system::error_code ec;
   const std::size_t n = pipe_.read_some(asio::buffer(buffer.data(), buffer.size()), ec);
   if (ec == asio::error::would_block || ec == asio::error::interrupted) return detail::ReadOutcome::would_block;
@@ -101,12 +81,7 @@ detail::ReadOutcome ReadPipeTransport::read_once() {
     state_ = State::lost;
     reads_.stop();
     asio::post(pipe_.get_executor(), [this, keep = self()] {
-      try {
-        stream_protocol_->eof_received();
-      } catch (...) {
-        loop_.call_exception_handler({"Exception in callback protocol.eof_received()", std::current_exception(),
-                                      shared_from_this(), protocol_});
-      }
+      protocol_.eof_received();  // a failure is reported; the pipe is done either way
       call_connection_lost(nullptr);
     });
     return detail::ReadOutcome::stopped;
@@ -115,15 +90,7 @@ detail::ReadOutcome ReadPipeTransport::read_once() {
     fatal_error(ec);
     return detail::ReadOutcome::stopped;
   }
-  try {
-    stream_protocol_->data_received(buffer.first(n));
-  } catch (...) {
-    auto exc = std::current_exception();
-    loop_.call_exception_handler({"Fatal error: protocol.data_received() call failed.", exc, shared_from_this(), protocol_});
-    close_with(exc);
-    return detail::ReadOutcome::stopped;
-  }
-  return detail::ReadOutcome::data;
+  return protocol_.data_received(buffer.first(n)) ? detail::ReadOutcome::data : detail::ReadOutcome::stopped;
 }
 
 void ReadPipeTransport::pause_reading() {
@@ -156,7 +123,7 @@ void ReadPipeTransport::fatal_error(const boost::system::error_code& ec) {
   if (ec == boost::system::errc::io_error) {
     loop_.log(LogLevel::debug, "Fatal read error on pipe transport: " + ec.message());
   } else {
-    loop_.call_exception_handler({"Fatal read error on pipe transport", exc, shared_from_this(), protocol_});
+    loop_.call_exception_handler({"Fatal read error on pipe transport", exc, shared_from_this(), protocol_.get()});
   }
   close_with(exc);
 }
@@ -172,17 +139,11 @@ void ReadPipeTransport::close_with(std::exception_ptr exc) {
 
 void ReadPipeTransport::call_connection_lost(std::exception_ptr exc) {
   state_ = State::closed;
-  loop_.untrack(this);
-  try {
-    protocol_->connection_lost(exc);
-  } catch (...) {
-    loop_.call_exception_handler({"Exception in callback protocol.connection_lost()", std::current_exception(),
-                                  shared_from_this(), protocol_});
-  }
+  detail::LoopInternals::untrack(loop_, this);
+  protocol_.connection_lost(exc);
   boost::system::error_code ignored;
   pipe_.close(ignored);
   protocol_.reset();
-  stream_protocol_ = nullptr;
 }
 
 std::any ReadPipeTransport::extra_info(std::string_view name) const {
@@ -197,13 +158,13 @@ std::any ReadPipeTransport::extra_info(std::string_view name) const {
 WritePipeTransport::WritePipeTransport(EventLoop& loop, asio::posix::stream_descriptor pipe, detail::PipeKind kind)
     : loop_(loop), pipe_(std::move(pipe)), kind_(kind) {
   pipe_.non_blocking(true);
-  loop_.track(this);
+  detail::LoopInternals::track(loop_, this);
 }
 
 WritePipeTransport::~WritePipeTransport() {
   if (state_ != State::closed) {
     loop_.log(LogLevel::warning, "unclosed write pipe transport: closing it");
-    loop_.untrack(this);
+    detail::LoopInternals::untrack(loop_, this);
   }
 }
 
@@ -222,21 +183,9 @@ void WritePipeTransport::start(std::shared_ptr<BaseProtocol> protocol) {
   set_protocol(std::move(protocol));
   asio::post(pipe_.get_executor(), [this, keep = self()] {
     if (state_ == State::closed) return;
-    try {
-      connection_made(*protocol_, keep);
-    } catch (...) {
-      loop_.call_exception_handler({"Exception in callback protocol.connection_made()", std::current_exception(),
-                                    shared_from_this(), protocol_});
-    }
+    protocol_.connection_made();
     watch_reader();
   });
-}
-
-void WritePipeTransport::set_protocol(std::shared_ptr<BaseProtocol> protocol) {
-  if (!dynamic_cast<Protocol*>(protocol.get()) && !dynamic_cast<BufferedProtocol*>(protocol.get())) {
-    throw std::invalid_argument("set_protocol: a write pipe transport needs a Protocol or a BufferedProtocol");
-  }
-  protocol_ = std::move(protocol);
 }
 
 void WritePipeTransport::watch_reader() {
@@ -247,108 +196,40 @@ void WritePipeTransport::watch_reader() {
                    asio::bind_cancellation_slot(watch_cancel_.slot(),
                                                 [this, keep = self()](const boost::system::error_code& ec) {
                                                   if (ec == asio::error::operation_aborted || state_ >= State::lost) return;
-                                                  if (buffer_.empty()) return close_with(nullptr);
+                                                  if (writer_.empty()) return close_with(nullptr);
                                                   close_with(make_system_error(
                                                       boost::system::errc::make_error_code(boost::system::errc::broken_pipe),
                                                       "the pipe's reader went away with data still buffered"));
                                                 }));
 }
 
-void WritePipeTransport::write(std::span<const std::byte> data) {
-  if (data.empty()) return;
-  buffer_and_write({&data, 1});
-}
+void WritePipeTransport::write(std::span<const std::byte> data) { write_buffers({&data, 1}); }
 
-void WritePipeTransport::writelines(std::span<const std::span<const std::byte>> buffers) {
-  buffer_and_write(buffers);
-}
+void WritePipeTransport::writelines(std::span<const std::span<const std::byte>> buffers) { write_buffers(buffers); }
 
-void WritePipeTransport::buffer_and_write(std::span<const std::span<const std::byte>> buffers) {
+void WritePipeTransport::write_buffers(std::span<const std::span<const std::byte>> buffers) {
   std::size_t total = 0;
   for (auto b : buffers) total += b.size();
   if (total == 0) return;
+  // After close() or write_eof() a pipe takes nothing more (asyncio).
   if (state_ != State::open) {
-    // After close() or write_eof() a pipe takes nothing more (asyncio).
-    if (++writes_after_close_ >= log_threshold_for_connlost_writes) {
-      loop_.log(LogLevel::warning, "pipe closed by peer or os.write(pipe, data) raised exception.");
-    }
-    return;
+    return late_writes_.drop(loop_, "pipe closed by peer or os.write(pipe, data) raised exception.");
   }
-  std::size_t written = 0;
-  if (buffer_.empty()) {
-    std::array<asio::const_buffer, WriteBuffer::max_gather> iov;
-    std::size_t count = 0;
-    for (auto b : buffers) {
-      if (count == iov.size()) break;
-      if (!b.empty()) iov[count++] = asio::const_buffer(b.data(), b.size());
-    }
-    boost::system::error_code ec;
-    written = pipe_.write_some(std::span(iov.data(), count), ec);
-    if (ec == asio::error::would_block || ec == asio::error::interrupted) {
-      written = 0;
-    } else if (ec) {
-      return fatal_error(ec);
-    }
-  }
-  for (auto b : buffers) {
-    const std::size_t skip = std::min(written, b.size());
-    written -= skip;
-    buffer_.append(b.subspan(skip));
-  }
-  if (buffer_.empty()) return;
-  arm_write();
-  if (flow_.should_pause(buffer_.size())) {
-    try {
-      protocol_->pause_writing();
-    } catch (...) {
-      loop_.call_exception_handler({"protocol.pause_writing() failed", std::current_exception(), shared_from_this(), protocol_});
-    }
-  }
+  writer_.write(buffers);
 }
 
-void WritePipeTransport::arm_write() {
-  if (write_armed_) return;
-  write_armed_ = true;
-  pipe_.async_wait(asio::posix::stream_descriptor::wait_write,
-                   [this, keep = self()](const boost::system::error_code& ec) { on_writable(ec); });
-}
-
-void WritePipeTransport::on_writable(const boost::system::error_code& ec) {
-  write_armed_ = false;
-  if (state_ >= State::lost || buffer_.empty() || ec == asio::error::operation_aborted) return;
-  if (ec) return fatal_error(ec);
-  boost::system::error_code write_ec;
-  const std::size_t n = pipe_.write_some(buffer_.gather(), write_ec);
-  if (write_ec == asio::error::would_block || write_ec == asio::error::interrupted) return arm_write();
-  if (write_ec) return fatal_error(write_ec);
-  buffer_.consume(n);
-  if (flow_.should_resume(buffer_.size())) {
-    try {
-      protocol_->resume_writing();
-    } catch (...) {
-      loop_.call_exception_handler({"protocol.resume_writing() failed", std::current_exception(), shared_from_this(), protocol_});
-    }
-    if (state_ >= State::lost) return;
-  }
-  if (!buffer_.empty()) return arm_write();
+void WritePipeTransport::on_write_drained() {
   if (state_ == State::closing) close_with(nullptr);
 }
 
 void WritePipeTransport::set_write_buffer_limits(std::optional<std::int64_t> high, std::optional<std::int64_t> low) {
-  flow_.set_limits(high, low);
-  if (flow_.should_pause(buffer_.size())) {
-    try {
-      protocol_->pause_writing();
-    } catch (...) {
-      loop_.call_exception_handler({"protocol.pause_writing() failed", std::current_exception(), shared_from_this(), protocol_});
-    }
-  }
+  writer_.set_limits(high, low);
 }
 
 void WritePipeTransport::write_eof() {
   if (state_ != State::open) return;
   state_ = State::closing;
-  if (buffer_.empty()) close_with(nullptr);
+  if (writer_.empty()) close_with(nullptr);
 }
 
 void WritePipeTransport::fatal_error(const boost::system::error_code& ec) {
@@ -361,20 +242,15 @@ void WritePipeTransport::fatal_error(const boost::system::error_code& ec) {
 void WritePipeTransport::close_with(std::exception_ptr exc) {
   if (state_ >= State::lost) return;
   state_ = State::lost;
-  buffer_.clear();
+  writer_.stop();
   watch_cancel_.emit(asio::cancellation_type::all);
   asio::post(pipe_.get_executor(), [this, keep = self(), exc] { call_connection_lost(exc); });
 }
 
 void WritePipeTransport::call_connection_lost(std::exception_ptr exc) {
   state_ = State::closed;
-  loop_.untrack(this);
-  try {
-    protocol_->connection_lost(exc);
-  } catch (...) {
-    loop_.call_exception_handler({"Exception in callback protocol.connection_lost()", std::current_exception(),
-                                  shared_from_this(), protocol_});
-  }
+  detail::LoopInternals::untrack(loop_, this);
+  protocol_.connection_lost(exc);
   boost::system::error_code ignored;
   pipe_.close(ignored);
   protocol_.reset();

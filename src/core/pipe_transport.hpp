@@ -8,11 +8,12 @@
 // pipe refuses writes with std::logic_error; a write pipe never reads).
 #pragma once
 
+#include "conduit/detail/protocol_guard.hpp"
 #include "conduit/event_loop.hpp"
 #include "conduit/transports.hpp"
-#include "conduit/write_buffer.hpp"
-#include "conduit/write_flow_control.hpp"
+#include "loop_internals.hpp"
 #include "read_pump.hpp"
+#include "stream_writer.hpp"
 
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -49,8 +50,8 @@ class ReadPipeTransport final : public Transport, private detail::LoopResource {
 
   bool is_closing() const override { return state_ != State::open; }
   void close() override;
-  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override;
-  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_; }
+  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override { protocol_.set(std::move(protocol)); }
+  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_.get(); }
 
   bool is_reading() const override { return state_ == State::open && !paused_; }
   void pause_reading() override;
@@ -85,8 +86,8 @@ class ReadPipeTransport final : public Transport, private detail::LoopResource {
 
   EventLoop& loop_;
   boost::asio::posix::stream_descriptor pipe_;
-  std::shared_ptr<BaseProtocol> protocol_;
-  Protocol* stream_protocol_ = nullptr;
+  detail::ProtocolGuard protocol_{loop_, *this, detail::ProtocolGuard::stream, "a read pipe transport",
+                                  [this](std::exception_ptr exc) { close_with(exc); }};
   State state_ = State::open;
   bool paused_ = false;
   detail::ReadPump<ReadPipeTransport, boost::asio::posix::stream_descriptor> reads_{*this, pipe_};
@@ -113,8 +114,8 @@ class WritePipeTransport final : public Transport, private detail::LoopResource 
 
   bool is_closing() const override { return state_ != State::open; }
   void close() override { write_eof(); }
-  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override;
-  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_; }
+  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override { protocol_.set(std::move(protocol)); }
+  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_.get(); }
 
   // The read half of a write pipe: never reads.
   bool is_reading() const override { return false; }
@@ -123,8 +124,8 @@ class WritePipeTransport final : public Transport, private detail::LoopResource 
 
   void set_write_buffer_limits(std::optional<std::int64_t> high,
                                std::optional<std::int64_t> low) override;
-  std::pair<std::size_t, std::size_t> get_write_buffer_limits() const override { return flow_.limits(); }
-  std::size_t get_write_buffer_size() const override { return buffer_.size(); }
+  std::pair<std::size_t, std::size_t> get_write_buffer_limits() const override { return writer_.limits(); }
+  std::size_t get_write_buffer_size() const override { return writer_.size(); }
   using WriteTransport::write;
   void write(std::span<const std::byte> data) override;
   using WriteTransport::writelines;
@@ -141,9 +142,10 @@ class WritePipeTransport final : public Transport, private detail::LoopResource 
 
   void on_loop_destroyed() override;
   std::shared_ptr<WritePipeTransport> self();
-  void buffer_and_write(std::span<const std::span<const std::byte>> buffers);
-  void arm_write();
-  void on_writable(const boost::system::error_code& ec);
+  void write_buffers(std::span<const std::span<const std::byte>> buffers);
+  friend class detail::StreamWriter<WritePipeTransport, boost::asio::posix::stream_descriptor>;
+  void on_write_error(const boost::system::error_code& ec) { fatal_error(ec); }
+  void on_write_drained();
   void watch_reader();
   void fatal_error(const boost::system::error_code& ec);
   void close_with(std::exception_ptr exc);
@@ -152,14 +154,14 @@ class WritePipeTransport final : public Transport, private detail::LoopResource 
   EventLoop& loop_;
   boost::asio::posix::stream_descriptor pipe_;
   detail::PipeKind kind_;
-  std::shared_ptr<BaseProtocol> protocol_;
+  detail::ProtocolGuard protocol_{loop_, *this, detail::ProtocolGuard::stream | detail::ProtocolGuard::buffered,
+                                  "a write pipe transport"};
   State state_ = State::open;
-  bool write_armed_ = false;
   // Cancels the reader watch alone when the transport closes.
   boost::asio::cancellation_signal watch_cancel_;
-  std::size_t writes_after_close_ = 0;
-  WriteBuffer buffer_;
-  WriteFlowControl flow_{WriteTransport::default_high_water};
+  detail::StreamWriter<WritePipeTransport, boost::asio::posix::stream_descriptor> writer_{
+      *this, pipe_, protocol_, WriteTransport::default_high_water};
+  detail::LateWrites late_writes_;
 };
 
 }  // namespace conduit

@@ -1,6 +1,7 @@
 #include "conduit/server.hpp"
 
 #include "completion.hpp"
+#include "loop_internals.hpp"
 #include "stream_transport.hpp"
 #include "tls_transport.hpp"
 

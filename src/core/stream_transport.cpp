@@ -16,10 +16,6 @@ namespace conduit {
 
 namespace {
 
-// asyncio's LOG_THRESHOLD_FOR_CONNLOST_WRITES: writes after the connection is
-// lost are dropped silently, then with a warning from this one on (SPEC S9).
-constexpr std::size_t log_threshold_for_connlost_writes = 5;
-
 std::exception_ptr make_system_error(const boost::system::error_code& ec, const char* what) {
   return std::make_exception_ptr(std::system_error(ec, what));
 }
@@ -46,8 +42,8 @@ StreamTransport<Socket>::StreamTransport(EventLoop& loop, Socket socket,
   }
   peername_ = endpoint_of(socket_, true);
   sockname_ = endpoint_of(socket_, false);
-  if (server_) server_->attach(this);
-  loop_.track(this);
+  if (server_) detail::ServerConnections::attach(*server_, this);
+  detail::LoopInternals::track(loop_, this);
 }
 
 template <class Socket>
@@ -59,8 +55,8 @@ StreamTransport<Socket>::~StreamTransport() {
               "unclosed transport " + (peername_ ? peername_->to_string() : std::string("<unconnected>")) +
                   ": closing its socket");
   }
-  if (server_) server_->detach(this);
-  if (state_ != State::closed) loop_.untrack(this);
+  if (server_) detail::ServerConnections::detach(*server_, this);
+  if (state_ != State::closed) detail::LoopInternals::untrack(loop_, this);
 }
 
 template <class Socket>
@@ -80,10 +76,8 @@ void StreamTransport<Socket>::release() {
   socket_.close(ignored);  // completes any pending wait with operation_aborted
   // Break the transport <-> protocol cycle, as asyncio does.
   protocol_.reset();
-  stream_protocol_ = nullptr;
-  buffered_protocol_ = nullptr;
   if (server_) {
-    server_->detach(this);
+    detail::ServerConnections::detach(*server_, this);
     server_.reset();
   }
 }
@@ -96,27 +90,11 @@ std::shared_ptr<StreamTransport<Socket>> StreamTransport<Socket>::self() {
 }
 
 template <class Socket>
-template <class Fn>
-std::exception_ptr StreamTransport<Socket>::call_protocol(const char* failure_message, Fn&& fn) {
-  try {
-    fn();
-    return nullptr;
-  } catch (...) {
-    std::exception_ptr exc = std::current_exception();
-    loop_.call_exception_handler({failure_message, exc, shared_from_this(), protocol_});
-    return exc;
-  }
-}
-
-template <class Socket>
 void StreamTransport<Socket>::start(std::shared_ptr<BaseProtocol> protocol) {
   set_protocol(std::move(protocol));
   asio::post(socket_.get_executor(), [this, keep = self()] {
     if (state_ == State::closed) return;
-    call_protocol("Exception in callback protocol.connection_made()", [&] {
-      if (stream_protocol_) stream_protocol_->connection_made(keep);
-      else buffered_protocol_->connection_made(keep);
-    });
+    protocol_.connection_made();
     if (is_reading()) reads_.start();
   });
 }
@@ -124,38 +102,29 @@ void StreamTransport<Socket>::start(std::shared_ptr<BaseProtocol> protocol) {
 template <class Socket>
 std::pair<Socket, std::shared_ptr<Server>> StreamTransport<Socket>::hand_over() {
   if (state_ != State::open) throw std::logic_error("start_tls: the transport is closing");
-  if (!buffer_.empty()) {
-    throw std::logic_error("start_tls: the transport still has " + std::to_string(buffer_.size()) +
+  if (!writer_.empty()) {
+    throw std::logic_error("start_tls: the transport still has " + std::to_string(writer_.size()) +
                            " bytes to write");
   }
   reads_.stop();
-  if (write_armed_) socket_.cancel();
+  if (writer_.armed()) socket_.cancel();
   state_ = State::closed;
-  loop_.untrack(this);
+  detail::LoopInternals::untrack(loop_, this);
   protocol_.reset();
-  stream_protocol_ = nullptr;
-  buffered_protocol_ = nullptr;
-  if (server_) server_->detach(this);
+  if (server_) detail::ServerConnections::detach(*server_, this);
   return {std::move(socket_), std::move(server_)};
 }
 
 template <class Socket>
 void StreamTransport<Socket>::set_protocol(std::shared_ptr<BaseProtocol> protocol) {
-  auto* stream = dynamic_cast<Protocol*>(protocol.get());
-  auto* buffered = dynamic_cast<BufferedProtocol*>(protocol.get());
-  if (!stream && !buffered) {
-    throw std::invalid_argument("set_protocol: a stream transport needs a Protocol or a BufferedProtocol");
-  }
-  protocol_ = std::move(protocol);
-  stream_protocol_ = stream;
-  buffered_protocol_ = stream ? nullptr : buffered;
+  protocol_.set(std::move(protocol));
 }
 
 // ---- reading --------------------------------------------------------------
 
 template <class Socket>
 auto StreamTransport<Socket>::read_once() -> ReadOutcome {
-  return buffered_protocol_ ? read_into_protocol_buffer() : read_into_loop_buffer();
+  return protocol_.is_buffered() ? read_into_protocol_buffer() : read_into_loop_buffer();
 }
 
 template <class Socket>
@@ -164,48 +133,31 @@ void StreamTransport<Socket>::on_read_wait_error(const boost::system::error_code
 }
 
 template <class Socket>
-auto StreamTransport<Socket>::read_into_loop_buffer() -> ReadOutcome {
-  std::span<std::byte> buffer = loop_.read_buffer();
-  boost::system::error_code ec;
-  std::size_t n = socket_.read_some(asio::buffer(buffer.data(), buffer.size()), ec);
+auto StreamTransport<Socket>::read_failed(const boost::system::error_code& ec) -> std::optional<ReadOutcome> {
+  if (!ec) return std::nullopt;
   if (ec == asio::error::would_block || ec == asio::error::interrupted) return ReadOutcome::would_block;
   if (ec == asio::error::eof) return on_eof();
-  if (ec) {
-    fatal_error(ec, "Fatal read error on socket transport");
-    return ReadOutcome::stopped;
-  }
-  if (auto exc = call_protocol("Fatal error: protocol.data_received() call failed.",
-                               [&] { stream_protocol_->data_received(buffer.first(n)); })) {
-    force_close(exc);
-    return ReadOutcome::stopped;
-  }
-  return ReadOutcome::data;
+  fatal_error(ec, "Fatal read error on socket transport");
+  return ReadOutcome::stopped;
+}
+
+template <class Socket>
+auto StreamTransport<Socket>::read_into_loop_buffer() -> ReadOutcome {
+  const std::span<std::byte> buffer = detail::LoopInternals::read_buffer(loop_);
+  boost::system::error_code ec;
+  const std::size_t n = socket_.read_some(asio::buffer(buffer.data(), buffer.size()), ec);
+  if (auto outcome = read_failed(ec)) return *outcome;
+  return protocol_.data_received(buffer.first(n)) ? ReadOutcome::data : ReadOutcome::stopped;
 }
 
 template <class Socket>
 auto StreamTransport<Socket>::read_into_protocol_buffer() -> ReadOutcome {
-  std::span<std::byte> buffer;
-  if (auto exc = call_protocol("Fatal error: protocol.get_buffer() call failed.", [&] {
-        buffer = buffered_protocol_->get_buffer(EventLoop::read_size);
-        if (buffer.empty()) throw std::runtime_error("get_buffer() returned an empty buffer");
-      })) {
-    force_close(exc);
-    return ReadOutcome::stopped;
-  }
+  const std::span<std::byte> buffer = protocol_.get_buffer(EventLoop::read_size);
+  if (buffer.empty()) return ReadOutcome::stopped;
   boost::system::error_code ec;
-  std::size_t n = socket_.read_some(asio::buffer(buffer.data(), buffer.size()), ec);
-  if (ec == asio::error::would_block || ec == asio::error::interrupted) return ReadOutcome::would_block;
-  if (ec == asio::error::eof) return on_eof();
-  if (ec) {
-    fatal_error(ec, "Fatal read error on socket transport");
-    return ReadOutcome::stopped;
-  }
-  if (auto exc = call_protocol("Fatal error: protocol.buffer_updated() call failed.",
-                               [&] { buffered_protocol_->buffer_updated(n); })) {
-    force_close(exc);
-    return ReadOutcome::stopped;
-  }
-  return ReadOutcome::data;
+  const std::size_t n = socket_.read_some(asio::buffer(buffer.data(), buffer.size()), ec);
+  if (auto outcome = read_failed(ec)) return *outcome;
+  return protocol_.buffer_updated(n) ? ReadOutcome::data : ReadOutcome::stopped;
 }
 
 template <class Socket>
@@ -213,15 +165,8 @@ auto StreamTransport<Socket>::on_eof() -> ReadOutcome {
   // Leave the reading state before calling out, so nothing can read again
   // even if the protocol pauses and resumes (SPEC S6).
   read_state_ = ReadState::at_eof;
-  bool keep_open = false;
-  if (auto exc = call_protocol("Fatal error: protocol.eof_received() call failed.", [&] {
-        keep_open = stream_protocol_ ? stream_protocol_->eof_received()
-                                     : buffered_protocol_->eof_received();
-      })) {
-    force_close(exc);
-    return ReadOutcome::stopped;
-  }
-  if (!keep_open) close();
+  const std::optional<bool> keep_open = protocol_.eof_received();
+  if (keep_open == false) close();
   return ReadOutcome::stopped;
 }
 
@@ -242,91 +187,36 @@ void StreamTransport<Socket>::resume_reading() {
 // ---- writing --------------------------------------------------------------
 
 template <class Socket>
-bool StreamTransport<Socket>::refuse_write_when_lost() {
-  if (state_ < State::lost) return false;
-  if (++writes_after_lost_ >= log_threshold_for_connlost_writes) {
-    loop_.log(LogLevel::warning, "socket.send() raised exception.");
-  }
-  return true;
+void StreamTransport<Socket>::check_writable(const char* call) const {
+  if (eof_requested_) throw std::logic_error(std::string("Cannot call ") + call + "() after write_eof()");
+  if (sendfile_) throw std::logic_error("unable to write; sendfile is in progress");
 }
 
 template <class Socket>
 void StreamTransport<Socket>::write(std::span<const std::byte> data) {
-  if (eof_requested_) throw std::logic_error("Cannot call write() after write_eof()");
-  if (sendfile_) throw std::logic_error("unable to write; sendfile is in progress");
-  if (data.empty() || refuse_write_when_lost()) return;
-  buffer_and_send({&data, 1});
+  check_writable("write");
+  if (data.empty()) return;
+  if (state_ >= State::lost) return late_writes_.drop(loop_, "socket.send() raised exception.");
+  writer_.write({&data, 1});
 }
 
 template <class Socket>
 void StreamTransport<Socket>::writelines(std::span<const std::span<const std::byte>> buffers) {
-  if (eof_requested_) throw std::logic_error("Cannot call writelines() after write_eof()");
-  if (sendfile_) throw std::logic_error("unable to write; sendfile is in progress");
+  check_writable("writelines");
   std::size_t total = 0;
   for (auto b : buffers) total += b.size();
-  if (total == 0 || refuse_write_when_lost()) return;
-  buffer_and_send(buffers);
+  if (total == 0) return;
+  if (state_ >= State::lost) return late_writes_.drop(loop_, "socket.send() raised exception.");
+  writer_.write(buffers);
 }
 
 template <class Socket>
-void StreamTransport<Socket>::buffer_and_send(std::span<const std::span<const std::byte>> buffers) {
-  std::size_t sent = 0;
-  if (buffer_.empty()) {
-    // Try the kernel first, straight from the caller's memory, in one
-    // gather write: only what it does not take gets copied (SPEC S7).
-    std::array<asio::const_buffer, WriteBuffer::max_gather> iov;
-    std::size_t count = 0;
-    for (auto b : buffers) {
-      if (count == iov.size()) break;
-      if (!b.empty()) iov[count++] = asio::const_buffer(b.data(), b.size());
-    }
-    boost::system::error_code ec;
-    sent = socket_.send(std::span(iov.data(), count), 0, ec);
-    if (ec == asio::error::would_block || ec == asio::error::interrupted) {
-      sent = 0;
-    } else if (ec) {
-      return fatal_error(ec, "Fatal write error on socket transport");
-    }
-  }
-  for (auto b : buffers) {
-    const std::size_t skip = std::min(sent, b.size());
-    sent -= skip;
-    buffer_.append(b.subspan(skip));
-  }
-  if (!buffer_.empty()) {
-    arm_write();
-    maybe_pause_protocol();
-  }
+void StreamTransport<Socket>::on_write_error(const boost::system::error_code& ec) {
+  fatal_error(ec, "Fatal write error on socket transport");
 }
 
 template <class Socket>
-void StreamTransport<Socket>::arm_write() {
-  if (write_armed_) return;
-  write_armed_ = true;
-  socket_.async_wait(Socket::wait_write, [this, keep = self()](const boost::system::error_code& ec) {
-    on_writable(ec);
-  });
-}
-
-template <class Socket>
-void StreamTransport<Socket>::on_writable(const boost::system::error_code& ec) {
-  write_armed_ = false;
-  if (state_ >= State::lost || buffer_.empty()) return;
-  if (ec) {
-    if (ec != asio::error::operation_aborted) fatal_error(ec, "Fatal write error on socket transport");
-    return;
-  }
-  boost::system::error_code send_ec;
-  std::size_t n = socket_.send(buffer_.gather(), 0, send_ec);
-  if (send_ec == asio::error::would_block || send_ec == asio::error::interrupted) return arm_write();
-  if (send_ec) {
-    buffer_.clear();
-    return fatal_error(send_ec, "Fatal write error on socket transport");
-  }
-  buffer_.consume(n);
-  maybe_resume_protocol();  // the protocol may write, close or abort here
-  if (state_ >= State::lost) return;
-  if (!buffer_.empty()) return arm_write();
+void StreamTransport<Socket>::on_write_drained() {
   if (sendfile_) return sendfile_step();  // it was waiting for the buffer to drain
   if (state_ == State::closing) post_connection_lost(nullptr);
   else if (eof_requested_) shutdown_write();
@@ -336,7 +226,7 @@ template <class Socket>
 void StreamTransport<Socket>::write_eof() {
   if (state_ != State::open || eof_requested_) return;
   eof_requested_ = true;
-  if (buffer_.empty()) shutdown_write();
+  if (writer_.empty()) shutdown_write();
 }
 
 template <class Socket>
@@ -350,22 +240,7 @@ void StreamTransport<Socket>::shutdown_write() {
 template <class Socket>
 void StreamTransport<Socket>::set_write_buffer_limits(std::optional<std::int64_t> high,
                                                       std::optional<std::int64_t> low) {
-  flow_.set_limits(high, low);
-  maybe_pause_protocol();  // never resumes here (SPEC F6)
-}
-
-template <class Socket>
-void StreamTransport<Socket>::maybe_pause_protocol() {
-  if (flow_.should_pause(buffer_.size())) {
-    call_protocol("protocol.pause_writing() failed", [&] { protocol_->pause_writing(); });
-  }
-}
-
-template <class Socket>
-void StreamTransport<Socket>::maybe_resume_protocol() {
-  if (flow_.should_resume(buffer_.size())) {
-    call_protocol("protocol.resume_writing() failed", [&] { protocol_->resume_writing(); });
-  }
+  writer_.set_limits(high, low);
 }
 
 // ---- closing --------------------------------------------------------------
@@ -375,7 +250,7 @@ void StreamTransport<Socket>::close() {
   if (state_ != State::open) return;
   state_ = State::closing;
   reads_.stop();
-  if (buffer_.empty()) post_connection_lost(nullptr);
+  if (writer_.empty()) post_connection_lost(nullptr);
 }
 
 template <class Socket>
@@ -394,7 +269,6 @@ void StreamTransport<Socket>::fatal_error(const boost::system::error_code& ec, c
 template <class Socket>
 void StreamTransport<Socket>::force_close(std::exception_ptr exc) {
   if (state_ >= State::lost) return;
-  buffer_.clear();
   reads_.stop();
   post_connection_lost(std::move(exc));
 }
@@ -402,6 +276,7 @@ void StreamTransport<Socket>::force_close(std::exception_ptr exc) {
 template <class Socket>
 void StreamTransport<Socket>::post_connection_lost(std::exception_ptr exc) {
   state_ = State::lost;
+  writer_.stop();
   asio::post(socket_.get_executor(),
              [this, keep = self(), exc = std::move(exc)] { call_connection_lost(exc); });
 }
@@ -409,9 +284,8 @@ void StreamTransport<Socket>::post_connection_lost(std::exception_ptr exc) {
 template <class Socket>
 void StreamTransport<Socket>::call_connection_lost(std::exception_ptr exc) {
   state_ = State::closed;
-  loop_.untrack(this);
-  call_protocol("Exception in callback protocol.connection_lost()",
-                [&] { protocol_->connection_lost(exc); });
+  detail::LoopInternals::untrack(loop_, this);
+  protocol_.connection_lost(exc);
   release();
 }
 
@@ -435,7 +309,7 @@ void StreamTransport<Socket>::send_file(int file, std::uint64_t offset, std::opt
   const bool was_reading = is_reading();
   pause_reading();  // as asyncio: nothing arrives while the file goes out
   sendfile_ = SendfileJob{file, offset, count, 0, was_reading, std::move(done)};
-  if (buffer_.empty()) {
+  if (writer_.empty()) {
     asio::post(socket_.get_executor(), [this, keep = self()] {
       if (sendfile_) sendfile_step();
     });

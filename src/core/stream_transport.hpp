@@ -3,11 +3,12 @@
 // instantiated in stream_transport.cpp.
 #pragma once
 
+#include "conduit/detail/protocol_guard.hpp"
 #include "conduit/event_loop.hpp"
 #include "conduit/transports.hpp"
-#include "conduit/write_buffer.hpp"
-#include "conduit/write_flow_control.hpp"
+#include "loop_internals.hpp"
 #include "read_pump.hpp"
+#include "stream_writer.hpp"
 
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -62,7 +63,7 @@ class StreamTransport final : public Transport, private detail::LoopResource {
   bool is_closing() const override { return state_ != State::open; }
   void close() override;
   void set_protocol(std::shared_ptr<BaseProtocol> protocol) override;
-  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_; }
+  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_.get(); }
 
   bool is_reading() const override {
     return state_ == State::open && read_state_ == ReadState::reading;
@@ -73,9 +74,9 @@ class StreamTransport final : public Transport, private detail::LoopResource {
   void set_write_buffer_limits(std::optional<std::int64_t> high,
                                std::optional<std::int64_t> low) override;
   std::pair<std::size_t, std::size_t> get_write_buffer_limits() const override {
-    return flow_.limits();
+    return writer_.limits();
   }
-  std::size_t get_write_buffer_size() const override { return buffer_.size(); }
+  std::size_t get_write_buffer_size() const override { return writer_.size(); }
   using WriteTransport::write;
   void write(std::span<const std::byte> data) override;
   using WriteTransport::writelines;
@@ -121,38 +122,33 @@ class StreamTransport final : public Transport, private detail::LoopResource {
   void on_read_wait_error(const boost::system::error_code& ec);
   ReadOutcome read_into_loop_buffer();
   ReadOutcome read_into_protocol_buffer();
+  /// What a read that got `n` bytes or `ec` means.
+  std::optional<ReadOutcome> read_failed(const boost::system::error_code& ec);
   ReadOutcome on_eof();
-  void arm_write();
-  void on_writable(const boost::system::error_code& ec);
+  friend class detail::StreamWriter<StreamTransport, Socket>;
+  void on_write_error(const boost::system::error_code& ec);
+  void on_write_drained();
+  void check_writable(const char* call) const;
   void shutdown_write();
-  bool refuse_write_when_lost();
-  void buffer_and_send(std::span<const std::span<const std::byte>> buffers);
-  void maybe_pause_protocol();
-  void maybe_resume_protocol();
   void fatal_error(const boost::system::error_code& ec, const char* message);
   void force_close(std::exception_ptr exc);
   void post_connection_lost(std::exception_ptr exc);
   void call_connection_lost(std::exception_ptr exc);
-  template <class Fn>
-  std::exception_ptr call_protocol(const char* failure_message, Fn&& fn);
 
   EventLoop& loop_;
   Socket socket_;
   std::shared_ptr<Server> server_;
-  std::shared_ptr<BaseProtocol> protocol_;
-  Protocol* stream_protocol_ = nullptr;        // protocol_ as a Protocol, or null
-  BufferedProtocol* buffered_protocol_ = nullptr;  // protocol_ as a BufferedProtocol, or null
+  detail::ProtocolGuard protocol_{loop_, *this, detail::ProtocolGuard::stream | detail::ProtocolGuard::buffered,
+                                  "a stream transport", [this](std::exception_ptr exc) { force_close(exc); }};
   State state_ = State::open;
   ReadState read_state_ = ReadState::reading;
   // Cancels just its own wait (socket.cancel() would take the write wait
   // too), so a paused or closing transport holds no pending read.
   detail::ReadPump<StreamTransport, Socket> reads_{*this, socket_};
-  bool write_armed_ = false;    // an async_wait for writability is pending
+  detail::StreamWriter<StreamTransport, Socket> writer_{*this, socket_, protocol_, WriteTransport::default_high_water};
+  detail::LateWrites late_writes_;
   bool eof_requested_ = false;  // write_eof() was called
-  std::size_t writes_after_lost_ = 0;
-  WriteBuffer buffer_;
   std::optional<SendfileJob> sendfile_;
-  WriteFlowControl flow_{WriteTransport::default_high_water};
   std::optional<SocketAddress> peername_;
   std::optional<SocketAddress> sockname_;
 };

@@ -55,6 +55,10 @@ class ChildStdinProtocol final : public Protocol {
   std::shared_ptr<ChildProcessTransport> owner_;
 };
 
+// What asyncio reports when the child's status is lost (it was reaped
+// elsewhere, e.g. with SIGCHLD set to SIG_IGN).
+constexpr int unknown_returncode = 255;
+
 int return_code_of(int status) {
   if (WIFSIGNALED(status)) return -WTERMSIG(status);
   return WEXITSTATUS(status);
@@ -73,11 +77,12 @@ ChildProcessTransport::ChildProcessTransport(EventLoop& loop, int pid, int pidfd
       stdin_pipe_(std::move(stdin_pipe)),
       output_pipes_{std::move(stdout_pipe), std::move(stderr_pipe)} {
   pipe_open_ = {stdin_pipe_ != nullptr, output_pipes_[0] != nullptr, output_pipes_[1] != nullptr};
-  loop_.track(this);
+  if (!stdin_pipe_ && !output_pipes_[0] && !output_pipes_[1]) state_ = State::pipes_done;
+  detail::LoopInternals::track(loop_, this);
 }
 
 ChildProcessTransport::~ChildProcessTransport() {
-  if (!finished_) loop_.untrack(this);
+  if (state_ != State::finished) detail::LoopInternals::untrack(loop_, this);
 }
 
 void ChildProcessTransport::on_loop_destroyed() {
@@ -85,7 +90,7 @@ void ChildProcessTransport::on_loop_destroyed() {
   // killed and reaped here (it dies at once; this wait is short), and what
   // it left in its group goes too.
   kill_process_group();
-  finished_ = true;
+  state_ = State::finished;
   if (!returncode_) {
     kill_running_child();
     int status = 0;
@@ -98,27 +103,10 @@ void ChildProcessTransport::on_loop_destroyed() {
   stdin_pipe_.reset();
   output_pipes_ = {};
   protocol_.reset();
-  subprocess_protocol_ = nullptr;
 }
 
 std::shared_ptr<ChildProcessTransport> ChildProcessTransport::self() {
   return std::shared_ptr<ChildProcessTransport>(shared_from_this(), this);
-}
-
-template <class Fn>
-void ChildProcessTransport::call_protocol(const char* what, Fn&& fn) {
-  try {
-    fn();
-  } catch (...) {
-    loop_.call_exception_handler({what, std::current_exception(), shared_from_this(), protocol_});
-  }
-}
-
-void ChildProcessTransport::set_protocol(std::shared_ptr<BaseProtocol> protocol) {
-  auto* typed = dynamic_cast<SubprocessProtocol*>(protocol.get());
-  if (!typed) throw std::invalid_argument("set_protocol: a subprocess transport needs a SubprocessProtocol");
-  protocol_ = std::move(protocol);
-  subprocess_protocol_ = typed;
 }
 
 void ChildProcessTransport::start(std::shared_ptr<SubprocessProtocol> protocol) {
@@ -132,9 +120,8 @@ void ChildProcessTransport::start(std::shared_ptr<SubprocessProtocol> protocol) 
     }
   }
   asio::post(loop_.get_executor(), [this, keep = self()] {
-    if (finished_) return;
-    call_protocol("Exception in callback protocol.connection_made()",
-                  [&] { subprocess_protocol_->connection_made(keep); });
+    if (state_ == State::finished) return;
+    protocol_.connection_made();
     watch_exit();
   });
 }
@@ -157,56 +144,59 @@ void ChildProcessTransport::on_exit_signalled() {
   if (r == 0) return watch_exit();  // not yet: a spurious wake-up
   // r < 0 (ECHILD) only if someone else reaped it, e.g. SIGCHLD set to
   // SIG_IGN; its status is lost then.
-  returncode_ = r > 0 ? return_code_of(status) : 255;
+  returncode_ = r > 0 ? return_code_of(status) : unknown_returncode;
   boost::system::error_code ignored;
   pidfd_.close(ignored);
-  call_protocol("Exception in callback protocol.process_exited()", [&] { subprocess_protocol_->process_exited(); });
-  try_finish();
+  protocol_.process_exited();
+  advance();
 }
 
 void ChildProcessTransport::on_pipe_data(int fd, std::span<const std::byte> data) {
-  if (!subprocess_protocol_) return;
-  call_protocol("Exception in callback protocol.pipe_data_received()",
-                [&] { subprocess_protocol_->pipe_data_received(fd, data); });
+  if (protocol_) protocol_.pipe_data_received(fd, data);
 }
 
 void ChildProcessTransport::on_pipe_lost(int fd, std::exception_ptr exc) {
   pipe_open_[static_cast<std::size_t>(fd)] = false;
-  if (!subprocess_protocol_) return;
-  call_protocol("Exception in callback protocol.pipe_connection_lost()",
-                [&] { subprocess_protocol_->pipe_connection_lost(fd, exc); });
-  try_finish();
+  if (!protocol_) return;
+  protocol_.pipe_connection_lost(fd, exc);
+  advance();
 }
 
-void ChildProcessTransport::on_stdin_pause() {
-  call_protocol("protocol.pause_writing() failed", [&] { protocol_->pause_writing(); });
-}
+void ChildProcessTransport::on_stdin_pause() { protocol_.pause_writing(); }
 
-void ChildProcessTransport::on_stdin_resume() {
-  call_protocol("protocol.resume_writing() failed", [&] { protocol_->resume_writing(); });
-}
+void ChildProcessTransport::on_stdin_resume() { protocol_.resume_writing(); }
 
-void ChildProcessTransport::try_finish() {
-  if (finished_ || !returncode_) return;
-  for (bool open : pipe_open_) {
-    if (open) return;
+void ChildProcessTransport::advance() {
+  const bool pipes_open = pipe_open_[0] || pipe_open_[1] || pipe_open_[2];
+  switch (state_) {
+    case State::running:
+      if (returncode_) state_ = pipes_open ? State::exited : State::finished;
+      else if (!pipes_open) state_ = State::pipes_done;
+      break;
+    case State::exited:
+      if (!pipes_open) state_ = State::finished;
+      break;
+    case State::pipes_done:
+      if (returncode_) state_ = State::finished;
+      break;
+    case State::finished: return;
   }
-  finished_ = true;
-  asio::post(loop_.get_executor(), [this, keep = self()] { call_connection_lost(); });
+  if (state_ == State::finished) {
+    asio::post(loop_.get_executor(), [this, keep = self()] { call_connection_lost(); });
+  }
 }
 
 void ChildProcessTransport::call_connection_lost() {
-  loop_.untrack(this);
-  call_protocol("Exception in callback protocol.connection_lost()", [&] { protocol_->connection_lost(nullptr); });
+  detail::LoopInternals::untrack(loop_, this);
+  protocol_.connection_lost(nullptr);
   stdin_pipe_.reset();
   output_pipes_ = {};
   protocol_.reset();
-  subprocess_protocol_ = nullptr;
 }
 
 void ChildProcessTransport::close() {
-  if (closed_) return;
-  closed_ = true;
+  if (close_called_) return;
+  close_called_ = true;
   if (stdin_pipe_) stdin_pipe_->close();
   for (auto& pipe : output_pipes_) {
     if (pipe) pipe->close();
@@ -229,11 +219,11 @@ void ChildProcessTransport::kill_process_group() {
   // back (as another group's leader) after a wrap of the pid space, so the
   // group is killed only until the transport finishes: while a pipe is
   // still open, which is what a descendant left in the group holds.
-  if (own_process_group_ && !finished_) ::kill(-pid_, SIGKILL);
+  if (own_process_group_ && state_ != State::finished) ::kill(-pid_, SIGKILL);
 }
 
 void ChildProcessTransport::send_signal(int signal) {
-  if (closed_) throw std::system_error(ESRCH, std::generic_category(), "ProcessLookupError: the transport is closed");
+  if (close_called_) throw std::system_error(ESRCH, std::generic_category(), "ProcessLookupError: the transport is closed");
   if (returncode_) return;  // exited and reaped: the pid may be another process's now
   if (::kill(pid_, signal) != 0) {
     throw std::system_error(errno, std::generic_category(), "kill(" + std::to_string(pid_) + ", " + std::to_string(signal) + ")");

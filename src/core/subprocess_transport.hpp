@@ -5,6 +5,7 @@
 // the loop's subprocess_exec.
 #pragma once
 
+#include "conduit/detail/protocol_guard.hpp"
 #include "conduit/event_loop.hpp"
 #include "conduit/transports.hpp"
 #include "pipe_transport.hpp"
@@ -24,10 +25,10 @@ namespace conduit {
 ///
 /// process_exited() is called on the exit, pipe_connection_lost(fd) as each
 /// pipe closes, and connection_lost(nullptr) once, on reaching "finished"
-/// (SPEC X4). close() closes the pipes, kills a running child and, with a
-/// process group of its own, everything left in that group, exited child
-/// or not; the callbacks still follow as the pipes close and the child is
-/// reaped.
+/// (SPEC X4). close() (in any state: is_closing() from then on) closes the
+/// pipes, kills a running child and, with a process group of its own,
+/// everything left in that group, exited child or not; the callbacks still
+/// follow as the pipes close and the child is reaped.
 class ChildProcessTransport final : public SubprocessTransport, private detail::LoopResource {
  public:
   /// Takes the spawned child `pid`, its `pidfd`, and its pipes (null where
@@ -41,10 +42,10 @@ class ChildProcessTransport final : public SubprocessTransport, private detail::
   /// Connect the pipes, then post connection_made and watch for the exit.
   void start(std::shared_ptr<SubprocessProtocol> protocol);
 
-  bool is_closing() const override { return closed_; }
+  bool is_closing() const override { return close_called_; }
   void close() override;
-  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override;
-  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_; }
+  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override { protocol_.set(std::move(protocol)); }
+  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_.get(); }
 
   int get_pid() const override { return pid_; }
   std::shared_ptr<Transport> get_pipe_transport(int fd) const override;
@@ -61,16 +62,22 @@ class ChildProcessTransport final : public SubprocessTransport, private detail::
   std::any extra_info(std::string_view name) const override;
 
  private:
+  enum class State {
+    running,     // the child runs and a pipe is open
+    exited,      // the child was reaped (returncode_ is set); a pipe is open
+    pipes_done,  // every pipe closed; the child runs
+    finished,    // exited and every pipe closed: connection_lost is posted or done
+  };
+
   void on_loop_destroyed() override;
   std::shared_ptr<ChildProcessTransport> self();
   void watch_exit();
   void on_exit_signalled();
   void kill_running_child();
   void kill_process_group();
-  void try_finish();
+  /// Move along the diagram after an exit or the last pipe's close.
+  void advance();
   void call_connection_lost();
-  template <class Fn>
-  void call_protocol(const char* what, Fn&& fn);
 
   EventLoop& loop_;
   int pid_;
@@ -79,11 +86,10 @@ class ChildProcessTransport final : public SubprocessTransport, private detail::
   std::shared_ptr<WritePipeTransport> stdin_pipe_;
   std::array<std::shared_ptr<ReadPipeTransport>, 2> output_pipes_;  // fds 1 and 2
   std::array<bool, 3> pipe_open_{};  // a pipe whose connection_lost has not come yet
-  std::shared_ptr<BaseProtocol> protocol_;
-  SubprocessProtocol* subprocess_protocol_ = nullptr;
+  detail::ProtocolGuard protocol_{loop_, *this, detail::ProtocolGuard::subprocess, "a subprocess transport"};
+  State state_ = State::running;
   std::optional<int> returncode_;  // set when reaped
-  bool closed_ = false;            // close() was called
-  bool finished_ = false;          // connection_lost is posted or done
+  bool close_called_ = false;      // close() was called (orthogonal to state_)
 };
 
 }  // namespace conduit

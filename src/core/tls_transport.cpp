@@ -28,7 +28,6 @@ namespace {
 
 namespace ssl = asio::ssl;
 
-constexpr std::size_t log_threshold_for_connlost_writes = 5;
 // One TLS record carries at most 16 KiB of plaintext; a read returns at most one.
 constexpr std::size_t tls_read_size = 16 * 1024;
 
@@ -179,8 +178,8 @@ TlsTransport::TlsTransport(EventLoop& loop, asio::ip::tcp::socket socket, TlsOpt
       SSL_ctrl(handle, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name, const_cast<char*>(name.c_str()));
     }
   }
-  if (server_) server_->attach(this);
-  loop_.track(this);
+  if (server_) detail::ServerConnections::attach(*server_, this);
+  detail::LoopInternals::track(loop_, this);
 }
 
 TlsTransport::~TlsTransport() {
@@ -188,8 +187,8 @@ TlsTransport::~TlsTransport() {
     loop_.log(LogLevel::warning, "unclosed TLS transport " + (peername_ ? peername_->to_string() : std::string()) +
                                      ": closing its socket");
   }
-  if (server_) server_->detach(this);
-  if (state_ != State::closed) loop_.untrack(this);
+  if (server_) detail::ServerConnections::detach(*server_, this);
+  if (state_ != State::closed) detail::LoopInternals::untrack(loop_, this);
 }
 
 void TlsTransport::on_loop_destroyed() {
@@ -202,27 +201,13 @@ void TlsTransport::release() {
   timer_.cancel();
   stream_.next_layer().close(ignored);
   protocol_.reset();
-  stream_protocol_ = nullptr;
-  buffered_protocol_ = nullptr;
   if (server_) {
-    server_->detach(this);
+    detail::ServerConnections::detach(*server_, this);
     server_.reset();
   }
 }
 
 std::shared_ptr<TlsTransport> TlsTransport::self() { return std::shared_ptr<TlsTransport>(shared_from_this(), this); }
-
-template <class Fn>
-std::exception_ptr TlsTransport::call_protocol(const char* failure_message, Fn&& fn) {
-  try {
-    fn();
-    return nullptr;
-  } catch (...) {
-    std::exception_ptr exc = std::current_exception();
-    loop_.call_exception_handler({failure_message, exc, shared_from_this(), protocol_});
-    return exc;
-  }
-}
 
 asio::awaitable<void> TlsTransport::handshake() {
   if (options_.handshake_timeout.count() <= 0 || options_.shutdown_timeout.count() <= 0) {
@@ -263,7 +248,7 @@ asio::awaitable<void> TlsTransport::handshake() {
 void TlsTransport::discard() {
   if (state_ == State::closed) return;
   state_ = State::closed;
-  loop_.untrack(this);
+  detail::LoopInternals::untrack(loop_, this);
   release();
 }
 
@@ -271,38 +256,18 @@ void TlsTransport::start(std::shared_ptr<BaseProtocol> protocol, bool call_conne
   set_protocol(std::move(protocol));
   asio::post(loop_.get_executor(), [this, keep = self(), call_connection_made] {
     if (state_ == State::closed) return;
-    if (call_connection_made) {
-      call_protocol("Exception in callback protocol.connection_made()", [&] {
-        if (stream_protocol_) stream_protocol_->connection_made(keep);
-        else buffered_protocol_->connection_made(keep);
-      });
-    }
+    if (call_connection_made) protocol_.connection_made();
     read_next();
   });
-}
-
-void TlsTransport::set_protocol(std::shared_ptr<BaseProtocol> protocol) {
-  auto* stream = dynamic_cast<Protocol*>(protocol.get());
-  auto* buffered = dynamic_cast<BufferedProtocol*>(protocol.get());
-  if (!stream && !buffered) {
-    throw std::invalid_argument("set_protocol: a TLS transport needs a Protocol or a BufferedProtocol");
-  }
-  protocol_ = std::move(protocol);
-  stream_protocol_ = stream;
-  buffered_protocol_ = stream ? nullptr : buffered;
 }
 
 // ---- reading --------------------------------------------------------------
 
 void TlsTransport::read_next() {
   if (read_in_flight_ || held_ || !is_reading()) return;
-  if (buffered_protocol_) {
-    if (auto exc = call_protocol("Fatal error: protocol.get_buffer() call failed.", [&] {
-          read_target_ = buffered_protocol_->get_buffer(tls_read_size);
-          if (read_target_.empty()) throw std::runtime_error("get_buffer() returned an empty buffer");
-        })) {
-      return force_close(exc);
-    }
+  if (protocol_.is_buffered()) {
+    read_target_ = protocol_.get_buffer(tls_read_size);
+    if (read_target_.empty()) return;  // it threw: the transport is closed
   } else {
     if (read_buffer_.empty()) read_buffer_.resize(tls_read_size);
     read_target_ = read_buffer_;
@@ -334,27 +299,16 @@ void TlsTransport::on_read(const boost::system::error_code& ec, std::size_t n) {
 
 void TlsTransport::deliver(std::size_t n) {
   if (n == 0) return;
-  if (buffered_protocol_) {
-    if (auto exc = call_protocol("Fatal error: protocol.buffer_updated() call failed.",
-                                 [&] { buffered_protocol_->buffer_updated(n); })) {
-      force_close(exc);
-    }
-  } else if (auto exc = call_protocol("Fatal error: protocol.data_received() call failed.",
-                                      [&] { stream_protocol_->data_received(read_target_.first(n)); })) {
-    force_close(exc);
-  }
+  if (protocol_.is_buffered()) protocol_.buffer_updated(n);
+  else protocol_.data_received(read_target_.first(n));
 }
 
 void TlsTransport::on_eof() {
   at_eof_ = true;
-  bool keep_open = false;
-  if (auto exc = call_protocol("Fatal error: protocol.eof_received() call failed.", [&] {
-        keep_open = stream_protocol_ ? stream_protocol_->eof_received() : buffered_protocol_->eof_received();
-      })) {
-    return force_close(exc);
-  }
+  const std::optional<bool> keep_open = protocol_.eof_received();
+  if (!keep_open) return;  // it threw: the transport is closed
   // TLS cannot stay half-open (SPEC T3).
-  if (keep_open) loop_.log(LogLevel::warning, "returning true from eof_received() has no effect when using ssl");
+  if (*keep_open) loop_.log(LogLevel::warning, "returning true from eof_received() has no effect when using ssl");
   close();
 }
 
@@ -383,13 +337,8 @@ void TlsTransport::writelines(std::span<const std::span<const std::byte>> buffer
   std::size_t total = 0;
   for (auto b : buffers) total += b.size();
   if (total == 0) return;
-  if (state_ != State::open) {
-    // After close() a TLS transport takes nothing more (sslproto).
-    if (++writes_after_close_ >= log_threshold_for_connlost_writes) {
-      loop_.log(LogLevel::warning, "SSL connection is closed");
-    }
-    return;
-  }
+  // After close() a TLS transport takes nothing more (sslproto).
+  if (state_ != State::open) return late_writes_.drop(loop_, "SSL connection is closed");
   for (auto b : buffers) queued_.append(b);
   write_next();
   maybe_pause_protocol();
@@ -427,15 +376,11 @@ void TlsTransport::set_write_buffer_limits(std::optional<std::int64_t> high, std
 }
 
 void TlsTransport::maybe_pause_protocol() {
-  if (flow_.should_pause(get_write_buffer_size())) {
-    call_protocol("protocol.pause_writing() failed", [&] { protocol_->pause_writing(); });
-  }
+  if (flow_.should_pause(get_write_buffer_size())) protocol_.pause_writing();
 }
 
 void TlsTransport::maybe_resume_protocol() {
-  if (flow_.should_resume(get_write_buffer_size())) {
-    call_protocol("protocol.resume_writing() failed", [&] { protocol_->resume_writing(); });
-  }
+  if (flow_.should_resume(get_write_buffer_size())) protocol_.resume_writing();
 }
 
 // ---- closing --------------------------------------------------------------
@@ -491,8 +436,8 @@ void TlsTransport::post_connection_lost(std::exception_ptr exc) {
 
 void TlsTransport::call_connection_lost(std::exception_ptr exc) {
   state_ = State::closed;
-  loop_.untrack(this);
-  call_protocol("Exception in callback protocol.connection_lost()", [&] { protocol_->connection_lost(exc); });
+  detail::LoopInternals::untrack(loop_, this);
+  protocol_.connection_lost(exc);
   release();
 }
 

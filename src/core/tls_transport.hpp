@@ -3,11 +3,14 @@
 // contexts of conduit/tls.hpp.
 #pragma once
 
+#include "conduit/detail/protocol_guard.hpp"
+#include "conduit/detail/write_flow_control.hpp"
 #include "conduit/event_loop.hpp"
 #include "conduit/tls.hpp"
 #include "conduit/transports.hpp"
-#include "conduit/write_buffer.hpp"
-#include "conduit/write_flow_control.hpp"
+#include "loop_internals.hpp"
+#include "stream_writer.hpp"
+#include "write_buffer.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/cancellation_signal.hpp>
@@ -61,8 +64,8 @@ class TlsTransport final : public Transport, private detail::LoopResource {
 
   bool is_closing() const override { return state_ != State::open; }
   void close() override;
-  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override;
-  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_; }
+  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override { protocol_.set(std::move(protocol)); }
+  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_.get(); }
 
   bool is_reading() const override { return state_ == State::open && !paused_ && !at_eof_; }
   void pause_reading() override;
@@ -105,8 +108,6 @@ class TlsTransport final : public Transport, private detail::LoopResource {
   void force_close(std::exception_ptr exc);
   void post_connection_lost(std::exception_ptr exc);
   void call_connection_lost(std::exception_ptr exc);
-  template <class Fn>
-  std::exception_ptr call_protocol(const char* failure_message, Fn&& fn);
 
   EventLoop& loop_;
   TlsOptions options_;
@@ -114,9 +115,8 @@ class TlsTransport final : public Transport, private detail::LoopResource {
   bool server_side_;
   std::shared_ptr<Server> server_;
   boost::asio::steady_timer timer_;  // handshake, then shutdown bound
-  std::shared_ptr<BaseProtocol> protocol_;
-  Protocol* stream_protocol_ = nullptr;
-  BufferedProtocol* buffered_protocol_ = nullptr;
+  detail::ProtocolGuard protocol_{loop_, *this, detail::ProtocolGuard::stream | detail::ProtocolGuard::buffered,
+                                  "a TLS transport", [this](std::exception_ptr exc) { force_close(exc); }};
   State state_ = State::handshaking;
   bool handshake_timed_out_ = false;
   bool paused_ = false;
@@ -127,10 +127,10 @@ class TlsTransport final : public Transport, private detail::LoopResource {
   std::vector<std::byte> read_buffer_;  // for Protocol; made on the first read
   boost::asio::cancellation_signal read_cancel_;
   bool write_in_flight_ = false;
-  WriteBuffer queued_;     // written, not yet handed to TLS
-  WriteBuffer in_flight_;  // being written (stable while the write runs)
-  WriteFlowControl flow_{default_high_water, WriteFlowControl::PauseRule::at_or_above_high};
-  std::size_t writes_after_close_ = 0;
+  detail::WriteBuffer queued_;     // written, not yet handed to TLS
+  detail::WriteBuffer in_flight_;  // being written (stable while the write runs)
+  detail::WriteFlowControl flow_{default_high_water, detail::WriteFlowControl::PauseRule::at_or_above_high};
+  detail::LateWrites late_writes_;
   std::optional<SocketAddress> peername_;
   std::optional<SocketAddress> sockname_;
 };

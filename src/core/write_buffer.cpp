@@ -1,8 +1,8 @@
-#include "conduit/write_buffer.hpp"
+#include "write_buffer.hpp"
 
 #include <algorithm>
 
-namespace conduit {
+namespace conduit::detail {
 
 void WriteBuffer::append(std::span<const std::byte> data) {
   if (data.empty()) return;
@@ -49,4 +49,4 @@ void WriteBuffer::clear() {
   size_ = 0;
 }
 
-}  // namespace conduit
+}  // namespace conduit::detail

@@ -1,9 +1,9 @@
-#include "conduit/write_flow_control.hpp"
+#include "conduit/detail/write_flow_control.hpp"
 
 #include <stdexcept>
 #include <string>
 
-namespace conduit {
+namespace conduit::detail {
 
 void WriteFlowControl::set_limits(std::optional<std::int64_t> high, std::optional<std::int64_t> low) {
   if (!high) high = low ? 4 * *low : static_cast<std::int64_t>(default_high_);
@@ -16,4 +16,4 @@ void WriteFlowControl::set_limits(std::optional<std::int64_t> high, std::optiona
   low_ = static_cast<std::size_t>(*low);
 }
 
-}  // namespace conduit
+}  // namespace conduit::detail

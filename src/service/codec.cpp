@@ -61,9 +61,4 @@ std::string command_name(const v1::Command& command) {
   return field ? field->name() : "unknown";
 }
 
-std::string callback_failure(const v1::Event& event) {
-  const auto* field = v1::Event::descriptor()->FindFieldByNumber(event.kind_case());
-  return std::string("Exception in callback protocol.") + (field ? field->name() : "unknown") + "()";
-}
-
 }  // namespace conduit::service

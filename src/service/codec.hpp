@@ -31,8 +31,4 @@ std::optional<SocketAddress> parse_stream_address(const std::string& text);
 /// A command's name as the proto spells it: "write", "set_write_buffer_limits".
 std::string command_name(const v1::Command& command);
 
-/// What the core's transports report when the callback an event stands for
-/// throws: "Exception in callback protocol.pipe_data_received()".
-std::string callback_failure(const v1::Event& event);
-
 }  // namespace conduit::service

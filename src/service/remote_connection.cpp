@@ -2,7 +2,7 @@
 
 #include "remote_common.hpp"
 
-#include <conduit/write_flow_control.hpp>
+#include <conduit/detail/write_flow_control.hpp>
 
 #include <algorithm>
 #include <deque>
@@ -133,7 +133,7 @@ class RemoteTransport final : public Transport {
     state_ = State::open;
     addresses_.set(made);
     in_connection_made_ = true;
-    call("Exception in callback protocol.connection_made()", [&] { protocol_.connection_made(shared()); });
+    protocol_.connection_made();
     in_connection_made_ = false;
     // The service opened it paused: resume unless the protocol paused.
     sync_remote_reading();
@@ -189,29 +189,15 @@ class RemoteTransport final : public Transport {
 
   std::shared_ptr<RemoteTransport> shared() { return std::shared_ptr<RemoteTransport>(shared_from_this(), this); }
 
-  /// A protocol callback, with the core's contract (SPEC RS6): an exception
-  /// goes to the loop's exception handler, and the transport is aborted,
-  /// its connection_lost carrying the exception.
-  template <class Fn>
-  bool call(const char* failure, Fn&& fn) {
-    auto exc = call_protocol(loop_, failure, shared(), protocol_.get(), std::forward<Fn>(fn));
-    if (!exc) return true;
-    if (!forced_error_) forced_error_ = exc;
-    abort();
-    return false;
-  }
-
   void deliver(const v1::Event& event) {
     if (event.has_data_received()) {
-      call("Fatal error: protocol.data_received() call failed.",
-           [&] { protocol_.data_received(as_bytes(event.data_received().data())); });
+      protocol_.data_received(as_bytes(event.data_received().data()));
       return;
     }
-    bool keep_open = false;
-    if (!call("Fatal error: protocol.eof_received() call failed.", [&] { keep_open = protocol_.eof_received(); })) return;
+    const std::optional<bool> keep_open = protocol_.eof_received();
     // The service keeps the connection open: closing is the protocol's
     // answer to give (SPEC RS1). TLS closed itself already.
-    if (!keep_open) close();
+    if (keep_open == false) close();
   }
 
   /// What arrived while the protocol had reading paused, in order, for as
@@ -236,7 +222,7 @@ class RemoteTransport final : public Transport {
   }
 
   /// The protocol to tell of pause/resume_writing (none once closed).
-  BaseProtocol* writing_protocol() const { return state_ == State::closed ? nullptr : protocol_.get().get(); }
+  detail::ProtocolGuard* writing_protocol() { return state_ == State::closed ? nullptr : &protocol_; }
 
   template <class Fill>
   void send(Fill fill) {
@@ -250,10 +236,7 @@ class RemoteTransport final : public Transport {
     if (std::exchange(state_, State::closed) == State::closed) return;
     held_.clear();
     if (forced_error_) error = forced_error_;
-    if (protocol_) {
-      call_protocol(loop_, "Exception in callback protocol.connection_lost()", shared(), protocol_.get(),
-                    [&] { protocol_->connection_lost(error); });
-    }
+    if (protocol_) protocol_.connection_lost(error);
     protocol_.reset();  // break the transport <-> protocol cycle
   }
 
@@ -262,7 +245,12 @@ class RemoteTransport final : public Transport {
 
  private:
   EventLoop& loop_;
-  StreamProtocolCalls protocol_;
+  // A fatal callback (SPEC RS6) aborts, connection_lost carrying its exception.
+  detail::ProtocolGuard protocol_{loop_, *this, detail::ProtocolGuard::stream | detail::ProtocolGuard::buffered,
+                                  "a remote connection", [this](std::exception_ptr exc) {
+                                    if (!forced_error_) forced_error_ = exc;
+                                    abort();
+                                  }};
   std::function<void(std::exception_ptr)> done_;
   std::shared_ptr<SessionStream> stream_;
   std::uint64_t connection_id_ = 0;
@@ -276,7 +264,7 @@ class RemoteTransport final : public Transport {
   std::exception_ptr forced_error_;  // a protocol callback threw
   WritingPauses pauses_;
   bool eof_written_ = false;
-  WriteFlowControl flow_{WriteTransport::default_high_water};
+  detail::WriteFlowControl flow_{WriteTransport::default_high_water};
   ReportedAddresses addresses_;
   Ending ending_;
 };

@@ -2,7 +2,7 @@
 
 #include "remote_common.hpp"
 
-#include <conduit/write_flow_control.hpp>
+#include <conduit/detail/write_flow_control.hpp>
 
 #include <string>
 
@@ -14,7 +14,9 @@ namespace {
 class RemoteDatagram final : public DatagramTransport {
  public:
   RemoteDatagram(EventLoop& loop, std::shared_ptr<DatagramProtocol> protocol, std::function<void(std::exception_ptr)> done)
-      : loop_(loop), protocol_(std::move(protocol)), done_(std::move(done)) {}
+      : loop_(loop), done_(std::move(done)) {
+    protocol_.set(std::move(protocol));
+  }
 
   void start(const RemoteOptions& remote, v1::OpenDatagramEndpoint open) {
     v1::ClientMessage first;
@@ -24,7 +26,7 @@ class RemoteDatagram final : public DatagramTransport {
                                    {[self](const v1::Event& e) { self->on_event(e); },
                                     [self](std::uint64_t) {
                                       if (self->protocol_ && self->flow_.should_resume(self->get_write_buffer_size())) {
-                                        self->protocol_->resume_writing();
+                                        self->protocol_.resume_writing();
                                       }
                                     },
                                     [self](const grpc::Status& s) { self->on_finished(s); }});
@@ -40,12 +42,8 @@ class RemoteDatagram final : public DatagramTransport {
     closing_ = true;
     stream_->command(make_command([](v1::Command& c) { c.mutable_abort(); }));
   }
-  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override {
-    auto typed = std::dynamic_pointer_cast<DatagramProtocol>(protocol);
-    if (!typed) throw std::invalid_argument("set_protocol: a remote datagram endpoint needs a DatagramProtocol");
-    protocol_ = std::move(typed);
-  }
-  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_; }
+  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override { protocol_.set(std::move(protocol)); }
+  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_.get(); }
   using DatagramTransport::sendto;
   void sendto(std::span<const std::byte> data, const std::optional<SocketAddress>& addr) override {
     if (closing_) return;
@@ -56,7 +54,7 @@ class RemoteDatagram final : public DatagramTransport {
         c.mutable_sendto()->mutable_addr()->set_port(addr->port());
       }
     }));
-    if (flow_.should_pause(get_write_buffer_size())) protocol_->pause_writing();
+    if (flow_.should_pause(get_write_buffer_size())) protocol_.pause_writing();
   }
   void set_write_buffer_limits(std::optional<std::int64_t> high, std::optional<std::int64_t> low) override {
     flow_.set_limits(high, low);
@@ -68,28 +66,21 @@ class RemoteDatagram final : public DatagramTransport {
   std::any extra_info(std::string_view name) const override { return addresses_.lookup(name); }
 
  private:
-  /// A protocol callback that throws: reported, and the endpoint aborted
-  /// (SPEC RS6).
+  /// A protocol callback that throws is reported, and the endpoint stays
+  /// open, as a local one (SPEC D8, RS6).
   void on_event(const v1::Event& event) {
     if (!protocol_) return;
-    if (auto exc = call_protocol(loop_, callback_failure(event), shared_from_this(), protocol_, [&] { dispatch(event); })) {
-      if (!forced_error_) forced_error_ = exc;
-      abort();
-    }
-  }
-
-  void dispatch(const v1::Event& event) {
     switch (event.kind_case()) {
       case v1::Event::kConnectionMade:
         addresses_.set(event.connection_made());
-        protocol_->connection_made(std::shared_ptr<RemoteDatagram>(shared_from_this(), this));
+        protocol_.connection_made();
         if (done_) std::exchange(done_, nullptr)(nullptr);
         break;
       case v1::Event::kDatagramReceived:
-        protocol_->datagram_received(as_bytes(event.datagram_received().data()),
-                                     parse_address(event.datagram_received().addr()).value_or(SocketAddress()));
+        protocol_.datagram_received(as_bytes(event.datagram_received().data()),
+                                    parse_address(event.datagram_received().addr()).value_or(SocketAddress()));
         break;
-      case v1::Event::kErrorReceived: protocol_->error_received(exception_of(event.error_received().error())); break;
+      case v1::Event::kErrorReceived: protocol_.error_received(exception_of(event.error_received().error())); break;
       case v1::Event::kConnectionLost:
         ending_.lost = true;
         if (event.connection_lost().has_error()) ending_.lost_error = exception_of(event.connection_lost().error());
@@ -102,19 +93,18 @@ class RemoteDatagram final : public DatagramTransport {
   void on_finished(const grpc::Status& status) {
     closing_ = true;
     if (done_) std::exchange(done_, nullptr)(ending_.for_status(status));
-    else if (protocol_) protocol_->connection_lost(forced_error_ ? forced_error_ : ending_.lost ? ending_.lost_error : broken_error(status));
+    else if (protocol_) protocol_.connection_lost(ending_.lost ? ending_.lost_error : broken_error(status));
     protocol_.reset();
   }
 
   EventLoop& loop_;
-  std::shared_ptr<DatagramProtocol> protocol_;
+  detail::ProtocolGuard protocol_{loop_, *this, detail::ProtocolGuard::datagram, "a remote datagram endpoint"};
   std::function<void(std::exception_ptr)> done_;
   std::shared_ptr<SessionStream> stream_;
   bool closing_ = false;
-  WriteFlowControl flow_{DatagramTransport::default_high_water};
+  detail::WriteFlowControl flow_{DatagramTransport::default_high_water};
   ReportedAddresses addresses_;
   Ending ending_;
-  std::exception_ptr forced_error_;  // a protocol callback threw
 };
 
 }  // namespace

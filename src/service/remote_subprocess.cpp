@@ -2,7 +2,7 @@
 
 #include "remote_common.hpp"
 
-#include <conduit/write_flow_control.hpp>
+#include <conduit/detail/write_flow_control.hpp>
 
 #include <signal.h>
 
@@ -83,7 +83,7 @@ class RemoteStdin final : public Transport {
   std::function<void(bool)> pressure_;
   bool closed_ = false;
   bool paused_ = false;
-  WriteFlowControl flow_{WriteTransport::default_high_water};
+  detail::WriteFlowControl flow_{WriteTransport::default_high_water};
 };
 
 /// A SubprocessTransport for a child running on the service's host.
@@ -91,7 +91,9 @@ class RemoteSubprocess final : public SubprocessTransport {
  public:
   RemoteSubprocess(EventLoop& loop, std::shared_ptr<SubprocessProtocol> protocol,
                    std::function<void(std::exception_ptr)> done)
-      : loop_(loop), protocol_(std::move(protocol)), done_(std::move(done)) {}
+      : loop_(loop), done_(std::move(done)) {
+    protocol_.set(std::move(protocol));
+  }
 
   void start(const RemoteOptions& remote, v1::OpenSubprocess open) {
     v1::ClientMessage first;
@@ -105,7 +107,7 @@ class RemoteSubprocess final : public SubprocessTransport {
                                     [self](const grpc::Status& s) { self->on_finished(s); }});
     std::weak_ptr<RemoteSubprocess> weak = self;
     stdin_ = std::make_shared<RemoteStdin>(stream_, [weak](bool paused) {
-      if (auto owner = weak.lock()) owner->pauses_.set_local(paused, owner->protocol_.get());
+      if (auto owner = weak.lock()) owner->pauses_.set_local(paused, &owner->protocol_);
     });
   }
 
@@ -115,12 +117,8 @@ class RemoteSubprocess final : public SubprocessTransport {
     closed_ = true;
     stream_->command(make_command([](v1::Command& c) { c.mutable_close(); }));
   }
-  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override {
-    auto typed = std::dynamic_pointer_cast<SubprocessProtocol>(protocol);
-    if (!typed) throw std::invalid_argument("set_protocol: a remote subprocess needs a SubprocessProtocol");
-    protocol_ = std::move(typed);
-  }
-  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_; }
+  void set_protocol(std::shared_ptr<BaseProtocol> protocol) override { protocol_.set(std::move(protocol)); }
+  std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_.get(); }
   int get_pid() const override { return pid_; }
   std::shared_ptr<Transport> get_pipe_transport(int fd) const override { return fd == 0 ? stdin_ : nullptr; }
   std::optional<int> get_returncode() const override { return returncode_; }
@@ -137,39 +135,31 @@ class RemoteSubprocess final : public SubprocessTransport {
   }
 
  private:
-  /// A protocol callback that throws is reported as the core's transports
-  /// do, and ends the child (close: its group is killed), its
-  /// connection_lost carrying the exception (SPEC RS6).
+  /// A protocol callback that throws is reported, and the child carries
+  /// on, as a local one's (SPEC RS6).
   void on_event(const v1::Event& event) {
     if (!protocol_) return;
-    if (auto exc = call_protocol(loop_, callback_failure(event), shared_from_this(), protocol_, [&] { dispatch(event); })) {
-      if (!forced_error_) forced_error_ = exc;
-      close();
-    }
-  }
-
-  void dispatch(const v1::Event& event) {
     switch (event.kind_case()) {
       case v1::Event::kConnectionMade:
         pid_ = event.connection_made().pid();
-        protocol_->connection_made(std::shared_ptr<RemoteSubprocess>(shared_from_this(), this));
+        protocol_.connection_made();
         if (done_) std::exchange(done_, nullptr)(nullptr);
         break;
       case v1::Event::kPipeDataReceived:
-        protocol_->pipe_data_received(event.pipe_data_received().fd(), as_bytes(event.pipe_data_received().data()));
+        protocol_.pipe_data_received(event.pipe_data_received().fd(), as_bytes(event.pipe_data_received().data()));
         break;
       case v1::Event::kPipeConnectionLost:
-        protocol_->pipe_connection_lost(event.pipe_connection_lost().fd(),
-                                        event.pipe_connection_lost().has_error()
-                                            ? exception_of(event.pipe_connection_lost().error())
-                                            : nullptr);
+        protocol_.pipe_connection_lost(event.pipe_connection_lost().fd(),
+                                       event.pipe_connection_lost().has_error()
+                                           ? exception_of(event.pipe_connection_lost().error())
+                                           : nullptr);
         break;
       case v1::Event::kProcessExited:
         returncode_ = event.process_exited().returncode();
-        protocol_->process_exited();
+        protocol_.process_exited();
         break;
-      case v1::Event::kPauseWriting: pauses_.set_remote(true, protocol_.get()); break;
-      case v1::Event::kResumeWriting: pauses_.set_remote(false, protocol_.get()); break;
+      case v1::Event::kPauseWriting: pauses_.set_remote(true, &protocol_); break;
+      case v1::Event::kResumeWriting: pauses_.set_remote(false, &protocol_); break;
       case v1::Event::kConnectionLost:
         ending_.lost = true;
         if (event.connection_lost().has_error()) ending_.lost_error = exception_of(event.connection_lost().error());
@@ -181,16 +171,14 @@ class RemoteSubprocess final : public SubprocessTransport {
 
   void on_finished(const grpc::Status& status) {
     if (done_) std::exchange(done_, nullptr)(ending_.for_status(status));
-    else if (protocol_) protocol_->connection_lost(forced_error_ ? forced_error_ : ending_.lost ? ending_.lost_error : broken_error(status));
+    else if (protocol_) protocol_.connection_lost(ending_.lost ? ending_.lost_error : broken_error(status));
     protocol_.reset();
     stdin_.reset();
   }
 
   WritingPauses pauses_;
-  std::exception_ptr forced_error_;  // a protocol callback threw
-
   EventLoop& loop_;
-  std::shared_ptr<SubprocessProtocol> protocol_;
+  detail::ProtocolGuard protocol_{loop_, *this, detail::ProtocolGuard::subprocess, "a remote subprocess"};
   std::function<void(std::exception_ptr)> done_;
   std::shared_ptr<SessionStream> stream_;
   std::shared_ptr<RemoteStdin> stdin_;

@@ -1,7 +1,7 @@
 // SPEC F1-F8: write flow control, on the helper and on a real TCP transport.
 #include "support/recording_protocol.hpp"
 
-#include <conduit/write_flow_control.hpp>
+#include <conduit/detail/write_flow_control.hpp>
 
 using namespace conduit;
 using namespace conduit::testing;
@@ -39,7 +39,7 @@ bool drain_until(EventLoop& loop, Peer& peer, const std::function<bool()>& done)
 }  // namespace
 
 TEST(FlowControl, F1_Defaults) {
-  WriteFlowControl flow(WriteTransport::default_high_water);
+  detail::WriteFlowControl flow(WriteTransport::default_high_water);
   EXPECT_EQ(flow.limits(), (std::pair<std::size_t, std::size_t>{16 * 1024, 64 * 1024}));
   EventLoop loop;
   auto c = connect_pair(loop, std::make_shared<RecordingProtocol>());
@@ -47,7 +47,7 @@ TEST(FlowControl, F1_Defaults) {
 }
 
 TEST(FlowControl, F2_SetLimitsFillsInAndValidates) {
-  WriteFlowControl flow(65536);
+  detail::WriteFlowControl flow(65536);
   flow.set_limits(std::nullopt, 1000);
   EXPECT_EQ(flow.limits(), (std::pair<std::size_t, std::size_t>{1000, 4000}));
   flow.set_limits(1000, std::nullopt);
@@ -66,7 +66,7 @@ TEST(FlowControl, F2_SetLimitsFillsInAndValidates) {
 }
 
 TEST(FlowControl, F3_PauseOnlyWhenStrictlyAboveHighAndOncePerPause) {
-  WriteFlowControl flow(65536);
+  detail::WriteFlowControl flow(65536);
   flow.set_limits(100, 10);
   EXPECT_FALSE(flow.should_pause(100)) << "at high is not above high";
   EXPECT_TRUE(flow.should_pause(101));
@@ -90,7 +90,7 @@ TEST(FlowControl, F3_PauseOnlyWhenStrictlyAboveHighAndOncePerPause) {
 }
 
 TEST(FlowControl, F4_ResumeAtOrBelowLow) {
-  WriteFlowControl flow(65536);
+  detail::WriteFlowControl flow(65536);
   flow.set_limits(100, 10);
   ASSERT_TRUE(flow.should_pause(101));
   EXPECT_FALSE(flow.should_resume(11));

@@ -194,17 +194,8 @@ struct ProtocolCast {
   }
 };
 
-/// Implemented by transports so that a loop destroyed while they are open
-/// can break their transport <-> protocol reference cycles.
-class LoopResource {
- public:
-  /// The loop is being destroyed: drop references, close descriptors, and
-  /// call nothing back.
-  virtual void on_loop_destroyed() = 0;
-
- protected:
-  ~LoopResource() = default;
-};
+class LoopResource;   // loop_internals.hpp (the core's own)
+class LoopInternals;  // likewise
 
 template <class Factory>
 using factory_protocol_t = typename std::invoke_result_t<Factory&>::element_type;
@@ -260,14 +251,6 @@ class EventLoop {
   void set_log_handler(LogHandler handler) { log_handler_ = std::move(handler); }
   /// Log one line through the log sink.
   void log(LogLevel level, std::string_view message);
-
-  /// The loop-owned read buffer every Protocol read goes through; a
-  /// connection holds no receive buffer while it waits for data.
-  std::span<std::byte> read_buffer() { return {read_buffer_.get(), read_size}; }
-
-  /// For transports: register while open, so ~EventLoop can release them.
-  void track(detail::LoopResource* resource) { resources_.insert(resource); }
-  void untrack(detail::LoopResource* resource) { resources_.erase(resource); }
 
   /// Connect to `host`:`port`, trying every resolved address in turn.
   template <class Factory, class Token>
@@ -376,6 +359,8 @@ class EventLoop {
   auto create_unix_datagram_endpoint(Factory factory, UnixDatagramOptions options, Token&& token);
 
  private:
+  friend class detail::LoopInternals;
+
   template <class Factory, class Token, class Start>
   auto initiate_connection(Token&& token, Start start);
   template <class Factory, class Token, class Start>

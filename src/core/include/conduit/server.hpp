@@ -18,6 +18,12 @@
 
 namespace conduit {
 
+namespace detail {
+class ServerConnections;  // loop_internals.hpp (the core's own)
+/// A listening socket of a server.
+using ServerListener = std::variant<asio::ip::tcp::acceptor, asio::local::stream_protocol::acceptor>;
+}  // namespace detail
+
 /// Made by EventLoop::create_server / create_unix_server.
 ///
 ///   bound --start_serving()--> serving --close()--> closed
@@ -28,12 +34,6 @@ namespace conduit {
 /// the server is closed and its last connection is gone.
 class Server : public std::enable_shared_from_this<Server> {
  public:
-  using Listener = std::variant<asio::ip::tcp::acceptor, asio::local::stream_protocol::acceptor>;
-
-  /// With `tls`, every TCP connection is a TLS one, handed to a protocol
-  /// once its handshake succeeded.
-  Server(EventLoop& loop, ProtocolFactory factory, std::vector<Listener> listeners, int backlog,
-         std::string unix_path_to_remove, std::optional<TlsOptions> tls = std::nullopt);
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
   ~Server();
@@ -84,12 +84,19 @@ class Server : public std::enable_shared_from_this<Server> {
         token);
   }
 
-  // ---- for transports ----
-  /// A connection of this server started / ended.
-  void attach(Transport* transport) { connections_.insert(transport); }
-  void detach(Transport* transport);
-
  private:
+  friend class EventLoop;                  // makes servers
+  friend class detail::ServerConnections;  // for its transports
+
+  using Listener = detail::ServerListener;
+
+  /// With `tls`, every TCP connection is a TLS one, handed to a protocol
+  /// once its handshake succeeded.
+  Server(EventLoop& loop, ProtocolFactory factory, std::vector<Listener> listeners, int backlog,
+         std::string unix_path_to_remove, std::optional<TlsOptions> tls = std::nullopt);
+
+  /// A connection of this server ended.
+  void detach(Transport* transport);
   void accept_next(std::size_t index);
   template <class Socket>
   void on_accepted(std::size_t index, const boost::system::error_code& ec, Socket socket);

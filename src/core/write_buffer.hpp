@@ -8,7 +8,7 @@
 #include <span>
 #include <vector>
 
-namespace conduit {
+namespace conduit::detail {
 
 /// A FIFO of bytes stored as chunks, drained by gather writes. Small writes
 /// are coalesced into the last chunk so a burst of tiny writes costs neither
@@ -45,4 +45,4 @@ class WriteBuffer {
   std::vector<boost::asio::const_buffer> gather_;
 };
 
-}  // namespace conduit
+}  // namespace conduit::detail

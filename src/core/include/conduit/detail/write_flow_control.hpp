@@ -1,5 +1,6 @@
-// Write flow control shared by every writable transport (asyncio's
-// transports._FlowControlMixin): watermarks and the pause/resume pairing.
+// Write flow control shared by every writable transport, local or remote
+// (asyncio's transports._FlowControlMixin): watermarks and the pause/resume
+// pairing. Internal: not installed.
 #pragma once
 
 #include <cstddef>
@@ -7,7 +8,7 @@
 #include <optional>
 #include <utility>
 
-namespace conduit {
+namespace conduit::detail {
 
 /// Decides when a transport owes its protocol pause_writing() or
 /// resume_writing(); the transport makes the calls.
@@ -58,4 +59,4 @@ class WriteFlowControl {
   bool paused_ = false;
 };
 
-}  // namespace conduit
+}  // namespace conduit::detail
