@@ -3,7 +3,7 @@
 // input, each either throws std::invalid_argument or gives a value that
 // prints back to something it parses to again, unchanged.
 #include <common.hpp>
-#include <policy.hpp>
+#include <conduit/service/policy.hpp>
 
 #include <boost/asio/ip/address.hpp>
 

@@ -7,7 +7,7 @@
 // What the messages may reach is kept on this host and quick: host names
 // become 127.0.0.1 (no DNS), most TCP ports become a local echo server's,
 // Unix paths go to a scratch folder, and the policy allows /bin/cat only.
-#include <service.hpp>
+#include <conduit/service/service.hpp>
 
 #include <conduit/event_loop.hpp>
 #include <conduit/server.hpp>

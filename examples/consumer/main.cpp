@@ -1,6 +1,13 @@
 // The smallest program against an installed Conduit: a socket pair echoes
 // one message through a Protocol, then it prints what came back.
+// Every installed header, each of which must stand on its own.
+#include <conduit/errors.hpp>
 #include <conduit/event_loop.hpp>
+#include <conduit/protocols.hpp>
+#include <conduit/server.hpp>
+#include <conduit/socket_address.hpp>
+#include <conduit/tls.hpp>
+#include <conduit/transports.hpp>
 
 #include <boost/asio/local/connect_pair.hpp>
 #include <boost/asio/write.hpp>

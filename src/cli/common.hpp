@@ -4,8 +4,8 @@
 
 #include <conduit/socket_address.hpp>
 
-#include <json_text.hpp>
-#include <session_stream.hpp>
+#include <conduit/service/json_text.hpp>
+#include <conduit/service/remote_transport.hpp>
 
 #include <CLI/CLI.hpp>
 

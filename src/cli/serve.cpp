@@ -5,9 +5,9 @@
 
 #include <conduit/tls.hpp>
 
-#include <grpc_runtime.hpp>
-#include <reflection.hpp>
-#include <service.hpp>
+#include <conduit/service/grpc_runtime.hpp>
+#include <conduit/service/reflection.hpp>
+#include <conduit/service/service.hpp>
 
 #include <grpcpp/health_check_service_interface.h>
 

@@ -35,42 +35,55 @@ PipeKind check_pipe(int fd, const char* which) {
 
 }  // namespace detail
 
-// ==== ReadPipeTransport ======================================================
+// ==== PipeTransport ===========================================================
 
-ReadPipeTransport::ReadPipeTransport(EventLoop& loop, asio::posix::stream_descriptor pipe)
-    : loop_(loop), pipe_(std::move(pipe)) {
+PipeTransport::PipeTransport(EventLoop& loop, asio::posix::stream_descriptor pipe, Direction direction,
+                             detail::PipeKind kind)
+    : loop_(loop),
+      pipe_(std::move(pipe)),
+      direction_(direction),
+      kind_(kind),
+      protocol_(loop, *this,
+                direction == Direction::read ? detail::ProtocolGuard::stream
+                                             : detail::ProtocolGuard::stream | detail::ProtocolGuard::buffered,
+                direction == Direction::read ? "a read pipe transport" : "a write pipe transport",
+                [this](std::exception_ptr exc) { close_with(exc); }) {
   pipe_.non_blocking(true);
   detail::LoopInternals::track(loop_, this);
 }
 
-ReadPipeTransport::~ReadPipeTransport() {
+PipeTransport::~PipeTransport() {
   if (state_ != State::closed) {
-    loop_.log(LogLevel::warning, "unclosed read pipe transport: closing it");
+    loop_.log(LogLevel::warning, direction_ == Direction::read ? "unclosed read pipe transport: closing it"
+                                                               : "unclosed write pipe transport: closing it");
     detail::LoopInternals::untrack(loop_, this);
   }
 }
 
-void ReadPipeTransport::on_loop_destroyed() {
+void PipeTransport::on_loop_destroyed() {
   state_ = State::closed;
   boost::system::error_code ignored;
   pipe_.close(ignored);
   protocol_.reset();
 }
 
-std::shared_ptr<ReadPipeTransport> ReadPipeTransport::self() {
-  return std::shared_ptr<ReadPipeTransport>(shared_from_this(), this);
+std::shared_ptr<PipeTransport> PipeTransport::self() {
+  return std::shared_ptr<PipeTransport>(shared_from_this(), this);
 }
 
-void ReadPipeTransport::start(std::shared_ptr<Protocol> protocol) {
+void PipeTransport::start(std::shared_ptr<BaseProtocol> protocol) {
   set_protocol(std::move(protocol));
   asio::post(pipe_.get_executor(), [this, keep = self()] {
     if (state_ == State::closed) return;
     protocol_.connection_made();
-    if (is_reading()) reads_.start();
+    if (direction_ == Direction::write) watch_reader();
+    else if (is_reading()) reads_.start();
   });
 }
 
-detail::ReadOutcome ReadPipeTransport::read_once() {
+// ---- the read end -------------------------------------------------------------
+
+detail::ReadOutcome PipeTransport::read_once() {
   const std::span<std::byte> buffer = detail::LoopInternals::read_buffer(loop_);
   boost::system::error_code ec;
   const std::size_t n = pipe_.read_some(asio::buffer(buffer.data(), buffer.size()), ec);
@@ -93,102 +106,21 @@ detail::ReadOutcome ReadPipeTransport::read_once() {
   return protocol_.data_received(buffer.first(n)) ? detail::ReadOutcome::data : detail::ReadOutcome::stopped;
 }
 
-void ReadPipeTransport::pause_reading() {
+void PipeTransport::pause_reading() {
   if (!is_reading()) return;
   paused_ = true;
   reads_.stop();
 }
 
-void ReadPipeTransport::resume_reading() {
-  if (state_ != State::open || !paused_) return;
+void PipeTransport::resume_reading() {
+  if (direction_ != Direction::read || state_ != State::open || !paused_) return;
   paused_ = false;
   reads_.start();
 }
 
-void ReadPipeTransport::write(std::span<const std::byte>) {
-  throw std::logic_error("write: this is the read end of a pipe");
-}
+// ---- the write end ------------------------------------------------------------
 
-void ReadPipeTransport::writelines(std::span<const std::span<const std::byte>>) {
-  throw std::logic_error("writelines: this is the read end of a pipe");
-}
-
-void ReadPipeTransport::write_eof() {
-  throw std::logic_error("write_eof: this is the read end of a pipe");
-}
-
-void ReadPipeTransport::fatal_error(const boost::system::error_code& ec) {
-  auto exc = make_system_error(ec, "Fatal read error on pipe transport");
-  // EIO is what a pty's reader gets when the other side closes: routine.
-  if (ec == boost::system::errc::io_error) {
-    loop_.log(LogLevel::debug, "Fatal read error on pipe transport: " + ec.message());
-  } else {
-    loop_.call_exception_handler({"Fatal read error on pipe transport", exc, shared_from_this(), protocol_.get()});
-  }
-  close_with(exc);
-}
-
-void ReadPipeTransport::close() { close_with(nullptr); }
-
-void ReadPipeTransport::close_with(std::exception_ptr exc) {
-  if (state_ != State::open) return;
-  state_ = State::lost;
-  reads_.stop();
-  asio::post(pipe_.get_executor(), [this, keep = self(), exc] { call_connection_lost(exc); });
-}
-
-void ReadPipeTransport::call_connection_lost(std::exception_ptr exc) {
-  state_ = State::closed;
-  detail::LoopInternals::untrack(loop_, this);
-  protocol_.connection_lost(exc);
-  boost::system::error_code ignored;
-  pipe_.close(ignored);
-  protocol_.reset();
-}
-
-std::any ReadPipeTransport::extra_info(std::string_view name) const {
-  if (name == "pipe" && state_ != State::closed) {
-    return static_cast<int>(const_cast<asio::posix::stream_descriptor&>(pipe_).native_handle());
-  }
-  return {};
-}
-
-// ==== WritePipeTransport =====================================================
-
-WritePipeTransport::WritePipeTransport(EventLoop& loop, asio::posix::stream_descriptor pipe, detail::PipeKind kind)
-    : loop_(loop), pipe_(std::move(pipe)), kind_(kind) {
-  pipe_.non_blocking(true);
-  detail::LoopInternals::track(loop_, this);
-}
-
-WritePipeTransport::~WritePipeTransport() {
-  if (state_ != State::closed) {
-    loop_.log(LogLevel::warning, "unclosed write pipe transport: closing it");
-    detail::LoopInternals::untrack(loop_, this);
-  }
-}
-
-void WritePipeTransport::on_loop_destroyed() {
-  state_ = State::closed;
-  boost::system::error_code ignored;
-  pipe_.close(ignored);
-  protocol_.reset();
-}
-
-std::shared_ptr<WritePipeTransport> WritePipeTransport::self() {
-  return std::shared_ptr<WritePipeTransport>(shared_from_this(), this);
-}
-
-void WritePipeTransport::start(std::shared_ptr<BaseProtocol> protocol) {
-  set_protocol(std::move(protocol));
-  asio::post(pipe_.get_executor(), [this, keep = self()] {
-    if (state_ == State::closed) return;
-    protocol_.connection_made();
-    watch_reader();
-  });
-}
-
-void WritePipeTransport::watch_reader() {
+void PipeTransport::watch_reader() {
   // A FIFO's or socket's write end turns "readable" (EPOLLERR/EPOLLHUP) when
   // the reader goes away; a character device has no such signal.
   if (kind_ == detail::PipeKind::character_device || state_ >= State::lost) return;
@@ -203,11 +135,8 @@ void WritePipeTransport::watch_reader() {
                                                 }));
 }
 
-void WritePipeTransport::write(std::span<const std::byte> data) { write_buffers({&data, 1}); }
-
-void WritePipeTransport::writelines(std::span<const std::span<const std::byte>> buffers) { write_buffers(buffers); }
-
-void WritePipeTransport::write_buffers(std::span<const std::span<const std::byte>> buffers) {
+void PipeTransport::write_buffers(const char* call, std::span<const std::span<const std::byte>> buffers) {
+  if (direction_ == Direction::read) throw std::logic_error(std::string(call) + ": this is the read end of a pipe");
   std::size_t total = 0;
   for (auto b : buffers) total += b.size();
   if (total == 0) return;
@@ -218,36 +147,55 @@ void WritePipeTransport::write_buffers(std::span<const std::span<const std::byte
   writer_.write(buffers);
 }
 
-void WritePipeTransport::on_write_drained() {
+void PipeTransport::on_write_drained() {
   if (state_ == State::closing) close_with(nullptr);
 }
 
-void WritePipeTransport::set_write_buffer_limits(std::optional<std::int64_t> high, std::optional<std::int64_t> low) {
-  writer_.set_limits(high, low);
+void PipeTransport::set_write_buffer_limits(std::optional<std::int64_t> high, std::optional<std::int64_t> low) {
+  if (direction_ == Direction::write) writer_.set_limits(high, low);
 }
 
-void WritePipeTransport::write_eof() {
+void PipeTransport::write_eof() {
+  if (direction_ == Direction::read) throw std::logic_error("write_eof: this is the read end of a pipe");
   if (state_ != State::open) return;
   state_ = State::closing;
   if (writer_.empty()) close_with(nullptr);
 }
 
-void WritePipeTransport::fatal_error(const boost::system::error_code& ec) {
-  // OS errors (EPIPE above all) are the reader's doing: connection_lost
-  // only, as asyncio does.
-  loop_.log(LogLevel::debug, "Fatal write error on pipe transport: " + ec.message());
-  close_with(make_system_error(ec, "Fatal write error on pipe transport"));
+// ---- ending ---------------------------------------------------------------------
+
+void PipeTransport::close() {
+  if (direction_ == Direction::write) write_eof();  // flush first
+  else close_with(nullptr);
 }
 
-void WritePipeTransport::close_with(std::exception_ptr exc) {
+void PipeTransport::fatal_error(const boost::system::error_code& ec) {
+  if (direction_ == Direction::write) {
+    // OS errors (EPIPE above all) are the reader's doing: connection_lost
+    // only, as asyncio does.
+    loop_.log(LogLevel::debug, "Fatal write error on pipe transport: " + ec.message());
+    return close_with(make_system_error(ec, "Fatal write error on pipe transport"));
+  }
+  auto exc = make_system_error(ec, "Fatal read error on pipe transport");
+  // EIO is what a pty's reader gets when the other side closes: routine.
+  if (ec == boost::system::errc::io_error) {
+    loop_.log(LogLevel::debug, "Fatal read error on pipe transport: " + ec.message());
+  } else {
+    loop_.call_exception_handler({"Fatal read error on pipe transport", exc, shared_from_this(), protocol_.get()});
+  }
+  close_with(exc);
+}
+
+void PipeTransport::close_with(std::exception_ptr exc) {
   if (state_ >= State::lost) return;
   state_ = State::lost;
+  reads_.stop();
   writer_.stop();
   watch_cancel_.emit(asio::cancellation_type::all);
   asio::post(pipe_.get_executor(), [this, keep = self(), exc] { call_connection_lost(exc); });
 }
 
-void WritePipeTransport::call_connection_lost(std::exception_ptr exc) {
+void PipeTransport::call_connection_lost(std::exception_ptr exc) {
   state_ = State::closed;
   detail::LoopInternals::untrack(loop_, this);
   protocol_.connection_lost(exc);
@@ -256,7 +204,7 @@ void WritePipeTransport::call_connection_lost(std::exception_ptr exc) {
   protocol_.reset();
 }
 
-std::any WritePipeTransport::extra_info(std::string_view name) const {
+std::any PipeTransport::extra_info(std::string_view name) const {
   if (name == "pipe" && state_ != State::closed) {
     return static_cast<int>(const_cast<asio::posix::stream_descriptor&>(pipe_).native_handle());
   }
@@ -265,43 +213,48 @@ std::any WritePipeTransport::extra_info(std::string_view name) const {
 
 // ==== the loop's methods ======================================================
 
-void EventLoop::connect_read_pipe_impl(ProtocolFactory factory, int fd, detail::ConnectionHandler handler) {
+namespace {
+
+/// connect_read_pipe / connect_write_pipe: check `fd` and the protocol,
+/// then start a pipe transport that owns `fd`.
+std::shared_ptr<Transport> connect_pipe(EventLoop& loop, const ProtocolFactory& factory, int fd,
+                                        PipeTransport::Direction direction, std::shared_ptr<BaseProtocol>& protocol) {
+  const bool read = direction == PipeTransport::Direction::read;
+  const char* call = read ? "connect_read_pipe" : "connect_write_pipe";
+  const auto kind = detail::check_pipe(fd, call);
+  protocol = factory();
+  const bool stream = dynamic_cast<Protocol*>(protocol.get()) != nullptr;
+  if (!stream && (read || !dynamic_cast<BufferedProtocol*>(protocol.get()))) {
+    throw std::invalid_argument(std::string(call) + ": the protocol factory must make a Protocol" +
+                                (read ? "" : " or a BufferedProtocol"));
+  }
+  auto pipe = std::make_shared<PipeTransport>(loop, asio::posix::stream_descriptor(loop.context(), fd), direction, kind);
+  pipe->start(protocol);
+  return pipe;
+}
+
+void complete_pipe(EventLoop& loop, const ProtocolFactory& factory, int fd, PipeTransport::Direction direction,
+                   detail::ConnectionHandler handler) {
   std::shared_ptr<Transport> transport;
   std::shared_ptr<BaseProtocol> protocol;
   std::exception_ptr error;
   try {
-    detail::check_pipe(fd, "connect_read_pipe");
-    protocol = factory();
-    auto typed = std::dynamic_pointer_cast<Protocol>(protocol);
-    if (!typed) throw std::invalid_argument("connect_read_pipe: the protocol factory must make a Protocol");
-    auto pipe = std::make_shared<ReadPipeTransport>(*this, asio::posix::stream_descriptor(context_, fd));
-    pipe->start(std::move(typed));
-    transport = std::move(pipe);
+    transport = connect_pipe(loop, factory, fd, direction, protocol);
   } catch (...) {
     error = std::current_exception();
     protocol.reset();
   }
-  detail::post_completion(*this, std::move(handler), error, std::move(transport), std::move(protocol));
+  detail::post_completion(loop, std::move(handler), error, std::move(transport), std::move(protocol));
+}
+
+}  // namespace
+
+void EventLoop::connect_read_pipe_impl(ProtocolFactory factory, int fd, detail::ConnectionHandler handler) {
+  complete_pipe(*this, factory, fd, PipeTransport::Direction::read, std::move(handler));
 }
 
 void EventLoop::connect_write_pipe_impl(ProtocolFactory factory, int fd, detail::ConnectionHandler handler) {
-  std::shared_ptr<Transport> transport;
-  std::shared_ptr<BaseProtocol> protocol;
-  std::exception_ptr error;
-  try {
-    const auto kind = detail::check_pipe(fd, "connect_write_pipe");
-    protocol = factory();
-    if (!dynamic_cast<Protocol*>(protocol.get()) && !dynamic_cast<BufferedProtocol*>(protocol.get())) {
-      throw std::invalid_argument("connect_write_pipe: the protocol factory must make a Protocol or a BufferedProtocol");
-    }
-    auto pipe = std::make_shared<WritePipeTransport>(*this, asio::posix::stream_descriptor(context_, fd), kind);
-    pipe->start(protocol);
-    transport = std::move(pipe);
-  } catch (...) {
-    error = std::current_exception();
-    protocol.reset();
-  }
-  detail::post_completion(*this, std::move(handler), error, std::move(transport), std::move(protocol));
+  complete_pipe(*this, factory, fd, PipeTransport::Direction::write, std::move(handler));
 }
 
 }  // namespace conduit

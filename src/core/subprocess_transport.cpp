@@ -67,9 +67,9 @@ int return_code_of(int status) {
 }  // namespace
 
 ChildProcessTransport::ChildProcessTransport(EventLoop& loop, int pid, int pidfd, bool own_process_group,
-                                             std::shared_ptr<WritePipeTransport> stdin_pipe,
-                                             std::shared_ptr<ReadPipeTransport> stdout_pipe,
-                                             std::shared_ptr<ReadPipeTransport> stderr_pipe)
+                                             std::shared_ptr<PipeTransport> stdin_pipe,
+                                             std::shared_ptr<PipeTransport> stdout_pipe,
+                                             std::shared_ptr<PipeTransport> stderr_pipe)
     : loop_(loop),
       pid_(pid),
       pidfd_(loop.context(), pidfd),
@@ -435,15 +435,17 @@ void EventLoop::subprocess_exec_impl(ProtocolFactory factory, std::vector<std::s
     auto typed = std::dynamic_pointer_cast<SubprocessProtocol>(protocol);
     if (!typed) throw std::invalid_argument("subprocess_exec: the protocol factory must make a SubprocessProtocol");
     Spawned child = spawn(argv, options);
-    std::shared_ptr<WritePipeTransport> in;
-    std::array<std::shared_ptr<ReadPipeTransport>, 2> out;
+    std::shared_ptr<PipeTransport> in;
+    std::array<std::shared_ptr<PipeTransport>, 2> out;
     if (child.parent_ends[0]) {
-      in = std::make_shared<WritePipeTransport>(*this, asio::posix::stream_descriptor(context_, child.parent_ends[0].release()),
-                                                detail::PipeKind::fifo);
+      in = std::make_shared<PipeTransport>(*this, asio::posix::stream_descriptor(context_, child.parent_ends[0].release()),
+                                           PipeTransport::Direction::write, detail::PipeKind::fifo);
     }
     for (std::size_t i : {1u, 2u}) {
       if (child.parent_ends[i]) {
-        out[i - 1] = std::make_shared<ReadPipeTransport>(*this, asio::posix::stream_descriptor(context_, child.parent_ends[i].release()));
+        out[i - 1] = std::make_shared<PipeTransport>(
+            *this, asio::posix::stream_descriptor(context_, child.parent_ends[i].release()), PipeTransport::Direction::read,
+            detail::PipeKind::fifo);
       }
     }
     auto process = std::make_shared<ChildProcessTransport>(*this, child.pid, child.pidfd.release(),

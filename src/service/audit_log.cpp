@@ -1,6 +1,6 @@
-#include "audit_log.hpp"
+#include <conduit/service/audit_log.hpp>
 
-#include "json_text.hpp"
+#include <conduit/service/json_text.hpp>
 
 #include <ctime>
 #include <iostream>

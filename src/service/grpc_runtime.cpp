@@ -1,6 +1,6 @@
-#include "grpc_runtime.hpp"
+#include <conduit/service/grpc_runtime.hpp>
 
-#include "audit_log.hpp"
+#include <conduit/service/audit_log.hpp>
 
 #include <absl/synchronization/mutex.h>
 #include <grpc/support/log.h>

@@ -1,4 +1,4 @@
-#include "json_text.hpp"
+#include <conduit/service/json_text.hpp>
 
 #include <cstdio>
 

@@ -1,4 +1,4 @@
-#include "policy.hpp"
+#include <conduit/service/policy.hpp>
 
 #include <fnmatch.h>
 #include <sys/stat.h>

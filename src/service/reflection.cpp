@@ -1,6 +1,6 @@
-#include "reflection.hpp"
+#include <conduit/service/reflection.hpp>
 
-#include "service.hpp"
+#include <conduit/service/service.hpp>
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/descriptor.pb.h>

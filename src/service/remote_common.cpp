@@ -1,6 +1,6 @@
 #include "remote_common.hpp"
 
-#include "grpc_runtime.hpp"
+#include <conduit/service/grpc_runtime.hpp>
 
 namespace conduit::service {
 

@@ -1,4 +1,4 @@
-#include "remote_transport.hpp"
+#include <conduit/service/remote_transport.hpp>
 
 #include "remote_common.hpp"
 

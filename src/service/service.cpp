@@ -1,6 +1,6 @@
-#include "service.hpp"
+#include <conduit/service/service.hpp>
 
-#include "grpc_runtime.hpp"
+#include <conduit/service/grpc_runtime.hpp>
 #include "session_reactor.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>

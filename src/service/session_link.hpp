@@ -5,7 +5,7 @@
 // reactor hands it commands, the loop side hands it events.
 #pragma once
 
-#include "service.hpp"
+#include <conduit/service/service.hpp>
 
 #include <deque>
 #include <memory>

@@ -1,6 +1,6 @@
 #include "session_stream.hpp"
 
-#include "grpc_runtime.hpp"
+#include <conduit/service/grpc_runtime.hpp>
 
 #include <boost/asio/post.hpp>
 

@@ -7,6 +7,7 @@
 #include "conduit/v1/conduit.grpc.pb.h"
 
 #include <conduit/event_loop.hpp>
+#include <conduit/service/remote_transport.hpp>
 
 #include <grpcpp/grpcpp.h>
 
@@ -20,26 +21,6 @@
 #include <thread>
 
 namespace conduit::service {
-
-/// The most data one command carries: a write of more is split, so that
-/// every message stays well under the service's --max-message-size (256 KiB
-/// at least) whatever the caller writes.
-constexpr std::size_t max_command_data = 64 * 1024;
-
-/// Where the service is and how to talk to it.
-struct RemoteOptions {
-  std::string address;  ///< HOST:PORT of `conduit serve`
-  std::string token;    ///< bearer token, if the service wants one
-  /// TLS to the service (when ca_pem is set): trust this CA, and present
-  /// this certificate and key if the service asks (mTLS). PEM text.
-  std::string ca_pem, cert_pem, key_pem;
-  /// A channel to use instead of one to `address` (tests: an in-process
-  /// service's InProcessChannel).
-  std::shared_ptr<grpc::Channel> channel;
-};
-
-/// A channel to the service as `remote` says (TLS when ca_pem is set).
-std::shared_ptr<grpc::Channel> make_channel(const RemoteOptions& remote);
 
 /// What a stream reports, always on the loop's thread.
 struct SessionCallbacks {

@@ -5,8 +5,8 @@
 // checks the same callbacks, in the same order, with the same answers.
 #include "support/recording_protocol.hpp"
 
-#include <remote_transport.hpp>
-#include <service.hpp>
+#include <conduit/service/remote_transport.hpp>
+#include <conduit/service/service.hpp>
 
 #include <grpcpp/grpcpp.h>
 
@@ -30,6 +30,7 @@ struct InProcessService {
   InProcessService() {
     service::ServiceOptions options;
     options.quiet = true;
+    options.policy.set_exec({"/bin/sh"}, false);
     service = std::make_unique<service::ConduitService>(std::move(options));
     grpc::ServerBuilder builder;
     builder.RegisterService(service.get());
@@ -289,6 +290,113 @@ TEST_P(RemoteTransportTest, RS6_AProtocolExceptionGoesToTheHandlerAndClosesTheTr
     peer->read_available();
     return peer->eof() || peer->error();
   });
+}
+
+// A datagram endpoint and a child carry on after a throwing callback, on
+// either side (SPEC D8; a subprocess's callbacks are not fatal either).
+
+/// Throws from datagram_received on the first datagram only.
+struct ThrowOnceDatagrams : DatagramProtocol {
+  std::shared_ptr<DatagramTransport> transport;
+  std::vector<std::string> received;
+  int lost = 0;
+  void connection_made(std::shared_ptr<DatagramTransport> t) override { transport = std::move(t); }
+  void datagram_received(std::span<const std::byte> data, const SocketAddress&) override {
+    received.emplace_back(as_string_view(data));
+    if (received.size() == 1) throw std::runtime_error("datagram bug");
+  }
+  void connection_lost(std::exception_ptr) override { ++lost; }
+};
+
+TEST_P(RemoteTransportTest, RS6_ADatagramEndpointSurvivesAThrowingCallback) {
+  asio::ip::udp::socket peer(loop.context(), {asio::ip::make_address("127.0.0.1"), 0});
+  const auto peer_port = peer.local_endpoint().port();
+  auto protocol = std::make_shared<ThrowOnceDatagrams>();
+  bool opened = false;
+  if (GetParam() == Mode::local) {
+    DatagramOptions options;
+    options.remote_addr = {"127.0.0.1", peer_port};
+    loop.create_datagram_endpoint([protocol] { return protocol; }, options, [&](std::exception_ptr error, auto, auto) {
+      EXPECT_FALSE(error) << describe_error(error);
+      opened = true;
+    });
+  } else {
+    v1::OpenDatagramEndpoint request;
+    request.mutable_remote_addr()->set_host("127.0.0.1");
+    request.mutable_remote_addr()->set_port(peer_port);
+    service::create_remote_datagram_endpoint(loop, service().remote, request, protocol, [&](std::exception_ptr error) {
+      EXPECT_FALSE(error) << describe_error(error);
+      opened = true;
+    });
+  }
+  ASSERT_TRUE(run_until(loop, [&] { return opened && protocol->transport; }));
+  // Learn where the endpoint is from its first datagram to the peer.
+  protocol->transport->sendto("hello");
+  asio::ip::udp::endpoint endpoint;
+  std::array<char, 64> buffer{};
+  peer.non_blocking(true);
+  ASSERT_TRUE(run_until(loop, [&] {
+    boost::system::error_code ec;
+    peer.receive_from(asio::buffer(buffer), endpoint, 0, ec);
+    return !ec;
+  }));
+  peer.send_to(asio::buffer(std::string_view("one")), endpoint);
+  ASSERT_TRUE(run_until(loop, [&] { return protocol->received.size() == 1; }));
+  peer.send_to(asio::buffer(std::string_view("two")), endpoint);
+  ASSERT_TRUE(run_until(loop, [&] { return protocol->received.size() == 2; }));
+  EXPECT_EQ(protocol->received, (std::vector<std::string>{"one", "two"}));
+  ASSERT_EQ(recorder.exceptions.size(), 1u);
+  EXPECT_EQ(recorder.exceptions[0].message, "Exception in callback protocol.datagram_received()");
+  EXPECT_FALSE(protocol->transport->is_closing());
+  protocol->transport->close();
+  EXPECT_TRUE(run_until(loop, [&] { return protocol->lost == 1; }));
+}
+
+/// Throws from every pipe_data_received.
+struct ThrowingChild : SubprocessProtocol {
+  std::shared_ptr<SubprocessTransport> transport;
+  int data = 0, exited = 0, lost = 0;
+  std::exception_ptr lost_error;
+  void connection_made(std::shared_ptr<SubprocessTransport> t) override { transport = std::move(t); }
+  void pipe_data_received(int, std::span<const std::byte>) override {
+    ++data;
+    throw std::runtime_error("child output bug");
+  }
+  void process_exited() override { ++exited; }
+  void connection_lost(std::exception_ptr exc) override {
+    ++lost;
+    lost_error = exc;
+  }
+};
+
+TEST_P(RemoteTransportTest, RS6_AChildRunsOnAfterAThrowingCallback) {
+  auto protocol = std::make_shared<ThrowingChild>();
+  const std::string script = "echo out; read line; exit 7";
+  bool opened = false;
+  if (GetParam() == Mode::local) {
+    loop.subprocess_exec([protocol] { return protocol; }, "/bin/sh", {"-c", script}, {},
+                         [&](std::exception_ptr error, auto, auto) {
+      EXPECT_FALSE(error) << describe_error(error);
+      opened = true;
+    });
+  } else {
+    v1::OpenSubprocess request;
+    for (const char* arg : {"/bin/sh", "-c", script.c_str()}) request.add_argv(arg);
+    service::create_remote_subprocess(loop, service().remote, request, protocol, [&](std::exception_ptr error) {
+      EXPECT_FALSE(error) << describe_error(error);
+      opened = true;
+    });
+  }
+  ASSERT_TRUE(run_until(loop, [&] { return opened && protocol->transport && protocol->data >= 1; }));
+  EXPECT_FALSE(protocol->transport->is_closing()) << "the child carries on";
+  // It still reads its stdin, and exits as it says.
+  protocol->transport->get_pipe_transport(0)->write("go on\n");
+  ASSERT_TRUE(run_until(loop, [&] { return protocol->lost == 1; }));
+  EXPECT_EQ(protocol->exited, 1);
+  EXPECT_EQ(protocol->transport->get_returncode(), 7);
+  EXPECT_FALSE(protocol->lost_error);
+  ASSERT_GE(recorder.exceptions.size(), 1u);
+  EXPECT_EQ(recorder.exceptions[0].message, "Exception in callback protocol.pipe_data_received()");
 }
 
 }  // namespace

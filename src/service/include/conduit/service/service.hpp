@@ -3,9 +3,9 @@
 // EventLoop thread; gRPC's callback threads only post work to it.
 #pragma once
 
-#include "audit_log.hpp"
+#include <conduit/service/audit_log.hpp>
 #include "conduit/v1/conduit.grpc.pb.h"
-#include "policy.hpp"
+#include <conduit/service/policy.hpp>
 
 #include <conduit/event_loop.hpp>
 

@@ -4,15 +4,40 @@
 // (the CLI's --via).
 #pragma once
 
-#include "session_stream.hpp"
+#include "conduit/v1/conduit.pb.h"
 
 #include <conduit/event_loop.hpp>
 
+#include <grpcpp/channel.h>
+
+#include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace conduit::service {
+
+/// The most data one command carries: a write of more is split, so that
+/// every message stays well under the service's --max-message-size (256 KiB
+/// at least) whatever the caller writes.
+constexpr std::size_t max_command_data = 64 * 1024;
+
+/// Where the service is and how to talk to it.
+struct RemoteOptions {
+  std::string address;  ///< HOST:PORT of `conduit serve`
+  std::string token;    ///< bearer token, if the service wants one
+  /// TLS to the service (when ca_pem is set): trust this CA, and present
+  /// this certificate and key if the service asks (mTLS). PEM text.
+  std::string ca_pem, cert_pem, key_pem;
+  /// A channel to use instead of one to `address` (tests: an in-process
+  /// service's InProcessChannel).
+  std::shared_ptr<grpc::Channel> channel;
+};
+
+/// A channel to the service as `remote` says (TLS when ca_pem is set).
+std::shared_ptr<grpc::Channel> make_channel(const RemoteOptions& remote);
+
 
 /// Open a connection session on the service and run `protocol` over it on
 /// `loop`: connection_made, data_received, eof_received, pause/resume_writing
