@@ -8,12 +8,17 @@
 # BENCH_CONNECTIONS connections for BENCH_SECONDS. The server's CPU time
 # (utime + stime from /proc/PID/stat: all its threads, not child processes)
 # used meanwhile, divided by the requests completed, gives CPU µs per request.
+# The servers take turns, BENCH_REPEATS rounds of every server in a row (this
+# machine's speed drifts more between minutes than between servers in one
+# round); the report gives each figure's median over the rounds, and each
+# ratio as the median of the rounds' own ratios.
 # The server runs on CPU BENCH_SERVER_CPU, the client on BENCH_CLIENT_CPU.
 # Then a fresh instance of each server gets BENCH_IDLE idle connections and
 # its VmRSS is read.
 #
 # Environment (defaults in brackets):
 #   BENCH_SECONDS [5]  BENCH_SIZES ["1024 102400"]  BENCH_CONNECTIONS [10]
+#   BENCH_REPEATS [3]: rounds, each running every server once
 #   BENCH_IDLE [10000]  BENCH_SERVER_CPU [0]  BENCH_CLIENT_CPU [1]
 #   BENCH_BUILD [bench/echo/.build]: where the C/C++ programs are built, or
 #     found prebuilt (e.g. BENCH_BUILD=build/bench after a CMake build with
@@ -29,6 +34,7 @@ BUILD=${BENCH_BUILD:-$HERE/.build}
 DURATION=${BENCH_SECONDS:-5}
 SIZES=${BENCH_SIZES:-1024 102400}
 CONNECTIONS=${BENCH_CONNECTIONS:-10}
+REPEATS=${BENCH_REPEATS:-3}
 IDLE=${BENCH_IDLE:-10000}
 SERVER_CPU=${BENCH_SERVER_CPU:-0}
 CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
@@ -157,11 +163,19 @@ cpu_ticks() {
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 
-# bench_load NAME SIZE: one load run against the started server; stores
-# REQ_PER_S[NAME|SIZE] and CPU_US[NAME|SIZE].
+# median VALUES...: the median of the numbers given (mean of the middle two
+# for an even count).
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) exit 1
+    if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# bench_load NAME SIZE ROUND: one load run against the started server; stores
+# REQ_PER_S[NAME|SIZE|ROUND] and CPU_US[NAME|SIZE|ROUND].
 declare -A REQ_PER_S CPU_US
 bench_load() {
-  local name=$1 size=$2 before after out
+  local name=$1 size=$2 round=$3 before after out
   before=$(cpu_ticks "$SERVER_PID")
   out=$(timeout $((${DURATION%.*} + 60)) taskset -c "$CLIENT_CPU" "$BUILD/load_client" \
     --host 127.0.0.1 --port "$SERVER_PORT" --connections "$CONNECTIONS" --size "$size" \
@@ -177,10 +191,11 @@ bench_load() {
     NOTES+=("$name, size $size: no request completed")
     return
   fi
-  REQ_PER_S[$name|$size]=$(awk -v r="$requests" -v s="$seconds" 'BEGIN { printf "%.0f", r / s }')
-  CPU_US[$name|$size]=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v r="$requests" \
+  REQ_PER_S[$name|$size|$round]=$(awk -v r="$requests" -v s="$seconds" 'BEGIN { printf "%.0f", r / s }')
+  CPU_US[$name|$size|$round]=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v r="$requests" \
     'BEGIN { printf "%.2f", t / hz * 1e6 / r }')
-  log "  size $size: $requests requests in $seconds s, server CPU $((after - before)) ticks"
+  log "  size $size: $requests requests in $seconds s, server CPU $((after - before)) ticks" \
+    "(${CPU_US[$name|$size|$round]} µs/req)"
 }
 
 # bench_idle NAME: holds $IDLE idle connections to the started server and
@@ -246,6 +261,7 @@ build asio_echo asio_echo.cpp c++ -std=c++20 -O2 -Wall -Wextra -pthread
 # --- runs
 
 NAMES=()
+declare -A COMMAND
 mapfile -t ENTRIES <<<"$SERVERS"
 for entry in "${ENTRIES[@]}"; do
   [[ -n $entry ]] || continue
@@ -258,19 +274,26 @@ for entry in "${ENTRIES[@]}"; do
     continue
   fi
   NAMES+=("$name")
+  COMMAND[$name]=$cmd
+done
 
-  log "$name: load, ${DURATION} s per size"
-  if ! start_server "$cmd"; then
-    NOTES+=("$name: did not start (see stderr)")
+for ((round = 1; round <= REPEATS; round++)); do
+  for name in "${NAMES[@]}"; do
+    log "round $round/$REPEATS, $name: load, ${DURATION} s per size"
+    if ! start_server "${COMMAND[$name]}"; then
+      NOTES+=("$name: did not start in round $round (see stderr)")
+      stop_server
+      continue
+    fi
+    for size in $SIZES; do bench_load "$name" "$size" "$round"; done
+    alive "$SERVER_PID" || NOTES+=("$name: server died during the load runs of round $round")
     stop_server
-    continue
-  fi
-  for size in $SIZES; do bench_load "$name" "$size"; done
-  alive "$SERVER_PID" || NOTES+=("$name: server died during the load runs")
-  stop_server
+  done
+done
 
+for name in "${NAMES[@]}"; do
   log "$name: $IDLE idle connections"
-  if start_server "$cmd"; then # fresh, so the load runs' buffers do not count
+  if start_server "${COMMAND[$name]}"; then # fresh, so the load runs' buffers do not count
     bench_idle "$name"
   fi
   stop_server
@@ -282,18 +305,27 @@ echo "## Echo benchmark"
 echo
 echo "$CONNECTIONS connections ping-ponging for $DURATION s per row; server on CPU $SERVER_CPU," \
   "client on CPU $CLIENT_CPU; $(uname -sr), $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)."
-echo "Ratio: server CPU per request relative to $BASELINE at the same size."
+echo "Medians of $REPEATS interleaved rounds; ratio: server CPU per request relative to $BASELINE at" \
+  "the same size in the same round, the median of the rounds' ratios (each round's ratio in brackets)."
 echo
 echo "| server | size | req/s | server CPU µs/req | ratio vs epoll |"
 echo "| --- | ---: | ---: | ---: | ---: |"
 for name in "${NAMES[@]}"; do
   for size in $SIZES; do
-    key="$name|$size"
-    ratio=n/a
-    if [[ -n ${CPU_US[$key]-} && -n ${CPU_US[$BASELINE|$size]-} ]]; then
-      ratio=$(awk -v a="${CPU_US[$key]}" -v b="${CPU_US[$BASELINE|$size]}" 'BEGIN { printf "%.2f", a / b }')
-    fi
-    echo "| $name | $size | ${REQ_PER_S[$key]-n/a} | ${CPU_US[$key]-n/a} | $ratio |"
+    cpus=() rates=() ratios=()
+    for ((round = 1; round <= REPEATS; round++)); do
+      key="$name|$size|$round"
+      [[ -n ${CPU_US[$key]-} ]] || continue
+      cpus+=("${CPU_US[$key]}")
+      rates+=("${REQ_PER_S[$key]}")
+      if [[ -n ${CPU_US[$BASELINE|$size|$round]-} ]]; then
+        ratios+=("$(awk -v a="${CPU_US[$key]}" -v b="${CPU_US[$BASELINE|$size|$round]}" 'BEGIN { printf "%.3f", a / b }')")
+      fi
+    done
+    cpu=n/a rate=n/a ratio=n/a
+    ((${#cpus[@]} > 0)) && cpu=$(median "${cpus[@]}") && rate=$(median "${rates[@]}")
+    ((${#ratios[@]} > 0)) && ratio="$(median "${ratios[@]}") (${ratios[*]})"
+    echo "| $name | $size | ${rate%.*} | $cpu | $ratio |"
   done
 done
 echo

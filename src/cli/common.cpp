@@ -289,8 +289,7 @@ void EventLog::event(std::string_view who, std::string_view what) const {
   std::cerr << '[' << who << "] " << what << '\n';
 }
 
-void EventLog::data(std::string_view who, std::string_view what, std::span<const std::byte> data) const {
-  if (!enabled()) return;
+void EventLog::write_data(std::string_view who, std::string_view what, std::span<const std::byte> data) const {
   std::cerr << '[' << who << "] " << what << ' ' << data.size() << " bytes\n";
   if (options_.hex) std::cerr << hex_dump(data);
 }

@@ -135,10 +135,14 @@ class EventLog {
   bool enabled() const { return options_.verbose > 0 || options_.hex; }
   /// One event line, e.g. "[conn 3] eof_received".
   void event(std::string_view who, std::string_view what) const;
-  /// data_received / write of `data`, with a hex dump under -x.
-  void data(std::string_view who, std::string_view what, std::span<const std::byte> data) const;
+  /// data_received / write of `data`, with a hex dump under -x. The check
+  /// is inline: it runs for every chunk an echo moves.
+  void data(std::string_view who, std::string_view what, std::span<const std::byte> bytes) const {
+    if (enabled()) write_data(who, what, bytes);
+  }
 
  private:
+  void write_data(std::string_view who, std::string_view what, std::span<const std::byte> data) const;
   const OutputOptions& options_;
 };
 

@@ -299,16 +299,16 @@ asio::awaitable<std::vector<Candidate>> udp_candidates(asio::io_context& context
   if (options.local_addr) {
     auto results = co_await detail::resolve(resolver, options.local_addr->first, options.local_addr->second,
                                             udp::resolver::passive);
-    for (const auto& entry : results) {
-      if (options.check_local_address) options.check_local_address(SocketAddress(entry.endpoint()));
-      add(entry.endpoint(), true);
+    for (const auto& endpoint : results) {
+      if (options.check_local_address) options.check_local_address(SocketAddress(endpoint));
+      add(endpoint, true);
     }
   }
   if (options.remote_addr) {
     auto results = co_await detail::resolve(resolver, options.remote_addr->first, options.remote_addr->second, {});
-    for (const auto& entry : results) {
-      if (options.check_remote_address) options.check_remote_address(SocketAddress(entry.endpoint()));
-      add(entry.endpoint(), false);
+    for (const auto& endpoint : results) {
+      if (options.check_remote_address) options.check_remote_address(SocketAddress(endpoint));
+      add(endpoint, false);
     }
   }
   // Each given address needs a counterpart of the same family.

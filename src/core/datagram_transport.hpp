@@ -100,7 +100,7 @@ class DatagramEndpoint final : public DatagramTransport, private detail::LoopRes
   // datagram stands alone (SPEC D8). No callback is fatal.
   detail::ProtocolGuard protocol_{loop_, *this, detail::ProtocolGuard::datagram, "a datagram transport"};
   State state_ = State::open;
-  detail::ReadPump<DatagramEndpoint, Socket> reads_{*this, socket_};
+  detail::ReadPump<DatagramEndpoint, Socket> reads_{*this, socket_, detail::LoopInternals::next_turn(loop_)};
   bool write_armed_ = false;
   detail::LateWrites late_writes_;
   std::deque<Datagram> queue_;

@@ -99,18 +99,16 @@ asio::awaitable<Connection> connect_tcp(EventLoop& loop, ProtocolFactory factory
   tcp::resolver resolver(context);
   auto remotes = co_await detail::resolve(resolver, host, port, {});
   if (options.check_remote_address) {
-    for (const auto& entry : remotes) options.check_remote_address(SocketAddress(entry.endpoint()));
+    for (const auto& remote : remotes) options.check_remote_address(SocketAddress(remote));
   }
   std::vector<tcp::endpoint> locals;
   if (options.local_addr) {
-    auto results = co_await detail::resolve(resolver, options.local_addr->first, options.local_addr->second,
-                                    tcp::resolver::passive);
-    for (const auto& entry : results) locals.push_back(entry.endpoint());
+    locals = co_await detail::resolve(resolver, options.local_addr->first, options.local_addr->second,
+                                      tcp::resolver::passive);
   }
 
   std::vector<std::system_error> errors;
-  for (const auto& entry : remotes) {
-    const tcp::endpoint remote = entry.endpoint();
+  for (const tcp::endpoint& remote : remotes) {
     tcp::socket socket(context);
     boost::system::error_code ec;
     socket.open(remote.protocol(), ec);
@@ -170,11 +168,8 @@ asio::awaitable<std::vector<detail::ServerListener>> bind_tcp(asio::io_context& 
   } else {
     tcp::resolver resolver(context);
     for (const auto& host : hosts) {
-      auto results = co_await detail::resolve(resolver, host, port, tcp::resolver::passive);
-      for (const auto& entry : results) {
-        if (std::find(endpoints.begin(), endpoints.end(), entry.endpoint()) == endpoints.end()) {
-          endpoints.push_back(entry.endpoint());
-        }
+      for (const auto& endpoint : co_await detail::resolve(resolver, host, port, tcp::resolver::passive)) {
+        if (std::find(endpoints.begin(), endpoints.end(), endpoint) == endpoints.end()) endpoints.push_back(endpoint);
       }
     }
   }
@@ -217,6 +212,8 @@ asio::awaitable<std::vector<detail::ServerListener>> bind_tcp(asio::io_context& 
 // ---- the loop itself --------------------------------------------------------
 
 EventLoop::EventLoop() : read_buffer_(new std::byte[read_size]) {
+  // Here, not in the initializer list: context_ is constructed last.
+  next_turn_ = std::make_unique<detail::NextTurn>(context_.get_executor());
   // Writing to a pipe whose reader is gone must not kill the process; Asio
   // sends with MSG_NOSIGNAL but plain write() on a descriptor does not (R1).
   ::signal(SIGPIPE, SIG_IGN);
@@ -230,20 +227,22 @@ EventLoop::~EventLoop() {
     resources_.erase(resources_.begin());
     resource->on_loop_destroyed();
   }
+  // What waits for the next turn holds transports: let them go while the
+  // io_context they belong to still exists.
+  next_turn_->clear();
 }
 
 void EventLoop::run_forever() {
-  stopping_ = false;
   context_.restart();
   auto work = asio::make_work_guard(context_);
-  while (!stopping_ && context_.run_one() > 0) {
-  }
+  // One run() rather than a run_one() a callback: each run_one() call sets
+  // the scheduler's thread state up again and takes its lock once more.
+  context_.run();
 }
 
-void EventLoop::stop() {
-  stopping_ = true;
-  asio::post(context_, [] {});  // wake run_one() if it is waiting
-}
+// io_context::stop() lets the callback running finish, runs no other, and
+// wakes a run() that waits: what asyncio's stop() does. It is thread-safe.
+void EventLoop::stop() { context_.stop(); }
 
 bool EventLoop::run_until(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -251,6 +250,7 @@ bool EventLoop::run_until(const std::function<bool()>& done, std::chrono::millis
   auto work = asio::make_work_guard(context_);
   while (!done()) {
     if (std::chrono::steady_clock::now() >= deadline) return false;
+    if (context_.stopped()) context_.restart();  // stop() ends run_forever() only
     context_.run_one_until(deadline);
   }
   return true;

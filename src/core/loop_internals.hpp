@@ -5,6 +5,7 @@
 
 #include "conduit/event_loop.hpp"
 #include "conduit/server.hpp"
+#include "next_turn.hpp"
 
 #include <cstddef>
 #include <span>
@@ -35,6 +36,9 @@ class LoopInternals {
   static std::span<std::byte> read_buffer(EventLoop& loop) {
     return {loop.read_buffer_.get(), EventLoop::read_size};
   }
+
+  /// What runs on the loop's next turn, in one batch.
+  static NextTurn& next_turn(EventLoop& loop) { return *loop.next_turn_; }
 };
 
 /// A server's connections, for its transports.

@@ -80,10 +80,7 @@ void ProtocolGuard::connection_lost(std::exception_ptr exc) {
   call("Exception in callback protocol.connection_lost()", [&] { protocol_->connection_lost(exc); });
 }
 
-bool ProtocolGuard::data_received(std::span<const std::byte> data) {
-  if (stream_) {
-    return call_fatal("Fatal error: protocol.data_received() call failed.", [&] { stream_->data_received(data); });
-  }
+bool ProtocolGuard::copy_into_buffers(std::span<const std::byte> data) {
   while (!data.empty()) {
     const std::span<std::byte> buffer = get_buffer(data.size());
     if (buffer.empty()) return false;

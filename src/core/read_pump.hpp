@@ -6,7 +6,8 @@
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/error.hpp>
-#include <boost/asio/post.hpp>
+
+#include "next_turn.hpp"
 
 namespace conduit::detail {
 
@@ -23,17 +24,18 @@ enum class ReadOutcome {
 ///   void on_read_wait_error(ec);        // the readability wait failed
 ///   std::shared_ptr<Owner> self();      // kept alive by each pending step
 ///
-/// Why post instead of waiting at once: every Asio async_wait costs an
-/// epoll_ctl, and under load the next data is usually there by the next
-/// turn. Posting also keeps one busy transport from starving the others.
+/// Why the next turn instead of waiting at once: under load the next data
+/// is usually there by then, and a read that finds it costs no wait at all.
+/// The loop's NextTurn runs every such read in one batch, and keeps one
+/// busy transport from starving the others.
 ///
 ///   idle --start()--> waiting --readable--> read --data--> posted --turn--> read
 ///     ^                  |                    |                  |
 ///     +---stop()---------+<---would_block-----+  (not reading: back to idle)
 template <class Owner, class IoObject>
-class ReadPump {
+class ReadPump final : private TurnTarget {
  public:
-  ReadPump(Owner& owner, IoObject& io) : owner_(owner), io_(io) {}
+  ReadPump(Owner& owner, IoObject& io, NextTurn& next_turn) : owner_(owner), io_(io), next_turn_(next_turn) {}
 
   /// Make sure a read will come: wait unless a wait or a turn is pending.
   void start() {
@@ -72,14 +74,17 @@ class ReadPump {
 
   void post_turn() {
     state_ = State::posted;
-    boost::asio::post(io_.get_executor(), [this, keep = owner_.self()] {
-      state_ = State::idle;
-      if (owner_.is_reading()) read();
-    });
+    next_turn_.defer(*this, owner_.self());
+  }
+
+  void on_turn() override {
+    state_ = State::idle;
+    if (owner_.is_reading()) read();
   }
 
   Owner& owner_;
   IoObject& io_;
+  NextTurn& next_turn_;
   State state_ = State::idle;
   boost::asio::cancellation_signal cancel_;
 };

@@ -144,7 +144,7 @@ class StreamTransport final : public Transport, private detail::LoopResource {
   ReadState read_state_ = ReadState::reading;
   // Cancels just its own wait (socket.cancel() would take the write wait
   // too), so a paused or closing transport holds no pending read.
-  detail::ReadPump<StreamTransport, Socket> reads_{*this, socket_};
+  detail::ReadPump<StreamTransport, Socket> reads_{*this, socket_, detail::LoopInternals::next_turn(loop_)};
   detail::StreamWriter<StreamTransport, Socket> writer_{*this, socket_, protocol_, WriteTransport::default_high_water};
   detail::LateWrites late_writes_;
   bool eof_requested_ = false;  // write_eof() was called

@@ -78,24 +78,30 @@ class StreamWriter {
   void write(std::span<const std::span<const std::byte>> buffers) {
     std::size_t sent = 0;
     if (buffer_.empty()) {
-      std::array<boost::asio::const_buffer, WriteBuffer::max_gather> iov;
-      std::size_t count = 0;
-      for (auto b : buffers) {
-        if (count == iov.size()) break;
-        if (!b.empty()) iov[count++] = boost::asio::const_buffer(b.data(), b.size());
-      }
       boost::system::error_code ec;
-      sent = io_.write_some(std::span(iov.data(), count), ec);
-      if (ec == boost::asio::error::would_block || ec == boost::asio::error::interrupted) {
+      if (buffers.size() == 1) {
+        // The common case, without building a gather list.
+        sent = io_.write_some(boost::asio::const_buffer(buffers[0].data(), buffers[0].size()), ec);
+      } else {
+        std::array<boost::asio::const_buffer, WriteBuffer::max_gather> iov;
+        std::size_t count = 0;
+        for (auto b : buffers) {
+          if (count == iov.size()) break;
+          if (!b.empty()) iov[count++] = boost::asio::const_buffer(b.data(), b.size());
+        }
+        sent = io_.write_some(std::span(iov.data(), count), ec);
+      }
+      if (ec) {  // tested first: comparing error codes costs more than one branch
+        if (ec != boost::asio::error::would_block && ec != boost::asio::error::interrupted) {
+          return owner_.on_write_error(ec);
+        }
         sent = 0;
-      } else if (ec) {
-        return owner_.on_write_error(ec);
       }
     }
     for (auto b : buffers) {
       const std::size_t skip = std::min(sent, b.size());
       sent -= skip;
-      buffer_.append(b.subspan(skip));
+      if (skip < b.size()) buffer_.append(b.subspan(skip));
     }
     if (buffer_.empty()) return;
     arm();

@@ -302,25 +302,33 @@ class RemoteServerSession final : public RemoteServer, public std::enable_shared
 
   const std::vector<std::string>& sockets() const override { return sockets_; }
   std::size_t active_connections() const override { return connections_.size(); }
-  bool is_closed() const override { return closed_; }
+  bool is_closed() const override { return state_ == State::closed; }
   void on_closed(std::function<void(std::exception_ptr)> handler) override { closed_handler_ = std::move(handler); }
   void close() override {
-    if (closing_ || closed_) return;
-    closing_ = true;
+    if (state_ == State::closing || state_ == State::closed) return;
+    state_ = State::closing;
     // To the server (id 0): stop listening, close every connection.
     stream_->command(make_command([](v1::Command& c) { c.mutable_close(); }));
   }
   void abort() override {
-    if (closed_) return;
-    closing_ = true;
+    if (state_ == State::closed) return;
+    state_ = State::closing;
     stream_->abort(make_command([](v1::Command& c) { c.mutable_abort(); }));
   }
 
  private:
+  enum class State {
+    opening,  // the open is on its way
+    serving,  // server_started came: listening, connections come and go
+    closing,  // close() or abort() was sent: waiting for the stream's end
+    closed,   // the stream ended
+  };
+
   void on_event(const v1::Event& event) {
     const std::uint64_t id = event.connection_id();
     if (event.has_server_started()) {
       sockets_.assign(event.server_started().sockets().begin(), event.server_started().sockets().end());
+      if (state_ == State::opening) state_ = State::serving;
       if (done_) std::exchange(done_, nullptr)(nullptr, shared_from_this());
     } else if (event.has_connection_accepted()) {
       std::shared_ptr<BaseProtocol> protocol;
@@ -348,14 +356,15 @@ class RemoteServerSession final : public RemoteServer, public std::enable_shared
   }
 
   void on_finished(const grpc::Status& status) {
-    closed_ = true;
+    const bool asked_to_close = state_ == State::closing;
+    state_ = State::closed;
     if (done_) std::exchange(done_, nullptr)(ending_.for_status(status), nullptr);
     // Connections the stream's end cut off.
     auto open = std::move(connections_);
     for (auto& [id, connection] : open) connection->on_finished(status);
     factory_ = nullptr;
     if (auto handler = std::exchange(closed_handler_, nullptr)) {
-      if (closing_ && status.ok()) handler(nullptr);
+      if (asked_to_close && status.ok()) handler(nullptr);
       else if (status.ok()) handler(std::make_exception_ptr(std::runtime_error("the service closed the server session")));
       else handler(broken_error(status));
     }
@@ -369,8 +378,7 @@ class RemoteServerSession final : public RemoteServer, public std::enable_shared
   std::map<std::uint64_t, std::shared_ptr<RemoteTransport>> connections_;
   std::vector<std::string> sockets_;
   bool tls_ = false;
-  bool closing_ = false;
-  bool closed_ = false;
+  State state_ = State::opening;
   Ending ending_;
 };
 

@@ -83,8 +83,14 @@ class ServiceTest(unittest.TestCase):
 
     def test_peer_eof_closes_by_default_and_keep_open_leaves_closing_to_the_client(self):
         import socket
-        listener = socket.create_server(("127.0.0.1", 0))
+        # A fixed, small receive buffer (no autotuning: tcp_rmem's maximum
+        # is 32 MiB on some kernels), so that the kernel cannot absorb what
+        # is written: most of it must wait in the transport's buffer.
+        listener = socket.socket()
         self.addCleanup(listener.close)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
         port = listener.getsockname()[1]
         # Default: asyncio's default protocol; the peer's EOF closes, flushing.
         s = Session(self.stub)
@@ -117,8 +123,14 @@ class ServiceTest(unittest.TestCase):
 
     def test_start_paused_reads_nothing_until_resumed(self):
         import socket
-        listener = socket.create_server(("127.0.0.1", 0))
+        # A fixed, small receive buffer (no autotuning: tcp_rmem's maximum
+        # is 32 MiB on some kernels), so that the kernel cannot absorb what
+        # is written: most of it must wait in the transport's buffer.
+        listener = socket.socket()
         self.addCleanup(listener.close)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
         s = Session(self.stub)
         s.send(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="127.0.0.1", port=listener.getsockname()[1]),
                                                  start_paused=True))
@@ -137,15 +149,24 @@ class ServiceTest(unittest.TestCase):
 
     def test_commands_are_never_held_and_writing_past_the_cap_aborts(self):
         import socket
-        listener = socket.create_server(("127.0.0.1", 0))
+        # A fixed, small receive buffer (no autotuning: tcp_rmem's maximum
+        # is 32 MiB on some kernels), so that the kernel cannot absorb what
+        # is written: most of it must wait in the transport's buffer.
+        listener = socket.socket()
         self.addCleanup(listener.close)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
         s = Session(self.stub)
         s.send(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="127.0.0.1", port=listener.getsockname()[1])))
         peer, _ = listener.accept()
         self.addCleanup(peer.close)
         self.assertEqual(s.next().WhichOneof("kind"), "connection_made")
         block = b"x" * (256 << 10)
-        for _ in range(48):  # 12 MiB to a peer that reads nothing, past the 8 MiB cap
+        # 20 MiB to a peer that reads nothing: past the 8 MiB cap even after
+        # the kernel took its share (the sender's buffer autotunes up to
+        # tcp_wmem's maximum, 4 MiB here; 12 MiB left 7.8 MiB buffered).
+        for _ in range(80):
             s.command(write=block)
         events = s.until("connection_lost")
         kinds = [e.WhichOneof("kind") for e in events]
@@ -504,10 +525,17 @@ class ServiceTest(unittest.TestCase):
         # own queue to gRPC is short (max_queued, as the C++ client's
         # transports pause on theirs): what it sends past a pause is then a
         # round trip's worth, and a stall in a callback stalls its writing.
+        # A round trip's worth is bounded by the events ahead of the pause
+        # (the service's event queue, 1 MiB, in 64 KiB events) times what
+        # the client writes per event; the service's cap is 8x that queue.
+        # Writing one 256 KiB chunk per event (4x what it reads) keeps a
+        # round trip's worth at half the cap; two per event (8x) met it
+        # exactly, and went past it when gRPC held the whole queue ahead of
+        # the pause (seen here in 5 runs of 27).
         block = os.urandom(chunk)
         state = {"paused": False, "written": 0}
 
-        def write_while_allowed(most=2):
+        def write_while_allowed(most=1):
             for _ in range(most):
                 if state["paused"] or state["written"] == total:
                     return

@@ -196,6 +196,7 @@ struct ProtocolCast {
 
 class LoopResource;   // loop_internals.hpp (the core's own)
 class LoopInternals;  // likewise
+class NextTurn;       // next_turn.hpp (the core's own)
 
 template <class Factory>
 using factory_protocol_t = typename std::invoke_result_t<Factory&>::element_type;
@@ -397,10 +398,10 @@ class EventLoop {
                                           detail::DatagramHandler handler);
 
   std::unique_ptr<std::byte[]> read_buffer_;
+  std::unique_ptr<detail::NextTurn> next_turn_;
   std::set<detail::LoopResource*> resources_;
   ExceptionHandler exception_handler_;
   LogHandler log_handler_;
-  bool stopping_ = false;
   // Last, so it is destroyed first: pending handlers own transports, whose
   // destructors may still log through the members above. One thread runs
   // it, so the reactor's per-descriptor locks are switched off; posting
@@ -593,7 +594,8 @@ T EventLoop::run_until_complete(asio::awaitable<T> task) {
   while (!done && context_.run_one() > 0) {
   }
   if (error) std::rethrow_exception(error);
-  if (!done) throw std::logic_error("run_until_complete: the loop ran out of work first");
+  // As asyncio: stop() ends it too ("Event loop stopped before Future completed").
+  if (!done) throw std::logic_error("run_until_complete: the loop stopped or ran out of work first");
   if constexpr (!std::is_void_v<T>) return std::move(*result);
 }
 

@@ -63,7 +63,10 @@ class ProtocolGuard {
   /// data_received, or for a BufferedProtocol the bytes copied into as many
   /// get_buffer() buffers as they need (transports that cannot read into
   /// the protocol's buffer directly).
-  bool data_received(std::span<const std::byte> data);
+  bool data_received(std::span<const std::byte> data) {
+    if (!stream_) return copy_into_buffers(data);
+    return call_fatal("Fatal error: protocol.data_received() call failed.", [&] { stream_->data_received(data); });
+  }
   /// get_buffer(sizehint); an empty buffer counts as a failure.
   std::span<std::byte> get_buffer(std::size_t sizehint);
   bool buffer_updated(std::size_t nbytes);
@@ -80,6 +83,7 @@ class ProtocolGuard {
   void process_exited();
 
  private:
+  bool copy_into_buffers(std::span<const std::byte> data);
   /// Run `fn`; on an exception report it under `failure` and return it.
   template <class Fn>
   std::exception_ptr call(const char* failure, Fn&& fn) {
