@@ -1,9 +1,12 @@
 // The smallest program against an installed Conduit: a socket pair echoes
 // one message through a Protocol, then it prints what came back.
 // Every installed header, each of which must stand on its own.
+#include <conduit/datagram_proxy.hpp>
 #include <conduit/errors.hpp>
 #include <conduit/event_loop.hpp>
+#include <conduit/faults.hpp>
 #include <conduit/protocols.hpp>
+#include <conduit/proxy.hpp>
 #include <conduit/server.hpp>
 #include <conduit/socket_address.hpp>
 #include <conduit/tls.hpp>

@@ -1,0 +1,214 @@
+#include "conduit/faults.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace conduit {
+
+namespace fault {
+
+namespace {
+
+template <class... Fs>
+struct Overloaded : Fs... {
+  using Fs::operator()...;
+};
+template <class... Fs>
+Overloaded(Fs...) -> Overloaded<Fs...>;
+
+}  // namespace
+
+const char* kind_name(const Kind& kind) {
+  return std::visit(Overloaded{[](const Latency&) { return "latency"; },
+                               [](const Bandwidth&) { return "bandwidth"; },
+                               [](const Slicer&) { return "slicer"; },
+                               [](const Blackhole&) { return "blackhole"; },
+                               [](const Reset&) { return "reset"; },
+                               [](const LimitData&) { return "limit_data"; },
+                               [](const SlowClose&) { return "slow_close"; },
+                               [](const Loss&) { return "loss"; },
+                               [](const Duplicate&) { return "duplicate"; },
+                               [](const Reorder&) { return "reorder"; }},
+                    kind);
+}
+
+bool for_streams(const Kind& kind) {
+  return !std::holds_alternative<Loss>(kind) && !std::holds_alternative<Duplicate>(kind) &&
+         !std::holds_alternative<Reorder>(kind);
+}
+
+bool for_datagrams(const Kind& kind) {
+  return std::holds_alternative<Latency>(kind) || std::holds_alternative<Bandwidth>(kind) ||
+         std::holds_alternative<Blackhole>(kind) || std::holds_alternative<Loss>(kind) ||
+         std::holds_alternative<Duplicate>(kind) || std::holds_alternative<Reorder>(kind);
+}
+
+}  // namespace fault
+
+void Fault::validate() const {
+  using namespace fault;
+  const std::string what = "fault '" + name + "' (" + kind_name(kind) + "): ";
+  if (name.empty()) throw std::invalid_argument(std::string("a fault needs a name (") + kind_name(kind) + ")");
+  auto probability = [&](double p, const char* field) {
+    if (!(p >= 0 && p <= 1)) throw std::invalid_argument(what + field + " must be between 0 and 1");
+  };
+  auto not_negative = [&](Duration d, const char* field) {
+    if (d.count() < 0) throw std::invalid_argument(what + field + " must not be negative");
+  };
+  std::visit(Overloaded{
+                 [&](const Latency& f) {
+                   not_negative(f.delay, "delay");
+                   not_negative(f.jitter, "jitter");
+                 },
+                 [&](const Bandwidth& f) {
+                   if (f.bytes_per_second == 0) throw std::invalid_argument(what + "the rate must be above 0");
+                 },
+                 [&](const Slicer& f) {
+                   if (f.average_size == 0) throw std::invalid_argument(what + "average_size must be above 0");
+                   if (f.size_variation >= f.average_size) {
+                     throw std::invalid_argument(what + "size_variation must be below average_size");
+                   }
+                   not_negative(f.delay, "delay");
+                 },
+                 [&](const Blackhole& f) {
+                   if (f.close_after) not_negative(*f.close_after, "close_after");
+                 },
+                 [&](const Reset& f) {
+                   if (f.after) not_negative(*f.after, "after");
+                 },
+                 [&](const LimitData&) {},
+                 [&](const SlowClose& f) { not_negative(f.delay, "delay"); },
+                 [&](const Loss& f) { probability(f.probability, "probability"); },
+                 [&](const Duplicate& f) { probability(f.probability, "probability"); },
+                 [&](const Reorder& f) {
+                   probability(f.probability, "probability");
+                   not_negative(f.hold, "hold");
+                 }},
+             kind);
+}
+
+void FaultList::set(Fault fault) {
+  fault.validate();
+  for (auto& f : faults_) {
+    if (f.name == fault.name) {
+      f = std::move(fault);
+      return;
+    }
+  }
+  faults_.push_back(std::move(fault));
+}
+
+bool FaultList::remove(const std::string& name) {
+  return std::erase_if(faults_, [&](const Fault& f) { return f.name == name; }) > 0;
+}
+
+// ---- StreamSchedule ---------------------------------------------------------
+
+StreamSchedule::Clock::duration StreamSchedule::draw_jitter(fault::Duration jitter) {
+  if (jitter.count() <= 0) return {};
+  std::uniform_int_distribution<std::int64_t> draw(-jitter.count(), jitter.count());
+  return fault::Duration(draw(random_));
+}
+
+std::vector<StreamSchedule::Piece> StreamSchedule::plan(const FaultList& faults, FaultDirection direction,
+                                                        std::size_t size, Clock::time_point now) {
+  const auto* slicer = faults.find<fault::Slicer>(direction);
+  const auto* latency = faults.find<fault::Latency>(direction);
+  const auto* bandwidth = faults.find<fault::Bandwidth>(direction);
+
+  // The sizes: slices, and under a bandwidth limit pieces of at most 10 ms
+  // worth, so that a large chunk does not leave as one burst.
+  struct Size {
+    std::size_t bytes;
+    bool starts_slice;
+  };
+  std::vector<Size> sizes;
+  const std::size_t bandwidth_piece =
+      bandwidth ? std::max<std::size_t>(1, static_cast<std::size_t>(bandwidth->bytes_per_second / 100)) : size;
+  auto add = [&](std::size_t n) {
+    bool first = true;
+    while (n > 0) {
+      const std::size_t piece = std::min(n, bandwidth_piece);
+      sizes.push_back({piece, first});
+      first = false;
+      n -= piece;
+    }
+  };
+  if (slicer) {
+    std::uniform_int_distribution<std::size_t> draw(slicer->average_size - slicer->size_variation,
+                                                    slicer->average_size + slicer->size_variation);
+    for (std::size_t left = size; left > 0;) {
+      const std::size_t n = std::min(left, std::max<std::size_t>(1, draw(random_)));
+      add(n);
+      left -= n;
+    }
+  } else {
+    add(size);
+  }
+
+  std::vector<Piece> pieces;
+  pieces.reserve(sizes.size());
+  Clock::time_point at = now;
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    if (slicer && i > 0 && sizes[i].starts_slice) at += slicer->delay;
+    Clock::time_point leave = at;
+    if (latency) leave += std::max(Clock::duration{}, Clock::duration(latency->delay) + draw_jitter(latency->jitter));
+    leave = std::max(leave, last_);  // a stream keeps its order
+    if (bandwidth) {
+      leave = std::max(leave, bandwidth_);
+      bandwidth_ = leave + std::chrono::duration_cast<Clock::duration>(
+                               std::chrono::duration<double>(static_cast<double>(sizes[i].bytes) /
+                                                             static_cast<double>(bandwidth->bytes_per_second)));
+    }
+    last_ = leave;
+    pieces.push_back({leave, sizes[i].bytes});
+  }
+  return pieces;
+}
+
+StreamSchedule::Clock::time_point StreamSchedule::plan_end(const FaultList& faults, FaultDirection direction,
+                                                           Clock::time_point now) {
+  Clock::time_point at = std::max(now, last_);
+  if (const auto* slow = faults.find<fault::SlowClose>(direction)) at += slow->delay;
+  last_ = at;
+  return at;
+}
+
+// ---- DatagramSchedule -------------------------------------------------------
+
+bool DatagramSchedule::chance(double probability) {
+  if (probability <= 0) return false;
+  if (probability >= 1) return true;
+  return std::uniform_real_distribution<double>(0, 1)(random_) < probability;
+}
+
+std::vector<DatagramSchedule::Clock::time_point> DatagramSchedule::plan(const FaultList& faults,
+                                                                        FaultDirection direction, std::size_t size,
+                                                                        Clock::time_point now) {
+  if (faults.find<fault::Blackhole>(direction)) return {};
+  if (const auto* loss = faults.find<fault::Loss>(direction); loss && chance(loss->probability)) return {};
+  Clock::time_point at = now;
+  if (const auto* latency = faults.find<fault::Latency>(direction)) {
+    Clock::duration delay = latency->delay;
+    if (latency->jitter.count() > 0) {
+      std::uniform_int_distribution<std::int64_t> draw(-latency->jitter.count(), latency->jitter.count());
+      delay += fault::Duration(draw(random_));
+    }
+    at += std::max(Clock::duration{}, delay);
+  }
+  if (const auto* reorder = faults.find<fault::Reorder>(direction); reorder && chance(reorder->probability)) {
+    at += reorder->hold;
+  }
+  if (const auto* bandwidth = faults.find<fault::Bandwidth>(direction)) {
+    at = std::max(at, bandwidth_);
+    bandwidth_ = at + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
+                          static_cast<double>(size) / static_cast<double>(bandwidth->bytes_per_second)));
+  }
+  std::vector<Clock::time_point> copies{at};
+  if (const auto* duplicate = faults.find<fault::Duplicate>(direction); duplicate && chance(duplicate->probability)) {
+    copies.push_back(at);
+  }
+  return copies;
+}
+
+}  // namespace conduit
