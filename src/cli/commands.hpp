@@ -12,5 +12,6 @@ void set_udp_echo_command(CLI::App& app, int& exit_code);
 void set_run_subprocess_command(CLI::App& app, int& exit_code);
 void set_serve_command(CLI::App& app, int& exit_code);
 void set_health_command(CLI::App& app, int& exit_code);
+void set_proxy_command(CLI::App& app, int& exit_code);
 
 }  // namespace conduit::cli

@@ -61,4 +61,92 @@ std::string command_name(const v1::Command& command) {
   return field ? field->name() : "unknown";
 }
 
+namespace {
+
+fault::Duration us(std::uint64_t micros) { return fault::Duration(static_cast<fault::Duration::rep>(micros)); }
+std::uint64_t us_of(fault::Duration d) { return static_cast<std::uint64_t>(d.count()); }
+
+}  // namespace
+
+Fault fault_of(const v1::FaultSpec& spec) {
+  Fault f;
+  f.name = spec.name();
+  switch (spec.direction()) {
+    case v1::UPSTREAM: f.direction = FaultDirection::upstream; break;
+    case v1::DOWNSTREAM: f.direction = FaultDirection::downstream; break;
+    default: f.direction = FaultDirection::both; break;
+  }
+  switch (spec.kind_case()) {
+    case v1::FaultSpec::kLatency:
+      f.kind = fault::Latency{us(spec.latency().delay_us()), us(spec.latency().jitter_us())};
+      break;
+    case v1::FaultSpec::kBandwidth: f.kind = fault::Bandwidth{spec.bandwidth().bytes_per_second()}; break;
+    case v1::FaultSpec::kSlicer:
+      f.kind = fault::Slicer{spec.slicer().average_size(), spec.slicer().size_variation(), us(spec.slicer().delay_us())};
+      break;
+    case v1::FaultSpec::kBlackhole: {
+      fault::Blackhole hole;
+      if (spec.blackhole().close_after_us()) hole.close_after = us(spec.blackhole().close_after_us());
+      f.kind = hole;
+      break;
+    }
+    case v1::FaultSpec::kReset: {
+      fault::Reset reset;
+      if (spec.reset().after_bytes()) reset.after_bytes = spec.reset().after_bytes();
+      if (spec.reset().after_us()) reset.after = us(spec.reset().after_us());
+      f.kind = reset;
+      break;
+    }
+    case v1::FaultSpec::kLimitData: f.kind = fault::LimitData{spec.limit_data().bytes()}; break;
+    case v1::FaultSpec::kSlowClose: f.kind = fault::SlowClose{us(spec.slow_close().delay_us())}; break;
+    case v1::FaultSpec::kLoss: f.kind = fault::Loss{spec.loss().probability()}; break;
+    case v1::FaultSpec::kDuplicate: f.kind = fault::Duplicate{spec.duplicate().probability()}; break;
+    case v1::FaultSpec::kReorder:
+      f.kind = fault::Reorder{spec.reorder().probability(),
+                              spec.reorder().hold_us() ? us(spec.reorder().hold_us()) : fault::Reorder{}.hold};
+      break;
+    default: throw std::invalid_argument("fault '" + spec.name() + "': set one kind (latency, bandwidth, ...)");
+  }
+  f.validate();
+  return f;
+}
+
+v1::FaultSpec spec_of(const Fault& f) {
+  v1::FaultSpec spec;
+  spec.set_name(f.name);
+  spec.set_direction(f.direction == FaultDirection::upstream     ? v1::UPSTREAM
+                     : f.direction == FaultDirection::downstream ? v1::DOWNSTREAM
+                                                                 : v1::BOTH);
+  struct Fill {
+    v1::FaultSpec& spec;
+    void operator()(const fault::Latency& k) const {
+      spec.mutable_latency()->set_delay_us(us_of(k.delay));
+      spec.mutable_latency()->set_jitter_us(us_of(k.jitter));
+    }
+    void operator()(const fault::Bandwidth& k) const { spec.mutable_bandwidth()->set_bytes_per_second(k.bytes_per_second); }
+    void operator()(const fault::Slicer& k) const {
+      spec.mutable_slicer()->set_average_size(static_cast<std::uint32_t>(k.average_size));
+      spec.mutable_slicer()->set_size_variation(static_cast<std::uint32_t>(k.size_variation));
+      spec.mutable_slicer()->set_delay_us(us_of(k.delay));
+    }
+    void operator()(const fault::Blackhole& k) const {
+      spec.mutable_blackhole()->set_close_after_us(k.close_after ? us_of(*k.close_after) : 0);
+    }
+    void operator()(const fault::Reset& k) const {
+      spec.mutable_reset()->set_after_bytes(k.after_bytes.value_or(0));
+      spec.mutable_reset()->set_after_us(k.after ? us_of(*k.after) : 0);
+    }
+    void operator()(const fault::LimitData& k) const { spec.mutable_limit_data()->set_bytes(k.bytes); }
+    void operator()(const fault::SlowClose& k) const { spec.mutable_slow_close()->set_delay_us(us_of(k.delay)); }
+    void operator()(const fault::Loss& k) const { spec.mutable_loss()->set_probability(k.probability); }
+    void operator()(const fault::Duplicate& k) const { spec.mutable_duplicate()->set_probability(k.probability); }
+    void operator()(const fault::Reorder& k) const {
+      spec.mutable_reorder()->set_probability(k.probability);
+      spec.mutable_reorder()->set_hold_us(us_of(k.hold));
+    }
+  };
+  std::visit(Fill{spec}, f.kind);
+  return spec;
+}
+
 }  // namespace conduit::service

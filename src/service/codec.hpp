@@ -5,6 +5,7 @@
 
 #include "conduit/v1/conduit.pb.h"
 
+#include <conduit/faults.hpp>
 #include <conduit/socket_address.hpp>
 
 #include <exception>
@@ -30,5 +31,11 @@ std::optional<SocketAddress> parse_stream_address(const std::string& text);
 
 /// A command's name as the proto spells it: "write", "set_write_buffer_limits".
 std::string command_name(const v1::Command& command);
+
+/// A fault as the wire carries it, to the core's Fault; throws
+/// std::invalid_argument naming what is wrong (no kind, a bad value).
+Fault fault_of(const v1::FaultSpec& spec);
+/// And the other way, for the clients.
+v1::FaultSpec spec_of(const Fault& fault);
 
 }  // namespace conduit::service

@@ -2,6 +2,7 @@
 
 #include "connection_session.hpp"
 #include "datagram_session.hpp"
+#include "proxy_session.hpp"
 #include "server_session.hpp"
 #include "subprocess_session.hpp"
 #include "side_events.hpp"
@@ -185,13 +186,15 @@ grpc::Status validate_open(const v1::ClientMessage& message, const ServiceOption
       }
       return validate_buffer_limits("open_server", open.write_buffer_high(), open.write_buffer_low());
     }
+    case v1::ClientMessage::kOpenProxy: return validate_open_proxy(message.open_proxy());
     case v1::ClientMessage::kCommand:
       return Status(StatusCode::INVALID_ARGUMENT,
-                    "the first message must open the session (open_connection, open_server, open_datagram_endpoint "
-                    "or open_subprocess), not a command");
+                    "the first message must open the session (open_connection, open_server, open_datagram_endpoint, "
+                    "open_subprocess or open_proxy), not a command");
     default:
       return Status(StatusCode::INVALID_ARGUMENT,
-                    "empty message: set open_connection, open_server, open_datagram_endpoint or open_subprocess");
+                    "empty message: set open_connection, open_server, open_datagram_endpoint, open_subprocess or "
+                    "open_proxy");
   }
 }
 
@@ -202,6 +205,7 @@ void open_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& op
     if (open.has_open_connection()) open_connection(link, open.open_connection());
     else if (open.has_open_server()) open_server(link, open.open_server());
     else if (open.has_open_datagram_endpoint()) open_datagram_endpoint(link, open.open_datagram_endpoint());
+    else if (open.has_open_proxy()) open_proxy(link, open.open_proxy());
     else open_subprocess(link, open.open_subprocess());
   } catch (const std::exception&) {
     fail_open(link, std::current_exception());

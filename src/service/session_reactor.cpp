@@ -55,6 +55,16 @@ void SessionReactor::OnReadDone(bool ok) {
       record.target = o.has_tcp() ? std::string(o.tls().enabled() ? "tls://" : "tcp://") +
                                         (o.tcp().host().empty() ? "*" : o.tcp().host()) + ":" + std::to_string(o.tcp().port())
                                   : "unix://" + o.unix_path();
+    } else if (incoming_.has_open_proxy()) {
+      record.kind = "proxy";
+      const auto& p = incoming_.open_proxy();
+      auto text = [](const v1::ProxyEndpoint& e) {
+        if (e.has_tcp()) return std::string(e.tls_server().enabled() || e.tls_client().enabled() ? "tls://" : "tcp://") +
+                                e.tcp().host() + ":" + std::to_string(e.tcp().port());
+        if (e.has_udp()) return "udp://" + e.udp().host() + ":" + std::to_string(e.udp().port());
+        return "unix://" + e.unix_path();
+      };
+      record.target = text(p.listen()) + " -> " + text(p.upstream());
     } else if (incoming_.has_open_datagram_endpoint()) {
       const auto& d = incoming_.open_datagram_endpoint();
       record.kind = "datagram";

@@ -7,6 +7,8 @@
 #include "conduit/v1/conduit.pb.h"
 
 #include <conduit/event_loop.hpp>
+#include <conduit/faults.hpp>
+#include <conduit/proxy.hpp>
 
 #include <grpcpp/channel.h>
 
@@ -93,5 +95,46 @@ void create_remote_subprocess(EventLoop& loop, const RemoteOptions& remote, v1::
 void create_remote_datagram_endpoint(EventLoop& loop, const RemoteOptions& remote, v1::OpenDatagramEndpoint open,
                                      std::shared_ptr<DatagramProtocol> protocol,
                                      std::function<void(std::exception_ptr)> done);
+
+/// A proxy running on the service's host (a proxy session), as
+/// create_remote_proxy gives it. Commands act in order; a refused one comes
+/// back through RemoteProxyCallbacks::command_failed.
+class RemoteProxy {
+ public:
+  virtual ~RemoteProxy() = default;
+  /// Where the service listens for it ("127.0.0.1:8080", a path).
+  virtual const std::vector<std::string>& sockets() const = 0;
+  /// Add a fault, or change the one of its name, for every connection.
+  virtual void set_fault(const Fault& fault) = 0;
+  virtual void remove_fault(const std::string& name) = 0;
+  /// Stop listening and reset every connection / listen again
+  /// (RemoteProxyCallbacks::state answers each).
+  virtual void down() = 0;
+  virtual void up() = 0;
+  /// Close it (connections closed, flushed); the session then ends.
+  virtual void close() = 0;
+  virtual bool is_closed() const = 0;
+  /// As RemoteServer::on_closed.
+  virtual void on_closed(std::function<void(std::exception_ptr)> handler) = 0;
+};
+
+/// What a remote proxy reports, on the loop. Addresses are the service
+/// host's view; bytes are forwarded totals so far.
+struct RemoteProxyCallbacks {
+  std::function<void(const ProxyConnectionInfo&)> accepted;
+  std::function<void(const ProxyConnectionInfo&)> stats;
+  std::function<void(const ProxyConnectionInfo&, std::exception_ptr)> closed;
+  std::function<void(bool up, std::exception_ptr error)> state;
+  std::function<void(const std::string& command, const std::string& why)> command_failed;
+};
+
+/// A fault as the wire carries it (for OpenProxy.faults).
+v1::FaultSpec spec_of(const Fault& fault);
+
+/// Open a proxy session; `done(error, proxy)` once it listens, or with why
+/// it cannot.
+void create_remote_proxy(EventLoop& loop, const RemoteOptions& remote, v1::OpenProxy open,
+                         RemoteProxyCallbacks callbacks,
+                         std::function<void(std::exception_ptr, std::shared_ptr<RemoteProxy>)> done);
 
 }  // namespace conduit::service

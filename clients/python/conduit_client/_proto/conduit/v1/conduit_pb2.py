@@ -3,6 +3,7 @@
 
 import sys
 _b=sys.version_info[0]<3 and (lambda x:x) or (lambda x:x.encode('latin1'))
+from google.protobuf.internal import enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import reflection as _reflection
@@ -19,9 +20,39 @@ DESCRIPTOR = _descriptor.FileDescriptor(
   name='conduit/v1/conduit.proto',
   package='conduit.v1',
   syntax='proto3',
-  serialized_pb=_b('\n\x18\x63onduit/v1/conduit.proto\x12\nconduit.v1\"\xa0\x02\n\rClientMessage\x12\x35\n\x0fopen_connection\x18\x01 \x01(\x0b\x32\x1a.conduit.v1.OpenConnectionH\x00\x12\x35\n\x0fopen_subprocess\x18\x02 \x01(\x0b\x32\x1a.conduit.v1.OpenSubprocessH\x00\x12\x42\n\x16open_datagram_endpoint\x18\x03 \x01(\x0b\x32 .conduit.v1.OpenDatagramEndpointH\x00\x12-\n\x0bopen_server\x18\x04 \x01(\x0b\x32\x16.conduit.v1.OpenServerH\x00\x12&\n\x07\x63ommand\x18\n \x01(\x0b\x32\x13.conduit.v1.CommandH\x00\x42\x06\n\x04kind\"\xe0\x01\n\x0eOpenConnection\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsClient\x12\x19\n\x11write_buffer_high\x18\x04 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x05 \x01(\r\x12\x1b\n\x13keep_open_after_eof\x18\x06 \x01(\x08\x12\x14\n\x0cstart_paused\x18\x07 \x01(\x08\x42\x08\n\x06target\"&\n\x08HostPort\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"W\n\tTlsClient\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x17\n\x0fserver_hostname\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\x10\n\x08insecure\x18\x04 \x01(\x08\"\x9a\x02\n\nOpenServer\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\r\x12\x12\n\nreuse_port\x18\x05 \x01(\x08\x12\x19\n\x11write_buffer_high\x18\x06 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x07 \x01(\r\x12\x17\n\x0fmax_connections\x18\x08 \x01(\r\x12\x1b\n\x13keep_open_after_eof\x18\t \x01(\x08\x12\x14\n\x0cstart_paused\x18\n \x01(\x08\x42\x08\n\x06target\"V\n\tTlsServer\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x0f\n\x07key_pem\x18\x03 \x01(\t\x12\x15\n\rclient_ca_pem\x18\x04 \x01(\t\"\x98\x01\n\x0eOpenSubprocess\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05shell\x18\x02 \x01(\t\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12\x30\n\x03\x65nv\x18\x04 \x03(\x0b\x32#.conduit.v1.OpenSubprocess.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x01\n\x14OpenDatagramEndpoint\x12(\n\nlocal_addr\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12)\n\x0bremote_addr\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12\x12\n\nreuse_port\x18\x03 \x01(\x08\x12\x17\n\x0f\x61llow_broadcast\x18\x04 \x01(\x08\"\xd7\x04\n\x07\x43ommand\x12\x15\n\rconnection_id\x18\x14 \x01(\x04\x12\x0f\n\x05write\x18\x01 \x01(\x0cH\x00\x12,\n\nwritelines\x18\x02 \x01(\x0b\x32\x16.conduit.v1.WritelinesH\x00\x12)\n\twrite_eof\x18\x03 \x01(\x0b\x32\x14.conduit.v1.WriteEofH\x00\x12\"\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x11.conduit.v1.CloseH\x00\x12\"\n\x05\x61\x62ort\x18\x05 \x01(\x0b\x32\x11.conduit.v1.AbortH\x00\x12\x31\n\rpause_reading\x18\x06 \x01(\x0b\x32\x18.conduit.v1.PauseReadingH\x00\x12\x33\n\x0eresume_reading\x18\x07 \x01(\x0b\x32\x19.conduit.v1.ResumeReadingH\x00\x12@\n\x17set_write_buffer_limits\x18\x08 \x01(\x0b\x32\x1d.conduit.v1.WriteBufferLimitsH\x00\x12\x32\n\x0eget_extra_info\x18\t \x01(\x0b\x32\x18.conduit.v1.GetExtraInfoH\x00\x12)\n\x0bsend_signal\x18\n \x01(\x0b\x32\x12.conduit.v1.SignalH\x00\x12*\n\tterminate\x18\x0b \x01(\x0b\x32\x15.conduit.v1.TerminateH\x00\x12 \n\x04kill\x18\x0c \x01(\x0b\x32\x10.conduit.v1.KillH\x00\x12$\n\x06sendto\x18\r \x01(\x0b\x32\x12.conduit.v1.SendtoH\x00\x42\x06\n\x04kind\":\n\x06Sendto\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\"\n\x04\x61\x64\x64r\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\"\x1a\n\nWritelines\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\"\n\n\x08WriteEof\"\x07\n\x05\x43lose\"\x07\n\x05\x41\x62ort\"\x0e\n\x0cPauseReading\"\x0f\n\rResumeReading\".\n\x11WriteBufferLimits\x12\x0c\n\x04high\x18\x01 \x01(\r\x12\x0b\n\x03low\x18\x02 \x01(\r\"\x1c\n\x0cGetExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x06Signal\x12\x0e\n\x06signal\x18\x01 \x01(\x05\"\x0b\n\tTerminate\"\x06\n\x04Kill\"\xa3\x07\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nunix_nanos\x18\x02 \x01(\x03\x12\x15\n\rconnection_id\x18\x03 \x01(\x04\x12\x35\n\x0f\x63onnection_made\x18\n \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rdata_received\x18\x0b \x01(\x0b\x32\x18.conduit.v1.DataReceivedH\x00\x12/\n\x0c\x65of_received\x18\x0c \x01(\x0b\x32\x17.conduit.v1.EofReceivedH\x00\x12\x35\n\x0f\x63onnection_lost\x18\r \x01(\x0b\x32\x1a.conduit.v1.ConnectionLostH\x00\x12\x31\n\rpause_writing\x18\x0e \x01(\x0b\x32\x18.conduit.v1.PauseWritingH\x00\x12\x33\n\x0eresume_writing\x18\x0f \x01(\x0b\x32\x19.conduit.v1.ResumeWritingH\x00\x12:\n\x12pipe_data_received\x18\x10 \x01(\x0b\x32\x1c.conduit.v1.PipeDataReceivedH\x00\x12>\n\x14pipe_connection_lost\x18\x11 \x01(\x0b\x32\x1e.conduit.v1.PipeConnectionLostH\x00\x12\x33\n\x0eprocess_exited\x18\x12 \x01(\x0b\x32\x19.conduit.v1.ProcessExitedH\x00\x12-\n\x0bopen_failed\x18\x13 \x01(\x0b\x32\x16.conduit.v1.OpenFailedH\x00\x12+\n\nextra_info\x18\x14 \x01(\x0b\x32\x15.conduit.v1.ExtraInfoH\x00\x12\x33\n\x0e\x63ommand_failed\x18\x15 \x01(\x0b\x32\x19.conduit.v1.CommandFailedH\x00\x12\x39\n\x11\x64\x61tagram_received\x18\x16 \x01(\x0b\x32\x1c.conduit.v1.DatagramReceivedH\x00\x12\x33\n\x0e\x65rror_received\x18\x17 \x01(\x0b\x32\x19.conduit.v1.ErrorReceivedH\x00\x12\x33\n\x0eserver_started\x18\x18 \x01(\x0b\x32\x19.conduit.v1.ServerStartedH\x00\x12\x39\n\x13\x63onnection_accepted\x18\x19 \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x42\x06\n\x04kind\"4\n\rServerStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\".\n\x10\x44\x61tagramReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"1\n\rErrorReceived\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"-\n\x05\x45rror\x12\x13\n\x0b\x65rrno_value\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0e\x43onnectionMade\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08peername\x18\x02 \x01(\t\x12\x10\n\x08sockname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x13\n\x0btls_version\x18\x05 \x01(\t\x12\x12\n\ntls_cipher\x18\x06 \x01(\t\"\x1c\n\x0c\x44\x61taReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\r\n\x0b\x45ofReceived\"2\n\x0e\x43onnectionLost\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\" \n\x0cPauseWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\"!\n\rResumeWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\",\n\x10PipeDataReceived\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x12PipeConnectionLost\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.conduit.v1.Error\"#\n\rProcessExited\x12\x12\n\nreturncode\x18\x01 \x01(\x05\".\n\nOpenFailed\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"7\n\tExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"1\n\rCommandFailed\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x15\n\x13ListSessionsRequest\"\x87\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x10\n\x08\x62ytes_in\x18\x05 \x01(\x04\x12\x11\n\tbytes_out\x18\x06 \x01(\x04\x12\x13\n\x0b\x61ge_seconds\x18\x07 \x01(\x01\"A\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.conduit.v1.SessionInfo\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse2\xec\x01\n\x07\x43onduit\x12;\n\x07Session\x12\x19.conduit.v1.ClientMessage\x1a\x11.conduit.v1.Event(\x01\x30\x01\x12Q\n\x0cListSessions\x12\x1f.conduit.v1.ListSessionsRequest\x1a .conduit.v1.ListSessionsResponse\x12Q\n\x0c\x43loseSession\x12\x1f.conduit.v1.CloseSessionRequest\x1a .conduit.v1.CloseSessionResponseb\x06proto3')
+  serialized_pb=_b('\n\x18\x63onduit/v1/conduit.proto\x12\nconduit.v1\"\xcd\x02\n\rClientMessage\x12\x35\n\x0fopen_connection\x18\x01 \x01(\x0b\x32\x1a.conduit.v1.OpenConnectionH\x00\x12\x35\n\x0fopen_subprocess\x18\x02 \x01(\x0b\x32\x1a.conduit.v1.OpenSubprocessH\x00\x12\x42\n\x16open_datagram_endpoint\x18\x03 \x01(\x0b\x32 .conduit.v1.OpenDatagramEndpointH\x00\x12-\n\x0bopen_server\x18\x04 \x01(\x0b\x32\x16.conduit.v1.OpenServerH\x00\x12+\n\nopen_proxy\x18\x05 \x01(\x0b\x32\x15.conduit.v1.OpenProxyH\x00\x12&\n\x07\x63ommand\x18\n \x01(\x0b\x32\x13.conduit.v1.CommandH\x00\x42\x06\n\x04kind\"\xe0\x01\n\x0eOpenConnection\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsClient\x12\x19\n\x11write_buffer_high\x18\x04 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x05 \x01(\r\x12\x1b\n\x13keep_open_after_eof\x18\x06 \x01(\x08\x12\x14\n\x0cstart_paused\x18\x07 \x01(\x08\x42\x08\n\x06target\"&\n\x08HostPort\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"W\n\tTlsClient\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x17\n\x0fserver_hostname\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\x10\n\x08insecure\x18\x04 \x01(\x08\"\x9a\x02\n\nOpenServer\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\r\x12\x12\n\nreuse_port\x18\x05 \x01(\x08\x12\x19\n\x11write_buffer_high\x18\x06 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x07 \x01(\r\x12\x17\n\x0fmax_connections\x18\x08 \x01(\r\x12\x1b\n\x13keep_open_after_eof\x18\t \x01(\x08\x12\x14\n\x0cstart_paused\x18\n \x01(\x08\x42\x08\n\x06target\"V\n\tTlsServer\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x0f\n\x07key_pem\x18\x03 \x01(\t\x12\x15\n\rclient_ca_pem\x18\x04 \x01(\t\"\xbe\x01\n\tOpenProxy\x12)\n\x06listen\x18\x01 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12+\n\x08upstream\x18\x02 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12%\n\x06\x66\x61ults\x18\x03 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\x12\x19\n\x11stats_interval_ms\x18\x04 \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\x05 \x01(\r\"\xce\x01\n\rProxyEndpoint\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12#\n\x03udp\x18\x03 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12)\n\ntls_server\x18\x04 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12)\n\ntls_client\x18\x05 \x01(\x0b\x32\x15.conduit.v1.TlsClientB\x08\n\x06target\"\x9c\x04\n\tFaultSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\tdirection\x18\x02 \x01(\x0e\x32\x1a.conduit.v1.FaultDirection\x12+\n\x07latency\x18\n \x01(\x0b\x32\x18.conduit.v1.LatencyFaultH\x00\x12/\n\tbandwidth\x18\x0b \x01(\x0b\x32\x1a.conduit.v1.BandwidthFaultH\x00\x12)\n\x06slicer\x18\x0c \x01(\x0b\x32\x17.conduit.v1.SlicerFaultH\x00\x12/\n\tblackhole\x18\r \x01(\x0b\x32\x1a.conduit.v1.BlackholeFaultH\x00\x12\'\n\x05reset\x18\x0e \x01(\x0b\x32\x16.conduit.v1.ResetFaultH\x00\x12\x30\n\nlimit_data\x18\x0f \x01(\x0b\x32\x1a.conduit.v1.LimitDataFaultH\x00\x12\x30\n\nslow_close\x18\x10 \x01(\x0b\x32\x1a.conduit.v1.SlowCloseFaultH\x00\x12%\n\x04loss\x18\x11 \x01(\x0b\x32\x15.conduit.v1.LossFaultH\x00\x12/\n\tduplicate\x18\x12 \x01(\x0b\x32\x1a.conduit.v1.DuplicateFaultH\x00\x12+\n\x07reorder\x18\x13 \x01(\x0b\x32\x18.conduit.v1.ReorderFaultH\x00\x42\x06\n\x04kind\"3\n\x0cLatencyFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\x12\x11\n\tjitter_us\x18\x02 \x01(\x04\"*\n\x0e\x42\x61ndwidthFault\x12\x18\n\x10\x62ytes_per_second\x18\x01 \x01(\x04\"M\n\x0bSlicerFault\x12\x14\n\x0c\x61verage_size\x18\x01 \x01(\r\x12\x16\n\x0esize_variation\x18\x02 \x01(\r\x12\x10\n\x08\x64\x65lay_us\x18\x03 \x01(\x04\"(\n\x0e\x42lackholeFault\x12\x16\n\x0e\x63lose_after_us\x18\x01 \x01(\x04\"3\n\nResetFault\x12\x13\n\x0b\x61\x66ter_bytes\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x66ter_us\x18\x02 \x01(\x04\"\x1f\n\x0eLimitDataFault\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"\"\n\x0eSlowCloseFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\" \n\tLossFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"%\n\x0e\x44uplicateFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"4\n\x0cReorderFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x0f\n\x07hold_us\x18\x02 \x01(\x04\"\x98\x01\n\x0eOpenSubprocess\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05shell\x18\x02 \x01(\t\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12\x30\n\x03\x65nv\x18\x04 \x03(\x0b\x32#.conduit.v1.OpenSubprocess.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x01\n\x14OpenDatagramEndpoint\x12(\n\nlocal_addr\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12)\n\x0bremote_addr\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12\x12\n\nreuse_port\x18\x03 \x01(\x08\x12\x17\n\x0f\x61llow_broadcast\x18\x04 \x01(\x08\"\x8a\x06\n\x07\x43ommand\x12\x15\n\rconnection_id\x18\x14 \x01(\x04\x12\x0f\n\x05write\x18\x01 \x01(\x0cH\x00\x12,\n\nwritelines\x18\x02 \x01(\x0b\x32\x16.conduit.v1.WritelinesH\x00\x12)\n\twrite_eof\x18\x03 \x01(\x0b\x32\x14.conduit.v1.WriteEofH\x00\x12\"\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x11.conduit.v1.CloseH\x00\x12\"\n\x05\x61\x62ort\x18\x05 \x01(\x0b\x32\x11.conduit.v1.AbortH\x00\x12\x31\n\rpause_reading\x18\x06 \x01(\x0b\x32\x18.conduit.v1.PauseReadingH\x00\x12\x33\n\x0eresume_reading\x18\x07 \x01(\x0b\x32\x19.conduit.v1.ResumeReadingH\x00\x12@\n\x17set_write_buffer_limits\x18\x08 \x01(\x0b\x32\x1d.conduit.v1.WriteBufferLimitsH\x00\x12\x32\n\x0eget_extra_info\x18\t \x01(\x0b\x32\x18.conduit.v1.GetExtraInfoH\x00\x12)\n\x0bsend_signal\x18\n \x01(\x0b\x32\x12.conduit.v1.SignalH\x00\x12*\n\tterminate\x18\x0b \x01(\x0b\x32\x15.conduit.v1.TerminateH\x00\x12 \n\x04kill\x18\x0c \x01(\x0b\x32\x10.conduit.v1.KillH\x00\x12$\n\x06sendto\x18\r \x01(\x0b\x32\x12.conduit.v1.SendtoH\x00\x12*\n\tset_fault\x18\x0e \x01(\x0b\x32\x15.conduit.v1.FaultSpecH\x00\x12/\n\x0cremove_fault\x18\x0f \x01(\x0b\x32\x17.conduit.v1.RemoveFaultH\x00\x12+\n\nproxy_down\x18\x10 \x01(\x0b\x32\x15.conduit.v1.ProxyDownH\x00\x12\'\n\x08proxy_up\x18\x11 \x01(\x0b\x32\x13.conduit.v1.ProxyUpH\x00\x42\x06\n\x04kind\"\x1b\n\x0bRemoveFault\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0b\n\tProxyDown\"\t\n\x07ProxyUp\":\n\x06Sendto\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\"\n\x04\x61\x64\x64r\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\"\x1a\n\nWritelines\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\"\n\n\x08WriteEof\"\x07\n\x05\x43lose\"\x07\n\x05\x41\x62ort\"\x0e\n\x0cPauseReading\"\x0f\n\rResumeReading\".\n\x11WriteBufferLimits\x12\x0c\n\x04high\x18\x01 \x01(\r\x12\x0b\n\x03low\x18\x02 \x01(\r\"\x1c\n\x0cGetExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x06Signal\x12\x0e\n\x06signal\x18\x01 \x01(\x05\"\x0b\n\tTerminate\"\x06\n\x04Kill\"\xa5\t\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nunix_nanos\x18\x02 \x01(\x03\x12\x15\n\rconnection_id\x18\x03 \x01(\x04\x12\x35\n\x0f\x63onnection_made\x18\n \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rdata_received\x18\x0b \x01(\x0b\x32\x18.conduit.v1.DataReceivedH\x00\x12/\n\x0c\x65of_received\x18\x0c \x01(\x0b\x32\x17.conduit.v1.EofReceivedH\x00\x12\x35\n\x0f\x63onnection_lost\x18\r \x01(\x0b\x32\x1a.conduit.v1.ConnectionLostH\x00\x12\x31\n\rpause_writing\x18\x0e \x01(\x0b\x32\x18.conduit.v1.PauseWritingH\x00\x12\x33\n\x0eresume_writing\x18\x0f \x01(\x0b\x32\x19.conduit.v1.ResumeWritingH\x00\x12:\n\x12pipe_data_received\x18\x10 \x01(\x0b\x32\x1c.conduit.v1.PipeDataReceivedH\x00\x12>\n\x14pipe_connection_lost\x18\x11 \x01(\x0b\x32\x1e.conduit.v1.PipeConnectionLostH\x00\x12\x33\n\x0eprocess_exited\x18\x12 \x01(\x0b\x32\x19.conduit.v1.ProcessExitedH\x00\x12-\n\x0bopen_failed\x18\x13 \x01(\x0b\x32\x16.conduit.v1.OpenFailedH\x00\x12+\n\nextra_info\x18\x14 \x01(\x0b\x32\x15.conduit.v1.ExtraInfoH\x00\x12\x33\n\x0e\x63ommand_failed\x18\x15 \x01(\x0b\x32\x19.conduit.v1.CommandFailedH\x00\x12\x39\n\x11\x64\x61tagram_received\x18\x16 \x01(\x0b\x32\x1c.conduit.v1.DatagramReceivedH\x00\x12\x33\n\x0e\x65rror_received\x18\x17 \x01(\x0b\x32\x19.conduit.v1.ErrorReceivedH\x00\x12\x33\n\x0eserver_started\x18\x18 \x01(\x0b\x32\x19.conduit.v1.ServerStartedH\x00\x12\x39\n\x13\x63onnection_accepted\x18\x19 \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rproxy_started\x18\x1a \x01(\x0b\x32\x18.conduit.v1.ProxyStartedH\x00\x12\x35\n\x0eproxy_accepted\x18\x1b \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x32\n\x0bproxy_stats\x18\x1c \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x33\n\x0cproxy_closed\x18\x1d \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12-\n\x0bproxy_state\x18\x1e \x01(\x0b\x32\x16.conduit.v1.ProxyStateH\x00\x42\x06\n\x04kind\"3\n\x0cProxyStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\"u\n\x0fProxyConnection\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_upstream\x18\x02 \x01(\x04\x12\x18\n\x10\x62ytes_downstream\x18\x03 \x01(\x04\x12 \n\x05\x65rror\x18\x04 \x01(\x0b\x32\x11.conduit.v1.Error\"K\n\nProxyState\x12\n\n\x02up\x18\x01 \x01(\x08\x12\x0f\n\x07sockets\x18\x02 \x03(\t\x12 \n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.conduit.v1.Error\"4\n\rServerStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\".\n\x10\x44\x61tagramReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"1\n\rErrorReceived\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"-\n\x05\x45rror\x12\x13\n\x0b\x65rrno_value\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0e\x43onnectionMade\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08peername\x18\x02 \x01(\t\x12\x10\n\x08sockname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x13\n\x0btls_version\x18\x05 \x01(\t\x12\x12\n\ntls_cipher\x18\x06 \x01(\t\"\x1c\n\x0c\x44\x61taReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\r\n\x0b\x45ofReceived\"2\n\x0e\x43onnectionLost\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\" \n\x0cPauseWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\"!\n\rResumeWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\",\n\x10PipeDataReceived\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x12PipeConnectionLost\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.conduit.v1.Error\"#\n\rProcessExited\x12\x12\n\nreturncode\x18\x01 \x01(\x05\".\n\nOpenFailed\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"7\n\tExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"1\n\rCommandFailed\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x15\n\x13ListSessionsRequest\"\x87\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x10\n\x08\x62ytes_in\x18\x05 \x01(\x04\x12\x11\n\tbytes_out\x18\x06 \x01(\x04\x12\x13\n\x0b\x61ge_seconds\x18\x07 \x01(\x01\"A\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.conduit.v1.SessionInfo\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse*8\n\x0e\x46\x61ultDirection\x12\x08\n\x04\x42OTH\x10\x00\x12\x0c\n\x08UPSTREAM\x10\x01\x12\x0e\n\nDOWNSTREAM\x10\x02\x32\xec\x01\n\x07\x43onduit\x12;\n\x07Session\x12\x19.conduit.v1.ClientMessage\x1a\x11.conduit.v1.Event(\x01\x30\x01\x12Q\n\x0cListSessions\x12\x1f.conduit.v1.ListSessionsRequest\x1a .conduit.v1.ListSessionsResponse\x12Q\n\x0c\x43loseSession\x12\x1f.conduit.v1.CloseSessionRequest\x1a .conduit.v1.CloseSessionResponseb\x06proto3')
 )
 
+_FAULTDIRECTION = _descriptor.EnumDescriptor(
+  name='FaultDirection',
+  full_name='conduit.v1.FaultDirection',
+  filename=None,
+  file=DESCRIPTOR,
+  values=[
+    _descriptor.EnumValueDescriptor(
+      name='BOTH', index=0, number=0,
+      options=None,
+      type=None),
+    _descriptor.EnumValueDescriptor(
+      name='UPSTREAM', index=1, number=1,
+      options=None,
+      type=None),
+    _descriptor.EnumValueDescriptor(
+      name='DOWNSTREAM', index=2, number=2,
+      options=None,
+      type=None),
+  ],
+  containing_type=None,
+  options=None,
+  serialized_start=6474,
+  serialized_end=6530,
+)
+_sym_db.RegisterEnumDescriptor(_FAULTDIRECTION)
+
+FaultDirection = enum_type_wrapper.EnumTypeWrapper(_FAULTDIRECTION)
+BOTH = 0
+UPSTREAM = 1
+DOWNSTREAM = 2
 
 
 
@@ -61,7 +92,14 @@ _CLIENTMESSAGE = _descriptor.Descriptor(
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
     _descriptor.FieldDescriptor(
-      name='command', full_name='conduit.v1.ClientMessage.command', index=4,
+      name='open_proxy', full_name='conduit.v1.ClientMessage.open_proxy', index=4,
+      number=5, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='command', full_name='conduit.v1.ClientMessage.command', index=5,
       number=10, type=11, cpp_type=10, label=1,
       has_default_value=False, default_value=None,
       message_type=None, enum_type=None, containing_type=None,
@@ -83,7 +121,7 @@ _CLIENTMESSAGE = _descriptor.Descriptor(
       index=0, containing_type=None, fields=[]),
   ],
   serialized_start=41,
-  serialized_end=329,
+  serialized_end=374,
 )
 
 
@@ -158,8 +196,8 @@ _OPENCONNECTION = _descriptor.Descriptor(
       name='target', full_name='conduit.v1.OpenConnection.target',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=332,
-  serialized_end=556,
+  serialized_start=377,
+  serialized_end=601,
 )
 
 
@@ -196,8 +234,8 @@ _HOSTPORT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=558,
-  serialized_end=596,
+  serialized_start=603,
+  serialized_end=641,
 )
 
 
@@ -248,8 +286,8 @@ _TLSCLIENT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=598,
-  serialized_end=685,
+  serialized_start=643,
+  serialized_end=730,
 )
 
 
@@ -345,8 +383,8 @@ _OPENSERVER = _descriptor.Descriptor(
       name='target', full_name='conduit.v1.OpenServer.target',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=688,
-  serialized_end=970,
+  serialized_start=733,
+  serialized_end=1015,
 )
 
 
@@ -397,8 +435,585 @@ _TLSSERVER = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=972,
-  serialized_end=1058,
+  serialized_start=1017,
+  serialized_end=1103,
+)
+
+
+_OPENPROXY = _descriptor.Descriptor(
+  name='OpenProxy',
+  full_name='conduit.v1.OpenProxy',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='listen', full_name='conduit.v1.OpenProxy.listen', index=0,
+      number=1, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='upstream', full_name='conduit.v1.OpenProxy.upstream', index=1,
+      number=2, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='faults', full_name='conduit.v1.OpenProxy.faults', index=2,
+      number=3, type=11, cpp_type=10, label=3,
+      has_default_value=False, default_value=[],
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='stats_interval_ms', full_name='conduit.v1.OpenProxy.stats_interval_ms', index=3,
+      number=4, type=13, cpp_type=3, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='idle_timeout_ms', full_name='conduit.v1.OpenProxy.idle_timeout_ms', index=4,
+      number=5, type=13, cpp_type=3, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=1106,
+  serialized_end=1296,
+)
+
+
+_PROXYENDPOINT = _descriptor.Descriptor(
+  name='ProxyEndpoint',
+  full_name='conduit.v1.ProxyEndpoint',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='tcp', full_name='conduit.v1.ProxyEndpoint.tcp', index=0,
+      number=1, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='unix_path', full_name='conduit.v1.ProxyEndpoint.unix_path', index=1,
+      number=2, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='udp', full_name='conduit.v1.ProxyEndpoint.udp', index=2,
+      number=3, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='tls_server', full_name='conduit.v1.ProxyEndpoint.tls_server', index=3,
+      number=4, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='tls_client', full_name='conduit.v1.ProxyEndpoint.tls_client', index=4,
+      number=5, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+    _descriptor.OneofDescriptor(
+      name='target', full_name='conduit.v1.ProxyEndpoint.target',
+      index=0, containing_type=None, fields=[]),
+  ],
+  serialized_start=1299,
+  serialized_end=1505,
+)
+
+
+_FAULTSPEC = _descriptor.Descriptor(
+  name='FaultSpec',
+  full_name='conduit.v1.FaultSpec',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='name', full_name='conduit.v1.FaultSpec.name', index=0,
+      number=1, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='direction', full_name='conduit.v1.FaultSpec.direction', index=1,
+      number=2, type=14, cpp_type=8, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='latency', full_name='conduit.v1.FaultSpec.latency', index=2,
+      number=10, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='bandwidth', full_name='conduit.v1.FaultSpec.bandwidth', index=3,
+      number=11, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='slicer', full_name='conduit.v1.FaultSpec.slicer', index=4,
+      number=12, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='blackhole', full_name='conduit.v1.FaultSpec.blackhole', index=5,
+      number=13, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='reset', full_name='conduit.v1.FaultSpec.reset', index=6,
+      number=14, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='limit_data', full_name='conduit.v1.FaultSpec.limit_data', index=7,
+      number=15, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='slow_close', full_name='conduit.v1.FaultSpec.slow_close', index=8,
+      number=16, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='loss', full_name='conduit.v1.FaultSpec.loss', index=9,
+      number=17, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='duplicate', full_name='conduit.v1.FaultSpec.duplicate', index=10,
+      number=18, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='reorder', full_name='conduit.v1.FaultSpec.reorder', index=11,
+      number=19, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+    _descriptor.OneofDescriptor(
+      name='kind', full_name='conduit.v1.FaultSpec.kind',
+      index=0, containing_type=None, fields=[]),
+  ],
+  serialized_start=1508,
+  serialized_end=2048,
+)
+
+
+_LATENCYFAULT = _descriptor.Descriptor(
+  name='LatencyFault',
+  full_name='conduit.v1.LatencyFault',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='delay_us', full_name='conduit.v1.LatencyFault.delay_us', index=0,
+      number=1, type=4, cpp_type=4, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='jitter_us', full_name='conduit.v1.LatencyFault.jitter_us', index=1,
+      number=2, type=4, cpp_type=4, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=2050,
+  serialized_end=2101,
+)
+
+
+_BANDWIDTHFAULT = _descriptor.Descriptor(
+  name='BandwidthFault',
+  full_name='conduit.v1.BandwidthFault',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='bytes_per_second', full_name='conduit.v1.BandwidthFault.bytes_per_second', index=0,
+      number=1, type=4, cpp_type=4, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=2103,
+  serialized_end=2145,
+)
+
+
+_SLICERFAULT = _descriptor.Descriptor(
+  name='SlicerFault',
+  full_name='conduit.v1.SlicerFault',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='average_size', full_name='conduit.v1.SlicerFault.average_size', index=0,
+      number=1, type=13, cpp_type=3, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='size_variation', full_name='conduit.v1.SlicerFault.size_variation', index=1,
+      number=2, type=13, cpp_type=3, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='delay_us', full_name='conduit.v1.SlicerFault.delay_us', index=2,
+      number=3, type=4, cpp_type=4, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=2147,
+  serialized_end=2224,
+)
+
+
+_BLACKHOLEFAULT = _descriptor.Descriptor(
+  name='BlackholeFault',
+  full_name='conduit.v1.BlackholeFault',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='close_after_us', full_name='conduit.v1.BlackholeFault.close_after_us', index=0,
+      number=1, type=4, cpp_type=4, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=2226,
+  serialized_end=2266,
+)
+
+
+_RESETFAULT = _descriptor.Descriptor(
+  name='ResetFault',
+  full_name='conduit.v1.ResetFault',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='after_bytes', full_name='conduit.v1.ResetFault.after_bytes', index=0,
+      number=1, type=4, cpp_type=4, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='after_us', full_name='conduit.v1.ResetFault.after_us', index=1,
+      number=2, type=4, cpp_type=4, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=2268,
+  serialized_end=2319,
+)
+
+
+_LIMITDATAFAULT = _descriptor.Descriptor(
+  name='LimitDataFault',
+  full_name='conduit.v1.LimitDataFault',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='bytes', full_name='conduit.v1.LimitDataFault.bytes', index=0,
+      number=1, type=4, cpp_type=4, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=2321,
+  serialized_end=2352,
+)
+
+
+_SLOWCLOSEFAULT = _descriptor.Descriptor(
+  name='SlowCloseFault',
+  full_name='conduit.v1.SlowCloseFault',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='delay_us', full_name='conduit.v1.SlowCloseFault.delay_us', index=0,
+      number=1, type=4, cpp_type=4, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=2354,
+  serialized_end=2388,
+)
+
+
+_LOSSFAULT = _descriptor.Descriptor(
+  name='LossFault',
+  full_name='conduit.v1.LossFault',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='probability', full_name='conduit.v1.LossFault.probability', index=0,
+      number=1, type=1, cpp_type=5, label=1,
+      has_default_value=False, default_value=float(0),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=2390,
+  serialized_end=2422,
+)
+
+
+_DUPLICATEFAULT = _descriptor.Descriptor(
+  name='DuplicateFault',
+  full_name='conduit.v1.DuplicateFault',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='probability', full_name='conduit.v1.DuplicateFault.probability', index=0,
+      number=1, type=1, cpp_type=5, label=1,
+      has_default_value=False, default_value=float(0),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=2424,
+  serialized_end=2461,
+)
+
+
+_REORDERFAULT = _descriptor.Descriptor(
+  name='ReorderFault',
+  full_name='conduit.v1.ReorderFault',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='probability', full_name='conduit.v1.ReorderFault.probability', index=0,
+      number=1, type=1, cpp_type=5, label=1,
+      has_default_value=False, default_value=float(0),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='hold_us', full_name='conduit.v1.ReorderFault.hold_us', index=1,
+      number=2, type=4, cpp_type=4, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=2463,
+  serialized_end=2515,
 )
 
 
@@ -435,8 +1050,8 @@ _OPENSUBPROCESS_ENVENTRY = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=1171,
-  serialized_end=1213,
+  serialized_start=2628,
+  serialized_end=2670,
 )
 
 _OPENSUBPROCESS = _descriptor.Descriptor(
@@ -486,8 +1101,8 @@ _OPENSUBPROCESS = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=1061,
-  serialized_end=1213,
+  serialized_start=2518,
+  serialized_end=2670,
 )
 
 
@@ -538,8 +1153,8 @@ _OPENDATAGRAMENDPOINT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=1216,
-  serialized_end=1368,
+  serialized_start=2673,
+  serialized_end=2825,
 )
 
 
@@ -648,6 +1263,34 @@ _COMMAND = _descriptor.Descriptor(
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='set_fault', full_name='conduit.v1.Command.set_fault', index=14,
+      number=14, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='remove_fault', full_name='conduit.v1.Command.remove_fault', index=15,
+      number=15, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='proxy_down', full_name='conduit.v1.Command.proxy_down', index=16,
+      number=16, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='proxy_up', full_name='conduit.v1.Command.proxy_up', index=17,
+      number=17, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
   ],
   extensions=[
   ],
@@ -663,8 +1306,87 @@ _COMMAND = _descriptor.Descriptor(
       name='kind', full_name='conduit.v1.Command.kind',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=1371,
-  serialized_end=1970,
+  serialized_start=2828,
+  serialized_end=3606,
+)
+
+
+_REMOVEFAULT = _descriptor.Descriptor(
+  name='RemoveFault',
+  full_name='conduit.v1.RemoveFault',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='name', full_name='conduit.v1.RemoveFault.name', index=0,
+      number=1, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=3608,
+  serialized_end=3635,
+)
+
+
+_PROXYDOWN = _descriptor.Descriptor(
+  name='ProxyDown',
+  full_name='conduit.v1.ProxyDown',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=3637,
+  serialized_end=3648,
+)
+
+
+_PROXYUP = _descriptor.Descriptor(
+  name='ProxyUp',
+  full_name='conduit.v1.ProxyUp',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=3650,
+  serialized_end=3659,
 )
 
 
@@ -701,8 +1423,8 @@ _SENDTO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=1972,
-  serialized_end=2030,
+  serialized_start=3661,
+  serialized_end=3719,
 )
 
 
@@ -732,8 +1454,8 @@ _WRITELINES = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2032,
-  serialized_end=2058,
+  serialized_start=3721,
+  serialized_end=3747,
 )
 
 
@@ -756,8 +1478,8 @@ _WRITEEOF = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2060,
-  serialized_end=2070,
+  serialized_start=3749,
+  serialized_end=3759,
 )
 
 
@@ -780,8 +1502,8 @@ _CLOSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2072,
-  serialized_end=2079,
+  serialized_start=3761,
+  serialized_end=3768,
 )
 
 
@@ -804,8 +1526,8 @@ _ABORT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2081,
-  serialized_end=2088,
+  serialized_start=3770,
+  serialized_end=3777,
 )
 
 
@@ -828,8 +1550,8 @@ _PAUSEREADING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2090,
-  serialized_end=2104,
+  serialized_start=3779,
+  serialized_end=3793,
 )
 
 
@@ -852,8 +1574,8 @@ _RESUMEREADING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2106,
-  serialized_end=2121,
+  serialized_start=3795,
+  serialized_end=3810,
 )
 
 
@@ -890,8 +1612,8 @@ _WRITEBUFFERLIMITS = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2123,
-  serialized_end=2169,
+  serialized_start=3812,
+  serialized_end=3858,
 )
 
 
@@ -921,8 +1643,8 @@ _GETEXTRAINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2171,
-  serialized_end=2199,
+  serialized_start=3860,
+  serialized_end=3888,
 )
 
 
@@ -952,8 +1674,8 @@ _SIGNAL = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2201,
-  serialized_end=2225,
+  serialized_start=3890,
+  serialized_end=3914,
 )
 
 
@@ -976,8 +1698,8 @@ _TERMINATE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2227,
-  serialized_end=2238,
+  serialized_start=3916,
+  serialized_end=3927,
 )
 
 
@@ -1000,8 +1722,8 @@ _KILL = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2240,
-  serialized_end=2246,
+  serialized_start=3929,
+  serialized_end=3935,
 )
 
 
@@ -1145,6 +1867,41 @@ _EVENT = _descriptor.Descriptor(
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='proxy_started', full_name='conduit.v1.Event.proxy_started', index=19,
+      number=26, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='proxy_accepted', full_name='conduit.v1.Event.proxy_accepted', index=20,
+      number=27, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='proxy_stats', full_name='conduit.v1.Event.proxy_stats', index=21,
+      number=28, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='proxy_closed', full_name='conduit.v1.Event.proxy_closed', index=22,
+      number=29, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='proxy_state', full_name='conduit.v1.Event.proxy_state', index=23,
+      number=30, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
   ],
   extensions=[
   ],
@@ -1160,8 +1917,143 @@ _EVENT = _descriptor.Descriptor(
       name='kind', full_name='conduit.v1.Event.kind',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=2249,
-  serialized_end=3180,
+  serialized_start=3938,
+  serialized_end=5127,
+)
+
+
+_PROXYSTARTED = _descriptor.Descriptor(
+  name='ProxyStarted',
+  full_name='conduit.v1.ProxyStarted',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='session_id', full_name='conduit.v1.ProxyStarted.session_id', index=0,
+      number=1, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='sockets', full_name='conduit.v1.ProxyStarted.sockets', index=1,
+      number=2, type=9, cpp_type=9, label=3,
+      has_default_value=False, default_value=[],
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=5129,
+  serialized_end=5180,
+)
+
+
+_PROXYCONNECTION = _descriptor.Descriptor(
+  name='ProxyConnection',
+  full_name='conduit.v1.ProxyConnection',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='client', full_name='conduit.v1.ProxyConnection.client', index=0,
+      number=1, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='bytes_upstream', full_name='conduit.v1.ProxyConnection.bytes_upstream', index=1,
+      number=2, type=4, cpp_type=4, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='bytes_downstream', full_name='conduit.v1.ProxyConnection.bytes_downstream', index=2,
+      number=3, type=4, cpp_type=4, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='error', full_name='conduit.v1.ProxyConnection.error', index=3,
+      number=4, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=5182,
+  serialized_end=5299,
+)
+
+
+_PROXYSTATE = _descriptor.Descriptor(
+  name='ProxyState',
+  full_name='conduit.v1.ProxyState',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='up', full_name='conduit.v1.ProxyState.up', index=0,
+      number=1, type=8, cpp_type=7, label=1,
+      has_default_value=False, default_value=False,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='sockets', full_name='conduit.v1.ProxyState.sockets', index=1,
+      number=2, type=9, cpp_type=9, label=3,
+      has_default_value=False, default_value=[],
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='error', full_name='conduit.v1.ProxyState.error', index=2,
+      number=3, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=5301,
+  serialized_end=5376,
 )
 
 
@@ -1198,8 +2090,8 @@ _SERVERSTARTED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3182,
-  serialized_end=3234,
+  serialized_start=5378,
+  serialized_end=5430,
 )
 
 
@@ -1236,8 +2128,8 @@ _DATAGRAMRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3236,
-  serialized_end=3282,
+  serialized_start=5432,
+  serialized_end=5478,
 )
 
 
@@ -1267,8 +2159,8 @@ _ERRORRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3284,
-  serialized_end=3333,
+  serialized_start=5480,
+  serialized_end=5529,
 )
 
 
@@ -1305,8 +2197,8 @@ _ERROR = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3335,
-  serialized_end=3380,
+  serialized_start=5531,
+  serialized_end=5576,
 )
 
 
@@ -1371,8 +2263,8 @@ _CONNECTIONMADE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3382,
-  serialized_end=3508,
+  serialized_start=5578,
+  serialized_end=5704,
 )
 
 
@@ -1402,8 +2294,8 @@ _DATARECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3510,
-  serialized_end=3538,
+  serialized_start=5706,
+  serialized_end=5734,
 )
 
 
@@ -1426,8 +2318,8 @@ _EOFRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3540,
-  serialized_end=3553,
+  serialized_start=5736,
+  serialized_end=5749,
 )
 
 
@@ -1457,8 +2349,8 @@ _CONNECTIONLOST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3555,
-  serialized_end=3605,
+  serialized_start=5751,
+  serialized_end=5801,
 )
 
 
@@ -1488,8 +2380,8 @@ _PAUSEWRITING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3607,
-  serialized_end=3639,
+  serialized_start=5803,
+  serialized_end=5835,
 )
 
 
@@ -1519,8 +2411,8 @@ _RESUMEWRITING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3641,
-  serialized_end=3674,
+  serialized_start=5837,
+  serialized_end=5870,
 )
 
 
@@ -1557,8 +2449,8 @@ _PIPEDATARECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3676,
-  serialized_end=3720,
+  serialized_start=5872,
+  serialized_end=5916,
 )
 
 
@@ -1595,8 +2487,8 @@ _PIPECONNECTIONLOST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3722,
-  serialized_end=3788,
+  serialized_start=5918,
+  serialized_end=5984,
 )
 
 
@@ -1626,8 +2518,8 @@ _PROCESSEXITED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3790,
-  serialized_end=3825,
+  serialized_start=5986,
+  serialized_end=6021,
 )
 
 
@@ -1657,8 +2549,8 @@ _OPENFAILED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3827,
-  serialized_end=3873,
+  serialized_start=6023,
+  serialized_end=6069,
 )
 
 
@@ -1702,8 +2594,8 @@ _EXTRAINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3875,
-  serialized_end=3930,
+  serialized_start=6071,
+  serialized_end=6126,
 )
 
 
@@ -1740,8 +2632,8 @@ _COMMANDFAILED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3932,
-  serialized_end=3981,
+  serialized_start=6128,
+  serialized_end=6177,
 )
 
 
@@ -1764,8 +2656,8 @@ _LISTSESSIONSREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3983,
-  serialized_end=4004,
+  serialized_start=6179,
+  serialized_end=6200,
 )
 
 
@@ -1837,8 +2729,8 @@ _SESSIONINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4007,
-  serialized_end=4142,
+  serialized_start=6203,
+  serialized_end=6338,
 )
 
 
@@ -1868,8 +2760,8 @@ _LISTSESSIONSRESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4144,
-  serialized_end=4209,
+  serialized_start=6340,
+  serialized_end=6405,
 )
 
 
@@ -1899,8 +2791,8 @@ _CLOSESESSIONREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4211,
-  serialized_end=4252,
+  serialized_start=6407,
+  serialized_end=6448,
 )
 
 
@@ -1923,14 +2815,15 @@ _CLOSESESSIONRESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4254,
-  serialized_end=4276,
+  serialized_start=6450,
+  serialized_end=6472,
 )
 
 _CLIENTMESSAGE.fields_by_name['open_connection'].message_type = _OPENCONNECTION
 _CLIENTMESSAGE.fields_by_name['open_subprocess'].message_type = _OPENSUBPROCESS
 _CLIENTMESSAGE.fields_by_name['open_datagram_endpoint'].message_type = _OPENDATAGRAMENDPOINT
 _CLIENTMESSAGE.fields_by_name['open_server'].message_type = _OPENSERVER
+_CLIENTMESSAGE.fields_by_name['open_proxy'].message_type = _OPENPROXY
 _CLIENTMESSAGE.fields_by_name['command'].message_type = _COMMAND
 _CLIENTMESSAGE.oneofs_by_name['kind'].fields.append(
   _CLIENTMESSAGE.fields_by_name['open_connection'])
@@ -1944,6 +2837,9 @@ _CLIENTMESSAGE.fields_by_name['open_datagram_endpoint'].containing_oneof = _CLIE
 _CLIENTMESSAGE.oneofs_by_name['kind'].fields.append(
   _CLIENTMESSAGE.fields_by_name['open_server'])
 _CLIENTMESSAGE.fields_by_name['open_server'].containing_oneof = _CLIENTMESSAGE.oneofs_by_name['kind']
+_CLIENTMESSAGE.oneofs_by_name['kind'].fields.append(
+  _CLIENTMESSAGE.fields_by_name['open_proxy'])
+_CLIENTMESSAGE.fields_by_name['open_proxy'].containing_oneof = _CLIENTMESSAGE.oneofs_by_name['kind']
 _CLIENTMESSAGE.oneofs_by_name['kind'].fields.append(
   _CLIENTMESSAGE.fields_by_name['command'])
 _CLIENTMESSAGE.fields_by_name['command'].containing_oneof = _CLIENTMESSAGE.oneofs_by_name['kind']
@@ -1963,6 +2859,63 @@ _OPENSERVER.fields_by_name['tcp'].containing_oneof = _OPENSERVER.oneofs_by_name[
 _OPENSERVER.oneofs_by_name['target'].fields.append(
   _OPENSERVER.fields_by_name['unix_path'])
 _OPENSERVER.fields_by_name['unix_path'].containing_oneof = _OPENSERVER.oneofs_by_name['target']
+_OPENPROXY.fields_by_name['listen'].message_type = _PROXYENDPOINT
+_OPENPROXY.fields_by_name['upstream'].message_type = _PROXYENDPOINT
+_OPENPROXY.fields_by_name['faults'].message_type = _FAULTSPEC
+_PROXYENDPOINT.fields_by_name['tcp'].message_type = _HOSTPORT
+_PROXYENDPOINT.fields_by_name['udp'].message_type = _HOSTPORT
+_PROXYENDPOINT.fields_by_name['tls_server'].message_type = _TLSSERVER
+_PROXYENDPOINT.fields_by_name['tls_client'].message_type = _TLSCLIENT
+_PROXYENDPOINT.oneofs_by_name['target'].fields.append(
+  _PROXYENDPOINT.fields_by_name['tcp'])
+_PROXYENDPOINT.fields_by_name['tcp'].containing_oneof = _PROXYENDPOINT.oneofs_by_name['target']
+_PROXYENDPOINT.oneofs_by_name['target'].fields.append(
+  _PROXYENDPOINT.fields_by_name['unix_path'])
+_PROXYENDPOINT.fields_by_name['unix_path'].containing_oneof = _PROXYENDPOINT.oneofs_by_name['target']
+_PROXYENDPOINT.oneofs_by_name['target'].fields.append(
+  _PROXYENDPOINT.fields_by_name['udp'])
+_PROXYENDPOINT.fields_by_name['udp'].containing_oneof = _PROXYENDPOINT.oneofs_by_name['target']
+_FAULTSPEC.fields_by_name['direction'].enum_type = _FAULTDIRECTION
+_FAULTSPEC.fields_by_name['latency'].message_type = _LATENCYFAULT
+_FAULTSPEC.fields_by_name['bandwidth'].message_type = _BANDWIDTHFAULT
+_FAULTSPEC.fields_by_name['slicer'].message_type = _SLICERFAULT
+_FAULTSPEC.fields_by_name['blackhole'].message_type = _BLACKHOLEFAULT
+_FAULTSPEC.fields_by_name['reset'].message_type = _RESETFAULT
+_FAULTSPEC.fields_by_name['limit_data'].message_type = _LIMITDATAFAULT
+_FAULTSPEC.fields_by_name['slow_close'].message_type = _SLOWCLOSEFAULT
+_FAULTSPEC.fields_by_name['loss'].message_type = _LOSSFAULT
+_FAULTSPEC.fields_by_name['duplicate'].message_type = _DUPLICATEFAULT
+_FAULTSPEC.fields_by_name['reorder'].message_type = _REORDERFAULT
+_FAULTSPEC.oneofs_by_name['kind'].fields.append(
+  _FAULTSPEC.fields_by_name['latency'])
+_FAULTSPEC.fields_by_name['latency'].containing_oneof = _FAULTSPEC.oneofs_by_name['kind']
+_FAULTSPEC.oneofs_by_name['kind'].fields.append(
+  _FAULTSPEC.fields_by_name['bandwidth'])
+_FAULTSPEC.fields_by_name['bandwidth'].containing_oneof = _FAULTSPEC.oneofs_by_name['kind']
+_FAULTSPEC.oneofs_by_name['kind'].fields.append(
+  _FAULTSPEC.fields_by_name['slicer'])
+_FAULTSPEC.fields_by_name['slicer'].containing_oneof = _FAULTSPEC.oneofs_by_name['kind']
+_FAULTSPEC.oneofs_by_name['kind'].fields.append(
+  _FAULTSPEC.fields_by_name['blackhole'])
+_FAULTSPEC.fields_by_name['blackhole'].containing_oneof = _FAULTSPEC.oneofs_by_name['kind']
+_FAULTSPEC.oneofs_by_name['kind'].fields.append(
+  _FAULTSPEC.fields_by_name['reset'])
+_FAULTSPEC.fields_by_name['reset'].containing_oneof = _FAULTSPEC.oneofs_by_name['kind']
+_FAULTSPEC.oneofs_by_name['kind'].fields.append(
+  _FAULTSPEC.fields_by_name['limit_data'])
+_FAULTSPEC.fields_by_name['limit_data'].containing_oneof = _FAULTSPEC.oneofs_by_name['kind']
+_FAULTSPEC.oneofs_by_name['kind'].fields.append(
+  _FAULTSPEC.fields_by_name['slow_close'])
+_FAULTSPEC.fields_by_name['slow_close'].containing_oneof = _FAULTSPEC.oneofs_by_name['kind']
+_FAULTSPEC.oneofs_by_name['kind'].fields.append(
+  _FAULTSPEC.fields_by_name['loss'])
+_FAULTSPEC.fields_by_name['loss'].containing_oneof = _FAULTSPEC.oneofs_by_name['kind']
+_FAULTSPEC.oneofs_by_name['kind'].fields.append(
+  _FAULTSPEC.fields_by_name['duplicate'])
+_FAULTSPEC.fields_by_name['duplicate'].containing_oneof = _FAULTSPEC.oneofs_by_name['kind']
+_FAULTSPEC.oneofs_by_name['kind'].fields.append(
+  _FAULTSPEC.fields_by_name['reorder'])
+_FAULTSPEC.fields_by_name['reorder'].containing_oneof = _FAULTSPEC.oneofs_by_name['kind']
 _OPENSUBPROCESS_ENVENTRY.containing_type = _OPENSUBPROCESS
 _OPENSUBPROCESS.fields_by_name['env'].message_type = _OPENSUBPROCESS_ENVENTRY
 _OPENDATAGRAMENDPOINT.fields_by_name['local_addr'].message_type = _HOSTPORT
@@ -1979,6 +2932,10 @@ _COMMAND.fields_by_name['send_signal'].message_type = _SIGNAL
 _COMMAND.fields_by_name['terminate'].message_type = _TERMINATE
 _COMMAND.fields_by_name['kill'].message_type = _KILL
 _COMMAND.fields_by_name['sendto'].message_type = _SENDTO
+_COMMAND.fields_by_name['set_fault'].message_type = _FAULTSPEC
+_COMMAND.fields_by_name['remove_fault'].message_type = _REMOVEFAULT
+_COMMAND.fields_by_name['proxy_down'].message_type = _PROXYDOWN
+_COMMAND.fields_by_name['proxy_up'].message_type = _PROXYUP
 _COMMAND.oneofs_by_name['kind'].fields.append(
   _COMMAND.fields_by_name['write'])
 _COMMAND.fields_by_name['write'].containing_oneof = _COMMAND.oneofs_by_name['kind']
@@ -2018,6 +2975,18 @@ _COMMAND.fields_by_name['kill'].containing_oneof = _COMMAND.oneofs_by_name['kind
 _COMMAND.oneofs_by_name['kind'].fields.append(
   _COMMAND.fields_by_name['sendto'])
 _COMMAND.fields_by_name['sendto'].containing_oneof = _COMMAND.oneofs_by_name['kind']
+_COMMAND.oneofs_by_name['kind'].fields.append(
+  _COMMAND.fields_by_name['set_fault'])
+_COMMAND.fields_by_name['set_fault'].containing_oneof = _COMMAND.oneofs_by_name['kind']
+_COMMAND.oneofs_by_name['kind'].fields.append(
+  _COMMAND.fields_by_name['remove_fault'])
+_COMMAND.fields_by_name['remove_fault'].containing_oneof = _COMMAND.oneofs_by_name['kind']
+_COMMAND.oneofs_by_name['kind'].fields.append(
+  _COMMAND.fields_by_name['proxy_down'])
+_COMMAND.fields_by_name['proxy_down'].containing_oneof = _COMMAND.oneofs_by_name['kind']
+_COMMAND.oneofs_by_name['kind'].fields.append(
+  _COMMAND.fields_by_name['proxy_up'])
+_COMMAND.fields_by_name['proxy_up'].containing_oneof = _COMMAND.oneofs_by_name['kind']
 _SENDTO.fields_by_name['addr'].message_type = _HOSTPORT
 _EVENT.fields_by_name['connection_made'].message_type = _CONNECTIONMADE
 _EVENT.fields_by_name['data_received'].message_type = _DATARECEIVED
@@ -2035,6 +3004,11 @@ _EVENT.fields_by_name['datagram_received'].message_type = _DATAGRAMRECEIVED
 _EVENT.fields_by_name['error_received'].message_type = _ERRORRECEIVED
 _EVENT.fields_by_name['server_started'].message_type = _SERVERSTARTED
 _EVENT.fields_by_name['connection_accepted'].message_type = _CONNECTIONMADE
+_EVENT.fields_by_name['proxy_started'].message_type = _PROXYSTARTED
+_EVENT.fields_by_name['proxy_accepted'].message_type = _PROXYCONNECTION
+_EVENT.fields_by_name['proxy_stats'].message_type = _PROXYCONNECTION
+_EVENT.fields_by_name['proxy_closed'].message_type = _PROXYCONNECTION
+_EVENT.fields_by_name['proxy_state'].message_type = _PROXYSTATE
 _EVENT.oneofs_by_name['kind'].fields.append(
   _EVENT.fields_by_name['connection_made'])
 _EVENT.fields_by_name['connection_made'].containing_oneof = _EVENT.oneofs_by_name['kind']
@@ -2083,6 +3057,23 @@ _EVENT.fields_by_name['server_started'].containing_oneof = _EVENT.oneofs_by_name
 _EVENT.oneofs_by_name['kind'].fields.append(
   _EVENT.fields_by_name['connection_accepted'])
 _EVENT.fields_by_name['connection_accepted'].containing_oneof = _EVENT.oneofs_by_name['kind']
+_EVENT.oneofs_by_name['kind'].fields.append(
+  _EVENT.fields_by_name['proxy_started'])
+_EVENT.fields_by_name['proxy_started'].containing_oneof = _EVENT.oneofs_by_name['kind']
+_EVENT.oneofs_by_name['kind'].fields.append(
+  _EVENT.fields_by_name['proxy_accepted'])
+_EVENT.fields_by_name['proxy_accepted'].containing_oneof = _EVENT.oneofs_by_name['kind']
+_EVENT.oneofs_by_name['kind'].fields.append(
+  _EVENT.fields_by_name['proxy_stats'])
+_EVENT.fields_by_name['proxy_stats'].containing_oneof = _EVENT.oneofs_by_name['kind']
+_EVENT.oneofs_by_name['kind'].fields.append(
+  _EVENT.fields_by_name['proxy_closed'])
+_EVENT.fields_by_name['proxy_closed'].containing_oneof = _EVENT.oneofs_by_name['kind']
+_EVENT.oneofs_by_name['kind'].fields.append(
+  _EVENT.fields_by_name['proxy_state'])
+_EVENT.fields_by_name['proxy_state'].containing_oneof = _EVENT.oneofs_by_name['kind']
+_PROXYCONNECTION.fields_by_name['error'].message_type = _ERROR
+_PROXYSTATE.fields_by_name['error'].message_type = _ERROR
 _ERRORRECEIVED.fields_by_name['error'].message_type = _ERROR
 _CONNECTIONLOST.fields_by_name['error'].message_type = _ERROR
 _PIPECONNECTIONLOST.fields_by_name['error'].message_type = _ERROR
@@ -2094,9 +3085,25 @@ DESCRIPTOR.message_types_by_name['HostPort'] = _HOSTPORT
 DESCRIPTOR.message_types_by_name['TlsClient'] = _TLSCLIENT
 DESCRIPTOR.message_types_by_name['OpenServer'] = _OPENSERVER
 DESCRIPTOR.message_types_by_name['TlsServer'] = _TLSSERVER
+DESCRIPTOR.message_types_by_name['OpenProxy'] = _OPENPROXY
+DESCRIPTOR.message_types_by_name['ProxyEndpoint'] = _PROXYENDPOINT
+DESCRIPTOR.message_types_by_name['FaultSpec'] = _FAULTSPEC
+DESCRIPTOR.message_types_by_name['LatencyFault'] = _LATENCYFAULT
+DESCRIPTOR.message_types_by_name['BandwidthFault'] = _BANDWIDTHFAULT
+DESCRIPTOR.message_types_by_name['SlicerFault'] = _SLICERFAULT
+DESCRIPTOR.message_types_by_name['BlackholeFault'] = _BLACKHOLEFAULT
+DESCRIPTOR.message_types_by_name['ResetFault'] = _RESETFAULT
+DESCRIPTOR.message_types_by_name['LimitDataFault'] = _LIMITDATAFAULT
+DESCRIPTOR.message_types_by_name['SlowCloseFault'] = _SLOWCLOSEFAULT
+DESCRIPTOR.message_types_by_name['LossFault'] = _LOSSFAULT
+DESCRIPTOR.message_types_by_name['DuplicateFault'] = _DUPLICATEFAULT
+DESCRIPTOR.message_types_by_name['ReorderFault'] = _REORDERFAULT
 DESCRIPTOR.message_types_by_name['OpenSubprocess'] = _OPENSUBPROCESS
 DESCRIPTOR.message_types_by_name['OpenDatagramEndpoint'] = _OPENDATAGRAMENDPOINT
 DESCRIPTOR.message_types_by_name['Command'] = _COMMAND
+DESCRIPTOR.message_types_by_name['RemoveFault'] = _REMOVEFAULT
+DESCRIPTOR.message_types_by_name['ProxyDown'] = _PROXYDOWN
+DESCRIPTOR.message_types_by_name['ProxyUp'] = _PROXYUP
 DESCRIPTOR.message_types_by_name['Sendto'] = _SENDTO
 DESCRIPTOR.message_types_by_name['Writelines'] = _WRITELINES
 DESCRIPTOR.message_types_by_name['WriteEof'] = _WRITEEOF
@@ -2110,6 +3117,9 @@ DESCRIPTOR.message_types_by_name['Signal'] = _SIGNAL
 DESCRIPTOR.message_types_by_name['Terminate'] = _TERMINATE
 DESCRIPTOR.message_types_by_name['Kill'] = _KILL
 DESCRIPTOR.message_types_by_name['Event'] = _EVENT
+DESCRIPTOR.message_types_by_name['ProxyStarted'] = _PROXYSTARTED
+DESCRIPTOR.message_types_by_name['ProxyConnection'] = _PROXYCONNECTION
+DESCRIPTOR.message_types_by_name['ProxyState'] = _PROXYSTATE
 DESCRIPTOR.message_types_by_name['ServerStarted'] = _SERVERSTARTED
 DESCRIPTOR.message_types_by_name['DatagramReceived'] = _DATAGRAMRECEIVED
 DESCRIPTOR.message_types_by_name['ErrorReceived'] = _ERRORRECEIVED
@@ -2131,6 +3141,7 @@ DESCRIPTOR.message_types_by_name['SessionInfo'] = _SESSIONINFO
 DESCRIPTOR.message_types_by_name['ListSessionsResponse'] = _LISTSESSIONSRESPONSE
 DESCRIPTOR.message_types_by_name['CloseSessionRequest'] = _CLOSESESSIONREQUEST
 DESCRIPTOR.message_types_by_name['CloseSessionResponse'] = _CLOSESESSIONRESPONSE
+DESCRIPTOR.enum_types_by_name['FaultDirection'] = _FAULTDIRECTION
 _sym_db.RegisterFileDescriptor(DESCRIPTOR)
 
 ClientMessage = _reflection.GeneratedProtocolMessageType('ClientMessage', (_message.Message,), dict(
@@ -2175,6 +3186,97 @@ TlsServer = _reflection.GeneratedProtocolMessageType('TlsServer', (_message.Mess
   ))
 _sym_db.RegisterMessage(TlsServer)
 
+OpenProxy = _reflection.GeneratedProtocolMessageType('OpenProxy', (_message.Message,), dict(
+  DESCRIPTOR = _OPENPROXY,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.OpenProxy)
+  ))
+_sym_db.RegisterMessage(OpenProxy)
+
+ProxyEndpoint = _reflection.GeneratedProtocolMessageType('ProxyEndpoint', (_message.Message,), dict(
+  DESCRIPTOR = _PROXYENDPOINT,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.ProxyEndpoint)
+  ))
+_sym_db.RegisterMessage(ProxyEndpoint)
+
+FaultSpec = _reflection.GeneratedProtocolMessageType('FaultSpec', (_message.Message,), dict(
+  DESCRIPTOR = _FAULTSPEC,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.FaultSpec)
+  ))
+_sym_db.RegisterMessage(FaultSpec)
+
+LatencyFault = _reflection.GeneratedProtocolMessageType('LatencyFault', (_message.Message,), dict(
+  DESCRIPTOR = _LATENCYFAULT,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.LatencyFault)
+  ))
+_sym_db.RegisterMessage(LatencyFault)
+
+BandwidthFault = _reflection.GeneratedProtocolMessageType('BandwidthFault', (_message.Message,), dict(
+  DESCRIPTOR = _BANDWIDTHFAULT,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.BandwidthFault)
+  ))
+_sym_db.RegisterMessage(BandwidthFault)
+
+SlicerFault = _reflection.GeneratedProtocolMessageType('SlicerFault', (_message.Message,), dict(
+  DESCRIPTOR = _SLICERFAULT,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.SlicerFault)
+  ))
+_sym_db.RegisterMessage(SlicerFault)
+
+BlackholeFault = _reflection.GeneratedProtocolMessageType('BlackholeFault', (_message.Message,), dict(
+  DESCRIPTOR = _BLACKHOLEFAULT,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.BlackholeFault)
+  ))
+_sym_db.RegisterMessage(BlackholeFault)
+
+ResetFault = _reflection.GeneratedProtocolMessageType('ResetFault', (_message.Message,), dict(
+  DESCRIPTOR = _RESETFAULT,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.ResetFault)
+  ))
+_sym_db.RegisterMessage(ResetFault)
+
+LimitDataFault = _reflection.GeneratedProtocolMessageType('LimitDataFault', (_message.Message,), dict(
+  DESCRIPTOR = _LIMITDATAFAULT,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.LimitDataFault)
+  ))
+_sym_db.RegisterMessage(LimitDataFault)
+
+SlowCloseFault = _reflection.GeneratedProtocolMessageType('SlowCloseFault', (_message.Message,), dict(
+  DESCRIPTOR = _SLOWCLOSEFAULT,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.SlowCloseFault)
+  ))
+_sym_db.RegisterMessage(SlowCloseFault)
+
+LossFault = _reflection.GeneratedProtocolMessageType('LossFault', (_message.Message,), dict(
+  DESCRIPTOR = _LOSSFAULT,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.LossFault)
+  ))
+_sym_db.RegisterMessage(LossFault)
+
+DuplicateFault = _reflection.GeneratedProtocolMessageType('DuplicateFault', (_message.Message,), dict(
+  DESCRIPTOR = _DUPLICATEFAULT,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.DuplicateFault)
+  ))
+_sym_db.RegisterMessage(DuplicateFault)
+
+ReorderFault = _reflection.GeneratedProtocolMessageType('ReorderFault', (_message.Message,), dict(
+  DESCRIPTOR = _REORDERFAULT,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.ReorderFault)
+  ))
+_sym_db.RegisterMessage(ReorderFault)
+
 OpenSubprocess = _reflection.GeneratedProtocolMessageType('OpenSubprocess', (_message.Message,), dict(
 
   EnvEntry = _reflection.GeneratedProtocolMessageType('EnvEntry', (_message.Message,), dict(
@@ -2203,6 +3305,27 @@ Command = _reflection.GeneratedProtocolMessageType('Command', (_message.Message,
   # @@protoc_insertion_point(class_scope:conduit.v1.Command)
   ))
 _sym_db.RegisterMessage(Command)
+
+RemoveFault = _reflection.GeneratedProtocolMessageType('RemoveFault', (_message.Message,), dict(
+  DESCRIPTOR = _REMOVEFAULT,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.RemoveFault)
+  ))
+_sym_db.RegisterMessage(RemoveFault)
+
+ProxyDown = _reflection.GeneratedProtocolMessageType('ProxyDown', (_message.Message,), dict(
+  DESCRIPTOR = _PROXYDOWN,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.ProxyDown)
+  ))
+_sym_db.RegisterMessage(ProxyDown)
+
+ProxyUp = _reflection.GeneratedProtocolMessageType('ProxyUp', (_message.Message,), dict(
+  DESCRIPTOR = _PROXYUP,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.ProxyUp)
+  ))
+_sym_db.RegisterMessage(ProxyUp)
 
 Sendto = _reflection.GeneratedProtocolMessageType('Sendto', (_message.Message,), dict(
   DESCRIPTOR = _SENDTO,
@@ -2294,6 +3417,27 @@ Event = _reflection.GeneratedProtocolMessageType('Event', (_message.Message,), d
   # @@protoc_insertion_point(class_scope:conduit.v1.Event)
   ))
 _sym_db.RegisterMessage(Event)
+
+ProxyStarted = _reflection.GeneratedProtocolMessageType('ProxyStarted', (_message.Message,), dict(
+  DESCRIPTOR = _PROXYSTARTED,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.ProxyStarted)
+  ))
+_sym_db.RegisterMessage(ProxyStarted)
+
+ProxyConnection = _reflection.GeneratedProtocolMessageType('ProxyConnection', (_message.Message,), dict(
+  DESCRIPTOR = _PROXYCONNECTION,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.ProxyConnection)
+  ))
+_sym_db.RegisterMessage(ProxyConnection)
+
+ProxyState = _reflection.GeneratedProtocolMessageType('ProxyState', (_message.Message,), dict(
+  DESCRIPTOR = _PROXYSTATE,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.ProxyState)
+  ))
+_sym_db.RegisterMessage(ProxyState)
 
 ServerStarted = _reflection.GeneratedProtocolMessageType('ServerStarted', (_message.Message,), dict(
   DESCRIPTOR = _SERVERSTARTED,
@@ -2452,8 +3596,8 @@ _CONDUIT = _descriptor.ServiceDescriptor(
   file=DESCRIPTOR,
   index=0,
   options=None,
-  serialized_start=4279,
-  serialized_end=4515,
+  serialized_start=6533,
+  serialized_end=6769,
   methods=[
   _descriptor.MethodDescriptor(
     name='Session',

@@ -1,0 +1,153 @@
+#include "fault_flags.hpp"
+
+#include <charconv>
+#include <cmath>
+#include <stdexcept>
+
+namespace conduit::cli {
+
+namespace {
+
+/// The number at the start of `text` and what follows it.
+std::pair<double, std::string_view> number_and_unit(std::string_view text, std::string_view flag, const char* what) {
+  double value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || !std::isfinite(value) || value < 0) {
+    throw std::invalid_argument(std::string(flag) + ": '" + std::string(text) + "' is not " + what);
+  }
+  return {value, text.substr(static_cast<std::size_t>(end - text.data()))};
+}
+
+[[noreturn]] void bad_unit(std::string_view text, std::string_view flag, const char* what) {
+  throw std::invalid_argument(std::string(flag) + ": '" + std::string(text) + "' is not " + what);
+}
+
+/// K, Ki, M, Mi, G, Gi (and lowercase k): the multiplier, and what follows.
+std::pair<double, std::string_view> scale(std::string_view unit) {
+  if (unit.empty()) return {1, unit};
+  double base = 0;
+  switch (unit.front()) {
+    case 'k':
+    case 'K': base = 1e3; break;
+    case 'M': base = 1e6; break;
+    case 'G': base = 1e9; break;
+    default: return {1, unit};
+  }
+  unit.remove_prefix(1);
+  if (!unit.empty() && unit.front() == 'i') {
+    base = base == 1e3 ? 1024.0 : base == 1e6 ? 1024.0 * 1024 : 1024.0 * 1024 * 1024;
+    unit.remove_prefix(1);
+  }
+  return {base, unit};
+}
+
+constexpr const char* duration_text = "a duration (100ms, 1.5s, 250us)";
+constexpr const char* rate_text = "a rate (1MiB/s, 500KB/s, 100kbit/s, or bytes a second)";
+constexpr const char* size_text = "a size (1MiB, 500KB, or bytes)";
+constexpr const char* probability_text = "a probability (1%, 0.01)";
+
+}  // namespace
+
+std::chrono::microseconds parse_duration(std::string_view text, std::string_view flag) {
+  auto [value, unit] = number_and_unit(text, flag, duration_text);
+  double micros = 0;
+  if (unit.empty() || unit == "s") micros = value * 1e6;
+  else if (unit == "ms") micros = value * 1e3;
+  else if (unit == "us") micros = value;
+  else if (unit == "m") micros = value * 60e6;
+  else bad_unit(text, flag, duration_text);
+  if (micros > 86400e6) {
+    throw std::invalid_argument(std::string(flag) + ": '" + std::string(text) + "' is over a day");
+  }
+  return std::chrono::microseconds(static_cast<std::int64_t>(std::llround(micros)));
+}
+
+std::uint64_t parse_rate(std::string_view text, std::string_view flag) {
+  auto [value, rest] = number_and_unit(text, flag, rate_text);
+  auto [multiplier, unit] = scale(rest);
+  if (unit.ends_with("/s")) unit.remove_suffix(2);
+  double bytes = value * multiplier;
+  if (unit == "bit" || unit == "b" || unit == "bps") bytes /= 8;
+  else if (!unit.empty() && unit != "B" && unit != "Bps") bad_unit(text, flag, rate_text);
+  if (bytes < 1) throw std::invalid_argument(std::string(flag) + ": '" + std::string(text) + "' is under a byte a second");
+  if (bytes > 1e12) throw std::invalid_argument(std::string(flag) + ": '" + std::string(text) + "' is over 1 TB/s");
+  return static_cast<std::uint64_t>(bytes);
+}
+
+std::uint64_t parse_size(std::string_view text, std::string_view flag) {
+  auto [value, rest] = number_and_unit(text, flag, size_text);
+  auto [multiplier, unit] = scale(rest);
+  if (!unit.empty() && unit != "B") bad_unit(text, flag, size_text);
+  const double bytes = value * multiplier;
+  if (bytes > 1e15) throw std::invalid_argument(std::string(flag) + ": '" + std::string(text) + "' is too large");
+  return static_cast<std::uint64_t>(bytes);
+}
+
+double parse_probability(std::string_view text, std::string_view flag) {
+  auto [value, unit] = number_and_unit(text, flag, probability_text);
+  if (unit == "%") value /= 100;
+  else if (!unit.empty()) bad_unit(text, flag, probability_text);
+  if (value > 1) throw std::invalid_argument(std::string(flag) + ": '" + std::string(text) + "' is over 100%");
+  return value;
+}
+
+void add_fault_flags(CLI::App& app, FaultFlags& f) {
+  const char* group = "Faults (each may be changed later with --via's commands, or removed)";
+  app.add_option("--direction", f.direction, "Which way the faults act: up (client to upstream), down, or both")
+      ->check(CLI::IsMember({"up", "down", "both"}))
+      ->capture_default_str()
+      ->group(group);
+  app.add_option("--latency", f.latency, "Delay each chunk or datagram (100ms)")->group(group);
+  app.add_option("--jitter", f.jitter, "With --latency: plus or minus up to this (10ms)")->group(group);
+  app.add_option("--bandwidth", f.bandwidth, "At most this rate (1MiB/s, 500KB/s, 10Mbit/s)")->group(group);
+  app.add_option("--slice", f.slice, "Streams: forward in pieces of about this many bytes")->group(group);
+  app.add_option("--slice-delay", f.slice_delay, "With --slice: the time between pieces (1ms)")->group(group);
+  app.add_flag("--blackhole", f.blackhole, "Forward nothing")->group(group);
+  app.add_option("--reset-after", f.reset_after, "Streams: reset (RST) each connection after this many bytes")->group(group);
+  app.add_option("--limit-data", f.limit_data, "Streams: close each connection after this many bytes")->group(group);
+  app.add_option("--slow-close", f.slow_close, "Streams: pass each end of stream on this late (500ms)")->group(group);
+  app.add_option("--loss", f.loss, "UDP: drop this share of datagrams (1%, 0.01)")->group(group);
+  app.add_option("--duplicate", f.duplicate, "UDP: send this share of datagrams twice")->group(group);
+  app.add_option("--reorder", f.reorder, "UDP: hold this share of datagrams back 10 ms")->group(group);
+}
+
+std::vector<Fault> faults_of(const FaultFlags& f, bool datagram) {
+  const FaultDirection direction = f.direction == "up"     ? FaultDirection::upstream
+                                   : f.direction == "down" ? FaultDirection::downstream
+                                                           : FaultDirection::both;
+  std::vector<Fault> faults;
+  auto add = [&](const char* name, fault::Kind kind) {
+    Fault fault{name, direction, std::move(kind)};
+    if (datagram ? !fault::for_datagrams(fault.kind) : !fault::for_streams(fault.kind)) {
+      throw std::invalid_argument(std::string("--") + name + " is for " + (datagram ? "stream (tcp, tls, unix)" : "udp") +
+                                  " proxies");
+    }
+    fault.validate();
+    faults.push_back(std::move(fault));
+  };
+  if (!f.jitter.empty() && f.latency.empty()) throw std::invalid_argument("--jitter needs --latency");
+  if (!f.slice_delay.empty() && f.slice.empty()) throw std::invalid_argument("--slice-delay needs --slice");
+  if (!f.latency.empty()) {
+    const auto delay = parse_duration(f.latency, "--latency");
+    const auto jitter = f.jitter.empty() ? std::chrono::microseconds(0) : parse_duration(f.jitter, "--jitter");
+    add("latency", fault::Latency{delay, jitter});
+  }
+  if (!f.bandwidth.empty()) add("bandwidth", fault::Bandwidth{parse_rate(f.bandwidth, "--bandwidth")});
+  if (!f.slice.empty()) {
+    const auto size = parse_size(f.slice, "--slice");
+    if (size == 0) throw std::invalid_argument("--slice: give at least 1 byte");
+    add("slice", fault::Slicer{static_cast<std::size_t>(size), static_cast<std::size_t>(size / 2),
+                               f.slice_delay.empty() ? std::chrono::microseconds(1000)
+                                                     : parse_duration(f.slice_delay, "--slice-delay")});
+  }
+  if (f.blackhole) add("blackhole", fault::Blackhole{});
+  if (!f.reset_after.empty()) add("reset-after", fault::Reset{parse_size(f.reset_after, "--reset-after"), std::nullopt});
+  if (!f.limit_data.empty()) add("limit-data", fault::LimitData{parse_size(f.limit_data, "--limit-data")});
+  if (!f.slow_close.empty()) add("slow-close", fault::SlowClose{parse_duration(f.slow_close, "--slow-close")});
+  if (!f.loss.empty()) add("loss", fault::Loss{parse_probability(f.loss, "--loss")});
+  if (!f.duplicate.empty()) add("duplicate", fault::Duplicate{parse_probability(f.duplicate, "--duplicate")});
+  if (!f.reorder.empty()) add("reorder", fault::Reorder{parse_probability(f.reorder, "--reorder")});
+  return faults;
+}
+
+}  // namespace conduit::cli

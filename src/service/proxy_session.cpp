@@ -1,0 +1,357 @@
+#include "proxy_session.hpp"
+
+#include "codec.hpp"
+#include "session_open.hpp"
+#include "side_events.hpp"
+
+#include <conduit/datagram_proxy.hpp>
+#include <conduit/proxy.hpp>
+#include <conduit/tls.hpp>
+
+#include <boost/asio/steady_timer.hpp>
+
+#include <map>
+
+namespace conduit::service {
+
+namespace {
+
+using grpc::Status;
+using grpc::StatusCode;
+
+std::string endpoint_text(const v1::ProxyEndpoint& e) {
+  switch (e.target_case()) {
+    case v1::ProxyEndpoint::kTcp:
+      return std::string(e.tls_server().enabled() || e.tls_client().enabled() ? "tls://" : "tcp://") +
+             host_port(e.tcp().host().empty() ? "*" : e.tcp().host(), e.tcp().port());
+    case v1::ProxyEndpoint::kUdp: return "udp://" + host_port(e.udp().host().empty() ? "*" : e.udp().host(), e.udp().port());
+    case v1::ProxyEndpoint::kUnixPath: return "unix://" + e.unix_path();
+    default: return "?";
+  }
+}
+
+Status check_endpoint(const v1::ProxyEndpoint& e, const std::string& field, bool listening) {
+  switch (e.target_case()) {
+    case v1::ProxyEndpoint::kTcp:
+    case v1::ProxyEndpoint::kUdp: {
+      const auto& hp = e.has_tcp() ? e.tcp() : e.udp();
+      if (hp.port() > 65535 || (!listening && hp.port() == 0)) {
+        return Status(StatusCode::INVALID_ARGUMENT,
+                      field + ".port must be " + (listening ? "0" : "1") + " to 65535");
+      }
+      if (!listening && hp.host().empty()) return Status(StatusCode::INVALID_ARGUMENT, field + ".host is empty");
+      break;
+    }
+    case v1::ProxyEndpoint::kUnixPath:
+      if (e.unix_path().empty() || e.unix_path().find('\0') != std::string::npos) {
+        return Status(StatusCode::INVALID_ARGUMENT, field + ".unix_path is empty or holds a NUL byte");
+      }
+      break;
+    default: return Status(StatusCode::INVALID_ARGUMENT, field + ": set tcp, udp or unix_path");
+  }
+  const bool tls = e.tls_server().enabled() || e.tls_client().enabled();
+  if (tls && !e.has_tcp()) return Status(StatusCode::INVALID_ARGUMENT, field + ": TLS needs tcp");
+  if (listening && e.tls_client().enabled()) {
+    return Status(StatusCode::INVALID_ARGUMENT, field + ".tls_client: a listener serves TLS (tls_server)");
+  }
+  if (!listening && e.tls_server().enabled()) {
+    return Status(StatusCode::INVALID_ARGUMENT, field + ".tls_server: the upstream speaks TLS as a client (tls_client)");
+  }
+  if (e.tls_server().enabled() && (e.tls_server().cert_pem().empty() || e.tls_server().key_pem().empty())) {
+    return Status(StatusCode::INVALID_ARGUMENT, field + ".tls_server needs cert_pem and key_pem");
+  }
+  return Status::OK;
+}
+
+/// A proxy session's side on the loop: the proxy, its events and commands.
+///
+///   opening --started--> serving --close / abort / client done--> ending --last connection gone--> ended
+///      +--close / abort / client done--> stopping --started-------^
+class ProxySide final : public SideEvents, public std::enable_shared_from_this<ProxySide> {
+ public:
+  ProxySide(std::shared_ptr<Link> link, std::chrono::milliseconds stats_interval)
+      : SideEvents(std::move(link)), stats_interval_(stats_interval), stats_timer_(link_->service().loop().context()) {
+    opened();  // commands are taken while it opens; close and abort wait for it
+  }
+
+  template <class P>
+  void started(std::shared_ptr<P> proxy) {
+    if constexpr (std::is_same_v<P, StreamProxy>) stream_ = proxy;
+    else datagram_ = proxy;
+    v1::Event event;
+    event.mutable_proxy_started()->set_session_id(link_->record()->id);
+    for (const auto& address : proxy->sockets()) event.mutable_proxy_started()->add_sockets(address.to_string());
+    emit(std::move(event));
+    if (state_ == State::stopping) return stop(stop_by_abort_);
+    state_ = State::serving;
+    watch_stats();
+  }
+
+  // ---- the proxy's callbacks ----
+  void connection_accepted(const ProxyConnectionInfo& info) {
+    v1::Event event;
+    event.set_connection_id(info.id);
+    event.mutable_proxy_accepted()->set_client(info.client ? info.client->to_string() : "");
+    emit(std::move(event));
+    reported_[info.id] = {0, 0};
+  }
+  void connection_closed(const ProxyConnectionInfo& info, std::exception_ptr error) {
+    v1::Event event;
+    event.set_connection_id(info.id);
+    auto* closed = event.mutable_proxy_closed();
+    closed->set_client(info.client ? info.client->to_string() : "");
+    closed->set_bytes_upstream(info.bytes_upstream);
+    closed->set_bytes_downstream(info.bytes_downstream);
+    if (error) *closed->mutable_error() = error_of(error);
+    emit(std::move(event));
+    reported_.erase(info.id);
+    link_->record()->bytes_out += info.bytes_upstream;
+    link_->record()->bytes_in += info.bytes_downstream;
+    // Its last callback may come from inside close(): end after it returns.
+    if (state_ == State::ending) {
+      asio::post(link_->service().loop().get_executor(), [self = shared_from_this()] { self->end_if_drained(); });
+    }
+  }
+
+  // ---- LoopSide ----
+  void command(const v1::Command& c) override {
+    if (c.connection_id() != 0) return failed(c, "a proxy session's commands are for the proxy (connection_id 0)");
+    switch (c.kind_case()) {
+      case v1::Command::kSetFault: {
+        if (!has_proxy()) return failed(c, "the proxy is not listening yet");
+        try {
+          Fault f = fault_of(c.set_fault());
+          if (stream_) stream_->set_fault(std::move(f));
+          else datagram_->set_fault(std::move(f));
+        } catch (const std::exception& e) {
+          return failed(c, e.what());
+        }
+        return;
+      }
+      case v1::Command::kRemoveFault: {
+        if (!has_proxy()) return failed(c, "the proxy is not listening yet");
+        const bool removed = stream_ ? stream_->remove_fault(c.remove_fault().name())
+                                     : datagram_->remove_fault(c.remove_fault().name());
+        if (!removed) failed(c, "no fault is named '" + c.remove_fault().name() + "'");
+        return;
+      }
+      case v1::Command::kProxyDown: {
+        if (state_ != State::serving) return failed(c, "the proxy is not serving");
+        if (stream_) stream_->down();
+        else datagram_->down();
+        return report_state(nullptr);
+      }
+      case v1::Command::kProxyUp: {
+        if (state_ != State::serving) return failed(c, "the proxy is not serving");
+        auto done = [self = shared_from_this()](std::exception_ptr error) { self->report_state(error); };
+        if (stream_) stream_->up(done);
+        else datagram_->up(done);
+        return;
+      }
+      case v1::Command::kClose: return stop(false);
+      case v1::Command::kAbort: return stop(true);
+      default: return failed(c, "a proxy session takes set_fault, remove_fault, proxy_down, proxy_up, close and abort");
+    }
+  }
+  void client_done_writing() override { stop(false); }
+  void abort() override { stop(true); }
+  void set_reading(bool) override {}  // its events are few and small
+
+ private:
+  enum class State {
+    opening,   ///< binding; no proxy yet
+    stopping,  ///< asked to stop while binding
+    serving,
+    ending,    ///< closed; waiting for its connections to end
+    ended,     ///< connection_lost sent
+  };
+
+  bool has_proxy() const { return stream_ || datagram_; }
+
+  void report_state(std::exception_ptr error) {
+    v1::Event event;
+    auto* state = event.mutable_proxy_state();
+    const bool up = stream_ ? stream_->is_up() : datagram_->is_up();
+    state->set_up(up);
+    for (const auto& address : stream_ ? stream_->sockets() : datagram_->sockets()) state->add_sockets(address.to_string());
+    if (error) *state->mutable_error() = error_of(error);
+    emit(std::move(event));
+  }
+
+  void stop(bool abort) {
+    if (state_ == State::opening) {
+      state_ = State::stopping;
+      stop_by_abort_ = abort;
+      return;
+    }
+    if (state_ != State::serving && state_ != State::stopping) return;
+    state_ = State::ending;
+    stats_timer_.cancel();
+    if (abort) {
+      // Reset what runs, then close.
+      if (stream_) stream_->down();
+      else datagram_->down();
+    }
+    if (stream_) stream_->close();
+    else datagram_->close();
+    end_if_drained();
+  }
+
+  void end_if_drained() {
+    if (state_ != State::ending) return;
+    if (!(stream_ ? stream_->connections() : datagram_->connections()).empty()) return;
+    state_ = State::ended;
+    stream_.reset();
+    datagram_.reset();
+    lost(nullptr);
+  }
+
+  /// proxy_stats for each connection whose counts moved since the last.
+  void watch_stats() {
+    stats_timer_.expires_after(stats_interval_);
+    stats_timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
+      auto self = weak.lock();
+      if (ec || !self || self->state_ != State::serving) return;
+      for (const auto& info : self->stream_ ? self->stream_->connections() : self->datagram_->connections()) {
+        auto& last = self->reported_[info.id];
+        if (last.first == info.bytes_upstream && last.second == info.bytes_downstream) continue;
+        last = {info.bytes_upstream, info.bytes_downstream};
+        v1::Event event;
+        event.set_connection_id(info.id);
+        auto* stats = event.mutable_proxy_stats();
+        stats->set_client(info.client ? info.client->to_string() : "");
+        stats->set_bytes_upstream(info.bytes_upstream);
+        stats->set_bytes_downstream(info.bytes_downstream);
+        self->emit(std::move(event));
+      }
+      self->watch_stats();
+    });
+  }
+
+  std::chrono::milliseconds stats_interval_;
+  asio::steady_timer stats_timer_;
+  std::shared_ptr<StreamProxy> stream_;
+  std::shared_ptr<DatagramProxy> datagram_;
+  std::map<std::uint64_t, std::pair<std::uint64_t, std::uint64_t>> reported_;
+  State state_ = State::opening;
+  bool stop_by_abort_ = false;
+};
+
+ProxyEndpoint core_endpoint(const v1::ProxyEndpoint& e) {
+  ProxyEndpoint out;
+  if (e.has_tcp()) {
+    out.host = e.tcp().host() == "*" ? std::string() : e.tcp().host();
+    out.port = static_cast<std::uint16_t>(e.tcp().port());
+  } else if (e.target_case() == v1::ProxyEndpoint::kUnixPath) {
+    out.unix_path = e.unix_path();
+  }
+  if (e.tls_server().enabled()) {
+    out.tls = TlsOptions(tls::server_context_from_pem(e.tls_server().cert_pem(), e.tls_server().key_pem(),
+                                                      e.tls_server().client_ca_pem()));
+  } else if (e.tls_client().enabled()) {
+    const auto& c = e.tls_client();
+    out.tls = TlsOptions(c.insecure() ? tls::insecure_client_context()
+                         : c.ca_pem().empty() ? tls::client_context(std::nullopt)
+                                              : tls::client_context_from_pem(c.ca_pem()));
+    out.tls->server_hostname = c.server_hostname().empty() ? e.tcp().host() : c.server_hostname();
+  }
+  return out;
+}
+
+}  // namespace
+
+grpc::Status validate_open_proxy(const v1::OpenProxy& open) {
+  if (auto s = check_endpoint(open.listen(), "open_proxy.listen", true); !s.ok()) return s;
+  if (auto s = check_endpoint(open.upstream(), "open_proxy.upstream", false); !s.ok()) return s;
+  const bool datagram = open.listen().has_udp();
+  if (datagram != open.upstream().has_udp()) {
+    return Status(StatusCode::INVALID_ARGUMENT, "open_proxy: udp listens and connects with udp only");
+  }
+  for (int i = 0; i < open.faults_size(); ++i) {
+    const std::string field = "open_proxy.faults[" + std::to_string(i) + "]";
+    try {
+      const Fault f = fault_of(open.faults(i));
+      if (datagram ? !fault::for_datagrams(f.kind) : !fault::for_streams(f.kind)) {
+        return Status(StatusCode::INVALID_ARGUMENT, field + ": " + fault::kind_name(f.kind) + " is for " +
+                                                        (datagram ? "stream" : "datagram") + " proxies");
+      }
+    } catch (const std::exception& e) {
+      return Status(StatusCode::INVALID_ARGUMENT, field + ": " + e.what());
+    }
+  }
+  return Status::OK;
+}
+
+void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& open) {
+  EventLoop& loop = link->service().loop();
+  const Policy& policy = link->service().options().policy;
+  const auto& listen = open.listen();
+  const auto& upstream = open.upstream();
+  const std::uint32_t listen_port = listen.has_tcp() ? listen.tcp().port() : 0;
+  if (auto why = link->service().check_not_own_address(listen_port, listen.has_tcp() ? std::string() : listen.unix_path())) {
+    return refuse_open(link, *why);
+  }
+  if (listen.target_case() == v1::ProxyEndpoint::kUnixPath) {
+    if (auto why = policy.check_unix("open_proxy listening", listen.unix_path(), true)) return refuse_open(link, *why);
+  }
+  if (upstream.target_case() == v1::ProxyEndpoint::kUnixPath) {
+    if (auto why = policy.check_unix("open_proxy upstream", upstream.unix_path(), false)) return refuse_open(link, *why);
+  }
+  const auto interval = std::chrono::milliseconds(open.stats_interval_ms() ? open.stats_interval_ms() : 1000);
+  auto side = std::make_shared<ProxySide>(link, interval);
+  link->set_loop_side(side);
+  std::vector<Fault> faults;
+  for (const auto& spec : open.faults()) faults.push_back(fault_of(spec));  // validated already
+
+  const std::string what = "open_proxy from " + endpoint_text(listen) + " to " + endpoint_text(upstream);
+  std::vector<std::string> names = policy.listen_names();
+  for (auto& n : policy.connect_names()) names.push_back(std::move(n));
+  with_rule_names(loop, std::move(names), [link, side, open, what, faults = std::move(faults), &loop,
+                                           &policy](auto resolved) mutable {
+    std::weak_ptr<ProxySide> weak = side;
+    auto on_accepted = [weak](const ProxyConnectionInfo& info) {
+      if (auto s = weak.lock()) s->connection_accepted(info);
+    };
+    auto on_closed = [weak](const ProxyConnectionInfo& info, std::exception_ptr error) {
+      if (auto s = weak.lock()) s->connection_closed(info, error);
+    };
+    auto listen_check = policy_check(policy, AddressUse::listen, what, resolved);
+    auto connect_check = policy_check(policy, AddressUse::connect, what, resolved);
+    if (open.listen().has_udp()) {
+      DatagramProxyOptions options;
+      options.listen_host = open.listen().udp().host() == "*" ? std::string() : open.listen().udp().host();
+      options.listen_port = static_cast<std::uint16_t>(open.listen().udp().port());
+      options.upstream_host = open.upstream().udp().host();
+      options.upstream_port = static_cast<std::uint16_t>(open.upstream().udp().port());
+      options.faults = std::move(faults);
+      if (open.idle_timeout_ms()) options.idle_timeout = std::chrono::milliseconds(open.idle_timeout_ms());
+      options.on_accepted = on_accepted;
+      options.on_closed = on_closed;
+      options.check_listen_address = listen_check;
+      options.check_upstream_address = connect_check;
+      return DatagramProxy::create(loop, std::move(options), [link, side](std::exception_ptr e, auto proxy) {
+        finish_open(link, e);
+        if (!e) side->started(proxy);
+      });
+    }
+    StreamProxyOptions options;
+    try {
+      options.listen = core_endpoint(open.listen());
+      options.upstream = core_endpoint(open.upstream());
+    } catch (const std::exception& e) {
+      return finish_open(link, std::make_exception_ptr(std::invalid_argument(
+                                   std::string("open_proxy: cannot use the TLS certificate, key or CA: ") + e.what())));
+    }
+    options.faults = std::move(faults);
+    options.on_accepted = on_accepted;
+    options.on_closed = on_closed;
+    options.check_listen_address = listen_check;
+    options.check_upstream_address = connect_check;
+    StreamProxy::create(loop, std::move(options), [link, side](std::exception_ptr e, auto proxy) {
+      finish_open(link, e);
+      if (!e) side->started(proxy);
+    });
+  });
+}
+
+}  // namespace conduit::service
