@@ -70,9 +70,7 @@ Status check_endpoint(const v1::ProxyEndpoint& e, const std::string& field, bool
 class ProxySide final : public SideEvents, public std::enable_shared_from_this<ProxySide> {
  public:
   ProxySide(std::shared_ptr<Link> link, std::chrono::milliseconds stats_interval)
-      : SideEvents(std::move(link)), stats_interval_(stats_interval), stats_timer_(link_->service().loop().context()) {
-    opened();  // commands are taken while it opens; close and abort wait for it
-  }
+      : SideEvents(std::move(link)), stats_interval_(stats_interval), stats_timer_(link_->service().loop().context()) {}
 
   template <class P>
   void started(std::shared_ptr<P> proxy) {
@@ -85,6 +83,7 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
     if (state_ == State::stopping) return stop(stop_by_abort_);
     state_ = State::serving;
     watch_stats();
+    opened();  // the commands that came meanwhile, in order
   }
 
   // ---- the proxy's callbacks ----
@@ -116,9 +115,9 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
   // ---- LoopSide ----
   void command(const v1::Command& c) override {
     if (c.connection_id() != 0) return failed(c, "a proxy session's commands are for the proxy (connection_id 0)");
+    if (!stream_ && !datagram_) return failed(c, "the proxy is closed");
     switch (c.kind_case()) {
       case v1::Command::kSetFault: {
-        if (!has_proxy()) return failed(c, "the proxy is not listening yet");
         try {
           Fault f = fault_of(c.set_fault());
           if (stream_) stream_->set_fault(std::move(f));
@@ -126,14 +125,13 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
         } catch (const std::exception& e) {
           return failed(c, e.what());
         }
-        return;
+        return report_state(nullptr);
       }
       case v1::Command::kRemoveFault: {
-        if (!has_proxy()) return failed(c, "the proxy is not listening yet");
         const bool removed = stream_ ? stream_->remove_fault(c.remove_fault().name())
                                      : datagram_->remove_fault(c.remove_fault().name());
-        if (!removed) failed(c, "no fault is named '" + c.remove_fault().name() + "'");
-        return;
+        if (!removed) return failed(c, "no fault is named '" + c.remove_fault().name() + "'");
+        return report_state(nullptr);
       }
       case v1::Command::kProxyDown: {
         if (state_ != State::serving) return failed(c, "the proxy is not serving");
@@ -166,8 +164,6 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
     ended,     ///< connection_lost sent
   };
 
-  bool has_proxy() const { return stream_ || datagram_; }
-
   void report_state(std::exception_ptr error) {
     v1::Event event;
     auto* state = event.mutable_proxy_state();
@@ -175,6 +171,7 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
     state->set_up(up);
     for (const auto& address : stream_ ? stream_->sockets() : datagram_->sockets()) state->add_sockets(address.to_string());
     if (error) *state->mutable_error() = error_of(error);
+    for (const auto& f : (stream_ ? stream_->faults() : datagram_->faults()).all()) *state->add_faults() = spec_of(f);
     emit(std::move(event));
   }
 

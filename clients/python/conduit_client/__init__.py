@@ -23,10 +23,17 @@ move on the service's host, and sees the callbacks it would see locally.
     asyncio.run(main())
 
 client.raw has the event-stream sessions underneath, for raw events.
+
+    from conduit_client import faults
+    proxy = await client.create_proxy("tcp://127.0.0.1:0", "tcp://db:5432",
+                                      [faults.latency(0.1, jitter=0.01)])
+    await proxy.add_fault(faults.reset(after_bytes=4096, direction="upstream"))
 """
+from ._proxy import ProxyConnection, ProxyError, ProxyEvent, RemoteProxy, faults
 from ._wire import pb
 from .client import Client
 from .events import ServerSession, Session, SessionError
 
-__all__ = ["Client", "Session", "ServerSession", "SessionError", "pb"]
+__all__ = ["Client", "Session", "ServerSession", "SessionError", "pb", "faults", "RemoteProxy", "ProxyEvent",
+           "ProxyConnection", "ProxyError"]
 __version__ = "0.1.0"

@@ -13,10 +13,11 @@ from grpc import aio
 
 from ._call import SessionCall
 from ._datagram import RemoteDatagramTransport
+from ._proxy import RemoteProxy, open_request
 from ._stream import ConnectionSession, RemoteServer, RemoteTransport
 from ._subprocess import RemoteSubprocessTransport
 from ._wire import host_port, pb, pb_grpc
-from .events import RawSessions
+from .events import RawSessions, Session
 
 __all__ = ["Client"]
 
@@ -51,6 +52,7 @@ class Client:
         self._channel = None
         self._stub = None
         self._calls = []
+        self._proxies = []
         #: The raw event-stream API (events.py), for those who want events.
         self.raw = RawSessions(self)
 
@@ -65,6 +67,11 @@ class Client:
         # do when it closes.
         for call in self._calls:
             await call.close()
+        for proxy in self._proxies:
+            try:
+                await asyncio.wait_for(proxy.close(), 5)
+            except Exception:  # noqa: BLE001 (best effort, bounded)
+                pass
         await self._channel.close()
 
     # ---- plumbing ----
@@ -213,6 +220,27 @@ class Client:
         return asyncio.subprocess.Process(transport, protocol, loop)
 
     # ---- the service itself ----
+    # ---- proxies ----
+    async def create_proxy(self, listen: str, upstream: str, faults=(), *, cert_pem: str = "", key_pem: str = "",
+                           ca_pem: str = "", insecure: bool = False, stats_interval: float = 1.0,
+                           idle_timeout: float = 60.0) -> RemoteProxy:
+        """A proxy with fault injection on the service's host, listening at
+        `listen` and relaying to `upstream` (URLs: tcp://HOST:PORT,
+        tls://HOST:PORT, unix:///PATH, udp://HOST:PORT; port 0 listens on a
+        free one), with `faults` (conduit_client.faults builders) from the
+        start. A tls:// listener serves TLS with cert_pem and key_pem; a
+        tls:// upstream is verified against ca_pem (the service host's CAs
+        by default) unless `insecure`. Raises SessionError if the service
+        refuses (its --allow-listen and --allow-connect decide where) or
+        cannot listen, ValueError for a bad URL."""
+        first = open_request(listen, upstream, faults, cert_pem=cert_pem, key_pem=key_pem, ca_pem=ca_pem,
+                             insecure=insecure, stats_interval=stats_interval, idle_timeout=idle_timeout)
+        session = Session(self._stub, self._metadata, first)
+        await session.__aenter__()
+        proxy = RemoteProxy(session)
+        self._proxies = [p for p in self._proxies if not p._closed.done()] + [proxy]
+        return proxy
+
     async def list_sessions(self) -> Sequence[Any]:
         reply = await self._stub.ListSessions(pb.ListSessionsRequest(), metadata=self._metadata)
         return list(reply.sessions)

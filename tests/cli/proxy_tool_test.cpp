@@ -1,0 +1,133 @@
+// conduit proxy as a process: in front of conduit's echo servers (TCP and
+// UDP), here and through `conduit serve` (--via), with its faults measured
+// from the clients' side and its errors checked.
+#include "support/child_process.hpp"
+
+#include <gtest/gtest.h>
+
+#include <signal.h>
+
+#include <chrono>
+#include <string>
+
+using conduit::testing::ChildProcess;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr auto bound = 20s;
+
+/// A long-running tool that prints "listening URL" once it is ready.
+struct Listening {
+  ChildProcess process;
+  std::string url;
+  explicit Listening(std::vector<std::string> argv) : process(std::move(argv)) {
+    auto line = process.wait_for_line("listening ", bound);
+    EXPECT_TRUE(line) << process.err();
+    url = line.value_or("");
+  }
+  ~Listening() {
+    process.signal(SIGTERM);
+    process.wait(bound);
+  }
+};
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+}  // namespace
+
+TEST(ProxyTool, RelaysWithLatencyAndReportsEachConnection) {
+  Listening echo({CONDUIT_BIN, "echo-server", "--listen", "tcp://127.0.0.1:0", "--quiet"});
+  Listening proxy({CONDUIT_BIN, "proxy", "--listen", "tcp://127.0.0.1:0", "--upstream", echo.url, "--latency", "50ms",
+                   "--direction", "up", "-v", "--json", "--exit-after", "1"});
+  const auto start = Clock::now();
+  ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", proxy.url, "--count", "4", "--size", "1000", "--quiet"});
+  ASSERT_EQ(client.wait(bound), 0) << client.err();
+  EXPECT_GE(seconds_since(start), 0.2) << "4 round trips, each 50 ms late on the way up";
+  ASSERT_EQ(proxy.process.wait(bound), 0) << proxy.process.err();
+  EXPECT_NE(proxy.process.out().find("\"connections\":1,\"bytes_upstream\":4000,\"bytes_downstream\":4000"),
+            std::string::npos)
+      << proxy.process.out();
+  EXPECT_NE(proxy.process.err().find("[conn 1] accepted from 127.0.0.1:"), std::string::npos) << proxy.process.err();
+  EXPECT_NE(proxy.process.err().find("[conn 1] closed: 4000 bytes up, 4000 bytes down"), std::string::npos)
+      << proxy.process.err();
+}
+
+TEST(ProxyTool, BandwidthLimitsABulkTransfer) {
+  Listening echo({CONDUIT_BIN, "echo-server", "--listen", "tcp://127.0.0.1:0", "--quiet"});
+  Listening proxy({CONDUIT_BIN, "proxy", "--listen", "tcp://127.0.0.1:0", "--upstream", echo.url, "--bandwidth",
+                   "1MiB/s", "--direction", "down"});
+  const auto start = Clock::now();
+  ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", proxy.url, "--size", "1000000", "--quiet"});
+  ASSERT_EQ(client.wait(bound), 0) << client.err();
+  const double seconds = seconds_since(start);
+  EXPECT_GE(seconds, 0.85) << "1 MB at 1 MiB/s";
+  EXPECT_LT(seconds, 5);
+}
+
+TEST(ProxyTool, UdpLossDropsDatagrams) {
+  Listening echo({CONDUIT_BIN, "udp-echo", "server", "--listen", "udp://127.0.0.1:0"});
+  Listening proxy({CONDUIT_BIN, "proxy", "--listen", "udp://127.0.0.1:0", "--upstream", echo.url, "--loss", "100%",
+                   "--direction", "up"});
+  EXPECT_EQ(proxy.url.rfind("udp://127.0.0.1:", 0), 0u) << proxy.url;
+  ChildProcess client({CONDUIT_BIN, "udp-echo", "client", "--connect", proxy.url, "--count", "5", "--wait", "0.05",
+                       "--json"});
+  EXPECT_EQ(client.wait(bound), 6) << client.err();
+  EXPECT_NE(client.out().find("\"sent\":5,\"received\":0,\"lost\":5"), std::string::npos) << client.out();
+  Listening clean({CONDUIT_BIN, "proxy", "--listen", "udp://127.0.0.1:0", "--upstream", echo.url});
+  ChildProcess through({CONDUIT_BIN, "udp-echo", "client", "--connect", clean.url, "--count", "20"});
+  EXPECT_EQ(through.wait(bound), 0) << through.err();
+}
+
+TEST(ProxyTool, ResetAfterIsSeenByTheClient) {
+  Listening echo({CONDUIT_BIN, "echo-server", "--listen", "tcp://127.0.0.1:0", "--quiet"});
+  Listening proxy({CONDUIT_BIN, "proxy", "--listen", "tcp://127.0.0.1:0", "--upstream", echo.url, "--reset-after",
+                   "1000", "--direction", "up"});
+  ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", proxy.url, "--size", "100000"});
+  EXPECT_EQ(client.wait(bound), 1) << client.err();
+  EXPECT_NE(client.err().find("Connection reset by peer"), std::string::npos) << client.err();
+}
+
+TEST(ProxyTool, ThroughTheServiceWithItsPolicy) {
+  Listening serve({CONDUIT_BIN, "serve", "--listen", "127.0.0.1:0"});
+  const std::string via = serve.url.substr(serve.url.find("127.0.0.1"));
+  Listening echo({CONDUIT_BIN, "echo-server", "--listen", "tcp://127.0.0.1:0", "--quiet"});
+  Listening proxy({CONDUIT_BIN, "proxy", "--via", via, "--listen", "tcp://127.0.0.1:0", "--upstream", echo.url,
+                   "--latency", "20ms", "--json", "--exit-after", "1"});
+  ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", proxy.url, "--message", "via the service"});
+  ASSERT_EQ(client.wait(bound), 0) << client.err();
+  ASSERT_EQ(proxy.process.wait(bound), 0) << proxy.process.err();
+  EXPECT_NE(proxy.process.out().find("\"bytes_upstream\":15,\"bytes_downstream\":15"), std::string::npos)
+      << proxy.process.out();
+  // The service's --allow-listen (loopback by default) decides where.
+  ChildProcess refused({CONDUIT_BIN, "proxy", "--via", via, "--listen", "tcp://0.0.0.0:0", "--upstream", echo.url});
+  EXPECT_EQ(refused.wait(bound), 3);
+  EXPECT_NE(refused.err().find("--allow-listen"), std::string::npos) << refused.err();
+}
+
+TEST(ProxyTool, BadArgumentsAreExitCode2AndSayWhy) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--loss", "1%"}, "--loss is for udp"},
+      {{"--listen", "udp://127.0.0.1:0", "--upstream", "udp://127.0.0.1:9", "--reset-after", "10"},
+       "--reset-after is for stream"},
+      {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--latency", "fast"}, "not a duration"},
+      {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--bandwidth", "1MiB/h"}, "not a rate"},
+      {{"--listen", "udp://127.0.0.1:0", "--upstream", "udp://127.0.0.1:9", "--loss", "150%"}, "over 100%"},
+      {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--jitter", "5ms"}, "--jitter needs --latency"},
+      {{"--listen", "udp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9"}, "udp:// proxy listens and connects"},
+      {{"--listen", "tls://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9"}, "needs --cert and --key"},
+      {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:0"}, "--upstream needs a port"},
+  };
+  for (const auto& c : cases) {
+    std::vector<std::string> argv{CONDUIT_BIN, "proxy"};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    ChildProcess p(argv);
+    EXPECT_EQ(p.wait(bound), 2) << c.says;
+    EXPECT_NE(p.err().find(c.says), std::string::npos) << p.err();
+  }
+}

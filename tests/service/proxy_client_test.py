@@ -1,0 +1,212 @@
+#!/usr/bin/python3
+"""Proxy sessions from clients/python (Client.create_proxy) against a real
+`conduit serve`: local asyncio clients and upstreams on loopback, the proxy
+on the service's host, each fault seen from the client's side.
+
+usage: proxy_client_test.py CONDUIT_BIN PACKAGE_PATH
+"""
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+import unittest
+
+CONDUIT = sys.argv[1]
+sys.path.insert(0, sys.argv[2])
+from conduit_client import Client, ProxyError, SessionError, faults  # noqa: E402
+
+TIMEOUT = 20
+
+
+def start(argv):
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = process.stdout.readline()
+    if not line.startswith("listening "):
+        process.kill()
+        raise RuntimeError(f"{argv} did not start: {line!r}")
+    return process, line.split()[1]
+
+
+async def echo_upstream():
+    """A local echo server; returns (server, port)."""
+    async def echo(reader, writer):
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.write_eof()
+        except ConnectionError:
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def round_trip(port, payload=b"ping"):
+    """Seconds for `payload` to go through the proxy to the echo and back."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    begin = time.monotonic()
+    writer.write(payload)
+    got = await asyncio.wait_for(reader.readexactly(len(payload)), TIMEOUT)
+    elapsed = time.monotonic() - begin
+    writer.close()
+    assert got == payload
+    return elapsed
+
+
+class ProxyClientTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.serve, cls.address = start([CONDUIT, "serve", "--listen", "127.0.0.1:0"])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.serve.terminate()
+        cls.serve.wait(TIMEOUT)
+
+    def run_async(self, coroutine):
+        asyncio.run(asyncio.wait_for(coroutine, 60))
+
+    def test_relays_and_reports_each_connection(self):
+        async def scenario():
+            server, port = await echo_upstream()
+            async with Client(self.address) as client:
+                async with await client.create_proxy("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}",
+                                                     stats_interval=0.05) as proxy:
+                    host, proxy_port = proxy.sockets[0]
+                    self.assertEqual(host, "127.0.0.1")
+                    await round_trip(proxy_port, b"x" * 5000)
+                    seen = []
+                    async for event in proxy.events():
+                        seen.append(event)
+                        if event.kind == "closed":
+                            break
+                    self.assertEqual(seen[0].kind, "accepted")
+                    self.assertTrue(seen[0].connection.client.startswith("127.0.0.1:"))
+                    self.assertEqual(seen[-1].connection.bytes_upstream, 5000)
+                    self.assertEqual(seen[-1].connection.bytes_downstream, 5000)
+                    self.assertIsNone(seen[-1].connection.error)
+                    self.assertEqual(proxy.connections, {})
+            server.close()
+        self.run_async(scenario())
+
+    def test_latency_is_added_and_removed_while_running(self):
+        async def scenario():
+            server, port = await echo_upstream()
+            async with Client(self.address) as client:
+                async with await client.create_proxy("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}") as proxy:
+                    proxy_port = proxy.sockets[0][1]
+                    base = await round_trip(proxy_port)
+                    await proxy.add_fault(faults.latency(0.1, direction="upstream"))
+                    slow = await round_trip(proxy_port)
+                    self.assertGreaterEqual(slow, 0.1)
+                    self.assertLess(slow, 0.1 + base + 0.1)
+                    await proxy.change_fault(faults.latency(0.05))  # same name: both ways now
+                    self.assertGreaterEqual(await round_trip(proxy_port), 0.1)
+                    await proxy.remove_fault("latency")
+                    self.assertLess(await round_trip(proxy_port), 0.05)
+            server.close()
+        self.run_async(scenario())
+
+    def test_reset_and_blackhole_as_the_client_sees_them(self):
+        async def scenario():
+            server, port = await echo_upstream()
+            async with Client(self.address) as client:
+                proxy = await client.create_proxy("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}",
+                                                  [faults.reset(after_bytes=100, direction="upstream")])
+                proxy_port = proxy.sockets[0][1]
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+                writer.write(b"r" * 1000)
+                with self.assertRaises(ConnectionResetError):
+                    while await asyncio.wait_for(reader.read(65536), TIMEOUT):
+                        pass
+                writer.close()
+                await proxy.remove_fault("reset")
+                await proxy.add_fault(faults.blackhole(close_after=0.2))
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+                begin = time.monotonic()
+                writer.write(b"into the void")
+                self.assertEqual(await asyncio.wait_for(reader.read(), TIMEOUT), b"")  # closed, nothing came back
+                self.assertGreaterEqual(time.monotonic() - begin, 0.15)
+                writer.close()
+                await proxy.close()
+            server.close()
+        self.run_async(scenario())
+
+    def test_down_refuses_and_up_serves_again(self):
+        async def scenario():
+            server, port = await echo_upstream()
+            async with Client(self.address) as client:
+                async with await client.create_proxy("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}") as proxy:
+                    proxy_port = proxy.sockets[0][1]
+                    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+                    writer.write(b"hi")
+                    await reader.readexactly(2)
+                    await proxy.down()
+                    self.assertFalse(proxy.is_up)
+                    self.assertEqual(proxy.sockets, [])
+                    with self.assertRaises(ConnectionResetError):
+                        while await asyncio.wait_for(reader.read(65536), TIMEOUT):
+                            pass
+                    with self.assertRaises(ConnectionRefusedError):
+                        await asyncio.open_connection("127.0.0.1", proxy_port)
+                    await proxy.up()
+                    self.assertEqual(proxy.sockets[0][1], proxy_port)
+                    await round_trip(proxy_port)
+            server.close()
+        self.run_async(scenario())
+
+    def test_refusals_say_why(self):
+        async def scenario():
+            async with Client(self.address) as client:
+                # The service's --allow-listen (loopback by default).
+                with self.assertRaisesRegex(SessionError, "allow-listen"):
+                    await client.create_proxy("tcp://0.0.0.0:0", "tcp://127.0.0.1:9")
+                with self.assertRaisesRegex(SessionError, "INVALID_ARGUMENT.*loss is for datagram"):
+                    await client.create_proxy("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", [faults.loss(0.5)])
+                with self.assertRaisesRegex(ValueError, "not a URL"):
+                    await client.create_proxy("127.0.0.1:0", "tcp://127.0.0.1:9")
+                async with await client.create_proxy("tcp://127.0.0.1:0", "tcp://127.0.0.1:9") as proxy:
+                    with self.assertRaisesRegex(ProxyError, "no fault is named 'nope'"):
+                        await proxy.remove_fault("nope")
+                    with self.assertRaisesRegex(ProxyError, "between 0 and 1|is for datagram"):
+                        await proxy.add_fault(faults.loss(2))
+                    with self.assertRaisesRegex(ProxyError, "rate must be above 0"):
+                        await proxy.add_fault(faults.bandwidth(0))
+        self.run_async(scenario())
+
+    def test_udp_loss_and_duplication(self):
+        async def scenario():
+            loop = asyncio.get_running_loop()
+            arrived = asyncio.Queue()
+
+            class Upstream(asyncio.DatagramProtocol):
+                def datagram_received(self, data, addr):
+                    arrived.put_nowait(data)
+
+            upstream, _ = await loop.create_datagram_endpoint(Upstream, local_addr=("127.0.0.1", 0))
+            port = upstream.get_extra_info("sockname")[1]
+            async with Client(self.address) as client:
+                async with await client.create_proxy("udp://127.0.0.1:0", f"udp://127.0.0.1:{port}",
+                                                     [faults.duplicate(1.0, direction="upstream")]) as proxy:
+                    to_proxy = ("127.0.0.1", proxy.sockets[0][1])
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    sock.sendto(b"twice", to_proxy)
+                    self.assertEqual(await asyncio.wait_for(arrived.get(), TIMEOUT), b"twice")
+                    self.assertEqual(await asyncio.wait_for(arrived.get(), TIMEOUT), b"twice")
+                    await proxy.change_fault(faults.loss(1.0, name="duplicate"))
+                    sock.sendto(b"never", to_proxy)
+                    # A marker after the loss is removed: what was sent before
+                    # it has had its chance once the marker is through.
+                    await proxy.remove_fault("duplicate")
+                    sock.sendto(b"marker", to_proxy)
+                    self.assertEqual(await asyncio.wait_for(arrived.get(), TIMEOUT), b"marker")
+                    sock.close()
+            upstream.close()
+        self.run_async(scenario())
+
+
+if __name__ == "__main__":
+    unittest.main(argv=[sys.argv[0], "-v"])
