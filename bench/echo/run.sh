@@ -58,31 +58,10 @@ TMP=$(mktemp -d)
 SERVER_PID=
 CLIENT_PID=
 NOTES=()
+# shellcheck source=../lib.sh
+. "$HERE/../lib.sh"
 
 log() { echo "$*" >&2; }
-
-# True while PID runs; an exited but unreaped child (state Z) does not count,
-# which `kill -0` would.
-alive() {
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  [[ ${stat##*) } != Z* ]]
-}
-
-# SIGTERM, SIGKILL if still there after 5 s, then reap.
-stop_process() {
-  local pid=$1 i
-  kill "$pid" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do
-    alive "$pid" || break
-    sleep 0.05
-  done
-  if alive "$pid"; then
-    log "process $pid ignored SIGTERM; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
   if [[ -n $CLIENT_PID ]]; then stop_process "$CLIENT_PID"; fi
@@ -99,19 +78,6 @@ build() {
   if [[ -x $out && ! $src -nt $out ]]; then return; fi
   log "building $out"
   "$@" -o "$out" "$src"
-}
-
-# A port nothing listens on, below the ephemeral range so that no outgoing
-# connection takes it in the meantime.
-free_port() {
-  local port
-  while :; do
-    port=$((20000 + RANDOM % 12000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "$port"
-      return
-    fi
-  done
 }
 
 # start_server COMMAND: start it on $SERVER_CPU and wait (at most 10 s) until
@@ -151,25 +117,8 @@ stop_server() {
   SERVER_PID=
 }
 
-# utime + stime of PID, in clock ticks: fields 14 and 15 of /proc/PID/stat,
-# counted after the ")" that ends field 2 (the command name may hold spaces).
-cpu_ticks() {
-  local stat fields
-  stat=$(<"/proc/$1/stat")
-  read -ra fields <<<"${stat##*) }"
-  echo $((fields[11] + fields[12]))
-}
-
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 | wc -l; }
-
-# median VALUES...: the median of the numbers given (mean of the middle two
-# for an even count).
-median() {
-  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-    if (NR == 0) exit 1
-    if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 
 # bench_load NAME SIZE ROUND: one load run against the started server; stores
 # REQ_PER_S[NAME|SIZE|ROUND] and CPU_US[NAME|SIZE|ROUND].

@@ -6,21 +6,25 @@ usage: integration.py SERVICE_ADDRESS TOKEN_FILE
 
 Hosts are the compose service names: echo-tcp, echo-tls, echo-unix's socket
 on the service's host, udp-echo, and peer, a third host that keeps
-connecting to port 7101 on the service's host. Each step is bounded in time;
-the first failure exits non-zero with what went wrong.
+connecting to port 7101 on the service's host. The last step puts a proxy
+on the service's host (port 7102) between this container and echo-tcp and
+injects faults while connections run: latency (measured), a reset and a
+blackhole, each checked as the client sees it. Each step is bounded in
+time; the first failure exits non-zero with what went wrong.
 """
 import asyncio
 import os
 import socket
 import ssl
 import sys
+import time
 
 # The tests image installs the package (pip); in a checkout, use the tree's.
 try:
-    from conduit_client import Client
+    from conduit_client import Client, faults
 except ImportError:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients", "python"))
-    from conduit_client import Client  # noqa: E402
+    from conduit_client import Client, faults  # noqa: E402
 
 ADDRESS, TOKEN_FILE = sys.argv[1], sys.argv[2]
 STEP_TIMEOUT = 30
@@ -100,11 +104,61 @@ async def subprocess_session(client):
     assert (out, proc.returncode) == (b"through cat on the service's host", 0), (out, proc.returncode)
 
 
+async def proxy_session(client):
+    """A proxy on the service's host between here and echo-tcp; faults added
+    and removed while it runs, measured from this side."""
+    service_host = ADDRESS.rsplit(":", 1)[0]
+
+    async def round_trip(payload=b"ping"):
+        reader, writer = await asyncio.open_connection(service_host, 7102)
+        begin = time.monotonic()
+        writer.write(payload)
+        got = await reader.readexactly(len(payload))
+        elapsed = time.monotonic() - begin
+        writer.close()
+        assert got == payload, "the echo through the proxy differs"
+        return elapsed
+
+    async def ended_by(payload):
+        """Send, and read until the proxy ends the connection: what came back
+        and how it ended ("eof" or "reset")."""
+        reader, writer = await asyncio.open_connection(service_host, 7102)
+        writer.write(payload)
+        got = b""
+        try:
+            while data := await reader.read(65536):
+                got += data
+            how = "eof"
+        except ConnectionResetError:
+            how = "reset"
+        writer.close()
+        return got, how
+
+    async with await client.create_proxy("tcp://0.0.0.0:7102", "tcp://echo-tcp:7007") as proxy:
+        base = await round_trip()
+        await proxy.add_fault(faults.latency(0.1, direction="upstream"))
+        slow = await round_trip()
+        assert 0.1 <= slow < 0.1 + base + 0.05, f"latency 100 ms: a round trip took {slow * 1000:.1f} ms"
+        await proxy.remove_fault("latency")
+        await proxy.add_fault(faults.reset(after_bytes=1000, direction="upstream"))
+        got, how = await ended_by(b"r" * 100000)
+        assert how == "reset" and len(got) <= 1000, (how, len(got))
+        await proxy.remove_fault("reset")
+        await proxy.add_fault(faults.blackhole(close_after=0.3))
+        begin = time.monotonic()
+        got, how = await ended_by(b"into the void")
+        held = time.monotonic() - begin
+        assert (got, how) == (b"", "eof") and held >= 0.25, (got, how, held)
+        await proxy.remove_fault("blackhole")
+        await round_trip()
+    return f"latency {slow * 1000:.1f} ms over a {base * 1000:.1f} ms base, reset, blackhole {held:.2f} s"
+
+
 async def main():
     with open(TOKEN_FILE) as f:
         token = f.read().strip()
     async with Client(ADDRESS, token=token) as client:
-        for step in (connection_sessions, server_session, datagram_session, subprocess_session):
+        for step in (connection_sessions, server_session, datagram_session, subprocess_session, proxy_session):
             result = await asyncio.wait_for(step(client), STEP_TIMEOUT)
             print(f"python: {step.__name__} ok" + (f" ({result})" if result else ""), flush=True)
 

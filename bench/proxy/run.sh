@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# Proxy benchmark: Conduit's no-fault proxy against haproxy (mode tcp, one
+# thread) and socat (a process per connection) as relays in front of the
+# same echo server, in one run; then how exactly a latency fault delays.
+#
+#   bench/proxy/run.sh > results.md        # Markdown on stdout, progress on stderr
+#
+# Each relay in turn, BENCH_REPEATS interleaved rounds, medians:
+#   ping-pong: load_client, BENCH_CONNECTIONS connections of 1 KiB requests;
+#   bulk: 4 connections of 256 KiB requests.
+# The relay runs on CPU BENCH_PROXY_CPU; client and upstream (bench/echo's
+# epoll_echo) on BENCH_CLIENT_CPU. The relay's CPU (utime + stime of it, its
+# threads and its reaped children: socat forks one per connection) divided
+# by the bytes it moved (each request's bytes both ways) gives CPU per byte.
+# Latency: rtt_probe's round trips (2000 x 1 KiB, one connection) through
+# `conduit proxy` without a fault and with --latency BENCH_LATENCY_MS upstream;
+# what the fault added beyond the asked value, at the median and the 99th
+# percentile.
+#
+# Needs haproxy and socat (Debian packages), and cc. Environment (defaults
+# in brackets): BENCH_SECONDS [5] BENCH_REPEATS [3] BENCH_CONNECTIONS [10]
+#   BENCH_LATENCY_MS [10] BENCH_PROXY_CPU [0] BENCH_CLIENT_CPU [1]
+#   BENCH_BUILD [bench/echo/.build]  CONDUIT_BIN [build/src/cli/conduit]
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BUILD=${BENCH_BUILD:-$ROOT/bench/echo/.build}
+DURATION=${BENCH_SECONDS:-5}
+REPEATS=${BENCH_REPEATS:-3}
+CONNECTIONS=${BENCH_CONNECTIONS:-10}
+LATENCY_MS=${BENCH_LATENCY_MS:-10}
+PROXY_CPU=${BENCH_PROXY_CPU:-0}
+CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
+CONDUIT_BIN=${CONDUIT_BIN:-$ROOT/build/src/cli/conduit}
+CLK_TCK=$(getconf CLK_TCK)
+TMP=$(mktemp -d)
+UPSTREAM_PID=
+RELAY_PID=
+# shellcheck source=../lib.sh
+. "$HERE/../lib.sh"
+
+log() { echo "$*" >&2; }
+cleanup() {
+  [[ -n $RELAY_PID ]] && stop_process "$RELAY_PID"
+  [[ -n $UPSTREAM_PID ]] && stop_process "$UPSTREAM_PID"
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+for tool in haproxy socat cc; do
+  command -v "$tool" > /dev/null || { log "bench/proxy: needs $tool (apt-get install $tool)"; exit 2; }
+done
+[[ -x $CONDUIT_BIN ]] || { log "bench/proxy: no conduit at $CONDUIT_BIN (build it, or set CONDUIT_BIN)"; exit 2; }
+mkdir -p "$BUILD"
+for program in load_client epoll_echo; do
+  if [[ ! -x $BUILD/$program || $ROOT/bench/echo/$program.c -nt $BUILD/$program ]]; then
+    cc -O2 -Wall -Wextra -o "$BUILD/$program" "$ROOT/bench/echo/$program.c"
+  fi
+done
+cc -O2 -Wall -Wextra -o "$TMP/rtt_probe" "$HERE/rtt_probe.c"
+
+# All the CPU a relay used: its own and its threads' (utime, stime) and its
+# reaped children's (cutime, cstime).
+all_ticks() {
+  local stat fields
+  stat=$(<"/proc/$1/stat")
+  read -ra fields <<<"${stat##*) }"
+  echo $((fields[11] + fields[12] + fields[13] + fields[14]))
+}
+
+# wait_port PORT: until something accepts on 127.0.0.1:PORT (10 s at most).
+wait_port() {
+  local i
+  for ((i = 0; i < 200; i++)); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+# ---- the upstream: bench/echo's epoll server, beside the client ----
+taskset -c "$CLIENT_CPU" "$BUILD/epoll_echo" 0 > "$TMP/upstream.out" &
+UPSTREAM_PID=$!
+for _ in $(seq 1 200); do
+  UPSTREAM_PORT=$(sed -n 's/^listening \([0-9]*\)$/\1/p' "$TMP/upstream.out")
+  [[ -n $UPSTREAM_PORT ]] && break
+  sleep 0.05
+done
+
+# start_relay NAME PORT: the relay on PROXY_CPU, listening on PORT.
+start_relay() {
+  local name=$1 port=$2
+  case $name in
+    conduit)
+      taskset -c "$PROXY_CPU" "$CONDUIT_BIN" proxy --listen "tcp://127.0.0.1:$port" \
+        --upstream "tcp://127.0.0.1:$UPSTREAM_PORT" --quiet "${@:3}" > /dev/null 2> "$TMP/relay.err" & ;;
+    haproxy)
+      cat > "$TMP/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 20000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+listen relay
+  bind 127.0.0.1:$port
+  server upstream 127.0.0.1:$UPSTREAM_PORT
+EOF
+      taskset -c "$PROXY_CPU" haproxy -db -f "$TMP/haproxy.cfg" > /dev/null 2> "$TMP/relay.err" & ;;
+    socat)
+      taskset -c "$PROXY_CPU" socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork,nodelay" \
+        "TCP:127.0.0.1:$UPSTREAM_PORT,nodelay" 2> "$TMP/relay.err" & ;;
+  esac
+  RELAY_PID=$!
+  wait_port "$port" || { log "$name did not listen: $(cat "$TMP/relay.err")"; return 1; }
+}
+
+stop_relay() {
+  stop_process "$RELAY_PID"
+  RELAY_PID=
+}
+
+# load NAME WORKLOAD ROUND: one load run through the started relay on PORT.
+declare -A MBPS NS_PER_BYTE REQ_PER_S
+load() {
+  local name=$1 workload=$2 round=$3 port=$4 connections size before after out i
+  case $workload in
+    ping-pong) connections=$CONNECTIONS size=1024 ;;
+    bulk) connections=4 size=262144 ;;
+  esac
+  before=$(all_ticks "$RELAY_PID")
+  out=$(taskset -c "$CLIENT_CPU" "$BUILD/load_client" --host 127.0.0.1 --port "$port" \
+    --connections "$connections" --size "$size" --duration "$DURATION") || true
+  # socat's children exit with their connections: let them be reaped.
+  for ((i = 0; i < 40; i++)); do
+    [[ -z $(pgrep -P "$RELAY_PID" || true) ]] && break
+    sleep 0.05
+  done
+  after=$(all_ticks "$RELAY_PID")
+  if ! [[ $out =~ requests=([0-9]+)\ seconds=([0-9.]+)\ errors=0 ]]; then
+    log "  $name $workload: no clean result ($out)"
+    return
+  fi
+  local requests=${BASH_REMATCH[1]} seconds=${BASH_REMATCH[2]}
+  local key="$name|$workload|$round"
+  REQ_PER_S[$key]=$(awk -v r="$requests" -v s="$seconds" 'BEGIN { printf "%.0f", r / s }')
+  MBPS[$key]=$(awk -v r="$requests" -v z="$size" -v s="$seconds" 'BEGIN { printf "%.1f", r * z * 2 / s / 1e6 }')
+  NS_PER_BYTE[$key]=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v r="$requests" -v z="$size" \
+    'BEGIN { printf "%.3f", t / hz * 1e9 / (r * z * 2) }')
+  log "  $name $workload: ${REQ_PER_S[$key]} req/s, ${MBPS[$key]} MB/s, ${NS_PER_BYTE[$key]} ns CPU per byte"
+}
+
+RELAYS=(conduit haproxy socat)
+WORKLOADS=(ping-pong bulk)
+for ((round = 1; round <= REPEATS; round++)); do
+  for name in "${RELAYS[@]}"; do
+    port=$(free_port)
+    log "round $round/$REPEATS: $name"
+    start_relay "$name" "$port" || continue
+    for workload in "${WORKLOADS[@]}"; do load "$name" "$workload" "$round" "$port"; done
+    stop_relay
+  done
+done
+
+# ---- latency accuracy ----
+probe() {  # PORT: rtt_probe's line
+  taskset -c "$CLIENT_CPU" "$TMP/rtt_probe" 127.0.0.1 "$1" 2000 1024
+}
+port=$(free_port)
+start_relay conduit "$port"
+BASE=$(probe "$port")
+stop_relay
+port=$(free_port)
+start_relay conduit "$port" --latency "${LATENCY_MS}ms" --direction up
+FAULT=$(probe "$port")
+stop_relay
+field() { sed -n "s/.*$1=\([0-9]*\).*/\1/p" <<<"$2"; }
+
+# ---- report ----
+echo "## Proxy benchmark"
+echo
+echo "Relays in front of one epoll echo server; relay on CPU $PROXY_CPU, load client and upstream on CPU" \
+  "$CLIENT_CPU; $DURATION s per row, medians of $REPEATS interleaved rounds; $(uname -sr)."
+echo "CPU per byte: the relay's CPU time over the bytes it relayed (each request both ways); ratio:" \
+  "against haproxy in the same round, the median of the rounds' ratios (each round's in brackets)."
+echo
+echo "| relay | workload | req/s | MB/s | CPU ns/byte | ratio vs haproxy |"
+echo "| --- | --- | ---: | ---: | ---: | ---: |"
+for name in "${RELAYS[@]}"; do
+  for workload in "${WORKLOADS[@]}"; do
+    rates=() mbps=() ns=() ratios=()
+    for ((round = 1; round <= REPEATS; round++)); do
+      key="$name|$workload|$round"
+      [[ -n ${NS_PER_BYTE[$key]-} ]] || continue
+      rates+=("${REQ_PER_S[$key]}") mbps+=("${MBPS[$key]}") ns+=("${NS_PER_BYTE[$key]}")
+      base="haproxy|$workload|$round"
+      if [[ -n ${NS_PER_BYTE[$base]-} ]]; then
+        ratios+=("$(awk -v a="${NS_PER_BYTE[$key]}" -v b="${NS_PER_BYTE[$base]}" 'BEGIN { printf "%.2f", a / b }')")
+      fi
+    done
+    if ((${#ns[@]} == 0)); then
+      echo "| $name | $workload | n/a | n/a | n/a | n/a |"
+      continue
+    fi
+    ratio=n/a
+    ((${#ratios[@]} > 0)) && ratio="$(median "${ratios[@]}") (${ratios[*]})"
+    rate=$(median "${rates[@]}")
+    echo "| $name | $workload | ${rate%.*} | $(median "${mbps[@]}") | $(median "${ns[@]}") | $ratio |"
+  done
+done
+echo
+echo "Latency fault: 2000 round trips of 1 KiB on one connection through \`conduit proxy\`, without a" \
+  "fault and with \`--latency ${LATENCY_MS}ms --direction up\` (µs):"
+echo
+echo "| | p50 | p90 | p99 | max |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+for row in "no fault|$BASE" "latency ${LATENCY_MS} ms|$FAULT"; do
+  line=${row#*|}
+  echo "| ${row%%|*} | $(field p50 "$line") | $(field p90 "$line") | $(field p99 "$line") | $(field max "$line") |"
+done
+asked=$((LATENCY_MS * 1000))
+base_p50=$(field p50 "$BASE")
+echo
+echo "Beyond the asked ${LATENCY_MS} ms and the no-fault median: $(($(field p50 "$FAULT") - asked - base_p50)) µs at" \
+  "the median, $(($(field p99 "$FAULT") - asked - base_p50)) µs at the 99th percentile."
