@@ -56,6 +56,23 @@ async def round_trip(port, payload=b"ping"):
     return elapsed
 
 
+async def udp_socket_drained(port):
+    """Waits (bounded) until the UDP socket bound to 127.0.0.1:`port` on this
+    host has nothing queued: whatever was sent to it has been read, and so
+    had its faults applied. The order of a datagram and a later command is
+    not otherwise defined: they reach the service by different sockets."""
+    local = f"0100007F:{port:04X}"
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        with open("/proc/net/udp") as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+        queued = [int(row[4].split(":")[1], 16) for row in rows if row[1] == local]
+        if queued and queued[0] == 0:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"the proxy's socket {local} still holds data after {TIMEOUT} s")
+
+
 class ProxyClientTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -198,8 +215,9 @@ class ProxyClientTest(unittest.TestCase):
                     self.assertEqual(await asyncio.wait_for(arrived.get(), TIMEOUT), b"twice")
                     await proxy.change_fault(faults.loss(1.0, name="duplicate"))
                     sock.sendto(b"never", to_proxy)
-                    # A marker after the loss is removed: what was sent before
-                    # it has had its chance once the marker is through.
+                    await udp_socket_drained(to_proxy[1])
+                    # A marker after the loss is removed: "never" was read
+                    # (and dropped) before, so the marker is the next to come.
                     await proxy.remove_fault("duplicate")
                     sock.sendto(b"marker", to_proxy)
                     self.assertEqual(await asyncio.wait_for(arrived.get(), TIMEOUT), b"marker")
