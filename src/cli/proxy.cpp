@@ -14,6 +14,8 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <sys/prctl.h>
+
 #include <iostream>
 #include <map>
 #include <sstream>
@@ -175,6 +177,9 @@ int run_proxy(const ProxyCommandOptions& o) {
     return exit_usage;
   }
 
+  // Latency faults want their timers on time: the kernel may otherwise
+  // defer a wake-up by up to 50 us (the default timer slack) to batch it.
+  ::prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
   EventLoop loop;
   ProxyReport report(o.output);
   int exit_code = exit_ok;
