@@ -44,6 +44,7 @@ DatagramEndpoint<Socket>::~DatagramEndpoint() {
 
 template <class Socket>
 void DatagramEndpoint<Socket>::on_loop_destroyed() {
+  const auto keep = self();  // the protocol let go below may hold the last reference
   state_ = State::closed;
   release();
 }

@@ -61,6 +61,7 @@ PipeTransport::~PipeTransport() {
 }
 
 void PipeTransport::on_loop_destroyed() {
+  const auto keep = self();  // the protocol let go below may hold the last reference
   state_ = State::closed;
   boost::system::error_code ignored;
   pipe_.close(ignored);

@@ -46,11 +46,13 @@ void ProtocolGuard::set(std::shared_ptr<BaseProtocol> protocol) {
 }
 
 void ProtocolGuard::reset() {
-  protocol_.reset();
   stream_ = nullptr;
   buffered_ = nullptr;
   datagram_ = nullptr;
   subprocess_ = nullptr;
+  // Last, and without touching this guard after: the protocol may hold the
+  // last reference to the transport that owns it.
+  const std::shared_ptr<BaseProtocol> dropped = std::move(protocol_);
 }
 
 std::exception_ptr ProtocolGuard::report(const char* failure, std::exception_ptr exc) {

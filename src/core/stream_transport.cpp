@@ -61,6 +61,7 @@ StreamTransport<Socket>::~StreamTransport() {
 
 template <class Socket>
 void StreamTransport<Socket>::on_loop_destroyed() {
+  const auto keep = self();  // the protocol let go below may hold the last reference
   state_ = State::closed;
   sendfile_.reset();  // no callbacks any more
   release();
@@ -74,12 +75,13 @@ void StreamTransport<Socket>::release() {
   }
   boost::system::error_code ignored;
   socket_.close(ignored);  // completes any pending wait with operation_aborted
-  // Break the transport <-> protocol cycle, as asyncio does.
-  protocol_.reset();
   if (server_) {
     detail::ServerConnections::detach(*server_, this);
     server_.reset();
   }
+  // Break the transport <-> protocol cycle, as asyncio does; last, since
+  // the protocol may hold the last reference to this transport.
+  protocol_.reset();
 }
 
 template <class Socket>

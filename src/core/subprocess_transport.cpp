@@ -86,6 +86,7 @@ ChildProcessTransport::~ChildProcessTransport() {
 }
 
 void ChildProcessTransport::on_loop_destroyed() {
+  const auto keep = self();  // the protocol let go below may hold the last reference
   // No callbacks any more, but no zombie either: a child still running is
   // killed and reaped here (it dies at once; this wait is short), and what
   // it left in its group goes too.

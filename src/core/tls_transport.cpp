@@ -192,6 +192,7 @@ TlsTransport::~TlsTransport() {
 }
 
 void TlsTransport::on_loop_destroyed() {
+  const auto keep = self();  // the protocol let go below may hold the last reference
   state_ = State::closed;
   release();
 }
@@ -200,11 +201,11 @@ void TlsTransport::release() {
   boost::system::error_code ignored;
   timer_.cancel();
   stream_.next_layer().close(ignored);
-  protocol_.reset();
   if (server_) {
     detail::ServerConnections::detach(*server_, this);
     server_.reset();
   }
+  protocol_.reset();  // last: the protocol may hold the last reference to this transport
 }
 
 std::shared_ptr<TlsTransport> TlsTransport::self() { return std::shared_ptr<TlsTransport>(shared_from_this(), this); }

@@ -490,6 +490,25 @@ TEST(StreamTransport, S20_UnclosedTransportWarnsWhenDestroyed) {
   ASSERT_TRUE(peer->receive_eof(loop));  // its socket was closed
 }
 
+// The usual ownership: the protocol holds its transport, the transport its
+// protocol, nobody else either. Destroying the loop breaks that cycle; the
+// transport dies while it lets go of its protocol (ASan checks the order).
+// No weak_ptr to the transport here: it would keep the transport's memory
+// (allocated with its count) from being freed, and hide a use after free.
+TEST(StreamTransport, S21_LoopDestroyedWhileOnlyItsProtocolHoldsTheTransport) {
+  std::weak_ptr<RecordingProtocol> protocol;
+  auto loop = std::make_unique<EventLoop>();
+  {
+    auto c = connect_pair(*loop, std::make_shared<RecordingProtocol>());
+    c.transport->pause_reading();
+    run_ready(*loop);  // nothing pending holds the transport now
+    protocol = c.protocol;
+  }  // the peer's socket closes here; the loop does not run again
+  ASSERT_FALSE(protocol.expired());
+  loop.reset();
+  EXPECT_TRUE(protocol.expired());
+}
+
 TEST(StreamTransport, UnixSocketsShareTheImplementation) {
   EventLoop loop;
   const std::string path = ::testing::TempDir() + "conduit-s-unix-" + std::to_string(::getpid()) + ".sock";
