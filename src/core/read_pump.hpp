@@ -29,6 +29,14 @@ enum class ReadOutcome {
 /// The loop's NextTurn runs every such read in one batch, and keeps one
 /// busy transport from starving the others.
 ///
+/// A transport whose peer answers only after it is answered (one proxied
+/// request/response connection) finds nothing on its next turn: each such
+/// miss costs a read that fails, then the wait anyway. After a miss the
+/// pump waits at once for its next few reads (misses_skip), then tries the
+/// next turn again. Measured (bench/proxy, bench/echo): ping-pong through
+/// the proxy 1.28x -> 1.13x haproxy's CPU per byte; the echo server, whose
+/// ten connections keep the next turn busy, unchanged.
+///
 ///   idle --start()--> waiting --readable--> read --data--> posted --turn--> read
 ///     ^                  |                    |                  |
 ///     +---stop()---------+<---would_block-----+  (not reading: back to idle)
@@ -52,7 +60,7 @@ class ReadPump final : private TurnTarget {
                          }
                          if (!owner_.is_reading()) return;  // stopped just after it fired
                          if (ec) return owner_.on_read_wait_error(ec);
-                         read();
+                         read(false);
                        }));
   }
 
@@ -65,11 +73,20 @@ class ReadPump final : private TurnTarget {
  private:
   enum class State { idle, waiting, posted };
 
-  void read() {
+  /// Reads after a miss that wait at once instead of trying the next turn.
+  static constexpr int misses_skip = 8;
+
+  void read(bool on_a_turn) {
     const ReadOutcome outcome = owner_.read_once();
     if (!owner_.is_reading()) return;
-    if (outcome == ReadOutcome::data) post_turn();
-    else if (outcome == ReadOutcome::would_block) start();
+    if (outcome == ReadOutcome::data) {
+      if (skip_turns_ == 0) return post_turn();
+      --skip_turns_;
+      start();
+    } else if (outcome == ReadOutcome::would_block) {
+      if (on_a_turn) skip_turns_ = misses_skip;
+      start();
+    }
   }
 
   void post_turn() {
@@ -79,13 +96,14 @@ class ReadPump final : private TurnTarget {
 
   void on_turn() override {
     state_ = State::idle;
-    if (owner_.is_reading()) read();
+    if (owner_.is_reading()) read(true);
   }
 
   Owner& owner_;
   IoObject& io_;
   NextTurn& next_turn_;
   State state_ = State::idle;
+  int skip_turns_ = 0;  // reads left that wait at once (after a miss)
   boost::asio::cancellation_signal cancel_;
 };
 
