@@ -16,6 +16,15 @@ namespace conduit::service {
 
 namespace {
 
+/// A connection's client and byte counts, as proxy_stats and proxy_closed
+/// both carry them.
+template <class Message>
+void set_counts(Message& message, const ProxyConnectionInfo& info) {
+  message.set_client(info.client ? info.client->to_string() : "");
+  message.set_bytes_upstream(info.bytes_upstream);
+  message.set_bytes_downstream(info.bytes_downstream);
+}
+
 using grpc::Status;
 using grpc::StatusCode;
 
@@ -98,9 +107,7 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
     v1::Event event;
     event.set_connection_id(info.id);
     auto* closed = event.mutable_proxy_closed();
-    closed->set_client(info.client ? info.client->to_string() : "");
-    closed->set_bytes_upstream(info.bytes_upstream);
-    closed->set_bytes_downstream(info.bytes_downstream);
+    set_counts(*closed, info);
     if (error) *closed->mutable_error() = error_of(error);
     emit(std::move(event));
     reported_.erase(info.id);
@@ -215,10 +222,7 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
         last = {info.bytes_upstream, info.bytes_downstream};
         v1::Event event;
         event.set_connection_id(info.id);
-        auto* stats = event.mutable_proxy_stats();
-        stats->set_client(info.client ? info.client->to_string() : "");
-        stats->set_bytes_upstream(info.bytes_upstream);
-        stats->set_bytes_downstream(info.bytes_downstream);
+        set_counts(*event.mutable_proxy_stats(), info);
         self->emit(std::move(event));
       }
       self->watch_stats();

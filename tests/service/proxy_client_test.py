@@ -7,7 +7,6 @@ usage: proxy_client_test.py CONDUIT_BIN PACKAGE_PATH
 """
 import asyncio
 import socket
-import subprocess
 import sys
 import time
 import unittest
@@ -15,17 +14,7 @@ import unittest
 CONDUIT = sys.argv[1]
 sys.path.insert(0, sys.argv[2])
 from conduit_client import Client, ProxyError, SessionError, faults  # noqa: E402
-
-TIMEOUT = 20
-
-
-def start(argv):
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = process.stdout.readline()
-    if not line.startswith("listening "):
-        process.kill()
-        raise RuntimeError(f"{argv} did not start: {line!r}")
-    return process, line.split()[1]
+from harness import TIMEOUT, start, stop  # noqa: E402
 
 
 async def echo_upstream():
@@ -80,8 +69,7 @@ class ProxyClientTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.serve.terminate()
-        cls.serve.wait(TIMEOUT)
+        stop(cls.serve)
 
     def run_async(self, coroutine):
         asyncio.run(asyncio.wait_for(coroutine, 60))
