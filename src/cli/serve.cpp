@@ -71,6 +71,18 @@ std::string why_cannot_listen(const ListenAddress& a) {
 }
 
 int run_serve(const ServeOptions& options) {
+  // SIGINT and SIGTERM are taken by sigwait at the end. Blocked first, before
+  // anything starts a thread (gRPC does as soon as credentials are made; the
+  // service's loop; gRPC's pollers), since threads inherit the mask: a signal
+  // that came before the wait, or went to a thread not blocking it, would
+  // kill the process by its default action. Children get an empty mask when
+  // spawned.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
   service::ServiceOptions service_options;
   ListenAddress listen;
   try {
@@ -174,11 +186,6 @@ int run_serve(const ServeOptions& options) {
                          service::field("policy", service_options.policy.describe(), true)});
 
   // SIGINT/SIGTERM: report NOT_SERVING, stop taking calls, end sessions.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   int signal = 0;
   sigwait(&signals, &signal);
   service.audit().write(LogLevel::info, "stopping", "shutting down");

@@ -442,6 +442,14 @@ class StartUp(unittest.TestCase):
                 self.assertEqual(out, "")
                 self.assertIn(text, err)
 
+    def test_sigterm_as_soon_as_it_listens_is_a_clean_stop(self):
+        # SIGINT/SIGTERM are blocked before any thread starts: one that came
+        # right after "listening", or went to a gRPC thread, killed it once.
+        for attempt in range(20):
+            with self.subTest(attempt=attempt):
+                process, _ = start([CONDUIT, "serve", "--listen", "127.0.0.1:0"])
+                stop(process)  # asserts exit status 0
+
     def test_unix_listen_serves(self):
         path = os.path.join(tempfile.mkdtemp(prefix="conduit-"), "service.sock")
         process, address = start([CONDUIT, "serve", "--listen", f"unix:{path}"])
