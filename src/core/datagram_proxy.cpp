@@ -261,6 +261,7 @@ void DatagramProxy::from_client(std::span<const std::byte> data, const SocketAdd
   auto it = flows_.find(key);
   if (it == flows_.end()) {
     if (flows_.size() >= options_.max_clients) return;  // dropped: too many clients
+    if (options_.admit && !options_.admit(client)) return;
     const std::uint64_t id = next_id_++;
     auto flow = std::make_shared<detail::DatagramFlow>(loop_, *this, client, id, options_.seed + id);
     it = flows_.emplace(key, flow).first;

@@ -10,6 +10,7 @@
 #include <deque>
 #include <stdexcept>
 #include <system_error>
+#include <utility>
 
 namespace conduit {
 
@@ -34,6 +35,12 @@ std::exception_ptr fault_error(const std::string& what) {
 }
 
 }  // namespace
+
+/// A client the proxy's admit hook turned away: closed as soon as made.
+class TurnedAway final : public Protocol {
+ public:
+  void connection_made(std::shared_ptr<Transport> transport) override { transport->abort(); }
+};
 
 /// One relayed connection: the client's transport, the upstream's, and one
 /// Relay for each direction (what the faults hold back, and when it goes).
@@ -70,7 +77,9 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
       client_ = std::move(transport);
       info_.client = client_->get_extra_info_as<SocketAddress>("peername");
       client_->pause_reading();  // until the upstream is there
-      if (!proxy_) return close_now();
+      // Ended before its client was made (the proxy went down or closed
+      // meanwhile, and may be gone): that client goes at once.
+      if (!proxy_ || state_ != State::connecting) return client_->abort();
       if (proxy_->options_.on_accepted) proxy_->options_.on_accepted(info());
       connect_upstream();
     } else {
@@ -386,9 +395,11 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
     timers_.clear();
     std::exception_ptr why = error_;
     if (!why && end_reason_) why = fault_error(*end_reason_);
-    if (proxy_) {
-      if (proxy_->options_.on_closed) proxy_->options_.on_closed(info(), why);
-      proxy_->ended(info_.id);
+    // No longer the proxy's connection: the proxy may go before our last
+    // callback does (and ended() may drop our last reference).
+    if (StreamProxy* proxy = std::exchange(proxy_, nullptr)) {
+      if (proxy->options_.on_closed) proxy->options_.on_closed(info(), why);
+      proxy->ended(info_.id);
     }
   }
 
@@ -475,6 +486,8 @@ void StreamProxy::listen(std::function<void(std::exception_ptr)> done) {
     if (!proxy || proxy->state_ == State::down || proxy->state_ == State::closed) {
       throw std::runtime_error("the proxy is down");
     }
+    // Turned away by the owner's own limits: not an error of the loop's.
+    if (proxy->options_.admit && !proxy->options_.admit()) return std::make_shared<detail::TurnedAway>();
     const std::uint64_t id = proxy->next_id_++;
     auto connection = std::make_shared<detail::ProxyConnection>(proxy->loop_, *proxy, id, proxy->options_.seed + id);
     proxy->connections_.emplace(id, connection);

@@ -379,6 +379,57 @@ TEST_F(ProxyTest, DownResetsAndRefusesThenUpListensWhereItDid) {
   EXPECT_LT(round_trip_ms(again, "back"), 1000);
 }
 
+TEST_F(ProxyTest, AdmitTurnsClientsAwayBeforeAnythingIsSpentOnThem) {
+  int asked = 0;
+  start({}, [&](StreamProxyOptions& o) {
+    o.admit = [&] {
+      ++asked;
+      return false;
+    };
+  });
+  Peer peer = Peer::connect(loop, port());
+  ASSERT_TRUE(run_until(loop, [&] {
+    peer.read_available();
+    return peer.eof() || peer.error();
+  }));
+  EXPECT_EQ(asked, 1);
+  EXPECT_TRUE(upstream.connections.empty()) << "no upstream connection for a client turned away";
+  EXPECT_TRUE(accepted.empty());
+  EXPECT_TRUE(closed.empty());
+  EXPECT_TRUE(recorder.exceptions.empty()) << "not an error of the loop's";
+}
+
+// A client accepted just as the proxy closes and goes (a proxy session
+// aborted by its caller): its connection_made comes after the proxy is gone,
+// and must neither touch it (a use after free, seen as SIGBUS in the service)
+// nor leave the client open.
+TEST_F(ProxyTest, AClientAcceptedAsTheProxyGoesIsDropped) {
+  for (int round = 0; round < 5; ++round) {
+    SCOPED_TRACE(round);
+    bool admitted = false;
+    closed.clear();
+    start({}, [&](StreamProxyOptions& o) {
+      o.admit = [&] {
+        admitted = true;
+        return true;
+      };
+    });
+    Peer peer = Peer::connect(loop, port());
+    // run_until stops right after the accept's callback, before the
+    // client's connection_made (posted to the next turn) has run.
+    ASSERT_TRUE(run_until(loop, [&] { return admitted; }));
+    proxy->close();
+    proxy.reset();
+    ASSERT_TRUE(run_until(loop, [&] {
+      peer.read_available();
+      return peer.eof() || peer.error();
+    }));
+    EXPECT_EQ(closed.size(), 1u);
+    upstream.server->close();
+    upstream = Upstream{};
+  }
+}
+
 TEST_F(ProxyTest, RefusesAnInvalidOrDatagramOnlyFault) {
   start();
   EXPECT_THROW(proxy->set_fault(make("", FaultDirection::both, fault::Latency{})), std::invalid_argument);

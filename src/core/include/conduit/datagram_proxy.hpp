@@ -40,6 +40,10 @@ struct DatagramProxyOptions {
   /// ProxyConnectionInfo's bytes count datagram payloads forwarded.
   std::function<void(const ProxyConnectionInfo&)> on_accepted;
   std::function<void(const ProxyConnectionInfo&, std::exception_ptr)> on_closed;
+  /// Asked before a new client gets its upstream socket (null: every one
+  /// does); false drops the datagram, as max_clients does. For limits of
+  /// the caller's own (a service's descriptor budget).
+  std::function<bool(const SocketAddress& client)> admit;
   AddressCheck check_listen_address;
   AddressCheck check_upstream_address;
 };

@@ -60,6 +60,11 @@ struct StreamProxyOptions {
   /// closed cleanly; else why, e.g. the upstream refused, or a reset).
   std::function<void(const ProxyConnectionInfo&)> on_accepted;
   std::function<void(const ProxyConnectionInfo&, std::exception_ptr)> on_closed;
+  /// Asked as each client connection is accepted, before anything is spent
+  /// on it (null: every one is taken); false closes it at once, with no
+  /// callback. For limits of the caller's own (a service's descriptor
+  /// budget).
+  std::function<bool()> admit;
   /// Vet the listening and the upstream addresses (see AddressCheck).
   AddressCheck check_listen_address;
   AddressCheck check_upstream_address;
