@@ -232,6 +232,9 @@ EventLoop::~EventLoop() {
   next_turn_->clear();
 }
 
+void detail::track(EventLoop& loop, LoopResource* resource) { LoopInternals::track(loop, resource); }
+void detail::untrack(EventLoop& loop, LoopResource* resource) { LoopInternals::untrack(loop, resource); }
+
 void EventLoop::run_forever() {
   context_.restart();
   auto work = asio::make_work_guard(context_);

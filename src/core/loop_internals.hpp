@@ -3,6 +3,7 @@
 // read buffer, and a server's count of its connections.
 #pragma once
 
+#include "conduit/detail/loop_resource.hpp"
 #include "conduit/event_loop.hpp"
 #include "conduit/server.hpp"
 #include "next_turn.hpp"
@@ -11,18 +12,6 @@
 #include <span>
 
 namespace conduit::detail {
-
-/// Implemented by transports so that a loop destroyed while they are open
-/// can break their transport <-> protocol reference cycles.
-class LoopResource {
- public:
-  /// The loop is being destroyed: drop references, close descriptors, and
-  /// call nothing back.
-  virtual void on_loop_destroyed() = 0;
-
- protected:
-  ~LoopResource() = default;
-};
 
 /// The loop's internals, for transports.
 class LoopInternals {

@@ -5,6 +5,7 @@
 #include <boost/asio/post.hpp>
 
 #include <algorithm>
+#include <utility>
 
 namespace conduit::service {
 
@@ -26,13 +27,22 @@ std::shared_ptr<SessionStream> SessionStream::start(EventLoop& loop, const Remot
   if (!remote.token.empty()) stream->context_.AddMetadata("authorization", "Bearer " + remote.token);
   stream->stream_ = stream->stub_->Session(&stream->context_);
   stream->enqueue(std::move(open));
+  detail::track(loop, stream.get());
+  stream->tracked_ = true;
   stream->writer_ = std::thread([stream] { stream->write_loop(); });
   stream->reader_ = std::thread([stream] { stream->read_loop(); });
   return stream;
 }
 
 SessionStream::~SessionStream() {
-  // Only if the loop went away before the stream ended: stop the threads.
+  // Its threads hold it until on_finished or on_loop_destroyed has joined
+  // them, and either untracks it: nothing is left to stop here, unless the
+  // last reference went on one of its own threads (stop_threads detaches
+  // that one).
+  stop_threads();
+}
+
+void SessionStream::stop_threads() {
   {
     std::lock_guard lock(mutex_);
     stopping_ = true;
@@ -45,6 +55,13 @@ SessionStream::~SessionStream() {
     if (t->get_id() == std::this_thread::get_id()) t->detach();
     else t->join();
   }
+}
+
+void SessionStream::on_loop_destroyed() {
+  // The loop untracked us already. Its io_context still exists: what the
+  // threads post meanwhile is dropped with it, never run.
+  tracked_ = false;
+  stop_threads();
 }
 
 void SessionStream::command(v1::Command command) {
@@ -157,6 +174,7 @@ void SessionStream::read_loop() {
 void SessionStream::on_finished(const grpc::Status& status) {
   if (reader_.joinable()) reader_.join();
   if (writer_.joinable()) writer_.join();
+  if (std::exchange(tracked_, false)) detail::untrack(loop_, this);
   // The callbacks own the transport that owns us: drop them to end the cycle.
   SessionCallbacks callbacks = std::move(callbacks_);
   callbacks_ = {};

@@ -6,6 +6,7 @@
 
 #include "conduit/v1/conduit.grpc.pb.h"
 
+#include <conduit/detail/loop_resource.hpp>
 #include <conduit/event_loop.hpp>
 #include <conduit/service/remote_transport.hpp>
 
@@ -29,7 +30,10 @@ struct SessionCallbacks {
   std::function<void(const grpc::Status&)> finished;  ///< last: the stream ended (threads gone)
 };
 
-class SessionStream : public std::enable_shared_from_this<SessionStream> {
+/// Its threads end before its loop does: a loop destroyed while they run
+/// (a tool returning with a session still open) joins them first, so that
+/// nothing posts into a loop that is gone.
+class SessionStream final : public std::enable_shared_from_this<SessionStream>, public detail::LoopResource {
  public:
   /// Start a Session() call whose first message is `open`.
   static std::shared_ptr<SessionStream> start(EventLoop& loop, const RemoteOptions& remote, v1::ClientMessage open,
@@ -52,6 +56,9 @@ class SessionStream : public std::enable_shared_from_this<SessionStream> {
   void write_loop();
   void read_loop();
   void on_finished(const grpc::Status& status);
+  void on_loop_destroyed() override;
+  /// Stop both threads and join them (not from one of them).
+  void stop_threads();
 
   EventLoop& loop_;
   SessionCallbacks callbacks_;
@@ -70,6 +77,7 @@ class SessionStream : public std::enable_shared_from_this<SessionStream> {
   std::map<std::uint64_t, std::size_t> queued_bytes_;  // by connection id
   bool writes_done_ = false;
   bool stopping_ = false;
+  bool tracked_ = false;  // by the loop (loop thread)
 };
 
 }  // namespace conduit::service
