@@ -19,10 +19,11 @@ const char* level_name(LogLevel level) {
   return "info";
 }
 
-/// A word of a text line: quoted when it holds a space or a quote, so an
-/// argv like ["sh", "-c", "echo a b"] reads back unambiguously.
+/// A word of a text line: quoted when it holds a space, a quote or anything
+/// printable_text() would escape, so an argv like ["sh", "-c", "echo a b"]
+/// reads back unambiguously and no value can forge a line.
 std::string text_word(const std::string& word) {
-  if (!word.empty() && word.find_first_of(" \t\n\"\\") == std::string::npos) return word;
+  if (!word.empty() && word.find_first_of(" \"") == std::string::npos && !needs_escaping(word)) return word;
   return json_string(word);
 }
 
@@ -69,7 +70,9 @@ void AuditLog::write(LogLevel level, std::string_view event, std::string_view me
     }
     line += "}";
   } else {
-    line = time + " conduit serve: " + std::string(message);
+    // The message holds callers' values (hosts, paths, reasons): escaped,
+    // so one line is always one record.
+    line = time + " conduit serve: " + printable_text(message);
     for (const auto& f : fields) {
       if (!f.in_text) continue;
       line += " " + f.key + "=";

@@ -28,7 +28,48 @@ std::size_t utf8_sequence(std::string_view s) {
   return n;
 }
 
+/// C1 controls (U+0080 to U+009F), two bytes in UTF-8: some terminals act
+/// on them as on ESC sequences.
+bool is_c1(std::string_view sequence) {
+  return sequence.size() == 2 && static_cast<unsigned char>(sequence[0]) == 0xc2 &&
+         static_cast<unsigned char>(sequence[1]) < 0xa0;
+}
+
 }  // namespace
+
+std::string printable_text(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  char buf[8];
+  while (!text.empty()) {
+    const auto c = static_cast<unsigned char>(text.front());
+    std::size_t n = 1;
+    switch (c) {
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20 || c == 0x7f) {
+          std::snprintf(buf, sizeof buf, "\\x%02x", c);
+          out += buf;
+        } else if (n = utf8_sequence(text); n == 0) {
+          std::snprintf(buf, sizeof buf, "\\x%02x", c);
+          out += buf;
+          n = 1;
+        } else if (is_c1(text.substr(0, n))) {
+          std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned char>(text[1]));
+          out += buf;
+        } else {
+          out.append(text.substr(0, n));
+        }
+    }
+    text.remove_prefix(n);
+  }
+  return out;
+}
+
+bool needs_escaping(std::string_view text) { return printable_text(text) != text; }
 
 std::string json_string(std::string_view text) {
   std::string out = "\"";
@@ -41,12 +82,19 @@ std::string json_string(std::string_view text) {
       case '\r': out += "\\r"; break;
       case '\t': out += "\\t"; break;
       default:
-        if (static_cast<unsigned char>(c) < 0x20) {
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
           char buf[8];
           std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
           out += buf;
         } else if (const std::size_t n = utf8_sequence(text); n == 0) {
           out += "\xef\xbf\xbd";  // U+FFFD for a byte that starts no valid sequence
+        } else if (is_c1(text.substr(0, n))) {
+          // Valid JSON raw, but a log read on a terminal would act on it.
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned char>(text[1]));
+          out += buf;
+          text.remove_prefix(n);
+          continue;
         } else {
           out.append(text.substr(0, n));
           text.remove_prefix(n);
