@@ -77,6 +77,15 @@ write("session", "datagram", messages(pb.ClientMessage(open_datagram_endpoint=pb
 write("session", "subprocess", messages(pb.ClientMessage(open_subprocess=pb.OpenSubprocess(
     argv=["/bin/cat"], env={"LC_ALL": "C"})), command(write=b"to stdin"), command(send_signal=pb.Signal(signal=0)),
     command(write_eof=pb.WriteEof())))
+write("session", "proxy", messages(pb.ClientMessage(open_proxy=pb.OpenProxy(
+    listen=pb.ProxyEndpoint(tcp=pb.HostPort(host="127.0.0.1")), upstream=pb.ProxyEndpoint(tcp=tcp),
+    faults=[pb.FaultSpec(name="slow", latency=pb.LatencyFault(delay_us=1000))])),
+    command(set_fault=pb.FaultSpec(name="cut", direction=pb.UPSTREAM, blackhole=pb.BlackholeFault())),
+    command(remove_fault=pb.RemoveFault(name="slow")), command(proxy_down=pb.ProxyDown()),
+    command(proxy_up=pb.ProxyUp()), command(close=pb.Close())))
+write("session", "udp-proxy", messages(pb.ClientMessage(open_proxy=pb.OpenProxy(
+    listen=pb.ProxyEndpoint(udp=pb.HostPort(host="127.0.0.1")), upstream=pb.ProxyEndpoint(udp=tcp),
+    faults=[pb.FaultSpec(name="drop", loss=pb.LossFault(probability=0.5))])), command(abort=pb.Abort())))
 write("session", "command-first", messages(command(write=b"too early")))
 
 write("subprocess", "argv", pb.OpenSubprocess(argv=["/bin/true", "a", "b c"]).SerializeToString())

@@ -6,7 +6,9 @@
 //
 // What the messages may reach is kept on this host and quick: host names
 // become 127.0.0.1 (no DNS), most TCP ports become a local echo server's,
-// Unix paths go to a scratch folder, and the policy allows /bin/cat only.
+// listeners (servers, proxies) take any free port, Unix paths go to a
+// scratch folder, and the policy allows /bin/cat only. Every open kind has
+// its branch in tame().
 #include <conduit/service/service.hpp>
 
 #include <conduit/event_loop.hpp>
@@ -128,6 +130,22 @@ void tame(World& w, v1::ClientMessage& message) {
       open->mutable_local_addr()->set_port(0);
     }
     if (open->has_remote_addr()) tame_host(open->mutable_remote_addr()->mutable_host());
+  } else if (message.has_open_proxy()) {
+    // Listens on loopback or in the scratch folder; relays to the echo
+    // server (or its scratch path) with whatever faults the input holds.
+    auto tame_endpoint = [&](v1::ProxyEndpoint* e, bool listening) {
+      if (e->has_tcp() || e->has_udp()) {
+        auto* hp = e->has_tcp() ? e->mutable_tcp() : e->mutable_udp();
+        tame_host(hp->mutable_host());
+        if (listening) hp->set_port(0);
+        else if (hp->port() % 4 != 0) hp->set_port(w.echo_port);
+      } else if (e->target_case() == v1::ProxyEndpoint::kUnixPath) {
+        tame_path(e->mutable_unix_path());
+      }
+    };
+    auto* open = message.mutable_open_proxy();
+    tame_endpoint(open->mutable_listen(), true);
+    tame_endpoint(open->mutable_upstream(), false);
   } else if (message.has_open_subprocess()) {
     auto* open = message.mutable_open_subprocess();
     if (open->argv_size() > 0 && open->argv(0).size() % 2 == 0) *open->mutable_argv(0) = "/bin/cat";

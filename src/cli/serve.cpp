@@ -8,6 +8,7 @@
 #include <conduit/service/grpc_runtime.hpp>
 #include <conduit/service/reflection.hpp>
 #include <conduit/service/service.hpp>
+#include <conduit/service/unix_listener.hpp>
 
 #include <grpcpp/health_check_service_interface.h>
 
@@ -38,6 +39,7 @@ struct ServeOptions {
   std::size_t session_buffer_kib = 1024;
   std::size_t max_message_kib = 4096;
   unsigned idle_timeout = 0;
+  unsigned open_timeout = 5;
   unsigned dead_peer_timeout = 60;
   std::string log_format = "text";
   bool quiet = false;
@@ -150,8 +152,10 @@ int run_serve(const ServeOptions& options) {
     credentials = grpc::SslServerCredentials(tls);
   }
   service_options.max_sessions = options.max_sessions;
+  service_options.max_message_bytes = options.max_message_kib * 1024;
   service_options.max_buffered_events_bytes = options.session_buffer_kib * 1024;
   service_options.idle_timeout = std::chrono::seconds(options.idle_timeout);
+  service_options.open_timeout = std::chrono::seconds(options.open_timeout);
   service_options.dead_peer_timeout = std::chrono::seconds(options.dead_peer_timeout);
   service_options.log_format = options.log_format == "json" ? service::LogFormat::json : service::LogFormat::text;
   service_options.quiet = options.quiet;
@@ -162,17 +166,31 @@ int run_serve(const ServeOptions& options) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen.grpc_uri(), credentials, &port);
+  // A plaintext Unix socket is the service's own, so that each caller's
+  // pid and uid reach the log; anything else is gRPC's listener.
+  std::shared_ptr<service::UnixListener> unix_listener;
+  if (!listen.unix_path.empty() && options.tls_cert.empty()) {
+    try {
+      unix_listener = std::make_shared<service::UnixListener>(service, listen.unix_path);
+    } catch (const std::system_error& e) {
+      std::cerr << "conduit serve: cannot listen on " << options.listen << ": " << e.what() << '\n';
+      return exit_connect_failed;
+    }
+  } else {
+    builder.AddListeningPort(listen.grpc_uri(), credentials, &port);
+  }
   builder.RegisterService(&service);
   reflection.register_with(builder);
   // gRPC sets SO_REUSEPORT on its listeners by default: a second server on
   // the same port would then start and take most new calls.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_kib * 1024));
+  builder.SetMaxReceiveMessageSize(static_cast<int>(service_options.max_message_bytes));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server && unix_listener) unix_listener->start(*server);
   if (!server || (listen.unix_path.empty() && port == 0)) {
+    if (unix_listener) unix_listener->close();
     std::cerr << "conduit serve: cannot listen on " << options.listen << ": " << why_cannot_listen(listen) << '\n';
     return exit_connect_failed;
   }
@@ -192,6 +210,7 @@ int run_serve(const ServeOptions& options) {
   server->GetHealthCheckService()->SetServingStatus(false);
   // Each session ends now, its client told why, rather than at Shutdown's
   // deadline as a cancelled call.
+  if (unix_listener) unix_listener->close();
   service.abort_all_sessions("the service is shutting down (" + std::string(::strsignal(signal)) + ")");
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   service::set_grpc_log_sink(nullptr);
@@ -243,6 +262,11 @@ void set_serve_command(CLI::App& app, int& exit_code) {
                   "Close a session after S seconds without events or commands (0: never; not server sessions)")
       ->capture_default_str()
       ->check(CLI::Range(0u, 86400u * 365));
+  cmd->add_option("--open-timeout", options->open_timeout,
+                  "End a Session() stream that has not sent its open message S seconds after it started "
+                  "(until then it counts against --max-sessions)")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 3600u));
   cmd->add_option("--dead-peer-timeout", options->dead_peer_timeout,
                   "Sessions' TCP connections: a peer that acknowledges nothing for S seconds (keepalive "
                   "probes when idle, TCP_USER_TIMEOUT when data waits) is lost with ETIMEDOUT (0: the "

@@ -148,7 +148,12 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
       }
       case v1::Command::kProxyUp: {
         if (state_ != State::serving) return failed(c, "the proxy is not serving");
-        auto done = [self = shared_from_this()](std::exception_ptr error) { self->report_state(error); };
+        // A close may come before the proxy listens again: then the proxy
+        // is gone, and the command is answered as failed.
+        auto done = [self = shared_from_this(), c](std::exception_ptr error) {
+          if (!self->stream_ && !self->datagram_) return self->failed(c, "the proxy was closed before it was up again");
+          self->report_state(error);
+        };
         if (stream_) stream_->up(done);
         else datagram_->up(done);
         return;
@@ -288,15 +293,15 @@ void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& open) {
   const Policy& policy = link->service().options().policy;
   const auto& listen = open.listen();
   const auto& upstream = open.upstream();
-  const std::uint32_t listen_port = listen.has_tcp() ? listen.tcp().port() : 0;
-  if (auto why = link->service().check_not_own_address(listen_port, listen.has_tcp() ? std::string() : listen.unix_path())) {
-    return refuse_open(link, *why);
-  }
-  if (listen.target_case() == v1::ProxyEndpoint::kUnixPath) {
-    if (auto why = policy.check_unix("open_proxy listening", listen.unix_path(), true)) return refuse_open(link, *why);
-  }
   if (upstream.target_case() == v1::ProxyEndpoint::kUnixPath) {
     if (auto why = policy.check_unix("open_proxy upstream", upstream.unix_path(), false)) return refuse_open(link, *why);
+  }
+  std::optional<std::string> listen_path;
+  if (listen.target_case() == v1::ProxyEndpoint::kUnixPath) {
+    listen_path = claim_unix_listen_path(link, "open_proxy listening", listen.unix_path());
+    if (!listen_path) return;
+  } else if (auto why = link->service().check_not_own_address(listen.has_tcp() ? listen.tcp().port() : 0, {})) {
+    return refuse_open(link, "open_proxy: " + *why);
   }
   const auto interval = std::chrono::milliseconds(open.stats_interval_ms() ? open.stats_interval_ms() : 1000);
   auto side = std::make_shared<ProxySide>(link, interval);
@@ -307,8 +312,8 @@ void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& open) {
   const std::string what = "open_proxy from " + endpoint_text(listen) + " to " + endpoint_text(upstream);
   std::vector<std::string> names = policy.listen_names();
   for (auto& n : policy.connect_names()) names.push_back(std::move(n));
-  with_rule_names(loop, std::move(names), [link, side, open, what, faults = std::move(faults), &loop,
-                                           &policy](auto resolved) mutable {
+  with_rule_names(loop, std::move(names), [link, side, open, what, faults = std::move(faults), &loop, &policy,
+                                           listen_path = std::move(listen_path)](auto resolved) mutable {
     std::weak_ptr<ProxySide> weak = side;
     auto on_accepted = [weak](const ProxyConnectionInfo& info) {
       if (auto s = weak.lock()) s->connection_accepted(info);
@@ -317,7 +322,32 @@ void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& open) {
       if (auto s = weak.lock()) s->connection_closed(info, error);
     };
     auto listen_check = policy_check(policy, AddressUse::listen, what, resolved);
-    auto connect_check = policy_check(policy, AddressUse::connect, what, resolved);
+    // The upstream is checked as each client's connection to it is made: a
+    // refusal then ends that connection (proxy_closed says why) and is
+    // logged as a refusal of the caller's, as an open's would be.
+    std::weak_ptr<Link> weak_link = link;
+    auto connect_check = [check = policy_check(policy, AddressUse::connect, what, resolved),
+                          weak_link](const SocketAddress& address) {
+      try {
+        check(address);
+      } catch (const PolicyRefusal& refusal) {
+        if (auto l = weak_link.lock()) {
+          l->service().refuse(l->record()->peer, "/conduit.v1.Conduit/Session",
+                              grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                                           "session " + l->record()->id + ": " + refusal.what()));
+        }
+        throw;
+      }
+    };
+    // Each client costs a descriptor more (its upstream socket).
+    auto admit = [weak_link]() {
+      auto l = weak_link.lock();
+      if (!l) return false;
+      const auto& descriptors = l->service().descriptors();
+      if (descriptors.allows(1)) return true;
+      refuse_accept(*l, "turned a proxy client away: the descriptor budget is spent: " + descriptors.describe());
+      return false;
+    };
     if (open.listen().has_udp()) {
       DatagramProxyOptions options;
       options.listen_host = open.listen().udp().host() == "*" ? std::string() : open.listen().udp().host();
@@ -330,6 +360,7 @@ void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& open) {
       options.on_closed = on_closed;
       options.check_listen_address = listen_check;
       options.check_upstream_address = connect_check;
+      options.admit = [admit](const SocketAddress&) { return admit(); };
       return DatagramProxy::create(loop, std::move(options), [link, side](std::exception_ptr e, auto proxy) {
         finish_open(link, e);
         if (!e) side->started(proxy);
@@ -338,6 +369,7 @@ void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& open) {
     StreamProxyOptions options;
     try {
       options.listen = core_endpoint(open.listen());
+      if (listen_path) options.listen.unix_path = *listen_path;
       options.upstream = core_endpoint(open.upstream());
     } catch (const std::exception& e) {
       return finish_open(link, std::make_exception_ptr(std::invalid_argument(
@@ -348,6 +380,7 @@ void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& open) {
     options.on_closed = on_closed;
     options.check_listen_address = listen_check;
     options.check_upstream_address = connect_check;
+    options.admit = admit;
     StreamProxy::create(loop, std::move(options), [link, side](std::exception_ptr e, auto proxy) {
       finish_open(link, e);
       if (!e) side->started(proxy);

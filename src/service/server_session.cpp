@@ -6,32 +6,12 @@
 #include <conduit/server.hpp>
 #include <conduit/tls.hpp>
 
-#include <boost/asio/local/stream_protocol.hpp>
-
-#include <sys/stat.h>
-
 #include <map>
 #include <system_error>
 
 namespace conduit::service {
 
 namespace {
-
-/// Whether a server listens on the Unix socket at `path` now. The core
-/// replaces a socket file left at the path, as asyncio does; a remote caller
-/// must not take a live one over from another program.
-bool unix_socket_is_live(asio::io_context& context, const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return false;
-  asio::local::stream_protocol::socket probe(context);
-  boost::system::error_code ec;
-  probe.open(asio::local::stream_protocol(), ec);
-  if (ec) return false;
-  probe.non_blocking(true, ec);
-  probe.connect(asio::local::stream_protocol::endpoint(path), ec);
-  // Connected, or a full backlog (EAGAIN): somebody listens.
-  return !ec || ec == asio::error::would_block || ec == asio::error::try_again;
-}
 
 /// A protocol for a connection over a server session's max_connections:
 /// dropped as soon as it is made.
@@ -65,12 +45,19 @@ class ServerSide final : public SideEvents, public ConnectionOwner, public std::
 
   /// The server's protocol factory.
   std::shared_ptr<BaseProtocol> accept() {
-    if (state_ != State::listening || connections_.size() >= max_connections_) {
-      link_->service().loop().log(
-          LogLevel::warning, "session " + link_->record()->id + ": refused a connection (" +
-                                 (state_ != State::listening ? std::string("the server is closing")
-                                            : "max_connections " + std::to_string(max_connections_) + " open") +
-                                 ")");
+    if (state_ != State::listening) {
+      link_->service().loop().log(LogLevel::info, "session " + link_->record()->id +
+                                                      ": dropped a connection (the server is closing)");
+      return std::make_shared<RefusedConnection>();
+    }
+    if (connections_.size() >= max_connections_) {
+      refuse_accept(*link_, "closed an accepted connection: max_connections " + std::to_string(max_connections_) +
+                                " open");
+      return std::make_shared<RefusedConnection>();
+    }
+    // The accepted descriptor is already open: over budget now, it goes.
+    if (const auto& descriptors = link_->service().descriptors(); !descriptors.allows(0)) {
+      refuse_accept(*link_, "closed an accepted connection: the descriptor budget is spent: " + descriptors.describe());
       return std::make_shared<RefusedConnection>();
     }
     const std::uint64_t id = ++last_id_;
@@ -166,9 +153,10 @@ class ServerSide final : public SideEvents, public ConnectionOwner, public std::
 void open_server(const std::shared_ptr<Link>& link, const v1::OpenServer& open) {
   EventLoop& loop = link->service().loop();
   const Policy& policy = link->service().options().policy;
-  if (auto why = link->service().check_not_own_address(open.has_tcp() ? open.tcp().port() : 0,
-                                                       open.has_tcp() ? std::string() : open.unix_path())) {
-    return refuse_open(link, *why);
+  if (open.has_tcp()) {
+    if (auto why = link->service().check_not_own_address(open.tcp().port(), {})) {
+      return refuse_open(link, "open_server: " + *why);
+    }
   }
   auto side = std::make_shared<ServerSide>(link, open);
   link->set_loop_side(side);
@@ -195,13 +183,9 @@ void open_server(const std::shared_ptr<Link>& link, const v1::OpenServer& open) 
     if (!error) side->started(std::move(server));
   };
   if (!open.has_tcp()) {
-    if (auto why = policy.check_unix("open_server", open.unix_path(), true)) return refuse_open(link, *why);
-    if (unix_socket_is_live(loop.context(), open.unix_path())) {
-      link->service().log_session_opened(*link->record());
-      return fail_open(link, std::make_exception_ptr(std::system_error(
-                                 EADDRINUSE, std::generic_category(), "a server already listens on " + open.unix_path())));
-    }
-    return loop.create_unix_server(factory, open.unix_path(), options, done);
+    auto path = claim_unix_listen_path(link, "open_server", open.unix_path());
+    if (!path) return;
+    return loop.create_unix_server(factory, *path, options, done);
   }
   std::vector<std::string> hosts;
   if (!open.tcp().host().empty() && open.tcp().host() != "*") hosts.push_back(open.tcp().host());

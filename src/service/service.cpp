@@ -1,6 +1,7 @@
 #include <conduit/service/service.hpp>
 
 #include <conduit/service/grpc_runtime.hpp>
+#include "session_link.hpp"
 #include "session_reactor.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -11,6 +12,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 
 #include <vector>
 
@@ -20,41 +23,68 @@ ConduitService::ConduitService(ServiceOptions options)
     : options_(std::move(options)), audit_(options_.log_format, options_.quiet, options_.log_stream) {
   quiet_grpc_mutex_checks();
   loop_.set_log_handler([this](LogLevel level, std::string_view message) { audit_.loop_message(level, message); });
-  if (options_.idle_timeout.count() > 0) {
-    idle_timer_ = std::make_unique<asio::steady_timer>(loop_.context());
-    check_idle_sessions();
-  }
+  sweep_timer_ = std::make_unique<asio::steady_timer>(loop_.context());
+  sweep();
   loop_thread_ = std::thread([this] { loop_.run_forever(); });
 }
 
-// Every second, on the loop: abort the sessions idle for longer than allowed.
-void ConduitService::check_idle_sessions() {
-  idle_timer_->expires_after(std::chrono::seconds(1));
-  idle_timer_->async_wait([this](const boost::system::error_code& ec) {
+void ConduitService::sweep() {
+  sweep_timer_->expires_after(std::chrono::seconds(1));
+  sweep_timer_->async_wait([this](const boost::system::error_code& ec) {
     if (ec) return;
-    const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
-    const auto limit = std::chrono::duration_cast<std::chrono::steady_clock::duration>(options_.idle_timeout).count();
-    std::vector<std::shared_ptr<SessionRecord>> idle;
-    {
-      std::lock_guard lock(sessions_mutex_);
-      for (const auto& [id, record] : sessions_) {
-        // A listening server waits for connections by design: not idle.
-        if (record->kind != "server" && now - record->last_activity > limit) idle.push_back(record);
-      }
-    }
-    for (const auto& record : idle) {
-      loop_.log(LogLevel::info, "session " + record->id + " idle for " + std::to_string(options_.idle_timeout.count()) +
-                                    " s: closing it");
-      record->touch();  // one abort per timeout
-      if (record->abort) record->abort("the service closed the session: idle for " + std::to_string(options_.idle_timeout.count()) + " s");
-    }
-    check_idle_sessions();
+    if (options_.idle_timeout.count() > 0) end_idle_sessions();
+    end_late_opens();
+    sweep();
   });
+}
+
+void ConduitService::end_idle_sessions() {
+  const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+  const auto limit = std::chrono::duration_cast<std::chrono::steady_clock::duration>(options_.idle_timeout).count();
+  std::vector<std::shared_ptr<SessionRecord>> idle;
+  {
+    std::lock_guard lock(sessions_mutex_);
+    for (const auto& [id, record] : sessions_) {
+      // A listening server waits for connections by design: not idle.
+      if (record->kind != "server" && now - record->last_activity > limit) idle.push_back(record);
+    }
+  }
+  for (const auto& record : idle) {
+    loop_.log(LogLevel::info, "session " + record->id + " idle for " + std::to_string(options_.idle_timeout.count()) +
+                                  " s: closing it");
+    record->touch();  // one abort per timeout
+    if (record->abort) record->abort("the service closed the session: idle for " + std::to_string(options_.idle_timeout.count()) + " s");
+  }
+}
+
+// A stream that never opens holds a place among max_sessions and its
+// buffers: it gets open_timeout to say what it wants.
+void ConduitService::end_late_opens() {
+  const auto deadline = std::chrono::steady_clock::now() - options_.open_timeout;
+  std::vector<Unopened> late;
+  {
+    std::lock_guard lock(sessions_mutex_);
+    for (auto it = unopened_.begin(); it != unopened_.end();) {
+      if (it->second.record->started > deadline) {
+        ++it;
+        continue;
+      }
+      late.push_back(std::move(it->second));
+      it = unopened_.erase(it);
+    }
+  }
+  for (auto& stream : late) {
+    const grpc::Status status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                              "no open message within " + std::to_string(options_.open_timeout.count()) +
+                                  " s of the stream's start (the service's --open-timeout)");
+    refuse(stream.record->peer, "/conduit.v1.Conduit/Session", status);
+    if (auto link = stream.link.lock()) link->finish(status);
+  }
 }
 
 ConduitService::~ConduitService() {
   asio::post(loop_.get_executor(), [this] {
-    if (idle_timer_) idle_timer_->cancel();
+    sweep_timer_->cancel();
     loop_.stop();
   });
   loop_thread_.join();
@@ -86,8 +116,25 @@ grpc::Status ConduitService::authenticate(const grpc::CallbackServerContext& con
 
 grpc::Status ConduitService::refuse(const grpc::CallbackServerContext& context, std::string_view method,
                                     grpc::Status status) {
-  refuse(context.peer(), method, status);
+  refuse(peer_of(context), method, status);
   return status;
+}
+
+std::string ConduitService::peer_of(const grpc::ServerContextBase& context) const {
+  std::string peer = context.peer();
+  // A descriptor number is reused once its connection closes; name_peer
+  // runs before gRPC sees the new one, so the map always has the caller
+  // that holds the number now.
+  if (peer.rfind("fd:", 0) == 0) {
+    std::lock_guard lock(peers_mutex_);
+    if (auto it = peers_by_fd_.find(std::atoi(peer.c_str() + 3)); it != peers_by_fd_.end()) return it->second;
+  }
+  return peer;
+}
+
+void ConduitService::name_peer(int fd, std::string peer) {
+  std::lock_guard lock(peers_mutex_);
+  peers_by_fd_[fd] = std::move(peer);
 }
 
 void ConduitService::refuse(std::string_view peer, std::string_view method, const grpc::Status& status) {
@@ -95,6 +142,13 @@ void ConduitService::refuse(std::string_view peer, std::string_view method, cons
 }
 
 void ConduitService::set_own_address(std::uint16_t port, std::string unix_path) {
+  if (!unix_path.empty()) {
+    // As sessions' paths are compared: the folder resolved, the name kept.
+    const std::filesystem::path given(unix_path);
+    std::error_code ec;
+    auto folder = std::filesystem::canonical(given.parent_path(), ec);
+    if (!ec) unix_path = (folder / given.filename()).string();
+  }
   own_unix_path_ = std::move(unix_path);
   own_port_.store(port, std::memory_order_release);
 }
@@ -105,29 +159,42 @@ std::optional<std::string> ConduitService::check_not_own_address(std::uint16_t p
   if (own < 0) return "the service is still starting: try again";
   if (!unix_path.empty()) {
     if (!own_unix_path_.empty() && unix_path == own_unix_path_) {
-      return "open_server: " + unix_path + " is the service's own listening socket";
+      return unix_path + " is the service's own listening socket";
     }
     return std::nullopt;
   }
   // Any address on that port: with SO_REUSEPORT, or a wildcard beside a
   // specific address, a session could take the service's own callers.
   if (own != 0 && port == own) {
-    return "open_server: port " + std::to_string(port) +
-           " is the service's own listening port (a server session there could take other callers' calls)";
+    return "port " + std::to_string(port) +
+           " is the service's own listening port (a session listening there could take other callers' calls)";
   }
   return std::nullopt;
 }
 
 std::string ConduitService::next_session_id() { return "s" + std::to_string(next_id_++); }
 
-grpc::Status ConduitService::add_session(const std::shared_ptr<SessionRecord>& record) {
+grpc::Status ConduitService::admit_stream(const std::shared_ptr<SessionRecord>& record, std::weak_ptr<Link> link) {
   std::lock_guard lock(sessions_mutex_);
-  if (sessions_.size() >= options_.max_sessions) {
+  if (sessions_.size() + unopened_.size() >= options_.max_sessions) {
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        "the service has its maximum of " + std::to_string(options_.max_sessions) + " sessions open");
+                        "the service has its maximum of " + std::to_string(options_.max_sessions) +
+                            " sessions open (streams not yet opened count too)");
   }
-  sessions_[record->id] = record;
+  unopened_[record->id] = {record, std::move(link)};
   return grpc::Status::OK;
+}
+
+bool ConduitService::add_session(const std::shared_ptr<SessionRecord>& record) {
+  std::lock_guard lock(sessions_mutex_);
+  if (unopened_.erase(record->id) == 0) return false;
+  sessions_[record->id] = record;
+  return true;
+}
+
+bool ConduitService::forget_stream(const std::string& id) {
+  std::lock_guard lock(sessions_mutex_);
+  return unopened_.erase(id) != 0;
 }
 
 void ConduitService::log_session_opened(SessionRecord& record) {
@@ -219,7 +286,7 @@ grpc::ServerUnaryReactor* ConduitService::CloseSession(grpc::CallbackServerConte
                            grpc::Status(grpc::StatusCode::NOT_FOUND, "no session '" + request->session_id() + "'")));
     return reactor;
   }
-  if (record->abort) record->abort("the session was closed by CloseSession from " + context->peer());
+  if (record->abort) record->abort("the session was closed by CloseSession from " + peer_of(*context));
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

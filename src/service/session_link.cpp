@@ -92,6 +92,11 @@ void Link::emit(v1::Event event, bool urgent) {
   flow_control_locked();
 }
 
+bool Link::finished_with_error() {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  return finish_ && !finish_->ok();
+}
+
 void Link::finish(grpc::Status status) {
   std::lock_guard<std::recursive_mutex> lock(mutex_);
   if (finish_) return;

@@ -9,9 +9,15 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <system_error>
 
 namespace conduit::service {
 
@@ -26,10 +32,18 @@ void fail_open(const std::shared_ptr<Link>& link, std::exception_ptr error) {
 }
 
 void refuse_open(const std::shared_ptr<Link>& link, const std::string& why) {
-  const grpc::Status status(grpc::StatusCode::PERMISSION_DENIED, why);
+  refuse_open(link, grpc::Status(grpc::StatusCode::PERMISSION_DENIED, why));
+}
+
+void refuse_open(const std::shared_ptr<Link>& link, const grpc::Status& status) {
   link->service().refuse(link->record()->peer, "/conduit.v1.Conduit/Session", status);
   link->finish(status);
   link->set_loop_side(nullptr);
+}
+
+void refuse_accept(Link& link, const std::string& why) {
+  link.service().refuse(link.record()->peer, "/conduit.v1.Conduit/Session",
+                        grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "session " + link.record()->id + ": " + why));
 }
 
 void finish_open(const std::shared_ptr<Link>& link, std::exception_ptr error) {
@@ -43,6 +57,58 @@ void finish_open(const std::shared_ptr<Link>& link, std::exception_ptr error) {
   }
   link->service().log_session_opened(*link->record());
   if (error) fail_open(link, error);
+}
+
+namespace {
+
+/// Whether a server listens on the Unix socket at `path` now.
+bool unix_socket_is_live(asio::io_context& context, const std::string& path) {
+  asio::local::stream_protocol::socket probe(context);
+  boost::system::error_code ec;
+  probe.open(asio::local::stream_protocol(), ec);
+  if (ec) return false;
+  probe.non_blocking(true, ec);
+  probe.connect(asio::local::stream_protocol::endpoint(path), ec);
+  // Connected, or a full backlog (EAGAIN): somebody listens.
+  return !ec || ec == asio::error::would_block || ec == asio::error::try_again;
+}
+
+}  // namespace
+
+std::optional<std::string> claim_unix_listen_path(const std::shared_ptr<Link>& link, const std::string& what,
+                                                  const std::string& path) {
+  ConduitService& service = link->service();
+  if (auto why = service.options().policy.check_unix(what, path, true)) {
+    refuse_open(link, *why);
+    return std::nullopt;
+  }
+  // The policy resolved the folder already; bind where it resolved, so a
+  // link swapped in afterwards cannot move the socket elsewhere.
+  const std::filesystem::path given(path);
+  std::error_code ec;
+  const std::string canonical = (std::filesystem::canonical(given.parent_path(), ec) / given.filename()).string();
+  if (ec) {
+    refuse_open(link, what + ": the folder of " + path + " cannot be resolved (" + ec.message() + ")");
+    return std::nullopt;
+  }
+  if (auto why = service.check_not_own_address(0, canonical)) {
+    refuse_open(link, what + ": " + *why);
+    return std::nullopt;
+  }
+  // Taken: the core replaces a socket file at the path, as asyncio does; a
+  // remote caller must not take one over from a program listening there,
+  // nor have anything else replaced.
+  auto taken = [&](const std::string& why) {
+    service.log_session_opened(*link->record());
+    fail_open(link, std::make_exception_ptr(std::system_error(EADDRINUSE, std::generic_category(), what + ": " + why)));
+    return std::nullopt;
+  };
+  struct stat st {};
+  if (::lstat(canonical.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) return taken(canonical + " exists and is not a socket");
+    if (unix_socket_is_live(service.loop().context(), canonical)) return taken("a server already listens on " + canonical);
+  }
+  return canonical;
 }
 
 namespace {
@@ -198,7 +264,26 @@ grpc::Status validate_open(const v1::ClientMessage& message, const ServiceOption
   }
 }
 
+namespace {
+
+/// The descriptors a session takes as it opens: its socket (two listeners
+/// for a dual-stack server or proxy), or a child's three pipes and pidfd.
+/// What it takes later (accepted connections, a proxy's upstreams) is
+/// checked as it comes.
+std::size_t descriptors_to_open(const v1::ClientMessage& open) {
+  if (open.has_open_subprocess()) return 4;
+  if (open.has_open_server() || open.has_open_proxy()) return 2;
+  return 1;
+}
+
+}  // namespace
+
 void open_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& open) {
+  const auto& descriptors = link->service().descriptors();
+  if (!descriptors.allows(descriptors_to_open(open))) {
+    return refuse_open(link, grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                          "the service's descriptor budget is spent: " + descriptors.describe()));
+  }
   // Whatever a request makes fail here (a CA or key OpenSSL will not take,
   // say) is that session's failed open, never an exception out of the loop.
   try {

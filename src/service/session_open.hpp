@@ -10,6 +10,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -40,10 +41,26 @@ class PolicyRefusal : public std::runtime_error {
 /// The policy said no: the call ends with PERMISSION_DENIED saying why
 /// (nothing was opened; queued commands are dropped with the call).
 void refuse_open(const std::shared_ptr<Link>& link, const std::string& why);
+/// The same with another status (RESOURCE_EXHAUSTED: a limit of the service).
+void refuse_open(const std::shared_ptr<Link>& link, const grpc::Status& status);
+
+/// An accepted connection or client the service turns away (max_connections,
+/// the descriptor budget): logged as a refusal of the session's caller.
+void refuse_accept(Link& link, const std::string& why);
 
 /// The completion of an open that passed the policy (or was refused by an
 /// address check inside it).
 void finish_open(const std::shared_ptr<Link>& link, std::exception_ptr error);
+
+/// The one check of every session kind that listens on a Unix path: the
+/// policy's --allow-unix, then the path as the kernel resolves it (`/D//s`
+/// and `/D/./s` are `/D/s`) is never the service's own socket, never a
+/// live socket (EADDRINUSE, whoever listens there) and never a file that is
+/// not a socket; only a stale socket file is replaced. Returns the
+/// canonical path to bind; otherwise the open has been ended (refused or
+/// failed, and logged) and the result is empty. `what` names the request.
+std::optional<std::string> claim_unix_listen_path(const std::shared_ptr<Link>& link, const std::string& what,
+                                                  const std::string& path);
 
 /// Resolve the host names the policy's rules use, then `then(names)`, on
 /// the loop. A name that does not resolve matches nothing.

@@ -16,9 +16,16 @@ SessionReactor::SessionReactor(ConduitService& service, grpc::CallbackServerCont
   }
   auto record = std::make_shared<SessionRecord>();
   record->id = service.next_session_id();
-  record->peer = context->peer();
+  record->peer = service.peer_of(*context);
   link_ = std::make_shared<Link>(service, record);
   link_->attach(this);
+  // From its first byte a stream holds a place among --max-sessions, and
+  // has --open-timeout to send its open message.
+  if (auto status = service.admit_stream(record, link_); !status.ok()) {
+    link_->finish(service.refuse(*context, session_method, status));
+    return;
+  }
+  admitted_ = true;
   StartRead(&incoming_);
 }
 
@@ -29,8 +36,9 @@ void SessionReactor::fail(grpc::Status status) {
 
 void SessionReactor::OnReadDone(bool ok) {
   if (!ok) {
-    // The client half-closed (or went away: OnCancel follows then).
+    // The client half-closed (or the call failed: OnCancel follows then).
     if (!opened_) {
+      if (!service_.forget_stream(link_->record()->id)) return;  // the open deadline ended it
       return link_->finish(service_.refuse(
           *context_, session_method,
           grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the stream ended before a message opened the session")));
@@ -40,6 +48,7 @@ void SessionReactor::OnReadDone(bool ok) {
   }
   if (!opened_) {
     if (auto status = validate_open(incoming_, service_.options()); !status.ok()) {
+      if (!service_.forget_stream(link_->record()->id)) return;
       return link_->finish(service_.refuse(*context_, session_method, status));
     }
     auto& record = *link_->record();
@@ -80,9 +89,9 @@ void SessionReactor::OnReadDone(bool ok) {
     record.abort = [weak = std::weak_ptr<Link>(link_)](std::string reason) {
       if (auto link = weak.lock()) link->abort(std::move(reason));
     };
-    if (auto status = service_.add_session(link_->record()); !status.ok()) {
-      return link_->finish(service_.refuse(*context_, session_method, status));
-    }
+    // The open deadline may have ended the stream meanwhile (its Finish is
+    // on its way): then read no further.
+    if (!service_.add_session(link_->record())) return;
     opened_ = true;
     link_->open(std::move(incoming_));
   } else if (incoming_.has_command()) {
@@ -97,7 +106,23 @@ void SessionReactor::OnReadDone(bool ok) {
 void SessionReactor::OnWriteDone(bool ok) { link_->on_write_done(ok); }
 
 void SessionReactor::OnCancel() {
-  if (link_) link_->abort();
+  if (!link_) return;
+  // Cancelled before the service's status reached the client. gRPC 1.51
+  // tells the server no more: a message over the receive limit (the client
+  // is told RESOURCE_EXHAUSTED; the read fails first, as a half-close does),
+  // the client's cancel and a lost connection look the same here, so the
+  // line names them all. An error status of the service's own was logged.
+  if (!link_->finished_with_error()) {
+    service_.refuse(link_->record()->peer, session_method,
+                    grpc::Status(grpc::StatusCode::CANCELLED,
+                                 (opened_ ? "session " + link_->record()->id + ": " : std::string()) +
+                                     "the call was cancelled before it ended: a message over "
+                                     "--max-message-size (" +
+                                     std::to_string(service_.options().max_message_bytes / 1024) +
+                                     " KiB; gRPC answered RESOURCE_EXHAUSTED), or the client cancelled it or lost "
+                                     "its connection"));
+  }
+  link_->abort();
 }
 
 void SessionReactor::OnDone() {
@@ -107,6 +132,8 @@ void SessionReactor::OnDone() {
       service_.remove_session(link_->record()->id);
       // If the transport still runs (the client vanished), end it.
       link_->abort();
+    } else if (admitted_) {
+      service_.forget_stream(link_->record()->id);
     }
   }
   delete this;

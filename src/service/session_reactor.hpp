@@ -24,6 +24,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::ClientMessage, v
   grpc::CallbackServerContext* context_;  // gRPC's, valid until OnDone
   std::shared_ptr<Link> link_;
   v1::ClientMessage incoming_;
+  bool admitted_ = false;  // counted among the service's streams
   bool opened_ = false;
 };
 

@@ -6,6 +6,7 @@ its own, stopped by PID.
 
 usage: security_test.py CONDUIT_BIN PROTO_DIR
 """
+import errno
 import json
 import os
 import re
@@ -253,6 +254,85 @@ class UnixPolicy(unittest.TestCase):
                     self.assertIn(text, details)
 
 
+class UnixListeners(unittest.TestCase):
+    """Every session kind that listens on a Unix path goes through one check:
+    the canonical path, never the service's own socket, never a live socket,
+    never a file that is not a stale socket."""
+
+    def setUp(self):
+        self.folder = tempfile.mkdtemp(prefix="conduit-unix-")
+        self.own = os.path.join(self.folder, "svc.sock")
+        self.process, address = start([CONDUIT, "serve", "--listen", f"unix:{self.own}", "--allow-unix", self.folder,
+                                       "--allow-connect", "127.0.0.1:*"])
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.ConduitStub(self.channel)
+
+    def tearDown(self):
+        self.channel.close()
+        stop(self.process)
+
+    def opens(self, path):
+        """An open_server and an open_proxy listening on `path`."""
+        upstream = pb.ProxyEndpoint(tcp=pb.HostPort(host="127.0.0.1", port=9))
+        return (pb.ClientMessage(open_server=pb.OpenServer(unix_path=path)),
+                pb.ClientMessage(open_proxy=pb.OpenProxy(listen=pb.ProxyEndpoint(unix_path=path), upstream=upstream)))
+
+    def assert_service_answers(self):
+        code, out, err = run([CONDUIT, "health", "--via", f"unix:{self.own}"])
+        self.assertEqual((code, out), (0, "status: SERVING\n"), err)
+
+    def test_the_services_own_socket_under_any_spelling(self):
+        for spelling in (self.own, self.folder + "//svc.sock", self.folder + "/./svc.sock",
+                         os.path.join(self.folder, "..", os.path.basename(self.folder), "svc.sock")):
+            for message in self.opens(spelling):
+                with self.subTest(path=spelling, kind=message.WhichOneof("kind")):
+                    code, details = refusal(Session(self.stub), message)
+                    self.assertEqual(code, grpc.StatusCode.PERMISSION_DENIED, details)
+                    self.assertIn("the service's own listening socket", details)
+        self.assert_service_answers()
+
+    def test_a_live_socket_is_in_use_and_other_files_are_left_alone(self):
+        live_path = os.path.join(self.folder, "live.sock")
+        live = socket.socket(socket.AF_UNIX)
+        live.bind(live_path)
+        live.listen()
+        plain = os.path.join(self.folder, "notes.txt")
+        with open(plain, "w") as f:
+            f.write("keep me")
+        try:
+            for path, text in ((live_path, "a server already listens on"),
+                               (self.folder + "//live.sock", "a server already listens on"),
+                               (plain, "exists and is not a socket")):
+                for message in self.opens(path):
+                    with self.subTest(path=path, kind=message.WhichOneof("kind")):
+                        code, events = refusal(Session(self.stub), message)
+                        self.assertEqual(code, grpc.StatusCode.OK, events)
+                        self.assertEqual(events[0].WhichOneof("kind"), "open_failed", events)
+                        self.assertIn(text, events[0].open_failed.error.message)
+                        self.assertEqual(events[0].open_failed.error.errno_value, errno.EADDRINUSE, events[0])
+            with socket.socket(socket.AF_UNIX) as client:  # still the live server's
+                client.connect(live_path)
+            with open(plain) as f:
+                self.assertEqual(f.read(), "keep me")
+        finally:
+            live.close()
+        self.assert_service_answers()
+
+    def test_a_stale_socket_is_replaced(self):
+        stale = os.path.join(self.folder, "stale.sock")
+        for message in self.opens(stale):
+            with self.subTest(kind=message.WhichOneof("kind")):
+                with socket.socket(socket.AF_UNIX) as old:
+                    old.bind(stale)  # bound, never listening, then closed: stale
+                s = Session(self.stub)
+                s.outgoing.put(message)
+                self.assertIn(s.next().WhichOneof("kind"), ("server_started", "proxy_started"))
+                with socket.socket(socket.AF_UNIX) as client:
+                    client.connect(stale)
+                s.command(abort=pb.Abort())
+                s.until("connection_lost")
+
+
 class SubprocessEnvironment(unittest.TestCase):
     def test_caller_set_variables_need_allow_env(self):
         with Service("--allow-exec", "/usr/bin/env", "--allow-env", "LC_*", "--allow-env", "CONDUIT_TEST") as service:
@@ -429,6 +509,99 @@ class AuditLog(unittest.TestCase):
         refused = next(line for line in log.splitlines() if "refused" in line)
         self.assertIn("PERMISSION_DENIED", refused)
         self.assertIn("'/bin/ls' is not in the service's --allow-exec list", refused)
+
+
+    FORGED = "x\n2026-01-01T00:00:00.000Z conduit serve: refused everything\r\x1b[31mred\x7f\x85"
+
+    def forge(self, service):
+        s = service.session()
+        s.send(open_connection=pb.OpenConnection(tcp=pb.HostPort(host=self.FORGED, port=80)))
+        self.assertEqual(s.next().WhichOneof("kind"), "open_failed")
+
+    def test_no_value_can_forge_a_text_line(self):
+        service = Service()
+        try:
+            self.forge(service)
+        finally:
+            log = service.close()
+        for line in log.splitlines():
+            self.assertRegex(line, r"^\d{4}-\d\d-\d\dT[\d:.]+Z conduit serve: ", line)
+            self.assertNotRegex(line, "[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]", line)
+        opened = next(line for line in log.splitlines() if " opened by " in line)
+        self.assertIn("tcp://x\\n2026-01-01T00:00:00.000Z conduit serve: refused everything\\r\\x1b[31mred\\x7f"
+                      "\\u0085:80", opened)
+        self.assertFalse(any(line.startswith("2026-01-01T") for line in log.splitlines()))
+
+    def test_json_lines_escape_every_control_character(self):
+        service = Service("--log-format", "json")
+        try:
+            self.forge(service)
+        finally:
+            log = service.close()
+        self.assertNotRegex(log, "[\x00-\x09\x0b-\x1f\x7f\x80-\x9f]")
+        lines = [json.loads(line) for line in log.splitlines()]
+        opened = next(line for line in lines if line["event"] == "session_opened")
+        self.assertEqual(opened["target"], f"tcp://{self.FORGED}:80")
+
+    def test_a_proxys_refused_upstream_is_logged(self):
+        echo, url = echo_server()
+        port = int(url.rsplit(":", 1)[1])
+        service = Service("--log-format", "json", "--allow-connect", "127.0.0.1:1")
+        try:
+            s = service.session()
+            s.send(open_proxy=pb.OpenProxy(listen=pb.ProxyEndpoint(tcp=pb.HostPort(host="127.0.0.1")),
+                                           upstream=pb.ProxyEndpoint(tcp=pb.HostPort(host="127.0.0.1", port=port))))
+            started = s.next()
+            proxy_port = int(started.proxy_started.sockets[0].rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", proxy_port), timeout=TIMEOUT) as client:
+                self.assertEqual(client.recv(1), b"")  # closed: the upstream is not allowed
+            closed = s.until("proxy_closed")[-1]
+            self.assertIn("--allow-connect", closed.proxy_closed.error.message)
+            s.command(close=pb.Close())
+            s.until("connection_lost")
+        finally:
+            log = service.close()
+            stop(echo)
+        refused = [json.loads(line) for line in log.splitlines() if '"refused"' in line]
+        self.assertEqual(len(refused), 1, log)
+        self.assertEqual(refused[0]["code"], "PERMISSION_DENIED")
+        self.assertEqual(refused[0]["method"], "/conduit.v1.Conduit/Session")
+        self.assertTrue(refused[0]["peer"].startswith("ipv4:127.0.0.1:"), refused[0])
+        self.assertIn(f"127.0.0.1 port {port} is not allowed by the service's --allow-connect", refused[0]["reason"])
+
+    def test_a_message_over_the_size_limit_is_logged(self):
+        service = Service("--log-format", "json", "--max-message-size", "256")
+        try:
+            s = service.session()
+            s.send(open_server=pb.OpenServer(tcp=pb.HostPort(host="127.0.0.1")))
+            self.assertEqual(s.next().WhichOneof("kind"), "server_started")
+            s.command(write=b"x" * (300 * 1024))
+            with self.assertRaises(grpc.RpcError) as caught:
+                list(s.responses)
+            self.assertEqual(caught.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        finally:
+            log = service.close()
+        # gRPC 1.51 refuses the message before the service sees it, and tells
+        # the server only that the call was cancelled: the line names both.
+        refused = [json.loads(line) for line in log.splitlines() if '"refused"' in line]
+        self.assertEqual([r["code"] for r in refused], ["CANCELLED"], log)
+        self.assertTrue(refused[0]["peer"].startswith("ipv4:127.0.0.1:"), refused[0])
+        self.assertIn("a message over --max-message-size (256 KiB; gRPC answered RESOURCE_EXHAUSTED)",
+                      refused[0]["reason"])
+
+    def test_callers_on_a_unix_socket_are_named_by_their_credentials(self):
+        path = os.path.join(tempfile.mkdtemp(prefix="conduit-"), "service.sock")
+        process, address = start([CONDUIT, "serve", "--listen", f"unix:{path}", "--log-format", "json"])
+        try:
+            channel = grpc.insecure_channel(address)
+            code, _ = refusal(Session(pb_grpc.ConduitStub(channel)), pb.ClientMessage(open_connection=pb.OpenConnection()))
+            self.assertEqual(code, grpc.StatusCode.INVALID_ARGUMENT)
+            channel.close()
+        finally:
+            log = stop(process)
+        refused = [json.loads(line) for line in log.splitlines() if '"refused"' in line]
+        self.assertEqual(len(refused), 1, log)
+        self.assertEqual(refused[0]["peer"], f"unix:pid={os.getpid()},uid={os.getuid()},gid={os.getgid()}")
 
 
 class StartUp(unittest.TestCase):

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <conduit/service/audit_log.hpp>
+#include <conduit/service/descriptor_budget.hpp>
 #include "conduit/v1/conduit.grpc.pb.h"
 #include <conduit/service/policy.hpp>
 
@@ -25,6 +26,8 @@
 
 namespace conduit::service {
 
+class Link;  // session_link.hpp (the library's own)
+
 /// Policy and limits, from `conduit serve`'s flags.
 struct ServiceOptions {
   /// Bearer token every call must present ("authorization: Bearer T");
@@ -35,12 +38,19 @@ struct ServiceOptions {
   /// What callers may listen on, connect to, run and set (--allow-*).
   Policy policy;
   std::size_t max_sessions = 1000;
+  /// The largest message a client may send (gRPC enforces it; the service
+  /// names it when a call fails on it).
+  std::size_t max_message_bytes = 4 << 20;
   /// Events queued for a slow client before the session's transport stops
   /// reading (and resumes below a quarter of it).
   std::size_t max_buffered_events_bytes = 1 << 20;
   /// A session with no event and no command for this long is aborted
   /// (zero: never); server sessions are exempt (they wait by design).
   std::chrono::seconds idle_timeout{0};
+  /// A Session() stream that has not sent its open message this long after
+  /// it started is ended (DEADLINE_EXCEEDED); until then it counts against
+  /// max_sessions like an open session.
+  std::chrono::seconds open_timeout{5};
   /// Sessions' TCP connections end with ETIMEDOUT when the peer acknowledges
   /// nothing for this long: keepalive probes while idle, TCP_USER_TIMEOUT
   /// while data waits (zero: the kernel's defaults).
@@ -82,46 +92,77 @@ class ConduitService final : public v1::Conduit::CallbackService {
                                          v1::CloseSessionResponse* response) override;
 
   EventLoop& loop() { return loop_; }
+  /// The descriptors sessions may spend (checked at each open and accept).
+  const DescriptorBudget& descriptors() const { return descriptors_; }
   const ServiceOptions& options() const { return options_; }
   AuditLog& audit() { return audit_; }
 
   /// UNAUTHENTICATED unless the call carries the token (constant-time check
   /// of the token; the scheme, "Bearer", in any case).
   grpc::Status authenticate(const grpc::CallbackServerContext& context) const;
+  /// Who the caller of `context` is, for the log: gRPC's peer ("ipv4:
+  /// 127.0.0.1:5555"), or for a caller on the service's Unix socket its
+  /// credentials ("unix:pid=7,uid=1000,gid=1000").
+  std::string peer_of(const grpc::ServerContextBase& context) const;
+  /// The connection handed to gRPC as descriptor `fd` is `peer`
+  /// (UnixListener; gRPC names it "fd:N").
+  void name_peer(int fd, std::string peer);
+
   /// Log a refusal of `method` from the caller of `context`; returns `status`.
   grpc::Status refuse(const grpc::CallbackServerContext& context, std::string_view method, grpc::Status status);
   void refuse(std::string_view peer, std::string_view method, const grpc::Status& status);
 
   /// Where the service itself listens, once it does (a TCP port, or a Unix
-  /// path): a server session may never bind it.
+  /// path): no session may ever listen there.
   void set_own_address(std::uint16_t port, std::string unix_path);
-  /// A reason to refuse listening on `port` or `unix_path`, if it is the
-  /// service's own (or the service does not know its own yet).
+  /// A reason to refuse listening on `port` or on the canonical
+  /// `unix_path` (its folder resolved), if it is the service's own (or the
+  /// service does not know its own yet).
   std::optional<std::string> check_not_own_address(std::uint16_t port, const std::string& unix_path) const;
 
   /// Abort every session (on shutdown), telling each client `reason`.
   void abort_all_sessions(const std::string& reason);
 
-  /// Register a session; RESOURCE_EXHAUSTED past max_sessions.
-  grpc::Status add_session(const std::shared_ptr<SessionRecord>& record);
+  /// A Session() stream started (authenticated) and is not open yet: it
+  /// counts against max_sessions from now on (RESOURCE_EXHAUSTED past it),
+  /// and `link` is finished with DEADLINE_EXCEEDED if no open message came
+  /// within open_timeout.
+  grpc::Status admit_stream(const std::shared_ptr<SessionRecord>& record, std::weak_ptr<Link> link);
+  /// Its open message came: the stream becomes a registered session. False
+  /// if the open deadline ended it first (its call is finishing).
+  bool add_session(const std::shared_ptr<SessionRecord>& record);
+  /// It ended before opening. False if the open deadline ended it first.
+  bool forget_stream(const std::string& id);
   /// Log the open of a registered session (the policy let it through).
   void log_session_opened(SessionRecord& record);
   void remove_session(const std::string& id);
   std::string next_session_id();
 
  private:
-  void check_idle_sessions();
+  /// Every second, on the loop: idle sessions and late opens.
+  void sweep();
+  void end_idle_sessions();
+  void end_late_opens();
 
   ServiceOptions options_;
   AuditLog audit_;
+  DescriptorBudget descriptors_;
   std::atomic<int> own_port_{-1};  // -1: not listening yet
   std::string own_unix_path_;       // set with own_port_, before it
+  mutable std::mutex peers_mutex_;
+  std::map<int, std::string> peers_by_fd_;  // UnixListener's callers, by descriptor
   EventLoop loop_;
   std::thread loop_thread_;
   mutable std::mutex sessions_mutex_;
   std::map<std::string, std::shared_ptr<SessionRecord>> sessions_;
+  /// Streams admitted and not open yet, by session id.
+  struct Unopened {
+    std::shared_ptr<SessionRecord> record;
+    std::weak_ptr<Link> link;
+  };
+  std::map<std::string, Unopened> unopened_;
   std::atomic<std::uint64_t> next_id_{1};
-  std::unique_ptr<asio::steady_timer> idle_timer_;  // on the loop, when idle_timeout is set
+  std::unique_ptr<asio::steady_timer> sweep_timer_;  // on the loop
 };
 
 }  // namespace conduit::service

@@ -1,0 +1,47 @@
+#include <conduit/service/descriptor_budget.hpp>
+
+#include <dirent.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+
+namespace conduit::service {
+
+DescriptorBudget::DescriptorBudget(std::size_t reserve) {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) {
+    if (limit.rlim_cur < limit.rlim_max) {
+      rlimit raised = limit;
+      raised.rlim_cur = limit.rlim_max;
+      if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+    }
+    rlimit_ = limit.rlim_cur == RLIM_INFINITY ? std::size_t{1} << 20 : static_cast<std::size_t>(limit.rlim_cur);
+  } else {
+    rlimit_ = 1024;
+  }
+  if (reserve == 0) reserve = std::max<std::size_t>(64, rlimit_ / 16);
+  budget_ = rlimit_ > reserve ? rlimit_ - reserve : 0;
+}
+
+std::size_t DescriptorBudget::open_now() {
+  // One getdents64 per ~1000 entries: a few microseconds at the sizes a
+  // service runs at, paid once per session open or accept.
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (!dir) return 0;  // no /proc: no budget to enforce
+  std::size_t count = 0;
+  while (const dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] != '.') ++count;
+  }
+  ::closedir(dir);
+  return count > 0 ? count - 1 : 0;  // less the directory's own
+}
+
+bool DescriptorBudget::allows(std::size_t more) const { return open_now() + more <= budget_; }
+
+std::string DescriptorBudget::describe() const {
+  return std::to_string(open_now()) + " descriptors open, " + std::to_string(budget_) +
+         " usable by sessions (RLIMIT_NOFILE " + std::to_string(rlimit_) + ", the rest kept for the service's "
+         "listener and new callers)";
+}
+
+}  // namespace conduit::service
