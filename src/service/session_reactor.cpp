@@ -30,8 +30,10 @@ SessionReactor::SessionReactor(ConduitService& service, grpc::CallbackServerCont
 }
 
 void SessionReactor::fail(grpc::Status status) {
-  link_->abort();
+  // The status first: the abort ends the transport on the loop, whose
+  // connection_lost would otherwise finish the call with OK before us.
   link_->finish(service_.refuse(*context_, session_method, std::move(status)));
+  link_->abort();
 }
 
 void SessionReactor::OnReadDone(bool ok) {

@@ -198,6 +198,21 @@ class ServiceTest(unittest.TestCase):
                 self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
                 self.assertIn(text, caught.exception.details())
 
+    def test_a_second_open_message_is_invalid_argument_every_time(self):
+        # The refusal's status goes out before the abort it causes: the
+        # transport's connection_lost once finished the call with OK first
+        # (5 times in 200 here).
+        open_message = pb.ClientMessage(open_connection=pb.OpenConnection(
+            tcp=pb.HostPort(host="127.0.0.1", port=self.echo_port)))
+        for attempt in range(100):
+            s = Session(self.stub)
+            s.outgoing.put(open_message)
+            s.outgoing.put(open_message)
+            with self.assertRaises(grpc.RpcError, msg=f"attempt {attempt}") as caught:
+                list(s.responses)
+            self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT, f"attempt {attempt}")
+            self.assertIn("a session opens once", caught.exception.details())
+
     def test_unusable_ca_is_a_failed_open_naming_the_field(self):
         s = Session(self.stub)
         s.send(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="127.0.0.1", port=self.echo_port),
