@@ -24,8 +24,6 @@ DescriptorBudget::DescriptorBudget(std::size_t reserve) {
 }
 
 std::size_t DescriptorBudget::open_now() {
-  // One getdents64 per ~1000 entries: a few microseconds at the sizes a
-  // service runs at, paid once per session open or accept.
   DIR* dir = ::opendir("/proc/self/fd");
   if (!dir) return 0;  // no /proc: no budget to enforce
   std::size_t count = 0;
@@ -36,7 +34,21 @@ std::size_t DescriptorBudget::open_now() {
   return count > 0 ? count - 1 : 0;  // less the directory's own
 }
 
-bool DescriptorBudget::allows(std::size_t more) const { return open_now() + more <= budget_; }
+bool DescriptorBudget::allows(std::size_t more) {
+  constexpr auto recount_after = std::chrono::milliseconds(100);
+  // Within this of the budget, estimates are not trusted.
+  const std::size_t near = std::max<std::size_t>(16, budget_ / 8);
+  std::lock_guard lock(mutex_);
+  const auto now = std::chrono::steady_clock::now();
+  if (now - counted_at_ > recount_after || counted_ + allowed_since_ + more + near > budget_) {
+    counted_ = open_now();
+    allowed_since_ = 0;
+    counted_at_ = now;
+  }
+  if (counted_ + allowed_since_ + more > budget_) return false;
+  allowed_since_ += more;
+  return true;
+}
 
 std::string DescriptorBudget::describe() const {
   return std::to_string(open_now()) + " descriptors open, " + std::to_string(budget_) +

@@ -339,12 +339,13 @@ void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& open) {
         throw;
       }
     };
-    // Each client costs a descriptor more (its upstream socket).
-    auto admit = [weak_link]() {
+    // A stream client is an accepted descriptor and its upstream's; a
+    // datagram client, its upstream socket.
+    auto admit = [weak_link](std::size_t descriptors_needed) {
       auto l = weak_link.lock();
       if (!l) return false;
-      const auto& descriptors = l->service().descriptors();
-      if (descriptors.allows(1)) return true;
+      auto& descriptors = l->service().descriptors();
+      if (descriptors.allows(descriptors_needed)) return true;
       refuse_accept(*l, "turned a proxy client away: the descriptor budget is spent: " + descriptors.describe());
       return false;
     };
@@ -360,7 +361,7 @@ void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& open) {
       options.on_closed = on_closed;
       options.check_listen_address = listen_check;
       options.check_upstream_address = connect_check;
-      options.admit = [admit](const SocketAddress&) { return admit(); };
+      options.admit = [admit](const SocketAddress&) { return admit(1); };
       return DatagramProxy::create(loop, std::move(options), [link, side](std::exception_ptr e, auto proxy) {
         finish_open(link, e);
         if (!e) side->started(proxy);
@@ -380,7 +381,7 @@ void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& open) {
     options.on_closed = on_closed;
     options.check_listen_address = listen_check;
     options.check_upstream_address = connect_check;
-    options.admit = admit;
+    options.admit = [admit] { return admit(2); };
     StreamProxy::create(loop, std::move(options), [link, side](std::exception_ptr e, auto proxy) {
       finish_open(link, e);
       if (!e) side->started(proxy);

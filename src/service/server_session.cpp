@@ -55,8 +55,9 @@ class ServerSide final : public SideEvents, public ConnectionOwner, public std::
                                 " open");
       return std::make_shared<RefusedConnection>();
     }
-    // The accepted descriptor is already open: over budget now, it goes.
-    if (const auto& descriptors = link_->service().descriptors(); !descriptors.allows(0)) {
+    // The accepted descriptor is open already: one more than at the last
+    // count. Over budget, it goes.
+    if (auto& descriptors = link_->service().descriptors(); !descriptors.allows(1)) {
       refuse_accept(*link_, "closed an accepted connection: the descriptor budget is spent: " + descriptors.describe());
       return std::make_shared<RefusedConnection>();
     }

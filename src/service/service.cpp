@@ -264,6 +264,7 @@ grpc::ServerUnaryReactor* ConduitService::ListSessions(grpc::CallbackServerConte
     info->set_bytes_out(record->bytes_out);
     info->set_age_seconds(std::chrono::duration<double>(now - record->started).count());
   }
+  response->set_unopened_streams(static_cast<std::uint32_t>(unopened_.size()));
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

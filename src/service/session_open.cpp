@@ -279,7 +279,7 @@ std::size_t descriptors_to_open(const v1::ClientMessage& open) {
 }  // namespace
 
 void open_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& open) {
-  const auto& descriptors = link->service().descriptors();
+  auto& descriptors = link->service().descriptors();
   if (!descriptors.allows(descriptors_to_open(open))) {
     return refuse_open(link, grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                                           "the service's descriptor budget is spent: " + descriptors.describe()));

@@ -62,20 +62,16 @@ class UnopenedStreams(unittest.TestCase):
         stub = pb_grpc.ConduitStub(channel)
         try:
             silent = [Session(stub) for _ in range(5)]  # streams that send nothing
-            # Once the five are in, a sixth stream is refused, however it opens.
             deadline = time.monotonic() + TIMEOUT
-            while True:
-                s = Session(stub)
-                s.send(open_server=pb.OpenServer(tcp=pb.HostPort(host="127.0.0.1")))
-                try:
-                    s.next()
-                except grpc.RpcError as error:
-                    self.assertEqual(error.code(), grpc.StatusCode.RESOURCE_EXHAUSTED, error.details())
-                    self.assertIn("streams not yet opened count too", error.details())
-                    break
-                s.done_writing()
-                list(s.responses)
+            while stub.ListSessions(pb.ListSessionsRequest(), timeout=TIMEOUT).unopened_streams < 5:
                 self.assertLess(time.monotonic(), deadline, "the silent streams were never counted")
+            # With the five in, a sixth stream is refused, however it opens.
+            s = Session(stub)
+            s.send(open_server=pb.OpenServer(tcp=pb.HostPort(host="127.0.0.1")))
+            with self.assertRaises(grpc.RpcError) as caught:
+                s.next()
+            self.assertEqual(caught.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            self.assertIn("streams not yet opened count too", caught.exception.details())
             # Each silent stream ends at its open deadline, not later.
             for s in silent:
                 with self.assertRaises(grpc.RpcError) as caught:

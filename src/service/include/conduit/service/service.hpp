@@ -93,7 +93,7 @@ class ConduitService final : public v1::Conduit::CallbackService {
 
   EventLoop& loop() { return loop_; }
   /// The descriptors sessions may spend (checked at each open and accept).
-  const DescriptorBudget& descriptors() const { return descriptors_; }
+  DescriptorBudget& descriptors() { return descriptors_; }
   const ServiceOptions& options() const { return options_; }
   AuditLog& audit() { return audit_; }
 
