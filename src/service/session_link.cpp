@@ -92,6 +92,11 @@ void Link::emit(v1::Event event, bool urgent) {
   flow_control_locked();
 }
 
+bool Link::finishing() {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  return finish_.has_value();
+}
+
 bool Link::finished_with_error() {
   std::lock_guard<std::recursive_mutex> lock(mutex_);
   return finish_ && !finish_->ok();

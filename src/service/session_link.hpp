@@ -53,6 +53,8 @@ class Link : public std::enable_shared_from_this<Link> {
   /// The write in flight completed: start the next or finish.
   void on_write_done(bool ok);
 
+  /// Whether the service has decided to end the call (finish() was called).
+  bool finishing();
   /// Whether the service ended the call with an error status of its own
   /// (a refusal, the open deadline): those are logged already.
   bool finished_with_error();

@@ -39,6 +39,7 @@ void SessionReactor::fail(grpc::Status status) {
 void SessionReactor::OnReadDone(bool ok) {
   if (!ok) {
     // The client half-closed (or the call failed: OnCancel follows then).
+    read_ended_running_ = !link_->finishing();
     if (!opened_) {
       if (!service_.forget_stream(link_->record()->id)) return;  // the open deadline ended it
       return link_->finish(service_.refuse(
@@ -111,10 +112,12 @@ void SessionReactor::OnCancel() {
   if (!link_) return;
   // Cancelled before the service's status reached the client. gRPC 1.51
   // tells the server no more: a message over the receive limit (the client
-  // is told RESOURCE_EXHAUSTED; the read fails first, as a half-close does),
-  // the client's cancel and a lost connection look the same here, so the
-  // line names them all. An error status of the service's own was logged.
-  if (!link_->finished_with_error()) {
+  // is told RESOURCE_EXHAUSTED; the read fails first, as a half-close does,
+  // and may end the session), the client's cancel and a lost connection
+  // look the same here, so the line names them all. Not logged: an error
+  // status of the service's own (logged already), and a client that went
+  // away once the session had ended, before its status arrived.
+  if (!link_->finished_with_error() && (!link_->finishing() || read_ended_running_)) {
     service_.refuse(link_->record()->peer, session_method,
                     grpc::Status(grpc::StatusCode::CANCELLED,
                                  (opened_ ? "session " + link_->record()->id + ": " : std::string()) +

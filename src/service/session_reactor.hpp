@@ -4,6 +4,8 @@
 
 #include "session_link.hpp"
 
+#include <atomic>
+
 namespace conduit::service {
 
 /// The reactor of one Session() call.
@@ -25,6 +27,9 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::ClientMessage, v
   std::shared_ptr<Link> link_;
   v1::ClientMessage incoming_;
   bool admitted_ = false;  // counted among the service's streams
+  /// The client's messages ended (or failed) before the service ended the
+  /// call; OnReadDone and OnCancel may run on two threads at once.
+  std::atomic<bool> read_ended_running_{false};
   bool opened_ = false;
 };
 

@@ -61,7 +61,12 @@ void SessionStream::on_loop_destroyed() {
   // The loop untracked us already. Its io_context still exists: what the
   // threads post meanwhile is dropped with it, never run.
   tracked_ = false;
+  auto self = shared_from_this();  // the callbacks may hold our last owner
   stop_threads();
+  // The callbacks own the transport that owns us, as in on_finished: let
+  // them go, or the pair would outlive the loop.
+  SessionCallbacks callbacks = std::move(callbacks_);
+  callbacks_ = {};
 }
 
 void SessionStream::command(v1::Command command) {
