@@ -7,9 +7,10 @@
 #include "subprocess_session.hpp"
 #include "side_events.hpp"
 
+#include <conduit/service/unix_listener.hpp>
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -58,22 +59,6 @@ void finish_open(const std::shared_ptr<Link>& link, std::exception_ptr error) {
   link->service().log_session_opened(*link->record());
   if (error) fail_open(link, error);
 }
-
-namespace {
-
-/// Whether a server listens on the Unix socket at `path` now.
-bool unix_socket_is_live(asio::io_context& context, const std::string& path) {
-  asio::local::stream_protocol::socket probe(context);
-  boost::system::error_code ec;
-  probe.open(asio::local::stream_protocol(), ec);
-  if (ec) return false;
-  probe.non_blocking(true, ec);
-  probe.connect(asio::local::stream_protocol::endpoint(path), ec);
-  // Connected, or a full backlog (EAGAIN): somebody listens.
-  return !ec || ec == asio::error::would_block || ec == asio::error::try_again;
-}
-
-}  // namespace
 
 std::optional<std::string> claim_unix_listen_path(const std::shared_ptr<Link>& link, const std::string& what,
                                                   const std::string& path) {

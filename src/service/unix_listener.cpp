@@ -25,21 +25,23 @@ void throw_in_use(const std::string& why) {
 
 }  // namespace
 
+bool unix_socket_is_live(asio::io_context& context, const std::string& path) {
+  asio::local::stream_protocol::socket probe(context);
+  boost::system::error_code ec;
+  probe.open(asio::local::stream_protocol(), ec);
+  if (ec) return false;
+  probe.non_blocking(true, ec);
+  probe.connect(asio::local::stream_protocol::endpoint(path), ec);
+  return !ec || ec == asio::error::would_block || ec == asio::error::try_again;
+}
+
 UnixListener::UnixListener(ConduitService& service, std::string path)
     : service_(service), path_(std::move(path)), acceptor_(service.loop().context()),
       backoff_(service.loop().context()) {
   struct stat st {};
   if (::lstat(path_.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) throw_in_use(path_ + " exists and is not a socket");
-    asio::local::stream_protocol::socket probe(service.loop().context());
-    boost::system::error_code ec;
-    probe.open(asio::local::stream_protocol(), ec);
-    if (!ec) probe.non_blocking(true, ec);
-    if (!ec) probe.connect(asio::local::stream_protocol::endpoint(path_), ec);
-    // Connected, or a full backlog: somebody listens.
-    if (!ec || ec == asio::error::would_block || ec == asio::error::try_again) {
-      throw_in_use("another server listens on " + path_);
-    }
+    if (unix_socket_is_live(service.loop().context(), path_)) throw_in_use("another server listens on " + path_);
     ::unlink(path_.c_str());  // stale: nobody listens
   }
   acceptor_.open(asio::local::stream_protocol());

@@ -19,6 +19,10 @@
 
 namespace conduit::service {
 
+/// Whether a server listens on the Unix socket at `path` now (a connect
+/// that succeeds, or finds the backlog full).
+bool unix_socket_is_live(asio::io_context& context, const std::string& path);
+
 class UnixListener : public std::enable_shared_from_this<UnixListener> {
  public:
   /// Bind `path` (a stale socket file there is replaced; a live one, or
