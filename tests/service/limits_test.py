@@ -167,8 +167,10 @@ class Descriptors(unittest.TestCase):
         self.assertTrue(any("closed an accepted connection" in r["reason"] for r in budget), log[-2000:])
 
     def test_the_soft_limit_is_raised_to_the_hard_one(self):
+        hard = min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+
         def limit():
-            resource.setrlimit(resource.RLIMIT_NOFILE, (128, 4096))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
         import subprocess
         process = subprocess.Popen([CONDUIT, "serve", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
                                    stderr=subprocess.DEVNULL, text=True, preexec_fn=limit)
@@ -176,7 +178,7 @@ class Descriptors(unittest.TestCase):
             self.assertTrue(process.stdout.readline().startswith("listening "))
             with open(f"/proc/{process.pid}/limits") as f:
                 line = next(line for line in f if line.startswith("Max open files"))
-            self.assertEqual(line.split()[3:5], ["4096", "4096"], line)
+            self.assertEqual(line.split()[3:5], [str(hard), str(hard)], line)
         finally:
             process.terminate()
             self.assertEqual(process.wait(TIMEOUT), 0)
