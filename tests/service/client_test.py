@@ -278,6 +278,24 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(local, (["made", ("lost", None)], True))
         self.assertEqual(remote, local)
 
+    def test_abort_while_writing_is_paused_resumes_nothing(self):
+        # asyncio's abort drops the buffer without a resume_writing: the
+        # protocol hears connection_lost alone (issue 19).
+        async def scenario(connect):
+            async def peer(reader, writer):
+                await reader.read()
+            async with Peer(peer) as p:
+                transport, protocol = await connect(Recorder, "127.0.0.1", p.port)
+                transport.write(b"w" * (4 << 20))
+                if not protocol.paused:
+                    return "the write did not pause the protocol"
+                transport.abort()
+                await protocol.lost
+                return protocol.events
+        local, remote = self.both_ways(scenario)
+        self.assertEqual(local, ["made", "pause", ("lost", None)])
+        self.assertEqual(remote, local)
+
     def test_pause_and_resume_reading(self):
         async def scenario(connect):
             async def peer(reader, writer):

@@ -54,7 +54,10 @@ class RemoteTransport(asyncio.Transport):
         self._loop, self._call, self._connection_id, self._tls = loop, call, connection_id, tls
         self._protocol = None
         self._state = _OPENING
-        self._flow = WriteFlow(loop, self, lambda: self._protocol if self._state != _CLOSED else None)
+        # After abort() the protocol hears nothing of the buffer again, as
+        # asyncio's _force_close drops it without a resume_writing.
+        self._flow = WriteFlow(loop, self,
+                               lambda: self._protocol if self._state != _CLOSED and not self._aborted else None)
         self._paused_reading = False  # as the protocol sees it
         self._remote_paused = True    # as the service does: opened paused
         self._in_connection_made = False
