@@ -90,8 +90,9 @@ class Peer:
     """A local asyncio server for the client side's connections to reach:
     `handler(reader, writer)` runs for each."""
 
-    def __init__(self, handler):
+    def __init__(self, handler, rcvbuf=None):
         self.handler = handler
+        self.rcvbuf = rcvbuf  # SO_RCVBUF of the connections it accepts
         self.done = None
 
     async def __aenter__(self):
@@ -103,7 +104,13 @@ class Peer:
             finally:
                 if not self.done.done():
                     self.done.set_result(None)
-        self.server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        if self.rcvbuf is None:
+            self.server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        else:
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)  # before listen: inherited
+            listener.bind(("127.0.0.1", 0))
+            self.server = await asyncio.start_server(serve, sock=listener)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -294,6 +301,32 @@ class ClientTest(unittest.TestCase):
                 return protocol.events
         local, remote = self.both_ways(scenario)
         self.assertEqual(local, ["made", "pause", ("lost", None)])
+        self.assertEqual(remote, local)
+
+    def test_a_write_after_close_joins_what_is_still_buffered(self):
+        # asyncio counts the connection lost only once its buffer drained:
+        # a write after close() while data waits is sent (issue 19).
+        size = 8 << 20  # more than the kernel takes for a peer that does not read (its buffer kept small)
+
+        async def scenario(connect):
+            reading = asyncio.Event()
+            received = [0]
+
+            async def peer(reader, writer):
+                await reading.wait()
+                while data := await reader.read(1 << 16):
+                    received[0] += len(data)
+            async with Peer(peer, rcvbuf=64 << 10) as p:
+                transport, protocol = await connect(Recorder, "127.0.0.1", p.port)
+                transport.write(b"b" * size)
+                transport.close()
+                transport.write(b"tail")
+                reading.set()
+                await protocol.lost
+                await p.done
+                return received[0], protocol.callbacks()
+        local, remote = self.both_ways(scenario)
+        self.assertEqual(local, (size + 4, ["made", ("lost", None)]), "asyncio's own")
         self.assertEqual(remote, local)
 
     def test_pause_and_resume_reading(self):

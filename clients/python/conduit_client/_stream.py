@@ -67,6 +67,7 @@ class RemoteTransport(asyncio.Transport):
         self._forced_error: Optional[BaseException] = None
         self._extra: dict = {}
         self._conn_lost_writes = 0
+        self._close_held = False  # close() came while writes still waited here
 
     # ---- asyncio.BaseTransport ----
     def get_extra_info(self, name, default=None):
@@ -79,7 +80,13 @@ class RemoteTransport(asyncio.Transport):
         if self._state != _OPEN:
             return
         self._state = _CLOSING
-        self._send(close=pb.Close())
+        # While writes wait here, they are the transport's buffer: asyncio
+        # lets later writes join it until it drains, so the close goes once
+        # they are all handed over (on_sent), after any that join them.
+        if self.get_write_buffer_size() > 0:
+            self._close_held = True
+        else:
+            self._send(close=pb.Close())
 
     def set_protocol(self, protocol) -> None:
         self._protocol = protocol
@@ -123,7 +130,10 @@ class RemoteTransport(asyncio.Transport):
             raise RuntimeError("Cannot call write() after write_eof()")
         if not data:
             return
-        if self._state != _OPEN:
+        # After close() a write joins what is still buffered, as asyncio's
+        # does (SPEC RS4): here while the close is held, else the service's
+        # transport decides (it drops it once nothing was buffered).
+        if self._state != _OPEN and (self._state != _CLOSING or self._aborted):
             self._conn_lost_writes += 1
             if self._conn_lost_writes >= 5:
                 logger.warning("socket.send() raised exception.")
@@ -174,7 +184,11 @@ class RemoteTransport(asyncio.Transport):
         self._sync_remote_reading()  # opened paused: resume unless the protocol paused
 
     def on_sent(self) -> None:
-        self._flow.maybe_resume(self.get_write_buffer_size())
+        size = self.get_write_buffer_size()
+        if self._close_held and size == 0 and not self._aborted and self._state == _CLOSING:
+            self._close_held = False
+            self._send(close=pb.Close())
+        self._flow.maybe_resume(size)
 
     def on_event(self, event: "pb.Event") -> None:
         kind = event.WhichOneof("kind")
