@@ -50,8 +50,9 @@ bool DescriptorBudget::allows(std::size_t more) {
   return true;
 }
 
-std::string DescriptorBudget::describe() const {
-  return std::to_string(open_now()) + " descriptors open, " + std::to_string(budget_) +
+std::string DescriptorBudget::describe() {
+  std::lock_guard lock(mutex_);
+  return std::to_string(counted_ + allowed_since_) + " descriptors open, " + std::to_string(budget_) +
          " usable by sessions (RLIMIT_NOFILE " + std::to_string(rlimit_) + ", the rest kept for the service's "
          "listener and new callers)";
 }

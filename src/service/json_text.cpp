@@ -50,10 +50,8 @@ std::string printable_text(std::string_view text) {
       case '\r': out += "\\r"; break;
       case '\t': out += "\\t"; break;
       default:
-        if (c < 0x20 || c == 0x7f) {
-          std::snprintf(buf, sizeof buf, "\\x%02x", c);
-          out += buf;
-        } else if (n = utf8_sequence(text); n == 0) {
+        // A control byte, or one that starts no valid UTF-8 sequence.
+        if (c < 0x20 || c == 0x7f || (n = utf8_sequence(text)) == 0) {
           std::snprintf(buf, sizeof buf, "\\x%02x", c);
           out += buf;
           n = 1;

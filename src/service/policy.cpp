@@ -62,6 +62,13 @@ std::string rules_text(const std::vector<AddressRule>& rules) {
 
 }  // namespace
 
+std::filesystem::path resolved_socket_path(const std::string& path, std::error_code& ec) {
+  const std::filesystem::path given(path);
+  auto folder = std::filesystem::canonical(given.parent_path(), ec);
+  if (ec) return {};
+  return folder / given.filename();
+}
+
 // ==== AddressRule ===============================================================
 
 AddressRule AddressRule::parse(std::string_view text) {
@@ -228,9 +235,8 @@ std::optional<std::string> Policy::check_unix(const std::string& what, const std
   // The folder as the kernel will walk it (symbolic links followed), and for
   // a connect to an existing socket, where a link there points.
   std::error_code ec;
-  auto folder = std::filesystem::canonical(given.parent_path(), ec);
+  std::filesystem::path target = resolved_socket_path(path, ec);
   if (ec) return refused + "is in a folder that cannot be resolved (" + ec.message() + ")";
-  std::filesystem::path target = folder / given.filename();
   struct stat st {};
   if (::lstat(target.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
     if (listening) return refused + "is a symbolic link: a server binds a path itself";

@@ -331,11 +331,7 @@ void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& open) {
       try {
         check(address);
       } catch (const PolicyRefusal& refusal) {
-        if (auto l = weak_link.lock()) {
-          l->service().refuse(l->record()->peer, "/conduit.v1.Conduit/Session",
-                              grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                                           "session " + l->record()->id + ": " + refusal.what()));
-        }
+        if (auto l = weak_link.lock()) log_session_refusal(*l, grpc::StatusCode::PERMISSION_DENIED, refusal.what());
         throw;
       }
     };
@@ -346,7 +342,8 @@ void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& open) {
       if (!l) return false;
       auto& descriptors = l->service().descriptors();
       if (descriptors.allows(descriptors_needed)) return true;
-      refuse_accept(*l, "turned a proxy client away: the descriptor budget is spent: " + descriptors.describe());
+      log_session_refusal(*l, grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "turned a proxy client away: the descriptor budget is spent: " + descriptors.describe());
       return false;
     };
     if (open.listen().has_udp()) {

@@ -51,14 +51,16 @@ class ServerSide final : public SideEvents, public ConnectionOwner, public std::
       return std::make_shared<RefusedConnection>();
     }
     if (connections_.size() >= max_connections_) {
-      refuse_accept(*link_, "closed an accepted connection: max_connections " + std::to_string(max_connections_) +
-                                " open");
+      log_session_refusal(*link_, grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "closed an accepted connection: max_connections " + std::to_string(max_connections_) +
+                              " open");
       return std::make_shared<RefusedConnection>();
     }
     // The accepted descriptor is open already: one more than at the last
     // count. Over budget, it goes.
     if (auto& descriptors = link_->service().descriptors(); !descriptors.allows(1)) {
-      refuse_accept(*link_, "closed an accepted connection: the descriptor budget is spent: " + descriptors.describe());
+      log_session_refusal(*link_, grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "closed an accepted connection: the descriptor budget is spent: " + descriptors.describe());
       return std::make_shared<RefusedConnection>();
     }
     const std::uint64_t id = ++last_id_;

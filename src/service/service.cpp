@@ -13,7 +13,6 @@
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 
 #include <vector>
 
@@ -143,11 +142,9 @@ void ConduitService::refuse(std::string_view peer, std::string_view method, cons
 
 void ConduitService::set_own_address(std::uint16_t port, std::string unix_path) {
   if (!unix_path.empty()) {
-    // As sessions' paths are compared: the folder resolved, the name kept.
-    const std::filesystem::path given(unix_path);
+    // As sessions' paths are compared (claim_unix_listen_path).
     std::error_code ec;
-    auto folder = std::filesystem::canonical(given.parent_path(), ec);
-    if (!ec) unix_path = (folder / given.filename()).string();
+    if (auto resolved = resolved_socket_path(unix_path, ec); !ec) unix_path = resolved.string();
   }
   own_unix_path_ = std::move(unix_path);
   own_port_.store(port, std::memory_order_release);

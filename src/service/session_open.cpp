@@ -42,9 +42,9 @@ void refuse_open(const std::shared_ptr<Link>& link, const grpc::Status& status) 
   link->set_loop_side(nullptr);
 }
 
-void refuse_accept(Link& link, const std::string& why) {
+void log_session_refusal(Link& link, grpc::StatusCode code, const std::string& why) {
   link.service().refuse(link.record()->peer, "/conduit.v1.Conduit/Session",
-                        grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "session " + link.record()->id + ": " + why));
+                        grpc::Status(code, "session " + link.record()->id + ": " + why));
 }
 
 void finish_open(const std::shared_ptr<Link>& link, std::exception_ptr error) {
@@ -69,9 +69,8 @@ std::optional<std::string> claim_unix_listen_path(const std::shared_ptr<Link>& l
   }
   // The policy resolved the folder already; bind where it resolved, so a
   // link swapped in afterwards cannot move the socket elsewhere.
-  const std::filesystem::path given(path);
   std::error_code ec;
-  const std::string canonical = (std::filesystem::canonical(given.parent_path(), ec) / given.filename()).string();
+  const std::string canonical = resolved_socket_path(path, ec).string();
   if (ec) {
     refuse_open(link, what + ": the folder of " + path + " cannot be resolved (" + ec.message() + ")");
     return std::nullopt;

@@ -44,9 +44,11 @@ void refuse_open(const std::shared_ptr<Link>& link, const std::string& why);
 /// The same with another status (RESOURCE_EXHAUSTED: a limit of the service).
 void refuse_open(const std::shared_ptr<Link>& link, const grpc::Status& status);
 
-/// An accepted connection or client the service turns away (max_connections,
-/// the descriptor budget): logged as a refusal of the session's caller.
-void refuse_accept(Link& link, const std::string& why);
+/// Something a running session asked for that the service refused (an
+/// accepted connection over max_connections or the descriptor budget, a
+/// proxy's upstream the policy forbids): logged as a refusal of the
+/// session's caller, naming the session; the call goes on.
+void log_session_refusal(Link& link, grpc::StatusCode code, const std::string& why);
 
 /// The completion of an open that passed the policy (or was refused by an
 /// address check inside it).

@@ -31,13 +31,12 @@ class DescriptorBudget {
   /// Whether sessions may open `more` descriptors beyond those open now;
   /// if so, they are counted as taken until the next count (any thread).
   bool allows(std::size_t more);
-  /// Why not, for a refusal: "N descriptors open, M for sessions (limit L)".
-  std::string describe() const;
+  /// Why not, for a refusal: "N descriptors open, M for sessions (limit L)",
+  /// N as the last count found it (a refusal follows a fresh count).
+  std::string describe();
 
   /// Descriptors open in this process now.
   static std::size_t open_now();
-  /// What sessions may hold in all (the limit less the reserve).
-  std::size_t limit() const { return budget_; }
 
  private:
   std::size_t rlimit_ = 0;

@@ -23,6 +23,11 @@
 
 namespace conduit::service {
 
+/// `path` as the kernel walks it to bind or reach a socket: its folder with
+/// symbolic links resolved, its last name kept (that name may itself be a
+/// link). Empty, with `ec` set, when the folder cannot be resolved.
+std::filesystem::path resolved_socket_path(const std::string& path, std::error_code& ec);
+
 /// The addresses each host name of a rule resolved to, for one check.
 using ResolvedNames = std::map<std::string, std::vector<boost::asio::ip::address>>;
 

@@ -35,7 +35,8 @@ class UnixListener : public std::enable_shared_from_this<UnixListener> {
 
   /// Accept on the service's loop and hand each connection to `server`.
   void start(grpc::Server& server);
-  /// Stop accepting and remove the socket file (any thread).
+  /// Stop accepting and remove the socket file; waits for the loop to do it,
+  /// so not from the loop's own thread.
   void close();
 
  private:
