@@ -35,6 +35,12 @@ class Link : public std::enable_shared_from_this<Link> {
   void emit(v1::Event event, bool urgent = false);
   /// After the last event: finish the call once the queue drains.
   void finish(grpc::Status status);
+  /// Held while the loop side emits its last events and calls finish(): a
+  /// client may read those events and leave at once, and the reactor must
+  /// then see the end as the service's (finishing()), not a cancel.
+  [[nodiscard]] std::unique_lock<std::recursive_mutex> hold_for_end() {
+    return std::unique_lock<std::recursive_mutex>(mutex_);
+  }
 
   // ---- from the reactor (gRPC threads), in the order it read them ----
   /// The open message: the session opens on the loop.

@@ -26,9 +26,12 @@ void fail_open(const std::shared_ptr<Link>& link, std::exception_ptr error) {
   v1::Event event;
   *event.mutable_open_failed()->mutable_error() = error_of(error);
   const std::string why = event.open_failed().error().message();
-  link->emit(std::move(event));
-  if (auto side = link->loop_side()) side->failed_to_open(why);
-  link->finish(grpc::Status::OK);
+  {
+    auto held = link->hold_for_end();
+    link->emit(std::move(event));
+    if (auto side = link->loop_side()) side->failed_to_open(why);
+    link->finish(grpc::Status::OK);
+  }
   link->set_loop_side(nullptr);
 }
 

@@ -30,7 +30,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::ClientMessage, v
   /// The client's messages ended (or failed) before the service ended the
   /// call; OnReadDone and OnCancel may run on two threads at once.
   std::atomic<bool> read_ended_running_{false};
-  bool opened_ = false;
+  std::atomic<bool> opened_{false};  // read by OnCancel too
 };
 
 }  // namespace conduit::service

@@ -58,8 +58,11 @@ class SideEvents : public LoopSide {
 
   /// connection_lost: the last event; the call finishes once it is sent.
   void lost(std::exception_ptr exc) {
-    emit(lost_event(exc));
-    link_->finish(grpc::Status::OK);
+    {
+      auto held = link_->hold_for_end();
+      emit(lost_event(exc));
+      link_->finish(grpc::Status::OK);
+    }
     link_->set_loop_side(nullptr);  // break the link <-> side cycle
   }
 
