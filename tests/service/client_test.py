@@ -119,6 +119,16 @@ class Peer:
         await self.server.wait_closed()
 
 
+def counting_peer(start, received):
+    """A Peer handler that reads nothing until `start` is set, then counts
+    what it reads into received[0] until EOF."""
+    async def peer(reader, writer):
+        await start.wait()
+        while data := await reader.read(1 << 16):
+            received[0] += len(data)
+    return peer
+
+
 class ClientTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -266,12 +276,7 @@ class ClientTest(unittest.TestCase):
         async def scenario(connect):
             stop = asyncio.Event()
             received = [0]
-
-            async def peer(reader, writer):
-                await stop.wait()
-                while data := await reader.read(1 << 16):
-                    received[0] += len(data)
-            async with Peer(peer) as p:
+            async with Peer(counting_peer(stop, received)) as p:
                 transport, protocol = await connect(Recorder, "127.0.0.1", p.port)
                 for _ in range(total // 65536):  # pause_writing ignored
                     transport.write(b"a" * 65536)
@@ -311,12 +316,7 @@ class ClientTest(unittest.TestCase):
         async def scenario(connect):
             reading = asyncio.Event()
             received = [0]
-
-            async def peer(reader, writer):
-                await reading.wait()
-                while data := await reader.read(1 << 16):
-                    received[0] += len(data)
-            async with Peer(peer, rcvbuf=64 << 10) as p:
+            async with Peer(counting_peer(reading, received), rcvbuf=64 << 10) as p:
                 transport, protocol = await connect(Recorder, "127.0.0.1", p.port)
                 transport.write(b"b" * size)
                 transport.close()

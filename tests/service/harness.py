@@ -37,12 +37,13 @@ def load_stubs(proto_dir):
     return reflection
 
 
-def start(argv, ready="listening "):
+def start(argv, ready="listening ", preexec_fn=None):
     """A child whose first stdout line starts with `ready`; returns (process,
     the line's second word). Its stderr goes to a file (a pipe nobody reads
-    would block it once full), readable with log_of()."""
+    would block it once full), readable with log_of(). `preexec_fn` runs in
+    the child before it starts (to set its limits, say)."""
     log = tempfile.TemporaryFile(mode="w+")
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=preexec_fn)
     line = process.stdout.readline()
     if not line.startswith(ready):
         process.kill()

@@ -24,23 +24,15 @@ load_stubs(PROTO_DIR)
 from conduit.v1 import conduit_pb2 as pb, conduit_pb2_grpc as pb_grpc  # noqa: E402
 
 
-def serve(*flags, nofile=None):
-    """`conduit serve` with `flags` (and RLIMIT_NOFILE, soft and hard, at
-    `nofile`): (process, address)."""
-    def limit():
-        if nofile:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-    log = __import__("tempfile").TemporaryFile(mode="w+")
-    import subprocess
-    process = subprocess.Popen([CONDUIT, "serve", "--listen", "127.0.0.1:0", "--log-format", "json", *flags],
-                               stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=limit)
-    line = process.stdout.readline()
-    if not line.startswith("listening "):
-        process.kill()
-        process.wait()
-        raise RuntimeError(f"conduit serve did not start: {line!r}")
-    process.log = log
-    return process, line.split()[1]
+def nofile(soft, hard):
+    """A preexec_fn setting the child's RLIMIT_NOFILE."""
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def serve(*flags, limit=None):
+    """`conduit serve` with `flags` (and `limit` run in the child first):
+    (process, address)."""
+    return start([CONDUIT, "serve", "--listen", "127.0.0.1:0", "--log-format", "json", *flags], preexec_fn=limit)
 
 
 def refusals(log):
@@ -99,7 +91,7 @@ class Descriptors(unittest.TestCase):
     NOFILE = 256
 
     def test_sessions_cannot_take_the_descriptors_new_callers_need(self):
-        process, address = serve("--max-sessions", "1000", nofile=self.NOFILE)
+        process, address = serve("--max-sessions", "1000", limit=nofile(self.NOFILE, self.NOFILE))
         channel = grpc.insecure_channel(address)
         stub = pb_grpc.ConduitStub(channel)
         # A peer that never accepts: each connection session to it holds one
@@ -168,21 +160,13 @@ class Descriptors(unittest.TestCase):
 
     def test_the_soft_limit_is_raised_to_the_hard_one(self):
         hard = min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-
-        def limit():
-            resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
-        import subprocess
-        process = subprocess.Popen([CONDUIT, "serve", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
-                                   stderr=subprocess.DEVNULL, text=True, preexec_fn=limit)
+        process, _ = serve(limit=nofile(128, hard))
         try:
-            self.assertTrue(process.stdout.readline().startswith("listening "))
             with open(f"/proc/{process.pid}/limits") as f:
                 line = next(line for line in f if line.startswith("Max open files"))
             self.assertEqual(line.split()[3:5], [str(hard), str(hard)], line)
         finally:
-            process.terminate()
-            self.assertEqual(process.wait(TIMEOUT), 0)
-            process.stdout.close()
+            stop(process)  # asserts a clean exit
 
 
 if __name__ == "__main__":
