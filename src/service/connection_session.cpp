@@ -115,6 +115,19 @@ void open_connection(const std::shared_ptr<Link>& link, const v1::OpenConnection
     if (!open.tls().server_hostname().empty()) tls.server_hostname = open.tls().server_hostname();
     options.tls = std::move(tls);
   }
+  if (open.has_local_addr()) {
+    // Numeric (checked at the open). Binding a port of one's choice is
+    // listening's business; an ephemeral one only picks the interface.
+    const auto& local = open.local_addr();
+    const auto port = static_cast<std::uint16_t>(local.port());
+    if (port != 0) {
+      if (auto why = policy.check_listen("open_connection from " + host_port(local.host(), port),
+                                         {asio::ip::make_address(local.host())}, port, {})) {
+        return refuse_open(link, *why);
+      }
+    }
+    options.local_addr = std::pair(local.host(), port);
+  }
   with_rule_names(loop, policy.connect_names(),
                   [link, &loop, &policy, factory, done, options = std::move(options), host = open.tcp().host(),
                    port = static_cast<std::uint16_t>(open.tcp().port())](auto names) mutable {

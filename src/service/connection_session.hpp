@@ -75,6 +75,10 @@ class ConnectionSide final : public Protocol, public SideEvents {
 
   void command(const v1::Command& c) override {
     if (!transport_) return failed(c, "the transport is closed");
+    // asyncio raises at a write after write_eof(); a remote caller hears it.
+    if (client_done_ && (c.has_write() || c.has_writelines())) {
+      return failed(c, "cannot write after write_eof (the connection is half-closed)");
+    }
     try {
       switch (c.kind_case()) {
         case v1::Command::kWrite:
@@ -145,10 +149,20 @@ class ConnectionSide final : public Protocol, public SideEvents {
   }
 
  private:
+  /// get_extra_info's name for the transport's write buffer size.
+  static constexpr std::string_view write_buffer_probe = "conduit:write_buffer_size";
+
   void extra_info(const std::string& name) {
     v1::Event event;
     auto* info = event.mutable_extra_info();
     info->set_name(name);
+    if (name == write_buffer_probe) {
+      // Answered after every write before it: a client's flow control
+      // learns where the buffer stands once its own queue has drained.
+      info->set_value(std::to_string(transport_->get_write_buffer_size()));
+      info->set_found(true);
+      return emit(std::move(event));
+    }
     std::any value = transport_->get_extra_info(name);
     if (auto* address = std::any_cast<SocketAddress>(&value)) info->set_value(address->to_string());
     else if (auto* fd = std::any_cast<int>(&value)) info->set_value(std::to_string(*fd));

@@ -24,9 +24,12 @@ class RefusedConnection final : public Protocol {
 /// ConnectionSide tagged with a fresh id; the client's commands reach it by
 /// that id.
 ///
-///   opening --started--> listening --close / abort / client done--> draining --last connection gone--> ended
-///      |                                                              ^  (stopped listening)            (connection_lost, id 0)
-///      +--close / abort / client done--> stopping --started----------+  (closes the server at once)
+///   opening --started--> listening --stop_listening / close / abort / client done--> draining --last connection gone--> ended
+///      |                                                                               ^  (stopped listening)      (connection_lost, id 0)
+///      +--stop_listening / close / abort / client done--> stopping --started-----------+  (closes the server at once)
+///
+/// close, abort and the client's half-close also close (or abort) every
+/// connection; stop_listening leaves them open.
 ///
 /// Backpressure: a slow client pauses reading on every connection. Each
 /// connection's pause_writing / resume_writing, tagged with its id, tells
@@ -91,9 +94,13 @@ class ServerSide final : public SideEvents, public ConnectionOwner, public std::
       return it->second->deliver(c);
     }
     switch (c.kind_case()) {
+      case v1::Command::kStopListening: return stop_listening();
       case v1::Command::kClose: return stop(false);
       case v1::Command::kAbort: return stop(true);
-      default: return failed(c, "a server session's command needs a connection_id (0, the server, takes close and abort)");
+      default:
+        return failed(c,
+                      "a server session's command needs a connection_id (0, the server, takes stop_listening, close "
+                      "and abort)");
     }
   }
   void client_done_writing() override { stop(false); }
@@ -110,13 +117,19 @@ class ServerSide final : public SideEvents, public ConnectionOwner, public std::
   }
 
  private:
-  void stop(bool abort) {
+  /// asyncio's Server.close(): no new connections; those open stay.
+  void stop_listening() {
     if (state_ == State::opening) {
       state_ = State::stopping;
     } else if (state_ == State::listening) {
       state_ = State::draining;
       server_->close();
     }
+    end_if_drained();
+  }
+
+  void stop(bool abort) {
+    stop_listening();
     std::vector<std::shared_ptr<ConnectionSide>> open;
     for (auto& [id, connection] : connections_) open.push_back(connection);
     for (auto& connection : open) {

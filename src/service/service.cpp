@@ -1,6 +1,7 @@
 #include <conduit/service/service.hpp>
 
 #include <conduit/service/grpc_runtime.hpp>
+#include "name_lookup.hpp"
 #include "session_link.hpp"
 #include "session_reactor.hpp"
 
@@ -25,6 +26,7 @@ ConduitService::ConduitService(ServiceOptions options)
   sweep_timer_ = std::make_unique<asio::steady_timer>(loop_.context());
   sweep();
   loop_thread_ = std::thread([this] { loop_.run_forever(); });
+  lookups_ = std::make_unique<NameLookups>();
 }
 
 void ConduitService::sweep() {
@@ -286,6 +288,73 @@ grpc::ServerUnaryReactor* ConduitService::CloseSession(grpc::CallbackServerConte
   }
   if (record->abort) record->abort("the session was closed by CloseSession from " + peer_of(*context));
   reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ConduitService::GetAddrInfo(grpc::CallbackServerContext* context,
+                                                      const v1::GetAddrInfoRequest* request,
+                                                      v1::GetAddrInfoResponse* response) {
+  static constexpr std::string_view method = "/conduit.v1.Conduit/GetAddrInfo";
+  auto* reactor = context->DefaultReactor();
+  if (auto status = authenticate(*context); !status.ok()) {
+    reactor->Finish(refuse(*context, method, status));
+    return reactor;
+  }
+  const std::string host = request->has_host() ? request->host() : "(none)";
+  const std::string port = request->has_port() ? request->port() : "(none)";
+  if (host.size() > 1024 || port.size() > 64) {
+    reactor->Finish(refuse(*context, method,
+                           grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "host or port too long for a name")));
+    return reactor;
+  }
+  auto peer = peer_of(*context);
+  const bool queued = lookups_->submit([this, reactor, request, response, host, port, peer = std::move(peer)] {
+    NameLookups::getaddrinfo(*request, *response);
+    const std::string outcome = response->gai_error() != 0 ? response->message()
+                                                             : std::to_string(response->addresses_size()) + " addresses";
+    audit_.write(LogLevel::info, "getaddrinfo", "getaddrinfo " + host + " " + port + " by " + peer + ": " + outcome,
+                 {field("peer", peer), field("host", host), field("port", port),
+                  number_field("gai_error", std::to_string(response->gai_error())),
+                  number_field("addresses", std::to_string(response->addresses_size()))});
+    reactor->Finish(grpc::Status::OK);
+  });
+  if (!queued) {
+    reactor->Finish(refuse(*context, method,
+                           grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "too many name lookups under way")));
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ConduitService::GetNameInfo(grpc::CallbackServerContext* context,
+                                                      const v1::GetNameInfoRequest* request,
+                                                      v1::GetNameInfoResponse* response) {
+  static constexpr std::string_view method = "/conduit.v1.Conduit/GetNameInfo";
+  auto* reactor = context->DefaultReactor();
+  if (auto status = authenticate(*context); !status.ok()) {
+    reactor->Finish(refuse(*context, method, status));
+    return reactor;
+  }
+  if (request->host().size() > 64) {
+    reactor->Finish(
+        refuse(*context, method, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "host is not a numeric address")));
+    return reactor;
+  }
+  auto peer = peer_of(*context);
+  const bool queued = lookups_->submit([this, reactor, request, response, peer = std::move(peer)] {
+    NameLookups::getnameinfo(*request, *response);
+    const std::string outcome = response->gai_error() != 0 ? response->message() : response->host();
+    audit_.write(LogLevel::info, "getnameinfo",
+                 "getnameinfo " + request->host() + " " + std::to_string(request->port()) + " by " + peer + ": " +
+                     outcome,
+                 {field("peer", peer), field("host", request->host()),
+                  number_field("port", std::to_string(request->port())),
+                  number_field("gai_error", std::to_string(response->gai_error()))});
+    reactor->Finish(grpc::Status::OK);
+  });
+  if (!queued) {
+    reactor->Finish(refuse(*context, method,
+                           grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "too many name lookups under way")));
+  }
   return reactor;
 }
 

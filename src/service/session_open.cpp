@@ -161,12 +161,23 @@ grpc::Status validate_open(const v1::ClientMessage& message, const ServiceOption
         if (open.tcp().port() == 0 || open.tcp().port() > 65535) {
           return Status(StatusCode::INVALID_ARGUMENT, "open_connection.tcp.port must be 1 to 65535");
         }
+        if (open.has_local_addr()) {
+          boost::system::error_code ec;
+          boost::asio::ip::make_address(open.local_addr().host(), ec);
+          if (ec || open.local_addr().port() > 65535) {
+            return Status(StatusCode::INVALID_ARGUMENT,
+                          "open_connection.local_addr needs a numeric host and a port 0 to 65535");
+          }
+        }
       } else if (open.target_case() == v1::OpenConnection::kUnixPath) {
         if (open.unix_path().empty()) return Status(StatusCode::INVALID_ARGUMENT, "open_connection.unix_path is empty");
         if (open.unix_path().find('\0') != std::string::npos) {
           return Status(StatusCode::INVALID_ARGUMENT, "open_connection.unix_path holds a NUL byte (abstract sockets are not supported)");
         }
         if (open.tls().enabled()) return Status(StatusCode::INVALID_ARGUMENT, "open_connection.tls: TLS needs tcp");
+        if (open.has_local_addr()) {
+          return Status(StatusCode::INVALID_ARGUMENT, "open_connection.local_addr: a local address needs tcp");
+        }
       } else {
         return Status(StatusCode::INVALID_ARGUMENT, "open_connection: set tcp or unix_path");
       }

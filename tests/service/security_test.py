@@ -424,6 +424,27 @@ class TokenAndProbes(unittest.TestCase):
             code, out, err = run([CONDUIT, "health", "--via", service.address])
             self.assertEqual((code, out), (0, "status: SERVING\n"), err)
 
+    def test_name_lookups_need_the_token_and_are_logged(self):
+        service = Service(token=TOKEN)
+        try:
+            request = pb.GetAddrInfoRequest(host="localhost", port="80", type=1)
+            for call, message in ((service.stub.GetAddrInfo, request),
+                                  (service.stub.GetNameInfo, pb.GetNameInfoRequest(host="127.0.0.1", port=80))):
+                with self.assertRaises(grpc.RpcError) as caught:
+                    call(message, timeout=TIMEOUT)
+                self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+            reply = service.stub.GetAddrInfo(request, metadata=service.metadata, timeout=TIMEOUT)
+            self.assertIn("127.0.0.1", [a.host for a in reply.addresses])
+            reply = service.stub.GetAddrInfo(pb.GetAddrInfoRequest(host="bad\nname.invalid"),
+                                             metadata=service.metadata, timeout=TIMEOUT)
+            self.assertNotEqual(reply.gai_error, 0)
+        finally:
+            log = service.close()
+        self.assertIn("refused /conduit.v1.Conduit/GetAddrInfo", log)
+        self.assertIn("getaddrinfo localhost 80 by ipv4:127.0.0.1", log)
+        self.assertIn("getaddrinfo bad\\nname.invalid", log)  # escaped: no forged line
+        self.assertNotIn("\nname.invalid", log)
+
     @staticmethod
     def reflection_info(service):
         return service.channel.stream_stream(

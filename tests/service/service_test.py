@@ -185,6 +185,39 @@ class ServiceTest(unittest.TestCase):
         self.assertEqual(event.open_failed.error.errno_value, 111)  # ECONNREFUSED
         self.assertIn("Connect call failed", event.open_failed.error.message)
 
+    def test_a_write_after_write_eof_is_a_failed_command(self):
+        import socket
+        listener = socket.create_server(("127.0.0.1", 0))  # a peer that stays open
+        self.addCleanup(listener.close)
+        s = Session(self.stub)
+        s.send(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="127.0.0.1", port=listener.getsockname()[1])))
+        peer, _ = listener.accept()
+        self.addCleanup(peer.close)
+        s.command(write_eof=pb.WriteEof())
+        s.command(write=b"too late")
+        failed = s.until("command_failed")[-1].command_failed
+        self.assertEqual(failed.command, "write")
+        self.assertIn("after write_eof", failed.message)
+        s.command(abort=pb.Abort())
+        s.until("connection_lost")
+
+    def test_local_addr_binds_the_connection_and_must_be_numeric(self):
+        s = Session(self.stub)
+        s.send(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="127.0.0.1", port=self.echo_port),
+                                                 local_addr=pb.HostPort(host="127.0.0.2", port=0)))
+        made = s.next()
+        self.assertEqual(made.WhichOneof("kind"), "connection_made", made)
+        self.assertTrue(made.connection_made.sockname.startswith("127.0.0.2:"), made)
+        s.command(abort=pb.Abort())
+        s.until("connection_lost")
+        s = Session(self.stub)
+        s.outgoing.put(pb.ClientMessage(open_connection=pb.OpenConnection(
+            tcp=pb.HostPort(host="127.0.0.1", port=self.echo_port), local_addr=pb.HostPort(host="localhost"))))
+        with self.assertRaises(grpc.RpcError) as caught:
+            list(s.responses)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("open_connection.local_addr", caught.exception.details())
+
     def test_invalid_requests_name_the_field(self):
         for message, text in ((pb.ClientMessage(command=pb.Command(write=b"x")), "first message must open"),
                               (pb.ClientMessage(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="x"))),
@@ -270,6 +303,28 @@ class ServiceTest(unittest.TestCase):
         started = s.next()
         self.assertEqual(started.WhichOneof("kind"), "server_started", started)
         return s, started.server_started
+
+    def test_stop_listening_leaves_the_connections_open(self):
+        import socket
+        s, started = self.open_server(tcp=pb.HostPort(host="127.0.0.1", port=0), keep_open_after_eof=True)
+        port = int(started.sockets[0].rsplit(":", 1)[1])
+        peer = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.addCleanup(peer.close)
+        accepted = s.until("connection_accepted")[-1]
+        s.command(stop_listening=pb.StopListening())
+        s.command(get_extra_info=pb.GetExtraInfo(name="peername"), connection_id=accepted.connection_id)
+        s.until("extra_info")  # the stop went before: the server is closed now
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        s.command(write=b"still here", connection_id=accepted.connection_id)
+        self.assertEqual(peer.recv(100), b"still here")
+        peer.close()
+        s.until("eof_received")  # kept open: the client closes it
+        s.command(close=pb.Close(), connection_id=accepted.connection_id)
+        events = s.until("connection_lost")
+        self.assertEqual(events[-1].connection_id, accepted.connection_id)
+        # Its last connection gone, the session ends.
+        self.assertEqual(s.until("connection_lost")[-1].connection_id, 0)
 
     def test_server_session_accepts_and_tags_each_connection(self):
         import socket

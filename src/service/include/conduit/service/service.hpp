@@ -26,7 +26,8 @@
 
 namespace conduit::service {
 
-class Link;  // session_link.hpp (the library's own)
+class Link;         // session_link.hpp (the library's own)
+class NameLookups;  // name_lookup.hpp (the library's own)
 
 /// Policy and limits, from `conduit serve`'s flags.
 struct ServiceOptions {
@@ -90,6 +91,10 @@ class ConduitService final : public v1::Conduit::CallbackService {
                                          v1::ListSessionsResponse* response) override;
   grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* context, const v1::CloseSessionRequest* request,
                                          v1::CloseSessionResponse* response) override;
+  grpc::ServerUnaryReactor* GetAddrInfo(grpc::CallbackServerContext* context, const v1::GetAddrInfoRequest* request,
+                                        v1::GetAddrInfoResponse* response) override;
+  grpc::ServerUnaryReactor* GetNameInfo(grpc::CallbackServerContext* context, const v1::GetNameInfoRequest* request,
+                                        v1::GetNameInfoResponse* response) override;
 
   EventLoop& loop() { return loop_; }
   /// The descriptors sessions may spend (checked at each open and accept).
@@ -163,6 +168,8 @@ class ConduitService final : public v1::Conduit::CallbackService {
   std::map<std::string, Unopened> unopened_;
   std::atomic<std::uint64_t> next_id_{1};
   std::unique_ptr<asio::steady_timer> sweep_timer_;  // on the loop
+  /// Last: destroyed first, it waits for the lookups under way (they log).
+  std::unique_ptr<NameLookups> lookups_;
 };
 
 }  // namespace conduit::service

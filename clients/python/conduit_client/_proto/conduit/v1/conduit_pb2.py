@@ -20,7 +20,7 @@ DESCRIPTOR = _descriptor.FileDescriptor(
   name='conduit/v1/conduit.proto',
   package='conduit.v1',
   syntax='proto3',
-  serialized_pb=_b('\n\x18\x63onduit/v1/conduit.proto\x12\nconduit.v1\"\xcd\x02\n\rClientMessage\x12\x35\n\x0fopen_connection\x18\x01 \x01(\x0b\x32\x1a.conduit.v1.OpenConnectionH\x00\x12\x35\n\x0fopen_subprocess\x18\x02 \x01(\x0b\x32\x1a.conduit.v1.OpenSubprocessH\x00\x12\x42\n\x16open_datagram_endpoint\x18\x03 \x01(\x0b\x32 .conduit.v1.OpenDatagramEndpointH\x00\x12-\n\x0bopen_server\x18\x04 \x01(\x0b\x32\x16.conduit.v1.OpenServerH\x00\x12+\n\nopen_proxy\x18\x05 \x01(\x0b\x32\x15.conduit.v1.OpenProxyH\x00\x12&\n\x07\x63ommand\x18\n \x01(\x0b\x32\x13.conduit.v1.CommandH\x00\x42\x06\n\x04kind\"\xe0\x01\n\x0eOpenConnection\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsClient\x12\x19\n\x11write_buffer_high\x18\x04 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x05 \x01(\r\x12\x1b\n\x13keep_open_after_eof\x18\x06 \x01(\x08\x12\x14\n\x0cstart_paused\x18\x07 \x01(\x08\x42\x08\n\x06target\"&\n\x08HostPort\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"W\n\tTlsClient\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x17\n\x0fserver_hostname\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\x10\n\x08insecure\x18\x04 \x01(\x08\"\x9a\x02\n\nOpenServer\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\r\x12\x12\n\nreuse_port\x18\x05 \x01(\x08\x12\x19\n\x11write_buffer_high\x18\x06 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x07 \x01(\r\x12\x17\n\x0fmax_connections\x18\x08 \x01(\r\x12\x1b\n\x13keep_open_after_eof\x18\t \x01(\x08\x12\x14\n\x0cstart_paused\x18\n \x01(\x08\x42\x08\n\x06target\"V\n\tTlsServer\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x0f\n\x07key_pem\x18\x03 \x01(\t\x12\x15\n\rclient_ca_pem\x18\x04 \x01(\t\"\xbe\x01\n\tOpenProxy\x12)\n\x06listen\x18\x01 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12+\n\x08upstream\x18\x02 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12%\n\x06\x66\x61ults\x18\x03 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\x12\x19\n\x11stats_interval_ms\x18\x04 \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\x05 \x01(\r\"\xce\x01\n\rProxyEndpoint\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12#\n\x03udp\x18\x03 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12)\n\ntls_server\x18\x04 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12)\n\ntls_client\x18\x05 \x01(\x0b\x32\x15.conduit.v1.TlsClientB\x08\n\x06target\"\x9c\x04\n\tFaultSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\tdirection\x18\x02 \x01(\x0e\x32\x1a.conduit.v1.FaultDirection\x12+\n\x07latency\x18\n \x01(\x0b\x32\x18.conduit.v1.LatencyFaultH\x00\x12/\n\tbandwidth\x18\x0b \x01(\x0b\x32\x1a.conduit.v1.BandwidthFaultH\x00\x12)\n\x06slicer\x18\x0c \x01(\x0b\x32\x17.conduit.v1.SlicerFaultH\x00\x12/\n\tblackhole\x18\r \x01(\x0b\x32\x1a.conduit.v1.BlackholeFaultH\x00\x12\'\n\x05reset\x18\x0e \x01(\x0b\x32\x16.conduit.v1.ResetFaultH\x00\x12\x30\n\nlimit_data\x18\x0f \x01(\x0b\x32\x1a.conduit.v1.LimitDataFaultH\x00\x12\x30\n\nslow_close\x18\x10 \x01(\x0b\x32\x1a.conduit.v1.SlowCloseFaultH\x00\x12%\n\x04loss\x18\x11 \x01(\x0b\x32\x15.conduit.v1.LossFaultH\x00\x12/\n\tduplicate\x18\x12 \x01(\x0b\x32\x1a.conduit.v1.DuplicateFaultH\x00\x12+\n\x07reorder\x18\x13 \x01(\x0b\x32\x18.conduit.v1.ReorderFaultH\x00\x42\x06\n\x04kind\"3\n\x0cLatencyFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\x12\x11\n\tjitter_us\x18\x02 \x01(\x04\"*\n\x0e\x42\x61ndwidthFault\x12\x18\n\x10\x62ytes_per_second\x18\x01 \x01(\x04\"M\n\x0bSlicerFault\x12\x14\n\x0c\x61verage_size\x18\x01 \x01(\r\x12\x16\n\x0esize_variation\x18\x02 \x01(\r\x12\x10\n\x08\x64\x65lay_us\x18\x03 \x01(\x04\"(\n\x0e\x42lackholeFault\x12\x16\n\x0e\x63lose_after_us\x18\x01 \x01(\x04\"3\n\nResetFault\x12\x13\n\x0b\x61\x66ter_bytes\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x66ter_us\x18\x02 \x01(\x04\"\x1f\n\x0eLimitDataFault\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"\"\n\x0eSlowCloseFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\" \n\tLossFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"%\n\x0e\x44uplicateFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"4\n\x0cReorderFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x0f\n\x07hold_us\x18\x02 \x01(\x04\"\x98\x01\n\x0eOpenSubprocess\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05shell\x18\x02 \x01(\t\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12\x30\n\x03\x65nv\x18\x04 \x03(\x0b\x32#.conduit.v1.OpenSubprocess.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x01\n\x14OpenDatagramEndpoint\x12(\n\nlocal_addr\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12)\n\x0bremote_addr\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12\x12\n\nreuse_port\x18\x03 \x01(\x08\x12\x17\n\x0f\x61llow_broadcast\x18\x04 \x01(\x08\"\x8a\x06\n\x07\x43ommand\x12\x15\n\rconnection_id\x18\x14 \x01(\x04\x12\x0f\n\x05write\x18\x01 \x01(\x0cH\x00\x12,\n\nwritelines\x18\x02 \x01(\x0b\x32\x16.conduit.v1.WritelinesH\x00\x12)\n\twrite_eof\x18\x03 \x01(\x0b\x32\x14.conduit.v1.WriteEofH\x00\x12\"\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x11.conduit.v1.CloseH\x00\x12\"\n\x05\x61\x62ort\x18\x05 \x01(\x0b\x32\x11.conduit.v1.AbortH\x00\x12\x31\n\rpause_reading\x18\x06 \x01(\x0b\x32\x18.conduit.v1.PauseReadingH\x00\x12\x33\n\x0eresume_reading\x18\x07 \x01(\x0b\x32\x19.conduit.v1.ResumeReadingH\x00\x12@\n\x17set_write_buffer_limits\x18\x08 \x01(\x0b\x32\x1d.conduit.v1.WriteBufferLimitsH\x00\x12\x32\n\x0eget_extra_info\x18\t \x01(\x0b\x32\x18.conduit.v1.GetExtraInfoH\x00\x12)\n\x0bsend_signal\x18\n \x01(\x0b\x32\x12.conduit.v1.SignalH\x00\x12*\n\tterminate\x18\x0b \x01(\x0b\x32\x15.conduit.v1.TerminateH\x00\x12 \n\x04kill\x18\x0c \x01(\x0b\x32\x10.conduit.v1.KillH\x00\x12$\n\x06sendto\x18\r \x01(\x0b\x32\x12.conduit.v1.SendtoH\x00\x12*\n\tset_fault\x18\x0e \x01(\x0b\x32\x15.conduit.v1.FaultSpecH\x00\x12/\n\x0cremove_fault\x18\x0f \x01(\x0b\x32\x17.conduit.v1.RemoveFaultH\x00\x12+\n\nproxy_down\x18\x10 \x01(\x0b\x32\x15.conduit.v1.ProxyDownH\x00\x12\'\n\x08proxy_up\x18\x11 \x01(\x0b\x32\x13.conduit.v1.ProxyUpH\x00\x42\x06\n\x04kind\"\x1b\n\x0bRemoveFault\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0b\n\tProxyDown\"\t\n\x07ProxyUp\":\n\x06Sendto\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\"\n\x04\x61\x64\x64r\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\"\x1a\n\nWritelines\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\"\n\n\x08WriteEof\"\x07\n\x05\x43lose\"\x07\n\x05\x41\x62ort\"\x0e\n\x0cPauseReading\"\x0f\n\rResumeReading\".\n\x11WriteBufferLimits\x12\x0c\n\x04high\x18\x01 \x01(\r\x12\x0b\n\x03low\x18\x02 \x01(\r\"\x1c\n\x0cGetExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x06Signal\x12\x0e\n\x06signal\x18\x01 \x01(\x05\"\x0b\n\tTerminate\"\x06\n\x04Kill\"\xa5\t\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nunix_nanos\x18\x02 \x01(\x03\x12\x15\n\rconnection_id\x18\x03 \x01(\x04\x12\x35\n\x0f\x63onnection_made\x18\n \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rdata_received\x18\x0b \x01(\x0b\x32\x18.conduit.v1.DataReceivedH\x00\x12/\n\x0c\x65of_received\x18\x0c \x01(\x0b\x32\x17.conduit.v1.EofReceivedH\x00\x12\x35\n\x0f\x63onnection_lost\x18\r \x01(\x0b\x32\x1a.conduit.v1.ConnectionLostH\x00\x12\x31\n\rpause_writing\x18\x0e \x01(\x0b\x32\x18.conduit.v1.PauseWritingH\x00\x12\x33\n\x0eresume_writing\x18\x0f \x01(\x0b\x32\x19.conduit.v1.ResumeWritingH\x00\x12:\n\x12pipe_data_received\x18\x10 \x01(\x0b\x32\x1c.conduit.v1.PipeDataReceivedH\x00\x12>\n\x14pipe_connection_lost\x18\x11 \x01(\x0b\x32\x1e.conduit.v1.PipeConnectionLostH\x00\x12\x33\n\x0eprocess_exited\x18\x12 \x01(\x0b\x32\x19.conduit.v1.ProcessExitedH\x00\x12-\n\x0bopen_failed\x18\x13 \x01(\x0b\x32\x16.conduit.v1.OpenFailedH\x00\x12+\n\nextra_info\x18\x14 \x01(\x0b\x32\x15.conduit.v1.ExtraInfoH\x00\x12\x33\n\x0e\x63ommand_failed\x18\x15 \x01(\x0b\x32\x19.conduit.v1.CommandFailedH\x00\x12\x39\n\x11\x64\x61tagram_received\x18\x16 \x01(\x0b\x32\x1c.conduit.v1.DatagramReceivedH\x00\x12\x33\n\x0e\x65rror_received\x18\x17 \x01(\x0b\x32\x19.conduit.v1.ErrorReceivedH\x00\x12\x33\n\x0eserver_started\x18\x18 \x01(\x0b\x32\x19.conduit.v1.ServerStartedH\x00\x12\x39\n\x13\x63onnection_accepted\x18\x19 \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rproxy_started\x18\x1a \x01(\x0b\x32\x18.conduit.v1.ProxyStartedH\x00\x12\x35\n\x0eproxy_accepted\x18\x1b \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x32\n\x0bproxy_stats\x18\x1c \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x33\n\x0cproxy_closed\x18\x1d \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12-\n\x0bproxy_state\x18\x1e \x01(\x0b\x32\x16.conduit.v1.ProxyStateH\x00\x42\x06\n\x04kind\"3\n\x0cProxyStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\"u\n\x0fProxyConnection\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_upstream\x18\x02 \x01(\x04\x12\x18\n\x10\x62ytes_downstream\x18\x03 \x01(\x04\x12 \n\x05\x65rror\x18\x04 \x01(\x0b\x32\x11.conduit.v1.Error\"r\n\nProxyState\x12\n\n\x02up\x18\x01 \x01(\x08\x12\x0f\n\x07sockets\x18\x02 \x03(\t\x12 \n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.conduit.v1.Error\x12%\n\x06\x66\x61ults\x18\x04 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\"4\n\rServerStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\".\n\x10\x44\x61tagramReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"1\n\rErrorReceived\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"-\n\x05\x45rror\x12\x13\n\x0b\x65rrno_value\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0e\x43onnectionMade\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08peername\x18\x02 \x01(\t\x12\x10\n\x08sockname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x13\n\x0btls_version\x18\x05 \x01(\t\x12\x12\n\ntls_cipher\x18\x06 \x01(\t\"\x1c\n\x0c\x44\x61taReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\r\n\x0b\x45ofReceived\"2\n\x0e\x43onnectionLost\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\" \n\x0cPauseWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\"!\n\rResumeWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\",\n\x10PipeDataReceived\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x12PipeConnectionLost\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.conduit.v1.Error\"#\n\rProcessExited\x12\x12\n\nreturncode\x18\x01 \x01(\x05\".\n\nOpenFailed\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"7\n\tExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"1\n\rCommandFailed\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x15\n\x13ListSessionsRequest\"\x87\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x10\n\x08\x62ytes_in\x18\x05 \x01(\x04\x12\x11\n\tbytes_out\x18\x06 \x01(\x04\x12\x13\n\x0b\x61ge_seconds\x18\x07 \x01(\x01\"[\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.conduit.v1.SessionInfo\x12\x18\n\x10unopened_streams\x18\x02 \x01(\r\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse*8\n\x0e\x46\x61ultDirection\x12\x08\n\x04\x42OTH\x10\x00\x12\x0c\n\x08UPSTREAM\x10\x01\x12\x0e\n\nDOWNSTREAM\x10\x02\x32\xec\x01\n\x07\x43onduit\x12;\n\x07Session\x12\x19.conduit.v1.ClientMessage\x1a\x11.conduit.v1.Event(\x01\x30\x01\x12Q\n\x0cListSessions\x12\x1f.conduit.v1.ListSessionsRequest\x1a .conduit.v1.ListSessionsResponse\x12Q\n\x0c\x43loseSession\x12\x1f.conduit.v1.CloseSessionRequest\x1a .conduit.v1.CloseSessionResponseb\x06proto3')
+  serialized_pb=_b('\n\x18\x63onduit/v1/conduit.proto\x12\nconduit.v1\"\xcd\x02\n\rClientMessage\x12\x35\n\x0fopen_connection\x18\x01 \x01(\x0b\x32\x1a.conduit.v1.OpenConnectionH\x00\x12\x35\n\x0fopen_subprocess\x18\x02 \x01(\x0b\x32\x1a.conduit.v1.OpenSubprocessH\x00\x12\x42\n\x16open_datagram_endpoint\x18\x03 \x01(\x0b\x32 .conduit.v1.OpenDatagramEndpointH\x00\x12-\n\x0bopen_server\x18\x04 \x01(\x0b\x32\x16.conduit.v1.OpenServerH\x00\x12+\n\nopen_proxy\x18\x05 \x01(\x0b\x32\x15.conduit.v1.OpenProxyH\x00\x12&\n\x07\x63ommand\x18\n \x01(\x0b\x32\x13.conduit.v1.CommandH\x00\x42\x06\n\x04kind\"\x8a\x02\n\x0eOpenConnection\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsClient\x12\x19\n\x11write_buffer_high\x18\x04 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x05 \x01(\r\x12\x1b\n\x13keep_open_after_eof\x18\x06 \x01(\x08\x12\x14\n\x0cstart_paused\x18\x07 \x01(\x08\x12(\n\nlocal_addr\x18\x08 \x01(\x0b\x32\x14.conduit.v1.HostPortB\x08\n\x06target\"&\n\x08HostPort\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"W\n\tTlsClient\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x17\n\x0fserver_hostname\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\x10\n\x08insecure\x18\x04 \x01(\x08\"\x9a\x02\n\nOpenServer\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\r\x12\x12\n\nreuse_port\x18\x05 \x01(\x08\x12\x19\n\x11write_buffer_high\x18\x06 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x07 \x01(\r\x12\x17\n\x0fmax_connections\x18\x08 \x01(\r\x12\x1b\n\x13keep_open_after_eof\x18\t \x01(\x08\x12\x14\n\x0cstart_paused\x18\n \x01(\x08\x42\x08\n\x06target\"V\n\tTlsServer\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x0f\n\x07key_pem\x18\x03 \x01(\t\x12\x15\n\rclient_ca_pem\x18\x04 \x01(\t\"\xbe\x01\n\tOpenProxy\x12)\n\x06listen\x18\x01 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12+\n\x08upstream\x18\x02 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12%\n\x06\x66\x61ults\x18\x03 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\x12\x19\n\x11stats_interval_ms\x18\x04 \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\x05 \x01(\r\"\xce\x01\n\rProxyEndpoint\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12#\n\x03udp\x18\x03 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12)\n\ntls_server\x18\x04 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12)\n\ntls_client\x18\x05 \x01(\x0b\x32\x15.conduit.v1.TlsClientB\x08\n\x06target\"\x9c\x04\n\tFaultSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\tdirection\x18\x02 \x01(\x0e\x32\x1a.conduit.v1.FaultDirection\x12+\n\x07latency\x18\n \x01(\x0b\x32\x18.conduit.v1.LatencyFaultH\x00\x12/\n\tbandwidth\x18\x0b \x01(\x0b\x32\x1a.conduit.v1.BandwidthFaultH\x00\x12)\n\x06slicer\x18\x0c \x01(\x0b\x32\x17.conduit.v1.SlicerFaultH\x00\x12/\n\tblackhole\x18\r \x01(\x0b\x32\x1a.conduit.v1.BlackholeFaultH\x00\x12\'\n\x05reset\x18\x0e \x01(\x0b\x32\x16.conduit.v1.ResetFaultH\x00\x12\x30\n\nlimit_data\x18\x0f \x01(\x0b\x32\x1a.conduit.v1.LimitDataFaultH\x00\x12\x30\n\nslow_close\x18\x10 \x01(\x0b\x32\x1a.conduit.v1.SlowCloseFaultH\x00\x12%\n\x04loss\x18\x11 \x01(\x0b\x32\x15.conduit.v1.LossFaultH\x00\x12/\n\tduplicate\x18\x12 \x01(\x0b\x32\x1a.conduit.v1.DuplicateFaultH\x00\x12+\n\x07reorder\x18\x13 \x01(\x0b\x32\x18.conduit.v1.ReorderFaultH\x00\x42\x06\n\x04kind\"3\n\x0cLatencyFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\x12\x11\n\tjitter_us\x18\x02 \x01(\x04\"*\n\x0e\x42\x61ndwidthFault\x12\x18\n\x10\x62ytes_per_second\x18\x01 \x01(\x04\"M\n\x0bSlicerFault\x12\x14\n\x0c\x61verage_size\x18\x01 \x01(\r\x12\x16\n\x0esize_variation\x18\x02 \x01(\r\x12\x10\n\x08\x64\x65lay_us\x18\x03 \x01(\x04\"(\n\x0e\x42lackholeFault\x12\x16\n\x0e\x63lose_after_us\x18\x01 \x01(\x04\"3\n\nResetFault\x12\x13\n\x0b\x61\x66ter_bytes\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x66ter_us\x18\x02 \x01(\x04\"\x1f\n\x0eLimitDataFault\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"\"\n\x0eSlowCloseFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\" \n\tLossFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"%\n\x0e\x44uplicateFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"4\n\x0cReorderFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x0f\n\x07hold_us\x18\x02 \x01(\x04\"\x98\x01\n\x0eOpenSubprocess\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05shell\x18\x02 \x01(\t\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12\x30\n\x03\x65nv\x18\x04 \x03(\x0b\x32#.conduit.v1.OpenSubprocess.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x01\n\x14OpenDatagramEndpoint\x12(\n\nlocal_addr\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12)\n\x0bremote_addr\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12\x12\n\nreuse_port\x18\x03 \x01(\x08\x12\x17\n\x0f\x61llow_broadcast\x18\x04 \x01(\x08\"\xbf\x06\n\x07\x43ommand\x12\x15\n\rconnection_id\x18\x14 \x01(\x04\x12\x0f\n\x05write\x18\x01 \x01(\x0cH\x00\x12,\n\nwritelines\x18\x02 \x01(\x0b\x32\x16.conduit.v1.WritelinesH\x00\x12)\n\twrite_eof\x18\x03 \x01(\x0b\x32\x14.conduit.v1.WriteEofH\x00\x12\"\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x11.conduit.v1.CloseH\x00\x12\"\n\x05\x61\x62ort\x18\x05 \x01(\x0b\x32\x11.conduit.v1.AbortH\x00\x12\x31\n\rpause_reading\x18\x06 \x01(\x0b\x32\x18.conduit.v1.PauseReadingH\x00\x12\x33\n\x0eresume_reading\x18\x07 \x01(\x0b\x32\x19.conduit.v1.ResumeReadingH\x00\x12@\n\x17set_write_buffer_limits\x18\x08 \x01(\x0b\x32\x1d.conduit.v1.WriteBufferLimitsH\x00\x12\x32\n\x0eget_extra_info\x18\t \x01(\x0b\x32\x18.conduit.v1.GetExtraInfoH\x00\x12)\n\x0bsend_signal\x18\n \x01(\x0b\x32\x12.conduit.v1.SignalH\x00\x12*\n\tterminate\x18\x0b \x01(\x0b\x32\x15.conduit.v1.TerminateH\x00\x12 \n\x04kill\x18\x0c \x01(\x0b\x32\x10.conduit.v1.KillH\x00\x12$\n\x06sendto\x18\r \x01(\x0b\x32\x12.conduit.v1.SendtoH\x00\x12*\n\tset_fault\x18\x0e \x01(\x0b\x32\x15.conduit.v1.FaultSpecH\x00\x12/\n\x0cremove_fault\x18\x0f \x01(\x0b\x32\x17.conduit.v1.RemoveFaultH\x00\x12+\n\nproxy_down\x18\x10 \x01(\x0b\x32\x15.conduit.v1.ProxyDownH\x00\x12\'\n\x08proxy_up\x18\x11 \x01(\x0b\x32\x13.conduit.v1.ProxyUpH\x00\x12\x33\n\x0estop_listening\x18\x12 \x01(\x0b\x32\x19.conduit.v1.StopListeningH\x00\x42\x06\n\x04kind\"\x1b\n\x0bRemoveFault\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0b\n\tProxyDown\"\t\n\x07ProxyUp\"\x0f\n\rStopListening\":\n\x06Sendto\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\"\n\x04\x61\x64\x64r\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\"\x1a\n\nWritelines\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\"\n\n\x08WriteEof\"\x07\n\x05\x43lose\"\x07\n\x05\x41\x62ort\"\x0e\n\x0cPauseReading\"\x0f\n\rResumeReading\".\n\x11WriteBufferLimits\x12\x0c\n\x04high\x18\x01 \x01(\r\x12\x0b\n\x03low\x18\x02 \x01(\r\"\x1c\n\x0cGetExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x06Signal\x12\x0e\n\x06signal\x18\x01 \x01(\x05\"\x0b\n\tTerminate\"\x06\n\x04Kill\"\xa5\t\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nunix_nanos\x18\x02 \x01(\x03\x12\x15\n\rconnection_id\x18\x03 \x01(\x04\x12\x35\n\x0f\x63onnection_made\x18\n \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rdata_received\x18\x0b \x01(\x0b\x32\x18.conduit.v1.DataReceivedH\x00\x12/\n\x0c\x65of_received\x18\x0c \x01(\x0b\x32\x17.conduit.v1.EofReceivedH\x00\x12\x35\n\x0f\x63onnection_lost\x18\r \x01(\x0b\x32\x1a.conduit.v1.ConnectionLostH\x00\x12\x31\n\rpause_writing\x18\x0e \x01(\x0b\x32\x18.conduit.v1.PauseWritingH\x00\x12\x33\n\x0eresume_writing\x18\x0f \x01(\x0b\x32\x19.conduit.v1.ResumeWritingH\x00\x12:\n\x12pipe_data_received\x18\x10 \x01(\x0b\x32\x1c.conduit.v1.PipeDataReceivedH\x00\x12>\n\x14pipe_connection_lost\x18\x11 \x01(\x0b\x32\x1e.conduit.v1.PipeConnectionLostH\x00\x12\x33\n\x0eprocess_exited\x18\x12 \x01(\x0b\x32\x19.conduit.v1.ProcessExitedH\x00\x12-\n\x0bopen_failed\x18\x13 \x01(\x0b\x32\x16.conduit.v1.OpenFailedH\x00\x12+\n\nextra_info\x18\x14 \x01(\x0b\x32\x15.conduit.v1.ExtraInfoH\x00\x12\x33\n\x0e\x63ommand_failed\x18\x15 \x01(\x0b\x32\x19.conduit.v1.CommandFailedH\x00\x12\x39\n\x11\x64\x61tagram_received\x18\x16 \x01(\x0b\x32\x1c.conduit.v1.DatagramReceivedH\x00\x12\x33\n\x0e\x65rror_received\x18\x17 \x01(\x0b\x32\x19.conduit.v1.ErrorReceivedH\x00\x12\x33\n\x0eserver_started\x18\x18 \x01(\x0b\x32\x19.conduit.v1.ServerStartedH\x00\x12\x39\n\x13\x63onnection_accepted\x18\x19 \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rproxy_started\x18\x1a \x01(\x0b\x32\x18.conduit.v1.ProxyStartedH\x00\x12\x35\n\x0eproxy_accepted\x18\x1b \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x32\n\x0bproxy_stats\x18\x1c \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x33\n\x0cproxy_closed\x18\x1d \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12-\n\x0bproxy_state\x18\x1e \x01(\x0b\x32\x16.conduit.v1.ProxyStateH\x00\x42\x06\n\x04kind\"3\n\x0cProxyStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\"u\n\x0fProxyConnection\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_upstream\x18\x02 \x01(\x04\x12\x18\n\x10\x62ytes_downstream\x18\x03 \x01(\x04\x12 \n\x05\x65rror\x18\x04 \x01(\x0b\x32\x11.conduit.v1.Error\"r\n\nProxyState\x12\n\n\x02up\x18\x01 \x01(\x08\x12\x0f\n\x07sockets\x18\x02 \x03(\t\x12 \n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.conduit.v1.Error\x12%\n\x06\x66\x61ults\x18\x04 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\"4\n\rServerStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\".\n\x10\x44\x61tagramReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"1\n\rErrorReceived\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"-\n\x05\x45rror\x12\x13\n\x0b\x65rrno_value\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0e\x43onnectionMade\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08peername\x18\x02 \x01(\t\x12\x10\n\x08sockname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x13\n\x0btls_version\x18\x05 \x01(\t\x12\x12\n\ntls_cipher\x18\x06 \x01(\t\"\x1c\n\x0c\x44\x61taReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\r\n\x0b\x45ofReceived\"2\n\x0e\x43onnectionLost\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\" \n\x0cPauseWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\"!\n\rResumeWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\",\n\x10PipeDataReceived\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x12PipeConnectionLost\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.conduit.v1.Error\"#\n\rProcessExited\x12\x12\n\nreturncode\x18\x01 \x01(\x05\".\n\nOpenFailed\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"7\n\tExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"1\n\rCommandFailed\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x15\n\x13ListSessionsRequest\"\x87\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x10\n\x08\x62ytes_in\x18\x05 \x01(\x04\x12\x11\n\tbytes_out\x18\x06 \x01(\x04\x12\x13\n\x0b\x61ge_seconds\x18\x07 \x01(\x01\"[\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.conduit.v1.SessionInfo\x12\x18\n\x10unopened_streams\x18\x02 \x01(\r\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x8f\x01\n\x12GetAddrInfoRequest\x12\x0e\n\x04host\x18\x01 \x01(\tH\x00\x12\x0e\n\x04port\x18\x02 \x01(\tH\x01\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\x05\x12\x0c\n\x04type\x18\x04 \x01(\x05\x12\x10\n\x08protocol\x18\x05 \x01(\x05\x12\r\n\x05\x66lags\x18\x06 \x01(\x05\x42\x0c\n\nhost_givenB\x0c\n\nport_given\"\x8d\x01\n\x08\x41\x64\x64rInfo\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\x05\x12\x0c\n\x04type\x18\x02 \x01(\x05\x12\x10\n\x08protocol\x18\x03 \x01(\x05\x12\x11\n\tcanonname\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x0c\n\x04port\x18\x06 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x07 \x01(\r\x12\x10\n\x08scope_id\x18\x08 \x01(\r\"b\n\x13GetAddrInfoResponse\x12\'\n\taddresses\x18\x01 \x03(\x0b\x32\x14.conduit.v1.AddrInfo\x12\x11\n\tgai_error\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"c\n\x12GetNameInfoRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x03 \x01(\r\x12\x10\n\x08scope_id\x18\x04 \x01(\r\x12\r\n\x05\x66lags\x18\x05 \x01(\x05\"X\n\x13GetNameInfoResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tgai_error\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x16\n\x14\x43loseSessionResponse*8\n\x0e\x46\x61ultDirection\x12\x08\n\x04\x42OTH\x10\x00\x12\x0c\n\x08UPSTREAM\x10\x01\x12\x0e\n\nDOWNSTREAM\x10\x02\x32\x8c\x03\n\x07\x43onduit\x12;\n\x07Session\x12\x19.conduit.v1.ClientMessage\x1a\x11.conduit.v1.Event(\x01\x30\x01\x12Q\n\x0cListSessions\x12\x1f.conduit.v1.ListSessionsRequest\x1a .conduit.v1.ListSessionsResponse\x12Q\n\x0c\x43loseSession\x12\x1f.conduit.v1.CloseSessionRequest\x1a .conduit.v1.CloseSessionResponse\x12N\n\x0bGetAddrInfo\x12\x1e.conduit.v1.GetAddrInfoRequest\x1a\x1f.conduit.v1.GetAddrInfoResponse\x12N\n\x0bGetNameInfo\x12\x1e.conduit.v1.GetNameInfoRequest\x1a\x1f.conduit.v1.GetNameInfoResponseb\x06proto3')
 )
 
 _FAULTDIRECTION = _descriptor.EnumDescriptor(
@@ -44,8 +44,8 @@ _FAULTDIRECTION = _descriptor.EnumDescriptor(
   ],
   containing_type=None,
   options=None,
-  serialized_start=6539,
-  serialized_end=6595,
+  serialized_start=7232,
+  serialized_end=7288,
 )
 _sym_db.RegisterEnumDescriptor(_FAULTDIRECTION)
 
@@ -181,6 +181,13 @@ _OPENCONNECTION = _descriptor.Descriptor(
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='local_addr', full_name='conduit.v1.OpenConnection.local_addr', index=7,
+      number=8, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
   ],
   extensions=[
   ],
@@ -197,7 +204,7 @@ _OPENCONNECTION = _descriptor.Descriptor(
       index=0, containing_type=None, fields=[]),
   ],
   serialized_start=377,
-  serialized_end=601,
+  serialized_end=643,
 )
 
 
@@ -234,8 +241,8 @@ _HOSTPORT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=603,
-  serialized_end=641,
+  serialized_start=645,
+  serialized_end=683,
 )
 
 
@@ -286,8 +293,8 @@ _TLSCLIENT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=643,
-  serialized_end=730,
+  serialized_start=685,
+  serialized_end=772,
 )
 
 
@@ -383,8 +390,8 @@ _OPENSERVER = _descriptor.Descriptor(
       name='target', full_name='conduit.v1.OpenServer.target',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=733,
-  serialized_end=1015,
+  serialized_start=775,
+  serialized_end=1057,
 )
 
 
@@ -435,8 +442,8 @@ _TLSSERVER = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=1017,
-  serialized_end=1103,
+  serialized_start=1059,
+  serialized_end=1145,
 )
 
 
@@ -494,8 +501,8 @@ _OPENPROXY = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=1106,
-  serialized_end=1296,
+  serialized_start=1148,
+  serialized_end=1338,
 )
 
 
@@ -556,8 +563,8 @@ _PROXYENDPOINT = _descriptor.Descriptor(
       name='target', full_name='conduit.v1.ProxyEndpoint.target',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=1299,
-  serialized_end=1505,
+  serialized_start=1341,
+  serialized_end=1547,
 )
 
 
@@ -667,8 +674,8 @@ _FAULTSPEC = _descriptor.Descriptor(
       name='kind', full_name='conduit.v1.FaultSpec.kind',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=1508,
-  serialized_end=2048,
+  serialized_start=1550,
+  serialized_end=2090,
 )
 
 
@@ -705,8 +712,8 @@ _LATENCYFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2050,
-  serialized_end=2101,
+  serialized_start=2092,
+  serialized_end=2143,
 )
 
 
@@ -736,8 +743,8 @@ _BANDWIDTHFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2103,
-  serialized_end=2145,
+  serialized_start=2145,
+  serialized_end=2187,
 )
 
 
@@ -781,8 +788,8 @@ _SLICERFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2147,
-  serialized_end=2224,
+  serialized_start=2189,
+  serialized_end=2266,
 )
 
 
@@ -812,8 +819,8 @@ _BLACKHOLEFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2226,
-  serialized_end=2266,
+  serialized_start=2268,
+  serialized_end=2308,
 )
 
 
@@ -850,8 +857,8 @@ _RESETFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2268,
-  serialized_end=2319,
+  serialized_start=2310,
+  serialized_end=2361,
 )
 
 
@@ -881,8 +888,8 @@ _LIMITDATAFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2321,
-  serialized_end=2352,
+  serialized_start=2363,
+  serialized_end=2394,
 )
 
 
@@ -912,8 +919,8 @@ _SLOWCLOSEFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2354,
-  serialized_end=2388,
+  serialized_start=2396,
+  serialized_end=2430,
 )
 
 
@@ -943,8 +950,8 @@ _LOSSFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2390,
-  serialized_end=2422,
+  serialized_start=2432,
+  serialized_end=2464,
 )
 
 
@@ -974,8 +981,8 @@ _DUPLICATEFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2424,
-  serialized_end=2461,
+  serialized_start=2466,
+  serialized_end=2503,
 )
 
 
@@ -1012,8 +1019,8 @@ _REORDERFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2463,
-  serialized_end=2515,
+  serialized_start=2505,
+  serialized_end=2557,
 )
 
 
@@ -1050,8 +1057,8 @@ _OPENSUBPROCESS_ENVENTRY = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2628,
-  serialized_end=2670,
+  serialized_start=2670,
+  serialized_end=2712,
 )
 
 _OPENSUBPROCESS = _descriptor.Descriptor(
@@ -1101,8 +1108,8 @@ _OPENSUBPROCESS = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2518,
-  serialized_end=2670,
+  serialized_start=2560,
+  serialized_end=2712,
 )
 
 
@@ -1153,8 +1160,8 @@ _OPENDATAGRAMENDPOINT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2673,
-  serialized_end=2825,
+  serialized_start=2715,
+  serialized_end=2867,
 )
 
 
@@ -1291,6 +1298,13 @@ _COMMAND = _descriptor.Descriptor(
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='stop_listening', full_name='conduit.v1.Command.stop_listening', index=18,
+      number=18, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
   ],
   extensions=[
   ],
@@ -1306,8 +1320,8 @@ _COMMAND = _descriptor.Descriptor(
       name='kind', full_name='conduit.v1.Command.kind',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=2828,
-  serialized_end=3606,
+  serialized_start=2870,
+  serialized_end=3701,
 )
 
 
@@ -1337,8 +1351,8 @@ _REMOVEFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3608,
-  serialized_end=3635,
+  serialized_start=3703,
+  serialized_end=3730,
 )
 
 
@@ -1361,8 +1375,8 @@ _PROXYDOWN = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3637,
-  serialized_end=3648,
+  serialized_start=3732,
+  serialized_end=3743,
 )
 
 
@@ -1385,8 +1399,32 @@ _PROXYUP = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3650,
-  serialized_end=3659,
+  serialized_start=3745,
+  serialized_end=3754,
+)
+
+
+_STOPLISTENING = _descriptor.Descriptor(
+  name='StopListening',
+  full_name='conduit.v1.StopListening',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=3756,
+  serialized_end=3771,
 )
 
 
@@ -1423,8 +1461,8 @@ _SENDTO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3661,
-  serialized_end=3719,
+  serialized_start=3773,
+  serialized_end=3831,
 )
 
 
@@ -1454,8 +1492,8 @@ _WRITELINES = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3721,
-  serialized_end=3747,
+  serialized_start=3833,
+  serialized_end=3859,
 )
 
 
@@ -1478,8 +1516,8 @@ _WRITEEOF = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3749,
-  serialized_end=3759,
+  serialized_start=3861,
+  serialized_end=3871,
 )
 
 
@@ -1502,8 +1540,8 @@ _CLOSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3761,
-  serialized_end=3768,
+  serialized_start=3873,
+  serialized_end=3880,
 )
 
 
@@ -1526,8 +1564,8 @@ _ABORT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3770,
-  serialized_end=3777,
+  serialized_start=3882,
+  serialized_end=3889,
 )
 
 
@@ -1550,8 +1588,8 @@ _PAUSEREADING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3779,
-  serialized_end=3793,
+  serialized_start=3891,
+  serialized_end=3905,
 )
 
 
@@ -1574,8 +1612,8 @@ _RESUMEREADING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3795,
-  serialized_end=3810,
+  serialized_start=3907,
+  serialized_end=3922,
 )
 
 
@@ -1612,8 +1650,8 @@ _WRITEBUFFERLIMITS = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3812,
-  serialized_end=3858,
+  serialized_start=3924,
+  serialized_end=3970,
 )
 
 
@@ -1643,8 +1681,8 @@ _GETEXTRAINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3860,
-  serialized_end=3888,
+  serialized_start=3972,
+  serialized_end=4000,
 )
 
 
@@ -1674,8 +1712,8 @@ _SIGNAL = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3890,
-  serialized_end=3914,
+  serialized_start=4002,
+  serialized_end=4026,
 )
 
 
@@ -1698,8 +1736,8 @@ _TERMINATE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3916,
-  serialized_end=3927,
+  serialized_start=4028,
+  serialized_end=4039,
 )
 
 
@@ -1722,8 +1760,8 @@ _KILL = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3929,
-  serialized_end=3935,
+  serialized_start=4041,
+  serialized_end=4047,
 )
 
 
@@ -1917,8 +1955,8 @@ _EVENT = _descriptor.Descriptor(
       name='kind', full_name='conduit.v1.Event.kind',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=3938,
-  serialized_end=5127,
+  serialized_start=4050,
+  serialized_end=5239,
 )
 
 
@@ -1955,8 +1993,8 @@ _PROXYSTARTED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5129,
-  serialized_end=5180,
+  serialized_start=5241,
+  serialized_end=5292,
 )
 
 
@@ -2007,8 +2045,8 @@ _PROXYCONNECTION = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5182,
-  serialized_end=5299,
+  serialized_start=5294,
+  serialized_end=5411,
 )
 
 
@@ -2059,8 +2097,8 @@ _PROXYSTATE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5301,
-  serialized_end=5415,
+  serialized_start=5413,
+  serialized_end=5527,
 )
 
 
@@ -2097,8 +2135,8 @@ _SERVERSTARTED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5417,
-  serialized_end=5469,
+  serialized_start=5529,
+  serialized_end=5581,
 )
 
 
@@ -2135,8 +2173,8 @@ _DATAGRAMRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5471,
-  serialized_end=5517,
+  serialized_start=5583,
+  serialized_end=5629,
 )
 
 
@@ -2166,8 +2204,8 @@ _ERRORRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5519,
-  serialized_end=5568,
+  serialized_start=5631,
+  serialized_end=5680,
 )
 
 
@@ -2204,8 +2242,8 @@ _ERROR = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5570,
-  serialized_end=5615,
+  serialized_start=5682,
+  serialized_end=5727,
 )
 
 
@@ -2270,8 +2308,8 @@ _CONNECTIONMADE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5617,
-  serialized_end=5743,
+  serialized_start=5729,
+  serialized_end=5855,
 )
 
 
@@ -2301,8 +2339,8 @@ _DATARECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5745,
-  serialized_end=5773,
+  serialized_start=5857,
+  serialized_end=5885,
 )
 
 
@@ -2325,8 +2363,8 @@ _EOFRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5775,
-  serialized_end=5788,
+  serialized_start=5887,
+  serialized_end=5900,
 )
 
 
@@ -2356,8 +2394,8 @@ _CONNECTIONLOST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5790,
-  serialized_end=5840,
+  serialized_start=5902,
+  serialized_end=5952,
 )
 
 
@@ -2387,8 +2425,8 @@ _PAUSEWRITING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5842,
-  serialized_end=5874,
+  serialized_start=5954,
+  serialized_end=5986,
 )
 
 
@@ -2418,8 +2456,8 @@ _RESUMEWRITING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5876,
-  serialized_end=5909,
+  serialized_start=5988,
+  serialized_end=6021,
 )
 
 
@@ -2456,8 +2494,8 @@ _PIPEDATARECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5911,
-  serialized_end=5955,
+  serialized_start=6023,
+  serialized_end=6067,
 )
 
 
@@ -2494,8 +2532,8 @@ _PIPECONNECTIONLOST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5957,
-  serialized_end=6023,
+  serialized_start=6069,
+  serialized_end=6135,
 )
 
 
@@ -2525,8 +2563,8 @@ _PROCESSEXITED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6025,
-  serialized_end=6060,
+  serialized_start=6137,
+  serialized_end=6172,
 )
 
 
@@ -2556,8 +2594,8 @@ _OPENFAILED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6062,
-  serialized_end=6108,
+  serialized_start=6174,
+  serialized_end=6220,
 )
 
 
@@ -2601,8 +2639,8 @@ _EXTRAINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6110,
-  serialized_end=6165,
+  serialized_start=6222,
+  serialized_end=6277,
 )
 
 
@@ -2639,8 +2677,8 @@ _COMMANDFAILED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6167,
-  serialized_end=6216,
+  serialized_start=6279,
+  serialized_end=6328,
 )
 
 
@@ -2663,8 +2701,8 @@ _LISTSESSIONSREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6218,
-  serialized_end=6239,
+  serialized_start=6330,
+  serialized_end=6351,
 )
 
 
@@ -2736,8 +2774,8 @@ _SESSIONINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6242,
-  serialized_end=6377,
+  serialized_start=6354,
+  serialized_end=6489,
 )
 
 
@@ -2774,8 +2812,8 @@ _LISTSESSIONSRESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6379,
-  serialized_end=6470,
+  serialized_start=6491,
+  serialized_end=6582,
 )
 
 
@@ -2805,8 +2843,316 @@ _CLOSESESSIONREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6472,
-  serialized_end=6513,
+  serialized_start=6584,
+  serialized_end=6625,
+)
+
+
+_GETADDRINFOREQUEST = _descriptor.Descriptor(
+  name='GetAddrInfoRequest',
+  full_name='conduit.v1.GetAddrInfoRequest',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='host', full_name='conduit.v1.GetAddrInfoRequest.host', index=0,
+      number=1, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='port', full_name='conduit.v1.GetAddrInfoRequest.port', index=1,
+      number=2, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='family', full_name='conduit.v1.GetAddrInfoRequest.family', index=2,
+      number=3, type=5, cpp_type=1, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='type', full_name='conduit.v1.GetAddrInfoRequest.type', index=3,
+      number=4, type=5, cpp_type=1, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='protocol', full_name='conduit.v1.GetAddrInfoRequest.protocol', index=4,
+      number=5, type=5, cpp_type=1, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='flags', full_name='conduit.v1.GetAddrInfoRequest.flags', index=5,
+      number=6, type=5, cpp_type=1, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+    _descriptor.OneofDescriptor(
+      name='host_given', full_name='conduit.v1.GetAddrInfoRequest.host_given',
+      index=0, containing_type=None, fields=[]),
+    _descriptor.OneofDescriptor(
+      name='port_given', full_name='conduit.v1.GetAddrInfoRequest.port_given',
+      index=1, containing_type=None, fields=[]),
+  ],
+  serialized_start=6628,
+  serialized_end=6771,
+)
+
+
+_ADDRINFO = _descriptor.Descriptor(
+  name='AddrInfo',
+  full_name='conduit.v1.AddrInfo',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='family', full_name='conduit.v1.AddrInfo.family', index=0,
+      number=1, type=5, cpp_type=1, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='type', full_name='conduit.v1.AddrInfo.type', index=1,
+      number=2, type=5, cpp_type=1, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='protocol', full_name='conduit.v1.AddrInfo.protocol', index=2,
+      number=3, type=5, cpp_type=1, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='canonname', full_name='conduit.v1.AddrInfo.canonname', index=3,
+      number=4, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='host', full_name='conduit.v1.AddrInfo.host', index=4,
+      number=5, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='port', full_name='conduit.v1.AddrInfo.port', index=5,
+      number=6, type=13, cpp_type=3, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='flowinfo', full_name='conduit.v1.AddrInfo.flowinfo', index=6,
+      number=7, type=13, cpp_type=3, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='scope_id', full_name='conduit.v1.AddrInfo.scope_id', index=7,
+      number=8, type=13, cpp_type=3, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=6774,
+  serialized_end=6915,
+)
+
+
+_GETADDRINFORESPONSE = _descriptor.Descriptor(
+  name='GetAddrInfoResponse',
+  full_name='conduit.v1.GetAddrInfoResponse',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='addresses', full_name='conduit.v1.GetAddrInfoResponse.addresses', index=0,
+      number=1, type=11, cpp_type=10, label=3,
+      has_default_value=False, default_value=[],
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='gai_error', full_name='conduit.v1.GetAddrInfoResponse.gai_error', index=1,
+      number=2, type=5, cpp_type=1, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='message', full_name='conduit.v1.GetAddrInfoResponse.message', index=2,
+      number=3, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=6917,
+  serialized_end=7015,
+)
+
+
+_GETNAMEINFOREQUEST = _descriptor.Descriptor(
+  name='GetNameInfoRequest',
+  full_name='conduit.v1.GetNameInfoRequest',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='host', full_name='conduit.v1.GetNameInfoRequest.host', index=0,
+      number=1, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='port', full_name='conduit.v1.GetNameInfoRequest.port', index=1,
+      number=2, type=13, cpp_type=3, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='flowinfo', full_name='conduit.v1.GetNameInfoRequest.flowinfo', index=2,
+      number=3, type=13, cpp_type=3, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='scope_id', full_name='conduit.v1.GetNameInfoRequest.scope_id', index=3,
+      number=4, type=13, cpp_type=3, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='flags', full_name='conduit.v1.GetNameInfoRequest.flags', index=4,
+      number=5, type=5, cpp_type=1, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=7017,
+  serialized_end=7116,
+)
+
+
+_GETNAMEINFORESPONSE = _descriptor.Descriptor(
+  name='GetNameInfoResponse',
+  full_name='conduit.v1.GetNameInfoResponse',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='host', full_name='conduit.v1.GetNameInfoResponse.host', index=0,
+      number=1, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='service', full_name='conduit.v1.GetNameInfoResponse.service', index=1,
+      number=2, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='gai_error', full_name='conduit.v1.GetNameInfoResponse.gai_error', index=2,
+      number=3, type=5, cpp_type=1, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='message', full_name='conduit.v1.GetNameInfoResponse.message', index=3,
+      number=4, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=7118,
+  serialized_end=7206,
 )
 
 
@@ -2829,8 +3175,8 @@ _CLOSESESSIONRESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6515,
-  serialized_end=6537,
+  serialized_start=7208,
+  serialized_end=7230,
 )
 
 _CLIENTMESSAGE.fields_by_name['open_connection'].message_type = _OPENCONNECTION
@@ -2859,6 +3205,7 @@ _CLIENTMESSAGE.oneofs_by_name['kind'].fields.append(
 _CLIENTMESSAGE.fields_by_name['command'].containing_oneof = _CLIENTMESSAGE.oneofs_by_name['kind']
 _OPENCONNECTION.fields_by_name['tcp'].message_type = _HOSTPORT
 _OPENCONNECTION.fields_by_name['tls'].message_type = _TLSCLIENT
+_OPENCONNECTION.fields_by_name['local_addr'].message_type = _HOSTPORT
 _OPENCONNECTION.oneofs_by_name['target'].fields.append(
   _OPENCONNECTION.fields_by_name['tcp'])
 _OPENCONNECTION.fields_by_name['tcp'].containing_oneof = _OPENCONNECTION.oneofs_by_name['target']
@@ -2950,6 +3297,7 @@ _COMMAND.fields_by_name['set_fault'].message_type = _FAULTSPEC
 _COMMAND.fields_by_name['remove_fault'].message_type = _REMOVEFAULT
 _COMMAND.fields_by_name['proxy_down'].message_type = _PROXYDOWN
 _COMMAND.fields_by_name['proxy_up'].message_type = _PROXYUP
+_COMMAND.fields_by_name['stop_listening'].message_type = _STOPLISTENING
 _COMMAND.oneofs_by_name['kind'].fields.append(
   _COMMAND.fields_by_name['write'])
 _COMMAND.fields_by_name['write'].containing_oneof = _COMMAND.oneofs_by_name['kind']
@@ -3001,6 +3349,9 @@ _COMMAND.fields_by_name['proxy_down'].containing_oneof = _COMMAND.oneofs_by_name
 _COMMAND.oneofs_by_name['kind'].fields.append(
   _COMMAND.fields_by_name['proxy_up'])
 _COMMAND.fields_by_name['proxy_up'].containing_oneof = _COMMAND.oneofs_by_name['kind']
+_COMMAND.oneofs_by_name['kind'].fields.append(
+  _COMMAND.fields_by_name['stop_listening'])
+_COMMAND.fields_by_name['stop_listening'].containing_oneof = _COMMAND.oneofs_by_name['kind']
 _SENDTO.fields_by_name['addr'].message_type = _HOSTPORT
 _EVENT.fields_by_name['connection_made'].message_type = _CONNECTIONMADE
 _EVENT.fields_by_name['data_received'].message_type = _DATARECEIVED
@@ -3094,6 +3445,13 @@ _CONNECTIONLOST.fields_by_name['error'].message_type = _ERROR
 _PIPECONNECTIONLOST.fields_by_name['error'].message_type = _ERROR
 _OPENFAILED.fields_by_name['error'].message_type = _ERROR
 _LISTSESSIONSRESPONSE.fields_by_name['sessions'].message_type = _SESSIONINFO
+_GETADDRINFOREQUEST.oneofs_by_name['host_given'].fields.append(
+  _GETADDRINFOREQUEST.fields_by_name['host'])
+_GETADDRINFOREQUEST.fields_by_name['host'].containing_oneof = _GETADDRINFOREQUEST.oneofs_by_name['host_given']
+_GETADDRINFOREQUEST.oneofs_by_name['port_given'].fields.append(
+  _GETADDRINFOREQUEST.fields_by_name['port'])
+_GETADDRINFOREQUEST.fields_by_name['port'].containing_oneof = _GETADDRINFOREQUEST.oneofs_by_name['port_given']
+_GETADDRINFORESPONSE.fields_by_name['addresses'].message_type = _ADDRINFO
 DESCRIPTOR.message_types_by_name['ClientMessage'] = _CLIENTMESSAGE
 DESCRIPTOR.message_types_by_name['OpenConnection'] = _OPENCONNECTION
 DESCRIPTOR.message_types_by_name['HostPort'] = _HOSTPORT
@@ -3119,6 +3477,7 @@ DESCRIPTOR.message_types_by_name['Command'] = _COMMAND
 DESCRIPTOR.message_types_by_name['RemoveFault'] = _REMOVEFAULT
 DESCRIPTOR.message_types_by_name['ProxyDown'] = _PROXYDOWN
 DESCRIPTOR.message_types_by_name['ProxyUp'] = _PROXYUP
+DESCRIPTOR.message_types_by_name['StopListening'] = _STOPLISTENING
 DESCRIPTOR.message_types_by_name['Sendto'] = _SENDTO
 DESCRIPTOR.message_types_by_name['Writelines'] = _WRITELINES
 DESCRIPTOR.message_types_by_name['WriteEof'] = _WRITEEOF
@@ -3155,6 +3514,11 @@ DESCRIPTOR.message_types_by_name['ListSessionsRequest'] = _LISTSESSIONSREQUEST
 DESCRIPTOR.message_types_by_name['SessionInfo'] = _SESSIONINFO
 DESCRIPTOR.message_types_by_name['ListSessionsResponse'] = _LISTSESSIONSRESPONSE
 DESCRIPTOR.message_types_by_name['CloseSessionRequest'] = _CLOSESESSIONREQUEST
+DESCRIPTOR.message_types_by_name['GetAddrInfoRequest'] = _GETADDRINFOREQUEST
+DESCRIPTOR.message_types_by_name['AddrInfo'] = _ADDRINFO
+DESCRIPTOR.message_types_by_name['GetAddrInfoResponse'] = _GETADDRINFORESPONSE
+DESCRIPTOR.message_types_by_name['GetNameInfoRequest'] = _GETNAMEINFOREQUEST
+DESCRIPTOR.message_types_by_name['GetNameInfoResponse'] = _GETNAMEINFORESPONSE
 DESCRIPTOR.message_types_by_name['CloseSessionResponse'] = _CLOSESESSIONRESPONSE
 DESCRIPTOR.enum_types_by_name['FaultDirection'] = _FAULTDIRECTION
 _sym_db.RegisterFileDescriptor(DESCRIPTOR)
@@ -3341,6 +3705,13 @@ ProxyUp = _reflection.GeneratedProtocolMessageType('ProxyUp', (_message.Message,
   # @@protoc_insertion_point(class_scope:conduit.v1.ProxyUp)
   ))
 _sym_db.RegisterMessage(ProxyUp)
+
+StopListening = _reflection.GeneratedProtocolMessageType('StopListening', (_message.Message,), dict(
+  DESCRIPTOR = _STOPLISTENING,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.StopListening)
+  ))
+_sym_db.RegisterMessage(StopListening)
 
 Sendto = _reflection.GeneratedProtocolMessageType('Sendto', (_message.Message,), dict(
   DESCRIPTOR = _SENDTO,
@@ -3594,6 +3965,41 @@ CloseSessionRequest = _reflection.GeneratedProtocolMessageType('CloseSessionRequ
   ))
 _sym_db.RegisterMessage(CloseSessionRequest)
 
+GetAddrInfoRequest = _reflection.GeneratedProtocolMessageType('GetAddrInfoRequest', (_message.Message,), dict(
+  DESCRIPTOR = _GETADDRINFOREQUEST,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.GetAddrInfoRequest)
+  ))
+_sym_db.RegisterMessage(GetAddrInfoRequest)
+
+AddrInfo = _reflection.GeneratedProtocolMessageType('AddrInfo', (_message.Message,), dict(
+  DESCRIPTOR = _ADDRINFO,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.AddrInfo)
+  ))
+_sym_db.RegisterMessage(AddrInfo)
+
+GetAddrInfoResponse = _reflection.GeneratedProtocolMessageType('GetAddrInfoResponse', (_message.Message,), dict(
+  DESCRIPTOR = _GETADDRINFORESPONSE,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.GetAddrInfoResponse)
+  ))
+_sym_db.RegisterMessage(GetAddrInfoResponse)
+
+GetNameInfoRequest = _reflection.GeneratedProtocolMessageType('GetNameInfoRequest', (_message.Message,), dict(
+  DESCRIPTOR = _GETNAMEINFOREQUEST,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.GetNameInfoRequest)
+  ))
+_sym_db.RegisterMessage(GetNameInfoRequest)
+
+GetNameInfoResponse = _reflection.GeneratedProtocolMessageType('GetNameInfoResponse', (_message.Message,), dict(
+  DESCRIPTOR = _GETNAMEINFORESPONSE,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.GetNameInfoResponse)
+  ))
+_sym_db.RegisterMessage(GetNameInfoResponse)
+
 CloseSessionResponse = _reflection.GeneratedProtocolMessageType('CloseSessionResponse', (_message.Message,), dict(
   DESCRIPTOR = _CLOSESESSIONRESPONSE,
   __module__ = 'conduit.v1.conduit_pb2'
@@ -3611,8 +4017,8 @@ _CONDUIT = _descriptor.ServiceDescriptor(
   file=DESCRIPTOR,
   index=0,
   options=None,
-  serialized_start=6598,
-  serialized_end=6834,
+  serialized_start=7291,
+  serialized_end=7687,
   methods=[
   _descriptor.MethodDescriptor(
     name='Session',
@@ -3639,6 +4045,24 @@ _CONDUIT = _descriptor.ServiceDescriptor(
     containing_service=None,
     input_type=_CLOSESESSIONREQUEST,
     output_type=_CLOSESESSIONRESPONSE,
+    options=None,
+  ),
+  _descriptor.MethodDescriptor(
+    name='GetAddrInfo',
+    full_name='conduit.v1.Conduit.GetAddrInfo',
+    index=3,
+    containing_service=None,
+    input_type=_GETADDRINFOREQUEST,
+    output_type=_GETADDRINFORESPONSE,
+    options=None,
+  ),
+  _descriptor.MethodDescriptor(
+    name='GetNameInfo',
+    full_name='conduit.v1.Conduit.GetNameInfo',
+    index=4,
+    containing_service=None,
+    input_type=_GETNAMEINFOREQUEST,
+    output_type=_GETNAMEINFORESPONSE,
     options=None,
   ),
 ])

@@ -29,6 +29,16 @@ class ConduitStub(object):
         request_serializer=conduit_dot_v1_dot_conduit__pb2.CloseSessionRequest.SerializeToString,
         response_deserializer=conduit_dot_v1_dot_conduit__pb2.CloseSessionResponse.FromString,
         )
+    self.GetAddrInfo = channel.unary_unary(
+        '/conduit.v1.Conduit/GetAddrInfo',
+        request_serializer=conduit_dot_v1_dot_conduit__pb2.GetAddrInfoRequest.SerializeToString,
+        response_deserializer=conduit_dot_v1_dot_conduit__pb2.GetAddrInfoResponse.FromString,
+        )
+    self.GetNameInfo = channel.unary_unary(
+        '/conduit.v1.Conduit/GetNameInfo',
+        request_serializer=conduit_dot_v1_dot_conduit__pb2.GetNameInfoRequest.SerializeToString,
+        response_deserializer=conduit_dot_v1_dot_conduit__pb2.GetNameInfoResponse.FromString,
+        )
 
 
 class ConduitServicer(object):
@@ -56,6 +66,22 @@ class ConduitServicer(object):
     context.set_details('Method not implemented!')
     raise NotImplementedError('Method not implemented!')
 
+  def GetAddrInfo(self, request, context):
+    """getaddrinfo(3) and getnameinfo(3) on the service's host, so that a
+    caller's names mean what they mean where its sessions connect. A name
+    the resolver cannot answer is an answer (gai_error), not a call error.
+    """
+    context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+    context.set_details('Method not implemented!')
+    raise NotImplementedError('Method not implemented!')
+
+  def GetNameInfo(self, request, context):
+    # missing associated documentation comment in .proto file
+    pass
+    context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+    context.set_details('Method not implemented!')
+    raise NotImplementedError('Method not implemented!')
+
 
 def add_ConduitServicer_to_server(servicer, server):
   rpc_method_handlers = {
@@ -73,6 +99,16 @@ def add_ConduitServicer_to_server(servicer, server):
           servicer.CloseSession,
           request_deserializer=conduit_dot_v1_dot_conduit__pb2.CloseSessionRequest.FromString,
           response_serializer=conduit_dot_v1_dot_conduit__pb2.CloseSessionResponse.SerializeToString,
+      ),
+      'GetAddrInfo': grpc.unary_unary_rpc_method_handler(
+          servicer.GetAddrInfo,
+          request_deserializer=conduit_dot_v1_dot_conduit__pb2.GetAddrInfoRequest.FromString,
+          response_serializer=conduit_dot_v1_dot_conduit__pb2.GetAddrInfoResponse.SerializeToString,
+      ),
+      'GetNameInfo': grpc.unary_unary_rpc_method_handler(
+          servicer.GetNameInfo,
+          request_deserializer=conduit_dot_v1_dot_conduit__pb2.GetNameInfoRequest.FromString,
+          response_serializer=conduit_dot_v1_dot_conduit__pb2.GetNameInfoResponse.SerializeToString,
       ),
   }
   generic_handler = grpc.method_handlers_generic_handler(
