@@ -1,5 +1,11 @@
 """Script `conduit serve` from Python in asyncio's own terms.
 
+RemoteEventLoop is asyncio's event loop with its network and processes on
+the service's host: unmodified asyncio code and libraries run on it.
+
+    with asyncio.Runner(loop_factory=lambda: RemoteEventLoop("svc:50051")) as runner:
+        runner.run(main())
+
 Client is a remote event loop's connection methods: any asyncio.Protocol
 (and asyncio's streams on top of it) runs against transports whose bytes
 move on the service's host, and sees the callbacks it would see locally.
@@ -33,7 +39,8 @@ from ._proxy import ProxyConnection, ProxyError, ProxyEvent, RemoteProxy, faults
 from ._wire import pb
 from .client import Client
 from .events import ServerSession, Session, SessionError
+from .loop import RemoteEventLoop, RemoteEventLoopPolicy, remote_loop
 
-__all__ = ["Client", "Session", "ServerSession", "SessionError", "pb", "faults", "RemoteProxy", "ProxyEvent",
-           "ProxyConnection", "ProxyError"]
+__all__ = ["Client", "RemoteEventLoop", "RemoteEventLoopPolicy", "remote_loop", "Session", "ServerSession",
+           "SessionError", "pb", "faults", "RemoteProxy", "ProxyEvent", "ProxyConnection", "ProxyError"]
 __version__ = "0.1.0"

@@ -74,8 +74,14 @@ class SessionCall:
         self._call.cancel()
 
     async def close(self) -> None:
-        """Cancel the call (if still going) and wait for its tasks to end."""
+        """Cancel the call (if still going) and wait for its tasks to end,
+        and for gRPC's own end of the call: an operation of it still under
+        way when the loop closes would be completed onto a closed loop."""
         self._call.cancel()
+        try:
+            await asyncio.wait_for(self._call.code(), 2)
+        except (asyncio.TimeoutError, asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
         for task in (self._reader, self._writer):
             if not task.done():
                 try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from asyncio import constants, transports
 from typing import Any, Optional
 
 from ._flow import WriteFlow
@@ -46,18 +47,29 @@ def feed(protocol, data: bytes) -> None:
         view = view[n:]
 
 
-class RemoteTransport(asyncio.Transport):
-    """A stream transport whose socket is on the service's host."""
+_WRITE_BUFFER_PROBE = "conduit:write_buffer_size"
+
+
+class RemoteTransport(transports._FlowControlMixin):
+    """A stream transport whose socket is on the service's host.
+
+    It is a _FlowControlMixin, as asyncio's socket transports are, so that
+    the loop's sendfile() fallback and start_tls() take it; its flow control
+    is WriteFlow's."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
 
     def __init__(self, loop, call, connection_id: int = 0, tls: bool = False):
-        super().__init__()
+        asyncio.Transport.__init__(self)
         self._loop, self._call, self._connection_id, self._tls = loop, call, connection_id, tls
         self._protocol = None
         self._state = _OPENING
         # After abort() the protocol hears nothing of the buffer again, as
         # asyncio's _force_close drops it without a resume_writing.
         self._flow = WriteFlow(loop, self,
-                               lambda: self._protocol if self._state != _CLOSED and not self._aborted else None)
+                               lambda: self._protocol if self._state != _CLOSED and not self._aborted else None,
+                               probe=self._probe_write_buffer)
         self._paused_reading = False  # as the protocol sees it
         self._remote_paused = True    # as the service does: opened paused
         self._in_connection_made = False
@@ -68,6 +80,14 @@ class RemoteTransport(asyncio.Transport):
         self._extra: dict = {}
         self._conn_lost_writes = 0
         self._close_held = False  # close() came while writes still waited here
+
+    @property
+    def _protocol_paused(self) -> bool:
+        return self._flow.paused
+
+    def __repr__(self):
+        where = self._extra.get("peername", "")
+        return f"<{type(self).__name__} {self._state} {where}>"
 
     # ---- asyncio.BaseTransport ----
     def get_extra_info(self, name, default=None):
@@ -166,6 +186,13 @@ class RemoteTransport(asyncio.Transport):
         self._held.clear()
         self._call.abort(self._connection_id)
 
+    def _force_close(self, exc) -> None:
+        """asyncio's transports' internal abort-with-an-error, which its TLS
+        protocol calls on a fatal error: connection_lost gets `exc`."""
+        if self._forced_error is None and exc is not None:
+            self._forced_error = exc
+        self.abort()
+
     # ---- from the session ----
     def made(self, protocol, made: "pb.ConnectionMade") -> None:
         """connection_made (or connection_accepted) arrived: start `protocol`."""
@@ -182,6 +209,12 @@ class RemoteTransport(asyncio.Transport):
         self._call_protocol("Exception in callback protocol.connection_made()", protocol.connection_made, self)
         self._in_connection_made = False
         self._sync_remote_reading()  # opened paused: resume unless the protocol paused
+
+    def _probe_write_buffer(self) -> None:
+        if self._state == _OPEN:
+            self._send(get_extra_info=pb.GetExtraInfo(name=_WRITE_BUFFER_PROBE))
+        else:  # closing: what the service holds is no longer the protocol's concern
+            self._flow.probe_answered(self.get_write_buffer_size())
 
     def on_sent(self) -> None:
         size = self.get_write_buffer_size()
@@ -207,6 +240,8 @@ class RemoteTransport(asyncio.Transport):
         elif kind == "connection_lost":
             error = event.connection_lost.error
             self.lost(exception_or_none(error))
+        elif kind == "extra_info" and event.extra_info.name == _WRITE_BUFFER_PROBE:
+            self._flow.probe_answered(self.get_write_buffer_size())
         elif kind == "command_failed":
             logger.warning("the service could not carry out %s: %s", event.command_failed.command,
                            event.command_failed.message)
@@ -353,71 +388,52 @@ class _ServerSocket:
         return f"<conduit remote socket {self._address!r}>"
 
 
-class RemoteServer(asyncio.AbstractServer):
-    """asyncio.Server's surface for a server session: each connection the
-    service accepts gets a protocol from `protocol_factory` and a
-    RemoteTransport. close() stops listening (the connections stay, as in
-    asyncio); wait_closed() returns once they are all gone."""
+class _Listener:
+    """One server session: where the service listens for a RemoteServer, and
+    the connections it accepted there (each a RemoteTransport with its own
+    protocol from `protocol_factory`)."""
 
-    def __init__(self, loop, protocol_factory, started: asyncio.Future, tls: bool):
-        self._loop, self._factory, self._started, self._tls = loop, protocol_factory, started, tls
+    def __init__(self, server: "RemoteServer", protocol_factory, started: asyncio.Future, tls: bool):
+        self._server, self._factory, self._started, self._tls = server, protocol_factory, started, tls
+        self._loop = server.get_loop()
         self._call = None
-        self._sockets = []
-        self._connections = {}
-        self._serving = False
-        self._closing = False
-        self._ended = loop.create_future()
+        self.sockets = []
+        self.connections = {}
+        self.ended = self._loop.create_future()
+        self._listening = False
         self._open_error = None
+        self._held = []  # events of connections accepted before start_serving()
 
     def attach(self, call) -> None:
         self._call = call
 
-    # ---- asyncio.AbstractServer ----
-    @property
-    def sockets(self):
-        return tuple(self._sockets)
+    def stop_listening(self) -> None:
+        if self._listening:
+            self._listening = False
+            self._call.command(stop_listening=pb.StopListening())
 
-    def close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        self._serving = False
-        self._call.command(close=pb.Close())
-
-    async def wait_closed(self) -> None:
-        await asyncio.shield(self._ended)
-
-    def is_serving(self) -> bool:
-        return self._serving
-
-    def get_loop(self):
-        return self._loop
-
-    async def start_serving(self) -> None:
-        pass  # it serves from the start
-
-    async def serve_forever(self) -> None:
-        try:
-            await asyncio.shield(self._ended)
-        except asyncio.CancelledError:
-            self.close()
-            await self.wait_closed()
-            raise
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc):
-        self.close()
-        await self.wait_closed()
+    def release_held(self) -> None:
+        held, self._held = self._held, []
+        for event in held:
+            self.on_event(event)
 
     # ---- from the session ----
     def on_event(self, event: "pb.Event") -> None:
         kind = event.WhichOneof("kind")
         cid = event.connection_id
+        if cid and not self._server.is_serving() and (kind == "connection_accepted" or self._held):
+            # start_serving=False: what the service accepted waits, as it
+            # would in the backlog, until the server starts serving (or is
+            # closed: then it is dropped).
+            if self._server._closed:
+                if kind == "connection_accepted":
+                    self._call.abort(cid)
+                return
+            self._held.append(event)
+            return
         if kind == "server_started":
-            self._sockets = [_ServerSocket(parse_address(text)) for text in event.server_started.sockets]
-            self._serving = True
+            self.sockets = [_ServerSocket(parse_address(text)) for text in event.server_started.sockets]
+            self._listening = True
             if not self._started.done():
                 self._started.set_result(self)
         elif kind == "connection_accepted":
@@ -428,30 +444,136 @@ class RemoteServer(asyncio.AbstractServer):
                 self._loop.call_exception_handler({"message": "protocol_factory() failed", "exception": exc})
                 self._call.abort(cid)
                 return
-            self._connections[cid] = transport
+            self.connections[cid] = transport
             transport.made(protocol, event.connection_accepted)
         elif kind == "open_failed":
             self._open_error = exception_of(event.open_failed.error)
         elif cid == 0 and kind == "connection_lost":
-            self._serving = False
-        elif cid in self._connections:
-            transport = self._connections[cid]
+            self._listening = False
+        elif cid in self.connections:
+            transport = self.connections[cid]
             if kind == "connection_lost":
-                del self._connections[cid]
+                del self.connections[cid]
             transport.on_event(event)
 
     def on_sent(self, connection_id: int) -> None:
-        transport = self._connections.get(connection_id)
+        transport = self.connections.get(connection_id)
         if transport is not None:
             transport.on_sent()
 
     def on_end(self, code, details: str) -> None:
-        self._serving = False
+        self._listening = False
         if not self._started.done():
             self._started.set_exception(self._open_error or _call_status_error(code, details))
         broken = broken_session(code, details)
-        for transport in list(self._connections.values()):
+        for transport in list(self.connections.values()):
             transport.lost(broken)
-        self._connections.clear()
-        if not self._ended.done():
-            self._ended.set_result(None)
+        self.connections.clear()
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+
+class RemoteServer(asyncio.AbstractServer):
+    """asyncio.Server over one server session per address listened on:
+    close() stops listening and leaves the connections open;
+    close_clients() / abort_clients() end them (3.13); wait_closed()
+    returns once the server is closed and its last connection gone (3.12's
+    rule: 3.11 returned at once after close())."""
+
+    def __init__(self, loop, serving: bool = True):
+        self._loop = loop
+        self._listeners = []
+        self._serving = serving
+        self._closed = False
+        self._serving_forever_fut = None
+        self._close_waiters = []
+
+    def _listener(self, protocol_factory, started: asyncio.Future, tls: bool) -> _Listener:
+        listener = _Listener(self, protocol_factory, started, tls)
+        self._listeners.append(listener)
+        return listener
+
+    def __repr__(self):
+        return f"<{type(self).__name__} sockets={self.sockets!r}>"
+
+    # ---- asyncio.AbstractServer ----
+    @property
+    def sockets(self):
+        if self._closed:
+            return ()
+        return tuple(s for listener in self._listeners for s in listener.sockets)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._serving = False
+        for listener in self._listeners:
+            listener.stop_listening()
+            listener.release_held()  # closed: held connections are dropped
+        for waiter in self._close_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._close_waiters = []
+        if self._serving_forever_fut is not None and not self._serving_forever_fut.done():
+            self._serving_forever_fut.cancel()
+            self._serving_forever_fut = None
+
+    def close_clients(self) -> None:
+        for listener in self._listeners:
+            for transport in list(listener.connections.values()):
+                transport.close()
+
+    def abort_clients(self) -> None:
+        for listener in self._listeners:
+            for transport in list(listener.connections.values()):
+                transport.abort()
+
+    async def wait_closed(self) -> None:
+        if not self._closed:
+            waiter = self._loop.create_future()
+            self._close_waiters.append(waiter)
+            await waiter
+        await asyncio.gather(*(asyncio.shield(listener.ended) for listener in self._listeners))
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    def get_loop(self):
+        return self._loop
+
+    async def start_serving(self) -> None:
+        self._start_serving()
+        await asyncio.sleep(0)
+
+    def _start_serving(self) -> None:
+        if self._serving or self._closed:
+            return
+        self._serving = True
+        for listener in self._listeners:
+            listener.release_held()
+
+    async def serve_forever(self) -> None:
+        if self._serving_forever_fut is not None:
+            raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
+        if self._closed:
+            raise RuntimeError(f"server {self!r} is closed")
+        self._start_serving()
+        self._serving_forever_fut = self._loop.create_future()
+        try:
+            await self._serving_forever_fut
+        except asyncio.CancelledError:
+            try:
+                self.close()
+                await self.wait_closed()
+            finally:
+                raise
+        finally:
+            self._serving_forever_fut = None
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        self.close()
+        await self.wait_closed()

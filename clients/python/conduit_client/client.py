@@ -133,11 +133,15 @@ class Client:
         return await self._open_server(protocol_factory, pb.ClientMessage(open_server=request), False)
 
     async def _open_server(self, protocol_factory, first, tls: bool) -> RemoteServer:
-        loop = asyncio.get_running_loop()
-        started = loop.create_future()
-        server = RemoteServer(loop, protocol_factory, started, tls)
-        self._start(first, server)
-        return await started
+        server = RemoteServer(asyncio.get_running_loop())
+        await self._listen(server, protocol_factory, first, tls)
+        return server
+
+    async def _listen(self, server: RemoteServer, protocol_factory, first, tls: bool) -> None:
+        """One more server session for `server`, listening as `first` says."""
+        started = server.get_loop().create_future()
+        self._start(first, server._listener(protocol_factory, started, tls))
+        await started
 
     # ---- datagrams ----
     async def create_datagram_endpoint(self, protocol_factory, local_addr=None, remote_addr=None, *,
