@@ -122,7 +122,10 @@ class SessionCall:
                 self._on_event(event)
         except grpc.aio.AioRpcError as error:
             code, details = error.code(), error.details() or ""
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, UnboundLocalError):
+            # grpcio 1.51's read() swallows a cancellation that comes once
+            # the call has ended OK and then fails on its own local
+            # (aio/_call.py, _read): either way this task was cancelled.
             code, details = grpc.StatusCode.CANCELLED, "cancelled"
         else:
             code = await self._call.code()
