@@ -9,7 +9,10 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <iterator>
 
 namespace conduit::service {
 
@@ -36,6 +39,32 @@ void bound_dead_peer_detection(Transport& transport, std::chrono::seconds timeou
 }
 
 }  // namespace
+
+std::optional<std::string> ConnectionSide::set_socket_option(const v1::SocketOption& option) {
+  // What a protocol tunes on its own connection; nothing that would reach
+  // beyond it (SO_BINDTODEVICE, SO_MARK, IP_TRANSPARENT, ...).
+  static constexpr std::pair<int, int> allowed[] = {
+      {SOL_SOCKET, SO_KEEPALIVE},      {SOL_SOCKET, SO_SNDBUF},        {SOL_SOCKET, SO_RCVBUF},
+      {IPPROTO_TCP, TCP_NODELAY},      {IPPROTO_TCP, TCP_KEEPIDLE},    {IPPROTO_TCP, TCP_KEEPINTVL},
+      {IPPROTO_TCP, TCP_KEEPCNT},      {IPPROTO_TCP, TCP_USER_TIMEOUT}, {IPPROTO_IP, IP_TOS},
+      {IPPROTO_IPV6, IPV6_TCLASS},
+  };
+  const std::pair<int, int> asked{option.level(), option.option()};
+  if (std::find(std::begin(allowed), std::end(allowed), asked) == std::end(allowed)) {
+    return "set_socket_option: level " + std::to_string(option.level()) + " option " +
+           std::to_string(option.option()) + " is not one a session may set (see SocketOption)";
+  }
+  auto peer = transport_->get_extra_info_as<SocketAddress>("peername");
+  auto fd = transport_->get_extra_info_as<int>("socket");
+  if (!fd || (peer && peer->is_unix() && option.level() != SOL_SOCKET)) {
+    return "set_socket_option: not a TCP connection";
+  }
+  const int value = option.value();
+  if (::setsockopt(*fd, option.level(), option.option(), &value, sizeof value) != 0) {
+    return "set_socket_option: " + std::string(std::strerror(errno));
+  }
+  return std::nullopt;
+}
 
 void ConnectionSide::pause_writing() { writing_paused_changed(true); }
 void ConnectionSide::resume_writing() { writing_paused_changed(false); }

@@ -120,6 +120,10 @@ class ConnectionSide final : public Protocol, public SideEvents {
           break;
         }
         case v1::Command::kGetExtraInfo: extra_info(c.get_extra_info().name()); break;
+        case v1::Command::kSetSocketOption: {
+          if (auto why = set_socket_option(c.set_socket_option())) return failed(c, *why);
+          break;
+        }
         default: failed(c, "not a command for a connection session");
       }
     } catch (const std::exception& e) {
@@ -173,6 +177,8 @@ class ConnectionSide final : public Protocol, public SideEvents {
   }
 
   void writing_paused_changed(bool paused);
+  /// setsockopt for the options SocketOption lists; why not, if it failed.
+  std::optional<std::string> set_socket_option(const v1::SocketOption& option);
 
   /// The client is told to stop writing by pause_writing, not held back
   /// by the stream; one that writes on regardless is aborted.

@@ -67,6 +67,12 @@ class SubprocessSide final : public SubprocessProtocol, public SideEvents {
           break;
         case v1::Command::kClose: transport_->close(); break;
         case v1::Command::kAbort: transport_->close(); break;
+        case v1::Command::kClosePipe: {
+          const int fd = c.close_pipe().fd();
+          if (fd < 0 || fd > 2) return failed(c, "close_pipe.fd must be 0, 1 or 2");
+          if (auto pipe = transport_->get_pipe_transport(fd)) pipe->close();
+          break;
+        }
         case v1::Command::kSendSignal: transport_->send_signal(c.send_signal().signal()); break;
         case v1::Command::kTerminate: transport_->terminate(); break;
         case v1::Command::kKill: transport_->kill(); break;

@@ -152,6 +152,41 @@ class RemoteLoopTest(unittest.TestCase):
         local, remote = self.both_ways(scenario)
         self.assertEqual(remote, local)
 
+    def test_the_transports_socket_takes_the_options_libraries_set(self):
+        async def scenario():
+            server = await asyncio.start_server(echo, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            answers = (sock.family, sock.type, sock.getsockname()[0], sock.getpeername()[1] == port,
+                       sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,
+                       server.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0)
+            writer.write(b"still works")
+            answer = await reader.readexactly(11)
+            writer.close()
+            await writer.wait_closed()
+            server.close()
+            await server.wait_closed()
+            return answers, answer
+        local, remote = self.both_ways(scenario)
+        self.assertEqual(local, ((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", True, True, True), b"still works"))
+        self.assertEqual(remote, local)
+
+    def test_a_socket_option_that_would_reach_beyond_the_connection_is_refused(self):
+        async def scenario():
+            server = await asyncio.start_server(echo, "127.0.0.1", 0)
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+            try:
+                writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+            except OSError as exc:
+                return exc.errno
+            finally:
+                writer.close()
+                server.close()
+        self.assertEqual(self.on_remote(scenario), __import__("errno").ENOPROTOOPT)
+
     # ---- names ----------------------------------------------------------------------
 
     def test_getaddrinfo_and_getnameinfo_answer_as_the_hosts_resolver(self):

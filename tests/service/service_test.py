@@ -201,6 +201,20 @@ class ServiceTest(unittest.TestCase):
         s.command(abort=pb.Abort())
         s.until("connection_lost")
 
+    def test_socket_options_a_protocol_tunes_and_no_others(self):
+        import socket
+        s, _ = self.open_echo()
+        s.command(set_socket_option=pb.SocketOption(level=socket.IPPROTO_TCP, option=socket.TCP_NODELAY, value=1))
+        s.command(set_socket_option=pb.SocketOption(level=socket.SOL_SOCKET, option=socket.SO_RCVBUF, value=-5))
+        s.command(set_socket_option=pb.SocketOption(level=socket.SOL_SOCKET, option=25, value=0))  # SO_BINDTODEVICE
+        s.command(get_extra_info=pb.GetExtraInfo(name="peername"))
+        events = s.until("extra_info")
+        failures = [e.command_failed.message for e in events if e.WhichOneof("kind") == "command_failed"]
+        self.assertEqual(len(failures), 1, failures)  # SO_RCVBUF -5 is the kernel's to clamp
+        self.assertIn("is not one a session may set", failures[0])
+        s.command(abort=pb.Abort())
+        s.until("connection_lost")
+
     def test_local_addr_binds_the_connection_and_must_be_numeric(self):
         s = Session(self.stub)
         s.send(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="127.0.0.1", port=self.echo_port),

@@ -94,6 +94,10 @@ class SessionCall:
     def done(self) -> bool:
         return self._reader.done()
 
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """callback() once the call has ended and on_end was told."""
+        self._reader.add_done_callback(lambda _: callback())
+
     # ---- tasks ----
     async def _write_loop(self):
         try:

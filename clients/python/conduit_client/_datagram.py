@@ -3,6 +3,7 @@ loop.create_datagram_endpoint runs on it unchanged."""
 from __future__ import annotations
 
 import asyncio
+from asyncio import transports
 from typing import Optional
 
 from ._flow import WriteFlow
@@ -10,9 +11,13 @@ from ._wire import broken_session, exception_or_none, exception_of, host_port, p
 from ._stream import _call_status_error
 
 
-class RemoteDatagramTransport(asyncio.DatagramTransport):
+class RemoteDatagramTransport(transports._FlowControlMixin, asyncio.DatagramTransport):
+    """A datagram transport whose socket is on the service's host. Like
+    asyncio's own, it is also an asyncio.Transport (a _FlowControlMixin);
+    its flow control is WriteFlow's."""
+
     def __init__(self, loop, protocol_factory, opened: asyncio.Future):
-        super().__init__()
+        asyncio.BaseTransport.__init__(self)
         self._loop, self._factory, self._opened = loop, protocol_factory, opened
         self._call = None
         self._protocol = None

@@ -24,6 +24,7 @@ from asyncio import constants, transports
 from typing import Any, Optional
 
 from ._flow import WriteFlow
+from ._socket import RemoteSocket, ServerSocket
 from ._wire import broken_session, exception_or_none, MAX_COMMAND_DATA, exception_of, parse_address, pb
 
 logger = logging.getLogger("conduit_client")
@@ -198,10 +199,14 @@ class RemoteTransport(transports._FlowControlMixin):
         """connection_made (or connection_accepted) arrived: start `protocol`."""
         self._protocol = protocol
         self._state = _OPEN
+        unix = made.peername.startswith("/") or made.sockname.startswith("/")
         for key, text in (("peername", made.peername), ("sockname", made.sockname)):
-            address = parse_address(text)
+            # A Unix socket's names are paths; an unbound one's is '', as
+            # asyncio reports it.
+            address = text if unix else parse_address(text)
             if address is not None:
                 self._extra[key] = address
+        self._extra["socket"] = RemoteSocket(self._extra.get("sockname"), self._extra.get("peername"), self._send)
         if made.tls_cipher:
             self._extra["cipher"] = (made.tls_cipher, made.tls_version, None)
             self._extra["peercert"] = None
@@ -348,6 +353,7 @@ class ConnectionSession:
                 if not self._opened.done():
                     self._opened.set_exception(exc)
                 return
+            self._factory = None  # used once; what it holds goes with it
             self.transport.made(protocol, event.connection_made)
             if not self._opened.done():
                 self._opened.set_result((self.transport, protocol))
@@ -368,26 +374,6 @@ class ConnectionSession:
             self.transport.lost(broken_session(code, details))
 
 
-class _ServerSocket:
-    """What RemoteServer.sockets lists: where the service listens, with the
-    surface of asyncio's TransportSocket that callers use."""
-
-    def __init__(self, address):
-        import socket
-        self._address = address
-        if isinstance(address, str):
-            self.family = socket.AF_UNIX
-        else:
-            self.family = socket.AF_INET6 if len(address) == 4 else socket.AF_INET
-        self.type = socket.SOCK_STREAM
-
-    def getsockname(self):
-        return self._address
-
-    def __repr__(self):
-        return f"<conduit remote socket {self._address!r}>"
-
-
 class _Listener:
     """One server session: where the service listens for a RemoteServer, and
     the connections it accepted there (each a RemoteTransport with its own
@@ -403,6 +389,7 @@ class _Listener:
         self._listening = False
         self._open_error = None
         self._held = []  # events of connections accepted before start_serving()
+        self.reuse_port = False  # as it was opened with, for its sockets' getsockopt
 
     def attach(self, call) -> None:
         self._call = call
@@ -432,7 +419,8 @@ class _Listener:
             self._held.append(event)
             return
         if kind == "server_started":
-            self.sockets = [_ServerSocket(parse_address(text)) for text in event.server_started.sockets]
+            self.sockets = [ServerSocket(parse_address(text), self.reuse_port)
+                            for text in event.server_started.sockets]
             self._listening = True
             if not self._started.done():
                 self._started.set_result(self)

@@ -50,7 +50,10 @@ class _StdinPipe(asyncio.WriteTransport):
         if self._closing:
             return
         self._closing = True
-        self._owner._call.command(write_eof=pb.WriteEof())
+        # Closing the whole transport closes stdin there too, at once with
+        # the kill: an EOF sent ahead could let the child exit first.
+        if not self._owner._closed:
+            self._owner._call.command(write_eof=pb.WriteEof())
 
     def abort(self) -> None:
         self.close()
@@ -102,8 +105,13 @@ class _OutputPipe(asyncio.ReadTransport):
             self._owner._deliver_output(self._fd, self.held.popleft())
 
     def close(self) -> None:
+        # The pipe closes on the service's host: the child sees EPIPE, and
+        # pipe_connection_lost comes back for it.
+        if self._closing:
+            return
         self._closing = True
         self.held.clear()
+        self._owner._close_pipe(self._fd)
 
     def is_closing(self) -> bool:
         return self._closing
@@ -271,6 +279,10 @@ class RemoteSubprocessTransport(asyncio.SubprocessTransport):
     def _deliver_output(self, fd: int, data: bytes) -> None:
         self._call_protocol("Exception in callback protocol.pipe_data_received()",
                             self._protocol.pipe_data_received, fd, data)
+
+    def _close_pipe(self, fd: int) -> None:
+        if not self._finished and not self._closed:
+            self._call.command(close_pipe=pb.ClosePipe(fd=fd))
 
     def _sync_reading(self) -> None:
         paused = any(p is not None and p._paused for p in self._out.values())

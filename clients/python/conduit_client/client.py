@@ -65,7 +65,7 @@ class Client:
     async def __aexit__(self, *exc) -> None:
         # Sessions still open end with the client, as a loop's transports
         # do when it closes.
-        for call in self._calls:
+        for call in list(self._calls):
             await call.close()
         for proxy in self._proxies:
             try:
@@ -78,7 +78,10 @@ class Client:
     def _start(self, first: "pb.ClientMessage", session) -> SessionCall:
         call = SessionCall(self._stub, self._metadata, first, session.on_event, session.on_sent, session.on_end)
         session.attach(call)
-        self._calls = [c for c in self._calls if not c.done()] + [call]
+        self._calls.append(call)
+        # An ended call is let go at once: it holds its session, and so the
+        # protocol and whatever that holds (an SSLContext, say).
+        call.when_done(lambda: self._calls.remove(call) if call in self._calls else None)
         return call
 
     # ---- streams ----
@@ -140,7 +143,9 @@ class Client:
     async def _listen(self, server: RemoteServer, protocol_factory, first, tls: bool) -> None:
         """One more server session for `server`, listening as `first` says."""
         started = server.get_loop().create_future()
-        self._start(first, server._listener(protocol_factory, started, tls))
+        listener = server._listener(protocol_factory, started, tls)
+        listener.reuse_port = first.open_server.reuse_port
+        self._start(first, listener)
         await started
 
     # ---- datagrams ----

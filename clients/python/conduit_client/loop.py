@@ -69,7 +69,16 @@ class RemoteEventLoop(asyncio.SelectorEventLoop):
             raise RuntimeError("Cannot close a running event loop")
         if self._conduit_entered and not self.is_closed():
             self._conduit_entered = False
-            self.run_until_complete(self._conduit.__aexit__(None, None, None))
+            ending = self.create_task(self._conduit.__aexit__(None, None, None))
+            # A loop.stop() some callback left behind can end a run early:
+            # run again (the ending is bounded: each call's is).
+            for _ in range(10):
+                try:
+                    self.run_until_complete(ending)
+                    break
+                except RuntimeError:
+                    if ending.done():
+                        break
         super().close()
 
     def call_soon_threadsafe(self, callback, *args, context=None):
@@ -79,7 +88,10 @@ class RemoteEventLoop(asyncio.SelectorEventLoop):
         # loop's handler ("Event loop is closed").
         if self.is_closed() and getattr(callback, "__module__", "").startswith("grpc."):
             return None
-        return super().call_soon_threadsafe(callback, *args, context=context)
+        handle = super().call_soon_threadsafe(callback, *args, context=context)
+        if handle._source_traceback:
+            del handle._source_traceback[-1]  # this frame: the caller's is what debug mode shows
+        return handle
 
     # ---- names ----
     async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
@@ -133,27 +145,48 @@ class RemoteEventLoop(asyncio.SelectorEventLoop):
         if host is None and port is None:
             raise ValueError("host and port was not specified and no sock specified")
         client = await self._remote()
-        local = None
-        if local_addr is not None:
-            local = pb.HostPort(host=str(local_addr[0] or ""), port=int(local_addr[1] or 0))
-        # The service resolves the host and tries each address, as asyncio
-        # does; a family, protocol or flags narrow the names here first.
-        targets = [(host, port)]
-        if family or proto or flags:
+        # Without a family, protocol, flags or local address, the service
+        # resolves the host and tries each address, as asyncio does (its
+        # --allow-connect rules by name then apply). With them, the names
+        # are resolved there first (getaddrinfo) and each address tried in
+        # turn from here, as asyncio's own loop does.
+        attempts = [((host, port), None)]
+        errors = []
+        if local_addr is not None or family or proto or flags:
             infos = await self.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM, proto=proto,
                                            flags=flags)
             if not infos:
                 raise OSError("getaddrinfo() returned empty list")
-            targets = [info[4][:2] for info in infos]
-        errors = []
-        for target_host, target_port in targets:
+            local_infos = None
+            if local_addr is not None:
+                local_infos = await self.getaddrinfo(*local_addr[:2], family=family, type=socket.SOCK_STREAM,
+                                                     proto=proto, flags=flags)
+                if not local_infos:
+                    raise OSError("getaddrinfo() returned empty list")
+            attempts = []
+            for info in infos:
+                if local_infos is None:
+                    attempts.append((info[4][:2], None))
+                    continue
+                same_family = [local[4][:2] for local in local_infos if local[0] == info[0]]
+                if not same_family:
+                    errors.append(OSError(f"no matching local address with family={info[0]!r} found"))
+                attempts += [(info[4][:2], local) for local in same_family]
+        for (target_host, target_port), local in attempts:
             target = pb.OpenConnection(tcp=pb.HostPort(host=str(target_host or ""), port=int(target_port or 0)),
-                                       keep_open_after_eof=True, start_paused=True, local_addr=local)
+                                       keep_open_after_eof=True, start_paused=True)
+            if local is not None:
+                target.local_addr.CopyFrom(pb.HostPort(host=str(local[0]), port=int(local[1])))
             try:
                 return await self._open_stream(client, protocol_factory, target, ssl, server_hostname,
                                                ssl_handshake_timeout, ssl_shutdown_timeout)
             except OSError as exc:
+                if local is not None and "attempting to bind" in str(exc) and exc.errno:
+                    exc = OSError(exc.errno, f"error while attempting to bind on address {local!r}: "
+                                             f"{os.strerror(exc.errno).lower()}")
                 errors.append(exc)
+        if not errors:
+            raise OSError("getaddrinfo() returned empty list")
         if len(errors) == 1 or all(str(e) == str(errors[0]) for e in errors):
             raise errors[0]
         if more.get("all_errors"):
@@ -232,7 +265,13 @@ class RemoteEventLoop(asyncio.SelectorEventLoop):
             for name in hosts:
                 request = pb.OpenServer(tcp=pb.HostPort(host=name or "", port=port), backlog=int(backlog),
                                         reuse_port=bool(reuse_port), keep_open_after_eof=True, start_paused=True)
-                await client._listen(server, factory, pb.ClientMessage(open_server=request), False)
+                try:
+                    await client._listen(server, factory, pb.ClientMessage(open_server=request), False)
+                except OSError as exc:
+                    if "attempting to bind" in str(exc) and exc.errno:
+                        raise OSError(exc.errno, f"error while attempting to bind on address {(name, port)!r}: "
+                                                 f"{os.strerror(exc.errno).lower()}") from None
+                    raise
         except BaseException:
             server.close()
             raise
@@ -308,8 +347,18 @@ class RemoteEventLoop(asyncio.SelectorEventLoop):
         # and made the protocol; the child is made on the service's host.
         cwd = kwargs.pop("cwd", None)
         env = kwargs.pop("env", None)
+        # Popen's keywords that hold for every remote child already: it has
+        # no descriptors of the caller's (close_fds), is never in the
+        # caller's session (start_new_session), has default signal
+        # dispositions (restore_signals); creationflags is Windows' (0).
+        for name, holds in (("close_fds", None), ("start_new_session", None), ("restore_signals", True),
+                            ("creationflags", 0)):
+            if name in kwargs and (holds is None or kwargs[name] == holds):
+                del kwargs[name]
         if kwargs:
-            raise ValueError(f"a remote child takes cwd and env; not {', '.join(sorted(kwargs))}")
+            raise ValueError(f"a remote child takes cwd and env (and close_fds, start_new_session), not "
+                             f"{', '.join(f'{k}={v!r}' for k, v in sorted(kwargs.items()))}: the child runs on "
+                             "the service's host")
         client = await self._remote()
         if shell:
             request = pb.OpenSubprocess(shell=args, cwd=os.fspath(cwd) if cwd else "", env=env or {})

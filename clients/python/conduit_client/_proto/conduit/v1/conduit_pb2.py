@@ -20,7 +20,7 @@ DESCRIPTOR = _descriptor.FileDescriptor(
   name='conduit/v1/conduit.proto',
   package='conduit.v1',
   syntax='proto3',
-  serialized_pb=_b('\n\x18\x63onduit/v1/conduit.proto\x12\nconduit.v1\"\xcd\x02\n\rClientMessage\x12\x35\n\x0fopen_connection\x18\x01 \x01(\x0b\x32\x1a.conduit.v1.OpenConnectionH\x00\x12\x35\n\x0fopen_subprocess\x18\x02 \x01(\x0b\x32\x1a.conduit.v1.OpenSubprocessH\x00\x12\x42\n\x16open_datagram_endpoint\x18\x03 \x01(\x0b\x32 .conduit.v1.OpenDatagramEndpointH\x00\x12-\n\x0bopen_server\x18\x04 \x01(\x0b\x32\x16.conduit.v1.OpenServerH\x00\x12+\n\nopen_proxy\x18\x05 \x01(\x0b\x32\x15.conduit.v1.OpenProxyH\x00\x12&\n\x07\x63ommand\x18\n \x01(\x0b\x32\x13.conduit.v1.CommandH\x00\x42\x06\n\x04kind\"\x8a\x02\n\x0eOpenConnection\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsClient\x12\x19\n\x11write_buffer_high\x18\x04 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x05 \x01(\r\x12\x1b\n\x13keep_open_after_eof\x18\x06 \x01(\x08\x12\x14\n\x0cstart_paused\x18\x07 \x01(\x08\x12(\n\nlocal_addr\x18\x08 \x01(\x0b\x32\x14.conduit.v1.HostPortB\x08\n\x06target\"&\n\x08HostPort\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"W\n\tTlsClient\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x17\n\x0fserver_hostname\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\x10\n\x08insecure\x18\x04 \x01(\x08\"\x9a\x02\n\nOpenServer\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\r\x12\x12\n\nreuse_port\x18\x05 \x01(\x08\x12\x19\n\x11write_buffer_high\x18\x06 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x07 \x01(\r\x12\x17\n\x0fmax_connections\x18\x08 \x01(\r\x12\x1b\n\x13keep_open_after_eof\x18\t \x01(\x08\x12\x14\n\x0cstart_paused\x18\n \x01(\x08\x42\x08\n\x06target\"V\n\tTlsServer\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x0f\n\x07key_pem\x18\x03 \x01(\t\x12\x15\n\rclient_ca_pem\x18\x04 \x01(\t\"\xbe\x01\n\tOpenProxy\x12)\n\x06listen\x18\x01 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12+\n\x08upstream\x18\x02 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12%\n\x06\x66\x61ults\x18\x03 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\x12\x19\n\x11stats_interval_ms\x18\x04 \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\x05 \x01(\r\"\xce\x01\n\rProxyEndpoint\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12#\n\x03udp\x18\x03 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12)\n\ntls_server\x18\x04 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12)\n\ntls_client\x18\x05 \x01(\x0b\x32\x15.conduit.v1.TlsClientB\x08\n\x06target\"\x9c\x04\n\tFaultSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\tdirection\x18\x02 \x01(\x0e\x32\x1a.conduit.v1.FaultDirection\x12+\n\x07latency\x18\n \x01(\x0b\x32\x18.conduit.v1.LatencyFaultH\x00\x12/\n\tbandwidth\x18\x0b \x01(\x0b\x32\x1a.conduit.v1.BandwidthFaultH\x00\x12)\n\x06slicer\x18\x0c \x01(\x0b\x32\x17.conduit.v1.SlicerFaultH\x00\x12/\n\tblackhole\x18\r \x01(\x0b\x32\x1a.conduit.v1.BlackholeFaultH\x00\x12\'\n\x05reset\x18\x0e \x01(\x0b\x32\x16.conduit.v1.ResetFaultH\x00\x12\x30\n\nlimit_data\x18\x0f \x01(\x0b\x32\x1a.conduit.v1.LimitDataFaultH\x00\x12\x30\n\nslow_close\x18\x10 \x01(\x0b\x32\x1a.conduit.v1.SlowCloseFaultH\x00\x12%\n\x04loss\x18\x11 \x01(\x0b\x32\x15.conduit.v1.LossFaultH\x00\x12/\n\tduplicate\x18\x12 \x01(\x0b\x32\x1a.conduit.v1.DuplicateFaultH\x00\x12+\n\x07reorder\x18\x13 \x01(\x0b\x32\x18.conduit.v1.ReorderFaultH\x00\x42\x06\n\x04kind\"3\n\x0cLatencyFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\x12\x11\n\tjitter_us\x18\x02 \x01(\x04\"*\n\x0e\x42\x61ndwidthFault\x12\x18\n\x10\x62ytes_per_second\x18\x01 \x01(\x04\"M\n\x0bSlicerFault\x12\x14\n\x0c\x61verage_size\x18\x01 \x01(\r\x12\x16\n\x0esize_variation\x18\x02 \x01(\r\x12\x10\n\x08\x64\x65lay_us\x18\x03 \x01(\x04\"(\n\x0e\x42lackholeFault\x12\x16\n\x0e\x63lose_after_us\x18\x01 \x01(\x04\"3\n\nResetFault\x12\x13\n\x0b\x61\x66ter_bytes\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x66ter_us\x18\x02 \x01(\x04\"\x1f\n\x0eLimitDataFault\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"\"\n\x0eSlowCloseFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\" \n\tLossFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"%\n\x0e\x44uplicateFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"4\n\x0cReorderFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x0f\n\x07hold_us\x18\x02 \x01(\x04\"\x98\x01\n\x0eOpenSubprocess\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05shell\x18\x02 \x01(\t\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12\x30\n\x03\x65nv\x18\x04 \x03(\x0b\x32#.conduit.v1.OpenSubprocess.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x01\n\x14OpenDatagramEndpoint\x12(\n\nlocal_addr\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12)\n\x0bremote_addr\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12\x12\n\nreuse_port\x18\x03 \x01(\x08\x12\x17\n\x0f\x61llow_broadcast\x18\x04 \x01(\x08\"\xbf\x06\n\x07\x43ommand\x12\x15\n\rconnection_id\x18\x14 \x01(\x04\x12\x0f\n\x05write\x18\x01 \x01(\x0cH\x00\x12,\n\nwritelines\x18\x02 \x01(\x0b\x32\x16.conduit.v1.WritelinesH\x00\x12)\n\twrite_eof\x18\x03 \x01(\x0b\x32\x14.conduit.v1.WriteEofH\x00\x12\"\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x11.conduit.v1.CloseH\x00\x12\"\n\x05\x61\x62ort\x18\x05 \x01(\x0b\x32\x11.conduit.v1.AbortH\x00\x12\x31\n\rpause_reading\x18\x06 \x01(\x0b\x32\x18.conduit.v1.PauseReadingH\x00\x12\x33\n\x0eresume_reading\x18\x07 \x01(\x0b\x32\x19.conduit.v1.ResumeReadingH\x00\x12@\n\x17set_write_buffer_limits\x18\x08 \x01(\x0b\x32\x1d.conduit.v1.WriteBufferLimitsH\x00\x12\x32\n\x0eget_extra_info\x18\t \x01(\x0b\x32\x18.conduit.v1.GetExtraInfoH\x00\x12)\n\x0bsend_signal\x18\n \x01(\x0b\x32\x12.conduit.v1.SignalH\x00\x12*\n\tterminate\x18\x0b \x01(\x0b\x32\x15.conduit.v1.TerminateH\x00\x12 \n\x04kill\x18\x0c \x01(\x0b\x32\x10.conduit.v1.KillH\x00\x12$\n\x06sendto\x18\r \x01(\x0b\x32\x12.conduit.v1.SendtoH\x00\x12*\n\tset_fault\x18\x0e \x01(\x0b\x32\x15.conduit.v1.FaultSpecH\x00\x12/\n\x0cremove_fault\x18\x0f \x01(\x0b\x32\x17.conduit.v1.RemoveFaultH\x00\x12+\n\nproxy_down\x18\x10 \x01(\x0b\x32\x15.conduit.v1.ProxyDownH\x00\x12\'\n\x08proxy_up\x18\x11 \x01(\x0b\x32\x13.conduit.v1.ProxyUpH\x00\x12\x33\n\x0estop_listening\x18\x12 \x01(\x0b\x32\x19.conduit.v1.StopListeningH\x00\x42\x06\n\x04kind\"\x1b\n\x0bRemoveFault\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0b\n\tProxyDown\"\t\n\x07ProxyUp\"\x0f\n\rStopListening\":\n\x06Sendto\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\"\n\x04\x61\x64\x64r\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\"\x1a\n\nWritelines\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\"\n\n\x08WriteEof\"\x07\n\x05\x43lose\"\x07\n\x05\x41\x62ort\"\x0e\n\x0cPauseReading\"\x0f\n\rResumeReading\".\n\x11WriteBufferLimits\x12\x0c\n\x04high\x18\x01 \x01(\r\x12\x0b\n\x03low\x18\x02 \x01(\r\"\x1c\n\x0cGetExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x06Signal\x12\x0e\n\x06signal\x18\x01 \x01(\x05\"\x0b\n\tTerminate\"\x06\n\x04Kill\"\xa5\t\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nunix_nanos\x18\x02 \x01(\x03\x12\x15\n\rconnection_id\x18\x03 \x01(\x04\x12\x35\n\x0f\x63onnection_made\x18\n \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rdata_received\x18\x0b \x01(\x0b\x32\x18.conduit.v1.DataReceivedH\x00\x12/\n\x0c\x65of_received\x18\x0c \x01(\x0b\x32\x17.conduit.v1.EofReceivedH\x00\x12\x35\n\x0f\x63onnection_lost\x18\r \x01(\x0b\x32\x1a.conduit.v1.ConnectionLostH\x00\x12\x31\n\rpause_writing\x18\x0e \x01(\x0b\x32\x18.conduit.v1.PauseWritingH\x00\x12\x33\n\x0eresume_writing\x18\x0f \x01(\x0b\x32\x19.conduit.v1.ResumeWritingH\x00\x12:\n\x12pipe_data_received\x18\x10 \x01(\x0b\x32\x1c.conduit.v1.PipeDataReceivedH\x00\x12>\n\x14pipe_connection_lost\x18\x11 \x01(\x0b\x32\x1e.conduit.v1.PipeConnectionLostH\x00\x12\x33\n\x0eprocess_exited\x18\x12 \x01(\x0b\x32\x19.conduit.v1.ProcessExitedH\x00\x12-\n\x0bopen_failed\x18\x13 \x01(\x0b\x32\x16.conduit.v1.OpenFailedH\x00\x12+\n\nextra_info\x18\x14 \x01(\x0b\x32\x15.conduit.v1.ExtraInfoH\x00\x12\x33\n\x0e\x63ommand_failed\x18\x15 \x01(\x0b\x32\x19.conduit.v1.CommandFailedH\x00\x12\x39\n\x11\x64\x61tagram_received\x18\x16 \x01(\x0b\x32\x1c.conduit.v1.DatagramReceivedH\x00\x12\x33\n\x0e\x65rror_received\x18\x17 \x01(\x0b\x32\x19.conduit.v1.ErrorReceivedH\x00\x12\x33\n\x0eserver_started\x18\x18 \x01(\x0b\x32\x19.conduit.v1.ServerStartedH\x00\x12\x39\n\x13\x63onnection_accepted\x18\x19 \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rproxy_started\x18\x1a \x01(\x0b\x32\x18.conduit.v1.ProxyStartedH\x00\x12\x35\n\x0eproxy_accepted\x18\x1b \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x32\n\x0bproxy_stats\x18\x1c \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x33\n\x0cproxy_closed\x18\x1d \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12-\n\x0bproxy_state\x18\x1e \x01(\x0b\x32\x16.conduit.v1.ProxyStateH\x00\x42\x06\n\x04kind\"3\n\x0cProxyStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\"u\n\x0fProxyConnection\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_upstream\x18\x02 \x01(\x04\x12\x18\n\x10\x62ytes_downstream\x18\x03 \x01(\x04\x12 \n\x05\x65rror\x18\x04 \x01(\x0b\x32\x11.conduit.v1.Error\"r\n\nProxyState\x12\n\n\x02up\x18\x01 \x01(\x08\x12\x0f\n\x07sockets\x18\x02 \x03(\t\x12 \n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.conduit.v1.Error\x12%\n\x06\x66\x61ults\x18\x04 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\"4\n\rServerStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\".\n\x10\x44\x61tagramReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"1\n\rErrorReceived\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"-\n\x05\x45rror\x12\x13\n\x0b\x65rrno_value\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0e\x43onnectionMade\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08peername\x18\x02 \x01(\t\x12\x10\n\x08sockname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x13\n\x0btls_version\x18\x05 \x01(\t\x12\x12\n\ntls_cipher\x18\x06 \x01(\t\"\x1c\n\x0c\x44\x61taReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\r\n\x0b\x45ofReceived\"2\n\x0e\x43onnectionLost\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\" \n\x0cPauseWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\"!\n\rResumeWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\",\n\x10PipeDataReceived\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x12PipeConnectionLost\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.conduit.v1.Error\"#\n\rProcessExited\x12\x12\n\nreturncode\x18\x01 \x01(\x05\".\n\nOpenFailed\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"7\n\tExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"1\n\rCommandFailed\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x15\n\x13ListSessionsRequest\"\x87\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x10\n\x08\x62ytes_in\x18\x05 \x01(\x04\x12\x11\n\tbytes_out\x18\x06 \x01(\x04\x12\x13\n\x0b\x61ge_seconds\x18\x07 \x01(\x01\"[\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.conduit.v1.SessionInfo\x12\x18\n\x10unopened_streams\x18\x02 \x01(\r\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x8f\x01\n\x12GetAddrInfoRequest\x12\x0e\n\x04host\x18\x01 \x01(\tH\x00\x12\x0e\n\x04port\x18\x02 \x01(\tH\x01\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\x05\x12\x0c\n\x04type\x18\x04 \x01(\x05\x12\x10\n\x08protocol\x18\x05 \x01(\x05\x12\r\n\x05\x66lags\x18\x06 \x01(\x05\x42\x0c\n\nhost_givenB\x0c\n\nport_given\"\x8d\x01\n\x08\x41\x64\x64rInfo\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\x05\x12\x0c\n\x04type\x18\x02 \x01(\x05\x12\x10\n\x08protocol\x18\x03 \x01(\x05\x12\x11\n\tcanonname\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x0c\n\x04port\x18\x06 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x07 \x01(\r\x12\x10\n\x08scope_id\x18\x08 \x01(\r\"b\n\x13GetAddrInfoResponse\x12\'\n\taddresses\x18\x01 \x03(\x0b\x32\x14.conduit.v1.AddrInfo\x12\x11\n\tgai_error\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"c\n\x12GetNameInfoRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x03 \x01(\r\x12\x10\n\x08scope_id\x18\x04 \x01(\r\x12\r\n\x05\x66lags\x18\x05 \x01(\x05\"X\n\x13GetNameInfoResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tgai_error\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x16\n\x14\x43loseSessionResponse*8\n\x0e\x46\x61ultDirection\x12\x08\n\x04\x42OTH\x10\x00\x12\x0c\n\x08UPSTREAM\x10\x01\x12\x0e\n\nDOWNSTREAM\x10\x02\x32\x8c\x03\n\x07\x43onduit\x12;\n\x07Session\x12\x19.conduit.v1.ClientMessage\x1a\x11.conduit.v1.Event(\x01\x30\x01\x12Q\n\x0cListSessions\x12\x1f.conduit.v1.ListSessionsRequest\x1a .conduit.v1.ListSessionsResponse\x12Q\n\x0c\x43loseSession\x12\x1f.conduit.v1.CloseSessionRequest\x1a .conduit.v1.CloseSessionResponse\x12N\n\x0bGetAddrInfo\x12\x1e.conduit.v1.GetAddrInfoRequest\x1a\x1f.conduit.v1.GetAddrInfoResponse\x12N\n\x0bGetNameInfo\x12\x1e.conduit.v1.GetNameInfoRequest\x1a\x1f.conduit.v1.GetNameInfoResponseb\x06proto3')
+  serialized_pb=_b('\n\x18\x63onduit/v1/conduit.proto\x12\nconduit.v1\"\xcd\x02\n\rClientMessage\x12\x35\n\x0fopen_connection\x18\x01 \x01(\x0b\x32\x1a.conduit.v1.OpenConnectionH\x00\x12\x35\n\x0fopen_subprocess\x18\x02 \x01(\x0b\x32\x1a.conduit.v1.OpenSubprocessH\x00\x12\x42\n\x16open_datagram_endpoint\x18\x03 \x01(\x0b\x32 .conduit.v1.OpenDatagramEndpointH\x00\x12-\n\x0bopen_server\x18\x04 \x01(\x0b\x32\x16.conduit.v1.OpenServerH\x00\x12+\n\nopen_proxy\x18\x05 \x01(\x0b\x32\x15.conduit.v1.OpenProxyH\x00\x12&\n\x07\x63ommand\x18\n \x01(\x0b\x32\x13.conduit.v1.CommandH\x00\x42\x06\n\x04kind\"\x8a\x02\n\x0eOpenConnection\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsClient\x12\x19\n\x11write_buffer_high\x18\x04 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x05 \x01(\r\x12\x1b\n\x13keep_open_after_eof\x18\x06 \x01(\x08\x12\x14\n\x0cstart_paused\x18\x07 \x01(\x08\x12(\n\nlocal_addr\x18\x08 \x01(\x0b\x32\x14.conduit.v1.HostPortB\x08\n\x06target\"&\n\x08HostPort\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"W\n\tTlsClient\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x17\n\x0fserver_hostname\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\x10\n\x08insecure\x18\x04 \x01(\x08\"\x9a\x02\n\nOpenServer\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\r\x12\x12\n\nreuse_port\x18\x05 \x01(\x08\x12\x19\n\x11write_buffer_high\x18\x06 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x07 \x01(\r\x12\x17\n\x0fmax_connections\x18\x08 \x01(\r\x12\x1b\n\x13keep_open_after_eof\x18\t \x01(\x08\x12\x14\n\x0cstart_paused\x18\n \x01(\x08\x42\x08\n\x06target\"V\n\tTlsServer\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x0f\n\x07key_pem\x18\x03 \x01(\t\x12\x15\n\rclient_ca_pem\x18\x04 \x01(\t\"\xbe\x01\n\tOpenProxy\x12)\n\x06listen\x18\x01 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12+\n\x08upstream\x18\x02 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12%\n\x06\x66\x61ults\x18\x03 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\x12\x19\n\x11stats_interval_ms\x18\x04 \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\x05 \x01(\r\"\xce\x01\n\rProxyEndpoint\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12#\n\x03udp\x18\x03 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12)\n\ntls_server\x18\x04 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12)\n\ntls_client\x18\x05 \x01(\x0b\x32\x15.conduit.v1.TlsClientB\x08\n\x06target\"\x9c\x04\n\tFaultSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\tdirection\x18\x02 \x01(\x0e\x32\x1a.conduit.v1.FaultDirection\x12+\n\x07latency\x18\n \x01(\x0b\x32\x18.conduit.v1.LatencyFaultH\x00\x12/\n\tbandwidth\x18\x0b \x01(\x0b\x32\x1a.conduit.v1.BandwidthFaultH\x00\x12)\n\x06slicer\x18\x0c \x01(\x0b\x32\x17.conduit.v1.SlicerFaultH\x00\x12/\n\tblackhole\x18\r \x01(\x0b\x32\x1a.conduit.v1.BlackholeFaultH\x00\x12\'\n\x05reset\x18\x0e \x01(\x0b\x32\x16.conduit.v1.ResetFaultH\x00\x12\x30\n\nlimit_data\x18\x0f \x01(\x0b\x32\x1a.conduit.v1.LimitDataFaultH\x00\x12\x30\n\nslow_close\x18\x10 \x01(\x0b\x32\x1a.conduit.v1.SlowCloseFaultH\x00\x12%\n\x04loss\x18\x11 \x01(\x0b\x32\x15.conduit.v1.LossFaultH\x00\x12/\n\tduplicate\x18\x12 \x01(\x0b\x32\x1a.conduit.v1.DuplicateFaultH\x00\x12+\n\x07reorder\x18\x13 \x01(\x0b\x32\x18.conduit.v1.ReorderFaultH\x00\x42\x06\n\x04kind\"3\n\x0cLatencyFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\x12\x11\n\tjitter_us\x18\x02 \x01(\x04\"*\n\x0e\x42\x61ndwidthFault\x12\x18\n\x10\x62ytes_per_second\x18\x01 \x01(\x04\"M\n\x0bSlicerFault\x12\x14\n\x0c\x61verage_size\x18\x01 \x01(\r\x12\x16\n\x0esize_variation\x18\x02 \x01(\r\x12\x10\n\x08\x64\x65lay_us\x18\x03 \x01(\x04\"(\n\x0e\x42lackholeFault\x12\x16\n\x0e\x63lose_after_us\x18\x01 \x01(\x04\"3\n\nResetFault\x12\x13\n\x0b\x61\x66ter_bytes\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x66ter_us\x18\x02 \x01(\x04\"\x1f\n\x0eLimitDataFault\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"\"\n\x0eSlowCloseFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\" \n\tLossFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"%\n\x0e\x44uplicateFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"4\n\x0cReorderFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x0f\n\x07hold_us\x18\x02 \x01(\x04\"\x98\x01\n\x0eOpenSubprocess\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05shell\x18\x02 \x01(\t\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12\x30\n\x03\x65nv\x18\x04 \x03(\x0b\x32#.conduit.v1.OpenSubprocess.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x01\n\x14OpenDatagramEndpoint\x12(\n\nlocal_addr\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12)\n\x0bremote_addr\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12\x12\n\nreuse_port\x18\x03 \x01(\x08\x12\x17\n\x0f\x61llow_broadcast\x18\x04 \x01(\x08\"\xa3\x07\n\x07\x43ommand\x12\x15\n\rconnection_id\x18\x14 \x01(\x04\x12\x0f\n\x05write\x18\x01 \x01(\x0cH\x00\x12,\n\nwritelines\x18\x02 \x01(\x0b\x32\x16.conduit.v1.WritelinesH\x00\x12)\n\twrite_eof\x18\x03 \x01(\x0b\x32\x14.conduit.v1.WriteEofH\x00\x12\"\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x11.conduit.v1.CloseH\x00\x12\"\n\x05\x61\x62ort\x18\x05 \x01(\x0b\x32\x11.conduit.v1.AbortH\x00\x12\x31\n\rpause_reading\x18\x06 \x01(\x0b\x32\x18.conduit.v1.PauseReadingH\x00\x12\x33\n\x0eresume_reading\x18\x07 \x01(\x0b\x32\x19.conduit.v1.ResumeReadingH\x00\x12@\n\x17set_write_buffer_limits\x18\x08 \x01(\x0b\x32\x1d.conduit.v1.WriteBufferLimitsH\x00\x12\x32\n\x0eget_extra_info\x18\t \x01(\x0b\x32\x18.conduit.v1.GetExtraInfoH\x00\x12)\n\x0bsend_signal\x18\n \x01(\x0b\x32\x12.conduit.v1.SignalH\x00\x12*\n\tterminate\x18\x0b \x01(\x0b\x32\x15.conduit.v1.TerminateH\x00\x12 \n\x04kill\x18\x0c \x01(\x0b\x32\x10.conduit.v1.KillH\x00\x12$\n\x06sendto\x18\r \x01(\x0b\x32\x12.conduit.v1.SendtoH\x00\x12*\n\tset_fault\x18\x0e \x01(\x0b\x32\x15.conduit.v1.FaultSpecH\x00\x12/\n\x0cremove_fault\x18\x0f \x01(\x0b\x32\x17.conduit.v1.RemoveFaultH\x00\x12+\n\nproxy_down\x18\x10 \x01(\x0b\x32\x15.conduit.v1.ProxyDownH\x00\x12\'\n\x08proxy_up\x18\x11 \x01(\x0b\x32\x13.conduit.v1.ProxyUpH\x00\x12\x33\n\x0estop_listening\x18\x12 \x01(\x0b\x32\x19.conduit.v1.StopListeningH\x00\x12+\n\nclose_pipe\x18\x13 \x01(\x0b\x32\x15.conduit.v1.ClosePipeH\x00\x12\x35\n\x11set_socket_option\x18\x15 \x01(\x0b\x32\x18.conduit.v1.SocketOptionH\x00\x42\x06\n\x04kind\"\x1b\n\x0bRemoveFault\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0b\n\tProxyDown\"\t\n\x07ProxyUp\"\x0f\n\rStopListening\"\x17\n\tClosePipe\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\"<\n\x0cSocketOption\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x0e\n\x06option\x18\x02 \x01(\x05\x12\r\n\x05value\x18\x03 \x01(\x05\":\n\x06Sendto\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\"\n\x04\x61\x64\x64r\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\"\x1a\n\nWritelines\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\"\n\n\x08WriteEof\"\x07\n\x05\x43lose\"\x07\n\x05\x41\x62ort\"\x0e\n\x0cPauseReading\"\x0f\n\rResumeReading\".\n\x11WriteBufferLimits\x12\x0c\n\x04high\x18\x01 \x01(\r\x12\x0b\n\x03low\x18\x02 \x01(\r\"\x1c\n\x0cGetExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x06Signal\x12\x0e\n\x06signal\x18\x01 \x01(\x05\"\x0b\n\tTerminate\"\x06\n\x04Kill\"\xa5\t\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nunix_nanos\x18\x02 \x01(\x03\x12\x15\n\rconnection_id\x18\x03 \x01(\x04\x12\x35\n\x0f\x63onnection_made\x18\n \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rdata_received\x18\x0b \x01(\x0b\x32\x18.conduit.v1.DataReceivedH\x00\x12/\n\x0c\x65of_received\x18\x0c \x01(\x0b\x32\x17.conduit.v1.EofReceivedH\x00\x12\x35\n\x0f\x63onnection_lost\x18\r \x01(\x0b\x32\x1a.conduit.v1.ConnectionLostH\x00\x12\x31\n\rpause_writing\x18\x0e \x01(\x0b\x32\x18.conduit.v1.PauseWritingH\x00\x12\x33\n\x0eresume_writing\x18\x0f \x01(\x0b\x32\x19.conduit.v1.ResumeWritingH\x00\x12:\n\x12pipe_data_received\x18\x10 \x01(\x0b\x32\x1c.conduit.v1.PipeDataReceivedH\x00\x12>\n\x14pipe_connection_lost\x18\x11 \x01(\x0b\x32\x1e.conduit.v1.PipeConnectionLostH\x00\x12\x33\n\x0eprocess_exited\x18\x12 \x01(\x0b\x32\x19.conduit.v1.ProcessExitedH\x00\x12-\n\x0bopen_failed\x18\x13 \x01(\x0b\x32\x16.conduit.v1.OpenFailedH\x00\x12+\n\nextra_info\x18\x14 \x01(\x0b\x32\x15.conduit.v1.ExtraInfoH\x00\x12\x33\n\x0e\x63ommand_failed\x18\x15 \x01(\x0b\x32\x19.conduit.v1.CommandFailedH\x00\x12\x39\n\x11\x64\x61tagram_received\x18\x16 \x01(\x0b\x32\x1c.conduit.v1.DatagramReceivedH\x00\x12\x33\n\x0e\x65rror_received\x18\x17 \x01(\x0b\x32\x19.conduit.v1.ErrorReceivedH\x00\x12\x33\n\x0eserver_started\x18\x18 \x01(\x0b\x32\x19.conduit.v1.ServerStartedH\x00\x12\x39\n\x13\x63onnection_accepted\x18\x19 \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rproxy_started\x18\x1a \x01(\x0b\x32\x18.conduit.v1.ProxyStartedH\x00\x12\x35\n\x0eproxy_accepted\x18\x1b \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x32\n\x0bproxy_stats\x18\x1c \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x33\n\x0cproxy_closed\x18\x1d \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12-\n\x0bproxy_state\x18\x1e \x01(\x0b\x32\x16.conduit.v1.ProxyStateH\x00\x42\x06\n\x04kind\"3\n\x0cProxyStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\"u\n\x0fProxyConnection\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_upstream\x18\x02 \x01(\x04\x12\x18\n\x10\x62ytes_downstream\x18\x03 \x01(\x04\x12 \n\x05\x65rror\x18\x04 \x01(\x0b\x32\x11.conduit.v1.Error\"r\n\nProxyState\x12\n\n\x02up\x18\x01 \x01(\x08\x12\x0f\n\x07sockets\x18\x02 \x03(\t\x12 \n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.conduit.v1.Error\x12%\n\x06\x66\x61ults\x18\x04 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\"4\n\rServerStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\".\n\x10\x44\x61tagramReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"1\n\rErrorReceived\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"-\n\x05\x45rror\x12\x13\n\x0b\x65rrno_value\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0e\x43onnectionMade\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08peername\x18\x02 \x01(\t\x12\x10\n\x08sockname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x13\n\x0btls_version\x18\x05 \x01(\t\x12\x12\n\ntls_cipher\x18\x06 \x01(\t\"\x1c\n\x0c\x44\x61taReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\r\n\x0b\x45ofReceived\"2\n\x0e\x43onnectionLost\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\" \n\x0cPauseWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\"!\n\rResumeWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\",\n\x10PipeDataReceived\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x12PipeConnectionLost\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.conduit.v1.Error\"#\n\rProcessExited\x12\x12\n\nreturncode\x18\x01 \x01(\x05\".\n\nOpenFailed\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"7\n\tExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"1\n\rCommandFailed\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x15\n\x13ListSessionsRequest\"\x87\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x10\n\x08\x62ytes_in\x18\x05 \x01(\x04\x12\x11\n\tbytes_out\x18\x06 \x01(\x04\x12\x13\n\x0b\x61ge_seconds\x18\x07 \x01(\x01\"[\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.conduit.v1.SessionInfo\x12\x18\n\x10unopened_streams\x18\x02 \x01(\r\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x8f\x01\n\x12GetAddrInfoRequest\x12\x0e\n\x04host\x18\x01 \x01(\tH\x00\x12\x0e\n\x04port\x18\x02 \x01(\tH\x01\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\x05\x12\x0c\n\x04type\x18\x04 \x01(\x05\x12\x10\n\x08protocol\x18\x05 \x01(\x05\x12\r\n\x05\x66lags\x18\x06 \x01(\x05\x42\x0c\n\nhost_givenB\x0c\n\nport_given\"\x8d\x01\n\x08\x41\x64\x64rInfo\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\x05\x12\x0c\n\x04type\x18\x02 \x01(\x05\x12\x10\n\x08protocol\x18\x03 \x01(\x05\x12\x11\n\tcanonname\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x0c\n\x04port\x18\x06 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x07 \x01(\r\x12\x10\n\x08scope_id\x18\x08 \x01(\r\"b\n\x13GetAddrInfoResponse\x12\'\n\taddresses\x18\x01 \x03(\x0b\x32\x14.conduit.v1.AddrInfo\x12\x11\n\tgai_error\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"c\n\x12GetNameInfoRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x03 \x01(\r\x12\x10\n\x08scope_id\x18\x04 \x01(\r\x12\r\n\x05\x66lags\x18\x05 \x01(\x05\"X\n\x13GetNameInfoResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tgai_error\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x16\n\x14\x43loseSessionResponse*8\n\x0e\x46\x61ultDirection\x12\x08\n\x04\x42OTH\x10\x00\x12\x0c\n\x08UPSTREAM\x10\x01\x12\x0e\n\nDOWNSTREAM\x10\x02\x32\x8c\x03\n\x07\x43onduit\x12;\n\x07Session\x12\x19.conduit.v1.ClientMessage\x1a\x11.conduit.v1.Event(\x01\x30\x01\x12Q\n\x0cListSessions\x12\x1f.conduit.v1.ListSessionsRequest\x1a .conduit.v1.ListSessionsResponse\x12Q\n\x0c\x43loseSession\x12\x1f.conduit.v1.CloseSessionRequest\x1a .conduit.v1.CloseSessionResponse\x12N\n\x0bGetAddrInfo\x12\x1e.conduit.v1.GetAddrInfoRequest\x1a\x1f.conduit.v1.GetAddrInfoResponse\x12N\n\x0bGetNameInfo\x12\x1e.conduit.v1.GetNameInfoRequest\x1a\x1f.conduit.v1.GetNameInfoResponseb\x06proto3')
 )
 
 _FAULTDIRECTION = _descriptor.EnumDescriptor(
@@ -44,8 +44,8 @@ _FAULTDIRECTION = _descriptor.EnumDescriptor(
   ],
   containing_type=None,
   options=None,
-  serialized_start=7232,
-  serialized_end=7288,
+  serialized_start=7419,
+  serialized_end=7475,
 )
 _sym_db.RegisterEnumDescriptor(_FAULTDIRECTION)
 
@@ -1305,6 +1305,20 @@ _COMMAND = _descriptor.Descriptor(
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='close_pipe', full_name='conduit.v1.Command.close_pipe', index=19,
+      number=19, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='set_socket_option', full_name='conduit.v1.Command.set_socket_option', index=20,
+      number=21, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
   ],
   extensions=[
   ],
@@ -1321,7 +1335,7 @@ _COMMAND = _descriptor.Descriptor(
       index=0, containing_type=None, fields=[]),
   ],
   serialized_start=2870,
-  serialized_end=3701,
+  serialized_end=3801,
 )
 
 
@@ -1351,8 +1365,8 @@ _REMOVEFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3703,
-  serialized_end=3730,
+  serialized_start=3803,
+  serialized_end=3830,
 )
 
 
@@ -1375,8 +1389,8 @@ _PROXYDOWN = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3732,
-  serialized_end=3743,
+  serialized_start=3832,
+  serialized_end=3843,
 )
 
 
@@ -1399,8 +1413,8 @@ _PROXYUP = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3745,
-  serialized_end=3754,
+  serialized_start=3845,
+  serialized_end=3854,
 )
 
 
@@ -1423,8 +1437,84 @@ _STOPLISTENING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3756,
-  serialized_end=3771,
+  serialized_start=3856,
+  serialized_end=3871,
+)
+
+
+_CLOSEPIPE = _descriptor.Descriptor(
+  name='ClosePipe',
+  full_name='conduit.v1.ClosePipe',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='fd', full_name='conduit.v1.ClosePipe.fd', index=0,
+      number=1, type=5, cpp_type=1, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=3873,
+  serialized_end=3896,
+)
+
+
+_SOCKETOPTION = _descriptor.Descriptor(
+  name='SocketOption',
+  full_name='conduit.v1.SocketOption',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='level', full_name='conduit.v1.SocketOption.level', index=0,
+      number=1, type=5, cpp_type=1, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='option', full_name='conduit.v1.SocketOption.option', index=1,
+      number=2, type=5, cpp_type=1, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='value', full_name='conduit.v1.SocketOption.value', index=2,
+      number=3, type=5, cpp_type=1, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=3898,
+  serialized_end=3958,
 )
 
 
@@ -1461,8 +1551,8 @@ _SENDTO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3773,
-  serialized_end=3831,
+  serialized_start=3960,
+  serialized_end=4018,
 )
 
 
@@ -1492,8 +1582,8 @@ _WRITELINES = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3833,
-  serialized_end=3859,
+  serialized_start=4020,
+  serialized_end=4046,
 )
 
 
@@ -1516,8 +1606,8 @@ _WRITEEOF = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3861,
-  serialized_end=3871,
+  serialized_start=4048,
+  serialized_end=4058,
 )
 
 
@@ -1540,8 +1630,8 @@ _CLOSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3873,
-  serialized_end=3880,
+  serialized_start=4060,
+  serialized_end=4067,
 )
 
 
@@ -1564,8 +1654,8 @@ _ABORT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3882,
-  serialized_end=3889,
+  serialized_start=4069,
+  serialized_end=4076,
 )
 
 
@@ -1588,8 +1678,8 @@ _PAUSEREADING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3891,
-  serialized_end=3905,
+  serialized_start=4078,
+  serialized_end=4092,
 )
 
 
@@ -1612,8 +1702,8 @@ _RESUMEREADING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3907,
-  serialized_end=3922,
+  serialized_start=4094,
+  serialized_end=4109,
 )
 
 
@@ -1650,8 +1740,8 @@ _WRITEBUFFERLIMITS = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3924,
-  serialized_end=3970,
+  serialized_start=4111,
+  serialized_end=4157,
 )
 
 
@@ -1681,8 +1771,8 @@ _GETEXTRAINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3972,
-  serialized_end=4000,
+  serialized_start=4159,
+  serialized_end=4187,
 )
 
 
@@ -1712,8 +1802,8 @@ _SIGNAL = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4002,
-  serialized_end=4026,
+  serialized_start=4189,
+  serialized_end=4213,
 )
 
 
@@ -1736,8 +1826,8 @@ _TERMINATE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4028,
-  serialized_end=4039,
+  serialized_start=4215,
+  serialized_end=4226,
 )
 
 
@@ -1760,8 +1850,8 @@ _KILL = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4041,
-  serialized_end=4047,
+  serialized_start=4228,
+  serialized_end=4234,
 )
 
 
@@ -1955,8 +2045,8 @@ _EVENT = _descriptor.Descriptor(
       name='kind', full_name='conduit.v1.Event.kind',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=4050,
-  serialized_end=5239,
+  serialized_start=4237,
+  serialized_end=5426,
 )
 
 
@@ -1993,8 +2083,8 @@ _PROXYSTARTED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5241,
-  serialized_end=5292,
+  serialized_start=5428,
+  serialized_end=5479,
 )
 
 
@@ -2045,8 +2135,8 @@ _PROXYCONNECTION = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5294,
-  serialized_end=5411,
+  serialized_start=5481,
+  serialized_end=5598,
 )
 
 
@@ -2097,8 +2187,8 @@ _PROXYSTATE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5413,
-  serialized_end=5527,
+  serialized_start=5600,
+  serialized_end=5714,
 )
 
 
@@ -2135,8 +2225,8 @@ _SERVERSTARTED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5529,
-  serialized_end=5581,
+  serialized_start=5716,
+  serialized_end=5768,
 )
 
 
@@ -2173,8 +2263,8 @@ _DATAGRAMRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5583,
-  serialized_end=5629,
+  serialized_start=5770,
+  serialized_end=5816,
 )
 
 
@@ -2204,8 +2294,8 @@ _ERRORRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5631,
-  serialized_end=5680,
+  serialized_start=5818,
+  serialized_end=5867,
 )
 
 
@@ -2242,8 +2332,8 @@ _ERROR = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5682,
-  serialized_end=5727,
+  serialized_start=5869,
+  serialized_end=5914,
 )
 
 
@@ -2308,8 +2398,8 @@ _CONNECTIONMADE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5729,
-  serialized_end=5855,
+  serialized_start=5916,
+  serialized_end=6042,
 )
 
 
@@ -2339,8 +2429,8 @@ _DATARECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5857,
-  serialized_end=5885,
+  serialized_start=6044,
+  serialized_end=6072,
 )
 
 
@@ -2363,8 +2453,8 @@ _EOFRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5887,
-  serialized_end=5900,
+  serialized_start=6074,
+  serialized_end=6087,
 )
 
 
@@ -2394,8 +2484,8 @@ _CONNECTIONLOST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5902,
-  serialized_end=5952,
+  serialized_start=6089,
+  serialized_end=6139,
 )
 
 
@@ -2425,8 +2515,8 @@ _PAUSEWRITING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5954,
-  serialized_end=5986,
+  serialized_start=6141,
+  serialized_end=6173,
 )
 
 
@@ -2456,8 +2546,8 @@ _RESUMEWRITING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5988,
-  serialized_end=6021,
+  serialized_start=6175,
+  serialized_end=6208,
 )
 
 
@@ -2494,8 +2584,8 @@ _PIPEDATARECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6023,
-  serialized_end=6067,
+  serialized_start=6210,
+  serialized_end=6254,
 )
 
 
@@ -2532,8 +2622,8 @@ _PIPECONNECTIONLOST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6069,
-  serialized_end=6135,
+  serialized_start=6256,
+  serialized_end=6322,
 )
 
 
@@ -2563,8 +2653,8 @@ _PROCESSEXITED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6137,
-  serialized_end=6172,
+  serialized_start=6324,
+  serialized_end=6359,
 )
 
 
@@ -2594,8 +2684,8 @@ _OPENFAILED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6174,
-  serialized_end=6220,
+  serialized_start=6361,
+  serialized_end=6407,
 )
 
 
@@ -2639,8 +2729,8 @@ _EXTRAINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6222,
-  serialized_end=6277,
+  serialized_start=6409,
+  serialized_end=6464,
 )
 
 
@@ -2677,8 +2767,8 @@ _COMMANDFAILED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6279,
-  serialized_end=6328,
+  serialized_start=6466,
+  serialized_end=6515,
 )
 
 
@@ -2701,8 +2791,8 @@ _LISTSESSIONSREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6330,
-  serialized_end=6351,
+  serialized_start=6517,
+  serialized_end=6538,
 )
 
 
@@ -2774,8 +2864,8 @@ _SESSIONINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6354,
-  serialized_end=6489,
+  serialized_start=6541,
+  serialized_end=6676,
 )
 
 
@@ -2812,8 +2902,8 @@ _LISTSESSIONSRESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6491,
-  serialized_end=6582,
+  serialized_start=6678,
+  serialized_end=6769,
 )
 
 
@@ -2843,8 +2933,8 @@ _CLOSESESSIONREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6584,
-  serialized_end=6625,
+  serialized_start=6771,
+  serialized_end=6812,
 )
 
 
@@ -2915,8 +3005,8 @@ _GETADDRINFOREQUEST = _descriptor.Descriptor(
       name='port_given', full_name='conduit.v1.GetAddrInfoRequest.port_given',
       index=1, containing_type=None, fields=[]),
   ],
-  serialized_start=6628,
-  serialized_end=6771,
+  serialized_start=6815,
+  serialized_end=6958,
 )
 
 
@@ -2995,8 +3085,8 @@ _ADDRINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6774,
-  serialized_end=6915,
+  serialized_start=6961,
+  serialized_end=7102,
 )
 
 
@@ -3040,8 +3130,8 @@ _GETADDRINFORESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6917,
-  serialized_end=7015,
+  serialized_start=7104,
+  serialized_end=7202,
 )
 
 
@@ -3099,8 +3189,8 @@ _GETNAMEINFOREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7017,
-  serialized_end=7116,
+  serialized_start=7204,
+  serialized_end=7303,
 )
 
 
@@ -3151,8 +3241,8 @@ _GETNAMEINFORESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7118,
-  serialized_end=7206,
+  serialized_start=7305,
+  serialized_end=7393,
 )
 
 
@@ -3175,8 +3265,8 @@ _CLOSESESSIONRESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7208,
-  serialized_end=7230,
+  serialized_start=7395,
+  serialized_end=7417,
 )
 
 _CLIENTMESSAGE.fields_by_name['open_connection'].message_type = _OPENCONNECTION
@@ -3298,6 +3388,8 @@ _COMMAND.fields_by_name['remove_fault'].message_type = _REMOVEFAULT
 _COMMAND.fields_by_name['proxy_down'].message_type = _PROXYDOWN
 _COMMAND.fields_by_name['proxy_up'].message_type = _PROXYUP
 _COMMAND.fields_by_name['stop_listening'].message_type = _STOPLISTENING
+_COMMAND.fields_by_name['close_pipe'].message_type = _CLOSEPIPE
+_COMMAND.fields_by_name['set_socket_option'].message_type = _SOCKETOPTION
 _COMMAND.oneofs_by_name['kind'].fields.append(
   _COMMAND.fields_by_name['write'])
 _COMMAND.fields_by_name['write'].containing_oneof = _COMMAND.oneofs_by_name['kind']
@@ -3352,6 +3444,12 @@ _COMMAND.fields_by_name['proxy_up'].containing_oneof = _COMMAND.oneofs_by_name['
 _COMMAND.oneofs_by_name['kind'].fields.append(
   _COMMAND.fields_by_name['stop_listening'])
 _COMMAND.fields_by_name['stop_listening'].containing_oneof = _COMMAND.oneofs_by_name['kind']
+_COMMAND.oneofs_by_name['kind'].fields.append(
+  _COMMAND.fields_by_name['close_pipe'])
+_COMMAND.fields_by_name['close_pipe'].containing_oneof = _COMMAND.oneofs_by_name['kind']
+_COMMAND.oneofs_by_name['kind'].fields.append(
+  _COMMAND.fields_by_name['set_socket_option'])
+_COMMAND.fields_by_name['set_socket_option'].containing_oneof = _COMMAND.oneofs_by_name['kind']
 _SENDTO.fields_by_name['addr'].message_type = _HOSTPORT
 _EVENT.fields_by_name['connection_made'].message_type = _CONNECTIONMADE
 _EVENT.fields_by_name['data_received'].message_type = _DATARECEIVED
@@ -3478,6 +3576,8 @@ DESCRIPTOR.message_types_by_name['RemoveFault'] = _REMOVEFAULT
 DESCRIPTOR.message_types_by_name['ProxyDown'] = _PROXYDOWN
 DESCRIPTOR.message_types_by_name['ProxyUp'] = _PROXYUP
 DESCRIPTOR.message_types_by_name['StopListening'] = _STOPLISTENING
+DESCRIPTOR.message_types_by_name['ClosePipe'] = _CLOSEPIPE
+DESCRIPTOR.message_types_by_name['SocketOption'] = _SOCKETOPTION
 DESCRIPTOR.message_types_by_name['Sendto'] = _SENDTO
 DESCRIPTOR.message_types_by_name['Writelines'] = _WRITELINES
 DESCRIPTOR.message_types_by_name['WriteEof'] = _WRITEEOF
@@ -3712,6 +3812,20 @@ StopListening = _reflection.GeneratedProtocolMessageType('StopListening', (_mess
   # @@protoc_insertion_point(class_scope:conduit.v1.StopListening)
   ))
 _sym_db.RegisterMessage(StopListening)
+
+ClosePipe = _reflection.GeneratedProtocolMessageType('ClosePipe', (_message.Message,), dict(
+  DESCRIPTOR = _CLOSEPIPE,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.ClosePipe)
+  ))
+_sym_db.RegisterMessage(ClosePipe)
+
+SocketOption = _reflection.GeneratedProtocolMessageType('SocketOption', (_message.Message,), dict(
+  DESCRIPTOR = _SOCKETOPTION,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.SocketOption)
+  ))
+_sym_db.RegisterMessage(SocketOption)
 
 Sendto = _reflection.GeneratedProtocolMessageType('Sendto', (_message.Message,), dict(
   DESCRIPTOR = _SENDTO,
@@ -4017,8 +4131,8 @@ _CONDUIT = _descriptor.ServiceDescriptor(
   file=DESCRIPTOR,
   index=0,
   options=None,
-  serialized_start=7291,
-  serialized_end=7687,
+  serialized_start=7478,
+  serialized_end=7874,
   methods=[
   _descriptor.MethodDescriptor(
     name='Session',
