@@ -22,12 +22,12 @@ class ConnectionOwner {
 /// What an open message says about each connection it makes.
 struct ConnectionOptions {
   std::uint32_t high = 0, low = 0;   // write buffer limits; 0: the defaults
-  bool keep_open_after_eof = false;  // eof_received's answer (SPEC RS1)
+  bool close_at_peer_eof = false;    // else the client closes after the peer's EOF (RS1)
   bool start_paused = false;         // no data_received until resume_reading (RS2)
 
   template <class Open>
   static ConnectionOptions of(const Open& open) {
-    return {open.write_buffer_high(), open.write_buffer_low(), open.keep_open_after_eof(), open.start_paused()};
+    return {open.write_buffer_high(), open.write_buffer_low(), open.close_at_peer_eof(), open.start_paused()};
   }
   void apply_limits(Transport& transport) const {
     if (high) transport.set_write_buffer_limits(high, low ? std::optional<std::int64_t>(low) : std::nullopt);
@@ -63,11 +63,13 @@ class ConnectionSide final : public Protocol, public SideEvents {
     v1::Event event;
     event.mutable_eof_received();
     emit(std::move(event));
-    // The client's choice, made at the open (SPEC RS1): asyncio's default
-    // closes (flushing); keep_open leaves closing to the client alone. TLS
-    // has no half-open state and closes whatever we return (asyncio warns
-    // if we return true).
-    return options_.keep_open_after_eof && transport_->can_write_eof();
+    peer_eof_ = true;
+    // Open until the client closes (SPEC RS1): only the client knows when
+    // its replies to what came before the EOF have all been sent. Unless
+    // it asked for close_at_peer_eof, or its stream has ended (nothing more
+    // can come from it): then close now, flushing. TLS has no half-open
+    // state and closes whatever we return (asyncio warns if we return true).
+    return !options_.close_at_peer_eof && !stream_done_ && transport_->can_write_eof();
   }
   void pause_writing() override;
   void resume_writing() override;
@@ -98,7 +100,7 @@ class ConnectionSide final : public Protocol, public SideEvents {
         }
         case v1::Command::kWriteEof:
           if (!transport_->can_write_eof()) return failed(c, "write_eof: a TLS connection cannot half-close");
-          client_done_writing();
+          write_eof();
           break;
         case v1::Command::kClose: transport_->close(); break;
         case v1::Command::kAbort: transport_->abort(); break;
@@ -130,11 +132,12 @@ class ConnectionSide final : public Protocol, public SideEvents {
       failed(c, e.what());
     }
   }
+  /// The client's stream ended: write_eof, or a close once the peer's EOF
+  /// came too (the client can no longer send one).
   void client_done_writing() override {
-    if (!transport_ || client_done_) return;
-    client_done_ = true;
-    if (!transport_->can_write_eof()) transport_->close();  // TLS has no half-close
-    else transport_->write_eof();
+    stream_done_ = true;
+    if (transport_ && peer_eof_) return transport_->close();
+    write_eof();
   }
   void abort() override {
     if (transport_) transport_->abort();
@@ -153,6 +156,13 @@ class ConnectionSide final : public Protocol, public SideEvents {
   }
 
  private:
+  void write_eof() {
+    if (!transport_ || client_done_) return;
+    client_done_ = true;
+    if (!transport_->can_write_eof()) transport_->close();  // TLS has no half-close
+    else transport_->write_eof();
+  }
+
   /// get_extra_info's name for the transport's write buffer size.
   static constexpr std::string_view write_buffer_probe = "conduit:write_buffer_size";
 
@@ -197,6 +207,8 @@ class ConnectionSide final : public Protocol, public SideEvents {
   bool reading_ = true;        // the service's backpressure allows reading
   bool client_paused_ = false;  // the client asked for pause_reading
   bool client_done_ = false;    // the client half-closed (write_eof)
+  bool stream_done_ = false;    // the client's stream ended: no command can come
+  bool peer_eof_ = false;       // eof_received was sent
 };
 
 /// Open a connection session: connect as `open` says (the policy checks

@@ -23,10 +23,10 @@ namespace {
 /// What asyncio answers at the call is answered here, from local state
 /// (SPEC RS4): write() after write_eof() throws, writes after close() or
 /// the loss are dropped, is_closing() is true from close() on. The session
-/// opens with keep_open_after_eof and start_paused, so that eof_received's
-/// answer and a pause_reading in connection_made are the protocol's own
-/// (RS1, RS2); data that arrives while the protocol has reading paused
-/// waits here until it resumes.
+/// opens with start_paused, and the service keeps a connection open at the
+/// peer's EOF, so that eof_received's answer and a pause_reading in
+/// connection_made are the protocol's own (RS1, RS2); data that arrives
+/// while the protocol has reading paused waits here until it resumes.
 ///
 ///   opening --connection_made--> open --close()/abort()--> closing
 ///      |                           |                          |
@@ -40,7 +40,7 @@ class RemoteTransport final : public Transport {
     protocol_.set(std::move(protocol));
   }
   /// Connection `id` of a server session's `stream`, accepted already
-  /// (with the server's start_paused and keep_open_after_eof).
+  /// (with the server's start_paused; the service keeps it open at the peer's EOF).
   RemoteTransport(EventLoop& loop, std::shared_ptr<BaseProtocol> protocol, std::shared_ptr<SessionStream> stream,
                   std::uint64_t id, bool tls)
       : loop_(loop), stream_(std::move(stream)), connection_id_(id), tls_(tls) {
@@ -49,7 +49,6 @@ class RemoteTransport final : public Transport {
 
   void start(const RemoteOptions& remote, v1::OpenConnection open) {
     tls_ = open.tls().enabled();
-    open.set_keep_open_after_eof(true);
     open.set_start_paused(true);
     v1::ClientMessage first;
     *first.mutable_open_connection() = std::move(open);
@@ -284,7 +283,6 @@ class RemoteServerSession final : public RemoteServer, public std::enable_shared
     tls_ = open.tls().enabled();
     // Each connection's protocol decides eof_received and may pause in
     // connection_made (see RemoteTransport).
-    open.set_keep_open_after_eof(true);
     open.set_start_paused(true);
     v1::ClientMessage first;
     *first.mutable_open_server() = std::move(open);

@@ -2,9 +2,9 @@
 server session: a protocol written for loop.create_connection runs on it
 unchanged, and sees what it would see locally (SPEC RS1-RS7).
 
-The session opens with keep_open_after_eof and start_paused, so that
-eof_received's answer and a pause_reading() inside connection_made are the
-protocol's own; what asyncio answers at the call is answered here, from
+The session opens with start_paused (and the service keeps a connection
+open at the peer's EOF), so that eof_received's answer and a
+pause_reading() inside connection_made are the protocol's own; what asyncio answers at the call is answered here, from
 local state: write() after write_eof() raises, writes after close() or the
 loss are dropped, is_closing() is true from close() on, abort() drops what
 waits and goes ahead of it. Data that arrives while the protocol has

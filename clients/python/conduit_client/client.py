@@ -95,12 +95,12 @@ class Client:
         if tls is not None and ca_pem:
             tls.ca_pem = ca_pem
         request = pb.OpenConnection(tcp=pb.HostPort(host=host, port=port), tls=tls,
-                                    keep_open_after_eof=True, start_paused=True)
+                                    start_paused=True)
         return await self._open_stream(protocol_factory, pb.ClientMessage(open_connection=request), tls is not None)
 
     async def create_unix_connection(self, protocol_factory, path: str):
         """loop.create_unix_connection, on the service's host."""
-        request = pb.OpenConnection(unix_path=os.fspath(path), keep_open_after_eof=True, start_paused=True)
+        request = pb.OpenConnection(unix_path=os.fspath(path), start_paused=True)
         return await self._open_stream(protocol_factory, pb.ClientMessage(open_connection=request), False)
 
     async def _open_stream(self, protocol_factory, first, tls: bool):
@@ -121,7 +121,7 @@ class Client:
         "" for every interface, as asyncio). `ssl`: (cert_pem, key_pem), PEM
         text: the service has no access to an SSLContext's files."""
         request = pb.OpenServer(tcp=pb.HostPort(host=host or "", port=port), backlog=backlog, reuse_port=reuse_port,
-                                max_connections=max_connections, keep_open_after_eof=True, start_paused=True)
+                                max_connections=max_connections, start_paused=True)
         if ssl:
             cert_pem, key_pem = ssl
             request.tls.CopyFrom(pb.TlsServer(enabled=True, cert_pem=cert_pem, key_pem=key_pem,
@@ -132,7 +132,7 @@ class Client:
                                  max_connections: int = 0) -> RemoteServer:
         """loop.create_unix_server, on the service's host."""
         request = pb.OpenServer(unix_path=os.fspath(path), backlog=backlog, max_connections=max_connections,
-                                keep_open_after_eof=True, start_paused=True)
+                                start_paused=True)
         return await self._open_server(protocol_factory, pb.ClientMessage(open_server=request), False)
 
     async def _open_server(self, protocol_factory, first, tls: bool) -> RemoteServer:

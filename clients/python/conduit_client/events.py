@@ -11,8 +11,9 @@ callback, in order) and awaitable commands.
                 elif event.WhichOneof("kind") == "eof_received":
                     await s.close()
 
-Sessions open with keep_open_after_eof: after eof_received, closing is the
-script's to do (as a protocol whose eof_received returned False would).
+After eof_received a connection stays open: closing is the script's to do
+(as a protocol whose eof_received returned False would), once its replies
+are written; close_at_peer_eof=True has the service close it at once.
 """
 import asyncio
 
@@ -204,27 +205,27 @@ class RawSessions:
         self._client = client
 
     def create_connection(self, host, port, *, ssl=False, server_hostname="", ca_pem="", insecure=False,
-                          write_buffer_high=0, write_buffer_low=0, keep_open_after_eof=True):
+                          write_buffer_high=0, write_buffer_low=0, close_at_peer_eof=False):
         tls = pb.TlsClient(enabled=ssl, server_hostname=server_hostname, ca_pem=ca_pem, insecure=insecure)
         open_message = pb.OpenConnection(tcp=pb.HostPort(host=host, port=port), tls=tls,
                                          write_buffer_high=write_buffer_high, write_buffer_low=write_buffer_low,
-                                         keep_open_after_eof=keep_open_after_eof)
+                                         close_at_peer_eof=close_at_peer_eof)
         return Session(self._client._stub, self._client._metadata, pb.ClientMessage(open_connection=open_message))
 
-    def create_unix_connection(self, path, *, keep_open_after_eof=True):
+    def create_unix_connection(self, path, *, close_at_peer_eof=False):
         return Session(self._client._stub, self._client._metadata, pb.ClientMessage(open_connection=pb.OpenConnection(
-            unix_path=path, keep_open_after_eof=keep_open_after_eof)))
+            unix_path=path, close_at_peer_eof=close_at_peer_eof)))
 
     def create_server(self, host="127.0.0.1", port=0, *, cert_pem="", key_pem="", client_ca_pem="", backlog=0,
-                      max_connections=0, keep_open_after_eof=True):
+                      max_connections=0, close_at_peer_eof=False):
         tls = pb.TlsServer(enabled=bool(cert_pem), cert_pem=cert_pem, key_pem=key_pem, client_ca_pem=client_ca_pem)
         open_message = pb.OpenServer(tcp=pb.HostPort(host=host, port=port), tls=tls, backlog=backlog,
-                                     max_connections=max_connections, keep_open_after_eof=keep_open_after_eof)
+                                     max_connections=max_connections, close_at_peer_eof=close_at_peer_eof)
         return ServerSession(self._client._stub, self._client._metadata, pb.ClientMessage(open_server=open_message))
 
-    def create_unix_server(self, path, *, backlog=0, max_connections=0, keep_open_after_eof=True):
+    def create_unix_server(self, path, *, backlog=0, max_connections=0, close_at_peer_eof=False):
         open_message = pb.OpenServer(unix_path=path, backlog=backlog, max_connections=max_connections,
-                                     keep_open_after_eof=keep_open_after_eof)
+                                     close_at_peer_eof=close_at_peer_eof)
         return ServerSession(self._client._stub, self._client._metadata, pb.ClientMessage(open_server=open_message))
 
     def create_datagram_endpoint(self, local_addr=None, remote_addr=None, *, reuse_port=False, allow_broadcast=False):

@@ -174,7 +174,7 @@ class RemoteEventLoop(asyncio.SelectorEventLoop):
                 attempts += [(info[4][:2], local) for local in same_family]
         for (target_host, target_port), local in attempts:
             target = pb.OpenConnection(tcp=pb.HostPort(host=str(target_host or ""), port=int(target_port or 0)),
-                                       keep_open_after_eof=True, start_paused=True)
+                                       start_paused=True)
             if local is not None:
                 target.local_addr.CopyFrom(pb.HostPort(host=str(local[0]), port=int(local[1])))
             try:
@@ -207,7 +207,7 @@ class RemoteEventLoop(asyncio.SelectorEventLoop):
         if path is None:
             raise ValueError("no path and sock were specified")
         client = await self._remote()
-        target = pb.OpenConnection(unix_path=os.fspath(path), keep_open_after_eof=True, start_paused=True)
+        target = pb.OpenConnection(unix_path=os.fspath(path), start_paused=True)
         return await self._open_stream(client, protocol_factory, target, ssl, server_hostname,
                                        ssl_handshake_timeout, ssl_shutdown_timeout)
 
@@ -264,7 +264,7 @@ class RemoteEventLoop(asyncio.SelectorEventLoop):
         try:
             for name in hosts:
                 request = pb.OpenServer(tcp=pb.HostPort(host=name or "", port=port), backlog=int(backlog),
-                                        reuse_port=bool(reuse_port), keep_open_after_eof=True, start_paused=True)
+                                        reuse_port=bool(reuse_port), start_paused=True)
                 try:
                     await client._listen(server, factory, pb.ClientMessage(open_server=request), False)
                 except OSError as exc:
@@ -292,7 +292,7 @@ class RemoteEventLoop(asyncio.SelectorEventLoop):
         from ._stream import RemoteServer
         server = RemoteServer(self, serving=start_serving)
         factory = self._server_protocol_factory(protocol_factory, ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
-        request = pb.OpenServer(unix_path=os.fspath(path), backlog=int(backlog), keep_open_after_eof=True,
+        request = pb.OpenServer(unix_path=os.fspath(path), backlog=int(backlog),
                                 start_paused=True)
         await client._listen(server, factory, pb.ClientMessage(open_server=request), False)
         return server
