@@ -39,6 +39,9 @@ PIECE = 64 * 1024
 CHILD = r'''
 import asyncio, json, os, sys, time
 sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+import grpc  # imported before the clock starts, for every mode alike
+from conduit_client import RemoteEventLoop, pb
+from conduit_client._wire import pb_grpc
 mode, load, service, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 ROUNDS, BULK_MIB, MESSAGE, PIECE = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
 
@@ -94,9 +97,6 @@ async def protocol_run():
     transport.close()
 
 async def grpc_run():
-    import grpc
-    from conduit_client import pb
-    from conduit_client._wire import pb_grpc
     async with grpc.aio.insecure_channel(service) as channel:
         call = pb_grpc.ConduitStub(channel).Session()
         await call.write(pb.ClientMessage(open_connection=pb.OpenConnection(tcp=pb.HostPort(host="127.0.0.1", port=port))))
@@ -141,7 +141,6 @@ async def grpc_run():
 if mode == "asyncio":
     run = lambda: asyncio.run(protocol_run())
 elif mode == "remote":
-    from conduit_client import RemoteEventLoop
     run = lambda: asyncio.Runner(loop_factory=lambda: RemoteEventLoop(service)).run(protocol_run())
 else:
     run = lambda: asyncio.run(grpc_run())
@@ -166,50 +165,53 @@ def start(argv):
     return process, line.split()[1]
 
 
-def sink_server():
-    """A local sink: reads and discards, one connection after another."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    pid = os.fork()
-    if pid == 0:
-        while True:
-            connection, _ = listener.accept()
-            while connection.recv(1 << 20):
-                pass
-            connection.close()
-    listener.close()
-    return pid, listener.getsockname()[1]
+SINK = r"""
+import socket
+listener = socket.create_server(("127.0.0.1", 0))
+print("listening 127.0.0.1:%d" % listener.getsockname()[1], flush=True)
+while True:
+    connection, _ = listener.accept()
+    while connection.recv(1 << 20):
+        pass
+    connection.close()
+"""
 
 
 def main():
     conduit = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build", "ci-normal", "src", "cli", "conduit")
-    echo, echo_url = start([conduit, "echo-server", "--listen", "tcp://127.0.0.1:0", "--quiet"])
-    serve, service = start([conduit, "serve", "--listen", "127.0.0.1:0", "--quiet"])
-    sink_pid, sink_port = sink_server()
-    echo_port = int(echo_url.rsplit(":", 1)[1])
+    # A sink that reads and discards, one connection after another.
+    processes = []
+    try:
+        for argv in ([conduit, "echo-server", "--listen", "tcp://127.0.0.1:0", "--quiet"],
+                     [conduit, "serve", "--listen", "127.0.0.1:0", "--quiet"], [sys.executable, "-c", SINK]):
+            processes.append(start(argv))
+        measure(*processes)
+    finally:
+        for process, _ in processes:
+            process.terminate()
+            process.wait()
+
+
+def measure(echo, serve, sink):
+    (echo, echo_url), (serve, service), (_, sink_url) = echo, serve, sink
+    echo_port, sink_port = int(echo_url.rsplit(":", 1)[1]), int(sink_url.rsplit(":", 1)[1])
     script = os.path.join(tempfile.mkdtemp(prefix="conduit-bench-"), "child.py")
     with open(script, "w") as f:
         f.write(f"ROOT = {ROOT!r}\n" + CHILD)
     results = {}
-    try:
-        for rep in range(REPS):
-            for load, port, units in (("pingpong", echo_port, ROUNDS), ("bulk", sink_port, BULK_MIB)):
-                for mode in ("asyncio", "remote", "grpc"):
-                    service_cpu = cpu_seconds(serve.pid)
-                    out = subprocess.run([sys.executable, script, mode, load, service, str(port), str(ROUNDS),
-                                          str(BULK_MIB), str(MESSAGE), str(PIECE)],
-                                         capture_output=True, text=True, timeout=600)
-                    if out.returncode != 0:
-                        sys.exit(f"{mode} {load} failed: {out.stderr[-2000:]}")
-                    measured = json.loads(out.stdout.strip().splitlines()[-1])
-                    measured["service"] = cpu_seconds(serve.pid) - service_cpu
-                    for key, value in measured.items():
-                        results.setdefault((load, mode, key), []).append(value / units)
-    finally:
-        for process in (echo, serve):
-            process.terminate()
-            process.wait()
-        os.kill(sink_pid, 9)
-        os.waitpid(sink_pid, 0)
+    for rep in range(REPS):
+        for load, port, units in (("pingpong", echo_port, ROUNDS), ("bulk", sink_port, BULK_MIB)):
+            for mode in ("asyncio", "remote", "grpc"):
+                service_cpu = cpu_seconds(serve.pid)
+                out = subprocess.run([sys.executable, script, mode, load, service, str(port), str(ROUNDS),
+                                      str(BULK_MIB), str(MESSAGE), str(PIECE)],
+                                     capture_output=True, text=True, timeout=600)
+                if out.returncode != 0:
+                    sys.exit(f"{mode} {load} failed: {out.stderr[-2000:]}")
+                measured = json.loads(out.stdout.strip().splitlines()[-1])
+                measured["service"] = cpu_seconds(serve.pid) - service_cpu
+                for key, value in measured.items():
+                    results.setdefault((load, mode, key), []).append(value / units)
 
     def median(load, mode, key):
         return statistics.median(results[(load, mode, key)])

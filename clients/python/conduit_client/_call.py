@@ -28,6 +28,8 @@ class SessionCall:
         self._queue: Deque[Tuple[Optional["pb.ClientMessage"], int, int]] = collections.deque()
         self._queued: Dict[int, int] = collections.defaultdict(int)
         self._wake = asyncio.Event()
+        self._writing = False    # a write is with gRPC (one at a time)
+        self._in_event = False   # on_event runs: the reader writes what it queues
         self._done_writing = False
         self._call = stub.Session(metadata=metadata)
         self.enqueue(first)
@@ -41,7 +43,8 @@ class SessionCall:
         size = message.ByteSize()
         self._queue.append((message, connection_id, size))
         self._queued[connection_id] += size
-        self._wake.set()
+        if not self._in_event:
+            self._wake.set()
 
     def command(self, connection_id: int = 0, **kind) -> None:
         self.enqueue(pb.ClientMessage(command=pb.Command(connection_id=connection_id, **kind)), connection_id)
@@ -99,20 +102,33 @@ class SessionCall:
         self._reader.add_done_callback(lambda _: callback())
 
     # ---- tasks ----
+    # Commands that a protocol makes in a callback (a reply in
+    # data_received, say) are written by the reader itself before it reads
+    # on, as a bare stream client would: waking the writer for each costs a
+    # task switch per message. The writer takes the rest (and what comes
+    # from outside callbacks).
+    async def _write_one(self) -> bool:
+        """Hand the next queued command to gRPC; False once the call ended."""
+        message, connection_id, size = self._queue.popleft()
+        self._writing = True
+        try:
+            await self._call.write(message)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            return False  # the call ended: the reader reports how
+        finally:
+            self._writing = False
+            self._queued[connection_id] -= size
+        self._on_sent(connection_id)
+        return True
+
     async def _write_loop(self):
         try:
             while True:
-                while not self._queue:
+                while not self._queue or self._writing:
                     self._wake.clear()
                     await self._wake.wait()
-                message, connection_id, size = self._queue.popleft()
-                try:
-                    await self._call.write(message)
-                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                    return  # the call ended: the reader reports how
-                finally:
-                    self._queued[connection_id] -= size
-                self._on_sent(connection_id)
+                if not await self._write_one():
+                    return
         except asyncio.CancelledError:
             pass
 
@@ -123,7 +139,15 @@ class SessionCall:
                 event = await self._call.read()
                 if event is grpc.aio.EOF:
                     break
-                self._on_event(event)
+                self._in_event = True
+                try:
+                    self._on_event(event)
+                finally:
+                    self._in_event = False
+                if self._queue and not self._writing and not self._done_writing:
+                    await self._write_one()
+                    if self._queue:
+                        self._wake.set()
         except grpc.aio.AioRpcError as error:
             code, details = error.code(), error.details() or ""
         except (asyncio.CancelledError, UnboundLocalError):
