@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from conduit_client import RemoteEventLoop, remote_loop  # noqa: E402
 
-TIMEOUT = 20
+TIMEOUT = 60  # any single scenario; generous for a loaded machine
 
 
 def make_certificates(folder):
@@ -373,11 +373,9 @@ class RemoteLoopTest(unittest.TestCase):
             for _ in range(3):
                 transport, protocol = await loop.create_connection(Counting, "127.0.0.1", port)
                 transport.write(b"x" * (8 << 20))
-                for _ in range(4000):
-                    if protocol.pauses and protocol.resumes >= protocol.pauses:
-                        break
-                    await asyncio.sleep(0.005)
-                transport.write_eof()  # all of it has been written once the peer sees the EOF
+                # The peer closes once it has read it all: every pause and
+                # resume has come by then.
+                transport.write_eof()
                 await protocol.lost
                 counts.append((protocol.pauses, protocol.resumes))
             server.close()
