@@ -30,7 +30,7 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONDUIT_BUILD_TES
 FROM ${RUNTIME_BASE} AS tests
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgrpc++1.51 libssl3 python3-grpcio python3-pip python3-venv \
-      python3-setuptools \
+      python3-setuptools python3-aiohttp \
  && apt-get clean && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 conduit && useradd --system --uid 10001 --gid 10001 --no-create-home conduit
 COPY --from=build /build/src/cli/conduit /usr/local/bin/conduit
@@ -39,7 +39,7 @@ RUN python3 -m venv --system-site-packages /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --no-index --no-build-isolation /tmp/conduit-client \
  && rm -rf /tmp/conduit-client
 ENV PATH=/opt/venv/bin:$PATH
-COPY tests/compose/integration.py /opt/conduit/tests/compose/integration.py
+COPY tests/compose/integration.py tests/compose/hidden_backend.py /opt/conduit/tests/compose/
 USER conduit
 ENTRYPOINT ["conduit"]
 

@@ -9,7 +9,9 @@ namespace of its own (a "switch"), whose empty firewall forwards everything
 whatever the host's (Docker's daemon sets the host's FORWARD policy to DROP
 and turns bridge netfilter on), and the host itself on it as 10.77.0.1; with
 /etc/netns/NAME/hosts mapping every service name to its address, so the
-names resolve as they do under compose. Each service runs the command the
+names resolve as they do under compose (a name only on the networks the
+two services share; one bridge carries them all, so a network keeps names
+apart here, not packets). Each service runs the command the
 compose file gives it (read from the file, not duplicated here), with the
 image's `conduit` entry point replaced by CONDUIT_BIN, compose secrets
 mounted at /run/secrets, named volumes bind-mounted from a directory per
@@ -66,6 +68,11 @@ class Topology:
     def address(self, name):
         return SUBNET.format(0, self.index[name])
 
+    def networks(self, name):
+        """The compose networks the service is on (`default` unless it says)."""
+        networks = self.compose["services"][name].get("networks") or ["default"]
+        return set(networks)
+
     # ---- setup ----------------------------------------------------------------
 
     def up_network(self):
@@ -82,13 +89,15 @@ class Topology:
         sh("ip", "-n", SWITCH, "link", "set", switch_end, "master", BRIDGE, "up")
         sh("ip", "addr", "add", SUBNET.format(0, 1) + "/24", "dev", host_end)
         sh("ip", "link", "set", host_end, "up")
-        hosts = "127.0.0.1 localhost\n::1 localhost\n" + "".join(
-            f"{self.address(n)} {n}\n" for n in self.services)
         for name in self.services:
             ns = self.ns(name)
             sh("ip", "netns", "add", ns)
             self.netns.append(ns)
             os.makedirs(f"/etc/netns/{ns}", exist_ok=True)
+            # A name resolves where compose resolves it: on the networks the
+            # two services share.
+            hosts = "127.0.0.1 localhost\n::1 localhost\n" + "".join(
+                f"{self.address(n)} {n}\n" for n in self.services if self.networks(n) & self.networks(name))
             with open(f"/etc/netns/{ns}/hosts", "w") as f:
                 f.write(hosts)
             outer, inner = f"{ns}o", f"{ns}i"
@@ -146,7 +155,9 @@ class Topology:
                 os.makedirs(target)
                 self.made_dirs.append(target)
             setup += f"mount --bind {shlex.quote(source)} {shlex.quote(target)} && "
-        setup += f'PATH={shlex.quote(bindir)}:$PATH exec "$@"'
+        # The tests image has the Python client installed; here it is the tree's.
+        setup += (f'PATH={shlex.quote(bindir)}:$PATH PYTHONPATH=/opt/conduit/clients/python '
+                  f'exec "$@"')
 
         return ["ip", "netns", "exec", self.ns(name), "unshare", "-m", "--propagation", "private",
                 "sh", "-c", setup, "sh"] + argv
