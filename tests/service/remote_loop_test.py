@@ -469,6 +469,26 @@ class RemoteLoopTest(unittest.TestCase):
         local, remote = self.both_ways(scenario)
         self.assertEqual(remote, local)
 
+    def test_an_unreachable_service_is_an_error_of_its_own(self):
+        from conduit_client import Client, ServiceUnreachableError
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            nowhere = f"127.0.0.1:{probe.getsockname()[1]}"
+
+        async def scenario():
+            try:
+                await asyncio.open_connection("127.0.0.1", 80)
+            except ServiceUnreachableError as exc:
+                return isinstance(exc, ConnectionRefusedError), "cannot reach the service" in str(exc)
+        with asyncio.Runner(loop_factory=lambda: RemoteEventLoop(nowhere)) as runner:
+            self.assertEqual(runner.run(asyncio.wait_for(scenario(), TIMEOUT)), (False, True))
+
+        async def outside():
+            client = Client(self.address)
+            with self.assertRaisesRegex(RuntimeError, "async with"):
+                await client.create_connection(asyncio.Protocol, "127.0.0.1", 80)
+        asyncio.run(outside())
+
     # ---- entry points ---------------------------------------------------------------
 
     def test_remote_loop_makes_asyncio_run_remote(self):

@@ -36,11 +36,11 @@ client.raw has the event-stream sessions underneath, for raw events.
     await proxy.add_fault(faults.reset(after_bytes=4096, direction="upstream"))
 """
 from ._proxy import ProxyConnection, ProxyError, ProxyEvent, RemoteProxy, faults
-from ._wire import pb
+from ._wire import ServiceUnreachableError, pb
 from .client import Client
 from .events import ServerSession, Session, SessionError
 from .loop import RemoteEventLoop, RemoteEventLoopPolicy, remote_loop
 
 __all__ = ["Client", "RemoteEventLoop", "RemoteEventLoopPolicy", "remote_loop", "Session", "ServerSession",
-           "SessionError", "pb", "faults", "RemoteProxy", "ProxyEvent", "ProxyConnection", "ProxyError"]
+           "SessionError", "ServiceUnreachableError", "pb", "faults", "RemoteProxy", "ProxyEvent", "ProxyConnection", "ProxyError"]
 __version__ = "0.1.0"

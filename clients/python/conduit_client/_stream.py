@@ -25,7 +25,8 @@ from typing import Any, Optional
 
 from ._flow import WriteFlow
 from ._socket import RemoteSocket, ServerSocket
-from ._wire import broken_session, exception_or_none, MAX_COMMAND_DATA, exception_of, parse_address, pb
+from ._wire import (MAX_COMMAND_DATA, ServiceUnreachableError, broken_session, exception_of, exception_or_none,
+                    parse_address, pb)
 
 logger = logging.getLogger("conduit_client")
 
@@ -325,8 +326,10 @@ def _call_status_error(code, details: str) -> BaseException:
         return PermissionError(text)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return ValueError(text)
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return ConnectionRefusedError(f"cannot reach the service ({name}): {details}")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ServiceUnreachableError(f"cannot reach the service: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return TimeoutError(f"the service did not answer in time: {details}")
     return ConnectionError(text)
 
 

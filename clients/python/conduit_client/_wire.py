@@ -15,6 +15,26 @@ MAX_COMMAND_DATA = 64 * 1024
 Address = Union[Tuple[str, int], Tuple[str, int, int, int], str]
 
 
+class ServiceUnreachableError(ConnectionError):
+    """The service itself could not be reached (nothing listening at its
+    address, a name that does not resolve, a network in between): not a
+    refusal by a target, which is ConnectionRefusedError as in asyncio."""
+
+
+def call_error(error) -> Exception:
+    """A failed unary call (grpc.aio.AioRpcError) as an exception of the
+    caller's terms."""
+    import grpc
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ServiceUnreachableError(f"cannot reach the service: {details}")
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return PermissionError(f"the service refused the call ({code.name}): {details}")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return ValueError(f"the service refused the call ({code.name}): {details}")
+    return ConnectionError(f"the call failed ({code.name}): {details}")
+
+
 def exception_of(error: "pb.Error") -> Exception:
     """An Error as asyncio would raise it: an OSError whose errno picks the
     subclass (ConnectionRefusedError, ConnectionResetError, ...), else a

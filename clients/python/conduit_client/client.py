@@ -16,7 +16,7 @@ from ._datagram import RemoteDatagramTransport
 from ._proxy import RemoteProxy, open_request
 from ._stream import ConnectionSession, RemoteServer, RemoteTransport
 from ._subprocess import RemoteSubprocessTransport
-from ._wire import host_port, pb, pb_grpc
+from ._wire import call_error, host_port, pb, pb_grpc
 from .events import RawSessions, Session
 
 __all__ = ["Client"]
@@ -75,7 +75,14 @@ class Client:
         await self._channel.close()
 
     # ---- plumbing ----
+    @property
+    def _open_stub(self):
+        if self._stub is None:
+            raise RuntimeError("the Client is not open: use it as `async with Client(...) as client:`")
+        return self._stub
+
     def _start(self, first: "pb.ClientMessage", session) -> SessionCall:
+        self._open_stub  # noqa: B018  (raises if not open)
         call = SessionCall(self._stub, self._metadata, first, session.on_event, session.on_sent, session.on_end)
         session.attach(call)
         self._calls.append(call)
@@ -244,15 +251,21 @@ class Client:
         cannot listen, ValueError for a bad URL."""
         first = open_request(listen, upstream, faults, cert_pem=cert_pem, key_pem=key_pem, ca_pem=ca_pem,
                              insecure=insecure, stats_interval=stats_interval, idle_timeout=idle_timeout)
-        session = Session(self._stub, self._metadata, first)
+        session = Session(self._open_stub, self._metadata, first)
         await session.__aenter__()
         proxy = RemoteProxy(session)
         self._proxies = [p for p in self._proxies if not p._closed.done()] + [proxy]
         return proxy
 
     async def list_sessions(self) -> Sequence[Any]:
-        reply = await self._stub.ListSessions(pb.ListSessionsRequest(), metadata=self._metadata)
+        try:
+            reply = await self._open_stub.ListSessions(pb.ListSessionsRequest(), metadata=self._metadata)
+        except aio.AioRpcError as error:
+            raise call_error(error) from None
         return list(reply.sessions)
 
     async def close_session(self, session_id: str) -> None:
-        await self._stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), metadata=self._metadata)
+        try:
+            await self._open_stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), metadata=self._metadata)
+        except aio.AioRpcError as error:
+            raise call_error(error) from None

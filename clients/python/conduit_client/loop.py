@@ -37,7 +37,9 @@ import subprocess
 from asyncio import sslproto
 from typing import Optional
 
-from ._wire import pb
+import grpc
+
+from ._wire import call_error, pb
 from .client import Client
 
 __all__ = ["RemoteEventLoop", "RemoteEventLoopPolicy", "remote_loop"]
@@ -107,7 +109,10 @@ class RemoteEventLoop(asyncio.SelectorEventLoop):
                 raise OSError("Int or String expected")
             request.port = str(port)
         client = await self._remote()
-        reply = await client._stub.GetAddrInfo(request, metadata=client._metadata)
+        try:
+            reply = await client._stub.GetAddrInfo(request, metadata=client._metadata)
+        except grpc.aio.AioRpcError as error:
+            raise call_error(error) from None
         if reply.gai_error:
             raise socket.gaierror(reply.gai_error, reply.message)
         return [(_enum(socket.AddressFamily, a.family), _enum(socket.SocketKind, a.type), a.protocol, a.canonname,
@@ -124,7 +129,10 @@ class RemoteEventLoop(asyncio.SelectorEventLoop):
         if len(sockaddr) > 3:
             request.scope_id = int(sockaddr[3])
         client = await self._remote()
-        reply = await client._stub.GetNameInfo(request, metadata=client._metadata)
+        try:
+            reply = await client._stub.GetNameInfo(request, metadata=client._metadata)
+        except grpc.aio.AioRpcError as error:
+            raise call_error(error) from None
         if reply.gai_error:
             raise socket.gaierror(reply.gai_error, reply.message)
         return reply.host, reply.service
