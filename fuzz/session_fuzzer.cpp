@@ -112,6 +112,10 @@ void tame(World& w, v1::ClientMessage& message) {
     if (open->has_tcp()) {
       tame_host(open->mutable_tcp()->mutable_host());
       if (open->tcp().port() % 4 != 0) open->mutable_tcp()->set_port(w.echo_port);
+      if (open->has_local_addr()) {  // an ephemeral port: a fixed one could be anything's
+        tame_host(open->mutable_local_addr()->mutable_host());
+        open->mutable_local_addr()->set_port(0);
+      }
     } else if (open->target_case() == v1::OpenConnection::kUnixPath) {
       tame_path(open->mutable_unix_path());
     }
