@@ -227,7 +227,47 @@ std::string tls_flags_problem(const TlsFlags& flags, bool uses_tls, bool server)
   return {};
 }
 
+std::string via_address(const std::string& text) {
+  constexpr const char* usage = " (--via takes HOST[:PORT], port 50051 if left out, or unix:/PATH)";
+  if (text.empty()) throw std::invalid_argument(std::string("--via is empty") + usage);
+  if (text.rfind("unix:", 0) == 0) return text;
+  if (text.find("://") != std::string::npos) {
+    throw std::invalid_argument("--via " + text + ": the service's address is not a URL" + usage);
+  }
+  std::string host = text, port;
+  if (text.front() == '[') {
+    const auto close = text.find(']');
+    if (close == std::string::npos) throw std::invalid_argument("--via " + text + ": no ']' after the IPv6 address");
+    host = text.substr(0, close + 1);
+    if (close + 1 < text.size()) {
+      if (text[close + 1] != ':') throw std::invalid_argument("--via " + text + ": expected ':PORT' after ']'");
+      port = text.substr(close + 2);
+    }
+  } else if (const auto colon = text.find(':'); colon != std::string::npos) {
+    if (text.find(':', colon + 1) != std::string::npos) {
+      throw std::invalid_argument("--via " + text + ": write IPv6 addresses in brackets, e.g. [::1]:50051");
+    }
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  if (host.empty() || host == "[]") throw std::invalid_argument("--via " + text + ": no host" + usage);
+  if (port.empty()) return host + ":50051";
+  unsigned value = 0;
+  const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (ec != std::errc() || end != port.data() + port.size() || value == 0 || value > 65535) {
+    throw std::invalid_argument("--via " + text + ": '" + port + "' is not a port (1 to 65535)");
+  }
+  return host + ":" + port;
+}
+
 std::string via_flags_problem(const ViaFlags& flags) {
+  if (!flags.address.empty()) {
+    try {
+      via_address(flags.address);
+    } catch (const std::invalid_argument& e) {
+      return e.what();
+    }
+  }
   if (flags.address.empty()) {
     for (const auto& [value, name] : {std::pair{&flags.token_file, "--token-file"}, {&flags.cafile, "--via-cafile"},
                                       {&flags.cert, "--via-cert"}, {&flags.key, "--via-key"}}) {
@@ -241,7 +281,9 @@ std::string via_flags_problem(const ViaFlags& flags) {
 }
 
 void add_via_flags(CLI::App& app, ViaFlags& flags) {
-  app.add_option("--via", flags.address, "Run through the conduit service at HOST:PORT (a session on its host)");
+  app.add_option("--via", flags.address,
+                 "Run through the conduit service at HOST[:PORT] (port 50051 if left out) or unix:/PATH (a session "
+                 "on its host)");
   app.add_option("--token-file", flags.token_file, "With --via: file whose first line is the service's bearer token")
       ->check(CLI::ExistingFile);
   app.add_option("--via-cafile", flags.cafile, "With --via: speak TLS to the service, trusting this CA (PEM)")
@@ -259,7 +301,7 @@ std::string read_file(const std::string& path, const char* what) {
 
 service::RemoteOptions read_remote(const ViaFlags& flags) {
   service::RemoteOptions r;
-  r.address = flags.address;
+  r.address = via_address(flags.address);
   r.token = read_token(flags);
   if (!flags.cafile.empty()) r.ca_pem = read_file(flags.cafile, "--via-cafile");
   if (!flags.cert.empty()) r.cert_pem = read_file(flags.cert, "--via-cert");

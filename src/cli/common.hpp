@@ -107,6 +107,11 @@ struct ViaFlags {
   std::string cafile, cert, key;  // TLS to the service
 };
 void add_via_flags(CLI::App& app, ViaFlags& flags);
+/// The service's address as gRPC takes it: HOST[:PORT] with port 50051 if
+/// left out, [IPv6][:PORT], or unix:/PATH as it is; throws
+/// std::invalid_argument naming the problem (a URL, a bare IPv6 address, a
+/// bad port).
+std::string via_address(const std::string& text);
 /// Why these flags cannot be used: --token-file or --via-* without --via,
 /// --via-cert without --via-key or --via-cafile. Empty: fine.
 std::string via_flags_problem(const ViaFlags& flags);

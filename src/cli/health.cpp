@@ -45,7 +45,7 @@ int run_health(const HealthOptions& options) {
   const auto deadline = std::chrono::system_clock::now() +
                         std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(options.timeout));
   if (!channel->WaitForConnected(deadline)) {
-    std::cerr << "conduit health: cannot connect to " << options.address << '\n';
+    std::cerr << "conduit health: cannot reach the service at " << remote.address << '\n';
     return health_connect_failed;
   }
   auto stub = grpc::health::v1::Health::NewStub(channel);
@@ -70,7 +70,8 @@ int run_health(const HealthOptions& options) {
 void set_health_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<HealthOptions>();
   CLI::App* cmd = app.add_subcommand("health", "Ask a conduit service (or any gRPC server) whether it is serving");
-  cmd->add_option("--via", options->address, "The service, HOST:PORT")->required();
+  cmd->add_option("--via", options->address, "The service, HOST[:PORT] (port 50051 if left out) or unix:/PATH")
+      ->required();
   cmd->add_option("--token-file", options->via.token_file, "File whose first line is the service's bearer token")
       ->check(CLI::ExistingFile);
   cmd->add_option("--via-cafile", options->via.cafile, "Speak TLS to the service, trusting this CA (PEM)")

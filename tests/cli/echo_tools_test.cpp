@@ -421,6 +421,38 @@ TEST(EchoTools, ServiceTokenIsEnforced) {
   ::unlink(wrong_file.c_str());
 }
 
+TEST(EchoTools, ViaTakesHostPortWithADefaultPortAndRefusesURLs) {
+  Service service;
+  // HOST alone is port 50051: where nothing listens there, the probe
+  // fails to connect (2), naming the address it tried.
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::socket probe(io);
+  boost::system::error_code in_use;
+  probe.connect({boost::asio::ip::make_address("127.0.0.1"), 50051}, in_use);
+  if (in_use) {
+    ChildProcess host_alone({CONDUIT_BIN, "health", "--via", "127.0.0.1", "--timeout", "0.5"});
+    EXPECT_EQ(host_alone.wait(bound), 2);
+    EXPECT_NE(host_alone.err().find("cannot reach the service at 127.0.0.1:50051"), std::string::npos)
+        << host_alone.err();
+  }
+  const std::string port = service.address.substr(service.address.rfind(':') + 1);
+  ChildProcess by_name({CONDUIT_BIN, "health", "--via", "localhost:" + port});
+  EXPECT_EQ(by_name.wait(bound), 0) << by_name.err();
+  ChildProcess empty({CONDUIT_BIN, "health", "--via", ""});
+  EXPECT_EQ(empty.wait(bound), 1) << empty.err();
+  for (const char* bad : {"http://127.0.0.1:50051", "::1:50051", "127.0.0.1:http", "127.0.0.1:0"}) {
+    SCOPED_TRACE(bad);
+    ChildProcess health({CONDUIT_BIN, "health", "--via", bad});
+    EXPECT_EQ(health.wait(bound), 1) << "grpc_health_probe's bad-arguments code";
+    ChildProcess client({CONDUIT_BIN, "echo-client", "--via", bad, "--connect", "tcp://127.0.0.1:1"});
+    EXPECT_EQ(client.wait(bound), 2) << client.err();
+    EXPECT_NE(client.err().find("--via"), std::string::npos) << client.err();
+  }
+  ChildProcess url({CONDUIT_BIN, "echo-client", "--via", "http://127.0.0.1:50051", "--connect", "tcp://127.0.0.1:1"});
+  EXPECT_EQ(url.wait(bound), 2);
+  EXPECT_NE(url.err().find("not a URL"), std::string::npos) << url.err();
+}
+
 TEST(EchoTools, HealthProbeExitCodes) {
   Service service;
   ChildProcess serving({CONDUIT_BIN, "health", "--via", service.address});
