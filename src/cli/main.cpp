@@ -38,13 +38,25 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    // `conduit health` keeps grpc_health_probe's codes: 1 for bad arguments.
+    bool health = false;
+    for (const CLI::App* sub : app.get_subcommands()) health = health || sub->get_name() == "health";
+    const int usage = health ? 1 : conduit::cli::exit_usage;
+    // CLI11 checks required options before unknown ones, so a misspelt
+    // `--conect` read as "--connect is required": name the unknown option.
+    if (dynamic_cast<const CLI::RequiredError*>(&e) != nullptr) {
+      for (const CLI::App* sub : app.get_subcommands()) {
+        for (const std::string& extra : sub->remaining()) {
+          if (extra.size() < 2 || extra[0] != '-') continue;
+          std::cerr << "conduit " << sub->get_name() << ": unknown option '" << extra << "'\n"
+                    << "Run 'conduit " << sub->get_name() << " --help' for its options.\n";
+          return usage;
+        }
+      }
+    }
     const int rc = app.exit(e);  // prints help, version or the error
     if (rc == 0) return 0;
-    // `conduit health` keeps grpc_health_probe's codes: 1 for bad arguments.
-    for (const CLI::App* sub : app.get_subcommands()) {
-      if (sub->get_name() == "health") return 1;
-    }
-    return conduit::cli::exit_usage;
+    return usage;
   }
   return exit_code;
 }

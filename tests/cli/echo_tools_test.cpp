@@ -453,6 +453,16 @@ TEST(EchoTools, ViaTakesHostPortWithADefaultPortAndRefusesURLs) {
   EXPECT_NE(url.err().find("not a URL"), std::string::npos) << url.err();
 }
 
+TEST(EchoTools, AMisspeltOptionIsNamed) {
+  ChildProcess client({CONDUIT_BIN, "echo-client", "--conect", "tcp://127.0.0.1:1"});
+  EXPECT_EQ(client.wait(bound), 2);
+  EXPECT_NE(client.err().find("unknown option '--conect'"), std::string::npos) << client.err();
+  EXPECT_EQ(client.err().find("is required"), std::string::npos) << client.err();
+  ChildProcess health({CONDUIT_BIN, "health", "--vai", "127.0.0.1:1"});
+  EXPECT_EQ(health.wait(bound), 1);
+  EXPECT_NE(health.err().find("unknown option '--vai'"), std::string::npos) << health.err();
+}
+
 TEST(EchoTools, HealthProbeExitCodes) {
   Service service;
   ChildProcess serving({CONDUIT_BIN, "health", "--via", service.address});
