@@ -50,6 +50,12 @@ constexpr const char* probability_text = "a probability (1%, 0.01)";
 
 std::chrono::microseconds parse_duration(std::string_view text, std::string_view flag) {
   auto [value, unit] = number_and_unit(text, flag, duration_text);
+  // A bare number is refused (but 0): toxiproxy's users write milliseconds,
+  // others seconds, and each would be silently wrong by a thousand.
+  if (unit.empty() && value != 0) {
+    throw std::invalid_argument(std::string(flag) + ": '" + std::string(text) + "' needs a unit: " +
+                                std::string(text) + "ms or " + std::string(text) + "s? (" + duration_text + ")");
+  }
   double micros = 0;
   if (unit.empty() || unit == "s") micros = value * 1e6;
   else if (unit == "ms") micros = value * 1e3;

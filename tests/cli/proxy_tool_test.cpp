@@ -116,6 +116,7 @@ TEST(ProxyTool, BadArgumentsAreExitCode2AndSayWhy) {
       {{"--listen", "udp://127.0.0.1:0", "--upstream", "udp://127.0.0.1:9", "--reset-after", "10"},
        "--reset-after is for stream"},
       {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--latency", "fast"}, "not a duration"},
+      {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--latency", "1"}, "'1' needs a unit: 1ms or 1s?"},
       {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--bandwidth", "1MiB/h"}, "not a rate"},
       {{"--listen", "udp://127.0.0.1:0", "--upstream", "udp://127.0.0.1:9", "--loss", "150%"}, "over 100%"},
       {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--jitter", "5ms"}, "--jitter needs --latency"},
