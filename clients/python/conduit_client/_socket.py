@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Tuple
 
 from ._wire import pb
 

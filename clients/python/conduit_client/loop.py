@@ -33,7 +33,6 @@ import contextlib
 import os
 import socket
 import ssl as _ssl
-import subprocess
 from asyncio import sslproto
 from typing import Optional
 
