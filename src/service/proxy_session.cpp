@@ -188,9 +188,11 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
   }
 
   void stop(bool abort) {
-    if (state_ == State::opening) {
+    // Still binding: stop once started() has the proxy (an abort wins over
+    // a close asked for before it; a second request changes nothing else).
+    if (state_ == State::opening || (state_ == State::stopping && !stream_ && !datagram_)) {
       state_ = State::stopping;
-      stop_by_abort_ = abort;
+      stop_by_abort_ = stop_by_abort_ || abort;
       return;
     }
     if (state_ != State::serving && state_ != State::stopping) return;
