@@ -227,6 +227,16 @@ std::string tls_flags_problem(const TlsFlags& flags, bool uses_tls, bool server)
   return {};
 }
 
+int exit_code_for(std::exception_ptr error, int otherwise) {
+  try {
+    if (error) std::rethrow_exception(error);
+  } catch (const service::ServiceUnreachable&) {
+    return exit_service_unreachable;
+  } catch (...) {
+  }
+  return otherwise;
+}
+
 std::string via_address(const std::string& text) {
   constexpr const char* usage = " (--via takes HOST[:PORT], port 50051 if left out, or unix:/PATH)";
   if (text.empty()) throw std::invalid_argument(std::string("--via is empty") + usage);

@@ -26,13 +26,14 @@ enum ExitCode : int {
   exit_timeout = 4,         ///< --timeout passed
   exit_mismatch = 5,        ///< the echo differed from what was sent, or the peer closed early
   exit_lost = 6,            ///< udp-echo: some datagrams got no echo
+  exit_service_unreachable = 7,  ///< --via: the service itself could not be reached
 };
 
 /// The exit-code table, for --help footers.
 inline constexpr const char* exit_codes_help =
     "Exit codes: 0 ok, 1 other failure, 2 bad arguments, 3 cannot connect or listen,\n"
     "            4 timed out, 5 echo mismatch or connection closed early,\n"
-    "            6 datagrams lost (udp-echo client).\n";
+    "            6 datagrams lost (udp-echo client), 7 cannot reach the service (--via).\n";
 
 /// A parsed endpoint URL: tcp://, tls:// or udp://HOST:PORT (HOST may be
 /// [v6]) or unix:///PATH.
@@ -167,5 +168,7 @@ using service::json_string;
 
 /// Text of an exception_ptr (empty for null).
 std::string describe(std::exception_ptr error);
+/// exit_service_unreachable for a ServiceUnreachable error, else `otherwise`.
+int exit_code_for(std::exception_ptr error, int otherwise);
 
 }  // namespace conduit::cli

@@ -339,8 +339,10 @@ int run_echo_client(const EchoClientOptions& options) {
   };
   auto on_connected = [&](std::exception_ptr error, std::shared_ptr<Transport>, std::shared_ptr<EchoClient>) {
     if (!error) return;
-    result.exit_code = exit_connect_failed;
-    result.error = "cannot connect to " + options.connect + ": " + describe(error);
+    result.exit_code = exit_code_for(error, exit_connect_failed);
+    result.error = result.exit_code == exit_service_unreachable
+                       ? "cannot reach the service at " + options.via.address + ": " + describe(error)
+                       : "cannot connect to " + options.connect + ": " + describe(error);
     finished = true;
   };
 

@@ -215,7 +215,7 @@ int run_echo_server(const EchoServerOptions& options) {
             if (error) {
               std::cerr << "conduit echo-server: cannot listen on " << url << " via " << options.via.address << ": "
                         << describe(error) << '\n';
-              exit_code = exit_connect_failed;
+              exit_code = exit_code_for(error, exit_connect_failed);
               loop.stop();
               return;
             }

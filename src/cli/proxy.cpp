@@ -194,7 +194,7 @@ int run_proxy(const ProxyCommandOptions& o) {
     if (error) {
       std::cerr << "conduit proxy: cannot listen on " << o.listen << (via ? " via " + o.via.address : std::string())
                 << ": " << describe(error) << '\n';
-      exit_code = exit_connect_failed;
+      exit_code = exit_code_for(error, exit_connect_failed);
       return loop.stop();
     }
     // The "listening" lines are what scripts wait on: always printed.

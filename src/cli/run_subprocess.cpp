@@ -234,7 +234,7 @@ int run(const RunOptions& options) {
   if (spawn_error || !protocol) {
     if (input_fd > STDIN_FILENO) ::close(input_fd);
     std::cerr << "conduit run-subprocess: " << (spawn_error ? describe(spawn_error) : "spawn did not complete") << '\n';
-    return exit_cannot_run;
+    return exit_code_for(spawn_error, exit_cannot_run);
   }
   loop.run_until([&] { return protocol->transport_ != nullptr || result.lost; }, std::chrono::seconds(30));
   auto transport = protocol->transport_;

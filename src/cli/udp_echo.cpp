@@ -116,7 +116,7 @@ int run_udp_server(const UdpServerOptions& options) {
       if (error) {
         std::cerr << "conduit udp-echo server: cannot listen on " << url
                   << (via ? " via " + options.via.address : std::string()) << ": " << describe(error) << '\n';
-        exit_code = exit_connect_failed;
+        exit_code = exit_code_for(error, exit_connect_failed);
         loop.stop();
         return;
       }
@@ -298,8 +298,11 @@ int run_udp_client(const UdpClientOptions& options) {
   bool finished = false;
   auto on_open = [&](std::exception_ptr error) {
     if (!error) return;
-    result.exit_code = exit_connect_failed;
-    result.error = "cannot reach " + options.connect + ": " + describe(error);
+    result.exit_code = exit_code_for(error, exit_connect_failed);
+    result.error = "cannot reach " + std::string(result.exit_code == exit_service_unreachable
+                                                     ? "the service at " + options.via.address
+                                                     : options.connect) +
+                   ": " + describe(error);
     finished = true;
   };
   auto make_client = [&] {

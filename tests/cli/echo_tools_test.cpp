@@ -482,8 +482,19 @@ TEST(EchoTools, HealthProbeExitCodes) {
   // A --via to a port where nothing listens says so.
   ChildProcess unreachable({CONDUIT_BIN, "echo-client", "--via", "127.0.0.1:" + free_port(), "--connect",
                             "tcp://127.0.0.1:1", "--timeout", "5"});
-  EXPECT_EQ(unreachable.wait(bound), 3);
-  EXPECT_NE(unreachable.err().find("cannot reach the service (UNAVAILABLE)"), std::string::npos) << unreachable.err();
+  EXPECT_EQ(unreachable.wait(bound), 7) << "a code of its own: not a refused target (3)";
+  EXPECT_NE(unreachable.err().find("cannot reach the service at 127.0.0.1:"), std::string::npos) << unreachable.err();
+  // The same in every tool.
+  const std::string nowhere = "127.0.0.1:" + free_port();
+  for (const std::vector<std::string>& argv :
+       {std::vector<std::string>{CONDUIT_BIN, "echo-server", "--via", nowhere, "--listen", "tcp://127.0.0.1:0"},
+        {CONDUIT_BIN, "udp-echo", "client", "--via", nowhere, "--connect", "udp://127.0.0.1:9", "--count", "1"},
+        {CONDUIT_BIN, "proxy", "--via", nowhere, "--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9"},
+        {CONDUIT_BIN, "run-subprocess", "--via", nowhere, "--", "/bin/true"}}) {
+    ChildProcess tool(argv);
+    EXPECT_EQ(tool.wait(bound), 7) << argv[1] << ": " << tool.err();
+    EXPECT_NE(tool.err().find("cannot reach the service"), std::string::npos) << argv[1] << ": " << tool.err();
+  }
 }
 
 TEST(EchoTools, ServiceLimitsIdleTimeoutAndMessageSize) {
@@ -524,9 +535,10 @@ TEST(EchoTools, ServiceMutualTls) {
   EXPECT_EQ(with_cert.out(), "mtls");
   ChildProcess without_cert({CONDUIT_BIN, "echo-client", "--via", service.address, "--via-cafile", certs.ca,
                              "--connect", server.url});
-  EXPECT_EQ(without_cert.wait(bound), 3) << "no client certificate: refused";
+  // The service's handshake refuses them: the service cannot be reached (7).
+  EXPECT_EQ(without_cert.wait(bound), 7) << "no client certificate: refused";
   ChildProcess plaintext({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url});
-  EXPECT_EQ(plaintext.wait(bound), 3);
+  EXPECT_EQ(plaintext.wait(bound), 7);
   ChildProcess health({CONDUIT_BIN, "health", "--via", service.address, "--via-cafile", certs.ca, "--via-cert",
                        certs.client_cert, "--via-key", certs.client_key});
   EXPECT_EQ(health.wait(bound), 0) << health.err();

@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,13 @@ namespace conduit::service {
 /// every message stays well under the service's --max-message-size (256 KiB
 /// at least) whatever the caller writes.
 constexpr std::size_t max_command_data = 64 * 1024;
+
+/// The error a remote opener reports when the service itself could not be
+/// reached (nothing listening, a name that does not resolve, a deadline):
+/// not a refusal by the target, which the tools tell apart.
+struct ServiceUnreachable : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 /// Where the service is and how to talk to it.
 struct RemoteOptions {
