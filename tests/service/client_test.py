@@ -296,9 +296,12 @@ class ClientTest(unittest.TestCase):
         async def scenario(connect):
             async def peer(reader, writer):
                 await reader.read()
-            async with Peer(peer) as p:
+            # A small receive buffer, and more than the kernel's largest send
+            # buffer (4 MiB here): the write must wait in the transport, whatever
+            # the receiver's autotuning (rmem up to 32 MiB on some kernels).
+            async with Peer(peer, rcvbuf=64 << 10) as p:
                 transport, protocol = await connect(Recorder, "127.0.0.1", p.port)
-                transport.write(b"w" * (4 << 20))
+                transport.write(b"w" * (8 << 20))
                 if not protocol.paused:
                     return "the write did not pause the protocol"
                 transport.abort()
