@@ -107,13 +107,7 @@ class RemoteEventLoop(asyncio.SelectorEventLoop):
             elif not isinstance(port, (int, str)):
                 raise OSError("Int or String expected")
             request.port = str(port)
-        client = await self._remote()
-        try:
-            reply = await client._stub.GetAddrInfo(request, metadata=client._metadata)
-        except grpc.aio.AioRpcError as error:
-            raise call_error(error) from None
-        if reply.gai_error:
-            raise socket.gaierror(reply.gai_error, reply.message)
+        reply = await self._resolve("GetAddrInfo", request)
         return [(_enum(socket.AddressFamily, a.family), _enum(socket.SocketKind, a.type), a.protocol, a.canonname,
                  (a.host, a.port, a.flowinfo, a.scope_id) if a.family == socket.AF_INET6 else (a.host, a.port))
                 for a in reply.addresses]
@@ -127,14 +121,20 @@ class RemoteEventLoop(asyncio.SelectorEventLoop):
             request.flowinfo = int(sockaddr[2])
         if len(sockaddr) > 3:
             request.scope_id = int(sockaddr[3])
+        reply = await self._resolve("GetNameInfo", request)
+        return reply.host, reply.service
+
+    async def _resolve(self, method: str, request):
+        """One of the service's resolver calls; its failure as
+        socket.gaierror, as the local resolver's would be."""
         client = await self._remote()
         try:
-            reply = await client._stub.GetNameInfo(request, metadata=client._metadata)
+            reply = await getattr(client._stub, method)(request, metadata=client._metadata)
         except grpc.aio.AioRpcError as error:
             raise call_error(error) from None
         if reply.gai_error:
             raise socket.gaierror(reply.gai_error, reply.message)
-        return reply.host, reply.service
+        return reply
 
     # ---- connections ----
     async def create_connection(self, protocol_factory, host=None, port=None, *, ssl=None, family=0, proto=0, flags=0,
