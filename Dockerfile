@@ -1,6 +1,9 @@
 # Conduit: the service and the tools in one image.
 #   docker build -t conduit .
-#   docker run --rm -p 50051:50051 conduit serve --listen 0.0.0.0:50051 --token-file /run/secrets/conduit-token
+#   openssl rand -hex 32 > conduit-token.txt && chmod 644 conduit-token.txt  # readable by uid 10001
+#   docker run --rm -p 127.0.0.1:50051:50051 -v "$PWD/conduit-token.txt:/run/secrets/conduit-token:ro" \
+#     conduit serve --listen 0.0.0.0:50051 --token-file /run/secrets/conduit-token
+#   conduit health --via 127.0.0.1 --token-file conduit-token.txt
 # The base images are arguments, for machines without a registry that make
 # their own (scripts/compose-test.sh debootstraps them).
 ARG BUILD_BASE=debian:bookworm
