@@ -28,7 +28,6 @@ class SessionCall:
         self._queue: Deque[Tuple[Optional["pb.ClientMessage"], int, int]] = collections.deque()
         self._queued: Dict[int, int] = collections.defaultdict(int)
         self._wake = asyncio.Event()
-        self._writing = False    # a write is with gRPC (one at a time)
         self._done_writing = False
         self._call = stub.Session(metadata=metadata)
         self.enqueue(first)
@@ -100,34 +99,26 @@ class SessionCall:
         self._reader.add_done_callback(lambda _: callback())
 
     # ---- tasks ----
-    # Tried: the reader writing the commands a protocol makes inside a
-    # callback itself, before reading on (no task switch per reply: 1.04x a
-    # bare stream's CPU against 1.21x). A write so issued from the reader
-    # task right after the first event never completed in 3 of 40 runs
-    # under load (a subprocess session's write_eof after connection_made),
-    # so one task writes.
-    async def _write_one(self) -> bool:
-        """Hand the next queued command to gRPC; False once the call ended."""
-        message, connection_id, size = self._queue.popleft()
-        self._writing = True
-        try:
-            await self._call.write(message)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            return False  # the call ended: the reader reports how
-        finally:
-            self._writing = False
-            self._queued[connection_id] -= size
-        self._on_sent(connection_id)
-        return True
-
+    # One task writes. Tried: the reader writing the commands a protocol
+    # makes inside a callback itself, before reading on (no task switch per
+    # reply: 1.04x a bare stream's CPU against 1.21x). A write so issued
+    # from the reader task right after the first event never completed in 3
+    # of 40 runs under load (a subprocess session's write_eof after
+    # connection_made).
     async def _write_loop(self):
         try:
             while True:
-                while not self._queue or self._writing:
+                while not self._queue:
                     self._wake.clear()
                     await self._wake.wait()
-                if not await self._write_one():
-                    return
+                message, connection_id, size = self._queue.popleft()
+                try:
+                    await self._call.write(message)
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    return  # the call ended: the reader reports how
+                finally:
+                    self._queued[connection_id] -= size
+                self._on_sent(connection_id)
         except asyncio.CancelledError:
             pass
 

@@ -4,10 +4,12 @@ unchanged, and sees what it would see locally (SPEC RS1-RS7).
 
 The session opens with start_paused (and the service keeps a connection
 open at the peer's EOF), so that eof_received's answer and a
-pause_reading() inside connection_made are the protocol's own; what asyncio answers at the call is answered here, from
-local state: write() after write_eof() raises, writes after close() or the
-loss are dropped, is_closing() is true from close() on, abort() drops what
-waits and goes ahead of it. Data that arrives while the protocol has
+pause_reading() inside connection_made are the protocol's own; what
+asyncio answers at the call is answered here, from local state: write()
+after write_eof() raises, a write after close() joins what is still
+buffered (and is dropped once nothing was, or after the loss),
+is_closing() is true from close() on, abort() drops what waits and goes
+ahead of it. Data that arrives while the protocol has
 reading paused waits here until it resumes.
 
     opening --connection_made--> open --close()/abort()--> closing
@@ -308,9 +310,7 @@ class RemoteTransport(transports._FlowControlMixin):
             self._loop.call_exception_handler({
                 "message": failure, "exception": exc, "transport": self, "protocol": self._protocol})
             if fatal:
-                if self._forced_error is None:
-                    self._forced_error = exc
-                self.abort()
+                self._force_close(exc)
             return _FAILED
 
 
