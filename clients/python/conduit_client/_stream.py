@@ -162,10 +162,13 @@ class RemoteTransport(transports._FlowControlMixin):
             if self._conn_lost_writes >= 5:
                 logger.warning("socket.send() raised exception.")
             return
-        view = memoryview(data).cast("B")
-        for at in range(0, len(view), MAX_COMMAND_DATA):
-            self._send(write=bytes(view[at:at + MAX_COMMAND_DATA]))
-        self._flow.maybe_pause(self.get_write_buffer_size())
+        if type(data) is bytes and len(data) <= MAX_COMMAND_DATA:
+            self._call.command(self._connection_id, write=data)  # the common case, without a copy
+        else:
+            view = memoryview(data).cast("B")
+            for at in range(0, len(view), MAX_COMMAND_DATA):
+                self._send(write=bytes(view[at:at + MAX_COMMAND_DATA]))
+        self._flow.maybe_pause(self._call.queued(self._connection_id))
 
     def writelines(self, list_of_data) -> None:
         """One write of everything."""
@@ -348,7 +351,9 @@ class ConnectionSession:
 
     def on_event(self, event: "pb.Event") -> None:
         kind = event.WhichOneof("kind")
-        if kind == "connection_made":
+        if kind == "data_received" and self.transport is not None:
+            self.transport.on_event(event)
+        elif kind == "connection_made":
             try:
                 protocol = self._factory()
             except BaseException as exc:  # noqa: BLE001  (the opener raises it)
