@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import unittest
 
 CONDUIT = sys.argv[1]
@@ -264,6 +265,52 @@ class RemoteLoopTest(unittest.TestCase):
             return answer
         local, remote = self.both_ways(scenario)
         self.assertEqual(local, b"upgraded")
+        self.assertEqual(remote, local)
+
+    def test_start_tls_on_a_transport_paused_for_its_writes(self):
+        # 100 KiB written, then start_tls at once (CPython's
+        # test_start_tls_client_buf_proto_1 does this): the remote transport
+        # is paused for its queue then, and the SSLProtocol that replaces the
+        # protocol must not hear a resume_writing it had no pause for (it
+        # asserts), so no error reaches the loop's handler.
+        async def scenario():
+            loop = asyncio.get_running_loop()
+            errors = []
+            loop.set_exception_handler(lambda _, context: errors.append(context["message"]))
+
+            # A blocking server in a thread reads exactly the plaintext (a
+            # stream server's reader would take the ClientHello with it).
+            listener = socket.create_server(("127.0.0.1", 0))
+            listener.settimeout(TIMEOUT)
+            port = listener.getsockname()[1]
+            server_context = self.tls_server_context()
+
+            def serve():
+                connection, _ = listener.accept()
+                with connection:
+                    connection.settimeout(TIMEOUT)
+                    got = 0
+                    while got < 100_000:
+                        got += len(connection.recv(100_000 - got))
+                    with server_context.wrap_socket(connection, server_side=True) as tls:
+                        tls.sendall(tls.recv(5))
+
+            server = threading.Thread(target=serve)
+            server.start()
+            reader = asyncio.StreamReader()
+            transport, protocol = await loop.create_connection(
+                lambda: asyncio.StreamReaderProtocol(reader), "127.0.0.1", port)
+            transport.write(b"x" * 100_000)
+            tls = await loop.start_tls(transport, protocol, ssl.create_default_context(cafile=self.ca),
+                                       server_hostname="localhost")
+            tls.write(b"hello")
+            answer = await reader.readexactly(5)
+            tls.close()
+            await loop.run_in_executor(None, server.join)
+            listener.close()
+            return answer, errors
+        local, remote = self.both_ways(scenario)
+        self.assertEqual(local, (b"hello", []))
         self.assertEqual(remote, local)
 
     # ---- servers --------------------------------------------------------------------

@@ -29,6 +29,8 @@ class SessionCall:
         self._queued: Dict[int, int] = collections.defaultdict(int)
         self._writing: Optional[Tuple[int, int]] = None  # (connection id, size) of the write with gRPC
         self._done_writing = False
+        self._drained: list = []  # flush()'s waiters
+        self._ending = False  # a close or abort of the session itself was queued
         self._call = stub.Session(metadata=metadata)
         self.enqueue(first)
         self._reader = self._loop.create_task(self._read_loop())
@@ -44,6 +46,8 @@ class SessionCall:
             self._write_next()
 
     def command(self, connection_id: int = 0, **kind) -> None:
+        if connection_id == 0 and ("close" in kind or "abort" in kind):
+            self._ending = True
         self.enqueue(pb.ClientMessage(command=pb.Command(connection_id=connection_id, **kind)), connection_id)
 
     def abort(self, connection_id: int = 0) -> None:
@@ -58,6 +62,7 @@ class SessionCall:
                 kept.append(item)
         self._queue = kept
         message = pb.ClientMessage(command=pb.Command(connection_id=connection_id, abort=pb.Abort()))
+        self._ending = self._ending or connection_id == 0
         # After the open (it must go first), before every command.
         at = 0
         while at < len(self._queue) and not self._queue[at][0].HasField("command"):
@@ -73,6 +78,17 @@ class SessionCall:
 
     def cancel(self) -> None:
         self._call.cancel()
+
+    async def flush(self) -> None:
+        """Return once every command queued so far went to gRPC, or the call
+        ended; if a close or abort of the whole session is among them, once
+        the call ended. Unbounded: the caller bounds it."""
+        while (self._queue or self._writing is not None) and not self._done_writing and not self.done():
+            drained = self._loop.create_future()
+            self._drained.append(drained)
+            await drained
+        if self._ending and not self.done():
+            await asyncio.shield(self._reader)
 
     async def close(self) -> None:
         """Cancel the call (if still going) and wait for its tasks to end,
@@ -142,10 +158,19 @@ class SessionCall:
         self._queued[connection_id] -= size
         if not ok:
             self._done_writing = True  # what is queued stays, unsent, as the buffer of a lost transport
+            self._wake_drained()
             return
         self._on_sent(connection_id)
         if self._writing is None:
             self._write_next()
+        if self._writing is None and self._drained:
+            self._wake_drained()
+
+    def _wake_drained(self) -> None:
+        drained, self._drained = self._drained, []
+        for waiter in drained:
+            if not waiter.done():
+                waiter.set_result(None)
 
     # ---- reading ----
     async def _read_loop(self):
@@ -168,4 +193,5 @@ class SessionCall:
             details = await self._call.details() or ""
         finally:
             self._done_writing = True
+            self._wake_drained()
         self._on_end(code, details)

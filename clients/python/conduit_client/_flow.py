@@ -26,6 +26,7 @@ class WriteFlow:
         self._local = False
         self._remote = False
         self._probing = False
+        self._paused_protocol = None  # the protocol told pause_writing
 
     @property
     def paused(self) -> bool:
@@ -85,6 +86,16 @@ class WriteFlow:
         protocol = self._protocol_of()
         if was == now or protocol is None:
             return
+        if now:
+            self._paused_protocol = protocol
+        else:
+            # A protocol hears resume_writing only after its own
+            # pause_writing: start_tls swaps the protocol (to asyncio's
+            # SSLProtocol, which asserts this) while the transport may be
+            # paused for the one before.
+            paused, self._paused_protocol = self._paused_protocol, None
+            if paused is not protocol:
+                return
         name = "pause_writing" if now else "resume_writing"
         try:
             getattr(protocol, name)()

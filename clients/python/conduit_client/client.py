@@ -12,6 +12,10 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 from grpc import aio
 
 from ._call import SessionCall
+
+#: How long a closing client waits for its sessions' queued commands (and
+#: the ends of the sessions already closed) before it cancels what is left.
+FLUSH_SECONDS = 5.0
 from ._datagram import RemoteDatagramTransport
 from ._proxy import RemoteProxy, open_request
 from ._stream import ConnectionSession, RemoteServer, RemoteTransport
@@ -64,7 +68,16 @@ class Client:
 
     async def __aexit__(self, *exc) -> None:
         # Sessions still open end with the client, as a loop's transports
-        # do when it closes.
+        # do when it closes; what their protocols wrote first goes to the
+        # service (for a while), as a local socket's kernel sends what it
+        # took: a TLS close_notify written just before the loop stops, say.
+        if self._calls:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(call.flush() for call in self._calls)), FLUSH_SECONDS)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+            except Exception:  # noqa: BLE001  (a call that ended with an error: close() below reports none)
+                pass
         for call in list(self._calls):
             await call.close()
         for proxy in self._proxies:
