@@ -1,5 +1,5 @@
-// conduit health: grpc.health.v1 Check against a service, with
-// grpc_health_probe's exit codes, for container health checks.
+// conduit health: grpc.health.v1 Check against a service, for container
+// health checks, with the exit codes every conduit tool uses.
 #include "commands.hpp"
 #include "common.hpp"
 
@@ -14,13 +14,13 @@ namespace conduit::cli {
 
 namespace {
 
-// grpc_health_probe's exit codes, which container tooling knows.
+// The tools' table (common.hpp): a health check is ok or not; what went
+// wrong is on stderr.
 enum HealthExit : int {
-  health_serving = 0,
-  health_bad_arguments = 1,
-  health_connect_failed = 2,
-  health_rpc_failed = 3,
-  health_not_serving = 4,
+  health_serving = exit_ok,
+  health_not_serving = exit_failure,  ///< or the Check call failed
+  health_bad_arguments = exit_usage,
+  health_unreachable = exit_service_unreachable,
 };
 
 struct HealthOptions {
@@ -46,7 +46,7 @@ int run_health(const HealthOptions& options) {
                         std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(options.timeout));
   if (!channel->WaitForConnected(deadline)) {
     std::cerr << "conduit health: cannot reach the service at " << remote.address << '\n';
-    return health_connect_failed;
+    return health_unreachable;
   }
   auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext context;
@@ -57,8 +57,14 @@ int run_health(const HealthOptions& options) {
   grpc::health::v1::HealthCheckResponse response;
   const grpc::Status status = stub->Check(&context, request, &response);
   if (!status.ok()) {
-    std::cerr << "conduit health: Check failed (" << status.error_code() << "): " << status.error_message() << '\n';
-    return health_rpc_failed;
+    if (status.error_code() == grpc::StatusCode::NOT_FOUND) {
+      std::cerr << "conduit health: the server has no service named '" << options.service
+                << "' (it serves conduit.v1.Conduit; leave --service out for the whole server)\n";
+    } else {
+      std::cerr << "conduit health: the Check call failed (" << status.error_code() << "): " << status.error_message()
+                << '\n';
+    }
+    return health_not_serving;
   }
   const bool serving = response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
   std::cout << "status: " << grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status()) << std::endl;
@@ -82,8 +88,8 @@ void set_health_command(CLI::App& app, int& exit_code) {
   cmd->add_option("-t,--timeout", options->timeout, "Give up after S seconds")
       ->capture_default_str()
       ->check(seconds_validator());
-  cmd->footer(R"(Prints "status: SERVING" (or the status it got). Exit codes, as grpc_health_probe's:
-0 serving, 1 bad arguments, 2 cannot connect, 3 the Check call failed, 4 not serving.
+  cmd->footer(R"(Prints "status: SERVING" (or the status it got). Exit codes: 0 serving, 1 not serving
+(or the Check call failed: stderr says why), 2 bad arguments, 7 cannot reach the service.
 
 Example (a Dockerfile HEALTHCHECK):
   conduit health --via 127.0.0.1:50051

@@ -38,10 +38,7 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    // `conduit health` keeps grpc_health_probe's codes: 1 for bad arguments.
-    bool health = false;
-    for (const CLI::App* sub : app.get_subcommands()) health = health || sub->get_name() == "health";
-    const int usage = health ? 1 : conduit::cli::exit_usage;
+    const int usage = conduit::cli::exit_usage;
     // CLI11 checks required options before unknown ones, so a misspelt
     // `--conect` read as "--connect is required": name the unknown option.
     if (dynamic_cast<const CLI::RequiredError*>(&e) != nullptr) {

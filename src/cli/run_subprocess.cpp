@@ -101,6 +101,7 @@ struct RunResult {
   std::uint64_t stdout_bytes = 0, stderr_bytes = 0;
   bool timed_out = false;
   bool killed = false;  // the grace period after a signal or the timeout ran out
+  std::string stopped;  // why we asked the child to end ("timed out", "got Terminated"), if we did
   bool lost = false;    // connection_lost came
   std::exception_ptr lost_error;
 };
@@ -251,7 +252,11 @@ int run(const RunOptions& options) {
             [child_stdin] { child_stdin->close(); });
         protocol->on_stdin_pressure = [&](bool full) { feeder->set_paused(full); };
         protocol->on_stdin_lost = [&](std::exception_ptr error) {
-          if (feeder->stop()) {
+          if (!feeder->stop()) return;
+          if (!result.stopped.empty()) {
+            std::cerr << "conduit run-subprocess: " << result.stopped
+                      << ": the child was stopped, and the rest of the input is not sent\n";
+          } else {
             std::cerr << "conduit run-subprocess: the child closed its stdin"
                       << (error ? " (" + describe(error) + ")" : "") << ": the rest of the input is not sent\n";
           }
@@ -268,9 +273,11 @@ int run(const RunOptions& options) {
   }
 
   // The child is in its own process group, so a Ctrl-C at our terminal
-  // reaches only us: we forward what we get; it decides how to end. If it
-  // has not ended --kill-after seconds after an ending signal (or the
-  // timeout), its whole group is killed, so nothing is left behind.
+  // reaches only us: we forward what we get. An ending signal (and the
+  // timeout's SIGTERM) goes to the child's whole group, as coreutils'
+  // timeout sends it, so that what the child started ends with it; what is
+  // still running --kill-after seconds later is killed, group and all, so
+  // nothing is left behind.
   asio::steady_timer grace(loop.context());
   bool grace_running = false;
   const auto grace_period = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.kill_after));
@@ -291,15 +298,19 @@ int run(const RunOptions& options) {
   std::function<void()> wait_signal = [&] {
     signals.async_wait([&](const boost::system::error_code& ec, int signal) {
       if (ec) return;
-      log.event("run-subprocess", "forwarding signal " + std::to_string(signal));
-      if (transport && !result.returncode) {
+      const bool ending =
+          std::find(std::begin(ending_signals), std::end(ending_signals), signal) != std::end(ending_signals);
+      log.event("run-subprocess", "forwarding signal " + std::to_string(signal) + (ending ? " to the child's group" : ""));
+      if (transport && !result.lost && (ending || !result.returncode)) {
         try {
-          transport->send_signal(signal);
+          if (ending) transport->send_signal_to_group(signal);
+          else transport->send_signal(signal);
         } catch (const std::exception& e) {
           log.event("run-subprocess", std::string("cannot forward the signal: ") + e.what());
         }
       }
-      if (std::find(std::begin(ending_signals), std::end(ending_signals), signal) != std::end(ending_signals)) {
+      if (ending) {
+        if (result.stopped.empty()) result.stopped = std::string("got ") + ::strsignal(signal);
         end_after_grace(std::string("got ") + ::strsignal(signal));
       }
       wait_signal();
@@ -313,16 +324,12 @@ int run(const RunOptions& options) {
     deadline.async_wait([&](const boost::system::error_code& ec) {
       if (ec || result.lost) return;
       result.timed_out = true;
-      if (result.returncode) {
-        // The child is done; what it left holds the pipes: end it now.
-        log.event("run-subprocess", "timeout: killing what the child left in its group");
-        transport->close();
-        return;
-      }
-      log.event("run-subprocess", "timeout: terminating the child");
+      result.stopped = "timed out after " + format_seconds(*options.timeout) + " s";
+      log.event("run-subprocess", "timeout: SIGTERM to the child's group");
       try {
-        transport->terminate();
-      } catch (const std::exception&) {
+        transport->send_signal_to_group(SIGTERM);
+      } catch (const std::exception& e) {
+        log.event("run-subprocess", std::string("cannot signal the child: ") + e.what());
       }
       end_after_grace("timed out");
     });
@@ -371,7 +378,7 @@ void set_run_subprocess_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--stdin", options->stdin_source, "Feed the child this file, or - for our standard input "
                                                     "(default: /dev/null)");
   cmd->add_option("-t,--timeout", options->timeout,
-                  "Stop the child after S seconds (SIGTERM, then its whole group SIGKILLed --kill-after S later)")
+                  "Stop the child after S seconds (SIGTERM to its process group, SIGKILL --kill-after S later)")
       ->check(seconds_validator());
   cmd->add_option("--kill-after", options->kill_after,
                   "Seconds a child has to end after a forwarded SIGINT/SIGTERM/SIGHUP/SIGQUIT or the timeout, "
@@ -383,10 +390,11 @@ void set_run_subprocess_command(CLI::App& app, int& exit_code) {
   add_output_flags(*cmd, options->output);
   cmd->add_option("command", options->command, "PROGRAM [ARGS...] (after --)")->required();
   cmd->positionals_at_end();
-  cmd->footer(R"(The child runs in its own process group. SIGINT (Ctrl-C), SIGTERM, SIGHUP, SIGQUIT,
-SIGUSR1 and SIGUSR2 sent to run-subprocess are forwarded to it; after SIGINT, SIGTERM,
-SIGHUP or SIGQUIT (or --timeout), whatever is still running in its group --kill-after
-seconds later is killed, so nothing is left behind. Input (--stdin) is read only as fast
+  cmd->footer(R"(The child runs in its own process group. SIGINT (Ctrl-C), SIGTERM, SIGHUP and SIGQUIT
+sent to run-subprocess go to that whole group, as does --timeout's SIGTERM (as coreutils'
+timeout sends it), so what the child started ends with it; SIGUSR1 and SIGUSR2 go to the
+child alone. Whatever still runs in the group --kill-after seconds after an ending signal
+is killed, so nothing is left behind. Input (--stdin) is read only as fast
 as the child takes it. --json adds a JSON summary as the last line of stdout.
 
 Exit status: the child's own exit code, or 128+N if signal N ended it (137 when the grace

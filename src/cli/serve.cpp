@@ -197,6 +197,9 @@ int run_serve(const ServeOptions& options) {
   service::set_grpc_log_sink(&service.audit());
   service.set_own_address(static_cast<std::uint16_t>(listen.unix_path.empty() ? port : 0), listen.unix_path);
   listen.port = static_cast<std::uint16_t>(port);
+  // The whole server ("") is SERVING by gRPC's default; the service by its
+  // own name too, as health checks that name it ask.
+  server->GetHealthCheckService()->SetServingStatus("conduit.v1.Conduit", true);
   std::cout << "listening " << (listen.unix_path.empty() ? listen.grpc_uri() : "unix:" + listen.unix_path)
             << std::endl;
   service.audit().write(LogLevel::info, "started", "serving on " + listen.grpc_uri(),

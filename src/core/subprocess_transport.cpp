@@ -223,6 +223,17 @@ void ChildProcessTransport::kill_process_group() {
   if (own_process_group_ && state_ != State::finished) ::kill(-pid_, SIGKILL);
 }
 
+void ChildProcessTransport::send_signal_to_group(int signal) {
+  if (close_called_) throw std::system_error(ESRCH, std::generic_category(), "ProcessLookupError: the transport is closed");
+  // -pid_ is the group while anything is left in it (kill_process_group
+  // says why that holds until the transport finishes).
+  if (!own_process_group_ || state_ == State::finished) return send_signal(signal);
+  if (::kill(-pid_, signal) != 0 && errno != ESRCH) {
+    throw std::system_error(errno, std::generic_category(),
+                            "kill(-" + std::to_string(pid_) + ", " + std::to_string(signal) + ")");
+  }
+}
+
 void ChildProcessTransport::send_signal(int signal) {
   if (close_called_) throw std::system_error(ESRCH, std::generic_category(), "ProcessLookupError: the transport is closed");
   if (returncode_) return;  // exited and reaped: the pid may be another process's now

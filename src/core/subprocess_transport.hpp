@@ -51,6 +51,7 @@ class ChildProcessTransport final : public SubprocessTransport, private detail::
   std::shared_ptr<Transport> get_pipe_transport(int fd) const override;
   std::optional<int> get_returncode() const override { return returncode_; }
   void send_signal(int signal) override;
+  void send_signal_to_group(int signal) override;
 
   // From the pipe protocols.
   void on_pipe_data(int fd, std::span<const std::byte> data);

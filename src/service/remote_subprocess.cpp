@@ -127,6 +127,14 @@ class RemoteSubprocess final : public SubprocessTransport {
     if (returncode_) return;
     stream_->command(make_command([&](v1::Command& c) { c.mutable_send_signal()->set_signal(signal); }));
   }
+  void send_signal_to_group(int signal) override {
+    if (closed_) throw std::system_error(ESRCH, std::generic_category(), "ProcessLookupError: the transport is closed");
+    if (ending_.lost) return;  // the session ended: nothing of the child's is left
+    stream_->command(make_command([&](v1::Command& c) {
+      c.mutable_send_signal()->set_signal(signal);
+      c.mutable_send_signal()->set_process_group(true);
+    }));
+  }
 
  protected:
   std::any extra_info(std::string_view name) const override {

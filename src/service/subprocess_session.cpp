@@ -73,7 +73,10 @@ class SubprocessSide final : public SubprocessProtocol, public SideEvents {
           if (auto pipe = transport_->get_pipe_transport(fd)) pipe->close();
           break;
         }
-        case v1::Command::kSendSignal: transport_->send_signal(c.send_signal().signal()); break;
+        case v1::Command::kSendSignal:
+          if (c.send_signal().process_group()) transport_->send_signal_to_group(c.send_signal().signal());
+          else transport_->send_signal(c.send_signal().signal());
+          break;
         case v1::Command::kTerminate: transport_->terminate(); break;
         case v1::Command::kKill: transport_->kill(); break;
         case v1::Command::kPauseReading: set_output_reading(false); break;

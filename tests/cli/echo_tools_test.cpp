@@ -424,14 +424,14 @@ TEST(EchoTools, ServiceTokenIsEnforced) {
 TEST(EchoTools, ViaTakesHostPortWithADefaultPortAndRefusesURLs) {
   Service service;
   // HOST alone is port 50051: where nothing listens there, the probe
-  // fails to connect (2), naming the address it tried.
+  // cannot reach the service (7), naming the address it tried.
   boost::asio::io_context io;
   boost::asio::ip::tcp::socket probe(io);
   boost::system::error_code in_use;
   probe.connect({boost::asio::ip::make_address("127.0.0.1"), 50051}, in_use);
   if (in_use) {
     ChildProcess host_alone({CONDUIT_BIN, "health", "--via", "127.0.0.1", "--timeout", "0.5"});
-    EXPECT_EQ(host_alone.wait(bound), 2);
+    EXPECT_EQ(host_alone.wait(bound), 7);
     EXPECT_NE(host_alone.err().find("cannot reach the service at 127.0.0.1:50051"), std::string::npos)
         << host_alone.err();
   }
@@ -440,11 +440,11 @@ TEST(EchoTools, ViaTakesHostPortWithADefaultPortAndRefusesURLs) {
   ChildProcess with_port({CONDUIT_BIN, "health", "--via", service.address});
   EXPECT_EQ(with_port.wait(bound), 0) << with_port.err();
   ChildProcess empty({CONDUIT_BIN, "health", "--via", ""});
-  EXPECT_EQ(empty.wait(bound), 1) << empty.err();
+  EXPECT_EQ(empty.wait(bound), 2) << empty.err();
   for (const char* bad : {"http://127.0.0.1:50051", "::1:50051", "127.0.0.1:http", "127.0.0.1:0"}) {
     SCOPED_TRACE(bad);
     ChildProcess health({CONDUIT_BIN, "health", "--via", bad});
-    EXPECT_EQ(health.wait(bound), 1) << "grpc_health_probe's bad-arguments code";
+    EXPECT_EQ(health.wait(bound), 2) << "bad arguments, as in every tool";
     ChildProcess client({CONDUIT_BIN, "echo-client", "--via", bad, "--connect", "tcp://127.0.0.1:1"});
     EXPECT_EQ(client.wait(bound), 2) << client.err();
     EXPECT_NE(client.err().find("--via"), std::string::npos) << client.err();
@@ -460,7 +460,7 @@ TEST(EchoTools, AMisspeltOptionIsNamed) {
   EXPECT_NE(client.err().find("unknown option '--conect'"), std::string::npos) << client.err();
   EXPECT_EQ(client.err().find("is required"), std::string::npos) << client.err();
   ChildProcess health({CONDUIT_BIN, "health", "--vai", "127.0.0.1:1"});
-  EXPECT_EQ(health.wait(bound), 1);
+  EXPECT_EQ(health.wait(bound), 2);
   EXPECT_NE(health.err().find("unknown option '--vai'"), std::string::npos) << health.err();
 }
 
@@ -469,15 +469,19 @@ TEST(EchoTools, HealthProbeExitCodes) {
   ChildProcess serving({CONDUIT_BIN, "health", "--via", service.address});
   EXPECT_EQ(serving.wait(bound), 0) << serving.err();
   EXPECT_EQ(serving.out(), "status: SERVING\n");
+  ChildProcess named({CONDUIT_BIN, "health", "--via", service.address, "--service", "conduit.v1.Conduit"});
+  EXPECT_EQ(named.wait(bound), 0) << named.err();
+  EXPECT_EQ(named.out(), "status: SERVING\n");
   ChildProcess unknown({CONDUIT_BIN, "health", "--via", service.address, "--service", "no.such.Service"});
-  EXPECT_EQ(unknown.wait(bound), 3) << "NOT_FOUND from Check is an RPC failure";
+  EXPECT_EQ(unknown.wait(bound), 1) << "the Check failed: a failed health check";
+  EXPECT_NE(unknown.err().find("no service named 'no.such.Service'"), std::string::npos) << unknown.err();
   ChildProcess nobody({CONDUIT_BIN, "health", "--via", "127.0.0.1:" + free_port(), "--timeout", "0.5"});
-  EXPECT_EQ(nobody.wait(bound), 2);
-  // Bad arguments are 1, as the help (and grpc_health_probe) say.
+  EXPECT_EQ(nobody.wait(bound), 7);
+  // Bad arguments are 2, as in every tool.
   ChildProcess bad_timeout({CONDUIT_BIN, "health", "--via", service.address, "--timeout", "nan"});
-  EXPECT_EQ(bad_timeout.wait(bound), 1) << bad_timeout.err();
+  EXPECT_EQ(bad_timeout.wait(bound), 2) << bad_timeout.err();
   ChildProcess no_address({CONDUIT_BIN, "health"});
-  EXPECT_EQ(no_address.wait(bound), 1) << no_address.err();
+  EXPECT_EQ(no_address.wait(bound), 2) << no_address.err();
 
   // A --via to a port where nothing listens says so.
   ChildProcess unreachable({CONDUIT_BIN, "echo-client", "--via", "127.0.0.1:" + free_port(), "--connect",

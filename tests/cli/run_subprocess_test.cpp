@@ -108,8 +108,11 @@ TEST(RunSubprocess, TimeoutStopsTheChild) {
   EXPECT_NE(p.err().find("timed out after 0.2 s"), std::string::npos) << p.err();
 }
 
+// An ending signal goes to the child's whole group, as coreutils' timeout
+// sends it: what ends on SIGTERM ends at once, not --kill-after later (60 s
+// here, three times the bound these wait).
 TEST(RunSubprocess, ASignalEndsWhatTheChildLeftInItsGroup) {
-  std::vector<std::string> args = {"--kill-after", "0.5", "--"};
+  std::vector<std::string> args = {"--kill-after", "60", "--"};
   args.insert(args.end(), leaves_a_sleeper.begin(), leaves_a_sleeper.end());
   auto p = run(args);
   const int sleeper = printed_pid(p);
@@ -118,18 +121,34 @@ TEST(RunSubprocess, ASignalEndsWhatTheChildLeftInItsGroup) {
   // 0 if the shell had exited before the signal came, else 128+SIGTERM.
   const auto status = p.wait(bound);
   EXPECT_TRUE(status == 0 || status == 128 + SIGTERM) << p.err();
-  EXPECT_NE(p.err().find("killing its process group"), std::string::npos) << p.err();
+  EXPECT_EQ(p.err().find("killing its process group"), std::string::npos) << p.err();
   EXPECT_TRUE(exits_within(sleeper, bound)) << "the background sleep survived";
 }
 
 TEST(RunSubprocess, TimeoutEndsWhatTheChildLeftInItsGroup) {
-  std::vector<std::string> args = {"--timeout", "0.3", "--"};
+  std::vector<std::string> args = {"--timeout", "0.3", "--kill-after", "60", "--"};
   args.insert(args.end(), leaves_a_sleeper.begin(), leaves_a_sleeper.end());
   auto p = run(args);
   const int sleeper = printed_pid(p);
   ASSERT_GT(sleeper, 0) << p.err();
   EXPECT_EQ(p.wait(bound), 124) << p.err();
   EXPECT_TRUE(exits_within(sleeper, bound)) << "the background sleep survived";
+  // The child still running at the timeout, its background job beside it.
+  auto both = run({"--timeout", "0.3", "--kill-after", "60", "--", "sh", "-c", "sleep 300 & echo $!; exec sleep 60"});
+  const int background = printed_pid(both);
+  ASSERT_GT(background, 0) << both.err();
+  EXPECT_EQ(both.wait(bound), 124) << both.err();
+  EXPECT_TRUE(exits_within(background, bound)) << "the background sleep survived";
+}
+
+TEST(RunSubprocess, TimeoutWithInputSaysItTimedOut) {
+  // The child reads nothing: the input waits until the timeout stops it.
+  auto p = run({"--timeout", "0.3", "--stdin", "-", "--", "sleep", "30"}, std::string(4 << 20, 'y'));
+  EXPECT_EQ(p.wait(bound), 124) << p.err();
+  EXPECT_NE(p.err().find("timed out after 0.3 s: the child was stopped, and the rest of the input is not sent"),
+            std::string::npos)
+      << p.err();
+  EXPECT_EQ(p.err().find("the child closed its stdin"), std::string::npos) << p.err();
 }
 
 TEST(RunSubprocess, AChildIgnoringSigtermIsKilledAfterTheGracePeriod) {
@@ -209,8 +228,8 @@ TEST(RunSubprocess, ViaTheServiceGivesTheSameOutputAndStatus) {
   EXPECT_EQ(pipe_in.out(), std::to_string(5 << 20) + "\n");
   ::unlink(big.c_str());
 
-  // Leftovers in the remote child's group end too.
-  std::vector<std::string> args = {"--via", address, "--kill-after", "0.5", "--"};
+  // Leftovers in the remote child's group end too, at the signal.
+  std::vector<std::string> args = {"--via", address, "--kill-after", "60", "--"};
   args.insert(args.end(), leaves_a_sleeper.begin(), leaves_a_sleeper.end());
   auto leaves = run(args);
   const int sleeper = printed_pid(leaves);

@@ -176,6 +176,12 @@ class SubprocessTransport : public virtual BaseTransport {
   /// Send `signal` to the child; nothing once it has exited. Throws
   /// std::system_error(ESRCH) ("ProcessLookupError") after close().
   virtual void send_signal(int signal) = 0;
+  /// Send `signal` to the child's process group when it was started in one
+  /// of its own (as coreutils' timeout does), else to the child alone.
+  /// Unlike send_signal, it still reaches what the child left in its group
+  /// after the child exited, until the transport has finished. Throws as
+  /// send_signal does.
+  virtual void send_signal_to_group(int signal) = 0;
   /// send_signal(SIGTERM).
   void terminate();
   /// send_signal(SIGKILL).

@@ -20,7 +20,7 @@ DESCRIPTOR = _descriptor.FileDescriptor(
   name='conduit/v1/conduit.proto',
   package='conduit.v1',
   syntax='proto3',
-  serialized_pb=_b('\n\x18\x63onduit/v1/conduit.proto\x12\nconduit.v1\"\xcd\x02\n\rClientMessage\x12\x35\n\x0fopen_connection\x18\x01 \x01(\x0b\x32\x1a.conduit.v1.OpenConnectionH\x00\x12\x35\n\x0fopen_subprocess\x18\x02 \x01(\x0b\x32\x1a.conduit.v1.OpenSubprocessH\x00\x12\x42\n\x16open_datagram_endpoint\x18\x03 \x01(\x0b\x32 .conduit.v1.OpenDatagramEndpointH\x00\x12-\n\x0bopen_server\x18\x04 \x01(\x0b\x32\x16.conduit.v1.OpenServerH\x00\x12+\n\nopen_proxy\x18\x05 \x01(\x0b\x32\x15.conduit.v1.OpenProxyH\x00\x12&\n\x07\x63ommand\x18\n \x01(\x0b\x32\x13.conduit.v1.CommandH\x00\x42\x06\n\x04kind\"\xa3\x02\n\x0eOpenConnection\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsClient\x12\x19\n\x11write_buffer_high\x18\x04 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x05 \x01(\r\x12\x19\n\x11\x63lose_at_peer_eof\x18\t \x01(\x08\x12\x14\n\x0cstart_paused\x18\x07 \x01(\x08\x12(\n\nlocal_addr\x18\x08 \x01(\x0b\x32\x14.conduit.v1.HostPortB\x08\n\x06targetJ\x04\x08\x06\x10\x07R\x13keep_open_after_eof\"&\n\x08HostPort\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"W\n\tTlsClient\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x17\n\x0fserver_hostname\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\x10\n\x08insecure\x18\x04 \x01(\x08\"\xb3\x02\n\nOpenServer\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\r\x12\x12\n\nreuse_port\x18\x05 \x01(\x08\x12\x19\n\x11write_buffer_high\x18\x06 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x07 \x01(\r\x12\x17\n\x0fmax_connections\x18\x08 \x01(\r\x12\x19\n\x11\x63lose_at_peer_eof\x18\x0b \x01(\x08\x12\x14\n\x0cstart_paused\x18\n \x01(\x08\x42\x08\n\x06targetJ\x04\x08\t\x10\nR\x13keep_open_after_eof\"V\n\tTlsServer\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x0f\n\x07key_pem\x18\x03 \x01(\t\x12\x15\n\rclient_ca_pem\x18\x04 \x01(\t\"\xbe\x01\n\tOpenProxy\x12)\n\x06listen\x18\x01 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12+\n\x08upstream\x18\x02 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12%\n\x06\x66\x61ults\x18\x03 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\x12\x19\n\x11stats_interval_ms\x18\x04 \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\x05 \x01(\r\"\xce\x01\n\rProxyEndpoint\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12#\n\x03udp\x18\x03 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12)\n\ntls_server\x18\x04 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12)\n\ntls_client\x18\x05 \x01(\x0b\x32\x15.conduit.v1.TlsClientB\x08\n\x06target\"\x9c\x04\n\tFaultSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\tdirection\x18\x02 \x01(\x0e\x32\x1a.conduit.v1.FaultDirection\x12+\n\x07latency\x18\n \x01(\x0b\x32\x18.conduit.v1.LatencyFaultH\x00\x12/\n\tbandwidth\x18\x0b \x01(\x0b\x32\x1a.conduit.v1.BandwidthFaultH\x00\x12)\n\x06slicer\x18\x0c \x01(\x0b\x32\x17.conduit.v1.SlicerFaultH\x00\x12/\n\tblackhole\x18\r \x01(\x0b\x32\x1a.conduit.v1.BlackholeFaultH\x00\x12\'\n\x05reset\x18\x0e \x01(\x0b\x32\x16.conduit.v1.ResetFaultH\x00\x12\x30\n\nlimit_data\x18\x0f \x01(\x0b\x32\x1a.conduit.v1.LimitDataFaultH\x00\x12\x30\n\nslow_close\x18\x10 \x01(\x0b\x32\x1a.conduit.v1.SlowCloseFaultH\x00\x12%\n\x04loss\x18\x11 \x01(\x0b\x32\x15.conduit.v1.LossFaultH\x00\x12/\n\tduplicate\x18\x12 \x01(\x0b\x32\x1a.conduit.v1.DuplicateFaultH\x00\x12+\n\x07reorder\x18\x13 \x01(\x0b\x32\x18.conduit.v1.ReorderFaultH\x00\x42\x06\n\x04kind\"3\n\x0cLatencyFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\x12\x11\n\tjitter_us\x18\x02 \x01(\x04\"*\n\x0e\x42\x61ndwidthFault\x12\x18\n\x10\x62ytes_per_second\x18\x01 \x01(\x04\"M\n\x0bSlicerFault\x12\x14\n\x0c\x61verage_size\x18\x01 \x01(\r\x12\x16\n\x0esize_variation\x18\x02 \x01(\r\x12\x10\n\x08\x64\x65lay_us\x18\x03 \x01(\x04\"(\n\x0e\x42lackholeFault\x12\x16\n\x0e\x63lose_after_us\x18\x01 \x01(\x04\"3\n\nResetFault\x12\x13\n\x0b\x61\x66ter_bytes\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x66ter_us\x18\x02 \x01(\x04\"\x1f\n\x0eLimitDataFault\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"\"\n\x0eSlowCloseFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\" \n\tLossFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"%\n\x0e\x44uplicateFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"4\n\x0cReorderFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x0f\n\x07hold_us\x18\x02 \x01(\x04\"\x98\x01\n\x0eOpenSubprocess\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05shell\x18\x02 \x01(\t\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12\x30\n\x03\x65nv\x18\x04 \x03(\x0b\x32#.conduit.v1.OpenSubprocess.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x01\n\x14OpenDatagramEndpoint\x12(\n\nlocal_addr\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12)\n\x0bremote_addr\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12\x12\n\nreuse_port\x18\x03 \x01(\x08\x12\x17\n\x0f\x61llow_broadcast\x18\x04 \x01(\x08\"\xa3\x07\n\x07\x43ommand\x12\x15\n\rconnection_id\x18\x14 \x01(\x04\x12\x0f\n\x05write\x18\x01 \x01(\x0cH\x00\x12,\n\nwritelines\x18\x02 \x01(\x0b\x32\x16.conduit.v1.WritelinesH\x00\x12)\n\twrite_eof\x18\x03 \x01(\x0b\x32\x14.conduit.v1.WriteEofH\x00\x12\"\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x11.conduit.v1.CloseH\x00\x12\"\n\x05\x61\x62ort\x18\x05 \x01(\x0b\x32\x11.conduit.v1.AbortH\x00\x12\x31\n\rpause_reading\x18\x06 \x01(\x0b\x32\x18.conduit.v1.PauseReadingH\x00\x12\x33\n\x0eresume_reading\x18\x07 \x01(\x0b\x32\x19.conduit.v1.ResumeReadingH\x00\x12@\n\x17set_write_buffer_limits\x18\x08 \x01(\x0b\x32\x1d.conduit.v1.WriteBufferLimitsH\x00\x12\x32\n\x0eget_extra_info\x18\t \x01(\x0b\x32\x18.conduit.v1.GetExtraInfoH\x00\x12)\n\x0bsend_signal\x18\n \x01(\x0b\x32\x12.conduit.v1.SignalH\x00\x12*\n\tterminate\x18\x0b \x01(\x0b\x32\x15.conduit.v1.TerminateH\x00\x12 \n\x04kill\x18\x0c \x01(\x0b\x32\x10.conduit.v1.KillH\x00\x12$\n\x06sendto\x18\r \x01(\x0b\x32\x12.conduit.v1.SendtoH\x00\x12*\n\tset_fault\x18\x0e \x01(\x0b\x32\x15.conduit.v1.FaultSpecH\x00\x12/\n\x0cremove_fault\x18\x0f \x01(\x0b\x32\x17.conduit.v1.RemoveFaultH\x00\x12+\n\nproxy_down\x18\x10 \x01(\x0b\x32\x15.conduit.v1.ProxyDownH\x00\x12\'\n\x08proxy_up\x18\x11 \x01(\x0b\x32\x13.conduit.v1.ProxyUpH\x00\x12\x33\n\x0estop_listening\x18\x12 \x01(\x0b\x32\x19.conduit.v1.StopListeningH\x00\x12+\n\nclose_pipe\x18\x13 \x01(\x0b\x32\x15.conduit.v1.ClosePipeH\x00\x12\x35\n\x11set_socket_option\x18\x15 \x01(\x0b\x32\x18.conduit.v1.SocketOptionH\x00\x42\x06\n\x04kind\"\x1b\n\x0bRemoveFault\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0b\n\tProxyDown\"\t\n\x07ProxyUp\"\x0f\n\rStopListening\"\x17\n\tClosePipe\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\"<\n\x0cSocketOption\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x0e\n\x06option\x18\x02 \x01(\x05\x12\r\n\x05value\x18\x03 \x01(\x05\":\n\x06Sendto\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\"\n\x04\x61\x64\x64r\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\"\x1a\n\nWritelines\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\"\n\n\x08WriteEof\"\x07\n\x05\x43lose\"\x07\n\x05\x41\x62ort\"\x0e\n\x0cPauseReading\"\x0f\n\rResumeReading\".\n\x11WriteBufferLimits\x12\x0c\n\x04high\x18\x01 \x01(\r\x12\x0b\n\x03low\x18\x02 \x01(\r\"\x1c\n\x0cGetExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x06Signal\x12\x0e\n\x06signal\x18\x01 \x01(\x05\"\x0b\n\tTerminate\"\x06\n\x04Kill\"\xa5\t\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nunix_nanos\x18\x02 \x01(\x03\x12\x15\n\rconnection_id\x18\x03 \x01(\x04\x12\x35\n\x0f\x63onnection_made\x18\n \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rdata_received\x18\x0b \x01(\x0b\x32\x18.conduit.v1.DataReceivedH\x00\x12/\n\x0c\x65of_received\x18\x0c \x01(\x0b\x32\x17.conduit.v1.EofReceivedH\x00\x12\x35\n\x0f\x63onnection_lost\x18\r \x01(\x0b\x32\x1a.conduit.v1.ConnectionLostH\x00\x12\x31\n\rpause_writing\x18\x0e \x01(\x0b\x32\x18.conduit.v1.PauseWritingH\x00\x12\x33\n\x0eresume_writing\x18\x0f \x01(\x0b\x32\x19.conduit.v1.ResumeWritingH\x00\x12:\n\x12pipe_data_received\x18\x10 \x01(\x0b\x32\x1c.conduit.v1.PipeDataReceivedH\x00\x12>\n\x14pipe_connection_lost\x18\x11 \x01(\x0b\x32\x1e.conduit.v1.PipeConnectionLostH\x00\x12\x33\n\x0eprocess_exited\x18\x12 \x01(\x0b\x32\x19.conduit.v1.ProcessExitedH\x00\x12-\n\x0bopen_failed\x18\x13 \x01(\x0b\x32\x16.conduit.v1.OpenFailedH\x00\x12+\n\nextra_info\x18\x14 \x01(\x0b\x32\x15.conduit.v1.ExtraInfoH\x00\x12\x33\n\x0e\x63ommand_failed\x18\x15 \x01(\x0b\x32\x19.conduit.v1.CommandFailedH\x00\x12\x39\n\x11\x64\x61tagram_received\x18\x16 \x01(\x0b\x32\x1c.conduit.v1.DatagramReceivedH\x00\x12\x33\n\x0e\x65rror_received\x18\x17 \x01(\x0b\x32\x19.conduit.v1.ErrorReceivedH\x00\x12\x33\n\x0eserver_started\x18\x18 \x01(\x0b\x32\x19.conduit.v1.ServerStartedH\x00\x12\x39\n\x13\x63onnection_accepted\x18\x19 \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rproxy_started\x18\x1a \x01(\x0b\x32\x18.conduit.v1.ProxyStartedH\x00\x12\x35\n\x0eproxy_accepted\x18\x1b \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x32\n\x0bproxy_stats\x18\x1c \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x33\n\x0cproxy_closed\x18\x1d \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12-\n\x0bproxy_state\x18\x1e \x01(\x0b\x32\x16.conduit.v1.ProxyStateH\x00\x42\x06\n\x04kind\"3\n\x0cProxyStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\"u\n\x0fProxyConnection\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_upstream\x18\x02 \x01(\x04\x12\x18\n\x10\x62ytes_downstream\x18\x03 \x01(\x04\x12 \n\x05\x65rror\x18\x04 \x01(\x0b\x32\x11.conduit.v1.Error\"r\n\nProxyState\x12\n\n\x02up\x18\x01 \x01(\x08\x12\x0f\n\x07sockets\x18\x02 \x03(\t\x12 \n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.conduit.v1.Error\x12%\n\x06\x66\x61ults\x18\x04 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\"4\n\rServerStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\".\n\x10\x44\x61tagramReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"1\n\rErrorReceived\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"-\n\x05\x45rror\x12\x13\n\x0b\x65rrno_value\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0e\x43onnectionMade\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08peername\x18\x02 \x01(\t\x12\x10\n\x08sockname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x13\n\x0btls_version\x18\x05 \x01(\t\x12\x12\n\ntls_cipher\x18\x06 \x01(\t\"\x1c\n\x0c\x44\x61taReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\r\n\x0b\x45ofReceived\"2\n\x0e\x43onnectionLost\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\" \n\x0cPauseWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\"!\n\rResumeWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\",\n\x10PipeDataReceived\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x12PipeConnectionLost\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.conduit.v1.Error\"#\n\rProcessExited\x12\x12\n\nreturncode\x18\x01 \x01(\x05\".\n\nOpenFailed\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"7\n\tExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"1\n\rCommandFailed\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x15\n\x13ListSessionsRequest\"\x87\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x10\n\x08\x62ytes_in\x18\x05 \x01(\x04\x12\x11\n\tbytes_out\x18\x06 \x01(\x04\x12\x13\n\x0b\x61ge_seconds\x18\x07 \x01(\x01\"[\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.conduit.v1.SessionInfo\x12\x18\n\x10unopened_streams\x18\x02 \x01(\r\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x8f\x01\n\x12GetAddrInfoRequest\x12\x0e\n\x04host\x18\x01 \x01(\tH\x00\x12\x0e\n\x04port\x18\x02 \x01(\tH\x01\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\x05\x12\x0c\n\x04type\x18\x04 \x01(\x05\x12\x10\n\x08protocol\x18\x05 \x01(\x05\x12\r\n\x05\x66lags\x18\x06 \x01(\x05\x42\x0c\n\nhost_givenB\x0c\n\nport_given\"\x8d\x01\n\x08\x41\x64\x64rInfo\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\x05\x12\x0c\n\x04type\x18\x02 \x01(\x05\x12\x10\n\x08protocol\x18\x03 \x01(\x05\x12\x11\n\tcanonname\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x0c\n\x04port\x18\x06 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x07 \x01(\r\x12\x10\n\x08scope_id\x18\x08 \x01(\r\"b\n\x13GetAddrInfoResponse\x12\'\n\taddresses\x18\x01 \x03(\x0b\x32\x14.conduit.v1.AddrInfo\x12\x11\n\tgai_error\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"c\n\x12GetNameInfoRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x03 \x01(\r\x12\x10\n\x08scope_id\x18\x04 \x01(\r\x12\r\n\x05\x66lags\x18\x05 \x01(\x05\"X\n\x13GetNameInfoResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tgai_error\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x16\n\x14\x43loseSessionResponse*8\n\x0e\x46\x61ultDirection\x12\x08\n\x04\x42OTH\x10\x00\x12\x0c\n\x08UPSTREAM\x10\x01\x12\x0e\n\nDOWNSTREAM\x10\x02\x32\x8c\x03\n\x07\x43onduit\x12;\n\x07Session\x12\x19.conduit.v1.ClientMessage\x1a\x11.conduit.v1.Event(\x01\x30\x01\x12Q\n\x0cListSessions\x12\x1f.conduit.v1.ListSessionsRequest\x1a .conduit.v1.ListSessionsResponse\x12Q\n\x0c\x43loseSession\x12\x1f.conduit.v1.CloseSessionRequest\x1a .conduit.v1.CloseSessionResponse\x12N\n\x0bGetAddrInfo\x12\x1e.conduit.v1.GetAddrInfoRequest\x1a\x1f.conduit.v1.GetAddrInfoResponse\x12N\n\x0bGetNameInfo\x12\x1e.conduit.v1.GetNameInfoRequest\x1a\x1f.conduit.v1.GetNameInfoResponseb\x06proto3')
+  serialized_pb=_b('\n\x18\x63onduit/v1/conduit.proto\x12\nconduit.v1\"\xcd\x02\n\rClientMessage\x12\x35\n\x0fopen_connection\x18\x01 \x01(\x0b\x32\x1a.conduit.v1.OpenConnectionH\x00\x12\x35\n\x0fopen_subprocess\x18\x02 \x01(\x0b\x32\x1a.conduit.v1.OpenSubprocessH\x00\x12\x42\n\x16open_datagram_endpoint\x18\x03 \x01(\x0b\x32 .conduit.v1.OpenDatagramEndpointH\x00\x12-\n\x0bopen_server\x18\x04 \x01(\x0b\x32\x16.conduit.v1.OpenServerH\x00\x12+\n\nopen_proxy\x18\x05 \x01(\x0b\x32\x15.conduit.v1.OpenProxyH\x00\x12&\n\x07\x63ommand\x18\n \x01(\x0b\x32\x13.conduit.v1.CommandH\x00\x42\x06\n\x04kind\"\xa3\x02\n\x0eOpenConnection\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsClient\x12\x19\n\x11write_buffer_high\x18\x04 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x05 \x01(\r\x12\x19\n\x11\x63lose_at_peer_eof\x18\t \x01(\x08\x12\x14\n\x0cstart_paused\x18\x07 \x01(\x08\x12(\n\nlocal_addr\x18\x08 \x01(\x0b\x32\x14.conduit.v1.HostPortB\x08\n\x06targetJ\x04\x08\x06\x10\x07R\x13keep_open_after_eof\"&\n\x08HostPort\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"W\n\tTlsClient\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x17\n\x0fserver_hostname\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\x10\n\x08insecure\x18\x04 \x01(\x08\"\xb3\x02\n\nOpenServer\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\r\x12\x12\n\nreuse_port\x18\x05 \x01(\x08\x12\x19\n\x11write_buffer_high\x18\x06 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x07 \x01(\r\x12\x17\n\x0fmax_connections\x18\x08 \x01(\r\x12\x19\n\x11\x63lose_at_peer_eof\x18\x0b \x01(\x08\x12\x14\n\x0cstart_paused\x18\n \x01(\x08\x42\x08\n\x06targetJ\x04\x08\t\x10\nR\x13keep_open_after_eof\"V\n\tTlsServer\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x0f\n\x07key_pem\x18\x03 \x01(\t\x12\x15\n\rclient_ca_pem\x18\x04 \x01(\t\"\xbe\x01\n\tOpenProxy\x12)\n\x06listen\x18\x01 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12+\n\x08upstream\x18\x02 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12%\n\x06\x66\x61ults\x18\x03 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\x12\x19\n\x11stats_interval_ms\x18\x04 \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\x05 \x01(\r\"\xce\x01\n\rProxyEndpoint\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12#\n\x03udp\x18\x03 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12)\n\ntls_server\x18\x04 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12)\n\ntls_client\x18\x05 \x01(\x0b\x32\x15.conduit.v1.TlsClientB\x08\n\x06target\"\x9c\x04\n\tFaultSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\tdirection\x18\x02 \x01(\x0e\x32\x1a.conduit.v1.FaultDirection\x12+\n\x07latency\x18\n \x01(\x0b\x32\x18.conduit.v1.LatencyFaultH\x00\x12/\n\tbandwidth\x18\x0b \x01(\x0b\x32\x1a.conduit.v1.BandwidthFaultH\x00\x12)\n\x06slicer\x18\x0c \x01(\x0b\x32\x17.conduit.v1.SlicerFaultH\x00\x12/\n\tblackhole\x18\r \x01(\x0b\x32\x1a.conduit.v1.BlackholeFaultH\x00\x12\'\n\x05reset\x18\x0e \x01(\x0b\x32\x16.conduit.v1.ResetFaultH\x00\x12\x30\n\nlimit_data\x18\x0f \x01(\x0b\x32\x1a.conduit.v1.LimitDataFaultH\x00\x12\x30\n\nslow_close\x18\x10 \x01(\x0b\x32\x1a.conduit.v1.SlowCloseFaultH\x00\x12%\n\x04loss\x18\x11 \x01(\x0b\x32\x15.conduit.v1.LossFaultH\x00\x12/\n\tduplicate\x18\x12 \x01(\x0b\x32\x1a.conduit.v1.DuplicateFaultH\x00\x12+\n\x07reorder\x18\x13 \x01(\x0b\x32\x18.conduit.v1.ReorderFaultH\x00\x42\x06\n\x04kind\"3\n\x0cLatencyFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\x12\x11\n\tjitter_us\x18\x02 \x01(\x04\"*\n\x0e\x42\x61ndwidthFault\x12\x18\n\x10\x62ytes_per_second\x18\x01 \x01(\x04\"M\n\x0bSlicerFault\x12\x14\n\x0c\x61verage_size\x18\x01 \x01(\r\x12\x16\n\x0esize_variation\x18\x02 \x01(\r\x12\x10\n\x08\x64\x65lay_us\x18\x03 \x01(\x04\"(\n\x0e\x42lackholeFault\x12\x16\n\x0e\x63lose_after_us\x18\x01 \x01(\x04\"3\n\nResetFault\x12\x13\n\x0b\x61\x66ter_bytes\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x66ter_us\x18\x02 \x01(\x04\"\x1f\n\x0eLimitDataFault\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"\"\n\x0eSlowCloseFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\" \n\tLossFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"%\n\x0e\x44uplicateFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"4\n\x0cReorderFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x0f\n\x07hold_us\x18\x02 \x01(\x04\"\x98\x01\n\x0eOpenSubprocess\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05shell\x18\x02 \x01(\t\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12\x30\n\x03\x65nv\x18\x04 \x03(\x0b\x32#.conduit.v1.OpenSubprocess.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x01\n\x14OpenDatagramEndpoint\x12(\n\nlocal_addr\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12)\n\x0bremote_addr\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12\x12\n\nreuse_port\x18\x03 \x01(\x08\x12\x17\n\x0f\x61llow_broadcast\x18\x04 \x01(\x08\"\xa3\x07\n\x07\x43ommand\x12\x15\n\rconnection_id\x18\x14 \x01(\x04\x12\x0f\n\x05write\x18\x01 \x01(\x0cH\x00\x12,\n\nwritelines\x18\x02 \x01(\x0b\x32\x16.conduit.v1.WritelinesH\x00\x12)\n\twrite_eof\x18\x03 \x01(\x0b\x32\x14.conduit.v1.WriteEofH\x00\x12\"\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x11.conduit.v1.CloseH\x00\x12\"\n\x05\x61\x62ort\x18\x05 \x01(\x0b\x32\x11.conduit.v1.AbortH\x00\x12\x31\n\rpause_reading\x18\x06 \x01(\x0b\x32\x18.conduit.v1.PauseReadingH\x00\x12\x33\n\x0eresume_reading\x18\x07 \x01(\x0b\x32\x19.conduit.v1.ResumeReadingH\x00\x12@\n\x17set_write_buffer_limits\x18\x08 \x01(\x0b\x32\x1d.conduit.v1.WriteBufferLimitsH\x00\x12\x32\n\x0eget_extra_info\x18\t \x01(\x0b\x32\x18.conduit.v1.GetExtraInfoH\x00\x12)\n\x0bsend_signal\x18\n \x01(\x0b\x32\x12.conduit.v1.SignalH\x00\x12*\n\tterminate\x18\x0b \x01(\x0b\x32\x15.conduit.v1.TerminateH\x00\x12 \n\x04kill\x18\x0c \x01(\x0b\x32\x10.conduit.v1.KillH\x00\x12$\n\x06sendto\x18\r \x01(\x0b\x32\x12.conduit.v1.SendtoH\x00\x12*\n\tset_fault\x18\x0e \x01(\x0b\x32\x15.conduit.v1.FaultSpecH\x00\x12/\n\x0cremove_fault\x18\x0f \x01(\x0b\x32\x17.conduit.v1.RemoveFaultH\x00\x12+\n\nproxy_down\x18\x10 \x01(\x0b\x32\x15.conduit.v1.ProxyDownH\x00\x12\'\n\x08proxy_up\x18\x11 \x01(\x0b\x32\x13.conduit.v1.ProxyUpH\x00\x12\x33\n\x0estop_listening\x18\x12 \x01(\x0b\x32\x19.conduit.v1.StopListeningH\x00\x12+\n\nclose_pipe\x18\x13 \x01(\x0b\x32\x15.conduit.v1.ClosePipeH\x00\x12\x35\n\x11set_socket_option\x18\x15 \x01(\x0b\x32\x18.conduit.v1.SocketOptionH\x00\x42\x06\n\x04kind\"\x1b\n\x0bRemoveFault\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0b\n\tProxyDown\"\t\n\x07ProxyUp\"\x0f\n\rStopListening\"\x17\n\tClosePipe\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\"<\n\x0cSocketOption\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x0e\n\x06option\x18\x02 \x01(\x05\x12\r\n\x05value\x18\x03 \x01(\x05\":\n\x06Sendto\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\"\n\x04\x61\x64\x64r\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\"\x1a\n\nWritelines\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\"\n\n\x08WriteEof\"\x07\n\x05\x43lose\"\x07\n\x05\x41\x62ort\"\x0e\n\x0cPauseReading\"\x0f\n\rResumeReading\".\n\x11WriteBufferLimits\x12\x0c\n\x04high\x18\x01 \x01(\r\x12\x0b\n\x03low\x18\x02 \x01(\r\"\x1c\n\x0cGetExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x06Signal\x12\x0e\n\x06signal\x18\x01 \x01(\x05\x12\x15\n\rprocess_group\x18\x02 \x01(\x08\"\x0b\n\tTerminate\"\x06\n\x04Kill\"\xa5\t\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nunix_nanos\x18\x02 \x01(\x03\x12\x15\n\rconnection_id\x18\x03 \x01(\x04\x12\x35\n\x0f\x63onnection_made\x18\n \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rdata_received\x18\x0b \x01(\x0b\x32\x18.conduit.v1.DataReceivedH\x00\x12/\n\x0c\x65of_received\x18\x0c \x01(\x0b\x32\x17.conduit.v1.EofReceivedH\x00\x12\x35\n\x0f\x63onnection_lost\x18\r \x01(\x0b\x32\x1a.conduit.v1.ConnectionLostH\x00\x12\x31\n\rpause_writing\x18\x0e \x01(\x0b\x32\x18.conduit.v1.PauseWritingH\x00\x12\x33\n\x0eresume_writing\x18\x0f \x01(\x0b\x32\x19.conduit.v1.ResumeWritingH\x00\x12:\n\x12pipe_data_received\x18\x10 \x01(\x0b\x32\x1c.conduit.v1.PipeDataReceivedH\x00\x12>\n\x14pipe_connection_lost\x18\x11 \x01(\x0b\x32\x1e.conduit.v1.PipeConnectionLostH\x00\x12\x33\n\x0eprocess_exited\x18\x12 \x01(\x0b\x32\x19.conduit.v1.ProcessExitedH\x00\x12-\n\x0bopen_failed\x18\x13 \x01(\x0b\x32\x16.conduit.v1.OpenFailedH\x00\x12+\n\nextra_info\x18\x14 \x01(\x0b\x32\x15.conduit.v1.ExtraInfoH\x00\x12\x33\n\x0e\x63ommand_failed\x18\x15 \x01(\x0b\x32\x19.conduit.v1.CommandFailedH\x00\x12\x39\n\x11\x64\x61tagram_received\x18\x16 \x01(\x0b\x32\x1c.conduit.v1.DatagramReceivedH\x00\x12\x33\n\x0e\x65rror_received\x18\x17 \x01(\x0b\x32\x19.conduit.v1.ErrorReceivedH\x00\x12\x33\n\x0eserver_started\x18\x18 \x01(\x0b\x32\x19.conduit.v1.ServerStartedH\x00\x12\x39\n\x13\x63onnection_accepted\x18\x19 \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rproxy_started\x18\x1a \x01(\x0b\x32\x18.conduit.v1.ProxyStartedH\x00\x12\x35\n\x0eproxy_accepted\x18\x1b \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x32\n\x0bproxy_stats\x18\x1c \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x33\n\x0cproxy_closed\x18\x1d \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12-\n\x0bproxy_state\x18\x1e \x01(\x0b\x32\x16.conduit.v1.ProxyStateH\x00\x42\x06\n\x04kind\"3\n\x0cProxyStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\"u\n\x0fProxyConnection\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_upstream\x18\x02 \x01(\x04\x12\x18\n\x10\x62ytes_downstream\x18\x03 \x01(\x04\x12 \n\x05\x65rror\x18\x04 \x01(\x0b\x32\x11.conduit.v1.Error\"r\n\nProxyState\x12\n\n\x02up\x18\x01 \x01(\x08\x12\x0f\n\x07sockets\x18\x02 \x03(\t\x12 \n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.conduit.v1.Error\x12%\n\x06\x66\x61ults\x18\x04 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\"4\n\rServerStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\".\n\x10\x44\x61tagramReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"1\n\rErrorReceived\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"-\n\x05\x45rror\x12\x13\n\x0b\x65rrno_value\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0e\x43onnectionMade\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08peername\x18\x02 \x01(\t\x12\x10\n\x08sockname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x13\n\x0btls_version\x18\x05 \x01(\t\x12\x12\n\ntls_cipher\x18\x06 \x01(\t\"\x1c\n\x0c\x44\x61taReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\r\n\x0b\x45ofReceived\"2\n\x0e\x43onnectionLost\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\" \n\x0cPauseWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\"!\n\rResumeWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\",\n\x10PipeDataReceived\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x12PipeConnectionLost\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.conduit.v1.Error\"#\n\rProcessExited\x12\x12\n\nreturncode\x18\x01 \x01(\x05\".\n\nOpenFailed\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"7\n\tExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"1\n\rCommandFailed\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x15\n\x13ListSessionsRequest\"\x87\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x10\n\x08\x62ytes_in\x18\x05 \x01(\x04\x12\x11\n\tbytes_out\x18\x06 \x01(\x04\x12\x13\n\x0b\x61ge_seconds\x18\x07 \x01(\x01\"[\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.conduit.v1.SessionInfo\x12\x18\n\x10unopened_streams\x18\x02 \x01(\r\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x8f\x01\n\x12GetAddrInfoRequest\x12\x0e\n\x04host\x18\x01 \x01(\tH\x00\x12\x0e\n\x04port\x18\x02 \x01(\tH\x01\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\x05\x12\x0c\n\x04type\x18\x04 \x01(\x05\x12\x10\n\x08protocol\x18\x05 \x01(\x05\x12\r\n\x05\x66lags\x18\x06 \x01(\x05\x42\x0c\n\nhost_givenB\x0c\n\nport_given\"\x8d\x01\n\x08\x41\x64\x64rInfo\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\x05\x12\x0c\n\x04type\x18\x02 \x01(\x05\x12\x10\n\x08protocol\x18\x03 \x01(\x05\x12\x11\n\tcanonname\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x0c\n\x04port\x18\x06 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x07 \x01(\r\x12\x10\n\x08scope_id\x18\x08 \x01(\r\"b\n\x13GetAddrInfoResponse\x12\'\n\taddresses\x18\x01 \x03(\x0b\x32\x14.conduit.v1.AddrInfo\x12\x11\n\tgai_error\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"c\n\x12GetNameInfoRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x03 \x01(\r\x12\x10\n\x08scope_id\x18\x04 \x01(\r\x12\r\n\x05\x66lags\x18\x05 \x01(\x05\"X\n\x13GetNameInfoResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tgai_error\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x16\n\x14\x43loseSessionResponse*8\n\x0e\x46\x61ultDirection\x12\x08\n\x04\x42OTH\x10\x00\x12\x0c\n\x08UPSTREAM\x10\x01\x12\x0e\n\nDOWNSTREAM\x10\x02\x32\x8c\x03\n\x07\x43onduit\x12;\n\x07Session\x12\x19.conduit.v1.ClientMessage\x1a\x11.conduit.v1.Event(\x01\x30\x01\x12Q\n\x0cListSessions\x12\x1f.conduit.v1.ListSessionsRequest\x1a .conduit.v1.ListSessionsResponse\x12Q\n\x0c\x43loseSession\x12\x1f.conduit.v1.CloseSessionRequest\x1a .conduit.v1.CloseSessionResponse\x12N\n\x0bGetAddrInfo\x12\x1e.conduit.v1.GetAddrInfoRequest\x1a\x1f.conduit.v1.GetAddrInfoResponse\x12N\n\x0bGetNameInfo\x12\x1e.conduit.v1.GetNameInfoRequest\x1a\x1f.conduit.v1.GetNameInfoResponseb\x06proto3')
 )
 
 _FAULTDIRECTION = _descriptor.EnumDescriptor(
@@ -44,8 +44,8 @@ _FAULTDIRECTION = _descriptor.EnumDescriptor(
   ],
   containing_type=None,
   options=None,
-  serialized_start=7469,
-  serialized_end=7525,
+  serialized_start=7492,
+  serialized_end=7548,
 )
 _sym_db.RegisterEnumDescriptor(_FAULTDIRECTION)
 
@@ -1790,6 +1790,13 @@ _SIGNAL = _descriptor.Descriptor(
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='process_group', full_name='conduit.v1.Signal.process_group', index=1,
+      number=2, type=8, cpp_type=7, label=1,
+      has_default_value=False, default_value=False,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
   ],
   extensions=[
   ],
@@ -1803,7 +1810,7 @@ _SIGNAL = _descriptor.Descriptor(
   oneofs=[
   ],
   serialized_start=4239,
-  serialized_end=4263,
+  serialized_end=4286,
 )
 
 
@@ -1826,8 +1833,8 @@ _TERMINATE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4265,
-  serialized_end=4276,
+  serialized_start=4288,
+  serialized_end=4299,
 )
 
 
@@ -1850,8 +1857,8 @@ _KILL = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4278,
-  serialized_end=4284,
+  serialized_start=4301,
+  serialized_end=4307,
 )
 
 
@@ -2045,8 +2052,8 @@ _EVENT = _descriptor.Descriptor(
       name='kind', full_name='conduit.v1.Event.kind',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=4287,
-  serialized_end=5476,
+  serialized_start=4310,
+  serialized_end=5499,
 )
 
 
@@ -2083,8 +2090,8 @@ _PROXYSTARTED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5478,
-  serialized_end=5529,
+  serialized_start=5501,
+  serialized_end=5552,
 )
 
 
@@ -2135,8 +2142,8 @@ _PROXYCONNECTION = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5531,
-  serialized_end=5648,
+  serialized_start=5554,
+  serialized_end=5671,
 )
 
 
@@ -2187,8 +2194,8 @@ _PROXYSTATE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5650,
-  serialized_end=5764,
+  serialized_start=5673,
+  serialized_end=5787,
 )
 
 
@@ -2225,8 +2232,8 @@ _SERVERSTARTED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5766,
-  serialized_end=5818,
+  serialized_start=5789,
+  serialized_end=5841,
 )
 
 
@@ -2263,8 +2270,8 @@ _DATAGRAMRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5820,
-  serialized_end=5866,
+  serialized_start=5843,
+  serialized_end=5889,
 )
 
 
@@ -2294,8 +2301,8 @@ _ERRORRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5868,
-  serialized_end=5917,
+  serialized_start=5891,
+  serialized_end=5940,
 )
 
 
@@ -2332,8 +2339,8 @@ _ERROR = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5919,
-  serialized_end=5964,
+  serialized_start=5942,
+  serialized_end=5987,
 )
 
 
@@ -2398,8 +2405,8 @@ _CONNECTIONMADE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5966,
-  serialized_end=6092,
+  serialized_start=5989,
+  serialized_end=6115,
 )
 
 
@@ -2429,8 +2436,8 @@ _DATARECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6094,
-  serialized_end=6122,
+  serialized_start=6117,
+  serialized_end=6145,
 )
 
 
@@ -2453,8 +2460,8 @@ _EOFRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6124,
-  serialized_end=6137,
+  serialized_start=6147,
+  serialized_end=6160,
 )
 
 
@@ -2484,8 +2491,8 @@ _CONNECTIONLOST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6139,
-  serialized_end=6189,
+  serialized_start=6162,
+  serialized_end=6212,
 )
 
 
@@ -2515,8 +2522,8 @@ _PAUSEWRITING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6191,
-  serialized_end=6223,
+  serialized_start=6214,
+  serialized_end=6246,
 )
 
 
@@ -2546,8 +2553,8 @@ _RESUMEWRITING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6225,
-  serialized_end=6258,
+  serialized_start=6248,
+  serialized_end=6281,
 )
 
 
@@ -2584,8 +2591,8 @@ _PIPEDATARECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6260,
-  serialized_end=6304,
+  serialized_start=6283,
+  serialized_end=6327,
 )
 
 
@@ -2622,8 +2629,8 @@ _PIPECONNECTIONLOST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6306,
-  serialized_end=6372,
+  serialized_start=6329,
+  serialized_end=6395,
 )
 
 
@@ -2653,8 +2660,8 @@ _PROCESSEXITED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6374,
-  serialized_end=6409,
+  serialized_start=6397,
+  serialized_end=6432,
 )
 
 
@@ -2684,8 +2691,8 @@ _OPENFAILED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6411,
-  serialized_end=6457,
+  serialized_start=6434,
+  serialized_end=6480,
 )
 
 
@@ -2729,8 +2736,8 @@ _EXTRAINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6459,
-  serialized_end=6514,
+  serialized_start=6482,
+  serialized_end=6537,
 )
 
 
@@ -2767,8 +2774,8 @@ _COMMANDFAILED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6516,
-  serialized_end=6565,
+  serialized_start=6539,
+  serialized_end=6588,
 )
 
 
@@ -2791,8 +2798,8 @@ _LISTSESSIONSREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6567,
-  serialized_end=6588,
+  serialized_start=6590,
+  serialized_end=6611,
 )
 
 
@@ -2864,8 +2871,8 @@ _SESSIONINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6591,
-  serialized_end=6726,
+  serialized_start=6614,
+  serialized_end=6749,
 )
 
 
@@ -2902,8 +2909,8 @@ _LISTSESSIONSRESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6728,
-  serialized_end=6819,
+  serialized_start=6751,
+  serialized_end=6842,
 )
 
 
@@ -2933,8 +2940,8 @@ _CLOSESESSIONREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6821,
-  serialized_end=6862,
+  serialized_start=6844,
+  serialized_end=6885,
 )
 
 
@@ -3005,8 +3012,8 @@ _GETADDRINFOREQUEST = _descriptor.Descriptor(
       name='port_given', full_name='conduit.v1.GetAddrInfoRequest.port_given',
       index=1, containing_type=None, fields=[]),
   ],
-  serialized_start=6865,
-  serialized_end=7008,
+  serialized_start=6888,
+  serialized_end=7031,
 )
 
 
@@ -3085,8 +3092,8 @@ _ADDRINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7011,
-  serialized_end=7152,
+  serialized_start=7034,
+  serialized_end=7175,
 )
 
 
@@ -3130,8 +3137,8 @@ _GETADDRINFORESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7154,
-  serialized_end=7252,
+  serialized_start=7177,
+  serialized_end=7275,
 )
 
 
@@ -3189,8 +3196,8 @@ _GETNAMEINFOREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7254,
-  serialized_end=7353,
+  serialized_start=7277,
+  serialized_end=7376,
 )
 
 
@@ -3241,8 +3248,8 @@ _GETNAMEINFORESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7355,
-  serialized_end=7443,
+  serialized_start=7378,
+  serialized_end=7466,
 )
 
 
@@ -3265,8 +3272,8 @@ _CLOSESESSIONRESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7445,
-  serialized_end=7467,
+  serialized_start=7468,
+  serialized_end=7490,
 )
 
 _CLIENTMESSAGE.fields_by_name['open_connection'].message_type = _OPENCONNECTION
@@ -4131,8 +4138,8 @@ _CONDUIT = _descriptor.ServiceDescriptor(
   file=DESCRIPTOR,
   index=0,
   options=None,
-  serialized_start=7528,
-  serialized_end=7924,
+  serialized_start=7551,
+  serialized_end=7947,
   methods=[
   _descriptor.MethodDescriptor(
     name='Session',
