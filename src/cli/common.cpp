@@ -39,64 +39,83 @@ namespace {
 std::string expected_forms(Schemes schemes) {
   std::string forms;
   for (auto scheme : schemes) {
-    if (!forms.empty()) forms += " or ";
-    forms += scheme == "unix" ? "unix:///PATH" : std::string(scheme) + "://HOST:PORT";
+    if (!forms.empty()) forms += ", ";
+    if (scheme == "unix") forms += "unix:/PATH";
+    else forms += std::string(scheme) + "://HOST:PORT";
+    if (scheme == schemes.front() && scheme != "unix") forms += " (or HOST:PORT)";
   }
   return forms;
 }
 
-}  // namespace
-
-Endpoint parse_endpoint(std::string_view url, Schemes schemes) {
-  Endpoint ep;
-  const auto scheme_end = url.find("://");
-  if (scheme_end == std::string_view::npos) {
-    throw std::invalid_argument("'" + std::string(url) + "' is not an endpoint URL: expected " + expected_forms(schemes));
-  }
-  const std::string_view scheme = url.substr(0, scheme_end);
-  std::string_view rest = url.substr(scheme_end + 3);
-  if (std::find(schemes.begin(), schemes.end(), scheme) == schemes.end()) {
-    throw std::invalid_argument("'" + std::string(url) + "': unknown scheme '" + std::string(scheme) +
-                                "' (expected " + expected_forms(schemes) + ")");
-  }
-  if (scheme == "unix") {
-    if (rest.empty()) throw std::invalid_argument("'" + std::string(url) + "': the unix socket path is empty");
-    if (rest.find('\0') != std::string_view::npos) throw std::invalid_argument("the unix socket path holds a null byte");
-    ep.kind = Endpoint::Kind::unix_path;
-    ep.path = std::string(rest);
-    return ep;
-  }
-  ep.kind = scheme == "udp" ? Endpoint::Kind::udp : scheme == "tls" ? Endpoint::Kind::tls : Endpoint::Kind::tcp;
+/// HOST:PORT or [IPV6]:PORT (the text after any scheme) into `ep`.
+void parse_host_port(std::string_view whole, std::string_view rest, Endpoint& ep) {
+  const std::string quoted = "'" + std::string(whole) + "'";
   std::string_view host, port;
   if (!rest.empty() && rest.front() == '[') {
     const auto close = rest.find(']');
     if (close == std::string_view::npos || close + 1 >= rest.size() || rest[close + 1] != ':') {
-      throw std::invalid_argument("'" + std::string(url) + "': expected " + std::string(scheme) + "://[IPV6]:PORT");
+      throw std::invalid_argument(quoted + ": expected [IPV6]:PORT");
     }
     host = rest.substr(1, close - 1);
     port = rest.substr(close + 2);
-    if (host.find(':') == std::string_view::npos) {
-      throw std::invalid_argument("'" + std::string(url) + "': only IPv6 addresses go in brackets");
-    }
+    if (host.find(':') == std::string_view::npos) throw std::invalid_argument(quoted + ": only IPv6 addresses go in brackets");
   } else {
     const auto colon = rest.rfind(':');
-    if (colon == std::string_view::npos) throw std::invalid_argument("'" + std::string(url) + "': missing :PORT");
+    if (colon == std::string_view::npos) throw std::invalid_argument(quoted + ": missing :PORT");
     host = rest.substr(0, colon);
     port = rest.substr(colon + 1);
     if (host.find(':') != std::string_view::npos) {
-      throw std::invalid_argument("'" + std::string(url) + "': write IPv6 addresses in brackets, " + std::string(scheme) +
-                                  "://[::1]:PORT");
+      throw std::invalid_argument(quoted + ": write IPv6 addresses in brackets, [::1]:PORT");
     }
   }
-  if (host.empty()) throw std::invalid_argument("'" + std::string(url) + "': the host is empty");
+  if (host.empty()) throw std::invalid_argument(quoted + ": the host is empty");
   if (host.find('\0') != std::string_view::npos) throw std::invalid_argument("the host holds a null byte");
+  if (host.find('/') != std::string_view::npos) throw std::invalid_argument(quoted + ": a host has no '/'");
   unsigned value = 0;
   auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
   if (ec != std::errc() || end != port.data() + port.size() || port.empty() || value > 65535) {
-    throw std::invalid_argument("'" + std::string(url) + "': the port must be a number from 0 to 65535");
+    throw std::invalid_argument(quoted + ": the port must be a number from 0 to 65535");
   }
   ep.host = std::string(host);
   ep.port = static_cast<std::uint16_t>(value);
+}
+
+}  // namespace
+
+// One syntax in every tool and flag: SCHEME://HOST:PORT, HOST:PORT for the
+// tool's first scheme, and unix:/PATH (or unix:///PATH, the URL form).
+Endpoint parse_endpoint(std::string_view url, Schemes schemes) {
+  Endpoint ep;
+  const std::string quoted = "'" + std::string(url) + "'";
+  const bool takes_unix = std::find(schemes.begin(), schemes.end(), "unix") != schemes.end();
+  if (url.rfind("unix:", 0) == 0) {
+    if (!takes_unix) {
+      throw std::invalid_argument(quoted + ": not a Unix socket here (expected " + expected_forms(schemes) + ")");
+    }
+    std::string_view path = url.substr(5);
+    if (path.rfind("//", 0) == 0) path.remove_prefix(2);  // unix:///PATH
+    if (path.empty()) throw std::invalid_argument(quoted + ": the unix socket path is empty");
+    if (path.find('\0') != std::string_view::npos) throw std::invalid_argument("the unix socket path holds a null byte");
+    ep.kind = Endpoint::Kind::unix_path;
+    ep.path = std::string(path);
+    return ep;
+  }
+  std::string_view scheme = schemes.front(), rest = url;
+  if (const auto scheme_end = url.find("://"); scheme_end != std::string_view::npos) {
+    scheme = url.substr(0, scheme_end);
+    rest = url.substr(scheme_end + 3);
+    if (scheme == "unix" || std::find(schemes.begin(), schemes.end(), scheme) == schemes.end()) {
+      throw std::invalid_argument(quoted + ": unknown scheme '" + std::string(scheme) + "' (expected " +
+                                  expected_forms(schemes) + ")");
+    }
+  } else if (scheme == "unix") {
+    throw std::invalid_argument(quoted + ": expected " + expected_forms(schemes));
+  } else if (!url.empty() && url.front() == '/') {
+    throw std::invalid_argument(quoted + ": a Unix socket is unix:" + std::string(url) + " (expected " +
+                                expected_forms(schemes) + ")");
+  }
+  ep.kind = scheme == "udp" ? Endpoint::Kind::udp : scheme == "tls" ? Endpoint::Kind::tls : Endpoint::Kind::tcp;
+  parse_host_port(url, rest, ep);
   return ep;
 }
 
@@ -113,49 +132,25 @@ bool ListenAddress::is_local() const {
 }
 
 ListenAddress parse_listen_address(const std::string& text) {
+  static constexpr std::string_view forms[] = {"tcp", "unix"};
+  Endpoint ep;
+  try {
+    ep = parse_endpoint(text, forms);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(std::string("--listen ") + e.what());
+  }
   ListenAddress a;
-  const std::string forms = " (expected HOST:PORT, [IPV6]:PORT or unix:/PATH)";
-  if (text.rfind("unix:", 0) == 0) {
-    std::string path = text.substr(5);
-    if (path.rfind("//", 0) == 0) path = path.substr(2);  // unix:///path
+  if (ep.kind == Endpoint::Kind::unix_path) {
     // One slash where there are several ("unix:////run/x" is /run/x), so
     // that grpc_uri() gives back what parses to the same path.
+    std::string path = ep.path;
     path.erase(std::unique(path.begin(), path.end(), [](char x, char y) { return x == '/' && y == '/'; }), path.end());
-    if (path.empty() || path.front() != '/') {
-      throw std::invalid_argument("--listen " + text + ": a Unix socket path must be absolute, unix:/PATH");
-    }
-    if (path.find('\0') != std::string::npos) throw std::invalid_argument("--listen: the path holds a null byte");
+    if (path.front() != '/') throw std::invalid_argument("--listen " + text + ": a Unix socket path must be absolute, unix:/PATH");
     a.unix_path = path;
     return a;
   }
-  std::string port;
-  if (!text.empty() && text.front() == '[') {
-    const auto close = text.find(']');
-    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') {
-      throw std::invalid_argument("--listen " + text + ": expected [IPV6]:PORT");
-    }
-    a.host = text.substr(1, close - 1);
-    port = text.substr(close + 2);
-    if (a.host.find(':') == std::string::npos) {
-      throw std::invalid_argument("--listen " + text + ": only IPv6 addresses go in brackets");
-    }
-  } else {
-    const auto colon = text.rfind(':');
-    if (colon == std::string::npos) throw std::invalid_argument("--listen " + text + ": missing :PORT" + forms);
-    a.host = text.substr(0, colon);
-    port = text.substr(colon + 1);
-    if (a.host.find(':') != std::string::npos) {
-      throw std::invalid_argument("--listen " + text + ": write IPv6 addresses in brackets, [::1]:PORT");
-    }
-  }
-  if (a.host.empty()) throw std::invalid_argument("--listen " + text + ": the host is empty" + forms);
-  if (a.host.find('\0') != std::string::npos) throw std::invalid_argument("--listen: the host holds a null byte");
-  unsigned value = 0;
-  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
-  if (port.empty() || ec != std::errc() || end != port.data() + port.size() || value > 65535) {
-    throw std::invalid_argument("--listen " + text + ": the port must be a number from 0 to 65535");
-  }
-  a.port = static_cast<std::uint16_t>(value);
+  a.host = ep.host;
+  a.port = ep.port;
   return a;
 }
 
@@ -238,27 +233,31 @@ int exit_code_for(std::exception_ptr error, int otherwise) {
 }
 
 std::string via_address(const std::string& text) {
-  constexpr const char* usage = " (--via takes HOST[:PORT], port 50051 if left out, or unix:/PATH)";
+  constexpr const char* usage = " (--via takes [tcp://]HOST[:PORT], port 50051 if left out, or unix:/PATH)";
   if (text.empty()) throw std::invalid_argument(std::string("--via is empty") + usage);
   if (text.rfind("unix:", 0) == 0) return text;
-  if (text.find("://") != std::string::npos) {
-    throw std::invalid_argument("--via " + text + ": the service's address is not a URL" + usage);
+  std::string address = text;
+  if (address.rfind("tcp://", 0) == 0) address = address.substr(6);
+  if (const auto scheme_end = address.find("://"); scheme_end != std::string::npos) {
+    throw std::invalid_argument("--via " + text + ": the service speaks gRPC over tcp:// or unix:, not '" +
+                                address.substr(0, scheme_end) + "'" + usage);
   }
-  std::string host = text, port;
-  if (text.front() == '[') {
-    const auto close = text.find(']');
+  if (address.empty()) throw std::invalid_argument("--via " + text + ": no host" + usage);
+  std::string host = address, port;
+  if (address.front() == '[') {
+    const auto close = address.find(']');
     if (close == std::string::npos) throw std::invalid_argument("--via " + text + ": no ']' after the IPv6 address");
-    host = text.substr(0, close + 1);
-    if (close + 1 < text.size()) {
-      if (text[close + 1] != ':') throw std::invalid_argument("--via " + text + ": expected ':PORT' after ']'");
-      port = text.substr(close + 2);
+    host = address.substr(0, close + 1);
+    if (close + 1 < address.size()) {
+      if (address[close + 1] != ':') throw std::invalid_argument("--via " + text + ": expected ':PORT' after ']'");
+      port = address.substr(close + 2);
     }
-  } else if (const auto colon = text.find(':'); colon != std::string::npos) {
-    if (text.find(':', colon + 1) != std::string::npos) {
+  } else if (const auto colon = address.find(':'); colon != std::string::npos) {
+    if (address.find(':', colon + 1) != std::string::npos) {
       throw std::invalid_argument("--via " + text + ": write IPv6 addresses in brackets, e.g. [::1]:50051");
     }
-    host = text.substr(0, colon);
-    port = text.substr(colon + 1);
+    host = address.substr(0, colon);
+    port = address.substr(colon + 1);
   }
   if (host.empty() || host == "[]") throw std::invalid_argument("--via " + text + ": no host" + usage);
   if (port.empty()) return host + ":50051";

@@ -35,8 +35,9 @@ inline constexpr const char* exit_codes_help =
     "            4 timed out, 5 echo mismatch or connection closed early,\n"
     "            6 datagrams lost (udp-echo client), 7 cannot reach the service (--via).\n";
 
-/// A parsed endpoint URL: tcp://, tls:// or udp://HOST:PORT (HOST may be
-/// [v6]) or unix:///PATH.
+/// A parsed endpoint: SCHEME://HOST:PORT (tcp, tls, udp; HOST may be [v6]),
+/// HOST:PORT alone for the tool's first scheme, or unix:/PATH (unix:///PATH
+/// too). Every tool's addresses, and serve --listen, take this one syntax.
 struct Endpoint {
   enum class Kind { tcp, tls, udp, unix_path };
   Kind kind = Kind::tcp;
@@ -63,7 +64,7 @@ inline constexpr Schemes datagram_schemes = datagram_scheme_list;
 /// (also when its scheme is not among `schemes`).
 Endpoint parse_endpoint(std::string_view url, Schemes schemes = stream_schemes);
 
-/// `conduit serve --listen`: HOST:PORT ([IPV6]:PORT) or unix:/PATH.
+/// `conduit serve --listen`: [tcp://]HOST:PORT ([IPV6]:PORT) or unix:/PATH.
 struct ListenAddress {
   std::string host;  ///< empty for a Unix socket
   std::uint16_t port = 0;

@@ -398,7 +398,7 @@ int run_echo_client(const EchoClientOptions& options) {
 void set_echo_client_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<EchoClientOptions>();
   CLI::App* cmd = app.add_subcommand("echo-client", "Send a payload to an echo server and check the echo");
-  cmd->add_option("-c,--connect", options->connect, "Server to connect to: tcp://HOST:PORT, tls://HOST:PORT or unix:///PATH")
+  cmd->add_option("-c,--connect", options->connect, "Server to connect to: [tcp://]HOST:PORT, tls://HOST:PORT or unix:/PATH")
       ->required()
       ->check(endpoint_validator());
   auto* message = cmd->add_option("-m,--message", options->message, "Text to send (default: \"hello from conduit\\n\")");

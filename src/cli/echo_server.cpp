@@ -298,8 +298,8 @@ void set_echo_server_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<EchoServerOptions>();
   CLI::App* cmd = app.add_subcommand("echo-server", "Echo every connection back to its sender");
   cmd->add_option("-l,--listen", options->listen,
-                  "Where to listen: tcp://HOST:PORT or tls://HOST:PORT (HOST * for all interfaces, PORT 0 "
-                  "for any free port) or unix:///PATH; repeatable")
+                  "Where to listen: [tcp://]HOST:PORT or tls://HOST:PORT (HOST * for all interfaces, PORT 0 "
+                  "for any free port) or unix:/PATH; repeatable")
       ->required()
       ->check(endpoint_validator());
   cmd->add_flag("--buffered", options->buffered, "Use a BufferedProtocol (reads into a per-connection buffer)");

@@ -323,12 +323,12 @@ void set_proxy_command(CLI::App& app, int& exit_code) {
   auto o = std::make_shared<ProxyCommandOptions>();
   CLI::App* cmd = app.add_subcommand("proxy", "Relay connections (or datagrams) to an upstream, injecting faults");
   cmd->add_option("-l,--listen", o->listen,
-                  "Where to listen: tcp://HOST:PORT, tls://HOST:PORT (serves TLS: --cert, --key), unix:///PATH "
+                  "Where to listen: [tcp://]HOST:PORT, tls://HOST:PORT (serves TLS: --cert, --key), unix:/PATH "
                   "or udp://HOST:PORT (HOST * for all interfaces, PORT 0 for any free port)")
       ->required()
       ->check(endpoint_validator(proxy_schemes));
   cmd->add_option("-u,--upstream", o->upstream,
-                  "Where to relay to: tcp://, tls:// (speaks TLS to it), unix:// or udp:// (with a udp:// --listen)")
+                  "Where to relay to: [tcp://]HOST:PORT, tls:// (speaks TLS to it), unix:/PATH or udp:// (with a udp:// --listen)")
       ->required()
       ->check(endpoint_validator(proxy_schemes));
   add_fault_flags(*cmd, o->faults);

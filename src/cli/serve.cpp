@@ -225,7 +225,7 @@ int run_serve(const ServeOptions& options) {
 void set_serve_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<ServeOptions>();
   CLI::App* cmd = app.add_subcommand("serve", "Run the gRPC service: remote transport sessions on this host");
-  cmd->add_option("-l,--listen", options->listen, "HOST:PORT ([IPV6]:PORT) or unix:/PATH to serve on (port 0: any free port)")
+  cmd->add_option("-l,--listen", options->listen, "[tcp://]HOST:PORT ([IPV6]:PORT) or unix:/PATH to serve on (port 0: any free port)")
       ->capture_default_str();
   cmd->add_option("--token-file", options->token_file,
                   "File whose first line is the bearer token (16 bytes or more) every call must present; "

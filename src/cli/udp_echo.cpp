@@ -357,7 +357,7 @@ void set_udp_echo_command(CLI::App& app, int& exit_code) {
   auto server = std::make_shared<UdpServerOptions>();
   CLI::App* srv = udp->add_subcommand("server", "Echo every datagram back to its sender");
   srv->add_option("-l,--listen", server->listen,
-                  "Where to listen: udp://HOST:PORT (HOST * for all interfaces, PORT 0 for any free port); repeatable")
+                  "Where to listen: [udp://]HOST:PORT (HOST * for all interfaces, PORT 0 for any free port); repeatable")
       ->required()
       ->check(endpoint_validator(datagram_schemes));
   add_via_flags(*srv, server->via);
@@ -375,7 +375,7 @@ Examples:
 
   auto client = std::make_shared<UdpClientOptions>();
   CLI::App* cli = udp->add_subcommand("client", "Send numbered datagrams one at a time and check each echo");
-  cli->add_option("-c,--connect", client->connect, "Server: udp://HOST:PORT")
+  cli->add_option("-c,--connect", client->connect, "Server: [udp://]HOST:PORT")
       ->required()
       ->check(endpoint_validator(datagram_schemes));
   cli->add_option("-n,--count", client->count, "Datagrams to send")

@@ -451,7 +451,7 @@ TEST(EchoTools, ViaTakesHostPortWithADefaultPortAndRefusesURLs) {
   }
   ChildProcess url({CONDUIT_BIN, "echo-client", "--via", "http://127.0.0.1:50051", "--connect", "tcp://127.0.0.1:1"});
   EXPECT_EQ(url.wait(bound), 2);
-  EXPECT_NE(url.err().find("not a URL"), std::string::npos) << url.err();
+  EXPECT_NE(url.err().find("the service speaks gRPC over tcp:// or unix:, not 'http'"), std::string::npos) << url.err();
 }
 
 TEST(EchoTools, AMisspeltOptionIsNamed) {
@@ -623,4 +623,60 @@ TEST(EchoTools, ServersViaTheServiceEndWhenItGoesAway) {
   EXPECT_NE(echo.err().find("the session with the service broke off"), std::string::npos) << echo.err();
   EXPECT_EQ(udp.wait(bound), 1);
   EXPECT_NE(udp.err().find("the session with the service broke off"), std::string::npos) << udp.err();
+}
+
+// One address syntax in every tool (issue 20): SCHEME://HOST:PORT,
+// HOST:PORT for the tool's own scheme, unix:/PATH and unix:///PATH; serve
+// --listen and --via take the same, and every tool refuses the same things
+// with the same words.
+TEST(EchoTools, EveryToolTakesOneAddressSyntax) {
+  const std::string path = temp_path("one-syntax.sock");
+  ChildProcess unix_server({CONDUIT_BIN, "echo-server", "--listen", "unix:" + path});
+  ASSERT_TRUE(unix_server.wait_for_line("listening unix://", bound)) << unix_server.err();
+  ChildProcess tcp_server({CONDUIT_BIN, "echo-server", "--listen", "127.0.0.1:0"});
+  auto line = tcp_server.wait_for_line("listening tcp://", bound);
+  ASSERT_TRUE(line) << tcp_server.err();
+  const std::string host_port = *line;  // what follows "listening tcp://"
+  for (const std::string& target : {"unix:" + path, "unix://" + path, host_port, "tcp://" + host_port}) {
+    SCOPED_TRACE(target);
+    ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", target, "--message", "one"});
+    EXPECT_EQ(client.wait(bound), 0) << client.err();
+  }
+  ChildProcess udp({CONDUIT_BIN, "udp-echo", "server", "--listen", "127.0.0.1:0"});
+  EXPECT_TRUE(udp.wait_for_line("listening udp://127.0.0.1:", bound)) << udp.err();
+  ChildProcess proxy({CONDUIT_BIN, "proxy", "--listen", "127.0.0.1:0", "--upstream", host_port});
+  auto proxied = proxy.wait_for_line("listening tcp://", bound);
+  ASSERT_TRUE(proxied) << proxy.err();
+  ChildProcess through({CONDUIT_BIN, "echo-client", "--connect", *proxied});
+  EXPECT_EQ(through.wait(bound), 0) << through.err();
+
+  Service service;  // serve --listen 127.0.0.1:0
+  ChildProcess url_form({CONDUIT_BIN, "serve", "--listen", "tcp://127.0.0.1:0"});
+  EXPECT_TRUE(url_form.wait_for_line("listening 127.0.0.1:", bound)) << url_form.err();
+  ChildProcess via({CONDUIT_BIN, "echo-client", "--via", "tcp://" + service.address, "--connect", host_port});
+  EXPECT_EQ(via.wait(bound), 0) << via.err();
+
+  // The same refusals, in the same words, from every tool.
+  const std::vector<std::vector<std::string>> tools = {{"echo-server", "--listen"},
+                                                       {"echo-client", "--connect"},
+                                                       {"proxy", "--upstream", "127.0.0.1:1", "--listen"},
+                                                       {"serve", "--listen"}};
+  for (const auto& [bad, words] : std::vector<std::pair<std::string, std::string>>{
+           {"http://127.0.0.1:80", "unknown scheme 'http'"},
+           {"127.0.0.1", "missing :PORT"},
+           {"::1:80", "write IPv6 addresses in brackets"},
+           {path, "a Unix socket is unix:" + path},
+           {"unix:", "the unix socket path is empty"}}) {
+    for (auto argv : tools) {
+      SCOPED_TRACE(argv[0] + " " + bad);
+      argv.insert(argv.begin(), CONDUIT_BIN);
+      argv.push_back(bad);
+      ChildProcess tool(argv);
+      EXPECT_EQ(tool.wait(bound), 2) << tool.err();
+      EXPECT_NE(tool.err().find(words), std::string::npos) << tool.err();
+    }
+  }
+  for (auto* process : {&unix_server, &tcp_server, &udp, &proxy, &url_form}) process->signal(SIGTERM);
+  for (auto* process : {&unix_server, &tcp_server, &udp, &proxy, &url_form}) process->wait(bound);
+  ::unlink(path.c_str());
 }

@@ -171,8 +171,13 @@ class ProxyClientTest(unittest.TestCase):
                     await client.create_proxy("tcp://0.0.0.0:0", "tcp://127.0.0.1:9")
                 with self.assertRaisesRegex(SessionError, "INVALID_ARGUMENT.*loss is for datagram"):
                     await client.create_proxy("tcp://127.0.0.1:0", "tcp://127.0.0.1:9", [faults.loss(0.5)])
-                with self.assertRaisesRegex(ValueError, "not a URL"):
-                    await client.create_proxy("127.0.0.1:0", "tcp://127.0.0.1:9")
+                with self.assertRaisesRegex(ValueError, "is not an endpoint: expected .tcp://.HOST:PORT"):
+                    await client.create_proxy("http://127.0.0.1:0", "tcp://127.0.0.1:9")
+                with self.assertRaisesRegex(ValueError, "is not an endpoint"):
+                    await client.create_proxy("127.0.0.1", "tcp://127.0.0.1:9")
+                # The tools' one syntax: HOST:PORT is tcp://.
+                async with await client.create_proxy("127.0.0.1:0", "127.0.0.1:9") as short:
+                    self.assertEqual(short.sockets[0][0], "127.0.0.1")
                 async with await client.create_proxy("tcp://127.0.0.1:0", "tcp://127.0.0.1:9") as proxy:
                     with self.assertRaisesRegex(ProxyError, "no fault is named 'nope'"):
                         await proxy.remove_fault("nope")

@@ -242,17 +242,24 @@ class RemoteProxy:
 
 def open_request(listen: str, upstream: str, fault_list, *, cert_pem="", key_pem="", ca_pem="", insecure=False,
                  stats_interval=1.0, idle_timeout=60.0) -> "pb.ClientMessage":
-    """The OpenProxy message for two endpoint URLs (tcp://, tls://, unix://,
-    udp://); raises ValueError naming a bad URL."""
+    """The OpenProxy message for two endpoints in the tools' syntax
+    ([tcp://]HOST:PORT, tls://, udp://, unix:/PATH or unix:///PATH); raises
+    ValueError naming a bad one."""
+    forms = "[tcp://]HOST:PORT, tls://HOST:PORT, udp://HOST:PORT or unix:/PATH"
+
     def endpoint(url: str, listening: bool) -> "pb.ProxyEndpoint":
+        if url.startswith("unix:"):
+            path = url[len("unix:"):]
+            path = path[2:] if path.startswith("//") else path
+            if not path:
+                raise ValueError(f"{url!r}: the unix socket path is empty")
+            return pb.ProxyEndpoint(unix_path=path)
         scheme, sep, rest = url.partition("://")
         if not sep:
-            raise ValueError(f"{url!r} is not a URL (tcp://HOST:PORT, tls://, udp://, unix:///PATH)")
-        if scheme == "unix":
-            return pb.ProxyEndpoint(unix_path=rest)
+            scheme, rest = "tcp", url
         host, colon, port = rest.rpartition(":")
-        if scheme not in ("tcp", "tls", "udp") or not colon or not port.isdigit():
-            raise ValueError(f"{url!r} is not tcp://HOST:PORT, tls://HOST:PORT, udp://HOST:PORT or unix:///PATH")
+        if scheme not in ("tcp", "tls", "udp") or not colon or not host or not port.isdigit():
+            raise ValueError(f"{url!r} is not an endpoint: expected {forms}")
         hp = pb.HostPort(host=host.strip("[]"), port=int(port))
         if scheme == "udp":
             return pb.ProxyEndpoint(udp=hp)
