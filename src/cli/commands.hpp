@@ -13,5 +13,7 @@ void set_run_subprocess_command(CLI::App& app, int& exit_code);
 void set_serve_command(CLI::App& app, int& exit_code);
 void set_health_command(CLI::App& app, int& exit_code);
 void set_proxy_command(CLI::App& app, int& exit_code);
+void set_connect_command(CLI::App& app, int& exit_code);
+void set_listen_command(CLI::App& app, int& exit_code);
 
 }  // namespace conduit::cli

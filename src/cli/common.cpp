@@ -1,5 +1,7 @@
 #include "common.hpp"
 
+#include <conduit/tls.hpp>
+
 #include <boost/asio/ip/address.hpp>
 
 #include <algorithm>
@@ -230,6 +232,52 @@ int exit_code_for(std::exception_ptr error, int otherwise) {
   } catch (...) {
   }
   return otherwise;
+}
+
+TlsOptions client_tls_options(const TlsFlags& flags) {
+  auto context = flags.insecure ? tls::insecure_client_context()
+                                : tls::client_context(flags.cafile.empty() ? std::nullopt : std::optional(flags.cafile));
+  if (!flags.cert.empty()) {
+    context->use_certificate_chain_file(flags.cert);
+    context->use_private_key_file(flags.key.empty() ? flags.cert : flags.key, asio::ssl::context::pem);
+  }
+  return TlsOptions(std::move(context));
+}
+
+v1::OpenConnection remote_connect_request(const Endpoint& ep, const TlsFlags& flags) {
+  v1::OpenConnection open;
+  if (ep.kind == Endpoint::Kind::unix_path) {
+    open.set_unix_path(ep.path);
+    return open;
+  }
+  open.mutable_tcp()->set_host(ep.host);
+  open.mutable_tcp()->set_port(ep.port);
+  if (ep.kind == Endpoint::Kind::tls) {
+    auto* t = open.mutable_tls();
+    t->set_enabled(true);
+    t->set_insecure(flags.insecure);
+    if (!flags.cafile.empty()) t->set_ca_pem(read_file(flags.cafile, "--cafile"));
+  }
+  return open;
+}
+
+v1::OpenServer remote_listen_request(const Endpoint& ep, const TlsFlags& flags, int backlog) {
+  v1::OpenServer open;
+  if (ep.kind == Endpoint::Kind::unix_path) {
+    open.set_unix_path(ep.path);
+  } else {
+    open.mutable_tcp()->set_host(ep.host);
+    open.mutable_tcp()->set_port(ep.port);
+  }
+  if (ep.kind == Endpoint::Kind::tls) {
+    auto* t = open.mutable_tls();
+    t->set_enabled(true);
+    t->set_cert_pem(read_file(flags.cert, "--cert"));
+    t->set_key_pem(read_file(flags.key, "--key"));
+    if (!flags.cafile.empty()) t->set_client_ca_pem(read_file(flags.cafile, "--cafile"));
+  }
+  open.set_backlog(static_cast<std::uint32_t>(backlog));
+  return open;
 }
 
 std::string via_address(const std::string& text) {

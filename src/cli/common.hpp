@@ -2,6 +2,7 @@
 // -v / -x / --json output flags and the event log they drive.
 #pragma once
 
+#include <conduit/event_loop.hpp>
 #include <conduit/socket_address.hpp>
 
 #include <conduit/service/json_text.hpp>
@@ -100,6 +101,16 @@ void add_tls_flags(CLI::App& app, TlsFlags& flags, bool server);
 /// Why these TLS flags cannot be used: given without a tls:// endpoint
 /// (`uses_tls` false), or --cert without its key. Empty: fine.
 std::string tls_flags_problem(const TlsFlags& flags, bool uses_tls, bool server);
+
+/// TLS settings of a tls:// client from its flags (the system's CAs unless
+/// --cafile; none checked with --insecure); throws what OpenSSL throws.
+TlsOptions client_tls_options(const TlsFlags& flags);
+/// The service's request to connect to `ep` (--via), with its TLS settings.
+v1::OpenConnection remote_connect_request(const Endpoint& ep, const TlsFlags& flags);
+/// The service's request to listen on `ep` (--via); a tls:// one carries
+/// --cert, --key and --cafile as PEM. Throws std::invalid_argument naming a
+/// file that cannot be read.
+v1::OpenServer remote_listen_request(const Endpoint& ep, const TlsFlags& flags, int backlog);
 
 /// --via HOST:PORT and --token-file: run the tool's protocol through a
 /// `conduit serve` session instead of locally.

@@ -282,27 +282,6 @@ Payload make_payload(const EchoClientOptions& options) {
   return payload;
 }
 
-/// The session request for --via: `ep` as seen from the service's host.
-conduit::v1::OpenConnection open_connection_for(const Endpoint& ep, const TlsFlags& tls) {
-  conduit::v1::OpenConnection open;
-  if (ep.kind == Endpoint::Kind::unix_path) {
-    open.set_unix_path(ep.path);
-    return open;
-  }
-  open.mutable_tcp()->set_host(ep.host);
-  open.mutable_tcp()->set_port(ep.port);
-  if (ep.kind == Endpoint::Kind::tls) {
-    auto* t = open.mutable_tls();
-    t->set_enabled(true);
-    t->set_insecure(tls.insecure);
-    if (!tls.cafile.empty()) {
-      std::ifstream file(tls.cafile);
-      t->set_ca_pem(std::string(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()));
-    }
-  }
-  return open;
-}
-
 void print_json(const EchoClientOptions& options, const ClientResult& r, double elapsed_ms) {
   std::cout << "{\"endpoint\":" << json_string(options.connect) << ",\"ok\":" << (r.exit_code == 0 ? "true" : "false")
             << ",\"exit_code\":" << r.exit_code << ",\"rounds\":" << r.rounds << ",\"bytes_sent\":" << r.sent
@@ -349,16 +328,7 @@ int run_echo_client(const EchoClientOptions& options) {
   ConnectOptions connect_options;
   if (ep.kind == Endpoint::Kind::tls) {
     try {
-      auto context = options.tls.insecure ? tls::insecure_client_context()
-                                          : tls::client_context(options.tls.cafile.empty()
-                                                                    ? std::nullopt
-                                                                    : std::optional(options.tls.cafile));
-      if (!options.tls.cert.empty()) {
-        context->use_certificate_chain_file(options.tls.cert);
-        context->use_private_key_file(options.tls.key.empty() ? options.tls.cert : options.tls.key,
-                                      asio::ssl::context::pem);
-      }
-      connect_options.tls = TlsOptions(std::move(context));
+      connect_options.tls = client_tls_options(options.tls);
     } catch (const std::exception& e) {
       std::cerr << "conduit echo-client: cannot set up TLS: " << e.what() << '\n';
       return exit_usage;
@@ -368,13 +338,15 @@ int run_echo_client(const EchoClientOptions& options) {
   if (!options.via.address.empty()) {
     // The same protocol, over a connection made on the service's host.
     service::RemoteOptions remote;
+    v1::OpenConnection request;
     try {
       remote = read_remote(options.via);
+      request = remote_connect_request(ep, options.tls);
     } catch (const std::invalid_argument& e) {
       std::cerr << "conduit echo-client: " << e.what() << '\n';
       return exit_usage;
     }
-    service::create_remote_connection(loop, remote, open_connection_for(ep, options.tls), factory(),
+    service::create_remote_connection(loop, remote, std::move(request), factory(),
                                       [&](std::exception_ptr error) { on_connected(error, nullptr, nullptr); });
   } else if (ep.kind == Endpoint::Kind::unix_path) {
     loop.create_unix_connection(factory, ep.path, on_connected);

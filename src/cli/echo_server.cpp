@@ -118,26 +118,6 @@ struct EchoServerOptions {
   OutputOptions output;
 };
 
-/// The server session request for --via: listen on `ep` on the service's host.
-v1::OpenServer remote_server_request(const Endpoint& ep, const EchoServerOptions& options) {
-  v1::OpenServer open;
-  if (ep.kind == Endpoint::Kind::unix_path) {
-    open.set_unix_path(ep.path);
-  } else {
-    open.mutable_tcp()->set_host(ep.host);
-    open.mutable_tcp()->set_port(ep.port);
-  }
-  if (ep.kind == Endpoint::Kind::tls) {
-    auto* tls = open.mutable_tls();
-    tls->set_enabled(true);
-    tls->set_cert_pem(read_file(options.tls.cert, "--cert"));
-    tls->set_key_pem(read_file(options.tls.key, "--key"));
-    if (!options.tls.cafile.empty()) tls->set_client_ca_pem(read_file(options.tls.cafile, "--cafile"));
-  }
-  open.set_backlog(static_cast<std::uint32_t>(options.backlog));
-  return open;
-}
-
 /// "listening URL" for an address a server session reports: "host:port"
 /// ("[v6]:port") or a path, both of which follow "scheme://" as they are.
 std::string remote_url(const std::string& address, std::string_view scheme) {
@@ -167,7 +147,7 @@ int run_echo_server(const EchoServerOptions& options) {
   if (via) {
     try {
       remote = read_remote(options.via);
-      for (const auto& url : options.listen) remote_requests.push_back(remote_server_request(parse_endpoint(url), options));
+      for (const auto& url : options.listen) remote_requests.push_back(remote_listen_request(parse_endpoint(url), options.tls, options.backlog));
     } catch (const std::invalid_argument& e) {
       std::cerr << "conduit echo-server: " << e.what() << '\n';
       return exit_usage;

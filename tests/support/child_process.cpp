@@ -99,18 +99,27 @@ void ChildProcess::pump(std::chrono::milliseconds timeout) {
 }
 
 std::optional<std::string> ChildProcess::wait_for_line(const std::string& prefix, std::chrono::milliseconds timeout) {
+  return wait_for(out_, scanned_, 1, prefix, timeout);
+}
+
+std::optional<std::string> ChildProcess::wait_for_err_line(const std::string& prefix, std::chrono::milliseconds timeout) {
+  return wait_for(err_, err_scanned_, 2, prefix, timeout);
+}
+
+std::optional<std::string> ChildProcess::wait_for(const std::string& text, std::size_t& scanned, int which,
+                                                  const std::string& prefix, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
-    std::size_t line_start = scanned_;
-    for (std::size_t nl; (nl = out_.find('\n', line_start)) != std::string::npos; line_start = nl + 1) {
-      if (out_.compare(line_start, prefix.size(), prefix) == 0) {
-        scanned_ = nl + 1;
-        return out_.substr(line_start + prefix.size(), nl - line_start - prefix.size());
+    std::size_t line_start = scanned;
+    for (std::size_t nl; (nl = text.find('\n', line_start)) != std::string::npos; line_start = nl + 1) {
+      if (text.compare(line_start, prefix.size(), prefix) == 0) {
+        scanned = nl + 1;
+        return text.substr(line_start + prefix.size(), nl - line_start - prefix.size());
       }
     }
-    scanned_ = line_start;
+    scanned = line_start;
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0 || out_fd_ < 0) return std::nullopt;
+    if (left.count() <= 0 || (which == 1 ? out_fd_ : err_fd_) < 0) return std::nullopt;
     pump(left);
   }
 }

@@ -21,6 +21,8 @@ class ChildProcess {
   /// Read stdout until a line starting with `prefix` appears; returns the
   /// rest of that line, or nullopt on timeout/EOF.
   std::optional<std::string> wait_for_line(const std::string& prefix, std::chrono::milliseconds timeout);
+  /// The same on stderr (for tools whose stdout is data).
+  std::optional<std::string> wait_for_err_line(const std::string& prefix, std::chrono::milliseconds timeout);
 
   /// Wait for exit, collecting output; the exit status (128+N for signal N),
   /// or nullopt on timeout.
@@ -48,7 +50,10 @@ class ChildProcess {
   std::size_t stdin_written_ = 0;
   std::string out_;
   std::string err_;
-  std::size_t scanned_ = 0;  // stdout bytes already searched by wait_for_line
+  std::optional<std::string> wait_for(const std::string& text, std::size_t& scanned, int fd_open_check,
+                                      const std::string& prefix, std::chrono::milliseconds timeout);
+  std::size_t scanned_ = 0;      // stdout bytes already searched by wait_for_line
+  std::size_t err_scanned_ = 0;  // stderr bytes already searched by wait_for_err_line
   std::optional<int> status_;
   std::size_t peak_rss_kib_ = 0;
 };
