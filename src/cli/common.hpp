@@ -25,7 +25,7 @@ enum ExitCode : int {
   exit_usage = 2,           ///< bad arguments
   exit_connect_failed = 3,  ///< refused, unreachable, unresolvable, cannot listen
   exit_timeout = 4,         ///< --timeout passed
-  exit_mismatch = 5,        ///< the echo differed from what was sent, or the peer closed early
+  exit_mismatch = 5,        ///< the echo differed from what was sent, or the connection closed or broke early
   exit_lost = 6,            ///< udp-echo: some datagrams got no echo
   exit_service_unreachable = 7,  ///< --via: the service itself could not be reached
 };
@@ -33,7 +33,7 @@ enum ExitCode : int {
 /// The exit-code table, for --help footers.
 inline constexpr const char* exit_codes_help =
     "Exit codes: 0 ok, 1 other failure, 2 bad arguments, 3 cannot connect or listen,\n"
-    "            4 timed out, 5 echo mismatch or connection closed early,\n"
+    "            4 timed out, 5 echo mismatch or connection closed (or reset) early,\n"
     "            6 datagrams lost (udp-echo client), 7 cannot reach the service (--via).\n";
 
 /// A parsed endpoint: SCHEME://HOST:PORT (tcp, tls, udp; HOST may be [v6]),

@@ -167,8 +167,10 @@ class EchoClient final : public Protocol {
   void connection_lost(std::exception_ptr error) override {
     log_.event("client", error ? "connection_lost: " + describe(error) : "connection_lost");
     if (error && result_.exit_code == exit_ok) {
-      result_.exit_code = exit_failure;
-      result_.error = "connection lost: " + describe(error);
+      // A reset is a connection that ended early, as a close is: one code.
+      result_.exit_code = exit_mismatch;
+      result_.error = "the connection was lost after " + std::to_string(result_.rounds) + " of " +
+                      std::to_string(rounds_) + " rounds: " + describe(error);
     }
     if (print_echo_) std::cout.flush();
     input_.reset();
