@@ -98,7 +98,10 @@ double parse_probability(std::string_view text, std::string_view flag) {
 }
 
 void add_fault_flags(CLI::App& app, FaultFlags& f) {
-  const char* group = "Faults (each may be changed later with --via's commands, or removed)";
+  // A running proxy's faults change through its session: from Python
+  // (conduit_client's RemoteProxy.add_fault / remove_fault) or any gRPC
+  // client; the CLI sets them at the start.
+  const char* group = "Faults (set at the start; a --via proxy's change while it runs through its session)";
   app.add_option("--direction", f.direction, "Which way the faults act: up (client to upstream), down, or both")
       ->check(CLI::IsMember({"up", "down", "both"}))
       ->capture_default_str()
@@ -109,7 +112,12 @@ void add_fault_flags(CLI::App& app, FaultFlags& f) {
   app.add_option("--slice", f.slice, "Streams: forward in pieces of about this many bytes")->group(group);
   app.add_option("--slice-delay", f.slice_delay, "With --slice: the time between pieces (1ms)")->group(group);
   app.add_flag("--blackhole", f.blackhole, "Forward nothing")->group(group);
-  app.add_option("--reset-after", f.reset_after, "Streams: reset (RST) each connection after this many bytes")->group(group);
+  app.add_option("--blackhole-close-after", f.blackhole_close_after,
+                 "With --blackhole: close each connection this long after it took hold (300ms)")
+      ->group(group);
+  app.add_option("--reset-after", f.reset_after,
+                 "Streams: reset (RST) each connection after this many bytes (1MiB) or this long (2s)")
+      ->group(group);
   app.add_option("--limit-data", f.limit_data, "Streams: close each connection after this many bytes")->group(group);
   app.add_option("--slow-close", f.slow_close, "Streams: pass each end of stream on this late (500ms)")->group(group);
   app.add_option("--loss", f.loss, "UDP: drop this share of datagrams (1%, 0.01)")->group(group);
@@ -146,8 +154,20 @@ std::vector<Fault> faults_of(const FaultFlags& f, bool datagram) {
                                f.slice_delay.empty() ? std::chrono::microseconds(1000)
                                                      : parse_duration(f.slice_delay, "--slice-delay")});
   }
-  if (f.blackhole) add("blackhole", fault::Blackhole{});
-  if (!f.reset_after.empty()) add("reset-after", fault::Reset{parse_size(f.reset_after, "--reset-after"), std::nullopt});
+  if (!f.blackhole_close_after.empty() && !f.blackhole) throw std::invalid_argument("--blackhole-close-after needs --blackhole");
+  if (f.blackhole) {
+    fault::Blackhole blackhole;
+    if (!f.blackhole_close_after.empty()) {
+      blackhole.close_after = parse_duration(f.blackhole_close_after, "--blackhole-close-after");
+    }
+    add("blackhole", blackhole);
+  }
+  if (!f.reset_after.empty()) {
+    // A time ends in s (2s, 500ms, 250us); a size in B, KiB, MB... or nothing.
+    const bool time = f.reset_after.ends_with("s");
+    if (time) add("reset-after", fault::Reset{std::nullopt, parse_duration(f.reset_after, "--reset-after")});
+    else add("reset-after", fault::Reset{parse_size(f.reset_after, "--reset-after"), std::nullopt});
+  }
   if (!f.limit_data.empty()) add("limit-data", fault::LimitData{parse_size(f.limit_data, "--limit-data")});
   if (!f.slow_close.empty()) add("slow-close", fault::SlowClose{parse_duration(f.slow_close, "--slow-close")});
   if (!f.loss.empty()) add("loss", fault::Loss{parse_probability(f.loss, "--loss")});

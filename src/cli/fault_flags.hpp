@@ -15,7 +15,7 @@
 
 namespace conduit::cli {
 
-/// "100ms", "1.5s", "250us", "2m"; a bare number is seconds. Throws
+/// "100ms", "1.5s", "250us", "2m"; a bare number is refused (but 0). Throws
 /// std::invalid_argument naming `flag` and the value.
 std::chrono::microseconds parse_duration(std::string_view text, std::string_view flag);
 /// "1MiB/s", "500KB/s", "64k", "1000" (bytes a second; K/M/G are 1000s,
@@ -29,6 +29,7 @@ double parse_probability(std::string_view text, std::string_view flag);
 struct FaultFlags {
   std::string direction = "both";  // up, down or both: which way the flags below act
   std::string latency, jitter, bandwidth, slice, slice_delay, reset_after, limit_data, slow_close;
+  std::string blackhole_close_after;  // with blackhole: close each connection this late
   std::string loss, duplicate, reorder;
   bool blackhole = false;
 };

@@ -2,6 +2,7 @@
 // write (socat, Python's http.server, openssl s_server), and against each
 // other, directly and through the service.
 #include "support/child_process.hpp"
+#include "support/loopback_ports.hpp"
 #include "support/test_certificates.hpp"
 
 #include <gtest/gtest.h>
@@ -16,32 +17,12 @@
 
 using namespace std::chrono_literals;
 using conduit::testing::ChildProcess;
+using conduit::testing::free_port;
+using conduit::testing::wait_until_listening;
 
 namespace {
 
 constexpr auto bound = 20s;
-
-std::string free_port() {
-  boost::asio::io_context ctx;
-  boost::asio::ip::tcp::acceptor a(ctx, {boost::asio::ip::make_address("127.0.0.1"), 0});
-  return std::to_string(a.local_endpoint().port());
-}
-
-/// Waits until something accepts on 127.0.0.1:port (a connection it then
-/// drops: the servers here take it as an empty request).
-bool wait_until_listening(const std::string& port) {
-  boost::asio::io_context ctx;
-  const auto deadline = std::chrono::steady_clock::now() + bound;
-  while (std::chrono::steady_clock::now() < deadline) {
-    boost::asio::ip::tcp::socket s(ctx);
-    boost::system::error_code ec;
-    s.connect({boost::asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(std::stoi(port))}, ec);
-    if (!ec) return true;
-    boost::asio::steady_timer t(ctx, 10ms);  // still starting: retry shortly
-    t.wait();
-  }
-  return false;
-}
 
 /// Bytes that show a reordering or a loss: i-th byte from a rolling pattern.
 std::string pattern(std::size_t size) {
@@ -67,7 +48,7 @@ struct Service {
 TEST(Connect, CarriesHalfCloseBothWaysWithSocat) {
   const std::string port = free_port();
   ChildProcess socat({"socat", "TCP-LISTEN:" + port + ",bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"});
-  ASSERT_TRUE(wait_until_listening(port));
+  ASSERT_TRUE(wait_until_listening(port, bound));
   const std::string data = pattern(2 << 20);
   ChildProcess client({CONDUIT_BIN, "connect", "127.0.0.1:" + port}, data);
   ASSERT_EQ(client.wait(bound), 0) << client.err();
@@ -82,7 +63,7 @@ TEST(Connect, AnHttpRequestToPythonsHttpServer) {
   std::ofstream(dir + "/marker.txt") << "the marker\n";
   const std::string port = free_port();
   ChildProcess http({"python3", "-m", "http.server", port, "--bind", "127.0.0.1", "--directory", dir});
-  ASSERT_TRUE(wait_until_listening(port));
+  ASSERT_TRUE(wait_until_listening(port, bound));
   ChildProcess client({CONDUIT_BIN, "connect", "tcp://127.0.0.1:" + port}, "GET /marker.txt HTTP/1.0\r\n\r\n");
   ASSERT_EQ(client.wait(bound), 0) << client.err();
   EXPECT_EQ(client.out().rfind("HTTP/1.0 200 OK", 0), 0u) << client.out();
@@ -97,7 +78,7 @@ TEST(Connect, TlsToOpensslSServer) {
   // -rev: s_server sends each line back reversed; it closes at our close_notify.
   ChildProcess server({"openssl", "s_server", "-accept", "127.0.0.1:" + port, "-cert", certs.server_cert, "-key",
                        certs.server_key, "-rev", "-quiet"});
-  ASSERT_TRUE(wait_until_listening(port));
+  ASSERT_TRUE(wait_until_listening(port, bound));
   ChildProcess client({CONDUIT_BIN, "connect", "tls://localhost:" + port, "--cafile", certs.ca, "--timeout", "3"},
                       "conduit\n");
   const auto status = client.wait(bound);

@@ -1,6 +1,7 @@
 // The echo tools end to end, as processes, against each other and against
 // socat, a peer this project did not write.
 #include "support/child_process.hpp"
+#include "support/loopback_ports.hpp"
 #include "support/test_certificates.hpp"
 
 #include <gtest/gtest.h>
@@ -15,6 +16,8 @@
 #include <string>
 
 using conduit::testing::ChildProcess;
+using conduit::testing::free_port;
+using conduit::testing::wait_until_listening;
 using namespace std::chrono_literals;
 
 namespace {
@@ -69,26 +72,6 @@ void measure_memory_not_asan_quarantine() {
   ::setenv("ASAN_OPTIONS", value.c_str(), 1);
 }
 
-// socat listening on a port it was given; waits until it accepts.
-std::string free_port() {
-  boost::asio::io_context ctx;
-  boost::asio::ip::tcp::acceptor a(ctx, {boost::asio::ip::make_address("127.0.0.1"), 0});
-  return std::to_string(a.local_endpoint().port());
-}
-
-bool wait_until_listening(const std::string& port) {
-  boost::asio::io_context ctx;
-  const auto deadline = std::chrono::steady_clock::now() + bound;
-  while (std::chrono::steady_clock::now() < deadline) {
-    boost::asio::ip::tcp::socket s(ctx);
-    boost::system::error_code ec;
-    s.connect({boost::asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(std::stoi(port))}, ec);
-    if (!ec) return true;
-    boost::asio::steady_timer t(ctx, 10ms);  // socat is still starting: retry shortly
-    t.wait();
-  }
-  return false;
-}
 
 }  // namespace
 
@@ -194,7 +177,7 @@ TEST(EchoTools, MismatchIsExitCodeFive) {
   // An "echo" that upper-cases: tr flushes at EOF, so use --stdin (half-close).
   const std::string port = free_port();
   ChildProcess upper({"socat", "TCP-LISTEN:" + port + ",bind=127.0.0.1,reuseaddr,fork", "EXEC:tr a-z A-Z"});
-  ASSERT_TRUE(wait_until_listening(port)) << upper.err();
+  ASSERT_TRUE(wait_until_listening(port, bound)) << upper.err();
   ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", "tcp://127.0.0.1:" + port, "--stdin"}, "abc\n");
   EXPECT_EQ(client.wait(bound), 5) << client.err();
   EXPECT_NE(client.err().find("differs"), std::string::npos) << client.err();
@@ -248,7 +231,7 @@ TEST(Interop, ConduitClientAgainstSocatEchoServer) {
   const std::string port = free_port();
   // 32 KiB rounds: see the Unix-socket test below for why socat PIPE needs them.
   ChildProcess socat({"socat", "TCP-LISTEN:" + port + ",bind=127.0.0.1,reuseaddr,fork", "PIPE"});
-  ASSERT_TRUE(wait_until_listening(port)) << socat.err();
+  ASSERT_TRUE(wait_until_listening(port, bound)) << socat.err();
   ChildProcess rounds({CONDUIT_BIN, "echo-client", "--connect", "tcp://127.0.0.1:" + port, "--size", "32768", "--count",
                        "100", "--json"});
   ASSERT_EQ(rounds.wait(bound), 0) << rounds.err();

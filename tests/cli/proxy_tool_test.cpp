@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/asio.hpp>
+
 #include <signal.h>
 
 #include <chrono>
@@ -87,6 +89,45 @@ TEST(ProxyTool, ResetAfterIsSeenByTheClient) {
   ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", proxy.url, "--size", "100000"});
   EXPECT_EQ(client.wait(bound), 5) << "a reset ends a connection early, as a close does: " << client.err();
   EXPECT_NE(client.err().find("Connection reset by peer"), std::string::npos) << client.err();
+}
+
+/// Connects to `url` (tcp://127.0.0.1:PORT), sends nothing, and reads until
+/// the connection ends: how (the error; eof for a close) and after how long.
+static std::pair<boost::system::error_code, Clock::duration> silent_connection(const std::string& url) {
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::socket socket(io);
+  const auto port = static_cast<unsigned short>(std::stoi(url.substr(url.rfind(':') + 1)));
+  socket.connect({boost::asio::ip::make_address("127.0.0.1"), port});
+  const auto start = Clock::now();
+  boost::system::error_code how;
+  char byte;
+  socket.async_read_some(boost::asio::buffer(&byte, 1), [&](boost::system::error_code ec, std::size_t) { how = ec; });
+  io.run_for(bound);
+  return {how, Clock::now() - start};
+}
+
+// Reset and blackhole after a time, as the README's table offers them.
+TEST(ProxyTool, ResetAndBlackholeAfterATime) {
+  Listening echo({CONDUIT_BIN, "echo-server", "--listen", "127.0.0.1:0", "--quiet"});
+  {
+    Listening proxy({CONDUIT_BIN, "proxy", "--listen", "127.0.0.1:0", "--upstream", echo.url, "--reset-after", "300ms"});
+    const auto [how, after] = silent_connection(proxy.url);
+    EXPECT_EQ(how, boost::asio::error::connection_reset) << how.message();
+    EXPECT_GE(after, 250ms);
+    EXPECT_LT(after, 10s);
+  }
+  {
+    Listening proxy({CONDUIT_BIN, "proxy", "--listen", "127.0.0.1:0", "--upstream", echo.url, "--blackhole",
+                     "--blackhole-close-after", "300ms"});
+    const auto [how, after] = silent_connection(proxy.url);
+    EXPECT_EQ(how, boost::asio::error::eof) << how.message();
+    EXPECT_GE(after, 250ms);
+    EXPECT_LT(after, 10s);
+  }
+  ChildProcess alone({CONDUIT_BIN, "proxy", "--listen", "127.0.0.1:0", "--upstream", echo.url,
+                      "--blackhole-close-after", "1s"});
+  EXPECT_EQ(alone.wait(bound), 2);
+  EXPECT_NE(alone.err().find("--blackhole-close-after needs --blackhole"), std::string::npos) << alone.err();
 }
 
 TEST(ProxyTool, ThroughTheServiceWithItsPolicy) {
