@@ -10,6 +10,11 @@
 // the way: input is read only as fast as the connection takes it
 // (pause_writing stops the reading).
 //
+// UDP (udp://) has no connection and no EOF: each read of standard input
+// is a datagram (up to 65507 bytes) and each datagram received is written
+// out; after standard input ends, the run ends once no datagram came for
+// half a second. `listen udp://` answers the first sender, and only it.
+//
 //   connect:  connecting --connection_made--> open --peer EOF / lost--> done
 //   listen:   listening --first connection--> open (later ones refused,
 //             unless --keep: then standard input goes to every connection
@@ -54,6 +59,10 @@ struct StdioOptions {
 };
 
 class StdioProtocol;
+
+// What connect and listen take: the stream schemes, and udp.
+constexpr std::string_view stdio_scheme_list[] = {"tcp", "tls", "unix", "udp"};
+constexpr Schemes stdio_schemes = stdio_scheme_list;
 
 /// What the connections share: standard input (fed to every open
 /// connection) and standard output, and how the run ends.
@@ -242,9 +251,182 @@ void Bridge::half_close(StdioProtocol& connection) {
   if (connection.transport->can_write_eof()) connection.transport->write_eof();
 }
 
+/// connect / listen for udp://: standard input as datagrams to the peer,
+/// the peer's datagrams to standard output.
+class StdioDatagrams final : public DatagramProtocol {
+ public:
+  StdioDatagrams(EventLoop& loop, const EventLog& log, bool listening)
+      : loop_(loop), log_(log), listening_(listening), quiet_(loop.context()) {}
+
+  int exit_code = exit_ok;
+  std::string error;
+  bool done = false;
+
+  const std::shared_ptr<DatagramTransport>& transport() const { return transport_; }
+
+  void connection_made(std::shared_ptr<DatagramTransport> transport) override {
+    transport_ = std::move(transport);
+    log_.event("udp", "connection_made");
+    if (!listening_) start_input();  // connected: the peer is known
+  }
+  void datagram_received(std::span<const std::byte> data, const SocketAddress& addr) override {
+    if (listening_ && !peer_) {
+      peer_ = addr;
+      log_.event("udp", "answering " + addr.to_string());
+      start_input();
+    }
+    if (listening_ && !(addr == *peer_)) return;  // not the peer: ignored
+    log_.data("udp", "datagram_received", data);
+    write_out(data);
+    if (input_done_) wait_quiet();
+  }
+  void error_received(std::exception_ptr exc) override {
+    log_.event("udp", "error_received: " + describe(exc));
+    finish(exit_connect_failed, "the peer refused the datagrams: " + describe(exc));
+  }
+  void pause_writing() override {
+    if (input_) input_->set_paused(true);
+  }
+  void resume_writing() override {
+    if (input_) input_->set_paused(false);
+  }
+  void connection_lost(std::exception_ptr exc) override {
+    if (exc) finish(exit_failure, "the endpoint was lost: " + describe(exc));
+    done = true;
+    transport_.reset();
+  }
+
+  void finish(int code, std::string why) {
+    if (exit_code == exit_ok && code != exit_ok) {
+      exit_code = code;
+      error = std::move(why);
+    }
+    if (input_) input_->stop();
+    done = true;
+  }
+
+ private:
+  static constexpr std::size_t max_datagram = 65507;  // IPv4's most
+
+  void start_input() {
+    input_.emplace(
+        loop_,
+        [this](std::span<const std::byte> data) {
+          for (std::size_t at = 0; at < data.size() && transport_; at += max_datagram) {
+            transport_->sendto(data.subspan(at, std::min(max_datagram, data.size() - at)), peer_);
+          }
+        },
+        [this] {
+          input_done_ = true;
+          log_.event("input", "end of standard input");
+          wait_quiet();
+        });
+    std::string why;
+    if (!input_->start(::dup(STDIN_FILENO), why)) {
+      input_done_ = true;
+      wait_quiet();
+    }
+  }
+  /// The run ends once no datagram came for half a second (socat's -t).
+  void wait_quiet() {
+    quiet_.expires_after(std::chrono::milliseconds(500));
+    quiet_.async_wait([this](const boost::system::error_code& ec) {
+      if (!ec) finish(exit_ok, {});
+    });
+  }
+  void write_out(std::span<const std::byte> data) {
+    const char* at = reinterpret_cast<const char*>(data.data());
+    std::size_t left = data.size();
+    while (left > 0) {
+      const ssize_t n = ::write(STDOUT_FILENO, at, left);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return finish(exit_failure, std::string("cannot write standard output: ") + std::strerror(errno));
+      at += n;
+      left -= static_cast<std::size_t>(n);
+    }
+  }
+
+  EventLoop& loop_;
+  const EventLog& log_;
+  bool listening_;
+  asio::steady_timer quiet_;
+  std::shared_ptr<DatagramTransport> transport_;
+  std::optional<SocketAddress> peer_;  // listen: the first sender
+  std::optional<InputFeeder> input_;
+  bool input_done_ = false;
+};
+
+int run_udp(const StdioOptions& options, const Endpoint& ep, bool listening, const char* name) {
+  if (options.keep) {
+    std::cerr << name << ": --keep is for stream listeners (tcp, tls, unix)\n";
+    return exit_usage;
+  }
+  if (auto problem = via_flags_problem(options.via); !problem.empty()) {
+    std::cerr << name << ": " << problem << '\n';
+    return exit_usage;
+  }
+  service::RemoteOptions remote;
+  try {
+    if (!options.via.address.empty()) remote = read_remote(options.via);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << name << ": " << e.what() << '\n';
+    return exit_usage;
+  }
+  const int stdin_flags = ::fcntl(STDIN_FILENO, F_GETFL);
+  EventLoop loop;
+  EventLog log(options.output);
+  auto protocol = std::make_shared<StdioDatagrams>(loop, log, listening);
+  const std::string host = ep.host == "*" ? std::string("::") : ep.host;
+  auto opened = [&](std::exception_ptr error, std::shared_ptr<DatagramTransport> transport) {
+    if (error) {
+      const int code = exit_code_for(error, exit_connect_failed);
+      return protocol->finish(code, code == exit_service_unreachable
+                                        ? "cannot reach the service at " + options.via.address + ": " + describe(error)
+                                        : std::string(listening ? "cannot listen on " : "cannot reach ") + options.url +
+                                              ": " + describe(error));
+    }
+    if (!listening || !transport) return;
+    if (auto address = transport->get_extra_info_as<SocketAddress>("sockname")) {
+      std::cerr << "listening " << Endpoint::url_of(*address, "udp") << std::endl;
+    }
+  };
+  if (!options.via.address.empty()) {
+    v1::OpenDatagramEndpoint open;
+    auto* address = listening ? open.mutable_local_addr() : open.mutable_remote_addr();
+    address->set_host(host);
+    address->set_port(ep.port);
+    service::create_remote_datagram_endpoint(loop, remote, std::move(open), protocol, [&](std::exception_ptr error) {
+      opened(error, error ? nullptr : protocol->transport());
+    });
+  } else {
+    DatagramOptions endpoint_options;
+    if (listening) endpoint_options.local_addr = std::pair{host, ep.port};
+    else endpoint_options.remote_addr = std::pair{host, ep.port};
+    loop.create_datagram_endpoint([protocol] { return protocol; }, endpoint_options,
+                                  [&](std::exception_ptr error, std::shared_ptr<DatagramTransport> transport, auto) {
+                                    opened(error, std::move(transport));
+                                  });
+  }
+  asio::signal_set signals(loop.context(), SIGINT, SIGTERM);
+  signals.async_wait([&](const boost::system::error_code& ec, int) {
+    if (!ec) protocol->finish(exit_ok, {});
+  });
+  const auto limit = options.timeout ? std::chrono::duration_cast<std::chrono::milliseconds>(
+                                           std::chrono::duration<double>(*options.timeout))
+                                     : std::chrono::hours(24 * 365 * 100);
+  if (!loop.run_until([&] { return protocol->done; }, limit)) {
+    protocol->finish(exit_timeout, "timed out after " + format_seconds(*options.timeout) + " s");
+  }
+  signals.cancel();
+  if (stdin_flags >= 0) ::fcntl(STDIN_FILENO, F_SETFL, stdin_flags);
+  if (!protocol->error.empty()) std::cerr << name << ": " << protocol->error << '\n';
+  return protocol->exit_code;
+}
+
 int run_stdio(const StdioOptions& options, bool listening) {
   const char* name = listening ? "conduit listen" : "conduit connect";
-  const Endpoint ep = parse_endpoint(options.url);
+  const Endpoint ep = parse_endpoint(options.url, stdio_schemes);
+  if (ep.kind == Endpoint::Kind::udp) return run_udp(options, ep, listening, name);
   const bool tls = ep.kind == Endpoint::Kind::tls;
   std::string problem = tls_flags_problem(options.tls, tls, listening);
   if (problem.empty()) problem = via_flags_problem(options.via);
@@ -372,9 +554,9 @@ void add_stdio_flags(CLI::App& cmd, StdioOptions& options, bool listening) {
 void set_connect_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<StdioOptions>();
   CLI::App* cmd = app.add_subcommand("connect", "Connect, then copy standard input to the connection and the connection to standard output");
-  cmd->add_option("address", options->url, "[tcp://]HOST:PORT, tls://HOST:PORT or unix:/PATH")
+  cmd->add_option("address", options->url, "[tcp://]HOST:PORT, tls://HOST:PORT, unix:/PATH or udp://HOST:PORT")
       ->required()
-      ->check(endpoint_validator());
+      ->check(endpoint_validator(stdio_schemes));
   add_stdio_flags(*cmd, *options, false);
   cmd->footer(std::string(R"(The end of standard input is a half-close (write_eof; TLS has none, so the connection stays
 open until the server closes it); the server's EOF ends the run once what was written has
@@ -394,9 +576,10 @@ void set_listen_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<StdioOptions>();
   CLI::App* cmd = app.add_subcommand("listen", "Listen, then copy a connection to standard output and standard input to it");
   cmd->add_option("address", options->url,
-                  "[tcp://]HOST:PORT or tls://HOST:PORT (HOST * for all interfaces, PORT 0 for any free port) or unix:/PATH")
+                  "[tcp://]HOST:PORT, tls://HOST:PORT or udp://HOST:PORT (HOST * for all interfaces, PORT 0 for "
+                  "any free port) or unix:/PATH")
       ->required()
-      ->check(endpoint_validator());
+      ->check(endpoint_validator(stdio_schemes));
   cmd->add_flag("-k,--keep", options->keep,
                 "Take every connection, not just the first, until SIGINT or SIGTERM: standard input goes to every "
                 "connection open as it comes, and each writes to standard output");

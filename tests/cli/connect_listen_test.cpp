@@ -151,3 +151,37 @@ TEST(ConnectListen, ErrorsAreClear) {
   in_use_first.signal(SIGTERM);
   in_use_first.wait(bound);
 }
+
+TEST(ConnectListen, UdpEachWayAndThroughTheService) {
+  ChildProcess echo({CONDUIT_BIN, "udp-echo", "server", "--listen", "127.0.0.1:0"});
+  auto url = echo.wait_for_line("listening ", bound);
+  ASSERT_TRUE(url) << echo.err();
+  // Each read of standard input is a datagram; the echo comes back; the
+  // run ends half a second after the last one.
+  ChildProcess client({CONDUIT_BIN, "connect", *url}, "one datagram\n");
+  ASSERT_EQ(client.wait(bound), 0) << client.err();
+  EXPECT_EQ(client.out(), "one datagram\n");
+  Service service;
+  ChildProcess remote({CONDUIT_BIN, "connect", "--via", service.address, *url}, "from the service's host\n");
+  ASSERT_EQ(remote.wait(bound), 0) << remote.err();
+  EXPECT_EQ(remote.out(), "from the service's host\n");
+
+  // listen answers the first sender: socat here.
+  ChildProcess listener({CONDUIT_BIN, "listen", "udp://127.0.0.1:0"}, "to the sender\n");
+  auto bound_url = listener.wait_for_err_line("listening udp://", bound);
+  ASSERT_TRUE(bound_url) << listener.err();
+  // (socat is waited on first: its input goes to it as it is waited on.)
+  ChildProcess socat({"socat", "-T", "2", "-", "UDP:" + *bound_url}, "to the listener\n");
+  EXPECT_EQ(socat.wait(bound), 0) << socat.err();
+  EXPECT_EQ(socat.out(), "to the sender\n") << socat.err();
+  ASSERT_EQ(listener.wait(bound), 0) << listener.err();
+  EXPECT_EQ(listener.out(), "to the listener\n");
+
+  // Nothing listening: the ICMP port unreachable is a refusal (3).
+  echo.signal(SIGTERM);
+  echo.wait(bound);
+  ChildProcess refused({CONDUIT_BIN, "connect", *url}, "anyone?\n");
+  EXPECT_EQ(refused.wait(bound), 3) << refused.err();
+  ChildProcess keep({CONDUIT_BIN, "listen", "--keep", "udp://127.0.0.1:0"});
+  EXPECT_EQ(keep.wait(bound), 2);
+}
