@@ -84,6 +84,9 @@ class Bridge {
   /// Bytes from a connection: to standard output.
   void output(std::span<const std::byte> data);
   void fail(int code, std::string why);
+  /// At the end: close what is still open (abort, if `abort`).
+  void end_all(bool abort);
+  bool idle() const { return open_.empty(); }
 
  private:
   void start_input();
@@ -221,6 +224,14 @@ void Bridge::fail(int code, std::string why) {
   done = true;
 }
 
+void Bridge::end_all(bool abort) {
+  for (auto* connection : std::set(open_)) {
+    if (!connection->transport) continue;
+    if (abort) connection->transport->abort();
+    else connection->transport->close();
+  }
+}
+
 void Bridge::start_input() {
   input_.emplace(
       loop_,
@@ -263,6 +274,8 @@ class StdioDatagrams final : public DatagramProtocol {
   bool done = false;
 
   const std::shared_ptr<DatagramTransport>& transport() const { return transport_; }
+  /// Standard input's reader goes (at the end: it holds a pipe transport).
+  void release_input() { input_.reset(); }
 
   void connection_made(std::shared_ptr<DatagramTransport> transport) override {
     transport_ = std::move(transport);
@@ -293,6 +306,7 @@ class StdioDatagrams final : public DatagramProtocol {
   void connection_lost(std::exception_ptr exc) override {
     if (exc) finish(exit_failure, "the endpoint was lost: " + describe(exc));
     done = true;
+    if (input_) input_->stop();
     transport_.reset();
   }
 
@@ -418,6 +432,13 @@ int run_udp(const StdioOptions& options, const Endpoint& ep, bool listening, con
     protocol->finish(exit_timeout, "timed out after " + format_seconds(*options.timeout) + " s");
   }
   signals.cancel();
+  // Close the endpoint and let its connection_lost come (bounded): the
+  // transport and the protocol hold each other until then.
+  if (auto transport = protocol->transport()) {
+    transport->close();
+    loop.run_until([&] { return !protocol->transport(); }, std::chrono::seconds(2));
+  }
+  protocol->release_input();
   if (stdin_flags >= 0) ::fcntl(STDIN_FILENO, F_SETFL, stdin_flags);
   if (!protocol->error.empty()) std::cerr << name << ": " << protocol->error << '\n';
   return protocol->exit_code;
@@ -534,8 +555,14 @@ int run_stdio(const StdioOptions& options, bool listening) {
   signals.cancel();
   if (server) server->close();
   if (remote_server) remote_server->close();
-  // What the connections still hold goes out, for a bounded moment.
-  loop.run_until([&] { return false; }, std::chrono::milliseconds(remote_server ? 200 : 0));
+  // What is still open (--keep's connections at a signal) closes, flushing
+  // for a bounded moment; then whatever is left is aborted. Each protocol
+  // and its transport hold each other until its connection_lost.
+  bridge.end_all(false);
+  if (!loop.run_until([&] { return bridge.idle(); }, std::chrono::seconds(2))) {
+    bridge.end_all(true);
+    loop.run_until([&] { return bridge.idle(); }, std::chrono::seconds(2));
+  }
   if (stdin_flags >= 0) ::fcntl(STDIN_FILENO, F_SETFL, stdin_flags);
   if (!bridge.error.empty()) std::cerr << name << ": " << bridge.error << '\n';
   return bridge.exit_code;
