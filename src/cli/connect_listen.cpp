@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include <fcntl.h>
+#include <poll.h>
 
 #include <cerrno>
 #include <chrono>
@@ -59,6 +60,28 @@ struct StdioOptions {
 };
 
 class StdioProtocol;
+
+/// All of `data` to standard output (blocking, as a pipe's reader sets the
+/// pace); what went wrong, or "".
+std::string write_stdout(std::span<const std::byte> data) {
+  const char* at = reinterpret_cast<const char*>(data.data());
+  std::size_t left = data.size();
+  while (left > 0) {
+    const ssize_t n = ::write(STDOUT_FILENO, at, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      // Non-blocking: a terminal shares its open file with standard input,
+      // which the loop reads without blocking. Wait until it takes more.
+      pollfd writable{STDOUT_FILENO, POLLOUT, 0};
+      ::poll(&writable, 1, -1);
+      continue;
+    }
+    if (n < 0) return std::string("cannot write standard output: ") + std::strerror(errno);
+    at += n;
+    left -= static_cast<std::size_t>(n);
+  }
+  return {};
+}
 
 // What connect and listen take: the stream schemes, and udp.
 constexpr std::string_view stdio_scheme_list[] = {"tcp", "tls", "unix", "udp"};
@@ -201,15 +224,7 @@ void Bridge::set_paused(StdioProtocol* connection, bool paused) {
 }
 
 void Bridge::output(std::span<const std::byte> data) {
-  const char* at = reinterpret_cast<const char*>(data.data());
-  std::size_t left = data.size();
-  while (left > 0) {
-    const ssize_t n = ::write(STDOUT_FILENO, at, left);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return fail(exit_failure, std::string("cannot write standard output: ") + std::strerror(errno));
-    at += n;
-    left -= static_cast<std::size_t>(n);
-  }
+  if (auto problem = write_stdout(data); !problem.empty()) fail(exit_failure, problem);
 }
 
 void Bridge::fail(int code, std::string why) {
@@ -349,15 +364,7 @@ class StdioDatagrams final : public DatagramProtocol {
     });
   }
   void write_out(std::span<const std::byte> data) {
-    const char* at = reinterpret_cast<const char*>(data.data());
-    std::size_t left = data.size();
-    while (left > 0) {
-      const ssize_t n = ::write(STDOUT_FILENO, at, left);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return finish(exit_failure, std::string("cannot write standard output: ") + std::strerror(errno));
-      at += n;
-      left -= static_cast<std::size_t>(n);
-    }
+    if (auto problem = write_stdout(data); !problem.empty()) finish(exit_failure, problem);
   }
 
   EventLoop& loop_;
