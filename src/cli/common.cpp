@@ -151,6 +151,11 @@ ListenAddress parse_listen_address(const std::string& text) {
     a.unix_path = path;
     return a;
   }
+  // gRPC reads "unix:PORT" as a Unix socket: a host named unix cannot be
+  // said to it (the address fuzzer found "tcp://unix:800").
+  if (ep.host == "unix") {
+    throw std::invalid_argument("--listen " + text + ": a host named 'unix' reads as a Unix socket; give its address");
+  }
   a.host = ep.host;
   a.port = ep.port;
   return a;
@@ -308,6 +313,9 @@ std::string via_address(const std::string& text) {
     port = address.substr(colon + 1);
   }
   if (host.empty() || host == "[]") throw std::invalid_argument("--via " + text + ": no host" + usage);
+  if (host == "unix") {  // gRPC would read "unix:PORT" as a Unix socket
+    throw std::invalid_argument("--via " + text + ": a host named 'unix' reads as a Unix socket; give its address");
+  }
   if (port.empty()) return host + ":50051";
   unsigned value = 0;
   const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
