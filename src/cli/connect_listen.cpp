@@ -41,6 +41,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <iostream>
 #include <optional>
 #include <set>
@@ -277,6 +278,44 @@ void Bridge::half_close(StdioProtocol& connection) {
   if (connection.transport->can_write_eof()) connection.transport->write_eof();
 }
 
+/// Reading standard input through the loop makes it non-blocking, a flag
+/// shared with whoever else holds that terminal or pipe: put back at the end.
+class RestoreStdinFlags {
+ public:
+  RestoreStdinFlags() : flags_(::fcntl(STDIN_FILENO, F_GETFL)) {}
+  RestoreStdinFlags(const RestoreStdinFlags&) = delete;
+  RestoreStdinFlags& operator=(const RestoreStdinFlags&) = delete;
+  ~RestoreStdinFlags() {
+    if (flags_ >= 0) ::fcntl(STDIN_FILENO, F_SETFL, flags_);
+  }
+
+ private:
+  int flags_;
+};
+
+/// The exit code and message for a connection, listener or endpoint that
+/// could not be opened: the service unreachable (--via), or the target.
+std::pair<int, std::string> open_failure(std::exception_ptr error, const StdioOptions& options, const std::string& what) {
+  const int code = exit_code_for(error, exit_connect_failed);
+  if (code == exit_service_unreachable) return {code, "cannot reach the service at " + options.via.address + ": " + describe(error)};
+  return {code, what + " " + options.url + ": " + describe(error)};
+}
+
+/// Runs `loop` until `done()`; SIGINT or SIGTERM calls `on_signal` (a clean
+/// end), --timeout passing `on_timeout` with the message.
+void run_to_the_end(EventLoop& loop, const StdioOptions& options, const std::function<bool()>& done,
+                    const std::function<void()>& on_signal, const std::function<void(std::string)>& on_timeout) {
+  asio::signal_set signals(loop.context(), SIGINT, SIGTERM);
+  signals.async_wait([&](const boost::system::error_code& ec, int) {
+    if (!ec) on_signal();
+  });
+  const auto limit = options.timeout ? std::chrono::duration_cast<std::chrono::milliseconds>(
+                                           std::chrono::duration<double>(*options.timeout))
+                                     : std::chrono::hours(24 * 365 * 100);
+  if (!loop.run_until(done, limit)) on_timeout("timed out after " + format_seconds(*options.timeout) + " s");
+  signals.cancel();
+}
+
 /// connect / listen for udp://: standard input as datagrams to the peer,
 /// the peer's datagrams to standard output.
 class StdioDatagrams final : public DatagramProtocol {
@@ -393,18 +432,15 @@ int run_udp(const StdioOptions& options, const Endpoint& ep, bool listening, con
     std::cerr << name << ": " << e.what() << '\n';
     return exit_usage;
   }
-  const int stdin_flags = ::fcntl(STDIN_FILENO, F_GETFL);
+  RestoreStdinFlags restore_stdin;
   EventLoop loop;
   EventLog log(options.output);
   auto protocol = std::make_shared<StdioDatagrams>(loop, log, listening);
   const std::string host = ep.host == "*" ? std::string("::") : ep.host;
   auto opened = [&](std::exception_ptr error, std::shared_ptr<DatagramTransport> transport) {
     if (error) {
-      const int code = exit_code_for(error, exit_connect_failed);
-      return protocol->finish(code, code == exit_service_unreachable
-                                        ? "cannot reach the service at " + options.via.address + ": " + describe(error)
-                                        : std::string(listening ? "cannot listen on " : "cannot reach ") + options.url +
-                                              ": " + describe(error));
+      auto [code, why] = open_failure(error, options, listening ? "cannot listen on" : "cannot reach");
+      return protocol->finish(code, std::move(why));
     }
     if (!listening || !transport) return;
     if (auto address = transport->get_extra_info_as<SocketAddress>("sockname")) {
@@ -428,17 +464,9 @@ int run_udp(const StdioOptions& options, const Endpoint& ep, bool listening, con
                                     opened(error, std::move(transport));
                                   });
   }
-  asio::signal_set signals(loop.context(), SIGINT, SIGTERM);
-  signals.async_wait([&](const boost::system::error_code& ec, int) {
-    if (!ec) protocol->finish(exit_ok, {});
-  });
-  const auto limit = options.timeout ? std::chrono::duration_cast<std::chrono::milliseconds>(
-                                           std::chrono::duration<double>(*options.timeout))
-                                     : std::chrono::hours(24 * 365 * 100);
-  if (!loop.run_until([&] { return protocol->done; }, limit)) {
-    protocol->finish(exit_timeout, "timed out after " + format_seconds(*options.timeout) + " s");
-  }
-  signals.cancel();
+  run_to_the_end(
+      loop, options, [&] { return protocol->done; }, [&] { protocol->finish(exit_ok, {}); },
+      [&](std::string why) { protocol->finish(exit_timeout, std::move(why)); });
   // Close the endpoint and let its connection_lost come (bounded): the
   // transport and the protocol hold each other until then.
   if (auto transport = protocol->transport()) {
@@ -446,7 +474,6 @@ int run_udp(const StdioOptions& options, const Endpoint& ep, bool listening, con
     loop.run_until([&] { return !protocol->transport(); }, std::chrono::seconds(2));
   }
   protocol->release_input();
-  if (stdin_flags >= 0) ::fcntl(STDIN_FILENO, F_SETFL, stdin_flags);
   if (!protocol->error.empty()) std::cerr << name << ": " << protocol->error << '\n';
   return protocol->exit_code;
 }
@@ -488,18 +515,14 @@ int run_stdio(const StdioOptions& options, bool listening) {
     return exit_usage;
   }
 
-  // Reading standard input through the loop makes it non-blocking, a flag
-  // shared with whoever else holds that terminal or pipe: put back at the end.
-  const int stdin_flags = ::fcntl(STDIN_FILENO, F_GETFL);
+  RestoreStdinFlags restore_stdin;
   EventLoop loop;
   EventLog log(options.output);
   Bridge bridge(loop, log, listening && options.keep);
   auto factory = [&]() -> std::shared_ptr<BaseProtocol> { return std::make_shared<StdioProtocol>(bridge, log); };
   auto cannot = [&](std::exception_ptr error, const std::string& what) {
-    const int code = exit_code_for(error, exit_connect_failed);
-    bridge.fail(code, code == exit_service_unreachable
-                          ? "cannot reach the service at " + options.via.address + ": " + describe(error)
-                          : what + ": " + describe(error));
+    auto [code, why] = open_failure(error, options, what);
+    bridge.fail(code, std::move(why));
   };
 
   std::shared_ptr<Server> server;
@@ -510,7 +533,7 @@ int run_stdio(const StdioOptions& options, bool listening) {
   };
   if (!listening) {
     auto on_connected = [&](std::exception_ptr error, auto&&...) {
-      if (error) cannot(error, "cannot connect to " + options.url);
+      if (error) cannot(error, "cannot connect to");
     };
     if (via) {
       service::create_remote_connection(loop, remote, connect_request, factory(), on_connected);
@@ -522,7 +545,7 @@ int run_stdio(const StdioOptions& options, bool listening) {
   } else if (via) {
     service::create_remote_server(loop, remote, listen_request, factory,
                                   [&](std::exception_ptr error, std::shared_ptr<service::RemoteServer> s) {
-                                    if (error) return cannot(error, "cannot listen on " + options.url);
+                                    if (error) return cannot(error, "cannot listen on");
                                     std::vector<std::string> urls;
                                     for (const auto& a : s->sockets()) urls.push_back(std::string(ep.scheme()) + "://" + a);
                                     listening_on(urls);
@@ -533,7 +556,7 @@ int run_stdio(const StdioOptions& options, bool listening) {
                                   });
   } else {
     auto on_server = [&](std::exception_ptr error, std::shared_ptr<Server> s) {
-      if (error) return cannot(error, "cannot listen on " + options.url);
+      if (error) return cannot(error, "cannot listen on");
       std::vector<std::string> urls;
       for (const auto& address : s->sockets()) urls.push_back(Endpoint::url_of(address, ep.scheme()));
       listening_on(urls);
@@ -549,17 +572,9 @@ int run_stdio(const StdioOptions& options, bool listening) {
   }
 
   // SIGINT/SIGTERM end the run: a clean end for a --keep listener.
-  asio::signal_set signals(loop.context(), SIGINT, SIGTERM);
-  signals.async_wait([&](const boost::system::error_code& ec, int) {
-    if (!ec) bridge.done = true;
-  });
-  const auto limit = options.timeout ? std::chrono::duration_cast<std::chrono::milliseconds>(
-                                           std::chrono::duration<double>(*options.timeout))
-                                     : std::chrono::hours(24 * 365 * 100);
-  if (!loop.run_until([&] { return bridge.done; }, limit)) {
-    bridge.fail(exit_timeout, "timed out after " + format_seconds(*options.timeout) + " s");
-  }
-  signals.cancel();
+  run_to_the_end(
+      loop, options, [&] { return bridge.done; }, [&] { bridge.done = true; },
+      [&](std::string why) { bridge.fail(exit_timeout, std::move(why)); });
   if (server) server->close();
   if (remote_server) remote_server->close();
   // What is still open (--keep's connections at a signal) closes, flushing
@@ -570,7 +585,6 @@ int run_stdio(const StdioOptions& options, bool listening) {
     bridge.end_all(true);
     loop.run_until([&] { return bridge.idle(); }, std::chrono::seconds(2));
   }
-  if (stdin_flags >= 0) ::fcntl(STDIN_FILENO, F_SETFL, stdin_flags);
   if (!bridge.error.empty()) std::cerr << name << ": " << bridge.error << '\n';
   return bridge.exit_code;
 }
@@ -593,9 +607,11 @@ void set_connect_command(CLI::App& app, int& exit_code) {
       ->check(endpoint_validator(stdio_schemes));
   add_stdio_flags(*cmd, *options, false);
   cmd->footer(std::string(R"(The end of standard input is a half-close (write_eof; TLS has none, so the connection stays
-open until the server closes it); the server's EOF ends the run once what was written has
-gone out. Input is read only as fast as the connection takes it. No time limit unless
---timeout. With --via, the connection is made on the service's host.
+open until the server closes it). After the server's EOF, standard input still goes out until
+it ends, or until none came for 0.5 s; then the connection closes and the run ends. Input is
+read only as fast as the connection takes it. No time limit unless --timeout. udp://: each
+read of standard input is a datagram; the run ends 0.5 s after input and datagrams stop.
+With --via, the connection is made on the service's host.
 
 )") + exit_codes_help + R"(
 Examples:
