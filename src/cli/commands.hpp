@@ -15,5 +15,7 @@ void set_health_command(CLI::App& app, int& exit_code);
 void set_proxy_command(CLI::App& app, int& exit_code);
 void set_connect_command(CLI::App& app, int& exit_code);
 void set_listen_command(CLI::App& app, int& exit_code);
+void set_sessions_command(CLI::App& app, int& exit_code);
+void set_faults_command(CLI::App& app, int& exit_code);
 
 }  // namespace conduit::cli

@@ -1,6 +1,9 @@
 #include "fault_flags.hpp"
 
 #include <charconv>
+#include <cstdio>
+#include <type_traits>
+#include <variant>
 #include <cmath>
 #include <stdexcept>
 
@@ -98,10 +101,9 @@ double parse_probability(std::string_view text, std::string_view flag) {
 }
 
 void add_fault_flags(CLI::App& app, FaultFlags& f) {
-  // A running proxy's faults change through its session: from Python
-  // (conduit_client's RemoteProxy.add_fault / remove_fault) or any gRPC
-  // client; the CLI sets them at the start.
-  const char* group = "Faults (set at the start; a --via proxy's change while it runs through its session)";
+  // A --via proxy's faults change while it runs: `conduit faults` (which
+  // takes these same flags), or its session (Python's RemoteProxy).
+  const char* group = "Faults (a --via proxy's change while it runs: conduit faults)";
   app.add_option("--direction", f.direction, "Which way the faults act: up (client to upstream), down, or both")
       ->check(CLI::IsMember({"up", "down", "both"}))
       ->capture_default_str()
@@ -125,15 +127,15 @@ void add_fault_flags(CLI::App& app, FaultFlags& f) {
   app.add_option("--reorder", f.reorder, "UDP: hold this share of datagrams back 10 ms")->group(group);
 }
 
-std::vector<Fault> faults_of(const FaultFlags& f, bool datagram) {
+std::vector<Fault> faults_of(const FaultFlags& f, std::optional<bool> datagram) {
   const FaultDirection direction = f.direction == "up"     ? FaultDirection::upstream
                                    : f.direction == "down" ? FaultDirection::downstream
                                                            : FaultDirection::both;
   std::vector<Fault> faults;
   auto add = [&](const char* name, fault::Kind kind) {
     Fault fault{name, direction, std::move(kind)};
-    if (datagram ? !fault::for_datagrams(fault.kind) : !fault::for_streams(fault.kind)) {
-      throw std::invalid_argument(std::string("--") + name + " is for " + (datagram ? "stream (tcp, tls, unix)" : "udp") +
+    if (datagram && (*datagram ? !fault::for_datagrams(fault.kind) : !fault::for_streams(fault.kind))) {
+      throw std::invalid_argument(std::string("--") + name + " is for " + (*datagram ? "stream (tcp, tls, unix)" : "udp") +
                                   " proxies");
     }
     fault.validate();
@@ -174,6 +176,68 @@ std::vector<Fault> faults_of(const FaultFlags& f, bool datagram) {
   if (!f.duplicate.empty()) add("duplicate", fault::Duplicate{parse_probability(f.duplicate, "--duplicate")});
   if (!f.reorder.empty()) add("reorder", fault::Reorder{parse_probability(f.reorder, "--reorder")});
   return faults;
+}
+
+namespace {
+
+/// In the largest unit that keeps it whole: 2s, 150ms, 250us.
+std::string duration_text_of(std::chrono::microseconds d) {
+  const auto us = d.count();
+  if (us != 0 && us % 1000000 == 0) return std::to_string(us / 1000000) + "s";
+  if (us != 0 && us % 1000 == 0) return std::to_string(us / 1000) + "ms";
+  return us == 0 ? "0" : std::to_string(us) + "us";
+}
+
+/// 1MiB, 64KiB, 1500 (bytes).
+std::string size_text_of(std::uint64_t bytes) {
+  if (bytes != 0 && bytes % (1024 * 1024) == 0) return std::to_string(bytes / (1024 * 1024)) + "MiB";
+  if (bytes != 0 && bytes % 1024 == 0) return std::to_string(bytes / 1024) + "KiB";
+  return std::to_string(bytes);
+}
+
+std::string probability_text_of(double p) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g%%", p * 100);
+  return text;
+}
+
+}  // namespace
+
+std::string flags_of(const Fault& fault) {
+  std::string out = std::visit(
+      [](const auto& k) -> std::string {
+        using K = std::decay_t<decltype(k)>;
+        if constexpr (std::is_same_v<K, fault::Latency>) {
+          return "--latency " + duration_text_of(k.delay) +
+                 (k.jitter.count() ? " --jitter " + duration_text_of(k.jitter) : std::string());
+        } else if constexpr (std::is_same_v<K, fault::Bandwidth>) {
+          return "--bandwidth " + size_text_of(k.bytes_per_second) + "/s";
+        } else if constexpr (std::is_same_v<K, fault::Slicer>) {
+          return "--slice " + size_text_of(k.average_size) + " --slice-delay " + duration_text_of(k.delay);
+        } else if constexpr (std::is_same_v<K, fault::Blackhole>) {
+          return "--blackhole" +
+                 (k.close_after ? " --blackhole-close-after " + duration_text_of(*k.close_after) : std::string());
+        } else if constexpr (std::is_same_v<K, fault::Reset>) {
+          if (k.after_bytes) return "--reset-after " + size_text_of(*k.after_bytes);
+          if (k.after) return "--reset-after " + duration_text_of(*k.after);
+          return "--reset-after 0";
+        } else if constexpr (std::is_same_v<K, fault::LimitData>) {
+          return "--limit-data " + size_text_of(k.bytes);
+        } else if constexpr (std::is_same_v<K, fault::SlowClose>) {
+          return "--slow-close " + duration_text_of(k.delay);
+        } else if constexpr (std::is_same_v<K, fault::Loss>) {
+          return "--loss " + probability_text_of(k.probability);
+        } else if constexpr (std::is_same_v<K, fault::Duplicate>) {
+          return "--duplicate " + probability_text_of(k.probability);
+        } else {
+          static_assert(std::is_same_v<K, fault::Reorder>);
+          return "--reorder " + probability_text_of(k.probability);
+        }
+      },
+      fault.kind);
+  if (fault.direction == FaultDirection::upstream) out += " --direction up";
+  if (fault.direction == FaultDirection::downstream) out += " --direction down";
+  return out;
 }
 
 }  // namespace conduit::cli

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,7 +38,12 @@ void add_fault_flags(CLI::App& app, FaultFlags& flags);
 
 /// The faults the flags ask for, named after their flag ("latency",
 /// "bandwidth", ...); throws std::invalid_argument naming a bad value, or a
-/// fault that does not apply to this kind of proxy (`datagram`).
-std::vector<Fault> faults_of(const FaultFlags& flags, bool datagram);
+/// fault that does not apply to this kind of proxy (`datagram`; nullopt:
+/// either kind, for the service to check).
+std::vector<Fault> faults_of(const FaultFlags& flags, std::optional<bool> datagram);
+
+/// The flags that ask for `fault`, as a user would type them
+/// ("--latency 100ms --jitter 10ms --direction up"; no --direction for both).
+std::string flags_of(const Fault& fault);
 
 }  // namespace conduit::cli

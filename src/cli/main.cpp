@@ -21,6 +21,8 @@ int main(int argc, char** argv) {
   conduit::cli::set_proxy_command(app, exit_code);
   conduit::cli::set_connect_command(app, exit_code);
   conduit::cli::set_listen_command(app, exit_code);
+  conduit::cli::set_sessions_command(app, exit_code);
+  conduit::cli::set_faults_command(app, exit_code);
   // A first word that is no subcommand: name it (CLI11 would only say that
   // a subcommand is required).
   if (argc > 1 && argv[1][0] != '-') {

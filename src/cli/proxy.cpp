@@ -36,6 +36,7 @@ struct ProxyCommandOptions {
   bool upstream_insecure = false;
   double idle_timeout = 60;             // udp
   std::uint64_t exit_after = 0;
+  std::string name;                     // --via: the session's name
   ViaFlags via;
   OutputOptions output;
 };
@@ -171,6 +172,9 @@ int run_proxy(const ProxyCommandOptions& o) {
       throw std::invalid_argument("--upstream-cafile and --upstream-insecure apply to a tls:// --upstream only");
     }
     if (auto problem = via_flags_problem(o.via); !problem.empty()) throw std::invalid_argument(problem);
+    if (!o.name.empty() && !via) {
+      throw std::invalid_argument("--name names a --via proxy session (for 'conduit faults'): add --via");
+    }
     faults = faults_of(o.faults, datagram);
   } catch (const std::invalid_argument& e) {
     std::cerr << "conduit proxy: " << e.what() << '\n';
@@ -214,7 +218,15 @@ int run_proxy(const ProxyCommandOptions& o) {
     }
     for (const auto& f : faults) *open.add_faults() = service::spec_of(f);
     open.set_idle_timeout_ms(static_cast<std::uint32_t>(o.idle_timeout * 1000));
+    open.set_name(o.name);
     service::RemoteProxyCallbacks callbacks;
+    callbacks.changed = [&](const std::string& by, const std::string& command, const v1::ProxyState& state) {
+      if (o.output.quiet) return;
+      std::string names;
+      for (const auto& spec : state.faults()) names += (names.empty() ? "" : ", ") + spec.name();
+      std::cerr << "conduit proxy: " << command << " by " << by << ": now " << (state.up() ? "up" : "down")
+                << (names.empty() ? ", no faults" : ", faults: " + names) << std::endl;
+    };
     callbacks.accepted = [&](const ProxyConnectionInfo& info) { report.accepted(info); };
     callbacks.stats = [&](const ProxyConnectionInfo& info) { report.stats(info); };
     callbacks.closed = on_closed;
@@ -340,6 +352,8 @@ void set_proxy_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--idle-timeout", o->idle_timeout, "UDP: forget a client after this many quiet seconds")
       ->capture_default_str()
       ->check(seconds_validator());
+  cmd->add_option("--name", o->name,
+                  "With --via: name the session, so that 'conduit faults NAME' can change its faults while it runs");
   cmd->add_option("--exit-after", o->exit_after, "Stop once N connections have been relayed and closed")
       ->check(CLI::PositiveNumber);
   add_via_flags(*cmd, o->via);
@@ -350,7 +364,8 @@ backpressure end to end, a half-close is passed on as a half-close and a reset a
 faults act on both directions unless --direction says up (client to upstream) or down. -v prints
 each connection's start, byte counts while they move, and end; --json prints the totals and every
 connection at the end. With --via the proxy runs on the service's host (--allow-listen and
---allow-connect decide where it may listen and relay to).
+--allow-connect decide where it may listen and relay to), and 'conduit faults' changes its faults
+while it runs (give it a --name; each change is printed here).
 
 Examples:
   conduit proxy --listen tcp://127.0.0.1:6000 --upstream tcp://127.0.0.1:5432 --latency 100ms --jitter 10ms
@@ -358,6 +373,8 @@ Examples:
   conduit proxy --listen udp://127.0.0.1:5353 --upstream udp://10.0.0.2:53 --loss 1% --reorder 5%
   conduit proxy --listen tls://0.0.0.0:8443 --cert cert.pem --key key.pem --upstream tcp://127.0.0.1:8080
   conduit proxy --via 127.0.0.1:50051 --listen tcp://0.0.0.0:7000 --upstream tcp://db:5432 --reset-after 1MiB
+  conduit proxy --via 127.0.0.1:50051 --name db --listen tcp://0.0.0.0:7000 --upstream tcp://db:5432
+  conduit faults --via 127.0.0.1:50051 db --latency 100ms    (in another terminal, while it runs)
 
 )") + exit_codes_help);
   cmd->callback([o, &exit_code] { exit_code = run_proxy(*o); });

@@ -10,6 +10,8 @@
 
 #include <boost/asio/steady_timer.hpp>
 
+#include <algorithm>
+#include <cctype>
 #include <map>
 
 namespace conduit::service {
@@ -122,47 +124,53 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
   // ---- LoopSide ----
   void command(const v1::Command& c) override {
     if (c.connection_id() != 0) return failed(c, "a proxy session's commands are for the proxy (connection_id 0)");
-    if (!stream_ && !datagram_) return failed(c, "the proxy is closed");
     switch (c.kind_case()) {
-      case v1::Command::kSetFault: {
-        try {
-          Fault f = fault_of(c.set_fault());
-          if (stream_) stream_->set_fault(std::move(f));
-          else datagram_->set_fault(std::move(f));
-        } catch (const std::exception& e) {
-          return failed(c, e.what());
-        }
-        return report_state(nullptr);
-      }
-      case v1::Command::kRemoveFault: {
-        const bool removed = stream_ ? stream_->remove_fault(c.remove_fault().name())
-                                     : datagram_->remove_fault(c.remove_fault().name());
-        if (!removed) return failed(c, "no fault is named '" + c.remove_fault().name() + "'");
-        return report_state(nullptr);
-      }
-      case v1::Command::kProxyDown: {
-        if (state_ != State::serving) return failed(c, "the proxy is not serving");
-        if (stream_) stream_->down();
-        else datagram_->down();
-        return report_state(nullptr);
-      }
-      case v1::Command::kProxyUp: {
-        if (state_ != State::serving) return failed(c, "the proxy is not serving");
-        // A close may come before the proxy listens again: then the proxy
-        // is gone, and the command is answered as failed.
-        auto done = [self = shared_from_this(), c](std::exception_ptr error) {
-          if (!self->stream_ && !self->datagram_) return self->failed(c, "the proxy was closed before it was up again");
-          self->report_state(error);
-        };
-        if (stream_) stream_->up(done);
-        else datagram_->up(done);
-        return;
-      }
       case v1::Command::kClose: return stop(false);
       case v1::Command::kAbort: return stop(true);
+      case v1::Command::kSetFault:
+      case v1::Command::kRemoveFault:
+      case v1::Command::kProxyDown:
+      case v1::Command::kProxyUp: break;
       default: return failed(c, "a proxy session takes set_fault, remove_fault, proxy_down, proxy_up, close and abort");
     }
+    carry_out(c, [self = shared_from_this(), c](const std::string* why, std::exception_ptr up_error) {
+      if (why) return self->failed(c, *why);
+      v1::Event event;
+      *event.mutable_proxy_state() = self->state(up_error);
+      self->emit(std::move(event));
+    });
   }
+
+  /// From another caller (ControlProxy): answered through `answer`, and
+  /// this session's own client hears proxy_changed.
+  void control(const v1::Command& c, const std::string& by, SessionRecord::ControlAnswer answer) override {
+    if (state_ != State::serving) {
+      return answer(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                 state_ == State::opening ? "the proxy is not listening yet" : "the proxy is closing"),
+                    {});
+    }
+    if (c.kind_case() == v1::Command::KIND_NOT_SET) return answer(grpc::Status::OK, state(nullptr));
+    carry_out(c, [self = shared_from_this(), c, by, answer](const std::string* why, std::exception_ptr up_error) {
+      if (why) return answer(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, *why), {});
+      v1::ProxyState now = self->state(up_error);
+      auto& record = *self->link_->record();
+      const std::string fault = c.has_set_fault() ? c.set_fault().name() : c.has_remove_fault() ? c.remove_fault().name() : "";
+      std::vector<LogField> fields{field("session", record.id), field("peer", by), field("command", command_name(c))};
+      if (!fault.empty()) fields.push_back(field("fault", fault));
+      self->link_->service().audit().write(
+          LogLevel::info, "proxy_controlled",
+          "session " + record.id + ": " + command_name(c) + (fault.empty() ? "" : " '" + fault + "'") + " by " + by,
+          fields);
+      v1::Event event;
+      auto* changed = event.mutable_proxy_changed();
+      changed->set_by(by);
+      changed->set_command(command_name(c));
+      *changed->mutable_state() = now;
+      self->emit(std::move(event));
+      answer(grpc::Status::OK, std::move(now));
+    });
+  }
+
   void client_done_writing() override { stop(false); }
   void abort() override { stop(true); }
   void set_reading(bool) override {}  // its events are few and small
@@ -176,15 +184,62 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
     ended,     ///< connection_lost sent
   };
 
-  void report_state(std::exception_ptr error) {
-    v1::Event event;
-    auto* state = event.mutable_proxy_state();
-    const bool up = stream_ ? stream_->is_up() : datagram_->is_up();
-    state->set_up(up);
-    for (const auto& address : stream_ ? stream_->sockets() : datagram_->sockets()) state->add_sockets(address.to_string());
-    if (error) *state->mutable_error() = error_of(error);
-    for (const auto& f : (stream_ ? stream_->faults() : datagram_->faults()).all()) *state->add_faults() = spec_of(f);
-    emit(std::move(event));
+  /// One of the four commands that change the proxy; `done` hears why it
+  /// failed (null: it did not) and, for proxy_up, the error of listening
+  /// again.
+  using Done = std::function<void(const std::string* why, std::exception_ptr up_error)>;
+  void carry_out(const v1::Command& c, const Done& done) {
+    auto fail = [&done](const std::string& why) { done(&why, nullptr); };
+    if (!stream_ && !datagram_) return fail("the proxy is closed");
+    switch (c.kind_case()) {
+      case v1::Command::kSetFault: {
+        try {
+          Fault f = fault_of(c.set_fault());
+          if (stream_) stream_->set_fault(std::move(f));
+          else datagram_->set_fault(std::move(f));
+        } catch (const std::exception& e) {
+          return fail(e.what());
+        }
+        return done(nullptr, nullptr);
+      }
+      case v1::Command::kRemoveFault: {
+        const bool removed = stream_ ? stream_->remove_fault(c.remove_fault().name())
+                                     : datagram_->remove_fault(c.remove_fault().name());
+        if (!removed) return fail("no fault is named '" + c.remove_fault().name() + "'");
+        return done(nullptr, nullptr);
+      }
+      case v1::Command::kProxyDown: {
+        if (state_ != State::serving) return fail("the proxy is not serving");
+        if (stream_) stream_->down();
+        else datagram_->down();
+        return done(nullptr, nullptr);
+      }
+      case v1::Command::kProxyUp: {
+        if (state_ != State::serving) return fail("the proxy is not serving");
+        // A close may come before the proxy listens again: then the proxy
+        // is gone, and the command is answered as failed.
+        auto up_done = [self = shared_from_this(), done](std::exception_ptr error) {
+          if (!self->stream_ && !self->datagram_) {
+            const std::string why = "the proxy was closed before it was up again";
+            return done(&why, nullptr);
+          }
+          done(nullptr, error);
+        };
+        if (stream_) stream_->up(up_done);
+        else datagram_->up(up_done);
+        return;
+      }
+      default: return fail("not a command that changes the proxy");
+    }
+  }
+
+  v1::ProxyState state(std::exception_ptr up_error) const {
+    v1::ProxyState state;
+    state.set_up(stream_ ? stream_->is_up() : datagram_->is_up());
+    for (const auto& address : stream_ ? stream_->sockets() : datagram_->sockets()) state.add_sockets(address.to_string());
+    if (up_error) *state.mutable_error() = error_of(up_error);
+    for (const auto& f : (stream_ ? stream_->faults() : datagram_->faults()).all()) *state.add_faults() = spec_of(f);
+    return state;
   }
 
   void stop(bool abort) {
@@ -269,6 +324,13 @@ ProxyEndpoint core_endpoint(const v1::ProxyEndpoint& e) {
 }  // namespace
 
 grpc::Status validate_open_proxy(const v1::OpenProxy& open) {
+  const std::string& name = open.name();
+  const bool name_ok = name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char c) {
+                         return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+                       });
+  if (!name_ok) {
+    return Status(StatusCode::INVALID_ARGUMENT, "open_proxy.name: 1 to 64 of A-Z, a-z, 0-9, '.', '_' and '-'");
+  }
   if (auto s = check_endpoint(open.listen(), "open_proxy.listen", true); !s.ok()) return s;
   if (auto s = check_endpoint(open.upstream(), "open_proxy.upstream", false); !s.ok()) return s;
   const bool datagram = open.listen().has_udp();

@@ -86,6 +86,12 @@ class RemoteProxySession final : public RemoteProxy, public std::enable_shared_f
                            event.proxy_state().has_error() ? exception_of(event.proxy_state().error()) : nullptr);
         }
         break;
+      case v1::Event::kProxyChanged: {
+        const auto& changed = event.proxy_changed();
+        sockets_.assign(changed.state().sockets().begin(), changed.state().sockets().end());
+        if (callbacks_.changed) callbacks_.changed(changed.by(), changed.command(), changed.state());
+        break;
+      }
       case v1::Event::kCommandFailed:
         if (callbacks_.command_failed) callbacks_.command_failed(event.command_failed().command(), event.command_failed().message());
         break;

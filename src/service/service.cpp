@@ -1,6 +1,7 @@
 #include <conduit/service/service.hpp>
 
 #include <conduit/service/grpc_runtime.hpp>
+#include "codec.hpp"
 #include "name_lookup.hpp"
 #include "session_link.hpp"
 #include "session_reactor.hpp"
@@ -184,11 +185,20 @@ grpc::Status ConduitService::admit_stream(const std::shared_ptr<SessionRecord>& 
   return grpc::Status::OK;
 }
 
-bool ConduitService::add_session(const std::shared_ptr<SessionRecord>& record) {
+grpc::Status ConduitService::add_session(const std::shared_ptr<SessionRecord>& record) {
   std::lock_guard lock(sessions_mutex_);
-  if (unopened_.erase(record->id) == 0) return false;
+  if (!unopened_.contains(record->id)) return grpc::Status(grpc::StatusCode::ABORTED, "the open deadline passed");
+  if (!record->name.empty()) {
+    for (const auto& [id, other] : sessions_) {
+      if (other->name == record->name) {
+        return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                            "session " + id + " is named '" + record->name + "' already: choose another name");
+      }
+    }
+  }
+  unopened_.erase(record->id);
   sessions_[record->id] = record;
-  return true;
+  return grpc::Status::OK;
 }
 
 bool ConduitService::forget_stream(const std::string& id) {
@@ -262,6 +272,7 @@ grpc::ServerUnaryReactor* ConduitService::ListSessions(grpc::CallbackServerConte
     info->set_bytes_in(record->bytes_in);
     info->set_bytes_out(record->bytes_out);
     info->set_age_seconds(std::chrono::duration<double>(now - record->started).count());
+    info->set_name(record->name);
   }
   response->set_unopened_streams(static_cast<std::uint32_t>(unopened_.size()));
   reactor->Finish(grpc::Status::OK);
@@ -288,6 +299,75 @@ grpc::ServerUnaryReactor* ConduitService::CloseSession(grpc::CallbackServerConte
   }
   if (record->abort) record->abort("the session was closed by CloseSession from " + peer_of(*context));
   reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ConduitService::ControlProxy(grpc::CallbackServerContext* context,
+                                                       const v1::ControlProxyRequest* request,
+                                                       v1::ProxyState* response) {
+  static constexpr std::string_view method = "/conduit.v1.Conduit/ControlProxy";
+  auto* reactor = context->DefaultReactor();
+  if (auto status = authenticate(*context); !status.ok()) {
+    reactor->Finish(refuse(*context, method, status));
+    return reactor;
+  }
+  const auto& command = request->command();
+  switch (command.kind_case()) {
+    case v1::Command::KIND_NOT_SET:
+    case v1::Command::kRemoveFault:
+    case v1::Command::kProxyDown:
+    case v1::Command::kProxyUp: break;
+    case v1::Command::kSetFault:
+      // Checked here, so that a bad fault is the caller's INVALID_ARGUMENT.
+      try {
+        fault_of(command.set_fault()).validate();
+      } catch (const std::exception& e) {
+        reactor->Finish(refuse(*context, method,
+                               grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string("set_fault: ") + e.what())));
+        return reactor;
+      }
+      break;
+    default:
+      reactor->Finish(refuse(*context, method,
+                             grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                          "ControlProxy takes set_fault, remove_fault, proxy_down or proxy_up (or no "
+                                          "command, for the proxy's state), not " + command_name(command))));
+      return reactor;
+  }
+  std::shared_ptr<SessionRecord> record;
+  {
+    std::lock_guard lock(sessions_mutex_);
+    if (auto it = sessions_.find(request->session()); it != sessions_.end()) {
+      record = it->second;
+    } else {
+      for (const auto& [id, other] : sessions_) {
+        if (!other->name.empty() && other->name == request->session()) record = other;
+      }
+    }
+  }
+  if (!record) {
+    reactor->Finish(refuse(*context, method,
+                           grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                        "no session has the id or name '" + request->session() + "'")));
+    return reactor;
+  }
+  if (record->kind != "proxy" || !record->control) {
+    reactor->Finish(refuse(*context, method,
+                           grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                        "session " + record->id + " is a " + record->kind + " session, not a proxy")));
+    return reactor;
+  }
+  const std::string by = peer_of(*context);
+  // Answered on the loop thread: gRPC's callback API lets Finish come from any.
+  record->control(command, by, [this, reactor, response, by](grpc::Status status, v1::ProxyState state) {
+    if (!status.ok()) {
+      refuse(by, method, status);
+      reactor->Finish(status);
+      return;
+    }
+    *response = std::move(state);
+    reactor->Finish(grpc::Status::OK);
+  });
   return reactor;
 }
 

@@ -28,6 +28,26 @@ void Link::client_done_writing() { push_inbound({Inbound::Kind::done_writing, {}
 
 void Link::abort(std::string reason) { push_inbound({Inbound::Kind::abort, {}, {}, std::move(reason)}); }
 
+void Link::control(v1::Command command, std::string by, SessionRecord::ControlAnswer answer) {
+  // Answered exactly once: by the side, or here if the post is dropped
+  // unrun (the loop stopped), so that the caller's call always ends.
+  struct Once {
+    SessionRecord::ControlAnswer answer;
+    ~Once() {
+      if (answer) answer(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the service is stopping"), {});
+    }
+  };
+  auto once = std::make_shared<Once>();
+  once->answer = std::move(answer);
+  asio::post(service_.loop().get_executor(), [self = shared_from_this(), command = std::move(command),
+                                              by = std::move(by), once] {
+    auto reply = std::exchange(once->answer, nullptr);
+    auto side = self->loop_side();
+    if (!side) return reply(grpc::Status(grpc::StatusCode::NOT_FOUND, "the session has ended"), {});
+    side->control(command, by, std::move(reply));
+  });
+}
+
 void Link::push_inbound(Inbound inbound) {
   std::lock_guard<std::recursive_mutex> lock(mutex_);
   inbound_.push_back(std::move(inbound));
@@ -217,5 +237,8 @@ void LoopSide::failed_to_open(const std::string& why) {
   queued_.clear();
 }
 
+void LoopSide::control(const v1::Command&, const std::string&, SessionRecord::ControlAnswer answer) {
+  answer(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "the session is not a proxy"), {});
+}
 
 }  // namespace conduit::service

@@ -53,6 +53,10 @@ class Link : public std::enable_shared_from_this<Link> {
   /// closed the session, or the service stops; `reason` becomes the error
   /// of its connection_lost.
   void abort(std::string reason = {});
+  /// ControlProxy's command from caller `by` (any thread): its loop side
+  /// answers it on the loop, or it is answered NOT_FOUND if the session has
+  /// no side any more, UNAVAILABLE if the loop never runs it.
+  void control(v1::Command command, std::string by, SessionRecord::ControlAnswer answer);
 
   void attach(SessionReactor* reactor);
   void detach();
@@ -141,6 +145,9 @@ class LoopSide {
   virtual void set_reading(bool reading) = 0;
   /// The open failed with `why`: answer what was queued.
   void failed_to_open(const std::string& why);
+  /// A command from another caller (ControlProxy), answered through
+  /// `answer`; only a proxy session takes one.
+  virtual void control(const v1::Command& command, const std::string& by, SessionRecord::ControlAnswer answer);
 
  protected:
   /// The transport exists: run what was queued.

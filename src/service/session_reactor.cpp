@@ -77,6 +77,13 @@ void SessionReactor::OnReadDone(bool ok) {
         return "unix://" + e.unix_path();
       };
       record.target = text(p.listen()) + " -> " + text(p.upstream());
+      record.name = p.name();
+      record.control = [weak = std::weak_ptr<Link>(link_)](v1::Command command, std::string by,
+                                                           SessionRecord::ControlAnswer answer) {
+        auto link = weak.lock();
+        if (!link) return answer(grpc::Status(grpc::StatusCode::NOT_FOUND, "the session has ended"), {});
+        link->control(std::move(command), std::move(by), std::move(answer));
+      };
     } else if (incoming_.has_open_datagram_endpoint()) {
       const auto& d = incoming_.open_datagram_endpoint();
       record.kind = "datagram";
@@ -94,7 +101,11 @@ void SessionReactor::OnReadDone(bool ok) {
     };
     // The open deadline may have ended the stream meanwhile (its Finish is
     // on its way): then read no further.
-    if (!service_.add_session(link_->record())) return;
+    if (auto status = service_.add_session(link_->record()); !status.ok()) {
+      if (status.error_code() == grpc::StatusCode::ABORTED) return;
+      service_.forget_stream(link_->record()->id);
+      return link_->finish(service_.refuse(*context_, session_method, status));
+    }
     opened_ = true;
     link_->open(std::move(incoming_));
   } else if (incoming_.has_command()) {

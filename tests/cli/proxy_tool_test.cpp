@@ -147,6 +147,80 @@ TEST(ProxyTool, ThroughTheServiceWithItsPolicy) {
   EXPECT_NE(refused.err().find("--allow-listen"), std::string::npos) << refused.err();
 }
 
+// A running --via proxy's faults from another command line: conduit
+// sessions finds it by its --name, conduit faults changes it, each change
+// acts on the next connection and the proxy's own process hears of it.
+TEST(ProxyTool, FaultsChangeARunningProxyFromAnotherCommand) {
+  Listening serve({CONDUIT_BIN, "serve", "--listen", "127.0.0.1:0"});
+  const std::string via = serve.url.substr(serve.url.find("127.0.0.1"));
+  Listening echo({CONDUIT_BIN, "echo-server", "--listen", "tcp://127.0.0.1:0", "--quiet"});
+  Listening proxy({CONDUIT_BIN, "proxy", "--via", via, "--name", "web", "--listen", "tcp://127.0.0.1:0", "--upstream",
+                   echo.url});
+  struct Ran {
+    int code;
+    std::string out, err;
+  };
+  auto run = [](std::vector<std::string> args) {
+    args.insert(args.begin(), CONDUIT_BIN);
+    ChildProcess p(args);
+    const int code = p.wait(bound).value_or(-1);
+    return Ran{code, p.out(), p.err()};
+  };
+  auto sessions = run({"sessions", "--via", via});
+  ASSERT_EQ(sessions.code, 0) << sessions.err;
+  EXPECT_NE(sessions.out.find(" web  proxy  tcp://127.0.0.1:"), std::string::npos) << sessions.out;
+
+  auto added = run({"faults", "--via", via, "web", "--latency", "200ms", "--direction", "up"});
+  ASSERT_EQ(added.code, 0) << added.err;
+  EXPECT_NE(added.out.find("  latency     --latency 200ms --direction up\n"), std::string::npos) << added.out;
+  EXPECT_TRUE(proxy.process.wait_for_err_line("conduit proxy: set_fault by ipv4:127.0.0.1:", bound))
+      << proxy.process.err();
+  auto start = Clock::now();
+  auto slow = run({"echo-client", "--connect", proxy.url, "--count", "2", "--quiet"});
+  EXPECT_EQ(slow.code, 0) << slow.err;
+  EXPECT_GE(seconds_since(start), 0.4) << "2 round trips, each 200 ms late on the way up";
+
+  // Down: refused; up again, with the latency removed: fast.
+  auto down = run({"faults", "--via", via, "web", "--down"});
+  ASSERT_EQ(down.code, 0) << down.err;
+  EXPECT_EQ(down.out.find("web: down\n"), 0u) << down.out;
+  auto refused = run({"echo-client", "--connect", proxy.url, "--quiet"});
+  EXPECT_EQ(refused.code, 3) << refused.err;
+  auto up = run({"faults", "--via", via, "web", "--up", "--remove", "latency"});
+  ASSERT_EQ(up.code, 0) << up.err;
+  EXPECT_NE(up.out.find("  no faults\n"), std::string::npos) << up.out;
+  start = Clock::now();
+  auto fast = run({"echo-client", "--connect", proxy.url, "--count", "2", "--quiet"});
+  EXPECT_EQ(fast.code, 0) << fast.err;
+  EXPECT_LT(seconds_since(start), 0.4);
+
+  // What it refuses, and how.
+  struct Case {
+    std::vector<std::string> args;
+    int code;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {{"faults", "--via", via, "nope"}, 1, "no session has the id or name 'nope' (NOT_FOUND)"},
+      {{"faults", "--via", via, "web", "--remove", "nope"}, 1, "no fault is named 'nope'"},
+      {{"faults", "--via", via, "web", "--loss", "1%"}, 1, "loss is for datagram proxies"},
+      {{"faults", "--via", via, "web", "--latency", "1"}, 2, "'1' needs a unit"},
+      {{"faults", "--via", via, "web", "--down", "--up"}, 2, "--down and --up together"},
+      {{"faults", "web"}, 2, "--via is required"},
+      {{"faults", "--via", "127.0.0.1:1", "web", "--timeout", "1"}, 7, "cannot reach the service at 127.0.0.1:1"},
+      {{"proxy", "--via", via, "--name", "web", "--listen", "127.0.0.1:0", "--upstream", echo.url}, 3,
+       "is named 'web' already"},
+      {{"proxy", "--name", "web", "--listen", "127.0.0.1:0", "--upstream", echo.url}, 2, "--name names a --via proxy"},
+      {{"proxy", "--via", via, "--name", "a b", "--listen", "127.0.0.1:0", "--upstream", echo.url}, 3,
+       "open_proxy.name"},
+  };
+  for (const auto& c : cases) {
+    auto p = run(c.args);
+    EXPECT_EQ(p.code, c.code) << c.says << ": " << p.err;
+    EXPECT_NE(p.err.find(c.says), std::string::npos) << p.err;
+  }
+}
+
 TEST(ProxyTool, BadArgumentsAreExitCode2AndSayWhy) {
   struct Case {
     std::vector<std::string> args;

@@ -14,6 +14,7 @@ import unittest
 CONDUIT = sys.argv[1]
 sys.path.insert(0, sys.argv[2])
 from conduit_client import Client, ProxyError, SessionError, faults  # noqa: E402
+from conduit_client._wire import pb  # noqa: E402
 from harness import TIMEOUT, start, stop  # noqa: E402
 
 
@@ -185,6 +186,79 @@ class ProxyClientTest(unittest.TestCase):
                         await proxy.add_fault(faults.loss(2))
                     with self.assertRaisesRegex(ProxyError, "rate must be above 0"):
                         await proxy.add_fault(faults.bandwidth(0))
+        self.run_async(scenario())
+
+    def test_another_caller_changes_a_named_proxy(self):
+        async def scenario():
+            server, port = await echo_upstream()
+            async with Client(self.address) as owner, Client(self.address) as other:
+                async with await owner.create_proxy("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}",
+                                                    name="db-proxy") as proxy:
+                    proxy_port = proxy.sockets[0][1]
+                    listed = [s for s in await other.list_sessions() if s.name == "db-proxy"]
+                    self.assertEqual(len(listed), 1)
+                    self.assertEqual(listed[0].kind, "proxy")
+                    # By name: a fault added from outside acts at once.
+                    state = await other.control_proxy(
+                        "db-proxy", pb.Command(set_fault=faults.latency(0.1, direction="upstream")))
+                    self.assertEqual([f.name for f in state.faults], ["latency"])
+                    self.assertGreaterEqual(await round_trip(proxy_port), 0.1)
+                    # The owner hears of it.
+                    events = proxy.events()
+                    changed = await asyncio.wait_for(events.__anext__(), TIMEOUT)
+                    while changed.kind != "changed":
+                        changed = await asyncio.wait_for(events.__anext__(), TIMEOUT)
+                    self.assertEqual(changed.command, "set_fault")
+                    self.assertTrue(changed.by.startswith("ipv4:127.0.0.1:"), changed.by)
+                    self.assertEqual([f.name for f in changed.state.faults], ["latency"])
+                    # By id, with no command: the state.
+                    state = await other.control_proxy(listed[0].session_id)
+                    self.assertTrue(state.up)
+                    self.assertEqual(state.faults[0].latency.delay_us, 100000)
+                    state = await other.control_proxy("db-proxy", pb.Command(remove_fault=pb.RemoveFault(name="latency")))
+                    self.assertEqual(list(state.faults), [])
+                    self.assertLess(await round_trip(proxy_port), 0.1)
+                    state = await other.control_proxy("db-proxy", pb.Command(proxy_down=pb.ProxyDown()))
+                    self.assertFalse(state.up)
+                    with self.assertRaises(ConnectionRefusedError):
+                        await asyncio.open_connection("127.0.0.1", proxy_port)
+                    state = await other.control_proxy("db-proxy", pb.Command(proxy_up=pb.ProxyUp()))
+                    self.assertTrue(state.up)
+                    await round_trip(proxy_port)
+                    # What it refuses, and why.
+                    with self.assertRaisesRegex(ProxyError, "NOT_FOUND.*no session has the id or name 'nope'"):
+                        await other.control_proxy("nope")
+                    with self.assertRaisesRegex(ProxyError, "FAILED_PRECONDITION.*no fault is named 'x'"):
+                        await other.control_proxy("db-proxy", pb.Command(remove_fault=pb.RemoveFault(name="x")))
+                    with self.assertRaisesRegex(ValueError, "INVALID_ARGUMENT.*not write"):
+                        await other.control_proxy("db-proxy", pb.Command(write=b"x"))
+                    with self.assertRaisesRegex(ValueError, "INVALID_ARGUMENT.*set_fault"):
+                        await other.control_proxy("db-proxy", pb.Command(set_fault=faults.bandwidth(0)))
+                    # A name is one session's while it is open.
+                    with self.assertRaisesRegex(SessionError, "ALREADY_EXISTS.*named 'db-proxy' already"):
+                        await other.create_proxy("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}", name="db-proxy")
+                    with self.assertRaisesRegex(SessionError, "INVALID_ARGUMENT.*open_proxy.name"):
+                        await other.create_proxy("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}", name="a b")
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
+                # Closed: the name is free, and no longer found.
+                with self.assertRaisesRegex(ProxyError, "NOT_FOUND"):
+                    await other.control_proxy("db-proxy")
+                async with await other.create_proxy("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}", name="db-proxy"):
+                    pass
+            server.close()
+        self.run_async(scenario())
+
+    def test_control_proxy_refuses_other_kinds_of_session(self):
+        async def scenario():
+            server, port = await echo_upstream()
+            async with Client(self.address) as client:
+                reader, writer = await client.open_connection("127.0.0.1", port)
+                [connection] = [s for s in await client.list_sessions() if s.kind == "connection"]
+                with self.assertRaisesRegex(ProxyError, "FAILED_PRECONDITION.*connection session, not a proxy"):
+                    await client.control_proxy(connection.session_id)
+                writer.close()
+            server.close()
         self.run_async(scenario())
 
     def test_udp_loss_and_duplication(self):

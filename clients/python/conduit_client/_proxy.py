@@ -100,9 +100,14 @@ class ProxyConnection:
 
 @dataclass
 class ProxyEvent:
-    """"accepted", "stats" or "closed", for one connection."""
+    """"accepted", "stats" or "closed", for one connection; or "changed":
+    another caller changed the proxy (Client.control_proxy), `by` that
+    caller, `command` what it did, `state` the proxy now."""
     kind: str
-    connection: ProxyConnection
+    connection: Optional[ProxyConnection] = None
+    by: str = ""
+    command: str = ""
+    state: Optional["pb.ProxyState"] = None
 
 
 @dataclass
@@ -227,6 +232,11 @@ class RemoteProxy:
                 elif kind == "proxy_state":
                     self._state = _State(event.proxy_state.up, list(event.proxy_state.sockets))
                     self._answer(event.proxy_state)
+                elif kind == "proxy_changed":
+                    changed = event.proxy_changed
+                    self._state = _State(changed.state.up, list(changed.state.sockets))
+                    self._events.put_nowait(ProxyEvent("changed", by=changed.by, command=changed.command,
+                                                       state=changed.state))
                 elif kind == "command_failed":
                     self._answer(error=ProxyError(event.command_failed.message))
                 # connection_lost is last; the call's end (read to EOF) follows.
@@ -241,7 +251,7 @@ class RemoteProxy:
 
 
 def open_request(listen: str, upstream: str, fault_list, *, cert_pem="", key_pem="", ca_pem="", insecure=False,
-                 stats_interval=1.0, idle_timeout=60.0) -> "pb.ClientMessage":
+                 stats_interval=1.0, idle_timeout=60.0, name="") -> "pb.ClientMessage":
     """The OpenProxy message for two endpoints in the tools' syntax
     ([tcp://]HOST:PORT, tls://, udp://, unix:/PATH or unix:///PATH); raises
     ValueError naming a bad one."""
@@ -274,4 +284,4 @@ def open_request(listen: str, upstream: str, fault_list, *, cert_pem="", key_pem
 
     return pb.ClientMessage(open_proxy=pb.OpenProxy(
         listen=endpoint(listen, True), upstream=endpoint(upstream, False), faults=list(fault_list),
-        stats_interval_ms=int(stats_interval * 1000), idle_timeout_ms=int(idle_timeout * 1000)))
+        stats_interval_ms=int(stats_interval * 1000), idle_timeout_ms=int(idle_timeout * 1000), name=name))

@@ -9,6 +9,7 @@ import ssl as _ssl
 import subprocess
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+import grpc
 from grpc import aio
 
 from ._call import SessionCall
@@ -17,7 +18,7 @@ from ._call import SessionCall
 #: the ends of the sessions already closed) before it cancels what is left.
 FLUSH_SECONDS = 5.0
 from ._datagram import RemoteDatagramTransport
-from ._proxy import RemoteProxy, open_request
+from ._proxy import ProxyError, RemoteProxy, open_request
 from ._stream import ConnectionSession, RemoteServer, RemoteTransport
 from ._subprocess import RemoteSubprocessTransport
 from ._wire import call_error, host_port, pb, pb_grpc
@@ -252,18 +253,20 @@ class Client:
     # ---- proxies ----
     async def create_proxy(self, listen: str, upstream: str, faults=(), *, cert_pem: str = "", key_pem: str = "",
                            ca_pem: str = "", insecure: bool = False, stats_interval: float = 1.0,
-                           idle_timeout: float = 60.0) -> RemoteProxy:
+                           idle_timeout: float = 60.0, name: str = "") -> RemoteProxy:
         """A proxy with fault injection on the service's host, listening at
         `listen` and relaying to `upstream` (URLs: tcp://HOST:PORT,
         tls://HOST:PORT, unix:///PATH, udp://HOST:PORT; port 0 listens on a
         free one), with `faults` (conduit_client.faults builders) from the
         start. A tls:// listener serves TLS with cert_pem and key_pem; a
         tls:// upstream is verified against ca_pem (the service host's CAs
-        by default) unless `insecure`. Raises SessionError if the service
-        refuses (its --allow-listen and --allow-connect decide where) or
-        cannot listen, ValueError for a bad URL."""
+        by default) unless `insecure`. `name` (unique on the service) lets
+        other callers find it (list_sessions) and change it (control_proxy).
+        Raises SessionError if the service refuses (its --allow-listen and
+        --allow-connect decide where) or cannot listen, ValueError for a bad
+        URL."""
         first = open_request(listen, upstream, faults, cert_pem=cert_pem, key_pem=key_pem, ca_pem=ca_pem,
-                             insecure=insecure, stats_interval=stats_interval, idle_timeout=idle_timeout)
+                             insecure=insecure, stats_interval=stats_interval, idle_timeout=idle_timeout, name=name)
         session = Session(self._open_stub, self._metadata, first)
         await session.__aenter__()
         proxy = RemoteProxy(session)
@@ -276,6 +279,22 @@ class Client:
         except aio.AioRpcError as error:
             raise call_error(error) from None
         return list(reply.sessions)
+
+    async def control_proxy(self, session: str, command: Optional["pb.Command"] = None) -> "pb.ProxyState":
+        """Another caller's running proxy session (its id or name): with no
+        `command`, its state; with a set_fault, remove_fault, proxy_down or
+        proxy_up command (faults builders make the specs), that change, as
+        its own session would make it. Its owner's events() hear a
+        "changed" event. Raises ProxyError for no such proxy or a command
+        that failed (the status and why), ValueError for a command it does
+        not take or a bad fault."""
+        request = pb.ControlProxyRequest(session=session, command=command)
+        try:
+            return await self._open_stub.ControlProxy(request, metadata=self._metadata)
+        except aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                raise ProxyError(f"{error.code().name}: {error.details()}") from None
+            raise call_error(error) from None
 
     async def close_session(self, session_id: str) -> None:
         try:

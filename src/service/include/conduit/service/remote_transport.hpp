@@ -134,10 +134,15 @@ struct RemoteProxyCallbacks {
   std::function<void(const ProxyConnectionInfo&, std::exception_ptr)> closed;
   std::function<void(bool up, std::exception_ptr error)> state;
   std::function<void(const std::string& command, const std::string& why)> command_failed;
+  /// Another caller changed the proxy (ControlProxy): who, with which
+  /// command, and the proxy's state now.
+  std::function<void(const std::string& by, const std::string& command, const v1::ProxyState& state)> changed;
 };
 
-/// A fault as the wire carries it (for OpenProxy.faults).
+/// A fault as the wire carries it (for OpenProxy.faults), and back (throws
+/// std::invalid_argument for a spec that is no fault).
 v1::FaultSpec spec_of(const Fault& fault);
+Fault fault_of(const v1::FaultSpec& spec);
 
 /// Open a proxy session; `done(error, proxy)` once it listens, or with why
 /// it cannot.

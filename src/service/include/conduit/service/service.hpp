@@ -67,6 +67,7 @@ struct ServiceOptions {
 /// loop thread and read from gRPC threads.
 struct SessionRecord {
   std::string id, kind, target, peer;
+  std::string name;  // the open message's (proxies), or empty
   std::vector<std::string> argv;  // a subprocess's whole command line
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   /// Set on the loop when the policy let the session open (and its open
@@ -79,6 +80,11 @@ struct SessionRecord {
   /// Posts an abort of its transport to the loop; `reason` becomes the
   /// error of its connection_lost, so the client learns why.
   std::function<void(std::string reason)> abort;
+  /// ControlProxy's way in: posts `command` (from caller `by`) to the loop,
+  /// where the session's side answers it through `answer`, exactly once,
+  /// on the loop thread.
+  using ControlAnswer = std::function<void(grpc::Status, v1::ProxyState)>;
+  std::function<void(v1::Command command, std::string by, ControlAnswer answer)> control;
 };
 
 class ConduitService final : public v1::Conduit::CallbackService {
@@ -91,6 +97,8 @@ class ConduitService final : public v1::Conduit::CallbackService {
                                          v1::ListSessionsResponse* response) override;
   grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* context, const v1::CloseSessionRequest* request,
                                          v1::CloseSessionResponse* response) override;
+  grpc::ServerUnaryReactor* ControlProxy(grpc::CallbackServerContext* context, const v1::ControlProxyRequest* request,
+                                         v1::ProxyState* response) override;
   grpc::ServerUnaryReactor* GetAddrInfo(grpc::CallbackServerContext* context, const v1::GetAddrInfoRequest* request,
                                         v1::GetAddrInfoResponse* response) override;
   grpc::ServerUnaryReactor* GetNameInfo(grpc::CallbackServerContext* context, const v1::GetNameInfoRequest* request,
@@ -133,9 +141,11 @@ class ConduitService final : public v1::Conduit::CallbackService {
   /// and `link` is finished with DEADLINE_EXCEEDED if no open message came
   /// within open_timeout.
   grpc::Status admit_stream(const std::shared_ptr<SessionRecord>& record, std::weak_ptr<Link> link);
-  /// Its open message came: the stream becomes a registered session. False
-  /// if the open deadline ended it first (its call is finishing).
-  bool add_session(const std::shared_ptr<SessionRecord>& record);
+  /// Its open message came: the stream becomes a registered session.
+  /// ALREADY_EXISTS if an open session has its name (the stream is
+  /// forgotten then); ABORTED if the open deadline ended it first (its call
+  /// is finishing: nothing more to do).
+  grpc::Status add_session(const std::shared_ptr<SessionRecord>& record);
   /// It ended before opening. False if the open deadline ended it first.
   bool forget_stream(const std::string& id);
   /// Log the open of a registered session (the policy let it through).

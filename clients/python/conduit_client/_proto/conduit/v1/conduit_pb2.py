@@ -20,7 +20,7 @@ DESCRIPTOR = _descriptor.FileDescriptor(
   name='conduit/v1/conduit.proto',
   package='conduit.v1',
   syntax='proto3',
-  serialized_pb=_b('\n\x18\x63onduit/v1/conduit.proto\x12\nconduit.v1\"\xcd\x02\n\rClientMessage\x12\x35\n\x0fopen_connection\x18\x01 \x01(\x0b\x32\x1a.conduit.v1.OpenConnectionH\x00\x12\x35\n\x0fopen_subprocess\x18\x02 \x01(\x0b\x32\x1a.conduit.v1.OpenSubprocessH\x00\x12\x42\n\x16open_datagram_endpoint\x18\x03 \x01(\x0b\x32 .conduit.v1.OpenDatagramEndpointH\x00\x12-\n\x0bopen_server\x18\x04 \x01(\x0b\x32\x16.conduit.v1.OpenServerH\x00\x12+\n\nopen_proxy\x18\x05 \x01(\x0b\x32\x15.conduit.v1.OpenProxyH\x00\x12&\n\x07\x63ommand\x18\n \x01(\x0b\x32\x13.conduit.v1.CommandH\x00\x42\x06\n\x04kind\"\xa3\x02\n\x0eOpenConnection\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsClient\x12\x19\n\x11write_buffer_high\x18\x04 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x05 \x01(\r\x12\x19\n\x11\x63lose_at_peer_eof\x18\t \x01(\x08\x12\x14\n\x0cstart_paused\x18\x07 \x01(\x08\x12(\n\nlocal_addr\x18\x08 \x01(\x0b\x32\x14.conduit.v1.HostPortB\x08\n\x06targetJ\x04\x08\x06\x10\x07R\x13keep_open_after_eof\"&\n\x08HostPort\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"W\n\tTlsClient\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x17\n\x0fserver_hostname\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\x10\n\x08insecure\x18\x04 \x01(\x08\"\xb3\x02\n\nOpenServer\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\r\x12\x12\n\nreuse_port\x18\x05 \x01(\x08\x12\x19\n\x11write_buffer_high\x18\x06 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x07 \x01(\r\x12\x17\n\x0fmax_connections\x18\x08 \x01(\r\x12\x19\n\x11\x63lose_at_peer_eof\x18\x0b \x01(\x08\x12\x14\n\x0cstart_paused\x18\n \x01(\x08\x42\x08\n\x06targetJ\x04\x08\t\x10\nR\x13keep_open_after_eof\"V\n\tTlsServer\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x0f\n\x07key_pem\x18\x03 \x01(\t\x12\x15\n\rclient_ca_pem\x18\x04 \x01(\t\"\xbe\x01\n\tOpenProxy\x12)\n\x06listen\x18\x01 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12+\n\x08upstream\x18\x02 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12%\n\x06\x66\x61ults\x18\x03 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\x12\x19\n\x11stats_interval_ms\x18\x04 \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\x05 \x01(\r\"\xce\x01\n\rProxyEndpoint\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12#\n\x03udp\x18\x03 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12)\n\ntls_server\x18\x04 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12)\n\ntls_client\x18\x05 \x01(\x0b\x32\x15.conduit.v1.TlsClientB\x08\n\x06target\"\x9c\x04\n\tFaultSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\tdirection\x18\x02 \x01(\x0e\x32\x1a.conduit.v1.FaultDirection\x12+\n\x07latency\x18\n \x01(\x0b\x32\x18.conduit.v1.LatencyFaultH\x00\x12/\n\tbandwidth\x18\x0b \x01(\x0b\x32\x1a.conduit.v1.BandwidthFaultH\x00\x12)\n\x06slicer\x18\x0c \x01(\x0b\x32\x17.conduit.v1.SlicerFaultH\x00\x12/\n\tblackhole\x18\r \x01(\x0b\x32\x1a.conduit.v1.BlackholeFaultH\x00\x12\'\n\x05reset\x18\x0e \x01(\x0b\x32\x16.conduit.v1.ResetFaultH\x00\x12\x30\n\nlimit_data\x18\x0f \x01(\x0b\x32\x1a.conduit.v1.LimitDataFaultH\x00\x12\x30\n\nslow_close\x18\x10 \x01(\x0b\x32\x1a.conduit.v1.SlowCloseFaultH\x00\x12%\n\x04loss\x18\x11 \x01(\x0b\x32\x15.conduit.v1.LossFaultH\x00\x12/\n\tduplicate\x18\x12 \x01(\x0b\x32\x1a.conduit.v1.DuplicateFaultH\x00\x12+\n\x07reorder\x18\x13 \x01(\x0b\x32\x18.conduit.v1.ReorderFaultH\x00\x42\x06\n\x04kind\"3\n\x0cLatencyFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\x12\x11\n\tjitter_us\x18\x02 \x01(\x04\"*\n\x0e\x42\x61ndwidthFault\x12\x18\n\x10\x62ytes_per_second\x18\x01 \x01(\x04\"M\n\x0bSlicerFault\x12\x14\n\x0c\x61verage_size\x18\x01 \x01(\r\x12\x16\n\x0esize_variation\x18\x02 \x01(\r\x12\x10\n\x08\x64\x65lay_us\x18\x03 \x01(\x04\"(\n\x0e\x42lackholeFault\x12\x16\n\x0e\x63lose_after_us\x18\x01 \x01(\x04\"3\n\nResetFault\x12\x13\n\x0b\x61\x66ter_bytes\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x66ter_us\x18\x02 \x01(\x04\"\x1f\n\x0eLimitDataFault\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"\"\n\x0eSlowCloseFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\" \n\tLossFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"%\n\x0e\x44uplicateFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"4\n\x0cReorderFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x0f\n\x07hold_us\x18\x02 \x01(\x04\"\x98\x01\n\x0eOpenSubprocess\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05shell\x18\x02 \x01(\t\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12\x30\n\x03\x65nv\x18\x04 \x03(\x0b\x32#.conduit.v1.OpenSubprocess.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x01\n\x14OpenDatagramEndpoint\x12(\n\nlocal_addr\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12)\n\x0bremote_addr\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12\x12\n\nreuse_port\x18\x03 \x01(\x08\x12\x17\n\x0f\x61llow_broadcast\x18\x04 \x01(\x08\"\xa3\x07\n\x07\x43ommand\x12\x15\n\rconnection_id\x18\x14 \x01(\x04\x12\x0f\n\x05write\x18\x01 \x01(\x0cH\x00\x12,\n\nwritelines\x18\x02 \x01(\x0b\x32\x16.conduit.v1.WritelinesH\x00\x12)\n\twrite_eof\x18\x03 \x01(\x0b\x32\x14.conduit.v1.WriteEofH\x00\x12\"\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x11.conduit.v1.CloseH\x00\x12\"\n\x05\x61\x62ort\x18\x05 \x01(\x0b\x32\x11.conduit.v1.AbortH\x00\x12\x31\n\rpause_reading\x18\x06 \x01(\x0b\x32\x18.conduit.v1.PauseReadingH\x00\x12\x33\n\x0eresume_reading\x18\x07 \x01(\x0b\x32\x19.conduit.v1.ResumeReadingH\x00\x12@\n\x17set_write_buffer_limits\x18\x08 \x01(\x0b\x32\x1d.conduit.v1.WriteBufferLimitsH\x00\x12\x32\n\x0eget_extra_info\x18\t \x01(\x0b\x32\x18.conduit.v1.GetExtraInfoH\x00\x12)\n\x0bsend_signal\x18\n \x01(\x0b\x32\x12.conduit.v1.SignalH\x00\x12*\n\tterminate\x18\x0b \x01(\x0b\x32\x15.conduit.v1.TerminateH\x00\x12 \n\x04kill\x18\x0c \x01(\x0b\x32\x10.conduit.v1.KillH\x00\x12$\n\x06sendto\x18\r \x01(\x0b\x32\x12.conduit.v1.SendtoH\x00\x12*\n\tset_fault\x18\x0e \x01(\x0b\x32\x15.conduit.v1.FaultSpecH\x00\x12/\n\x0cremove_fault\x18\x0f \x01(\x0b\x32\x17.conduit.v1.RemoveFaultH\x00\x12+\n\nproxy_down\x18\x10 \x01(\x0b\x32\x15.conduit.v1.ProxyDownH\x00\x12\'\n\x08proxy_up\x18\x11 \x01(\x0b\x32\x13.conduit.v1.ProxyUpH\x00\x12\x33\n\x0estop_listening\x18\x12 \x01(\x0b\x32\x19.conduit.v1.StopListeningH\x00\x12+\n\nclose_pipe\x18\x13 \x01(\x0b\x32\x15.conduit.v1.ClosePipeH\x00\x12\x35\n\x11set_socket_option\x18\x15 \x01(\x0b\x32\x18.conduit.v1.SocketOptionH\x00\x42\x06\n\x04kind\"\x1b\n\x0bRemoveFault\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0b\n\tProxyDown\"\t\n\x07ProxyUp\"\x0f\n\rStopListening\"\x17\n\tClosePipe\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\"<\n\x0cSocketOption\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x0e\n\x06option\x18\x02 \x01(\x05\x12\r\n\x05value\x18\x03 \x01(\x05\":\n\x06Sendto\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\"\n\x04\x61\x64\x64r\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\"\x1a\n\nWritelines\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\"\n\n\x08WriteEof\"\x07\n\x05\x43lose\"\x07\n\x05\x41\x62ort\"\x0e\n\x0cPauseReading\"\x0f\n\rResumeReading\".\n\x11WriteBufferLimits\x12\x0c\n\x04high\x18\x01 \x01(\r\x12\x0b\n\x03low\x18\x02 \x01(\r\"\x1c\n\x0cGetExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x06Signal\x12\x0e\n\x06signal\x18\x01 \x01(\x05\x12\x15\n\rprocess_group\x18\x02 \x01(\x08\"\x0b\n\tTerminate\"\x06\n\x04Kill\"\xa5\t\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nunix_nanos\x18\x02 \x01(\x03\x12\x15\n\rconnection_id\x18\x03 \x01(\x04\x12\x35\n\x0f\x63onnection_made\x18\n \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rdata_received\x18\x0b \x01(\x0b\x32\x18.conduit.v1.DataReceivedH\x00\x12/\n\x0c\x65of_received\x18\x0c \x01(\x0b\x32\x17.conduit.v1.EofReceivedH\x00\x12\x35\n\x0f\x63onnection_lost\x18\r \x01(\x0b\x32\x1a.conduit.v1.ConnectionLostH\x00\x12\x31\n\rpause_writing\x18\x0e \x01(\x0b\x32\x18.conduit.v1.PauseWritingH\x00\x12\x33\n\x0eresume_writing\x18\x0f \x01(\x0b\x32\x19.conduit.v1.ResumeWritingH\x00\x12:\n\x12pipe_data_received\x18\x10 \x01(\x0b\x32\x1c.conduit.v1.PipeDataReceivedH\x00\x12>\n\x14pipe_connection_lost\x18\x11 \x01(\x0b\x32\x1e.conduit.v1.PipeConnectionLostH\x00\x12\x33\n\x0eprocess_exited\x18\x12 \x01(\x0b\x32\x19.conduit.v1.ProcessExitedH\x00\x12-\n\x0bopen_failed\x18\x13 \x01(\x0b\x32\x16.conduit.v1.OpenFailedH\x00\x12+\n\nextra_info\x18\x14 \x01(\x0b\x32\x15.conduit.v1.ExtraInfoH\x00\x12\x33\n\x0e\x63ommand_failed\x18\x15 \x01(\x0b\x32\x19.conduit.v1.CommandFailedH\x00\x12\x39\n\x11\x64\x61tagram_received\x18\x16 \x01(\x0b\x32\x1c.conduit.v1.DatagramReceivedH\x00\x12\x33\n\x0e\x65rror_received\x18\x17 \x01(\x0b\x32\x19.conduit.v1.ErrorReceivedH\x00\x12\x33\n\x0eserver_started\x18\x18 \x01(\x0b\x32\x19.conduit.v1.ServerStartedH\x00\x12\x39\n\x13\x63onnection_accepted\x18\x19 \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rproxy_started\x18\x1a \x01(\x0b\x32\x18.conduit.v1.ProxyStartedH\x00\x12\x35\n\x0eproxy_accepted\x18\x1b \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x32\n\x0bproxy_stats\x18\x1c \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x33\n\x0cproxy_closed\x18\x1d \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12-\n\x0bproxy_state\x18\x1e \x01(\x0b\x32\x16.conduit.v1.ProxyStateH\x00\x42\x06\n\x04kind\"3\n\x0cProxyStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\"u\n\x0fProxyConnection\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_upstream\x18\x02 \x01(\x04\x12\x18\n\x10\x62ytes_downstream\x18\x03 \x01(\x04\x12 \n\x05\x65rror\x18\x04 \x01(\x0b\x32\x11.conduit.v1.Error\"r\n\nProxyState\x12\n\n\x02up\x18\x01 \x01(\x08\x12\x0f\n\x07sockets\x18\x02 \x03(\t\x12 \n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.conduit.v1.Error\x12%\n\x06\x66\x61ults\x18\x04 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\"4\n\rServerStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\".\n\x10\x44\x61tagramReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"1\n\rErrorReceived\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"-\n\x05\x45rror\x12\x13\n\x0b\x65rrno_value\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0e\x43onnectionMade\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08peername\x18\x02 \x01(\t\x12\x10\n\x08sockname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x13\n\x0btls_version\x18\x05 \x01(\t\x12\x12\n\ntls_cipher\x18\x06 \x01(\t\"\x1c\n\x0c\x44\x61taReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\r\n\x0b\x45ofReceived\"2\n\x0e\x43onnectionLost\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\" \n\x0cPauseWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\"!\n\rResumeWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\",\n\x10PipeDataReceived\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x12PipeConnectionLost\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.conduit.v1.Error\"#\n\rProcessExited\x12\x12\n\nreturncode\x18\x01 \x01(\x05\".\n\nOpenFailed\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"7\n\tExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"1\n\rCommandFailed\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x15\n\x13ListSessionsRequest\"\x87\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x10\n\x08\x62ytes_in\x18\x05 \x01(\x04\x12\x11\n\tbytes_out\x18\x06 \x01(\x04\x12\x13\n\x0b\x61ge_seconds\x18\x07 \x01(\x01\"[\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.conduit.v1.SessionInfo\x12\x18\n\x10unopened_streams\x18\x02 \x01(\r\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x8f\x01\n\x12GetAddrInfoRequest\x12\x0e\n\x04host\x18\x01 \x01(\tH\x00\x12\x0e\n\x04port\x18\x02 \x01(\tH\x01\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\x05\x12\x0c\n\x04type\x18\x04 \x01(\x05\x12\x10\n\x08protocol\x18\x05 \x01(\x05\x12\r\n\x05\x66lags\x18\x06 \x01(\x05\x42\x0c\n\nhost_givenB\x0c\n\nport_given\"\x8d\x01\n\x08\x41\x64\x64rInfo\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\x05\x12\x0c\n\x04type\x18\x02 \x01(\x05\x12\x10\n\x08protocol\x18\x03 \x01(\x05\x12\x11\n\tcanonname\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x0c\n\x04port\x18\x06 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x07 \x01(\r\x12\x10\n\x08scope_id\x18\x08 \x01(\r\"b\n\x13GetAddrInfoResponse\x12\'\n\taddresses\x18\x01 \x03(\x0b\x32\x14.conduit.v1.AddrInfo\x12\x11\n\tgai_error\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"c\n\x12GetNameInfoRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x03 \x01(\r\x12\x10\n\x08scope_id\x18\x04 \x01(\r\x12\r\n\x05\x66lags\x18\x05 \x01(\x05\"X\n\x13GetNameInfoResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tgai_error\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x16\n\x14\x43loseSessionResponse*8\n\x0e\x46\x61ultDirection\x12\x08\n\x04\x42OTH\x10\x00\x12\x0c\n\x08UPSTREAM\x10\x01\x12\x0e\n\nDOWNSTREAM\x10\x02\x32\x8c\x03\n\x07\x43onduit\x12;\n\x07Session\x12\x19.conduit.v1.ClientMessage\x1a\x11.conduit.v1.Event(\x01\x30\x01\x12Q\n\x0cListSessions\x12\x1f.conduit.v1.ListSessionsRequest\x1a .conduit.v1.ListSessionsResponse\x12Q\n\x0c\x43loseSession\x12\x1f.conduit.v1.CloseSessionRequest\x1a .conduit.v1.CloseSessionResponse\x12N\n\x0bGetAddrInfo\x12\x1e.conduit.v1.GetAddrInfoRequest\x1a\x1f.conduit.v1.GetAddrInfoResponse\x12N\n\x0bGetNameInfo\x12\x1e.conduit.v1.GetNameInfoRequest\x1a\x1f.conduit.v1.GetNameInfoResponseb\x06proto3')
+  serialized_pb=_b('\n\x18\x63onduit/v1/conduit.proto\x12\nconduit.v1\"\xcd\x02\n\rClientMessage\x12\x35\n\x0fopen_connection\x18\x01 \x01(\x0b\x32\x1a.conduit.v1.OpenConnectionH\x00\x12\x35\n\x0fopen_subprocess\x18\x02 \x01(\x0b\x32\x1a.conduit.v1.OpenSubprocessH\x00\x12\x42\n\x16open_datagram_endpoint\x18\x03 \x01(\x0b\x32 .conduit.v1.OpenDatagramEndpointH\x00\x12-\n\x0bopen_server\x18\x04 \x01(\x0b\x32\x16.conduit.v1.OpenServerH\x00\x12+\n\nopen_proxy\x18\x05 \x01(\x0b\x32\x15.conduit.v1.OpenProxyH\x00\x12&\n\x07\x63ommand\x18\n \x01(\x0b\x32\x13.conduit.v1.CommandH\x00\x42\x06\n\x04kind\"\xa3\x02\n\x0eOpenConnection\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsClient\x12\x19\n\x11write_buffer_high\x18\x04 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x05 \x01(\r\x12\x19\n\x11\x63lose_at_peer_eof\x18\t \x01(\x08\x12\x14\n\x0cstart_paused\x18\x07 \x01(\x08\x12(\n\nlocal_addr\x18\x08 \x01(\x0b\x32\x14.conduit.v1.HostPortB\x08\n\x06targetJ\x04\x08\x06\x10\x07R\x13keep_open_after_eof\"&\n\x08HostPort\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"W\n\tTlsClient\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x17\n\x0fserver_hostname\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\x10\n\x08insecure\x18\x04 \x01(\x08\"\xb3\x02\n\nOpenServer\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\r\x12\x12\n\nreuse_port\x18\x05 \x01(\x08\x12\x19\n\x11write_buffer_high\x18\x06 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x07 \x01(\r\x12\x17\n\x0fmax_connections\x18\x08 \x01(\r\x12\x19\n\x11\x63lose_at_peer_eof\x18\x0b \x01(\x08\x12\x14\n\x0cstart_paused\x18\n \x01(\x08\x42\x08\n\x06targetJ\x04\x08\t\x10\nR\x13keep_open_after_eof\"V\n\tTlsServer\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x0f\n\x07key_pem\x18\x03 \x01(\t\x12\x15\n\rclient_ca_pem\x18\x04 \x01(\t\"\xcc\x01\n\tOpenProxy\x12)\n\x06listen\x18\x01 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12+\n\x08upstream\x18\x02 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12%\n\x06\x66\x61ults\x18\x03 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\x12\x19\n\x11stats_interval_ms\x18\x04 \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\x05 \x01(\r\x12\x0c\n\x04name\x18\x06 \x01(\t\"\xce\x01\n\rProxyEndpoint\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12#\n\x03udp\x18\x03 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12)\n\ntls_server\x18\x04 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12)\n\ntls_client\x18\x05 \x01(\x0b\x32\x15.conduit.v1.TlsClientB\x08\n\x06target\"\x9c\x04\n\tFaultSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\tdirection\x18\x02 \x01(\x0e\x32\x1a.conduit.v1.FaultDirection\x12+\n\x07latency\x18\n \x01(\x0b\x32\x18.conduit.v1.LatencyFaultH\x00\x12/\n\tbandwidth\x18\x0b \x01(\x0b\x32\x1a.conduit.v1.BandwidthFaultH\x00\x12)\n\x06slicer\x18\x0c \x01(\x0b\x32\x17.conduit.v1.SlicerFaultH\x00\x12/\n\tblackhole\x18\r \x01(\x0b\x32\x1a.conduit.v1.BlackholeFaultH\x00\x12\'\n\x05reset\x18\x0e \x01(\x0b\x32\x16.conduit.v1.ResetFaultH\x00\x12\x30\n\nlimit_data\x18\x0f \x01(\x0b\x32\x1a.conduit.v1.LimitDataFaultH\x00\x12\x30\n\nslow_close\x18\x10 \x01(\x0b\x32\x1a.conduit.v1.SlowCloseFaultH\x00\x12%\n\x04loss\x18\x11 \x01(\x0b\x32\x15.conduit.v1.LossFaultH\x00\x12/\n\tduplicate\x18\x12 \x01(\x0b\x32\x1a.conduit.v1.DuplicateFaultH\x00\x12+\n\x07reorder\x18\x13 \x01(\x0b\x32\x18.conduit.v1.ReorderFaultH\x00\x42\x06\n\x04kind\"3\n\x0cLatencyFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\x12\x11\n\tjitter_us\x18\x02 \x01(\x04\"*\n\x0e\x42\x61ndwidthFault\x12\x18\n\x10\x62ytes_per_second\x18\x01 \x01(\x04\"M\n\x0bSlicerFault\x12\x14\n\x0c\x61verage_size\x18\x01 \x01(\r\x12\x16\n\x0esize_variation\x18\x02 \x01(\r\x12\x10\n\x08\x64\x65lay_us\x18\x03 \x01(\x04\"(\n\x0e\x42lackholeFault\x12\x16\n\x0e\x63lose_after_us\x18\x01 \x01(\x04\"3\n\nResetFault\x12\x13\n\x0b\x61\x66ter_bytes\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x66ter_us\x18\x02 \x01(\x04\"\x1f\n\x0eLimitDataFault\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"\"\n\x0eSlowCloseFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\" \n\tLossFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"%\n\x0e\x44uplicateFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"4\n\x0cReorderFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x0f\n\x07hold_us\x18\x02 \x01(\x04\"\x98\x01\n\x0eOpenSubprocess\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05shell\x18\x02 \x01(\t\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12\x30\n\x03\x65nv\x18\x04 \x03(\x0b\x32#.conduit.v1.OpenSubprocess.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x01\n\x14OpenDatagramEndpoint\x12(\n\nlocal_addr\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12)\n\x0bremote_addr\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12\x12\n\nreuse_port\x18\x03 \x01(\x08\x12\x17\n\x0f\x61llow_broadcast\x18\x04 \x01(\x08\"\xa3\x07\n\x07\x43ommand\x12\x15\n\rconnection_id\x18\x14 \x01(\x04\x12\x0f\n\x05write\x18\x01 \x01(\x0cH\x00\x12,\n\nwritelines\x18\x02 \x01(\x0b\x32\x16.conduit.v1.WritelinesH\x00\x12)\n\twrite_eof\x18\x03 \x01(\x0b\x32\x14.conduit.v1.WriteEofH\x00\x12\"\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x11.conduit.v1.CloseH\x00\x12\"\n\x05\x61\x62ort\x18\x05 \x01(\x0b\x32\x11.conduit.v1.AbortH\x00\x12\x31\n\rpause_reading\x18\x06 \x01(\x0b\x32\x18.conduit.v1.PauseReadingH\x00\x12\x33\n\x0eresume_reading\x18\x07 \x01(\x0b\x32\x19.conduit.v1.ResumeReadingH\x00\x12@\n\x17set_write_buffer_limits\x18\x08 \x01(\x0b\x32\x1d.conduit.v1.WriteBufferLimitsH\x00\x12\x32\n\x0eget_extra_info\x18\t \x01(\x0b\x32\x18.conduit.v1.GetExtraInfoH\x00\x12)\n\x0bsend_signal\x18\n \x01(\x0b\x32\x12.conduit.v1.SignalH\x00\x12*\n\tterminate\x18\x0b \x01(\x0b\x32\x15.conduit.v1.TerminateH\x00\x12 \n\x04kill\x18\x0c \x01(\x0b\x32\x10.conduit.v1.KillH\x00\x12$\n\x06sendto\x18\r \x01(\x0b\x32\x12.conduit.v1.SendtoH\x00\x12*\n\tset_fault\x18\x0e \x01(\x0b\x32\x15.conduit.v1.FaultSpecH\x00\x12/\n\x0cremove_fault\x18\x0f \x01(\x0b\x32\x17.conduit.v1.RemoveFaultH\x00\x12+\n\nproxy_down\x18\x10 \x01(\x0b\x32\x15.conduit.v1.ProxyDownH\x00\x12\'\n\x08proxy_up\x18\x11 \x01(\x0b\x32\x13.conduit.v1.ProxyUpH\x00\x12\x33\n\x0estop_listening\x18\x12 \x01(\x0b\x32\x19.conduit.v1.StopListeningH\x00\x12+\n\nclose_pipe\x18\x13 \x01(\x0b\x32\x15.conduit.v1.ClosePipeH\x00\x12\x35\n\x11set_socket_option\x18\x15 \x01(\x0b\x32\x18.conduit.v1.SocketOptionH\x00\x42\x06\n\x04kind\"\x1b\n\x0bRemoveFault\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0b\n\tProxyDown\"\t\n\x07ProxyUp\"\x0f\n\rStopListening\"\x17\n\tClosePipe\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\"<\n\x0cSocketOption\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x0e\n\x06option\x18\x02 \x01(\x05\x12\r\n\x05value\x18\x03 \x01(\x05\":\n\x06Sendto\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\"\n\x04\x61\x64\x64r\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\"\x1a\n\nWritelines\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\"\n\n\x08WriteEof\"\x07\n\x05\x43lose\"\x07\n\x05\x41\x62ort\"\x0e\n\x0cPauseReading\"\x0f\n\rResumeReading\".\n\x11WriteBufferLimits\x12\x0c\n\x04high\x18\x01 \x01(\r\x12\x0b\n\x03low\x18\x02 \x01(\r\"\x1c\n\x0cGetExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x06Signal\x12\x0e\n\x06signal\x18\x01 \x01(\x05\x12\x15\n\rprocess_group\x18\x02 \x01(\x08\"\x0b\n\tTerminate\"\x06\n\x04Kill\"\xd8\t\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nunix_nanos\x18\x02 \x01(\x03\x12\x15\n\rconnection_id\x18\x03 \x01(\x04\x12\x35\n\x0f\x63onnection_made\x18\n \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rdata_received\x18\x0b \x01(\x0b\x32\x18.conduit.v1.DataReceivedH\x00\x12/\n\x0c\x65of_received\x18\x0c \x01(\x0b\x32\x17.conduit.v1.EofReceivedH\x00\x12\x35\n\x0f\x63onnection_lost\x18\r \x01(\x0b\x32\x1a.conduit.v1.ConnectionLostH\x00\x12\x31\n\rpause_writing\x18\x0e \x01(\x0b\x32\x18.conduit.v1.PauseWritingH\x00\x12\x33\n\x0eresume_writing\x18\x0f \x01(\x0b\x32\x19.conduit.v1.ResumeWritingH\x00\x12:\n\x12pipe_data_received\x18\x10 \x01(\x0b\x32\x1c.conduit.v1.PipeDataReceivedH\x00\x12>\n\x14pipe_connection_lost\x18\x11 \x01(\x0b\x32\x1e.conduit.v1.PipeConnectionLostH\x00\x12\x33\n\x0eprocess_exited\x18\x12 \x01(\x0b\x32\x19.conduit.v1.ProcessExitedH\x00\x12-\n\x0bopen_failed\x18\x13 \x01(\x0b\x32\x16.conduit.v1.OpenFailedH\x00\x12+\n\nextra_info\x18\x14 \x01(\x0b\x32\x15.conduit.v1.ExtraInfoH\x00\x12\x33\n\x0e\x63ommand_failed\x18\x15 \x01(\x0b\x32\x19.conduit.v1.CommandFailedH\x00\x12\x39\n\x11\x64\x61tagram_received\x18\x16 \x01(\x0b\x32\x1c.conduit.v1.DatagramReceivedH\x00\x12\x33\n\x0e\x65rror_received\x18\x17 \x01(\x0b\x32\x19.conduit.v1.ErrorReceivedH\x00\x12\x33\n\x0eserver_started\x18\x18 \x01(\x0b\x32\x19.conduit.v1.ServerStartedH\x00\x12\x39\n\x13\x63onnection_accepted\x18\x19 \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rproxy_started\x18\x1a \x01(\x0b\x32\x18.conduit.v1.ProxyStartedH\x00\x12\x35\n\x0eproxy_accepted\x18\x1b \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x32\n\x0bproxy_stats\x18\x1c \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x33\n\x0cproxy_closed\x18\x1d \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12-\n\x0bproxy_state\x18\x1e \x01(\x0b\x32\x16.conduit.v1.ProxyStateH\x00\x12\x31\n\rproxy_changed\x18\x1f \x01(\x0b\x32\x18.conduit.v1.ProxyChangedH\x00\x42\x06\n\x04kind\"3\n\x0cProxyStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\"u\n\x0fProxyConnection\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_upstream\x18\x02 \x01(\x04\x12\x18\n\x10\x62ytes_downstream\x18\x03 \x01(\x04\x12 \n\x05\x65rror\x18\x04 \x01(\x0b\x32\x11.conduit.v1.Error\"r\n\nProxyState\x12\n\n\x02up\x18\x01 \x01(\x08\x12\x0f\n\x07sockets\x18\x02 \x03(\t\x12 \n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.conduit.v1.Error\x12%\n\x06\x66\x61ults\x18\x04 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\"R\n\x0cProxyChanged\x12\n\n\x02\x62y\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0b\x32\x16.conduit.v1.ProxyState\"4\n\rServerStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\".\n\x10\x44\x61tagramReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"1\n\rErrorReceived\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"-\n\x05\x45rror\x12\x13\n\x0b\x65rrno_value\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0e\x43onnectionMade\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08peername\x18\x02 \x01(\t\x12\x10\n\x08sockname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x13\n\x0btls_version\x18\x05 \x01(\t\x12\x12\n\ntls_cipher\x18\x06 \x01(\t\"\x1c\n\x0c\x44\x61taReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\r\n\x0b\x45ofReceived\"2\n\x0e\x43onnectionLost\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\" \n\x0cPauseWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\"!\n\rResumeWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\",\n\x10PipeDataReceived\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x12PipeConnectionLost\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.conduit.v1.Error\"#\n\rProcessExited\x12\x12\n\nreturncode\x18\x01 \x01(\x05\".\n\nOpenFailed\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"7\n\tExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"1\n\rCommandFailed\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x15\n\x13ListSessionsRequest\"\x95\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x10\n\x08\x62ytes_in\x18\x05 \x01(\x04\x12\x11\n\tbytes_out\x18\x06 \x01(\x04\x12\x13\n\x0b\x61ge_seconds\x18\x07 \x01(\x01\x12\x0c\n\x04name\x18\x08 \x01(\t\"[\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.conduit.v1.SessionInfo\x12\x18\n\x10unopened_streams\x18\x02 \x01(\r\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"L\n\x13\x43ontrolProxyRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12$\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x13.conduit.v1.Command\"\x8f\x01\n\x12GetAddrInfoRequest\x12\x0e\n\x04host\x18\x01 \x01(\tH\x00\x12\x0e\n\x04port\x18\x02 \x01(\tH\x01\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\x05\x12\x0c\n\x04type\x18\x04 \x01(\x05\x12\x10\n\x08protocol\x18\x05 \x01(\x05\x12\r\n\x05\x66lags\x18\x06 \x01(\x05\x42\x0c\n\nhost_givenB\x0c\n\nport_given\"\x8d\x01\n\x08\x41\x64\x64rInfo\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\x05\x12\x0c\n\x04type\x18\x02 \x01(\x05\x12\x10\n\x08protocol\x18\x03 \x01(\x05\x12\x11\n\tcanonname\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x0c\n\x04port\x18\x06 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x07 \x01(\r\x12\x10\n\x08scope_id\x18\x08 \x01(\r\"b\n\x13GetAddrInfoResponse\x12\'\n\taddresses\x18\x01 \x03(\x0b\x32\x14.conduit.v1.AddrInfo\x12\x11\n\tgai_error\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"c\n\x12GetNameInfoRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x03 \x01(\r\x12\x10\n\x08scope_id\x18\x04 \x01(\r\x12\r\n\x05\x66lags\x18\x05 \x01(\x05\"X\n\x13GetNameInfoResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tgai_error\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x16\n\x14\x43loseSessionResponse*8\n\x0e\x46\x61ultDirection\x12\x08\n\x04\x42OTH\x10\x00\x12\x0c\n\x08UPSTREAM\x10\x01\x12\x0e\n\nDOWNSTREAM\x10\x02\x32\xd5\x03\n\x07\x43onduit\x12;\n\x07Session\x12\x19.conduit.v1.ClientMessage\x1a\x11.conduit.v1.Event(\x01\x30\x01\x12Q\n\x0cListSessions\x12\x1f.conduit.v1.ListSessionsRequest\x1a .conduit.v1.ListSessionsResponse\x12Q\n\x0c\x43loseSession\x12\x1f.conduit.v1.CloseSessionRequest\x1a .conduit.v1.CloseSessionResponse\x12G\n\x0c\x43ontrolProxy\x12\x1f.conduit.v1.ControlProxyRequest\x1a\x16.conduit.v1.ProxyState\x12N\n\x0bGetAddrInfo\x12\x1e.conduit.v1.GetAddrInfoRequest\x1a\x1f.conduit.v1.GetAddrInfoResponse\x12N\n\x0bGetNameInfo\x12\x1e.conduit.v1.GetNameInfoRequest\x1a\x1f.conduit.v1.GetNameInfoResponseb\x06proto3')
 )
 
 _FAULTDIRECTION = _descriptor.EnumDescriptor(
@@ -44,8 +44,8 @@ _FAULTDIRECTION = _descriptor.EnumDescriptor(
   ],
   containing_type=None,
   options=None,
-  serialized_start=7492,
-  serialized_end=7548,
+  serialized_start=7733,
+  serialized_end=7789,
 )
 _sym_db.RegisterEnumDescriptor(_FAULTDIRECTION)
 
@@ -489,6 +489,13 @@ _OPENPROXY = _descriptor.Descriptor(
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='name', full_name='conduit.v1.OpenProxy.name', index=5,
+      number=6, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
   ],
   extensions=[
   ],
@@ -502,7 +509,7 @@ _OPENPROXY = _descriptor.Descriptor(
   oneofs=[
   ],
   serialized_start=1198,
-  serialized_end=1388,
+  serialized_end=1402,
 )
 
 
@@ -563,8 +570,8 @@ _PROXYENDPOINT = _descriptor.Descriptor(
       name='target', full_name='conduit.v1.ProxyEndpoint.target',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=1391,
-  serialized_end=1597,
+  serialized_start=1405,
+  serialized_end=1611,
 )
 
 
@@ -674,8 +681,8 @@ _FAULTSPEC = _descriptor.Descriptor(
       name='kind', full_name='conduit.v1.FaultSpec.kind',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=1600,
-  serialized_end=2140,
+  serialized_start=1614,
+  serialized_end=2154,
 )
 
 
@@ -712,8 +719,8 @@ _LATENCYFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2142,
-  serialized_end=2193,
+  serialized_start=2156,
+  serialized_end=2207,
 )
 
 
@@ -743,8 +750,8 @@ _BANDWIDTHFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2195,
-  serialized_end=2237,
+  serialized_start=2209,
+  serialized_end=2251,
 )
 
 
@@ -788,8 +795,8 @@ _SLICERFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2239,
-  serialized_end=2316,
+  serialized_start=2253,
+  serialized_end=2330,
 )
 
 
@@ -819,8 +826,8 @@ _BLACKHOLEFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2318,
-  serialized_end=2358,
+  serialized_start=2332,
+  serialized_end=2372,
 )
 
 
@@ -857,8 +864,8 @@ _RESETFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2360,
-  serialized_end=2411,
+  serialized_start=2374,
+  serialized_end=2425,
 )
 
 
@@ -888,8 +895,8 @@ _LIMITDATAFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2413,
-  serialized_end=2444,
+  serialized_start=2427,
+  serialized_end=2458,
 )
 
 
@@ -919,8 +926,8 @@ _SLOWCLOSEFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2446,
-  serialized_end=2480,
+  serialized_start=2460,
+  serialized_end=2494,
 )
 
 
@@ -950,8 +957,8 @@ _LOSSFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2482,
-  serialized_end=2514,
+  serialized_start=2496,
+  serialized_end=2528,
 )
 
 
@@ -981,8 +988,8 @@ _DUPLICATEFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2516,
-  serialized_end=2553,
+  serialized_start=2530,
+  serialized_end=2567,
 )
 
 
@@ -1019,8 +1026,8 @@ _REORDERFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2555,
-  serialized_end=2607,
+  serialized_start=2569,
+  serialized_end=2621,
 )
 
 
@@ -1057,8 +1064,8 @@ _OPENSUBPROCESS_ENVENTRY = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2720,
-  serialized_end=2762,
+  serialized_start=2734,
+  serialized_end=2776,
 )
 
 _OPENSUBPROCESS = _descriptor.Descriptor(
@@ -1108,8 +1115,8 @@ _OPENSUBPROCESS = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2610,
-  serialized_end=2762,
+  serialized_start=2624,
+  serialized_end=2776,
 )
 
 
@@ -1160,8 +1167,8 @@ _OPENDATAGRAMENDPOINT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2765,
-  serialized_end=2917,
+  serialized_start=2779,
+  serialized_end=2931,
 )
 
 
@@ -1334,8 +1341,8 @@ _COMMAND = _descriptor.Descriptor(
       name='kind', full_name='conduit.v1.Command.kind',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=2920,
-  serialized_end=3851,
+  serialized_start=2934,
+  serialized_end=3865,
 )
 
 
@@ -1365,8 +1372,8 @@ _REMOVEFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3853,
-  serialized_end=3880,
+  serialized_start=3867,
+  serialized_end=3894,
 )
 
 
@@ -1389,8 +1396,8 @@ _PROXYDOWN = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3882,
-  serialized_end=3893,
+  serialized_start=3896,
+  serialized_end=3907,
 )
 
 
@@ -1413,8 +1420,8 @@ _PROXYUP = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3895,
-  serialized_end=3904,
+  serialized_start=3909,
+  serialized_end=3918,
 )
 
 
@@ -1437,8 +1444,8 @@ _STOPLISTENING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3906,
-  serialized_end=3921,
+  serialized_start=3920,
+  serialized_end=3935,
 )
 
 
@@ -1468,8 +1475,8 @@ _CLOSEPIPE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3923,
-  serialized_end=3946,
+  serialized_start=3937,
+  serialized_end=3960,
 )
 
 
@@ -1513,8 +1520,8 @@ _SOCKETOPTION = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3948,
-  serialized_end=4008,
+  serialized_start=3962,
+  serialized_end=4022,
 )
 
 
@@ -1551,8 +1558,8 @@ _SENDTO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4010,
-  serialized_end=4068,
+  serialized_start=4024,
+  serialized_end=4082,
 )
 
 
@@ -1582,8 +1589,8 @@ _WRITELINES = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4070,
-  serialized_end=4096,
+  serialized_start=4084,
+  serialized_end=4110,
 )
 
 
@@ -1606,8 +1613,8 @@ _WRITEEOF = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4098,
-  serialized_end=4108,
+  serialized_start=4112,
+  serialized_end=4122,
 )
 
 
@@ -1630,8 +1637,8 @@ _CLOSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4110,
-  serialized_end=4117,
+  serialized_start=4124,
+  serialized_end=4131,
 )
 
 
@@ -1654,8 +1661,8 @@ _ABORT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4119,
-  serialized_end=4126,
+  serialized_start=4133,
+  serialized_end=4140,
 )
 
 
@@ -1678,8 +1685,8 @@ _PAUSEREADING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4128,
-  serialized_end=4142,
+  serialized_start=4142,
+  serialized_end=4156,
 )
 
 
@@ -1702,8 +1709,8 @@ _RESUMEREADING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4144,
-  serialized_end=4159,
+  serialized_start=4158,
+  serialized_end=4173,
 )
 
 
@@ -1740,8 +1747,8 @@ _WRITEBUFFERLIMITS = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4161,
-  serialized_end=4207,
+  serialized_start=4175,
+  serialized_end=4221,
 )
 
 
@@ -1771,8 +1778,8 @@ _GETEXTRAINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4209,
-  serialized_end=4237,
+  serialized_start=4223,
+  serialized_end=4251,
 )
 
 
@@ -1809,8 +1816,8 @@ _SIGNAL = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4239,
-  serialized_end=4286,
+  serialized_start=4253,
+  serialized_end=4300,
 )
 
 
@@ -1833,8 +1840,8 @@ _TERMINATE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4288,
-  serialized_end=4299,
+  serialized_start=4302,
+  serialized_end=4313,
 )
 
 
@@ -1857,8 +1864,8 @@ _KILL = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4301,
-  serialized_end=4307,
+  serialized_start=4315,
+  serialized_end=4321,
 )
 
 
@@ -2037,6 +2044,13 @@ _EVENT = _descriptor.Descriptor(
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='proxy_changed', full_name='conduit.v1.Event.proxy_changed', index=24,
+      number=31, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
   ],
   extensions=[
   ],
@@ -2052,8 +2066,8 @@ _EVENT = _descriptor.Descriptor(
       name='kind', full_name='conduit.v1.Event.kind',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=4310,
-  serialized_end=5499,
+  serialized_start=4324,
+  serialized_end=5564,
 )
 
 
@@ -2090,8 +2104,8 @@ _PROXYSTARTED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5501,
-  serialized_end=5552,
+  serialized_start=5566,
+  serialized_end=5617,
 )
 
 
@@ -2142,8 +2156,8 @@ _PROXYCONNECTION = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5554,
-  serialized_end=5671,
+  serialized_start=5619,
+  serialized_end=5736,
 )
 
 
@@ -2194,8 +2208,53 @@ _PROXYSTATE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5673,
-  serialized_end=5787,
+  serialized_start=5738,
+  serialized_end=5852,
+)
+
+
+_PROXYCHANGED = _descriptor.Descriptor(
+  name='ProxyChanged',
+  full_name='conduit.v1.ProxyChanged',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='by', full_name='conduit.v1.ProxyChanged.by', index=0,
+      number=1, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='command', full_name='conduit.v1.ProxyChanged.command', index=1,
+      number=2, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='state', full_name='conduit.v1.ProxyChanged.state', index=2,
+      number=3, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=5854,
+  serialized_end=5936,
 )
 
 
@@ -2232,8 +2291,8 @@ _SERVERSTARTED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5789,
-  serialized_end=5841,
+  serialized_start=5938,
+  serialized_end=5990,
 )
 
 
@@ -2270,8 +2329,8 @@ _DATAGRAMRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5843,
-  serialized_end=5889,
+  serialized_start=5992,
+  serialized_end=6038,
 )
 
 
@@ -2301,8 +2360,8 @@ _ERRORRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5891,
-  serialized_end=5940,
+  serialized_start=6040,
+  serialized_end=6089,
 )
 
 
@@ -2339,8 +2398,8 @@ _ERROR = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5942,
-  serialized_end=5987,
+  serialized_start=6091,
+  serialized_end=6136,
 )
 
 
@@ -2405,8 +2464,8 @@ _CONNECTIONMADE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5989,
-  serialized_end=6115,
+  serialized_start=6138,
+  serialized_end=6264,
 )
 
 
@@ -2436,8 +2495,8 @@ _DATARECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6117,
-  serialized_end=6145,
+  serialized_start=6266,
+  serialized_end=6294,
 )
 
 
@@ -2460,8 +2519,8 @@ _EOFRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6147,
-  serialized_end=6160,
+  serialized_start=6296,
+  serialized_end=6309,
 )
 
 
@@ -2491,8 +2550,8 @@ _CONNECTIONLOST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6162,
-  serialized_end=6212,
+  serialized_start=6311,
+  serialized_end=6361,
 )
 
 
@@ -2522,8 +2581,8 @@ _PAUSEWRITING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6214,
-  serialized_end=6246,
+  serialized_start=6363,
+  serialized_end=6395,
 )
 
 
@@ -2553,8 +2612,8 @@ _RESUMEWRITING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6248,
-  serialized_end=6281,
+  serialized_start=6397,
+  serialized_end=6430,
 )
 
 
@@ -2591,8 +2650,8 @@ _PIPEDATARECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6283,
-  serialized_end=6327,
+  serialized_start=6432,
+  serialized_end=6476,
 )
 
 
@@ -2629,8 +2688,8 @@ _PIPECONNECTIONLOST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6329,
-  serialized_end=6395,
+  serialized_start=6478,
+  serialized_end=6544,
 )
 
 
@@ -2660,8 +2719,8 @@ _PROCESSEXITED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6397,
-  serialized_end=6432,
+  serialized_start=6546,
+  serialized_end=6581,
 )
 
 
@@ -2691,8 +2750,8 @@ _OPENFAILED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6434,
-  serialized_end=6480,
+  serialized_start=6583,
+  serialized_end=6629,
 )
 
 
@@ -2736,8 +2795,8 @@ _EXTRAINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6482,
-  serialized_end=6537,
+  serialized_start=6631,
+  serialized_end=6686,
 )
 
 
@@ -2774,8 +2833,8 @@ _COMMANDFAILED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6539,
-  serialized_end=6588,
+  serialized_start=6688,
+  serialized_end=6737,
 )
 
 
@@ -2798,8 +2857,8 @@ _LISTSESSIONSREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6590,
-  serialized_end=6611,
+  serialized_start=6739,
+  serialized_end=6760,
 )
 
 
@@ -2859,6 +2918,13 @@ _SESSIONINFO = _descriptor.Descriptor(
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='name', full_name='conduit.v1.SessionInfo.name', index=7,
+      number=8, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
   ],
   extensions=[
   ],
@@ -2871,8 +2937,8 @@ _SESSIONINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6614,
-  serialized_end=6749,
+  serialized_start=6763,
+  serialized_end=6912,
 )
 
 
@@ -2909,8 +2975,8 @@ _LISTSESSIONSRESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6751,
-  serialized_end=6842,
+  serialized_start=6914,
+  serialized_end=7005,
 )
 
 
@@ -2940,8 +3006,46 @@ _CLOSESESSIONREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6844,
-  serialized_end=6885,
+  serialized_start=7007,
+  serialized_end=7048,
+)
+
+
+_CONTROLPROXYREQUEST = _descriptor.Descriptor(
+  name='ControlProxyRequest',
+  full_name='conduit.v1.ControlProxyRequest',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='session', full_name='conduit.v1.ControlProxyRequest.session', index=0,
+      number=1, type=9, cpp_type=9, label=1,
+      has_default_value=False, default_value=_b("").decode('utf-8'),
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='command', full_name='conduit.v1.ControlProxyRequest.command', index=1,
+      number=2, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=7050,
+  serialized_end=7126,
 )
 
 
@@ -3012,8 +3116,8 @@ _GETADDRINFOREQUEST = _descriptor.Descriptor(
       name='port_given', full_name='conduit.v1.GetAddrInfoRequest.port_given',
       index=1, containing_type=None, fields=[]),
   ],
-  serialized_start=6888,
-  serialized_end=7031,
+  serialized_start=7129,
+  serialized_end=7272,
 )
 
 
@@ -3092,8 +3196,8 @@ _ADDRINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7034,
-  serialized_end=7175,
+  serialized_start=7275,
+  serialized_end=7416,
 )
 
 
@@ -3137,8 +3241,8 @@ _GETADDRINFORESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7177,
-  serialized_end=7275,
+  serialized_start=7418,
+  serialized_end=7516,
 )
 
 
@@ -3196,8 +3300,8 @@ _GETNAMEINFOREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7277,
-  serialized_end=7376,
+  serialized_start=7518,
+  serialized_end=7617,
 )
 
 
@@ -3248,8 +3352,8 @@ _GETNAMEINFORESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7378,
-  serialized_end=7466,
+  serialized_start=7619,
+  serialized_end=7707,
 )
 
 
@@ -3272,8 +3376,8 @@ _CLOSESESSIONRESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7468,
-  serialized_end=7490,
+  serialized_start=7709,
+  serialized_end=7731,
 )
 
 _CLIENTMESSAGE.fields_by_name['open_connection'].message_type = _OPENCONNECTION
@@ -3479,6 +3583,7 @@ _EVENT.fields_by_name['proxy_accepted'].message_type = _PROXYCONNECTION
 _EVENT.fields_by_name['proxy_stats'].message_type = _PROXYCONNECTION
 _EVENT.fields_by_name['proxy_closed'].message_type = _PROXYCONNECTION
 _EVENT.fields_by_name['proxy_state'].message_type = _PROXYSTATE
+_EVENT.fields_by_name['proxy_changed'].message_type = _PROXYCHANGED
 _EVENT.oneofs_by_name['kind'].fields.append(
   _EVENT.fields_by_name['connection_made'])
 _EVENT.fields_by_name['connection_made'].containing_oneof = _EVENT.oneofs_by_name['kind']
@@ -3542,14 +3647,19 @@ _EVENT.fields_by_name['proxy_closed'].containing_oneof = _EVENT.oneofs_by_name['
 _EVENT.oneofs_by_name['kind'].fields.append(
   _EVENT.fields_by_name['proxy_state'])
 _EVENT.fields_by_name['proxy_state'].containing_oneof = _EVENT.oneofs_by_name['kind']
+_EVENT.oneofs_by_name['kind'].fields.append(
+  _EVENT.fields_by_name['proxy_changed'])
+_EVENT.fields_by_name['proxy_changed'].containing_oneof = _EVENT.oneofs_by_name['kind']
 _PROXYCONNECTION.fields_by_name['error'].message_type = _ERROR
 _PROXYSTATE.fields_by_name['error'].message_type = _ERROR
 _PROXYSTATE.fields_by_name['faults'].message_type = _FAULTSPEC
+_PROXYCHANGED.fields_by_name['state'].message_type = _PROXYSTATE
 _ERRORRECEIVED.fields_by_name['error'].message_type = _ERROR
 _CONNECTIONLOST.fields_by_name['error'].message_type = _ERROR
 _PIPECONNECTIONLOST.fields_by_name['error'].message_type = _ERROR
 _OPENFAILED.fields_by_name['error'].message_type = _ERROR
 _LISTSESSIONSRESPONSE.fields_by_name['sessions'].message_type = _SESSIONINFO
+_CONTROLPROXYREQUEST.fields_by_name['command'].message_type = _COMMAND
 _GETADDRINFOREQUEST.oneofs_by_name['host_given'].fields.append(
   _GETADDRINFOREQUEST.fields_by_name['host'])
 _GETADDRINFOREQUEST.fields_by_name['host'].containing_oneof = _GETADDRINFOREQUEST.oneofs_by_name['host_given']
@@ -3601,6 +3711,7 @@ DESCRIPTOR.message_types_by_name['Event'] = _EVENT
 DESCRIPTOR.message_types_by_name['ProxyStarted'] = _PROXYSTARTED
 DESCRIPTOR.message_types_by_name['ProxyConnection'] = _PROXYCONNECTION
 DESCRIPTOR.message_types_by_name['ProxyState'] = _PROXYSTATE
+DESCRIPTOR.message_types_by_name['ProxyChanged'] = _PROXYCHANGED
 DESCRIPTOR.message_types_by_name['ServerStarted'] = _SERVERSTARTED
 DESCRIPTOR.message_types_by_name['DatagramReceived'] = _DATAGRAMRECEIVED
 DESCRIPTOR.message_types_by_name['ErrorReceived'] = _ERRORRECEIVED
@@ -3621,6 +3732,7 @@ DESCRIPTOR.message_types_by_name['ListSessionsRequest'] = _LISTSESSIONSREQUEST
 DESCRIPTOR.message_types_by_name['SessionInfo'] = _SESSIONINFO
 DESCRIPTOR.message_types_by_name['ListSessionsResponse'] = _LISTSESSIONSRESPONSE
 DESCRIPTOR.message_types_by_name['CloseSessionRequest'] = _CLOSESESSIONREQUEST
+DESCRIPTOR.message_types_by_name['ControlProxyRequest'] = _CONTROLPROXYREQUEST
 DESCRIPTOR.message_types_by_name['GetAddrInfoRequest'] = _GETADDRINFOREQUEST
 DESCRIPTOR.message_types_by_name['AddrInfo'] = _ADDRINFO
 DESCRIPTOR.message_types_by_name['GetAddrInfoResponse'] = _GETADDRINFORESPONSE
@@ -3946,6 +4058,13 @@ ProxyState = _reflection.GeneratedProtocolMessageType('ProxyState', (_message.Me
   ))
 _sym_db.RegisterMessage(ProxyState)
 
+ProxyChanged = _reflection.GeneratedProtocolMessageType('ProxyChanged', (_message.Message,), dict(
+  DESCRIPTOR = _PROXYCHANGED,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.ProxyChanged)
+  ))
+_sym_db.RegisterMessage(ProxyChanged)
+
 ServerStarted = _reflection.GeneratedProtocolMessageType('ServerStarted', (_message.Message,), dict(
   DESCRIPTOR = _SERVERSTARTED,
   __module__ = 'conduit.v1.conduit_pb2'
@@ -4086,6 +4205,13 @@ CloseSessionRequest = _reflection.GeneratedProtocolMessageType('CloseSessionRequ
   ))
 _sym_db.RegisterMessage(CloseSessionRequest)
 
+ControlProxyRequest = _reflection.GeneratedProtocolMessageType('ControlProxyRequest', (_message.Message,), dict(
+  DESCRIPTOR = _CONTROLPROXYREQUEST,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.ControlProxyRequest)
+  ))
+_sym_db.RegisterMessage(ControlProxyRequest)
+
 GetAddrInfoRequest = _reflection.GeneratedProtocolMessageType('GetAddrInfoRequest', (_message.Message,), dict(
   DESCRIPTOR = _GETADDRINFOREQUEST,
   __module__ = 'conduit.v1.conduit_pb2'
@@ -4138,8 +4264,8 @@ _CONDUIT = _descriptor.ServiceDescriptor(
   file=DESCRIPTOR,
   index=0,
   options=None,
-  serialized_start=7551,
-  serialized_end=7947,
+  serialized_start=7792,
+  serialized_end=8261,
   methods=[
   _descriptor.MethodDescriptor(
     name='Session',
@@ -4169,9 +4295,18 @@ _CONDUIT = _descriptor.ServiceDescriptor(
     options=None,
   ),
   _descriptor.MethodDescriptor(
+    name='ControlProxy',
+    full_name='conduit.v1.Conduit.ControlProxy',
+    index=3,
+    containing_service=None,
+    input_type=_CONTROLPROXYREQUEST,
+    output_type=_PROXYSTATE,
+    options=None,
+  ),
+  _descriptor.MethodDescriptor(
     name='GetAddrInfo',
     full_name='conduit.v1.Conduit.GetAddrInfo',
-    index=3,
+    index=4,
     containing_service=None,
     input_type=_GETADDRINFOREQUEST,
     output_type=_GETADDRINFORESPONSE,
@@ -4180,7 +4315,7 @@ _CONDUIT = _descriptor.ServiceDescriptor(
   _descriptor.MethodDescriptor(
     name='GetNameInfo',
     full_name='conduit.v1.Conduit.GetNameInfo',
-    index=4,
+    index=5,
     containing_service=None,
     input_type=_GETNAMEINFOREQUEST,
     output_type=_GETNAMEINFORESPONSE,

@@ -29,6 +29,11 @@ class ConduitStub(object):
         request_serializer=conduit_dot_v1_dot_conduit__pb2.CloseSessionRequest.SerializeToString,
         response_deserializer=conduit_dot_v1_dot_conduit__pb2.CloseSessionResponse.FromString,
         )
+    self.ControlProxy = channel.unary_unary(
+        '/conduit.v1.Conduit/ControlProxy',
+        request_serializer=conduit_dot_v1_dot_conduit__pb2.ControlProxyRequest.SerializeToString,
+        response_deserializer=conduit_dot_v1_dot_conduit__pb2.ProxyState.FromString,
+        )
     self.GetAddrInfo = channel.unary_unary(
         '/conduit.v1.Conduit/GetAddrInfo',
         request_serializer=conduit_dot_v1_dot_conduit__pb2.GetAddrInfoRequest.SerializeToString,
@@ -61,6 +66,14 @@ class ConduitServicer(object):
 
   def CloseSession(self, request, context):
     """Abort one session's transport (its stream then ends as usual).
+    """
+    context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+    context.set_details('Method not implemented!')
+    raise NotImplementedError('Method not implemented!')
+
+  def ControlProxy(self, request, context):
+    """A running proxy session's state, or one of its four commands
+    (set_fault, remove_fault, proxy_down, proxy_up) from outside it.
     """
     context.set_code(grpc.StatusCode.UNIMPLEMENTED)
     context.set_details('Method not implemented!')
@@ -99,6 +112,11 @@ def add_ConduitServicer_to_server(servicer, server):
           servicer.CloseSession,
           request_deserializer=conduit_dot_v1_dot_conduit__pb2.CloseSessionRequest.FromString,
           response_serializer=conduit_dot_v1_dot_conduit__pb2.CloseSessionResponse.SerializeToString,
+      ),
+      'ControlProxy': grpc.unary_unary_rpc_method_handler(
+          servicer.ControlProxy,
+          request_deserializer=conduit_dot_v1_dot_conduit__pb2.ControlProxyRequest.FromString,
+          response_serializer=conduit_dot_v1_dot_conduit__pb2.ProxyState.SerializeToString,
       ),
       'GetAddrInfo': grpc.unary_unary_rpc_method_handler(
           servicer.GetAddrInfo,
