@@ -7,6 +7,7 @@ from asyncio import transports
 from typing import Optional
 
 from ._flow import WriteFlow
+from ._protocol_guard import call_protocol
 from ._wire import broken_session, exception_or_none, exception_of, host_port, parse_address, pb
 from ._stream import _call_status_error
 
@@ -134,13 +135,11 @@ class RemoteDatagramTransport(transports._FlowControlMixin, asyncio.DatagramTran
                                 self._forced_error or exc, protocol=protocol)
 
     def _call_protocol(self, failure, fn, *args, fatal=False, protocol=None):
-        try:
-            return fn(*args)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler({"message": failure, "exception": exc, "transport": self,
-                                               "protocol": protocol or self._protocol})
-            if fatal:
-                self._forced_error = self._forced_error or exc
-                self.abort()
+        """A protocol callback (_protocol_guard); a fatal failure aborts the
+        endpoint, its connection_lost carrying the exception."""
+        return call_protocol(self._loop, self, protocol or self._protocol, failure, fn, *args,
+                             on_fatal=self._fatal if fatal else None)
+
+    def _fatal(self, exc: BaseException) -> None:
+        self._forced_error = self._forced_error or exc
+        self.abort()

@@ -26,6 +26,7 @@ from asyncio import constants, transports
 from typing import Any, Optional
 
 from ._flow import WriteFlow
+from ._protocol_guard import FAILED, call_protocol
 from ._socket import RemoteSocket, ServerSocket
 from ._wire import (MAX_COMMAND_DATA, ServiceUnreachableError, broken_session, exception_of, exception_or_none,
                     parse_address, pb)
@@ -276,7 +277,7 @@ class RemoteTransport(transports._FlowControlMixin):
             return
         keep_open = self._call_protocol("Fatal error: protocol.eof_received() call failed.",
                                         self._protocol.eof_received, fatal=True)
-        if keep_open is _FAILED:
+        if keep_open is FAILED:
             return
         if keep_open and self._tls:
             logger.warning("returning true from eof_received() has no effect when using ssl")
@@ -302,22 +303,10 @@ class RemoteTransport(transports._FlowControlMixin):
         self._call.command(connection_id=self._connection_id, **kind)
 
     def _call_protocol(self, failure: str, fn, *args, fatal: bool = False):
-        """A protocol callback under asyncio's contract: an exception goes to
-        the loop's exception handler; a fatal one aborts the transport, its
-        connection_lost carrying the exception."""
-        try:
-            return fn(*args)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler({
-                "message": failure, "exception": exc, "transport": self, "protocol": self._protocol})
-            if fatal:
-                self._force_close(exc)
-            return _FAILED
-
-
-_FAILED = object()
+        """A protocol callback (_protocol_guard); a fatal failure aborts the
+        transport, its connection_lost carrying the exception."""
+        return call_protocol(self._loop, self, self._protocol, failure, fn, *args,
+                             on_fatal=self._force_close if fatal else None)
 
 
 def _call_status_error(code, details: str) -> BaseException:

@@ -14,6 +14,7 @@ import subprocess
 from typing import Optional
 
 from ._flow import WriteFlow
+from ._protocol_guard import call_protocol
 from ._wire import broken_session, exception_or_none, MAX_COMMAND_DATA, exception_of, pb
 from ._stream import _call_status_error
 
@@ -307,10 +308,5 @@ class RemoteSubprocessTransport(asyncio.SubprocessTransport):
                                 protocol=protocol)
 
     def _call_protocol(self, failure, fn, *args, protocol=None):
-        try:
-            return fn(*args)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler({"message": failure, "exception": exc, "transport": self,
-                                               "protocol": protocol or self._protocol})
+        """A protocol callback (_protocol_guard): reported, never fatal."""
+        return call_protocol(self._loop, self, protocol or self._protocol, failure, fn, *args)
