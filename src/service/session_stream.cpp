@@ -5,6 +5,7 @@
 #include <boost/asio/post.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <utility>
 
 namespace conduit::service {
@@ -19,72 +20,16 @@ std::shared_ptr<grpc::Channel> make_channel(const RemoteOptions& remote) {
   return grpc::CreateChannel(remote.address, grpc::SslCredentials(tls));
 }
 
-std::shared_ptr<SessionStream> SessionStream::start(EventLoop& loop, const RemoteOptions& remote,
-                                                    v1::ClientMessage open, SessionCallbacks callbacks) {
-  auto stream = std::make_shared<SessionStream>(loop, std::move(callbacks));
-  stream->channel_ = remote.channel ? remote.channel : make_channel(remote);
-  stream->stub_ = v1::Conduit::NewStub(stream->channel_);
-  if (!remote.token.empty()) stream->context_.AddMetadata("authorization", "Bearer " + remote.token);
-  stream->stream_ = stream->stub_->Session(&stream->context_);
-  stream->enqueue(std::move(open));
-  detail::track(loop, stream.get());
-  stream->tracked_ = true;
-  stream->writer_ = std::thread([stream] { stream->write_loop(); });
-  stream->reader_ = std::thread([stream] { stream->read_loop(); });
-  return stream;
-}
-
-SessionStream::~SessionStream() {
-  // Its threads hold it until on_finished or on_loop_destroyed has joined
-  // them, and either untracks it: nothing is left to stop here, unless the
-  // last reference went on one of its own threads (stop_threads detaches
-  // that one).
-  stop_threads();
-}
-
-void SessionStream::stop_threads() {
-  {
-    std::lock_guard lock(mutex_);
-    stopping_ = true;
-    wake_.notify_one();
-    wake_reader_.notify_one();
-  }
-  context_.TryCancel();
-  for (std::thread* t : {&reader_, &writer_}) {
-    if (!t->joinable()) continue;
-    if (t->get_id() == std::this_thread::get_id()) t->detach();
-    else t->join();
-  }
-}
-
-void SessionStream::on_loop_destroyed() {
-  // The loop untracked us already. Its io_context still exists: what the
-  // threads post meanwhile is dropped with it, never run.
-  tracked_ = false;
-  auto self = shared_from_this();  // the callbacks may hold our last owner
-  stop_threads();
-  // The callbacks own the transport that owns us, as in on_finished: let
-  // them go, or the pair would outlive the loop.
-  SessionCallbacks callbacks = std::move(callbacks_);
-  callbacks_ = {};
-}
-
-void SessionStream::command(v1::Command command) {
-  v1::ClientMessage message;
-  *message.mutable_command() = std::move(command);
-  enqueue(std::move(message));
-}
-
-void SessionStream::writes_done() {
-  std::lock_guard lock(mutex_);
-  writes_done_ = true;
-  wake_.notify_one();
-}
-
-std::size_t SessionStream::queued_bytes(std::uint64_t connection_id) const {
-  std::lock_guard lock(mutex_);
-  auto it = queued_bytes_.find(connection_id);
-  return it == queued_bytes_.end() ? 0 : it->second;
+std::shared_ptr<grpc::Channel> shared_channel(const RemoteOptions& remote) {
+  static std::mutex mutex;
+  static std::map<std::string, std::weak_ptr<grpc::Channel>> channels;
+  const std::string key = remote.address + '\n' + remote.ca_pem + '\n' + remote.cert_pem + '\n' + remote.key_pem;
+  std::lock_guard lock(mutex);
+  std::erase_if(channels, [](const auto& entry) { return entry.second.expired(); });
+  if (auto channel = channels[key].lock()) return channel;
+  auto channel = make_channel(remote);
+  channels[key] = channel;
+  return channel;
 }
 
 namespace {
@@ -93,97 +38,258 @@ std::uint64_t connection_of(const v1::ClientMessage& message) {
 }
 }  // namespace
 
-void SessionStream::enqueue(v1::ClientMessage message) {
+std::shared_ptr<SessionStream> SessionStream::start(EventLoop& loop, const RemoteOptions& remote,
+                                                    v1::ClientMessage open, SessionCallbacks callbacks) {
+  auto stream = std::make_shared<SessionStream>(loop, std::move(callbacks));
+  stream->channel_ = remote.channel ? remote.channel : shared_channel(remote);
+  stream->stub_ = v1::Conduit::NewStub(stream->channel_);
+  if (!remote.token.empty()) stream->context_.AddMetadata("authorization", "Bearer " + remote.token);
+  stream->self_ = stream;
+  detail::track(loop, stream.get());
+  stream->tracked_ = true;
+  stream->stub_->async()->Session(&stream->context_, stream.get());
+  // Reads and writes start from outside the reactions too (the loop starts
+  // a read once it caught up; any thread queues a write): a hold for each.
+  stream->AddMultipleHolds(2);
+  stream->StartRead(&stream->incoming_);
+  stream->enqueue(std::move(open));
+  stream->StartCall();
+  return stream;
+}
+
+template <class F>
+void SessionStream::to_loop(F&& f) {
   std::lock_guard lock(mutex_);
-  if (writes_done_) return;
-  queued_bytes_[connection_of(message)] += message.ByteSizeLong();
-  outgoing_.push_back(std::move(message));
-  wake_.notify_one();
+  if (!loop_gone_) asio::post(loop_.get_executor(), std::forward<F>(f));
+}
+
+// ---- writes -----------------------------------------------------------------------
+
+void SessionStream::command(v1::Command command) {
+  v1::ClientMessage message;
+  *message.mutable_command() = std::move(command);
+  enqueue(std::move(message));
+}
+
+void SessionStream::enqueue(v1::ClientMessage message) {
+  Next next = Next::nothing;
+  {
+    std::lock_guard lock(mutex_);
+    if (writes_done_ || writes_over_) return;
+    queued_bytes_[connection_of(message)] += message.ByteSizeLong();
+    outgoing_.push_back(std::move(message));
+    next = next_write_locked();
+  }
+  start(next);
 }
 
 void SessionStream::abort(v1::Command abort) {
-  std::lock_guard lock(mutex_);
-  if (writes_done_) return;
-  const std::uint64_t id = abort.connection_id();
-  // The connection's queued commands go (a server's abort, id 0, drops them
-  // all); anything not a command (the open) stays first.
-  auto keep = std::stable_partition(outgoing_.begin(), outgoing_.end(), [&](const v1::ClientMessage& m) {
-    return !m.has_command() || (id != 0 && m.command().connection_id() != id);
-  });
-  for (auto it = keep; it != outgoing_.end(); ++it) queued_bytes_[connection_of(*it)] -= it->ByteSizeLong();
-  outgoing_.erase(keep, outgoing_.end());
-  auto first_command = std::find_if(outgoing_.begin(), outgoing_.end(), [](const v1::ClientMessage& m) { return m.has_command(); });
-  v1::ClientMessage message;
-  *message.mutable_command() = std::move(abort);
-  queued_bytes_[id] += message.ByteSizeLong();
-  outgoing_.insert(first_command, std::move(message));
-  wake_.notify_one();
+  Next next = Next::nothing;
+  {
+    std::lock_guard lock(mutex_);
+    if (writes_done_ || writes_over_) return;
+    const std::uint64_t id = abort.connection_id();
+    // The connection's queued commands go (a server's abort, id 0, drops
+    // them all); anything not a command (the open) stays first.
+    auto keep = std::stable_partition(outgoing_.begin(), outgoing_.end(), [&](const v1::ClientMessage& m) {
+      return !m.has_command() || (id != 0 && m.command().connection_id() != id);
+    });
+    for (auto it = keep; it != outgoing_.end(); ++it) queued_bytes_[connection_of(*it)] -= it->ByteSizeLong();
+    outgoing_.erase(keep, outgoing_.end());
+    auto first_command =
+        std::find_if(outgoing_.begin(), outgoing_.end(), [](const v1::ClientMessage& m) { return m.has_command(); });
+    v1::ClientMessage message;
+    *message.mutable_command() = std::move(abort);
+    queued_bytes_[id] += message.ByteSizeLong();
+    outgoing_.insert(first_command, std::move(message));
+    next = next_write_locked();
+  }
+  start(next);
 }
 
-void SessionStream::write_loop() {
-  for (;;) {
-    std::unique_lock lock(mutex_);
-    wake_.wait(lock, [&] { return !outgoing_.empty() || writes_done_ || stopping_; });
-    if (stopping_) return;
-    if (outgoing_.empty()) {  // writes_done_ with nothing left
-      lock.unlock();
-      stream_->WritesDone();
-      return;
-    }
-    v1::ClientMessage message = std::move(outgoing_.front());
+void SessionStream::writes_done() {
+  Next next = Next::nothing;
+  {
+    std::lock_guard lock(mutex_);
+    if (std::exchange(writes_done_, true)) return;
+    next = next_write_locked();
+  }
+  start(next);
+}
+
+std::size_t SessionStream::queued_bytes(std::uint64_t connection_id) const {
+  std::lock_guard lock(mutex_);
+  auto it = queued_bytes_.find(connection_id);
+  return it == queued_bytes_.end() ? 0 : it->second;
+}
+
+SessionStream::Next SessionStream::next_write_locked() {
+  if (writing_ || writes_over_) return Next::nothing;
+  if (!outgoing_.empty()) {
+    in_flight_ = std::move(outgoing_.front());
     outgoing_.pop_front();
-    lock.unlock();
-    const bool ok = stream_->Write(message);  // blocks while HTTP/2 flow control holds back
-    const std::uint64_t id = connection_of(message);
-    lock.lock();
-    queued_bytes_[id] -= message.ByteSizeLong();
-    lock.unlock();
-    if (!ok) return;
-    asio::post(loop_.get_executor(), [self = shared_from_this(), id] {
+    writing_ = true;
+    return Next::write;
+  }
+  if (writes_done_) {
+    writing_ = writes_over_ = true;
+    return Next::writes_done;
+  }
+  return Next::nothing;
+}
+
+void SessionStream::start(Next next) {
+  switch (next) {
+    case Next::nothing: return;
+    case Next::write: return StartWrite(&in_flight_);
+    case Next::writes_done: {
+      StartWritesDone();
+      bool write_hold = false;
+      {
+        std::lock_guard lock(mutex_);
+        write_hold = release_write_hold_locked();
+      }
+      return release(false, write_hold);
+    }
+  }
+}
+
+void SessionStream::OnWriteDone(bool ok) {
+  const std::uint64_t id = connection_of(in_flight_);
+  const std::size_t size = in_flight_.ByteSizeLong();
+  Next next = Next::nothing;
+  bool write_hold = false;
+  {
+    std::lock_guard lock(mutex_);
+    queued_bytes_[id] -= size;
+    writing_ = false;
+    if (!ok) {  // the call is ending: nothing more goes out
+      writes_over_ = true;
+      outgoing_.clear();
+      queued_bytes_.clear();
+    }
+    next = next_write_locked();
+    if (writes_over_ && !writing_) write_hold = release_write_hold_locked();
+  }
+  if (ok) {
+    to_loop([self = shared_from_this(), id] {
       if (self->callbacks_.sent) self->callbacks_.sent(id);
     });
   }
+  start(next);
+  release(false, write_hold);
 }
 
-void SessionStream::read_loop() {
-  v1::Event event;
-  while (stream_->Read(&event)) {
-    const std::size_t size = event.ByteSizeLong();
+// ---- reads ------------------------------------------------------------------------
+
+void SessionStream::OnReadDone(bool ok) {
+  bool read_now = false, read_hold = false, write_hold = false;
+  if (!ok) {
+    // The call ended (the service finished it, or it was cancelled): no
+    // more reads, and no write can succeed any more.
+    std::lock_guard lock(mutex_);
+    read_hold = release_read_hold_locked();
+    writes_over_ = true;
+    outgoing_.clear();
+    queued_bytes_.clear();
+    if (!writing_) write_hold = release_write_hold_locked();
+  } else {
+    const std::size_t size = incoming_.ByteSizeLong();
+    v1::Event event = std::move(incoming_);
+    incoming_.Clear();
     {
-      // Read no further ahead of the loop than this: past it, HTTP/2 flow
-      // control holds the service back, which pauses the remote transport.
-      std::unique_lock lock(mutex_);
-      wake_reader_.wait(lock, [&] { return undelivered_bytes_ < max_undelivered_bytes || stopping_; });
-      if (stopping_) break;
-      undelivered_bytes_ += size;
-    }
-    asio::post(loop_.get_executor(), [self = shared_from_this(), event = std::move(event), size] {
-      {
-        std::lock_guard lock(self->mutex_);
-        self->undelivered_bytes_ -= size;
-        self->wake_reader_.notify_one();
+      std::lock_guard lock(mutex_);
+      if (loop_gone_) {
+        read_hold = release_read_hold_locked();
+      } else {
+        undelivered_bytes_ += size;
+        read_now = undelivered_bytes_ < max_undelivered_bytes;
+        read_waiting_ = !read_now;
+        asio::post(loop_.get_executor(), [self = shared_from_this(), event = std::move(event), size]() mutable {
+          self->deliver(std::move(event), size);
+        });
       }
-      if (self->callbacks_.event) self->callbacks_.event(event);
-    });
-    event = v1::Event();
+    }
   }
+  if (read_now) StartRead(&incoming_);
+  release(read_hold, write_hold);
+}
+
+void SessionStream::deliver(v1::Event event, std::size_t size) {
+  bool read_now = false;
   {
     std::lock_guard lock(mutex_);
-    stopping_ = true;
-    wake_.notify_one();
+    undelivered_bytes_ -= size;
+    if (read_waiting_ && undelivered_bytes_ < max_undelivered_bytes) {
+      read_waiting_ = false;
+      read_now = true;
+    }
   }
-  grpc::Status status = stream_->Finish();
-  asio::post(loop_.get_executor(), [self = shared_from_this(), status] { self->on_finished(status); });
+  if (read_now) StartRead(&incoming_);
+  if (callbacks_.event) callbacks_.event(event);
+}
+
+// ---- the end ----------------------------------------------------------------------
+
+bool SessionStream::release_read_hold_locked() { return std::exchange(read_hold_, false); }
+bool SessionStream::release_write_hold_locked() { return std::exchange(write_hold_, false); }
+
+void SessionStream::release(bool read_hold, bool write_hold) {
+  // Either may run OnDone inline: the mutex is not held here.
+  if (read_hold) RemoveHold();
+  if (write_hold) RemoveHold();
+}
+
+void SessionStream::OnDone(const grpc::Status& status) {
+  // Our last reference must not go on gRPC's thread: it may take the
+  // channel with it, and a channel destroyed on its own callback thread
+  // frees that thread's completion queue twice (seen under ASan). It goes
+  // on the loop, after on_finished; or, with the loop gone, on the thread
+  // destroying the loop, which holds one while it waits for this.
+  std::lock_guard lock(mutex_);
+  done_ = true;
+  if (!loop_gone_) {
+    asio::post(loop_.get_executor(), [self = std::move(self_), status] { self->on_finished(status); });
+  }
+  done_changed_.notify_all();
 }
 
 void SessionStream::on_finished(const grpc::Status& status) {
-  if (reader_.joinable()) reader_.join();
-  if (writer_.joinable()) writer_.join();
   if (std::exchange(tracked_, false)) detail::untrack(loop_, this);
   // The callbacks own the transport that owns us: drop them to end the cycle.
   SessionCallbacks callbacks = std::move(callbacks_);
   callbacks_ = {};
   if (callbacks.finished) callbacks.finished(status);
+}
+
+void SessionStream::on_loop_destroyed() {
+  // The loop untracked us already; its io_context still exists, and what
+  // was posted to it is dropped with it, never run.
+  tracked_ = false;
+  auto self = shared_from_this();  // the callbacks may hold our last owner
+  bool read_hold = false, write_hold = false;
+  {
+    std::lock_guard lock(mutex_);
+    loop_gone_ = true;
+    writes_over_ = true;
+    outgoing_.clear();
+    queued_bytes_.clear();
+    if (std::exchange(read_waiting_, false)) read_hold = release_read_hold_locked();  // no read is out to fail
+    if (!writing_) write_hold = release_write_hold_locked();
+  }
+  context_.TryCancel();
+  release(read_hold, write_hold);
+  {
+    // Bounded: gRPC ends a cancelled call at once; the call must not run
+    // on past the loop (nor past main, for the leak checker).
+    std::unique_lock lock(mutex_);
+    done_changed_.wait_for(lock, std::chrono::seconds(5), [&] { return done_; });
+    if (done_) self_.reset();  // not the last reference: `self` is
+  }
+  // The callbacks own the transport that owns us, as in on_finished: let
+  // them go, or the pair would outlive the loop.
+  SessionCallbacks callbacks = std::move(callbacks_);
+  callbacks_ = {};
 }
 
 }  // namespace conduit::service
