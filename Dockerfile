@@ -42,7 +42,7 @@ RUN python3 -m venv --system-site-packages /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --no-index --no-build-isolation /tmp/conduit-client \
  && rm -rf /tmp/conduit-client
 ENV PATH=/opt/venv/bin:$PATH
-COPY tests/compose/integration.py tests/compose/hidden_backend.py /opt/conduit/tests/compose/
+COPY tests/compose/integration.py tests/compose/hidden_backend.py tests/compose/steps.sh /opt/conduit/tests/compose/
 USER conduit
 ENTRYPOINT ["conduit"]
 

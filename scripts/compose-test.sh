@@ -24,7 +24,9 @@ install_missing_packages debootstrap
 BUILD_BASE=${CONDUIT_BUILD_BASE:-debian:bookworm}
 RUNTIME_BASE=${CONDUIT_RUNTIME_BASE:-debian:bookworm-slim}
 PROJECT="conduit-test-$$"
-compose() { docker-compose -p "$PROJECT" -f "$ROOT/docker-compose.yml" "$@"; }
+# The override publishes the service on this host's loopback (the fault
+# steps below reach it there).
+compose() { docker-compose -p "$PROJECT" -f "$ROOT/docker-compose.yml" -f "$ROOT/docker-compose.override.yml" "$@"; }
 now() { date +%s; }
 
 # ---- base images ----------------------------------------------------------------
@@ -103,7 +105,8 @@ compose build --build-arg "BUILD_BASE=$BUILD_BASE" --build-arg "RUNTIME_BASE=$RU
 build_seconds=$(($(now) - build_start))
 run_start=$(now)
 status=0
-timeout 900 docker-compose -p "$PROJECT" -f "$ROOT/docker-compose.yml" up --exit-code-from tests || status=$?
+timeout 900 docker-compose -p "$PROJECT" -f "$ROOT/docker-compose.yml" -f "$ROOT/docker-compose.override.yml" \
+  up --exit-code-from tests || status=$?
 if [ "$status" -ne 0 ]; then
   echo "compose-test: the tests service exited with $status; the service's log:" >&2
   compose logs --no-color conduit | tail -n 40 >&2

@@ -2,7 +2,8 @@
 # Install what is missing, build with warnings as errors, and run every test:
 # once in a normal build and once under AddressSanitizer + UBSan; then fuzz
 # every libFuzzer target for 30 s (scripts/fuzz.sh), and run docker-compose.yml
-# under Docker Engine where there is one (scripts/compose-test.sh).
+# under Docker Engine where there is one, with Compose (scripts/compose-test.sh)
+# and on a swarm (scripts/swarm-test.sh).
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/common.sh"
@@ -23,6 +24,8 @@ done
 
 echo "=== docker-compose under Docker Engine"
 "$ROOT/scripts/compose-test.sh"
+echo "=== the same file on a single-node swarm (docker stack deploy)"
+"$ROOT/scripts/swarm-test.sh"
 
 echo "=== fuzzing, ${CONDUIT_FUZZ_SECONDS:-30} s per target"
 "$ROOT/scripts/fuzz.sh" "${CONDUIT_FUZZ_SECONDS:-30}"
