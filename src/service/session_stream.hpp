@@ -107,7 +107,6 @@ class SessionStream final : public std::enable_shared_from_this<SessionStream>,
   std::map<std::uint64_t, std::size_t> queued_bytes_;  // by connection id
   std::size_t undelivered_bytes_ = 0;
   bool read_waiting_ = false;  // the next read waits for the loop to catch up
-  bool reads_over_ = false;    // a read came back not ok
   bool writing_ = false;       // a write or the half-close is in flight
   bool writes_done_ = false;   // asked: half-close once the queue is sent
   bool writes_over_ = false;   // no write will start any more
