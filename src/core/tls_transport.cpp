@@ -290,7 +290,7 @@ void TlsTransport::on_read(const boost::system::error_code& ec, std::size_t n) {
   if (ec == asio::error::eof || ec == ssl::error::stream_truncated) return on_eof();
   if (ec == asio::error::operation_aborted) return read_next();  // cancelled by a pause; resumed since
   if (ec) return fatal_error(ec, "Fatal read error on TLS transport");
-  if (paused_) {
+  if (read_state_ == ReadState::paused) {
     held_ = n;  // delivered by resume_reading()
     return;
   }
@@ -305,7 +305,7 @@ void TlsTransport::deliver(std::size_t n) {
 }
 
 void TlsTransport::on_eof() {
-  at_eof_ = true;
+  read_state_ = ReadState::at_eof;
   const std::optional<bool> keep_open = protocol_.eof_received();
   if (!keep_open) return;  // it threw: the transport is closed
   // TLS cannot stay half-open (SPEC T3).
@@ -315,13 +315,13 @@ void TlsTransport::on_eof() {
 
 void TlsTransport::pause_reading() {
   if (!is_reading()) return;
-  paused_ = true;
+  read_state_ = ReadState::paused;
   // The read in flight may still complete: its data is held, not lost.
 }
 
 void TlsTransport::resume_reading() {
-  if (state_ != State::open || !paused_) return;
-  paused_ = false;
+  if (state_ != State::open || read_state_ != ReadState::paused) return;
+  read_state_ = ReadState::reading;
   if (held_) {
     const std::size_t n = *held_;
     held_.reset();

@@ -67,7 +67,7 @@ class TlsTransport final : public Transport, private detail::LoopResource {
   void set_protocol(std::shared_ptr<BaseProtocol> protocol) override { protocol_.set(std::move(protocol)); }
   std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_.get(); }
 
-  bool is_reading() const override { return state_ == State::open && !paused_ && !at_eof_; }
+  bool is_reading() const override { return state_ == State::open && read_state_ == ReadState::reading; }
   void pause_reading() override;
   void resume_reading() override;
 
@@ -119,9 +119,14 @@ class TlsTransport final : public Transport, private detail::LoopResource {
                                   "a TLS transport", [this](std::exception_ptr exc) { force_close(exc); }};
   State state_ = State::handshaking;
   bool handshake_timed_out_ = false;
-  bool paused_ = false;
-  bool at_eof_ = false;
-  bool read_in_flight_ = false;
+  // As the stream transport's: the protocol's side of reading.
+  enum class ReadState {
+    reading,  // waiting for data, or reading it
+    paused,   // pause_reading(): a read already in flight is held
+    at_eof,   // the peer's EOF was delivered: nothing is read again (SPEC S6)
+  };
+  ReadState read_state_ = ReadState::reading;
+  bool read_in_flight_ = false;  // the socket's side: an async_read_some is out
   std::optional<std::size_t> held_;   // bytes read while paused, not delivered yet
   std::span<std::byte> read_target_;  // where the read in flight lands
   std::vector<std::byte> read_buffer_;  // for Protocol; made on the first read
