@@ -28,7 +28,7 @@
 #include <conduit/server.hpp>
 #include <conduit/tls.hpp>
 
-#include <conduit/service/remote_transport.hpp>
+#include <conduit/service/remote.hpp>
 
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>

@@ -8,7 +8,7 @@
 
 #include "conduit/v1/conduit.grpc.pb.h"
 
-#include <conduit/service/remote_transport.hpp>
+#include <conduit/service/remote.hpp>
 
 #include <grpcpp/grpcpp.h>
 

@@ -5,7 +5,7 @@
 
 #include <conduit/event_loop.hpp>
 
-#include <conduit/service/remote_transport.hpp>
+#include <conduit/service/remote.hpp>
 
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>

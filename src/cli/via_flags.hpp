@@ -5,7 +5,7 @@
 #include "endpoint.hpp"
 #include "tls_flags.hpp"
 
-#include <conduit/service/remote_transport.hpp>
+#include <conduit/service/remote.hpp>
 
 #include <CLI/CLI.hpp>
 

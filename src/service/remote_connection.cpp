@@ -1,4 +1,4 @@
-#include <conduit/service/remote_transport.hpp>
+#include <conduit/service/remote.hpp>
 
 #include "remote_common.hpp"
 

@@ -1,5 +1,5 @@
 // The client end of one Session() stream, for the transports that run a
-// protocol through the service (remote_transport.hpp), on gRPC's callback
+// protocol through the service (remote.hpp), on gRPC's callback
 // API: no thread of its own. gRPC's reactions (on its threads) start the
 // next write and post each event to the loop; the loop starts the next read
 // once it has caught up. Sessions to one service address share one channel.
@@ -9,7 +9,7 @@
 
 #include <conduit/detail/loop_resource.hpp>
 #include <conduit/event_loop.hpp>
-#include <conduit/service/remote_transport.hpp>
+#include <conduit/service/remote.hpp>
 
 #include <grpcpp/grpcpp.h>
 

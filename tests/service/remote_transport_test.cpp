@@ -5,7 +5,7 @@
 // checks the same callbacks, in the same order, with the same answers.
 #include "support/recording_protocol.hpp"
 
-#include <conduit/service/remote_transport.hpp>
+#include <conduit/service/remote.hpp>
 #include <conduit/service/service.hpp>
 
 #include <grpcpp/grpcpp.h>

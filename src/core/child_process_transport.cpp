@@ -1,4 +1,4 @@
-#include "subprocess_transport.hpp"
+#include "child_process_transport.hpp"
 
 #include "completion.hpp"
 

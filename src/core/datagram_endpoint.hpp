@@ -1,6 +1,6 @@
 // The datagram transport behind UDP and Unix datagram sockets (asyncio's
 // _SelectorDatagramTransport), templated on the Asio socket type and
-// instantiated in datagram_transport.cpp, which also holds the loop's
+// instantiated in datagram_endpoint.cpp, which also holds the loop's
 // create_datagram_endpoint methods.
 #pragma once
 

@@ -1,7 +1,7 @@
 // The subprocess transport (asyncio's BaseSubprocessTransport with its pipe
 // protocols): a child started with posix_spawn, its stdio pipes as pipe
 // transports, and its exit watched through a pidfd, so the loop never
-// blocks on it and it is always reaped. subprocess_transport.cpp also holds
+// blocks on it and it is always reaped. child_process_transport.cpp also holds
 // the loop's subprocess_exec.
 #pragma once
 

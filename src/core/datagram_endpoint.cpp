@@ -1,4 +1,4 @@
-#include "datagram_transport.hpp"
+#include "datagram_endpoint.hpp"
 
 #include "completion.hpp"
 #include "socket_setup.hpp"
