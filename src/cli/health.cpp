@@ -2,13 +2,14 @@
 // health checks, with the exit codes every conduit tool uses.
 #include "commands.hpp"
 #include "common.hpp"
+#include "service_call.hpp"
 
 #include "grpc/health/v1/health.grpc.pb.h"
 
 #include <grpcpp/grpcpp.h>
 
-#include <chrono>
 #include <iostream>
+#include <memory>
 
 namespace conduit::cli {
 
@@ -31,31 +32,21 @@ struct HealthOptions {
 };
 
 int run_health(const HealthOptions& options) {
-  service::RemoteOptions remote;
+  std::unique_ptr<ServiceCall> call;
   try {
     ViaFlags via = options.via;
     via.address = options.address;
-    remote = read_remote(via);
+    call = std::make_unique<ServiceCall>("conduit health", via, options.timeout);
   } catch (const std::invalid_argument& e) {
     std::cerr << "conduit health: " << e.what() << '\n';
     return health_bad_arguments;
   }
-  const std::string& token = remote.token;
-  auto channel = service::make_channel(remote);
-  const auto deadline = std::chrono::system_clock::now() +
-                        std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(options.timeout));
-  if (!channel->WaitForConnected(deadline)) {
-    std::cerr << "conduit health: cannot reach the service at " << remote.address << '\n';
-    return health_unreachable;
-  }
-  auto stub = grpc::health::v1::Health::NewStub(channel);
-  grpc::ClientContext context;
-  context.set_deadline(deadline);
-  if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+  if (!call->reach()) return health_unreachable;
+  auto stub = grpc::health::v1::Health::NewStub(call->channel());
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(options.service);
   grpc::health::v1::HealthCheckResponse response;
-  const grpc::Status status = stub->Check(&context, request, &response);
+  const grpc::Status status = stub->Check(call->context().get(), request, &response);
   if (!status.ok()) {
     if (status.error_code() == grpc::StatusCode::NOT_FOUND) {
       std::cerr << "conduit health: the server has no service named '" << options.service

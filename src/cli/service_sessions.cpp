@@ -5,6 +5,7 @@
 #include "commands.hpp"
 #include "common.hpp"
 #include "fault_flags.hpp"
+#include "service_call.hpp"
 
 #include "conduit/v1/conduit.grpc.pb.h"
 
@@ -19,70 +20,6 @@
 namespace conduit::cli {
 
 namespace {
-
-/// One unary call's set-up: the channel, the token, a deadline; the
-/// service reached or said to be unreachable.
-class ServiceCall {
- public:
-  ServiceCall(const char* tool, const ViaFlags& via, double timeout) : tool_(tool) {
-    remote_ = read_remote(via);  // throws std::invalid_argument
-    deadline_ = std::chrono::system_clock::now() +
-                std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(timeout));
-    channel_ = service::make_channel(remote_);
-  }
-
-  /// False (having said so) if the service cannot be reached in time.
-  bool reach() {
-    if (channel_->WaitForConnected(deadline_)) return true;
-    std::cerr << tool_ << ": cannot reach the service at " << remote_.address << '\n';
-    return false;
-  }
-
-  v1::Conduit::Stub& stub() {
-    if (!stub_) stub_ = v1::Conduit::NewStub(channel_);
-    return *stub_;
-  }
-
-  /// A context for one call: the token, the deadline.
-  std::unique_ptr<grpc::ClientContext> context() const {
-    auto context = std::make_unique<grpc::ClientContext>();
-    context->set_deadline(deadline_);
-    if (!remote_.token.empty()) context->AddMetadata("authorization", "Bearer " + remote_.token);
-    return context;
-  }
-
-  /// Says why `status` failed; the tool's exit code for it.
-  int failed(const grpc::Status& status) const {
-    std::cerr << tool_ << ": " << status.error_message() << " (" << status_name(status.error_code()) << ")\n";
-    switch (status.error_code()) {
-      case grpc::StatusCode::UNAVAILABLE:
-      case grpc::StatusCode::DEADLINE_EXCEEDED: return exit_service_unreachable;
-      case grpc::StatusCode::INVALID_ARGUMENT: return exit_usage;
-      default: return exit_failure;
-    }
-  }
-
- private:
-  static const char* status_name(grpc::StatusCode code) {
-    switch (code) {
-      case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
-      case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-      case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-      case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-      case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-      case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-      case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-      case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
-      default: return "gRPC status";
-    }
-  }
-
-  const char* tool_;
-  service::RemoteOptions remote_;
-  std::chrono::system_clock::time_point deadline_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Conduit::Stub> stub_;
-};
 
 void add_service_flags(CLI::App& cmd, ViaFlags& via, double& timeout) {
   add_via_flags(cmd, via);

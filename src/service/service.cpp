@@ -188,17 +188,21 @@ grpc::Status ConduitService::admit_stream(const std::shared_ptr<SessionRecord>& 
 grpc::Status ConduitService::add_session(const std::shared_ptr<SessionRecord>& record) {
   std::lock_guard lock(sessions_mutex_);
   if (!unopened_.contains(record->id)) return grpc::Status(grpc::StatusCode::ABORTED, "the open deadline passed");
-  if (!record->name.empty()) {
-    for (const auto& [id, other] : sessions_) {
-      if (other->name == record->name) {
-        return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                            "session " + id + " is named '" + record->name + "' already: choose another name");
-      }
-    }
+  if (auto other = session_named_locked(record->name)) {
+    return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                        "session " + other->id + " is named '" + record->name + "' already: choose another name");
   }
   unopened_.erase(record->id);
   sessions_[record->id] = record;
   return grpc::Status::OK;
+}
+
+std::shared_ptr<SessionRecord> ConduitService::session_named_locked(const std::string& name) const {
+  if (name.empty()) return nullptr;  // unnamed sessions share no name
+  for (const auto& [id, record] : sessions_) {
+    if (record->name == name) return record;
+  }
+  return nullptr;
 }
 
 bool ConduitService::forget_stream(const std::string& id) {
@@ -337,13 +341,8 @@ grpc::ServerUnaryReactor* ConduitService::ControlProxy(grpc::CallbackServerConte
   std::shared_ptr<SessionRecord> record;
   {
     std::lock_guard lock(sessions_mutex_);
-    if (auto it = sessions_.find(request->session()); it != sessions_.end()) {
-      record = it->second;
-    } else {
-      for (const auto& [id, other] : sessions_) {
-        if (!other->name.empty() && other->name == request->session()) record = other;
-      }
-    }
+    auto it = sessions_.find(request->session());
+    record = it != sessions_.end() ? it->second : session_named_locked(request->session());
   }
   if (!record) {
     reactor->Finish(refuse(*context, method,

@@ -154,6 +154,8 @@ class ConduitService final : public v1::Conduit::CallbackService {
   std::string next_session_id();
 
  private:
+  /// The open session named `name` (none for ""); sessions_mutex_ held.
+  std::shared_ptr<SessionRecord> session_named_locked(const std::string& name) const;
   /// Every second, on the loop: idle sessions and late opens.
   void sweep();
   void end_idle_sessions();
