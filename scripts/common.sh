@@ -5,7 +5,7 @@
 CONDUIT_PACKAGES="cmake ninja-build g++ pkg-config libboost1.81-dev libcli11-dev libssl-dev
   libgtest-dev libgmock-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   python3-grpcio python3-grpc-tools grpc-proto python3-uvloop docker-compose socat openssl procps util-linux iproute2
-  clang libclang-rt-14-dev python3-pip python3-venv python3-setuptools
+  clang clang-format-14 libclang-rt-14-dev python3-pip python3-venv python3-setuptools
   python3-aiohttp python3-asyncpg python3-redis postgresql redis-server libpython3.11-testsuite"
 
 install_missing_packages() {

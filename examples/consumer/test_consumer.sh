@@ -14,7 +14,7 @@ test -x "$work/prefix/bin/conduit"
 # The installed headers are the public API alone: no conduit/detail, no
 # internals (main.cpp includes each of these).
 installed=$(cd "$work/prefix/include/conduit" && find . -type f | sort | tr '\n' ' ')
-expected="./datagram_proxy.hpp ./errors.hpp ./event_loop.hpp ./faults.hpp ./protocols.hpp ./proxy.hpp ./server.hpp ./socket_address.hpp ./tls.hpp ./transports.hpp "
+expected="./datagram_proxy.hpp ./errors.hpp ./event_loop.hpp ./faults.hpp ./opener.hpp ./protocols.hpp ./proxy.hpp ./server.hpp ./socket_address.hpp ./stream_proxy.hpp ./tls.hpp ./transports.hpp "
 if [ "$installed" != "$expected" ]; then
   echo "installed headers: $installed" >&2
   echo "expected:          $expected" >&2

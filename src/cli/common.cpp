@@ -3,6 +3,8 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <stdexcept>
 #include <system_error>
 
@@ -38,6 +40,12 @@ int exit_code_for(std::exception_ptr error, int otherwise) {
   } catch (...) {
   }
   return otherwise;
+}
+
+std::string read_file(const std::string& path, const char* what) {
+  std::ifstream file(path);
+  if (!file) throw std::invalid_argument(std::string("cannot read ") + what + " " + path);
+  return std::string(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
 }
 
 }  // namespace conduit::cli

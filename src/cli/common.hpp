@@ -42,6 +42,10 @@ CLI::Validator seconds_validator(double max = 365.0 * 86400);
 /// Seconds as a person writes them: "1", "0.25", "1.5".
 std::string format_seconds(double seconds);
 
+/// A file's whole content; throws std::invalid_argument naming it (`what`:
+/// the flag that gave it).
+std::string read_file(const std::string& path, const char* what);
+
 /// exit_service_unreachable for a ServiceUnreachable error, else `otherwise`.
 int exit_code_for(std::exception_ptr error, int otherwise);
 

@@ -28,7 +28,6 @@
 #include <conduit/server.hpp>
 #include <conduit/tls.hpp>
 
-#include <conduit/service/remote.hpp>
 
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -425,15 +424,15 @@ int run_udp(const StdioOptions& options, const Endpoint& ep, bool listening, con
     std::cerr << name << ": " << problem << '\n';
     return exit_usage;
   }
-  service::RemoteOptions remote;
+  RestoreStdinFlags restore_stdin;
+  EventLoop loop;
+  std::unique_ptr<Opener> opener;  // here, or on the service's host
   try {
-    if (!options.via.address.empty()) remote = read_remote(options.via);
+    opener = make_opener(loop, options.via);
   } catch (const std::invalid_argument& e) {
     std::cerr << name << ": " << e.what() << '\n';
     return exit_usage;
   }
-  RestoreStdinFlags restore_stdin;
-  EventLoop loop;
   EventLog log(options.output);
   auto protocol = std::make_shared<StdioDatagrams>(loop, log, listening);
   const std::string host = ep.host == "*" ? std::string("::") : ep.host;
@@ -447,23 +446,13 @@ int run_udp(const StdioOptions& options, const Endpoint& ep, bool listening, con
       std::cerr << "listening " << Endpoint::url_of(*address, "udp") << std::endl;
     }
   };
-  if (!options.via.address.empty()) {
-    v1::OpenDatagramEndpoint open;
-    auto* address = listening ? open.mutable_local_addr() : open.mutable_remote_addr();
-    address->set_host(host);
-    address->set_port(ep.port);
-    service::create_remote_datagram_endpoint(loop, remote, std::move(open), protocol, [&](std::exception_ptr error) {
-      opened(error, error ? nullptr : protocol->transport());
-    });
-  } else {
-    DatagramOptions endpoint_options;
-    if (listening) endpoint_options.local_addr = std::pair{host, ep.port};
-    else endpoint_options.remote_addr = std::pair{host, ep.port};
-    loop.create_datagram_endpoint([protocol] { return protocol; }, endpoint_options,
-                                  [&](std::exception_ptr error, std::shared_ptr<DatagramTransport> transport, auto) {
-                                    opened(error, std::move(transport));
-                                  });
-  }
+  DatagramOptions endpoint_options;
+  if (listening) endpoint_options.local_addr = std::pair{host, ep.port};
+  else endpoint_options.remote_addr = std::pair{host, ep.port};
+  opener->create_datagram_endpoint([protocol] { return protocol; }, endpoint_options,
+                                   [&](std::exception_ptr error, std::shared_ptr<DatagramTransport> transport, auto) {
+                                     opened(error, std::move(transport));
+                                   });
   run_to_the_end(
       loop, options, [&] { return protocol->done; }, [&] { protocol->finish(exit_ok, {}); },
       [&](std::string why) { protocol->finish(exit_timeout, std::move(why)); });
@@ -492,32 +481,23 @@ int run_stdio(const StdioOptions& options, bool listening) {
     std::cerr << name << ": " << problem << '\n';
     return exit_usage;
   }
-  const bool via = !options.via.address.empty();
-  service::RemoteOptions remote;
-  v1::OpenConnection connect_request;
-  v1::OpenServer listen_request;
   ConnectOptions connect_options;
   ServerOptions server_options;
   server_options.backlog = options.backlog;
+  RestoreStdinFlags restore_stdin;
+  EventLoop loop;
+  std::unique_ptr<Opener> opener;  // here, or on the service's host
   try {
-    if (via) {
-      remote = read_remote(options.via);
-      if (listening) listen_request = remote_listen_request(ep, options.tls, options.backlog);
-      else connect_request = remote_connect_request(ep, options.tls);
-    } else if (tls && listening) {
-      server_options.tls = TlsOptions(tls::server_context(
-          options.tls.cert, options.tls.key, options.tls.cafile.empty() ? std::nullopt : std::optional(options.tls.cafile)));
-    } else if (tls) {
-      connect_options.tls = client_tls_options(options.tls);
-    }
+    opener = make_opener(loop, options.via);
+    if (tls && listening) server_options.tls = server_tls_options(options.tls);
+    else if (tls) connect_options.tls = client_tls_options(options.tls);
   } catch (const std::exception& e) {
     std::cerr << name << ": " << e.what() << '\n';
     return exit_usage;
   }
 
-  RestoreStdinFlags restore_stdin;
-  EventLoop loop;
   EventLog log(options.output);
+  print_loop_errors(loop, listening ? "listen" : "connect");
   Bridge bridge(loop, log, listening && options.keep);
   auto factory = [&]() -> std::shared_ptr<BaseProtocol> { return std::make_shared<StdioProtocol>(bridge, log); };
   auto cannot = [&](std::exception_ptr error, const std::string& what) {
@@ -525,49 +505,35 @@ int run_stdio(const StdioOptions& options, bool listening) {
     bridge.fail(code, std::move(why));
   };
 
-  std::shared_ptr<Server> server;
-  std::shared_ptr<service::RemoteServer> remote_server;
-  auto listening_on = [&](const std::vector<std::string>& addresses) {
-    // Where it listens, on stderr: standard output is the connection's.
-    for (const auto& address : addresses) std::cerr << "listening " << address << std::endl;
-  };
+  std::shared_ptr<AbstractServer> server;
+  bool closing = false;
   if (!listening) {
     auto on_connected = [&](std::exception_ptr error, auto&&...) {
       if (error) cannot(error, "cannot connect to");
     };
-    if (via) {
-      service::create_remote_connection(loop, remote, connect_request, factory(), on_connected);
-    } else if (ep.kind == Endpoint::Kind::unix_path) {
-      loop.create_unix_connection(factory, ep.path, on_connected);
+    if (ep.kind == Endpoint::Kind::unix_path) {
+      opener->create_unix_connection(factory, ep.path, on_connected);
     } else {
-      loop.create_connection(factory, ep.host, ep.port, connect_options, on_connected);
+      opener->create_connection(factory, ep.host, ep.port, connect_options, on_connected);
     }
-  } else if (via) {
-    service::create_remote_server(loop, remote, listen_request, factory,
-                                  [&](std::exception_ptr error, std::shared_ptr<service::RemoteServer> s) {
-                                    if (error) return cannot(error, "cannot listen on");
-                                    std::vector<std::string> urls;
-                                    for (const auto& a : s->sockets()) urls.push_back(std::string(ep.scheme()) + "://" + a);
-                                    listening_on(urls);
-                                    s->on_closed([&](std::exception_ptr why) {
-                                      if (why) bridge.fail(exit_failure, "the server session ended: " + describe(why));
-                                    });
-                                    remote_server = std::move(s);
-                                  });
   } else {
-    auto on_server = [&](std::exception_ptr error, std::shared_ptr<Server> s) {
+    auto on_server = [&](std::exception_ptr error, std::shared_ptr<AbstractServer> s) {
       if (error) return cannot(error, "cannot listen on");
-      std::vector<std::string> urls;
-      for (const auto& address : s->sockets()) urls.push_back(Endpoint::url_of(address, ep.scheme()));
-      listening_on(urls);
+      // Where it listens, on stderr: standard output is the connection's.
+      for (const auto& address : s->sockets()) std::cerr << "listening " << Endpoint::url_of(address, ep.scheme()) << std::endl;
+      // Closed before we close it: its session ended (the loop's error
+      // handler said why).
+      s->wait_closed([&] {
+        if (!closing) bridge.fail(exit_failure, "the server session ended");
+      });
       server = std::move(s);
     };
     if (ep.kind == Endpoint::Kind::unix_path) {
-      loop.create_unix_server(factory, ep.path, server_options, on_server);
+      opener->create_unix_server(factory, ep.path, server_options, on_server);
     } else {
       std::vector<std::string> hosts;
       if (ep.host != "*") hosts.push_back(ep.host);
-      loop.create_server(factory, hosts, ep.port, server_options, on_server);
+      opener->create_server(factory, hosts, ep.port, server_options, on_server);
     }
   }
 
@@ -575,8 +541,8 @@ int run_stdio(const StdioOptions& options, bool listening) {
   run_to_the_end(
       loop, options, [&] { return bridge.done; }, [&] { bridge.done = true; },
       [&](std::string why) { bridge.fail(exit_timeout, std::move(why)); });
+  closing = true;
   if (server) server->close();
-  if (remote_server) remote_server->close();
   // What is still open (--keep's connections at a signal) closes, flushing
   // for a bounded moment; then whatever is left is aborted. Each protocol
   // and its transport hold each other until its connection_lost.

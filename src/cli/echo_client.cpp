@@ -7,7 +7,6 @@
 #include <conduit/event_loop.hpp>
 #include <conduit/tls.hpp>
 
-#include <conduit/service/remote.hpp>
 
 #include <boost/asio/steady_timer.hpp>
 
@@ -327,33 +326,24 @@ int run_echo_client(const EchoClientOptions& options) {
     finished = true;
   };
 
+  // Here or, with --via, on the service's host: the same protocol either way.
+  std::unique_ptr<Opener> opener;
   ConnectOptions connect_options;
-  if (ep.kind == Endpoint::Kind::tls) {
-    try {
-      connect_options.tls = client_tls_options(options.tls);
-    } catch (const std::exception& e) {
-      std::cerr << "conduit echo-client: cannot set up TLS: " << e.what() << '\n';
-      return exit_usage;
-    }
+  try {
+    opener = make_opener(loop, options.via);
+    if (ep.kind == Endpoint::Kind::tls) connect_options.tls = client_tls_options(options.tls);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "conduit echo-client: " << e.what() << '\n';
+    return exit_usage;
+  } catch (const std::exception& e) {
+    std::cerr << "conduit echo-client: cannot set up TLS: " << e.what() << '\n';
+    return exit_usage;
   }
   const auto start = Clock::now();
-  if (!options.via.address.empty()) {
-    // The same protocol, over a connection made on the service's host.
-    service::RemoteOptions remote;
-    v1::OpenConnection request;
-    try {
-      remote = read_remote(options.via);
-      request = remote_connect_request(ep, options.tls);
-    } catch (const std::invalid_argument& e) {
-      std::cerr << "conduit echo-client: " << e.what() << '\n';
-      return exit_usage;
-    }
-    service::create_remote_connection(loop, remote, std::move(request), factory(),
-                                      [&](std::exception_ptr error) { on_connected(error, nullptr, nullptr); });
-  } else if (ep.kind == Endpoint::Kind::unix_path) {
-    loop.create_unix_connection(factory, ep.path, on_connected);
+  if (ep.kind == Endpoint::Kind::unix_path) {
+    opener->create_unix_connection(factory, ep.path, on_connected);
   } else {
-    loop.create_connection(factory, ep.host, ep.port, connect_options, on_connected);
+    opener->create_connection(factory, ep.host, ep.port, connect_options, on_connected);
   }
   const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::duration<double>(options.timeout));
   if (!loop.run_until([&] { return finished; }, timeout)) {

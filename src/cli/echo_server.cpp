@@ -6,7 +6,6 @@
 #include <conduit/server.hpp>
 #include <conduit/tls.hpp>
 
-#include <conduit/service/remote.hpp>
 
 #include <boost/asio/signal_set.hpp>
 
@@ -118,12 +117,6 @@ struct EchoServerOptions {
   OutputOptions output;
 };
 
-/// "listening URL" for an address a server session reports: "host:port"
-/// ("[v6]:port") or a path, both of which follow "scheme://" as they are.
-std::string remote_url(const std::string& address, std::string_view scheme) {
-  return std::string(scheme) + "://" + address;
-}
-
 int run_echo_server(const EchoServerOptions& options) {
   const bool via = !options.via.address.empty();
   bool uses_tls = false;
@@ -141,41 +134,33 @@ int run_echo_server(const EchoServerOptions& options) {
       return exit_usage;
     }
   }
-  // --via: the service listens; the certificate goes to it as PEM text.
-  service::RemoteOptions remote;
-  std::vector<v1::OpenServer> remote_requests;
-  if (via) {
-    try {
-      remote = read_remote(options.via);
-      for (const auto& url : options.listen) remote_requests.push_back(remote_listen_request(parse_endpoint(url), options.tls, options.backlog));
-    } catch (const std::invalid_argument& e) {
-      std::cerr << "conduit echo-server: " << e.what() << '\n';
-      return exit_usage;
-    }
-  }
-  // TLS settings, checked before anything listens.
-  std::shared_ptr<asio::ssl::context> tls_context;
-  for (const auto& url : options.listen) {
-    if (via || parse_endpoint(url).kind != Endpoint::Kind::tls || tls_context) continue;
-    try {
-      tls_context = tls::server_context(options.tls.cert, options.tls.key,
-                                        options.tls.cafile.empty() ? std::nullopt : std::optional(options.tls.cafile));
-    } catch (const std::exception& e) {
-      std::cerr << "conduit echo-server: cannot load the TLS certificate or key: " << e.what() << '\n';
-      return exit_usage;
-    }
+  EventLoop loop;
+  // Here or, with --via, on the service's host; TLS settings checked (and
+  // their files read, to go to the service as PEM) before anything listens.
+  std::unique_ptr<Opener> opener;
+  std::optional<TlsOptions> tls;
+  try {
+    opener = make_opener(loop, options.via);
+    if (uses_tls) tls = server_tls_options(options.tls);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "conduit echo-server: " << e.what() << '\n';
+    return exit_usage;
+  } catch (const std::exception& e) {
+    std::cerr << "conduit echo-server: cannot load the TLS certificate or key: " << e.what() << '\n';
+    return exit_usage;
   }
 
-  EventLoop loop;
   EventLog log(options.output);
+  print_loop_errors(loop, "echo-server");
   ServerStats stats;
   if (options.exit_after) {
     stats.on_closed = [&] {
       if (stats.closed == options.exit_after) loop.stop();
     };
   }
-  std::vector<std::shared_ptr<Server>> servers;
-  std::vector<std::shared_ptr<service::RemoteServer>> remote_servers;
+  std::vector<std::shared_ptr<AbstractServer>> servers;
+  bool closing = false;
+  std::size_t closed_servers = 0;
   int exit_code = exit_ok;
 
   auto factory = [&]() -> std::shared_ptr<BaseProtocol> {
@@ -184,37 +169,14 @@ int run_echo_server(const EchoServerOptions& options) {
   };
   ServerOptions server_options;
   server_options.backlog = options.backlog;
+  const std::string where = via ? " via " + options.via.address : std::string();
 
-  for (std::size_t i = 0; i < options.listen.size(); ++i) {
-    const std::string& url = options.listen[i];
+  for (const std::string& url : options.listen) {
     const Endpoint ep = parse_endpoint(url);
-    if (via) {
-      service::create_remote_server(
-          loop, remote, remote_requests[i], factory,
-          [&, url, scheme = ep.scheme()](std::exception_ptr error, std::shared_ptr<service::RemoteServer> server) {
-            if (error) {
-              std::cerr << "conduit echo-server: cannot listen on " << url << " via " << options.via.address << ": "
-                        << describe(error) << '\n';
-              exit_code = exit_code_for(error, exit_connect_failed);
-              loop.stop();
-              return;
-            }
-            for (const auto& address : server->sockets()) std::cout << "listening " << remote_url(address, scheme) << std::endl;
-            server->on_closed([&, url](std::exception_ptr why) {
-              if (!why) return;  // we closed it
-              std::cerr << "conduit echo-server: lost " << url << " via " << options.via.address << ": "
-                        << describe(why) << '\n';
-              exit_code = exit_failure;
-              loop.stop();
-            });
-            remote_servers.push_back(std::move(server));
-          });
-      continue;
-    }
-    auto on_server = [&, url, scheme = ep.scheme()](std::exception_ptr error, std::shared_ptr<Server> server) {
+    auto on_server = [&, url, scheme = ep.scheme()](std::exception_ptr error, std::shared_ptr<AbstractServer> server) {
       if (error) {
-        std::cerr << "conduit echo-server: cannot listen on " << url << ": " << describe(error) << '\n';
-        exit_code = exit_connect_failed;
+        std::cerr << "conduit echo-server: cannot listen on " << url << where << ": " << describe(error) << '\n';
+        exit_code = exit_code_for(error, exit_connect_failed);
         loop.stop();
         return;
       }
@@ -222,16 +184,25 @@ int run_echo_server(const EchoServerOptions& options) {
         // The "listening" lines are the interface scripts wait on: always printed.
         std::cout << "listening " << Endpoint::url_of(address, scheme) << std::endl;
       }
+      // A server closes before we close it only if its session ended (the
+      // loop's error handler said why).
+      server->wait_closed([&, url] {
+        ++closed_servers;
+        if (closing) return;
+        std::cerr << "conduit echo-server: lost " << url << where << '\n';
+        exit_code = exit_failure;
+        loop.stop();
+      });
       servers.push_back(std::move(server));
     };
     if (ep.kind == Endpoint::Kind::unix_path) {
-      loop.create_unix_server(factory, ep.path, server_options, on_server);
+      opener->create_unix_server(factory, ep.path, server_options, on_server);
     } else {
       std::vector<std::string> hosts;
       if (ep.host != "*") hosts.push_back(ep.host);
       ServerOptions tcp_options = server_options;
-      if (ep.kind == Endpoint::Kind::tls) tcp_options.tls = TlsOptions(tls_context);
-      loop.create_server(factory, hosts, ep.port, tcp_options, on_server);
+      if (ep.kind == Endpoint::Kind::tls) tcp_options.tls = tls;
+      opener->create_server(factory, hosts, ep.port, tcp_options, on_server);
     }
   }
 
@@ -245,26 +216,12 @@ int run_echo_server(const EchoServerOptions& options) {
   signals.cancel();
 
   // Close listeners, then give open connections a bounded moment to flush.
+  closing = true;
   for (auto& server : servers) {
     server->close();
     server->close_clients();
   }
-  for (auto& server : remote_servers) {
-    server->on_closed(nullptr);
-    server->close();
-  }
-  loop.run_until(
-      [&] {
-        for (auto& server : servers) {
-          if (server->active_connections() > 0) return false;
-        }
-        for (auto& server : remote_servers) {
-          if (!server->is_closed()) return false;
-        }
-        return true;
-      },
-      std::chrono::seconds(2));
-  remote_servers.clear();
+  loop.run_until([&] { return closed_servers == servers.size(); }, std::chrono::seconds(2));
   if (options.output.json) {
     std::cout << "{\"connections\":" << stats.connections << ",\"bytes_echoed\":" << stats.bytes
               << ",\"connection_errors\":" << stats.errors << "}" << std::endl;

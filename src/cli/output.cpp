@@ -70,4 +70,11 @@ std::string describe(std::exception_ptr error) {
   }
 }
 
+void print_loop_errors(EventLoop& loop, std::string tool) {
+  loop.set_exception_handler([tool = std::move(tool)](EventLoop&, const ExceptionContext& context) {
+    std::cerr << "conduit " << tool << ": " << context.message
+              << (context.exception ? ": " + describe(context.exception) : std::string()) << std::endl;
+  });
+}
+
 }  // namespace conduit::cli

@@ -2,6 +2,7 @@
 // drive, round-trip summaries, hex dumps and error text.
 #pragma once
 
+#include <conduit/event_loop.hpp>
 #include <conduit/service/json_text.hpp>
 
 #include <CLI/CLI.hpp>
@@ -58,5 +59,10 @@ using service::json_string;
 
 /// Text of an exception_ptr (empty for null).
 std::string describe(std::exception_ptr error);
+
+/// The loop's errors nobody else handles (a --via session that ended
+/// unasked, a protocol's exception) on stderr as the tool's own lines:
+/// "conduit TOOL: WHAT: WHY".
+void print_loop_errors(EventLoop& loop, std::string tool);
 
 }  // namespace conduit::cli

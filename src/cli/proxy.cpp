@@ -4,12 +4,10 @@
 #include "common.hpp"
 #include "fault_flags.hpp"
 
-#include <conduit/datagram_proxy.hpp>
 #include <conduit/event_loop.hpp>
+#include <conduit/opener.hpp>
 #include <conduit/proxy.hpp>
 #include <conduit/tls.hpp>
-
-#include <conduit/service/remote.hpp>
 
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -104,31 +102,9 @@ class ProxyReport {
   std::uint64_t accepted_ = 0, closed_ = 0;
 };
 
-v1::ProxyEndpoint remote_endpoint(const Endpoint& ep, const ProxyCommandOptions& o, bool listening) {
-  v1::ProxyEndpoint out;
-  switch (ep.kind) {
-    case Endpoint::Kind::unix_path: out.set_unix_path(ep.path); break;
-    case Endpoint::Kind::udp:
-      out.mutable_udp()->set_host(ep.host);
-      out.mutable_udp()->set_port(ep.port);
-      break;
-    default:
-      out.mutable_tcp()->set_host(ep.host);
-      out.mutable_tcp()->set_port(ep.port);
-  }
-  if (ep.kind == Endpoint::Kind::tls && listening) {
-    out.mutable_tls_server()->set_enabled(true);
-    out.mutable_tls_server()->set_cert_pem(read_file(o.cert, "--cert"));
-    out.mutable_tls_server()->set_key_pem(read_file(o.key, "--key"));
-  } else if (ep.kind == Endpoint::Kind::tls) {
-    out.mutable_tls_client()->set_enabled(true);
-    out.mutable_tls_client()->set_insecure(o.upstream_insecure);
-    if (!o.upstream_cafile.empty()) out.mutable_tls_client()->set_ca_pem(read_file(o.upstream_cafile, "--upstream-cafile"));
-  }
-  return out;
-}
-
-ProxyEndpoint local_endpoint(const Endpoint& ep, const ProxyCommandOptions& o, bool listening) {
+/// Where the proxy listens or relays to, as --listen or --upstream and the
+/// TLS flags say (the files read into PEM, so that a --via proxy carries them).
+ProxyEndpoint proxy_endpoint(const Endpoint& ep, const ProxyCommandOptions& o, bool listening) {
   ProxyEndpoint out;
   if (ep.kind == Endpoint::Kind::unix_path) {
     out.unix_path = ep.path;
@@ -137,12 +113,15 @@ ProxyEndpoint local_endpoint(const Endpoint& ep, const ProxyCommandOptions& o, b
   out.host = ep.host == "*" ? std::string() : ep.host;
   out.port = ep.port;
   if (ep.kind != Endpoint::Kind::tls) return out;
+  TlsPem pem;
   if (listening) {
-    out.tls = TlsOptions(tls::server_context(o.cert, o.key, std::nullopt));
+    pem.cert = read_file(o.cert, "--cert");
+    pem.key = read_file(o.key, "--key");
+    out.tls = tls::server_options(std::move(pem));
   } else {
-    out.tls = TlsOptions(o.upstream_insecure ? tls::insecure_client_context()
-                         : tls::client_context(o.upstream_cafile.empty() ? std::nullopt
-                                                                         : std::optional(o.upstream_cafile)));
+    pem.verify = !o.upstream_insecure;
+    if (!o.upstream_cafile.empty()) pem.ca = read_file(o.upstream_cafile, "--upstream-cafile");
+    out.tls = tls::client_options(std::move(pem));
     out.tls->server_hostname = ep.host;
   }
   return out;
@@ -187,14 +166,42 @@ int run_proxy(const ProxyCommandOptions& o) {
   EventLoop loop;
   ProxyReport report(o.output);
   int exit_code = exit_ok;
-  std::shared_ptr<StreamProxy> stream;
-  std::shared_ptr<DatagramProxy> datagram;
-  std::shared_ptr<service::RemoteProxy> remote;
-  auto on_closed = [&](const ProxyConnectionInfo& info, std::exception_ptr error) {
+  bool closing = false;
+  std::shared_ptr<Proxy> proxy;
+
+  // Here or, with --via, on the service's host: one ProxyOptions either way.
+  std::unique_ptr<Opener> opener;
+  ProxyOptions options;
+  try {
+    opener = make_opener(loop, o.via);
+    options.listen = proxy_endpoint(listen, o, true);
+    options.upstream = proxy_endpoint(upstream, o, false);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "conduit proxy: " << e.what() << '\n';
+    return exit_usage;
+  } catch (const std::exception& e) {
+    std::cerr << "conduit proxy: cannot load the TLS certificate, key or CA: " << e.what() << '\n';
+    return exit_usage;
+  }
+  options.datagram = listen.kind == Endpoint::Kind::udp;
+  options.faults = std::move(faults);
+  options.idle_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(o.idle_timeout * 1000));
+  options.name = o.name;
+  options.on_accepted = [&](const ProxyConnectionInfo& info) { report.accepted(info); };
+  options.on_closed = [&](const ProxyConnectionInfo& info, std::exception_ptr error) {
     report.closed(info, error);
     if (o.exit_after && report.closed_count() >= o.exit_after) loop.stop();
   };
-  auto listening = [&](std::exception_ptr error, const std::vector<std::string>& urls) {
+  options.on_changed = [&](const std::string& by, const std::string& command) {
+    if (o.output.quiet || !proxy) return;
+    std::string names;
+    for (const auto& fault : proxy->faults().all()) names += (names.empty() ? "" : ", ") + fault.name;
+    std::cerr << "conduit proxy: " << command << " by " << by << ": now " << (proxy->is_up() ? "up" : "down")
+              << (names.empty() ? ", no faults" : ", faults: " + names) << std::endl;
+  };
+  print_loop_errors(loop, "proxy");
+  bool closed = false;
+  opener->create_proxy(std::move(options), [&](std::exception_ptr error, std::shared_ptr<Proxy> made) {
     if (error) {
       std::cerr << "conduit proxy: cannot listen on " << o.listen << (via ? " via " + o.via.address : std::string())
                 << ": " << describe(error) << '\n';
@@ -202,104 +209,31 @@ int run_proxy(const ProxyCommandOptions& o) {
       return loop.stop();
     }
     // The "listening" lines are what scripts wait on: always printed.
-    for (const auto& url : urls) std::cout << "listening " << url << std::endl;
-  };
-
-  if (via) {
-    service::RemoteOptions remote_options;
-    v1::OpenProxy open;
-    try {
-      remote_options = read_remote(o.via);
-      *open.mutable_listen() = remote_endpoint(listen, o, true);
-      *open.mutable_upstream() = remote_endpoint(upstream, o, false);
-    } catch (const std::invalid_argument& e) {
-      std::cerr << "conduit proxy: " << e.what() << '\n';
-      return exit_usage;
-    }
-    for (const auto& f : faults) *open.add_faults() = service::spec_of(f);
-    open.set_idle_timeout_ms(static_cast<std::uint32_t>(o.idle_timeout * 1000));
-    open.set_name(o.name);
-    service::RemoteProxyCallbacks callbacks;
-    callbacks.changed = [&](const std::string& by, const std::string& command, const v1::ProxyState& state) {
-      if (o.output.quiet) return;
-      std::string names;
-      for (const auto& spec : state.faults()) names += (names.empty() ? "" : ", ") + spec.name();
-      std::cerr << "conduit proxy: " << command << " by " << by << ": now " << (state.up() ? "up" : "down")
-                << (names.empty() ? ", no faults" : ", faults: " + names) << std::endl;
-    };
-    callbacks.accepted = [&](const ProxyConnectionInfo& info) { report.accepted(info); };
-    callbacks.stats = [&](const ProxyConnectionInfo& info) { report.stats(info); };
-    callbacks.closed = on_closed;
-    service::create_remote_proxy(loop, remote_options, std::move(open), std::move(callbacks),
-                                 [&](std::exception_ptr error, std::shared_ptr<service::RemoteProxy> proxy) {
-                                   std::vector<std::string> urls;
-                                   if (proxy) {
-                                     for (const auto& s : proxy->sockets()) urls.push_back(std::string(listen.scheme()) + "://" + s);
-                                     proxy->on_closed([&](std::exception_ptr why) {
-                                       if (!why) return;
-                                       std::cerr << "conduit proxy: lost the proxy session: " << describe(why) << '\n';
-                                       exit_code = exit_failure;
-                                       loop.stop();
-                                     });
-                                   }
-                                   remote = std::move(proxy);
-                                   listening(error, urls);
-                                 });
-  } else if (listen.kind == Endpoint::Kind::udp) {
-    DatagramProxyOptions options;
-    options.listen_host = listen.host == "*" ? std::string() : listen.host;
-    options.listen_port = listen.port;
-    options.upstream_host = upstream.host;
-    options.upstream_port = upstream.port;
-    options.faults = std::move(faults);
-    options.idle_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(o.idle_timeout * 1000));
-    options.on_accepted = [&](const ProxyConnectionInfo& info) { report.accepted(info); };
-    options.on_closed = on_closed;
-    DatagramProxy::create(loop, std::move(options), [&](std::exception_ptr error, std::shared_ptr<DatagramProxy> proxy) {
-      std::vector<std::string> urls;
-      if (proxy) {
-        for (const auto& s : proxy->sockets()) urls.push_back(Endpoint::url_of(s, "udp"));
-      }
-      datagram = std::move(proxy);
-      listening(error, urls);
+    for (const auto& address : made->sockets()) std::cout << "listening " << Endpoint::url_of(address, listen.scheme()) << std::endl;
+    proxy = std::move(made);
+    // Closed before we close it: a --via proxy's session ended (the loop's
+    // error handler said why).
+    proxy->wait_closed([&] {
+      closed = true;
+      if (closing) return;
+      exit_code = exit_failure;
+      loop.stop();
     });
-  } else {
-    StreamProxyOptions options;
-    try {
-      options.listen = local_endpoint(listen, o, true);
-      options.upstream = local_endpoint(upstream, o, false);
-    } catch (const std::exception& e) {
-      std::cerr << "conduit proxy: cannot load the TLS certificate, key or CA: " << e.what() << '\n';
-      return exit_usage;
-    }
-    options.faults = std::move(faults);
-    options.on_accepted = [&](const ProxyConnectionInfo& info) { report.accepted(info); };
-    options.on_closed = on_closed;
-    StreamProxy::create(loop, std::move(options), [&](std::exception_ptr error, std::shared_ptr<StreamProxy> proxy) {
-      std::vector<std::string> urls;
-      if (proxy) {
-        for (const auto& s : proxy->sockets()) urls.push_back(Endpoint::url_of(s, listen.scheme()));
-      }
-      stream = std::move(proxy);
-      listening(error, urls);
-    });
-  }
+  });
 
-  // -v: each open connection's counts, once a second while they move (a
-  // remote proxy sends its own).
+  // -v: each open connection's counts, once a second while they move.
   asio::steady_timer ticker(loop.context());
   std::function<void()> tick = [&] {
     ticker.expires_after(std::chrono::seconds(1));
     ticker.async_wait([&](const boost::system::error_code& ec) {
       if (ec) return;
-      for (const auto& info : stream ? stream->connections() : datagram ? datagram->connections()
-                                                                         : std::vector<ProxyConnectionInfo>{}) {
-        report.stats(info);
+      if (proxy) {
+        for (const auto& info : proxy->connections()) report.stats(info);
       }
       tick();
     });
   };
-  if (o.output.verbose > 0 && !via) tick();
+  if (o.output.verbose > 0) tick();
 
   asio::signal_set signals(loop.context(), SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code& ec, int) {
@@ -312,19 +246,11 @@ int run_proxy(const ProxyCommandOptions& o) {
   ticker.cancel();
 
   // Close, and give open connections a bounded moment to flush.
-  if (stream) stream->close();
-  if (datagram) datagram->close();
-  if (remote) {
-    remote->on_closed(nullptr);
-    remote->close();
+  closing = true;
+  if (proxy) {
+    proxy->close();
+    loop.run_until([&] { return closed; }, std::chrono::seconds(2));
   }
-  loop.run_until(
-      [&] {
-        return (!stream || stream->connections().empty()) && (!datagram || datagram->connections().empty()) &&
-               (!remote || remote->is_closed());
-      },
-      std::chrono::seconds(2));
-  remote.reset();
   if (o.output.json) report.print_json();
   return exit_code;
 }

@@ -6,7 +6,6 @@
 
 #include <conduit/event_loop.hpp>
 
-#include <conduit/service/remote.hpp>
 
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -202,32 +201,24 @@ int run(const RunOptions& options) {
   std::shared_ptr<RunProtocol> protocol;
   std::exception_ptr spawn_error;
   bool spawned = false;
-  if (remote) {
-    // The child runs on the service's host; its stdin is fed from here.
-    service::RemoteOptions remote_options;
-    try {
-      remote_options = read_remote(options.via);
-    } catch (const std::invalid_argument& e) {
-      std::cerr << "conduit run-subprocess: " << e.what() << '\n';
-      return exit_usage;
-    }
-    conduit::v1::OpenSubprocess open;
-    for (const auto& arg : options.command) open.add_argv(arg);
-    protocol = std::make_shared<RunProtocol>(output, log, result);
-    service::create_remote_subprocess(loop, remote_options, std::move(open), protocol, [&](std::exception_ptr error) {
-      spawn_error = error;
-      spawned = true;
-    });
-  } else {
-    std::vector<std::string> args(options.command.begin() + 1, options.command.end());
-    loop.subprocess_exec([&] { return std::make_shared<RunProtocol>(output, log, result); }, options.command.front(),
-                         args, spawn,
-                         [&](std::exception_ptr error, std::shared_ptr<SubprocessTransport>, std::shared_ptr<RunProtocol> p) {
-                           spawn_error = error;
-                           protocol = std::move(p);
-                           spawned = true;
-                         });
+  // The child runs here or, with --via, on the service's host, whose
+  // children read pipes only: their stdin is fed (or closed) from here.
+  std::unique_ptr<Opener> opener;
+  try {
+    opener = make_opener(loop, options.via);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "conduit run-subprocess: " << e.what() << '\n';
+    return exit_usage;
   }
+  if (remote) spawn.stdin_stream = Stdio::pipe();
+  std::vector<std::string> args(options.command.begin() + 1, options.command.end());
+  opener->subprocess_exec([&] { return std::make_shared<RunProtocol>(output, log, result); }, options.command.front(),
+                          args, spawn,
+                          [&](std::exception_ptr error, std::shared_ptr<SubprocessTransport>, std::shared_ptr<RunProtocol> p) {
+                            spawn_error = error;
+                            protocol = std::move(p);
+                            spawned = true;
+                          });
   loop.run_until([&] { return spawned; }, std::chrono::seconds(30));
   if (spawn.stdin_stream.kind() == Stdio::Kind::fd && spawn.stdin_stream.descriptor() != STDIN_FILENO) {
     ::close(spawn.stdin_stream.descriptor());  // the child has its copy

@@ -1,5 +1,7 @@
 #include "tls_flags.hpp"
 
+#include "common.hpp"
+
 #include <conduit/tls.hpp>
 
 #include <optional>
@@ -41,13 +43,20 @@ std::string tls_flags_problem(const TlsFlags& flags, bool uses_tls, bool server)
 }
 
 TlsOptions client_tls_options(const TlsFlags& flags) {
-  auto context = flags.insecure ? tls::insecure_client_context()
-                                : tls::client_context(flags.cafile.empty() ? std::nullopt : std::optional(flags.cafile));
-  if (!flags.cert.empty()) {
-    context->use_certificate_chain_file(flags.cert);
-    context->use_private_key_file(flags.key.empty() ? flags.cert : flags.key, boost::asio::ssl::context::pem);
-  }
-  return TlsOptions(std::move(context));
+  TlsPem pem;
+  pem.verify = !flags.insecure;
+  if (!flags.cafile.empty()) pem.ca = read_file(flags.cafile, "--cafile");
+  if (!flags.cert.empty()) pem.cert = read_file(flags.cert, "--cert");
+  if (!flags.key.empty()) pem.key = read_file(flags.key, "--key");
+  return tls::client_options(std::move(pem));
+}
+
+TlsOptions server_tls_options(const TlsFlags& flags) {
+  TlsPem pem;
+  pem.cert = read_file(flags.cert, "--cert");
+  pem.key = read_file(flags.key, "--key");
+  if (!flags.cafile.empty()) pem.ca = read_file(flags.cafile, "--cafile");
+  return tls::server_options(std::move(pem));
 }
 
 }  // namespace conduit::cli

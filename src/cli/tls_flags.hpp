@@ -21,7 +21,12 @@ void add_tls_flags(CLI::App& app, TlsFlags& flags, bool server);
 std::string tls_flags_problem(const TlsFlags& flags, bool uses_tls, bool server);
 
 /// TLS settings of a tls:// client from its flags (the system's CAs unless
-/// --cafile; none checked with --insecure); throws what OpenSSL throws.
+/// --cafile; none checked with --insecure), made from the files' PEM text
+/// so that a --via session can carry them; throws std::invalid_argument
+/// naming a file it cannot read, and what OpenSSL throws.
 TlsOptions client_tls_options(const TlsFlags& flags);
+/// The same for a tls:// listener: --cert and --key, and with --cafile,
+/// client certificates required (mTLS).
+TlsOptions server_tls_options(const TlsFlags& flags);
 
 }  // namespace conduit::cli

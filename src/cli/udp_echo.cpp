@@ -5,7 +5,6 @@
 
 #include <conduit/event_loop.hpp>
 
-#include <conduit/service/remote.hpp>
 
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -91,14 +90,12 @@ int run_udp_server(const UdpServerOptions& options) {
   int exit_code = exit_ok;
 
   const bool via = !options.via.address.empty();
-  service::RemoteOptions remote;
-  if (via) {
-    try {
-      remote = read_remote(options.via);
-    } catch (const std::invalid_argument& e) {
-      std::cerr << "conduit udp-echo server: " << e.what() << '\n';
-      return exit_usage;
-    }
+  std::unique_ptr<Opener> opener;  // here, or bound on the service's host
+  try {
+    opener = make_opener(loop, options.via);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "conduit udp-echo server: " << e.what() << '\n';
+    return exit_usage;
   }
   // An endpoint that ends with an error while serving (the service went
   // away, say) ends the server.
@@ -125,23 +122,11 @@ int run_udp_server(const UdpServerOptions& options) {
       }
       endpoints.push_back(std::move(transport));
     };
-    if (via) {
-      // The socket is bound on the service's host; datagrams come here to be echoed.
-      conduit::v1::OpenDatagramEndpoint open;
-      open.mutable_local_addr()->set_host(host);
-      open.mutable_local_addr()->set_port(ep.port);
-      auto protocol = factory();
-      service::create_remote_datagram_endpoint(loop, remote, std::move(open), protocol,
-                                               [on_endpoint, protocol](std::exception_ptr error) {
-                                                 on_endpoint(error, error ? nullptr : protocol->transport());
-                                               });
-    } else {
-      DatagramOptions endpoint_options;
-      endpoint_options.local_addr = std::pair{host, ep.port};
-      loop.create_datagram_endpoint(factory, endpoint_options,
-                                    [on_endpoint](std::exception_ptr error, std::shared_ptr<DatagramTransport> transport,
-                                                  auto) { on_endpoint(error, std::move(transport)); });
-    }
+    DatagramOptions endpoint_options;
+    endpoint_options.local_addr = std::pair{host, ep.port};
+    opener->create_datagram_endpoint(factory, endpoint_options,
+                                     [on_endpoint](std::exception_ptr error, std::shared_ptr<DatagramTransport> transport,
+                                                   auto) { on_endpoint(error, std::move(transport)); });
   }
 
   asio::signal_set signals(loop.context(), SIGINT, SIGTERM);
@@ -308,25 +293,18 @@ int run_udp_client(const UdpClientOptions& options) {
   auto make_client = [&] {
     return std::make_shared<UdpEchoClient>(options, log, result, loop.context(), [&] { finished = true; });
   };
-  if (!options.via.address.empty()) {
-    // The endpoint lives on the service's host; datagrams go from there.
-    service::RemoteOptions remote;
-    try {
-      remote = read_remote(options.via);
-    } catch (const std::invalid_argument& e) {
-      std::cerr << "conduit udp-echo client: " << e.what() << '\n';
-      return exit_usage;
-    }
-    conduit::v1::OpenDatagramEndpoint open;
-    open.mutable_remote_addr()->set_host(ep.host);
-    open.mutable_remote_addr()->set_port(ep.port);
-    service::create_remote_datagram_endpoint(loop, remote, std::move(open), make_client(), on_open);
-  } else {
-    DatagramOptions endpoint_options;
-    endpoint_options.remote_addr = std::pair{ep.host, ep.port};
-    loop.create_datagram_endpoint(make_client, endpoint_options,
-                                  [&](std::exception_ptr error, auto, auto) { on_open(error); });
+  // The endpoint lives here or, with --via, on the service's host.
+  std::unique_ptr<Opener> opener;
+  try {
+    opener = make_opener(loop, options.via);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "conduit udp-echo client: " << e.what() << '\n';
+    return exit_usage;
   }
+  DatagramOptions endpoint_options;
+  endpoint_options.remote_addr = std::pair{ep.host, ep.port};
+  opener->create_datagram_endpoint(make_client, endpoint_options,
+                                   [&](std::exception_ptr error, auto, auto) { on_open(error); });
   const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::duration<double>(options.timeout));
   if (!loop.run_until([&] { return finished; }, timeout)) {
     result.exit_code = exit_timeout;

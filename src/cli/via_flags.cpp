@@ -1,48 +1,13 @@
 #include "via_flags.hpp"
 
+#include "common.hpp"
+
 #include <charconv>
 #include <fstream>
-#include <iterator>
 #include <stdexcept>
 #include <system_error>
 
 namespace conduit::cli {
-
-v1::OpenConnection remote_connect_request(const Endpoint& ep, const TlsFlags& flags) {
-  v1::OpenConnection open;
-  if (ep.kind == Endpoint::Kind::unix_path) {
-    open.set_unix_path(ep.path);
-    return open;
-  }
-  open.mutable_tcp()->set_host(ep.host);
-  open.mutable_tcp()->set_port(ep.port);
-  if (ep.kind == Endpoint::Kind::tls) {
-    auto* t = open.mutable_tls();
-    t->set_enabled(true);
-    t->set_insecure(flags.insecure);
-    if (!flags.cafile.empty()) t->set_ca_pem(read_file(flags.cafile, "--cafile"));
-  }
-  return open;
-}
-
-v1::OpenServer remote_listen_request(const Endpoint& ep, const TlsFlags& flags, int backlog) {
-  v1::OpenServer open;
-  if (ep.kind == Endpoint::Kind::unix_path) {
-    open.set_unix_path(ep.path);
-  } else {
-    open.mutable_tcp()->set_host(ep.host);
-    open.mutable_tcp()->set_port(ep.port);
-  }
-  if (ep.kind == Endpoint::Kind::tls) {
-    auto* t = open.mutable_tls();
-    t->set_enabled(true);
-    t->set_cert_pem(read_file(flags.cert, "--cert"));
-    t->set_key_pem(read_file(flags.key, "--key"));
-    if (!flags.cafile.empty()) t->set_client_ca_pem(read_file(flags.cafile, "--cafile"));
-  }
-  open.set_backlog(static_cast<std::uint32_t>(backlog));
-  return open;
-}
 
 std::string via_address(const std::string& text) {
   constexpr const char* usage = " (--via takes [tcp://]HOST[:PORT], port 50051 if left out, or unix:/PATH)";
@@ -117,12 +82,6 @@ void add_via_flags(CLI::App& app, ViaFlags& flags) {
   app.add_option("--via-key", flags.key, "With --via-cert: its private key (PEM)")->check(CLI::ExistingFile);
 }
 
-std::string read_file(const std::string& path, const char* what) {
-  std::ifstream file(path);
-  if (!file) throw std::invalid_argument(std::string("cannot read ") + what + " " + path);
-  return std::string(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
-}
-
 service::RemoteOptions read_remote(const ViaFlags& flags) {
   service::RemoteOptions r;
   r.address = via_address(flags.address);
@@ -131,6 +90,11 @@ service::RemoteOptions read_remote(const ViaFlags& flags) {
   if (!flags.cert.empty()) r.cert_pem = read_file(flags.cert, "--via-cert");
   if (!flags.key.empty()) r.key_pem = read_file(flags.key, "--via-key");
   return r;
+}
+
+std::unique_ptr<Opener> make_opener(EventLoop& loop, const ViaFlags& flags) {
+  if (flags.address.empty()) return std::make_unique<LocalOpener>(loop);
+  return std::make_unique<service::RemoteOpener>(loop, read_remote(flags));
 }
 
 std::string read_token(const ViaFlags& flags) {

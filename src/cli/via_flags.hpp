@@ -1,24 +1,19 @@
 // --via and its flags: where the service is, how to reach it, and the
-// open requests a tool sends it.
+// Opener a tool makes its transports with.
 #pragma once
 
 #include "endpoint.hpp"
 #include "tls_flags.hpp"
 
+#include <conduit/opener.hpp>
 #include <conduit/service/remote.hpp>
 
 #include <CLI/CLI.hpp>
 
+#include <memory>
 #include <string>
 
 namespace conduit::cli {
-
-/// The service's request to connect to `ep` (--via), with its TLS settings.
-v1::OpenConnection remote_connect_request(const Endpoint& ep, const TlsFlags& flags);
-/// The service's request to listen on `ep` (--via); a tls:// one carries
-/// --cert, --key and --cafile as PEM. Throws std::invalid_argument naming a
-/// file that cannot be read.
-v1::OpenServer remote_listen_request(const Endpoint& ep, const TlsFlags& flags, int backlog);
 
 /// --via HOST:PORT and --token-file: run the tool's protocol through a
 /// `conduit serve` session instead of locally.
@@ -42,7 +37,9 @@ std::string read_token(const ViaFlags& flags);
 /// Everything --via's flags say, files read; throws std::invalid_argument
 /// naming a file that cannot be read.
 service::RemoteOptions read_remote(const ViaFlags& flags);
-/// A file's whole content; throws std::invalid_argument naming it.
-std::string read_file(const std::string& path, const char* what);
+/// Where the tool's transports are made: on this host, or with --via on
+/// the service's (its flags read; throws std::invalid_argument naming a
+/// file that cannot be read). The one place a tool chooses.
+std::unique_ptr<Opener> make_opener(EventLoop& loop, const ViaFlags& flags);
 
 }  // namespace conduit::cli

@@ -276,7 +276,20 @@ void DatagramProxy::to_client(std::span<const std::byte> data, const SocketAddre
   if (state_ == State::up && listener_) listener_->sendto(data, client);
 }
 
-void DatagramProxy::ended(const SocketAddress& client) { flows_.erase(client.udp_endpoint()); }
+void DatagramProxy::ended(const SocketAddress& client) {
+  flows_.erase(client.udp_endpoint());
+  wake_closed_waiters();
+}
+
+void DatagramProxy::wait_closed_impl(asio::any_completion_handler<void()> handler) {
+  closed_waiters_.push_back(std::move(handler));
+  wake_closed_waiters();
+}
+
+void DatagramProxy::wake_closed_waiters() {
+  if (state_ != State::closed || !flows_.empty()) return;
+  for (auto& waiter : std::exchange(closed_waiters_, {})) asio::post(loop_.context(), std::move(waiter));
+}
 
 std::vector<ProxyConnectionInfo> DatagramProxy::connections() const {
   std::vector<ProxyConnectionInfo> out;
@@ -314,6 +327,7 @@ void DatagramProxy::close() {
   if (state_ == State::closed) return;
   state_ = State::closed;
   forget_all();
+  wake_closed_waiters();
 }
 
 }  // namespace conduit

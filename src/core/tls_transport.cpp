@@ -143,6 +143,24 @@ std::shared_ptr<ssl::context> server_context_from_pem(std::string_view cert_pem,
   return context;
 }
 
+TlsOptions client_options(TlsPem pem) {
+  TlsOptions options(!pem.verify        ? insecure_client_context()
+                     : pem.ca.empty() ? client_context(std::nullopt)
+                                      : client_context_from_pem(pem.ca));
+  if (!pem.cert.empty()) {
+    options.context->use_certificate_chain(asio::buffer(pem.cert));
+    options.context->use_private_key(asio::buffer(pem.key.empty() ? pem.cert : pem.key), ssl::context::pem);
+  }
+  options.pem = std::move(pem);
+  return options;
+}
+
+TlsOptions server_options(TlsPem pem) {
+  TlsOptions options(server_context_from_pem(pem.cert, pem.key, pem.ca));
+  options.pem = std::move(pem);
+  return options;
+}
+
 }  // namespace tls
 
 // ==== TlsTransport ============================================================

@@ -3,7 +3,7 @@
 #include "support/recording_protocol.hpp"
 #include "support/test_certificates.hpp"
 
-#include <conduit/proxy.hpp>
+#include <conduit/stream_proxy.hpp>
 #include <conduit/server.hpp>
 
 #include <gtest/gtest.h>

@@ -73,26 +73,23 @@ class RemoteTransportTest : public ::testing::TestWithParam<Mode> {
     return *s;
   }
 
+  /// Where the transports under test are made: the one place the two
+  /// modes differ.
+  std::unique_ptr<Opener> opener() {
+    if (GetParam() == Mode::local) return std::make_unique<LocalOpener>(loop);
+    return std::make_unique<service::RemoteOpener>(loop, service().remote);
+  }
+
   template <class P>
   std::unique_ptr<Peer> open(const std::shared_ptr<P>& protocol) {
     asio::ip::tcp::acceptor acceptor(loop.context(), {asio::ip::make_address("127.0.0.1"), 0});
     const auto port = acceptor.local_endpoint().port();
     bool done = false;
-    if (GetParam() == Mode::local) {
-      loop.create_connection([protocol] { return protocol; }, "127.0.0.1", port, {},
-                             [&](std::exception_ptr error, auto, auto) {
-                               EXPECT_FALSE(error) << describe_error(error);
-                               done = true;
-                             });
-    } else {
-      v1::OpenConnection request;
-      request.mutable_tcp()->set_host("127.0.0.1");
-      request.mutable_tcp()->set_port(port);
-      service::create_remote_connection(loop, service().remote, request, protocol, [&](std::exception_ptr error) {
-        EXPECT_FALSE(error) << describe_error(error);
-        done = true;
-      });
-    }
+    opener()->create_connection([protocol] { return protocol; }, "127.0.0.1", port, {},
+                                [&](std::exception_ptr error, auto, auto) {
+                                  EXPECT_FALSE(error) << describe_error(error);
+                                  done = true;
+                                });
     EXPECT_TRUE(run_until(loop, [&] { return done && protocol->rec.made == 1; }));
     asio::ip::tcp::socket accepted(loop.context());
     acceptor.accept(accepted);
@@ -316,22 +313,12 @@ TEST_P(RemoteTransportTest, RS6_ADatagramEndpointSurvivesAThrowingCallback) {
   const auto peer_port = peer.local_endpoint().port();
   auto protocol = std::make_shared<ThrowOnceDatagrams>();
   bool opened = false;
-  if (GetParam() == Mode::local) {
-    DatagramOptions options;
-    options.remote_addr = {"127.0.0.1", peer_port};
-    loop.create_datagram_endpoint([protocol] { return protocol; }, options, [&](std::exception_ptr error, auto, auto) {
-      EXPECT_FALSE(error) << describe_error(error);
-      opened = true;
-    });
-  } else {
-    v1::OpenDatagramEndpoint request;
-    request.mutable_remote_addr()->set_host("127.0.0.1");
-    request.mutable_remote_addr()->set_port(peer_port);
-    service::create_remote_datagram_endpoint(loop, service().remote, request, protocol, [&](std::exception_ptr error) {
-      EXPECT_FALSE(error) << describe_error(error);
-      opened = true;
-    });
-  }
+  DatagramOptions options;
+  options.remote_addr = {"127.0.0.1", peer_port};
+  opener()->create_datagram_endpoint([protocol] { return protocol; }, options, [&](std::exception_ptr error, auto, auto) {
+    EXPECT_FALSE(error) << describe_error(error);
+    opened = true;
+  });
   ASSERT_TRUE(run_until(loop, [&] { return opened && protocol->transport; }));
   // Learn where the endpoint is from its first datagram to the peer.
   protocol->transport->sendto("hello");
@@ -376,20 +363,11 @@ TEST_P(RemoteTransportTest, RS6_AChildRunsOnAfterAThrowingCallback) {
   auto protocol = std::make_shared<ThrowingChild>();
   const std::string script = "echo out; read line; exit 7";
   bool opened = false;
-  if (GetParam() == Mode::local) {
-    loop.subprocess_exec([protocol] { return protocol; }, "/bin/sh", {"-c", script}, {},
-                         [&](std::exception_ptr error, auto, auto) {
-      EXPECT_FALSE(error) << describe_error(error);
-      opened = true;
-    });
-  } else {
-    v1::OpenSubprocess request;
-    for (const char* arg : {"/bin/sh", "-c", script.c_str()}) request.add_argv(arg);
-    service::create_remote_subprocess(loop, service().remote, request, protocol, [&](std::exception_ptr error) {
-      EXPECT_FALSE(error) << describe_error(error);
-      opened = true;
-    });
-  }
+  opener()->subprocess_exec([protocol] { return protocol; }, "/bin/sh", {"-c", script}, {},
+                            [&](std::exception_ptr error, auto, auto) {
+                              EXPECT_FALSE(error) << describe_error(error);
+                              opened = true;
+                            });
   ASSERT_TRUE(run_until(loop, [&] { return opened && protocol->transport && protocol->data >= 1; }));
   EXPECT_FALSE(protocol->transport->is_closing()) << "the child carries on";
   // It still reads its stdin, and exits as it says.
@@ -424,13 +402,12 @@ TEST(RemoteSessionThreads, ALoopDestroyedWhileEventsStreamJoinsThemFirst) {
     asio::ip::tcp::acceptor acceptor(peer_context, {asio::ip::make_address("127.0.0.1"), 0});
     auto protocol = std::make_shared<Sink>();
     bool opened = false;
-    v1::OpenConnection request;
-    request.mutable_tcp()->set_host("127.0.0.1");
-    request.mutable_tcp()->set_port(acceptor.local_endpoint().port());
-    service::create_remote_connection(*loop, service->remote, request, protocol, [&](std::exception_ptr error) {
-      EXPECT_FALSE(error) << describe_error(error);
-      opened = true;
-    });
+    service::RemoteOpener(*loop, service->remote)
+        .create_connection([protocol] { return protocol; }, "127.0.0.1", acceptor.local_endpoint().port(), {},
+                           [&](std::exception_ptr error, auto, auto) {
+                             EXPECT_FALSE(error) << describe_error(error);
+                             opened = true;
+                           });
     asio::ip::tcp::socket peer(peer_context);
     acceptor.accept(peer);
     // The peer sends until the service lets go of the connection (the

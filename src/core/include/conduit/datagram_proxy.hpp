@@ -55,7 +55,7 @@ class DatagramListener;
 
 /// A running datagram proxy; the same life as a StreamProxy's (up, down,
 /// closed), and faults that change at once for every client.
-class DatagramProxy : public std::enable_shared_from_this<DatagramProxy> {
+class DatagramProxy final : public Proxy, public std::enable_shared_from_this<DatagramProxy> {
  public:
   /// Bind as `options` say, then `done(error, proxy)`, posted.
   static void create(EventLoop& loop, DatagramProxyOptions options,
@@ -63,28 +63,32 @@ class DatagramProxy : public std::enable_shared_from_this<DatagramProxy> {
 
   DatagramProxy(const DatagramProxy&) = delete;
   DatagramProxy& operator=(const DatagramProxy&) = delete;
-  ~DatagramProxy();
+  ~DatagramProxy() override;
 
   /// Where it listens (empty while down or closed).
-  std::vector<SocketAddress> sockets() const;
+  std::vector<SocketAddress> sockets() const override;
   /// Add or replace a fault; throws std::invalid_argument for an invalid
   /// one or a stream-only kind.
-  void set_fault(Fault fault);
-  bool remove_fault(const std::string& name);
-  const FaultList& faults() const { return faults_; }
+  void set_fault(Fault fault) override;
+  bool remove_fault(const std::string& name) override;
+  const FaultList& faults() const override { return faults_; }
 
   /// Stop listening and forget every client.
-  void down();
+  void down() override;
   /// Listen again where it did.
-  void up(std::function<void(std::exception_ptr)> done);
-  bool is_up() const { return state_ == State::up; }
-  void close();
-  bool is_closed() const { return state_ == State::closed; }
+  void up(std::function<void(std::exception_ptr)> done) override;
+  bool is_up() const override { return state_ == State::up; }
+  void close() override;
+  bool is_closed() const override { return state_ == State::closed; }
 
   /// The clients known now.
-  std::vector<ProxyConnectionInfo> connections() const;
+  std::vector<ProxyConnectionInfo> connections() const override;
+
+ protected:
+  void wait_closed_impl(asio::any_completion_handler<void()> handler) override;
 
  private:
+  void wake_closed_waiters();
   friend class detail::DatagramFlow;
   friend class detail::DatagramListener;
   enum class State { starting, up, down, closed };
@@ -105,6 +109,7 @@ class DatagramProxy : public std::enable_shared_from_this<DatagramProxy> {
   std::uint16_t bound_port_ = 0;
   std::uint64_t next_id_ = 1;
   std::map<boost::asio::ip::udp::endpoint, std::shared_ptr<detail::DatagramFlow>> flows_;
+  std::vector<asio::any_completion_handler<void()>> closed_waiters_;
 };
 
 }  // namespace conduit

@@ -206,6 +206,46 @@ ProtocolFactory erase_factory(Factory factory) {
   return [f = std::move(factory)]() mutable -> std::shared_ptr<BaseProtocol> { return f(); };
 }
 
+/// Start an operation completing with (error, transport, protocol), the
+/// protocol with the type `Factory` makes: `start` gets the type-erased
+/// handler. Shared by EventLoop and the openers (opener.hpp).
+template <class Factory, class Token, class Start>
+auto initiate_connection(Token&& token, Start start) {
+  using P = detail::factory_protocol_t<Factory>;
+  using Signature = void(std::exception_ptr, std::shared_ptr<Transport>, std::shared_ptr<P>);
+  return asio::async_initiate<Token, Signature>(
+      [start = std::move(start)](auto handler) mutable {
+        start(detail::ConnectionHandler(
+            detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
+      },
+      token);
+}
+
+template <class Factory, class Token, class Start>
+auto initiate_datagram(Token&& token, Start start) {
+  using P = detail::factory_protocol_t<Factory>;
+  using Signature =
+      void(std::exception_ptr, std::shared_ptr<DatagramTransport>, std::shared_ptr<P>);
+  return asio::async_initiate<Token, Signature>(
+      [start = std::move(start)](auto handler) mutable {
+        start(detail::DatagramHandler(
+            detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
+      },
+      token);
+}
+
+template <class Factory, class Token, class Start>
+auto initiate_subprocess(Token&& token, Start start) {
+  using P = detail::factory_protocol_t<Factory>;
+  using Signature = void(std::exception_ptr, std::shared_ptr<SubprocessTransport>, std::shared_ptr<P>);
+  return asio::async_initiate<Token, Signature>(
+      [start = std::move(start)](auto handler) mutable {
+        start(detail::SubprocessHandler(
+            detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
+      },
+      token);
+}
+
 }  // namespace detail
 
 /// A single-threaded event loop over one io_context.
@@ -362,11 +402,6 @@ class EventLoop {
  private:
   friend class detail::LoopInternals;
 
-  template <class Factory, class Token, class Start>
-  auto initiate_connection(Token&& token, Start start);
-  template <class Factory, class Token, class Start>
-  auto initiate_datagram(Token&& token, Start start);
-
   void create_connection_impl(ProtocolFactory factory, std::string host, std::uint16_t port,
                               ConnectOptions options, detail::ConnectionHandler handler);
   void create_unix_connection_impl(ProtocolFactory factory, std::string path,
@@ -411,34 +446,9 @@ class EventLoop {
 
 // ---- template definitions -------------------------------------------------
 
-template <class Factory, class Token, class Start>
-auto EventLoop::initiate_connection(Token&& token, Start start) {
-  using P = detail::factory_protocol_t<Factory>;
-  using Signature = void(std::exception_ptr, std::shared_ptr<Transport>, std::shared_ptr<P>);
-  return asio::async_initiate<Token, Signature>(
-      [start = std::move(start)](auto handler) mutable {
-        start(detail::ConnectionHandler(
-            detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
-      },
-      token);
-}
-
-template <class Factory, class Token, class Start>
-auto EventLoop::initiate_datagram(Token&& token, Start start) {
-  using P = detail::factory_protocol_t<Factory>;
-  using Signature =
-      void(std::exception_ptr, std::shared_ptr<DatagramTransport>, std::shared_ptr<P>);
-  return asio::async_initiate<Token, Signature>(
-      [start = std::move(start)](auto handler) mutable {
-        start(detail::DatagramHandler(
-            detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
-      },
-      token);
-}
-
 template <class Factory, class Token>
 auto EventLoop::connect_read_pipe(Factory factory, int fd, Token&& token) {
-  return initiate_connection<Factory>(
+  return detail::initiate_connection<Factory>(
       std::forward<Token>(token),
       [this, f = detail::erase_factory(std::move(factory)), fd](detail::ConnectionHandler h) mutable {
         connect_read_pipe_impl(std::move(f), fd, std::move(h));
@@ -447,7 +457,7 @@ auto EventLoop::connect_read_pipe(Factory factory, int fd, Token&& token) {
 
 template <class Factory, class Token>
 auto EventLoop::connect_write_pipe(Factory factory, int fd, Token&& token) {
-  return initiate_connection<Factory>(
+  return detail::initiate_connection<Factory>(
       std::forward<Token>(token),
       [this, f = detail::erase_factory(std::move(factory)), fd](detail::ConnectionHandler h) mutable {
         connect_write_pipe_impl(std::move(f), fd, std::move(h));
@@ -457,17 +467,12 @@ auto EventLoop::connect_write_pipe(Factory factory, int fd, Token&& token) {
 template <class Factory, class Token>
 auto EventLoop::subprocess_exec(Factory factory, std::string program, std::vector<std::string> args,
                                 SubprocessOptions options, Token&& token) {
-  using P = detail::factory_protocol_t<Factory>;
-  using Signature = void(std::exception_ptr, std::shared_ptr<SubprocessTransport>, std::shared_ptr<P>);
   args.insert(args.begin(), std::move(program));
-  return asio::async_initiate<Token, Signature>(
-      [this, f = detail::erase_factory(std::move(factory)), argv = std::move(args),
-       options = std::move(options)](auto handler) mutable {
-        subprocess_exec_impl(std::move(f), std::move(argv), std::move(options),
-                             detail::SubprocessHandler(
-                                 detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
-      },
-      token);
+  return detail::initiate_subprocess<Factory>(
+      std::forward<Token>(token), [this, f = detail::erase_factory(std::move(factory)), argv = std::move(args),
+                                   options = std::move(options)](detail::SubprocessHandler h) mutable {
+        subprocess_exec_impl(std::move(f), std::move(argv), std::move(options), std::move(h));
+      });
 }
 
 template <class Factory, class Token>
@@ -478,7 +483,7 @@ auto EventLoop::subprocess_shell(Factory factory, std::string command, Subproces
 
 template <class Factory, class Token>
 auto EventLoop::create_datagram_endpoint(Factory factory, DatagramOptions options, Token&& token) {
-  return initiate_datagram<Factory>(
+  return detail::initiate_datagram<Factory>(
       std::forward<Token>(token),
       [this, f = detail::erase_factory(std::move(factory)),
        options = std::move(options)](detail::DatagramHandler h) mutable {
@@ -489,7 +494,7 @@ auto EventLoop::create_datagram_endpoint(Factory factory, DatagramOptions option
 template <class Factory, class Token>
 auto EventLoop::create_unix_datagram_endpoint(Factory factory, UnixDatagramOptions options,
                                               Token&& token) {
-  return initiate_datagram<Factory>(
+  return detail::initiate_datagram<Factory>(
       std::forward<Token>(token),
       [this, f = detail::erase_factory(std::move(factory)),
        options = std::move(options)](detail::DatagramHandler h) mutable {
@@ -500,7 +505,7 @@ auto EventLoop::create_unix_datagram_endpoint(Factory factory, UnixDatagramOptio
 template <class Factory, class Token>
 auto EventLoop::create_connection(Factory factory, std::string host, std::uint16_t port,
                                   ConnectOptions options, Token&& token) {
-  return initiate_connection<Factory>(
+  return detail::initiate_connection<Factory>(
       std::forward<Token>(token),
       [this, f = detail::erase_factory(std::move(factory)), host = std::move(host), port,
        options = std::move(options)](detail::ConnectionHandler h) mutable {
@@ -511,7 +516,7 @@ auto EventLoop::create_connection(Factory factory, std::string host, std::uint16
 
 template <class Factory, class Token>
 auto EventLoop::create_connection(Factory factory, asio::ip::tcp::socket socket, Token&& token) {
-  return initiate_connection<Factory>(
+  return detail::initiate_connection<Factory>(
       std::forward<Token>(token),
       [this, f = detail::erase_factory(std::move(factory)),
        s = std::move(socket)](detail::ConnectionHandler h) mutable {
@@ -521,7 +526,7 @@ auto EventLoop::create_connection(Factory factory, asio::ip::tcp::socket socket,
 
 template <class Factory, class Token>
 auto EventLoop::create_unix_connection(Factory factory, std::string path, Token&& token) {
-  return initiate_connection<Factory>(
+  return detail::initiate_connection<Factory>(
       std::forward<Token>(token),
       [this, f = detail::erase_factory(std::move(factory)),
        path = std::move(path)](detail::ConnectionHandler h) mutable {
@@ -533,7 +538,7 @@ template <class Factory, class Token>
 auto EventLoop::create_unix_connection(Factory factory,
                                        asio::local::stream_protocol::socket socket,
                                        Token&& token) {
-  return initiate_connection<Factory>(
+  return detail::initiate_connection<Factory>(
       std::forward<Token>(token),
       [this, f = detail::erase_factory(std::move(factory)),
        s = std::move(socket)](detail::ConnectionHandler h) mutable {
@@ -543,7 +548,7 @@ auto EventLoop::create_unix_connection(Factory factory,
 
 template <class Factory, class Token>
 auto EventLoop::connect_accepted_socket(Factory factory, int fd, Token&& token) {
-  return initiate_connection<Factory>(
+  return detail::initiate_connection<Factory>(
       std::forward<Token>(token),
       [this, f = detail::erase_factory(std::move(factory)), fd](detail::ConnectionHandler h) mutable {
         connect_accepted_socket_impl(std::move(f), fd, std::move(h));

@@ -24,6 +24,38 @@ class ServerConnections;  // loop_internals.hpp (the core's own)
 using ServerListener = std::variant<asio::ip::tcp::acceptor, asio::local::stream_protocol::acceptor>;
 }  // namespace detail
 
+/// What every server is, whoever listens (asyncio's AbstractServer): a
+/// Server of this process, or a server session on a service's host
+/// (conduit/service/remote.hpp). Opener::create_server gives one.
+class AbstractServer {
+ public:
+  virtual ~AbstractServer() = default;
+  /// True while listening.
+  virtual bool is_serving() const = 0;
+  /// The addresses the server listens on; empty once closed.
+  virtual std::vector<SocketAddress> sockets() const = 0;
+  /// Stop listening; a second call does nothing. Connections stay open.
+  virtual void close() = 0;
+  /// close() every connection of this server (flushing each).
+  virtual void close_clients() = 0;
+  /// abort() every connection of this server.
+  virtual void abort_clients() = 0;
+  /// Number of open connections.
+  virtual std::size_t active_connections() const = 0;
+  /// Complete once closed and every connection is gone (a remote server:
+  /// also when its session ends otherwise, the why then going to the
+  /// loop's exception handler). Signature: void().
+  template <class Token>
+  auto wait_closed(Token&& token) {
+    return asio::async_initiate<Token, void()>(
+        [this](auto handler) { wait_closed_impl(asio::any_completion_handler<void()>(std::move(handler))); },
+        token);
+  }
+
+ protected:
+  virtual void wait_closed_impl(asio::any_completion_handler<void()> handler) = 0;
+};
+
 /// Made by EventLoop::create_server / create_unix_server.
 ///
 ///   bound --start_serving()--> serving --close()--> closed
@@ -32,43 +64,22 @@ using ServerListener = std::variant<asio::ip::tcp::acceptor, asio::local::stream
 /// Closing stops listening only; open connections carry on until they end,
 /// or close_clients()/abort_clients() end them. wait_closed() completes once
 /// the server is closed and its last connection is gone.
-class Server : public std::enable_shared_from_this<Server> {
+class Server final : public AbstractServer, public std::enable_shared_from_this<Server> {
  public:
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
-  ~Server();
+  ~Server() override;
 
   EventLoop& get_loop() { return loop_; }
 
-  /// True while listening.
-  bool is_serving() const { return serving_; }
-
-  /// The addresses the server is bound to; empty once closed.
-  std::vector<SocketAddress> sockets() const;
-
+  bool is_serving() const override { return serving_; }
+  std::vector<SocketAddress> sockets() const override;
   /// Start listening; does nothing when serving or closed.
   void start_serving();
-
-  /// Stop listening; a second call does nothing. Connections stay open.
-  void close();
-
-  /// close() every connection of this server (flushing each).
-  void close_clients();
-
-  /// abort() every connection of this server.
-  void abort_clients();
-
-  /// Number of open connections.
-  std::size_t active_connections() const { return connections_.size(); }
-
-  /// Complete once closed and every connection is gone. Signature: void().
-  template <class Token>
-  auto wait_closed(Token&& token) {
-    return asio::async_initiate<Token, void()>(
-        [this](auto handler) { wait_closed_impl(asio::any_completion_handler<void()>(std::move(handler))); },
-        token);
-  }
-
+  void close() override;
+  void close_clients() override;
+  void abort_clients() override;
+  std::size_t active_connections() const override { return connections_.size(); }
   /// Serve until cancelled (per-operation cancellation, e.g. with
   /// asio::bind_cancellation_slot or awaitable operators) or close()d; then
   /// close and wait for the connections, and complete with
@@ -104,7 +115,7 @@ class Server : public std::enable_shared_from_this<Server> {
   template <class Transport>
   void start_connection(const std::shared_ptr<Transport>& transport, std::shared_ptr<BaseProtocol> protocol);
   void start_tls_connection(asio::ip::tcp::socket socket);
-  void wait_closed_impl(asio::any_completion_handler<void()> handler);
+  void wait_closed_impl(asio::any_completion_handler<void()> handler) override;
   void serve_forever_impl(asio::any_completion_handler<void(std::exception_ptr)> handler);
   void wake_waiters_if_done();
 

@@ -14,6 +14,19 @@
 
 namespace conduit {
 
+/// The PEM text a TlsOptions' context was made from (tls::client_options,
+/// tls::server_options): what an opener on another host sends in its
+/// place, since an OpenSSL context cannot leave this process.
+struct TlsPem {
+  /// Client: trust only these CAs (empty: the system's store). Server:
+  /// clients must present a certificate these signed (empty: none asked).
+  std::string ca;
+  /// Server: its certificate chain and key. Client: a certificate to
+  /// present to servers that ask (the key may be in the cert's text).
+  std::string cert, key;
+  bool verify = true;     ///< client: false checks nothing (encryption only)
+};
+
 /// TLS settings of a connection or server (asyncio's ssl=,
 /// server_hostname=, ssl_handshake_timeout=, ssl_shutdown_timeout=).
 struct TlsOptions {
@@ -30,6 +43,9 @@ struct TlsOptions {
   /// must be positive.
   std::chrono::milliseconds handshake_timeout = std::chrono::seconds(60);
   std::chrono::milliseconds shutdown_timeout = std::chrono::seconds(30);
+  /// What `context` was made of, when it was made from PEM text; a remote
+  /// opener (conduit/service/remote.hpp) needs it, a local one does not.
+  std::optional<TlsPem> pem;
 };
 
 /// get_extra_info("peercert"): the peer's certificate, when it sent one.
@@ -71,6 +87,15 @@ std::shared_ptr<boost::asio::ssl::context> client_context_from_pem(std::string_v
 /// no client certificates asked for). Throws what OpenSSL finds wrong.
 std::shared_ptr<boost::asio::ssl::context> server_context_from_pem(std::string_view cert_pem, std::string_view key_pem,
                                                                    std::string_view client_ca_pem = {});
+
+/// A client's TlsOptions from PEM text, `pem` kept: trust only pem.ca (the
+/// system's store when empty), or nothing when !pem.verify; present
+/// pem.cert when given. Throws what
+/// OpenSSL finds wrong.
+TlsOptions client_options(TlsPem pem);
+/// A server's: pem.cert and pem.key, and with pem.ca, clients must present
+/// a certificate it signed (mTLS). Throws what OpenSSL finds wrong.
+TlsOptions server_options(TlsPem pem);
 
 }  // namespace tls
 

@@ -1,6 +1,5 @@
-// What the client ends of sessions share (remote_connection.cpp,
-// remote_subprocess.cpp, remote_datagram.cpp): how a call's end reads as an
-// error, write-pause bookkeeping and reported addresses. Their calls into
+// What the client ends of sessions share (the *_session.cpp files beside
+// it): how a call's end reads as an error, write-pause bookkeeping and reported addresses. Their calls into
 // the protocol go through the core's ProtocolGuard, as a local transport's.
 #pragma once
 

@@ -1,6 +1,9 @@
 #include <conduit/service/remote.hpp>
 
-#include "remote_common.hpp"
+#include "remote_session.hpp"
+#include "sessions.hpp"
+
+#include <boost/asio/post.hpp>
 
 #include <conduit/detail/write_flow_control.hpp>
 
@@ -269,14 +272,17 @@ class RemoteTransport final : public Transport {
 };
 
 /// A server session: each connection_accepted becomes a RemoteTransport with
-/// a protocol from the factory, fed the events tagged with its id.
+/// a protocol from the factory, fed the events tagged with its id. An
+/// AbstractServer as a local Server is: close() stops listening (the
+/// service's stop_listening), and the session ends once the last
+/// connection is gone.
 ///
-///   opening --server_started--> serving --close()/abort()--> closing --stream ends--> closed
-///      +--open_failed / refused--> done(error)
-class RemoteServerSession final : public RemoteServer, public std::enable_shared_from_this<RemoteServerSession> {
+///   opening --server_started--> serving --close()--> draining --stream ends--> closed
+///      +--open_failed / refused--> done(error)            (stream ends from any: closed)
+class RemoteServerSession final : public AbstractServer, public std::enable_shared_from_this<RemoteServerSession> {
  public:
   RemoteServerSession(EventLoop& loop, ProtocolFactory factory,
-                      std::function<void(std::exception_ptr, std::shared_ptr<RemoteServer>)> done)
+                      std::function<void(std::exception_ptr, std::shared_ptr<AbstractServer>)> done)
       : loop_(loop), factory_(std::move(factory)), done_(std::move(done)) {}
 
   void start(const RemoteOptions& remote, v1::OpenServer open) {
@@ -298,34 +304,41 @@ class RemoteServerSession final : public RemoteServer, public std::enable_shared
                                     [self](const grpc::Status& s) { self->on_finished(s); }});
   }
 
-  const std::vector<std::string>& sockets() const override { return sockets_; }
+  bool is_serving() const override { return state_ == State::serving; }
+  std::vector<SocketAddress> sockets() const override { return state_ == State::closed ? std::vector<SocketAddress>{} : sockets_; }
   std::size_t active_connections() const override { return connections_.size(); }
-  bool is_closed() const override { return state_ == State::closed; }
-  void on_closed(std::function<void(std::exception_ptr)> handler) override { closed_handler_ = std::move(handler); }
   void close() override {
-    if (state_ == State::closing || state_ == State::closed) return;
-    state_ = State::closing;
-    // To the server (id 0): stop listening, close every connection.
-    stream_->command(make_command([](v1::Command& c) { c.mutable_close(); }));
+    if (state_ != State::serving && state_ != State::opening) return;
+    state_ = State::draining;
+    stream_->command(make_command([](v1::Command& c) { c.mutable_stop_listening(); }));
   }
-  void abort() override {
-    if (state_ == State::closed) return;
-    state_ = State::closing;
-    stream_->abort(make_command([](v1::Command& c) { c.mutable_abort(); }));
+  void close_clients() override {
+    for (auto& [id, connection] : std::map(connections_)) connection->close();
+  }
+  void abort_clients() override {
+    for (auto& [id, connection] : std::map(connections_)) connection->abort();
+  }
+
+ protected:
+  void wait_closed_impl(asio::any_completion_handler<void()> handler) override {
+    if (state_ != State::closed) return waiters_.push_back(std::move(handler));
+    asio::post(loop_.context(), std::move(handler));
   }
 
  private:
   enum class State {
-    opening,  // the open is on its way
-    serving,  // server_started came: listening, connections come and go
-    closing,  // close() or abort() was sent: waiting for the stream's end
-    closed,   // the stream ended
+    opening,   // the open is on its way
+    serving,   // server_started came: listening, connections come and go
+    draining,  // close() sent stop_listening: the session ends with the last connection
+    closed,    // the stream ended
   };
 
   void on_event(const v1::Event& event) {
     const std::uint64_t id = event.connection_id();
     if (event.has_server_started()) {
-      sockets_.assign(event.server_started().sockets().begin(), event.server_started().sockets().end());
+      for (const auto& text : event.server_started().sockets()) {
+        if (auto address = parse_stream_address(text)) sockets_.push_back(*address);
+      }
       if (state_ == State::opening) state_ = State::serving;
       if (done_) std::exchange(done_, nullptr)(nullptr, shared_from_this());
     } else if (event.has_connection_accepted()) {
@@ -354,27 +367,33 @@ class RemoteServerSession final : public RemoteServer, public std::enable_shared
   }
 
   void on_finished(const grpc::Status& status) {
-    const bool asked_to_close = state_ == State::closing;
+    const bool asked_to_close = state_ == State::draining;
     state_ = State::closed;
-    if (done_) std::exchange(done_, nullptr)(ending_.for_status(status), nullptr);
+    if (done_) {
+      std::exchange(done_, nullptr)(ending_.for_status(status), nullptr);
+    } else if (!asked_to_close || !status.ok()) {
+      // Nobody asked: the service closed it, or the call broke. As a
+      // local server's troubles, it goes to the loop's exception handler.
+      loop_.call_exception_handler(
+          {"a remote server's session ended",
+           status.ok() ? std::make_exception_ptr(std::runtime_error("the service closed the server session"))
+                       : broken_error(status),
+           nullptr, nullptr});
+    }
     // Connections the stream's end cut off.
     auto open = std::move(connections_);
     for (auto& [id, connection] : open) connection->on_finished(status);
     factory_ = nullptr;
-    if (auto handler = std::exchange(closed_handler_, nullptr)) {
-      if (asked_to_close && status.ok()) handler(nullptr);
-      else if (status.ok()) handler(std::make_exception_ptr(std::runtime_error("the service closed the server session")));
-      else handler(broken_error(status));
-    }
+    for (auto& waiter : std::exchange(waiters_, {})) asio::post(loop_.context(), std::move(waiter));
   }
 
   EventLoop& loop_;
   ProtocolFactory factory_;
-  std::function<void(std::exception_ptr, std::shared_ptr<RemoteServer>)> done_;
-  std::function<void(std::exception_ptr)> closed_handler_;
+  std::function<void(std::exception_ptr, std::shared_ptr<AbstractServer>)> done_;
+  std::vector<asio::any_completion_handler<void()>> waiters_;
   std::shared_ptr<SessionStream> stream_;
   std::map<std::uint64_t, std::shared_ptr<RemoteTransport>> connections_;
-  std::vector<std::string> sockets_;
+  std::vector<SocketAddress> sockets_;
   bool tls_ = false;
   State state_ = State::opening;
   Ending ending_;
@@ -382,13 +401,16 @@ class RemoteServerSession final : public RemoteServer, public std::enable_shared
 
 }  // namespace
 
-void create_remote_connection(EventLoop& loop, const RemoteOptions& remote, v1::OpenConnection open,
-                              std::shared_ptr<BaseProtocol> protocol, std::function<void(std::exception_ptr)> done) {
-  std::make_shared<RemoteTransport>(loop, std::move(protocol), std::move(done))->start(remote, std::move(open));
+std::shared_ptr<Transport> open_connection_session(EventLoop& loop, const RemoteOptions& remote, v1::OpenConnection open,
+                                                   std::shared_ptr<BaseProtocol> protocol,
+                                                   std::function<void(std::exception_ptr)> done) {
+  auto transport = std::make_shared<RemoteTransport>(loop, std::move(protocol), std::move(done));
+  transport->start(remote, std::move(open));
+  return transport;
 }
 
-void create_remote_server(EventLoop& loop, const RemoteOptions& remote, v1::OpenServer open, ProtocolFactory factory,
-                          std::function<void(std::exception_ptr, std::shared_ptr<RemoteServer>)> done) {
+void open_server_session(EventLoop& loop, const RemoteOptions& remote, v1::OpenServer open, ProtocolFactory factory,
+                         std::function<void(std::exception_ptr, std::shared_ptr<AbstractServer>)> done) {
   std::make_shared<RemoteServerSession>(loop, std::move(factory), std::move(done))->start(remote, std::move(open));
 }
 

@@ -1,6 +1,7 @@
 #include <conduit/service/remote.hpp>
 
-#include "remote_common.hpp"
+#include "remote_session.hpp"
+#include "sessions.hpp"
 
 #include <conduit/detail/write_flow_control.hpp>
 
@@ -109,10 +110,13 @@ class RemoteDatagram final : public DatagramTransport {
 
 }  // namespace
 
-void create_remote_datagram_endpoint(EventLoop& loop, const RemoteOptions& remote, v1::OpenDatagramEndpoint open,
-                                     std::shared_ptr<DatagramProtocol> protocol,
-                                     std::function<void(std::exception_ptr)> done) {
-  std::make_shared<RemoteDatagram>(loop, std::move(protocol), std::move(done))->start(remote, std::move(open));
+std::shared_ptr<DatagramTransport> open_datagram_session(EventLoop& loop, const RemoteOptions& remote,
+                                                         v1::OpenDatagramEndpoint open,
+                                                         std::shared_ptr<DatagramProtocol> protocol,
+                                                         std::function<void(std::exception_ptr)> done) {
+  auto transport = std::make_shared<RemoteDatagram>(loop, std::move(protocol), std::move(done));
+  transport->start(remote, std::move(open));
+  return transport;
 }
 
 }  // namespace conduit::service

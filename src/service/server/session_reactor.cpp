@@ -1,5 +1,6 @@
 #include "session_reactor.hpp"
 
+#include "session_kind.hpp"
 #include "session_open.hpp"
 
 namespace conduit::service {
@@ -55,46 +56,16 @@ void SessionReactor::OnReadDone(bool ok) {
       return link_->finish(service_.refuse(*context_, session_method, status));
     }
     auto& record = *link_->record();
-    if (incoming_.has_open_connection()) {
-      const auto& c = incoming_.open_connection();
-      record.kind = "connection";
-      record.target = c.has_tcp() ? std::string(c.tls().enabled() ? "tls://" : "tcp://") + c.tcp().host() + ":" +
-                                        std::to_string(c.tcp().port())
-                                  : "unix://" + c.unix_path();
-    } else if (incoming_.has_open_server()) {
-      const auto& o = incoming_.open_server();
-      record.kind = "server";
-      record.target = o.has_tcp() ? std::string(o.tls().enabled() ? "tls://" : "tcp://") +
-                                        (o.tcp().host().empty() ? "*" : o.tcp().host()) + ":" + std::to_string(o.tcp().port())
-                                  : "unix://" + o.unix_path();
-    } else if (incoming_.has_open_proxy()) {
-      record.kind = "proxy";
-      const auto& p = incoming_.open_proxy();
-      auto text = [](const v1::ProxyEndpoint& e) {
-        if (e.has_tcp()) return std::string(e.tls_server().enabled() || e.tls_client().enabled() ? "tls://" : "tcp://") +
-                                e.tcp().host() + ":" + std::to_string(e.tcp().port());
-        if (e.has_udp()) return "udp://" + e.udp().host() + ":" + std::to_string(e.udp().port());
-        return "unix://" + e.unix_path();
-      };
-      record.target = text(p.listen()) + " -> " + text(p.upstream());
-      record.name = p.name();
+    const SessionKind& kind = *session_kind_of(incoming_);
+    record.kind = kind.name;
+    kind.describe(incoming_, record);
+    if (kind.controllable) {
       record.control = [weak = std::weak_ptr<Link>(link_)](v1::Command command, std::string by,
                                                            SessionRecord::ControlAnswer answer) {
         auto link = weak.lock();
         if (!link) return answer(grpc::Status(grpc::StatusCode::NOT_FOUND, "the session has ended"), {});
         link->control(std::move(command), std::move(by), std::move(answer));
       };
-    } else if (incoming_.has_open_datagram_endpoint()) {
-      const auto& d = incoming_.open_datagram_endpoint();
-      record.kind = "datagram";
-      const auto& a = d.has_remote_addr() ? d.remote_addr() : d.local_addr();
-      record.target = "udp://" + a.host() + ":" + std::to_string(a.port());
-    } else {
-      const auto& s = incoming_.open_subprocess();
-      record.kind = "subprocess";
-      record.target = s.shell().empty() ? s.argv(0) : "sh -c " + s.shell();
-      if (s.shell().empty()) record.argv.assign(s.argv().begin(), s.argv().end());
-      else record.argv = {"/bin/sh", "-c", s.shell()};
     }
     record.abort = [weak = std::weak_ptr<Link>(link_)](std::string reason) {
       if (auto link = weak.lock()) link->abort(std::move(reason));

@@ -350,7 +350,7 @@ grpc::ServerUnaryReactor* ConduitService::ControlProxy(grpc::CallbackServerConte
                                         "no session has the id or name '" + request->session() + "'")));
     return reactor;
   }
-  if (record->kind != "proxy" || !record->control) {
+  if (!record->control) {  // set for the kinds ControlProxy reaches (session_kind.hpp)
     reactor->Finish(refuse(*context, method,
                            grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                                         "session " + record->id + " is a " + record->kind + " session, not a proxy")));

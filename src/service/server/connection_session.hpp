@@ -211,8 +211,4 @@ class ConnectionSide final : public Protocol, public SideEvents {
   bool peer_eof_ = false;       // eof_received was sent
 };
 
-/// Open a connection session: connect as `open` says (the policy checks
-/// every address the host resolves to).
-void open_connection(const std::shared_ptr<Link>& link, const v1::OpenConnection& open);
-
 }  // namespace conduit::service

@@ -1,4 +1,6 @@
-#include "subprocess_session.hpp"
+// Subprocess sessions (open_subprocess): a child's callbacks as events,
+// commands onto it and its stdin.
+#include "session_kind.hpp"
 
 #include "session_open.hpp"
 #include "side_events.hpp"
@@ -119,7 +121,7 @@ class SubprocessSide final : public SubprocessProtocol, public SideEvents {
 
 }  // namespace
 
-void open_subprocess(const std::shared_ptr<Link>& link, const v1::OpenSubprocess& open) {
+static void open_subprocess(const std::shared_ptr<Link>& link, const v1::OpenSubprocess& open) {
   EventLoop& loop = link->service().loop();
   auto side = std::make_shared<SubprocessSide>(link);
   link->set_loop_side(side);
@@ -142,5 +144,61 @@ void open_subprocess(const std::shared_ptr<Link>& link, const v1::OpenSubprocess
     loop.subprocess_exec(factory, open.argv(0), args, options, done);
   }
 }
+
+namespace {
+
+grpc::Status validate_subprocess(const v1::ClientMessage& message, const ServiceOptions& options) {
+  using grpc::Status;
+  using grpc::StatusCode;
+  const auto& open = message.open_subprocess();
+  if (open.argv().empty() == open.shell().empty()) {
+    return Status(StatusCode::INVALID_ARGUMENT, "open_subprocess: set exactly one of argv and shell");
+  }
+  if (!open.argv().empty() && open.argv(0).empty()) {
+    return Status(StatusCode::INVALID_ARGUMENT, "open_subprocess.argv[0] (the program) is empty");
+  }
+  for (int i = 0; i < open.argv_size(); ++i) {
+    if (open.argv(i).find('\0') != std::string::npos) {
+      return Status(StatusCode::INVALID_ARGUMENT, "open_subprocess.argv[" + std::to_string(i) + "] holds a NUL byte");
+    }
+  }
+  if (open.shell().find('\0') != std::string::npos || open.cwd().find('\0') != std::string::npos) {
+    return Status(StatusCode::INVALID_ARGUMENT, "open_subprocess: shell and cwd may not hold NUL bytes");
+  }
+  for (const auto& [name, value] : open.env()) {
+    if (name.empty() || name.find('=') != std::string::npos || name.find('\0') != std::string::npos ||
+        value.find('\0') != std::string::npos) {
+      return Status(StatusCode::INVALID_ARGUMENT, "open_subprocess.env: '" + name +
+                                                      "' is not a variable name (empty, or holds '=' or NUL), "
+                                                      "or its value holds NUL");
+    }
+  }
+  const bool shell = !open.shell().empty();
+  if (auto why = options.policy.check_exec(shell ? std::string() : open.argv(0), shell)) {
+    return Status(StatusCode::PERMISSION_DENIED, *why);
+  }
+  // The caller's environment replaces the child's: LD_PRELOAD and the
+  // like would make any allowed program run any code.
+  for (const auto& [name, value] : open.env()) {
+    if (auto why = options.policy.check_env(name)) return Status(StatusCode::PERMISSION_DENIED, *why);
+  }
+  return Status::OK;
+}
+
+void describe_subprocess(const v1::ClientMessage& message, SessionRecord& record) {
+  const auto& s = message.open_subprocess();
+  record.target = s.shell().empty() ? s.argv(0) : "sh -c " + s.shell();
+  if (s.shell().empty()) record.argv.assign(s.argv().begin(), s.argv().end());
+  else record.argv = {"/bin/sh", "-c", s.shell()};
+}
+
+void open_subprocess_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& message) {
+  open_subprocess(link, message.open_subprocess());
+}
+
+}  // namespace
+
+const SessionKind subprocess_session_kind{v1::ClientMessage::kOpenSubprocess, "open_subprocess", "subprocess", 4, validate_subprocess,
+                                      describe_subprocess, open_subprocess_session};
 
 }  // namespace conduit::service

@@ -1,11 +1,14 @@
-#include "proxy_session.hpp"
+// Proxy sessions (open_proxy): a stream or datagram proxy of the core,
+// listening on the service's host, its connections and faults reported and
+// driven over the session (and by ControlProxy).
+#include "session_kind.hpp"
 
 #include "codec.hpp"
 #include "session_open.hpp"
 #include "side_events.hpp"
 
 #include <conduit/datagram_proxy.hpp>
-#include <conduit/proxy.hpp>
+#include <conduit/stream_proxy.hpp>
 #include <conduit/tls.hpp>
 
 #include <boost/asio/steady_timer.hpp>
@@ -323,7 +326,7 @@ ProxyEndpoint core_endpoint(const v1::ProxyEndpoint& e) {
 
 }  // namespace
 
-grpc::Status validate_open_proxy(const v1::OpenProxy& open) {
+static grpc::Status validate_open_proxy(const v1::OpenProxy& open) {
   const std::string& name = open.name();
   const bool name_ok = name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char c) {
                          return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
@@ -352,7 +355,7 @@ grpc::Status validate_open_proxy(const v1::OpenProxy& open) {
   return Status::OK;
 }
 
-void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& open) {
+static void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& open) {
   EventLoop& loop = link->service().loop();
   const Policy& policy = link->service().options().policy;
   const auto& listen = open.listen();
@@ -449,5 +452,32 @@ void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& open) {
     });
   });
 }
+
+namespace {
+
+grpc::Status validate_proxy(const v1::ClientMessage& message, const ServiceOptions&) {
+  return validate_open_proxy(message.open_proxy());
+}
+
+void describe_proxy(const v1::ClientMessage& message, SessionRecord& record) {
+  const auto& p = message.open_proxy();
+  auto text = [](const v1::ProxyEndpoint& e) {
+    if (e.has_tcp()) return std::string(e.tls_server().enabled() || e.tls_client().enabled() ? "tls://" : "tcp://") +
+                            e.tcp().host() + ":" + std::to_string(e.tcp().port());
+    if (e.has_udp()) return "udp://" + e.udp().host() + ":" + std::to_string(e.udp().port());
+    return "unix://" + e.unix_path();
+  };
+  record.target = text(p.listen()) + " -> " + text(p.upstream());
+  record.name = p.name();
+}
+
+void open_proxy_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& message) {
+  open_proxy(link, message.open_proxy());
+}
+
+}  // namespace
+
+const SessionKind proxy_session_kind{v1::ClientMessage::kOpenProxy, "open_proxy", "proxy", 2, validate_proxy,
+                                     describe_proxy, open_proxy_session, /*controllable=*/true};
 
 }  // namespace conduit::service

@@ -1,4 +1,6 @@
-#include "server_session.hpp"
+// Server sessions (open_server): a listening server whose every accepted
+// connection is a ConnectionSide tagged with a fresh id.
+#include "session_kind.hpp"
 
 #include "connection_session.hpp"
 #include "session_open.hpp"
@@ -166,7 +168,7 @@ class ServerSide final : public SideEvents, public ConnectionOwner, public std::
 
 }  // namespace
 
-void open_server(const std::shared_ptr<Link>& link, const v1::OpenServer& open) {
+static void open_server(const std::shared_ptr<Link>& link, const v1::OpenServer& open) {
   EventLoop& loop = link->service().loop();
   const Policy& policy = link->service().options().policy;
   if (open.has_tcp()) {
@@ -213,5 +215,44 @@ void open_server(const std::shared_ptr<Link>& link, const v1::OpenServer& open) 
                     loop.create_server(factory, std::move(hosts), port, std::move(options), done);
                   });
 }
+
+namespace {
+
+grpc::Status validate_server(const v1::ClientMessage& message, const ServiceOptions&) {
+  using grpc::Status;
+  using grpc::StatusCode;
+  const auto& open = message.open_server();
+  if (open.has_tcp()) {
+    if (open.tcp().port() > 65535) return Status(StatusCode::INVALID_ARGUMENT, "open_server.tcp.port must be 0 to 65535");
+  } else if (open.target_case() == v1::OpenServer::kUnixPath) {
+    if (open.unix_path().empty()) return Status(StatusCode::INVALID_ARGUMENT, "open_server.unix_path is empty");
+    if (open.unix_path().find('\0') != std::string::npos) {
+      return Status(StatusCode::INVALID_ARGUMENT, "open_server.unix_path holds a NUL byte (abstract sockets are not supported)");
+    }
+    if (open.tls().enabled()) return Status(StatusCode::INVALID_ARGUMENT, "open_server.tls: TLS needs tcp");
+  } else {
+    return Status(StatusCode::INVALID_ARGUMENT, "open_server: set tcp or unix_path");
+  }
+  if (open.tls().enabled() && (open.tls().cert_pem().empty() || open.tls().key_pem().empty())) {
+    return Status(StatusCode::INVALID_ARGUMENT, "open_server.tls needs cert_pem and key_pem");
+  }
+  return validate_buffer_limits("open_server", open.write_buffer_high(), open.write_buffer_low());
+}
+
+void describe_server(const v1::ClientMessage& message, SessionRecord& record) {
+  const auto& o = message.open_server();
+  record.target = o.has_tcp() ? std::string(o.tls().enabled() ? "tls://" : "tcp://") +
+                                    (o.tcp().host().empty() ? "*" : o.tcp().host()) + ":" + std::to_string(o.tcp().port())
+                              : "unix://" + o.unix_path();
+}
+
+void open_server_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& message) {
+  open_server(link, message.open_server());
+}
+
+}  // namespace
+
+const SessionKind server_session_kind{v1::ClientMessage::kOpenServer, "open_server", "server", 2, validate_server,
+                                      describe_server, open_server_session};
 
 }  // namespace conduit::service

@@ -1,5 +1,6 @@
 #include "connection_session.hpp"
 
+#include "session_kind.hpp"
 #include "session_open.hpp"
 
 #include <conduit/tls.hpp>
@@ -110,7 +111,7 @@ void ConnectionSide::connection_lost(std::exception_ptr exc) {
   if (auto server = server_.lock()) server->connection_gone(connection_id_);  // may destroy this side: last
 }
 
-void open_connection(const std::shared_ptr<Link>& link, const v1::OpenConnection& open) {
+static void open_connection(const std::shared_ptr<Link>& link, const v1::OpenConnection& open) {
   EventLoop& loop = link->service().loop();
   const Policy& policy = link->service().options().policy;
   auto side = std::make_shared<ConnectionSide>(link, ConnectionOptions::of(open));
@@ -165,5 +166,55 @@ void open_connection(const std::shared_ptr<Link>& link, const v1::OpenConnection
                     loop.create_connection(factory, host, port, std::move(options), done);
                   });
 }
+
+namespace {
+
+grpc::Status validate_connection(const v1::ClientMessage& message, const ServiceOptions&) {
+  using grpc::Status;
+  using grpc::StatusCode;
+  const auto& open = message.open_connection();
+  if (open.has_tcp()) {
+    if (open.tcp().host().empty()) return Status(StatusCode::INVALID_ARGUMENT, "open_connection.tcp.host is empty");
+    if (open.tcp().port() == 0 || open.tcp().port() > 65535) {
+      return Status(StatusCode::INVALID_ARGUMENT, "open_connection.tcp.port must be 1 to 65535");
+    }
+    if (open.has_local_addr()) {
+      boost::system::error_code ec;
+      boost::asio::ip::make_address(open.local_addr().host(), ec);
+      if (ec || open.local_addr().port() > 65535) {
+        return Status(StatusCode::INVALID_ARGUMENT,
+                      "open_connection.local_addr needs a numeric host and a port 0 to 65535");
+      }
+    }
+  } else if (open.target_case() == v1::OpenConnection::kUnixPath) {
+    if (open.unix_path().empty()) return Status(StatusCode::INVALID_ARGUMENT, "open_connection.unix_path is empty");
+    if (open.unix_path().find('\0') != std::string::npos) {
+      return Status(StatusCode::INVALID_ARGUMENT, "open_connection.unix_path holds a NUL byte (abstract sockets are not supported)");
+    }
+    if (open.tls().enabled()) return Status(StatusCode::INVALID_ARGUMENT, "open_connection.tls: TLS needs tcp");
+    if (open.has_local_addr()) {
+      return Status(StatusCode::INVALID_ARGUMENT, "open_connection.local_addr: a local address needs tcp");
+    }
+  } else {
+    return Status(StatusCode::INVALID_ARGUMENT, "open_connection: set tcp or unix_path");
+  }
+  return validate_buffer_limits("open_connection", open.write_buffer_high(), open.write_buffer_low());
+}
+
+void describe_connection(const v1::ClientMessage& message, SessionRecord& record) {
+  const auto& c = message.open_connection();
+  record.target = c.has_tcp() ? std::string(c.tls().enabled() ? "tls://" : "tcp://") + c.tcp().host() + ":" +
+                                    std::to_string(c.tcp().port())
+                              : "unix://" + c.unix_path();
+}
+
+void open_connection_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& message) {
+  open_connection(link, message.open_connection());
+}
+
+}  // namespace
+
+const SessionKind connection_session_kind{v1::ClientMessage::kOpenConnection, "open_connection", "connection", 1, validate_connection,
+                                      describe_connection, open_connection_session};
 
 }  // namespace conduit::service

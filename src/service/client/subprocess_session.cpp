@@ -1,6 +1,7 @@
 #include <conduit/service/remote.hpp>
 
-#include "remote_common.hpp"
+#include "remote_session.hpp"
+#include "sessions.hpp"
 
 #include <conduit/detail/write_flow_control.hpp>
 
@@ -198,10 +199,13 @@ class RemoteSubprocess final : public SubprocessTransport {
 
 }  // namespace
 
-void create_remote_subprocess(EventLoop& loop, const RemoteOptions& remote, v1::OpenSubprocess open,
-                              std::shared_ptr<SubprocessProtocol> protocol,
-                              std::function<void(std::exception_ptr)> done) {
-  std::make_shared<RemoteSubprocess>(loop, std::move(protocol), std::move(done))->start(remote, std::move(open));
+std::shared_ptr<SubprocessTransport> open_subprocess_session(EventLoop& loop, const RemoteOptions& remote,
+                                                             v1::OpenSubprocess open,
+                                                             std::shared_ptr<SubprocessProtocol> protocol,
+                                                             std::function<void(std::exception_ptr)> done) {
+  auto transport = std::make_shared<RemoteSubprocess>(loop, std::move(protocol), std::move(done));
+  transport->start(remote, std::move(open));
+  return transport;
 }
 
 }  // namespace conduit::service

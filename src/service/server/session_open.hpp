@@ -18,7 +18,8 @@
 namespace conduit::service {
 
 /// INVALID_ARGUMENT naming the field, PERMISSION_DENIED by the policy
-/// (programs and environment; addresses are checked when opening), or OK.
+/// (programs and environment; addresses are checked when opening), or OK:
+/// the session kind's own check (session_kind.hpp).
 grpc::Status validate_open(const v1::ClientMessage& open, const ServiceOptions& options);
 
 /// Open the session described by `open` on the loop (validated already).
@@ -75,6 +76,10 @@ enum class AddressUse { listen, connect };
 /// address for `use`; `what` names the request in the refusal.
 AddressCheck policy_check(const Policy& policy, AddressUse use, std::string what,
                           std::shared_ptr<const ResolvedNames> names);
+
+/// INVALID_ARGUMENT if a write-buffer pair of `message` (e.g.
+/// "open_connection") is inconsistent, else OK.
+grpc::Status validate_buffer_limits(const std::string& message, std::uint32_t high, std::uint32_t low);
 
 /// "host:port", "[v6]:port".
 std::string host_port(const std::string& host, std::uint32_t port);

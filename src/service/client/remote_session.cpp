@@ -1,4 +1,4 @@
-#include "remote_common.hpp"
+#include "remote_session.hpp"
 
 #include <conduit/service/grpc_runtime.hpp>
 

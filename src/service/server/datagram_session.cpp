@@ -1,4 +1,6 @@
-#include "datagram_session.hpp"
+// Datagram sessions (open_datagram_endpoint): a UDP endpoint's callbacks as
+// events; sendto and close onto it.
+#include "session_kind.hpp"
 
 #include "session_open.hpp"
 #include "side_events.hpp"
@@ -112,7 +114,7 @@ class DatagramSide final : public DatagramProtocol, public SideEvents {
 
 }  // namespace
 
-void open_datagram_endpoint(const std::shared_ptr<Link>& link, const v1::OpenDatagramEndpoint& open) {
+static void open_datagram_endpoint(const std::shared_ptr<Link>& link, const v1::OpenDatagramEndpoint& open) {
   EventLoop& loop = link->service().loop();
   const Policy& policy = link->service().options().policy;
   DatagramOptions options;
@@ -142,5 +144,39 @@ void open_datagram_endpoint(const std::shared_ptr<Link>& link, const v1::OpenDat
                                   [link](std::exception_ptr error, auto, auto) { finish_open(link, error); });
   });
 }
+
+namespace {
+
+grpc::Status validate_datagram(const v1::ClientMessage& message, const ServiceOptions&) {
+  using grpc::Status;
+  using grpc::StatusCode;
+  const auto& open = message.open_datagram_endpoint();
+  if (!open.has_local_addr() && !open.has_remote_addr()) {
+    return Status(StatusCode::INVALID_ARGUMENT, "open_datagram_endpoint: set local_addr, remote_addr or both");
+  }
+  if (open.has_local_addr() && (open.local_addr().host().empty() || open.local_addr().port() > 65535)) {
+    return Status(StatusCode::INVALID_ARGUMENT, "open_datagram_endpoint.local_addr needs a host and a port 0 to 65535");
+  }
+  if (open.has_remote_addr() &&
+      (open.remote_addr().host().empty() || open.remote_addr().port() == 0 || open.remote_addr().port() > 65535)) {
+    return Status(StatusCode::INVALID_ARGUMENT, "open_datagram_endpoint.remote_addr needs a host and a port 1 to 65535");
+  }
+  return Status::OK;
+}
+
+void describe_datagram(const v1::ClientMessage& message, SessionRecord& record) {
+  const auto& d = message.open_datagram_endpoint();
+  const auto& a = d.has_remote_addr() ? d.remote_addr() : d.local_addr();
+  record.target = "udp://" + a.host() + ":" + std::to_string(a.port());
+}
+
+void open_datagram_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& message) {
+  open_datagram_endpoint(link, message.open_datagram_endpoint());
+}
+
+}  // namespace
+
+const SessionKind datagram_session_kind{v1::ClientMessage::kOpenDatagramEndpoint, "open_datagram_endpoint", "datagram", 1, validate_datagram,
+                                      describe_datagram, open_datagram_session};
 
 }  // namespace conduit::service
