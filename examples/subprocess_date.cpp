@@ -40,9 +40,8 @@ int main() {
   SubprocessOptions options;
   options.stdin_stream = Stdio::devnull();
   options.stderr_stream = Stdio::fd(2);  // the child's errors go to ours
-  auto [transport, protocol] = loop.run_until_complete(
-      loop.subprocess_exec([] { return std::make_shared<DateProtocol>(); }, "date", {"+%Y-%m-%d %H:%M:%S"}, options,
-                           asio::use_awaitable));
+  auto [transport, protocol] = loop.run_until_complete(loop.subprocess_exec(
+      [] { return std::make_shared<DateProtocol>(); }, "date", {"+%Y-%m-%d %H:%M:%S"}, options, asio::use_awaitable));
   loop.run_until([&] { return protocol->done; }, std::chrono::seconds(10));
   transport->close();
   while (!protocol->output.empty() && protocol->output.back() == '\n') protocol->output.pop_back();

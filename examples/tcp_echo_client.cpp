@@ -14,7 +14,8 @@ using namespace conduit;
 
 class EchoClientProtocol : public Protocol {
  public:
-  EchoClientProtocol(std::string message, bool& connection_lost) : message_(std::move(message)), lost_(connection_lost) {}
+  EchoClientProtocol(std::string message, bool& connection_lost)
+      : message_(std::move(message)), lost_(connection_lost) {}
 
   void connection_made(std::shared_ptr<Transport> transport) override {
     transport->write(message_);

@@ -35,13 +35,13 @@ int main(int argc, char** argv) {
   DatagramOptions options;
   options.local_addr = std::pair{std::string("127.0.0.1"), port};
   std::shared_ptr<DatagramTransport> endpoint;
-  loop.create_datagram_endpoint([] { return std::make_shared<EchoServerProtocol>(); }, options,
-                                [&](std::exception_ptr error, std::shared_ptr<DatagramTransport> transport, auto) {
-                                  if (error) std::rethrow_exception(error);
-                                  std::cout << "Serving on " << transport->get_extra_info_as<SocketAddress>("sockname")->to_string()
-                                            << std::endl;
-                                  endpoint = std::move(transport);
-                                });
+  loop.create_datagram_endpoint(
+      [] { return std::make_shared<EchoServerProtocol>(); }, options,
+      [&](std::exception_ptr error, std::shared_ptr<DatagramTransport> transport, auto) {
+        if (error) std::rethrow_exception(error);
+        std::cout << "Serving on " << transport->get_extra_info_as<SocketAddress>("sockname")->to_string() << std::endl;
+        endpoint = std::move(transport);
+      });
 
   asio::signal_set signals(loop.context(), SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code&, int) {

@@ -47,7 +47,8 @@ void rule(const std::string& text) {
     check(parsed.text() == text);
     const conduit::service::ResolvedNames names{{parsed.name(), {boost::asio::ip::make_address("127.0.0.1")}}};
     for (const char* address : {"127.0.0.1", "::1", "::ffff:10.1.2.3", "0.0.0.0", "fd00::1"}) {
-      for (std::uint16_t port : {0, 1, 80, 65535}) (void)parsed.matches(boost::asio::ip::make_address(address), port, names);
+      for (std::uint16_t port : {0, 1, 80, 65535})
+        (void)parsed.matches(boost::asio::ip::make_address(address), port, names);
     }
   } catch (const std::invalid_argument&) {
   }

@@ -150,8 +150,10 @@ void tame(World& w, v1::ClientMessage& message) {
         if (e->has_tcp() || e->has_udp()) {
           auto* hp = e->has_tcp() ? e->mutable_tcp() : e->mutable_udp();
           tame_host(hp->mutable_host());
-          if (listening) hp->set_port(0);
-          else if (hp->port() % 4 != 0) hp->set_port(w.echo_port);
+          if (listening)
+            hp->set_port(0);
+          else if (hp->port() % 4 != 0)
+            hp->set_port(w.echo_port);
         } else if (e->target_case() == v1::ProxyEndpoint::kUnixPath) {
           tame_path(e->mutable_unix_path());
         }

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Install what is missing, build with warnings as errors, and run every test:
+# Install what is missing, check the sources' layout (scripts/format.sh), build
+# with warnings as errors, and run every test:
 # once in a normal build and once under AddressSanitizer + UBSan; then fuzz
 # every libFuzzer target for 30 s (scripts/fuzz.sh), and run docker-compose.yml
 # under Docker Engine where there is one, with Compose (scripts/compose-test.sh)
@@ -9,6 +10,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/common.sh"
 
 install_missing_packages
+
+echo "=== source layout (.clang-format)"
+"$ROOT/scripts/format.sh" --check
 
 for variant in normal asan; do
   case $variant in

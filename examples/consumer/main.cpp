@@ -6,9 +6,9 @@
 #include <conduit/event_loop.hpp>
 #include <conduit/faults.hpp>
 #include <conduit/protocols.hpp>
-#include <conduit/stream_proxy.hpp>
 #include <conduit/server.hpp>
 #include <conduit/socket_address.hpp>
+#include <conduit/stream_proxy.hpp>
 #include <conduit/tls.hpp>
 #include <conduit/transports.hpp>
 

@@ -20,12 +20,12 @@ namespace conduit::cli {
 /// Exit codes, distinct per failure kind so scripts can tell them apart.
 enum ExitCode : int {
   exit_ok = 0,
-  exit_failure = 1,         ///< anything not listed below
-  exit_usage = 2,           ///< bad arguments
-  exit_connect_failed = 3,  ///< refused, unreachable, unresolvable, cannot listen
-  exit_timeout = 4,         ///< --timeout passed
-  exit_mismatch = 5,        ///< the echo differed from what was sent, or the connection closed or broke early
-  exit_lost = 6,            ///< udp-echo: some datagrams got no echo
+  exit_failure = 1,              ///< anything not listed below
+  exit_usage = 2,                ///< bad arguments
+  exit_connect_failed = 3,       ///< refused, unreachable, unresolvable, cannot listen
+  exit_timeout = 4,              ///< --timeout passed
+  exit_mismatch = 5,             ///< the echo differed from what was sent, or the connection closed or broke early
+  exit_lost = 6,                 ///< udp-echo: some datagrams got no echo
   exit_service_unreachable = 7,  ///< --via: the service itself could not be reached
 };
 

@@ -28,7 +28,6 @@
 #include <conduit/server.hpp>
 #include <conduit/tls.hpp>
 
-
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -91,7 +90,8 @@ constexpr Schemes stdio_schemes = stdio_scheme_list;
 /// connection) and standard output, and how the run ends.
 class Bridge {
  public:
-  Bridge(EventLoop& loop, const EventLog& log, bool keep) : loop_(loop), log_(log), keep_(keep), linger_(loop.context()) {}
+  Bridge(EventLoop& loop, const EventLog& log, bool keep)
+      : loop_(loop), log_(log), keep_(keep), linger_(loop.context()) {}
 
   int exit_code = exit_ok;
   std::string error;
@@ -218,8 +218,10 @@ void Bridge::close_ended() {
 }
 
 void Bridge::set_paused(StdioProtocol* connection, bool paused) {
-  if (paused) paused_.insert(connection);
-  else paused_.erase(connection);
+  if (paused)
+    paused_.insert(connection);
+  else
+    paused_.erase(connection);
   if (input_) input_->set_paused(!paused_.empty());
 }
 
@@ -242,8 +244,10 @@ void Bridge::fail(int code, std::string why) {
 void Bridge::end_all(bool abort) {
   for (auto* connection : std::set(open_)) {
     if (!connection->transport) continue;
-    if (abort) connection->transport->abort();
-    else connection->transport->close();
+    if (abort)
+      connection->transport->abort();
+    else
+      connection->transport->close();
   }
 }
 
@@ -294,9 +298,11 @@ class RestoreStdinFlags {
 
 /// The exit code and message for a connection, listener or endpoint that
 /// could not be opened: the service unreachable (--via), or the target.
-std::pair<int, std::string> open_failure(std::exception_ptr error, const StdioOptions& options, const std::string& what) {
+std::pair<int, std::string> open_failure(std::exception_ptr error, const StdioOptions& options,
+                                         const std::string& what) {
   const int code = exit_code_for(error, exit_connect_failed);
-  if (code == exit_service_unreachable) return {code, "cannot reach the service at " + options.via.address + ": " + describe(error)};
+  if (code == exit_service_unreachable)
+    return {code, "cannot reach the service at " + options.via.address + ": " + describe(error)};
   return {code, what + " " + options.url + ": " + describe(error)};
 }
 
@@ -308,9 +314,10 @@ void run_to_the_end(EventLoop& loop, const StdioOptions& options, const std::fun
   signals.async_wait([&](const boost::system::error_code& ec, int) {
     if (!ec) on_signal();
   });
-  const auto limit = options.timeout ? std::chrono::duration_cast<std::chrono::milliseconds>(
-                                           std::chrono::duration<double>(*options.timeout))
-                                     : std::chrono::hours(24 * 365 * 100);
+  const auto limit =
+      options.timeout
+          ? std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::duration<double>(*options.timeout))
+          : std::chrono::hours(24 * 365 * 100);
   if (!loop.run_until(done, limit)) on_timeout("timed out after " + format_seconds(*options.timeout) + " s");
   signals.cancel();
 }
@@ -447,8 +454,10 @@ int run_udp(const StdioOptions& options, const Endpoint& ep, bool listening, con
     }
   };
   DatagramOptions endpoint_options;
-  if (listening) endpoint_options.local_addr = std::pair{host, ep.port};
-  else endpoint_options.remote_addr = std::pair{host, ep.port};
+  if (listening)
+    endpoint_options.local_addr = std::pair{host, ep.port};
+  else
+    endpoint_options.remote_addr = std::pair{host, ep.port};
   opener->create_datagram_endpoint([protocol] { return protocol; }, endpoint_options,
                                    [&](std::exception_ptr error, std::shared_ptr<DatagramTransport> transport, auto) {
                                      opened(error, std::move(transport));
@@ -489,8 +498,10 @@ int run_stdio(const StdioOptions& options, bool listening) {
   std::unique_ptr<Opener> opener;  // here, or on the service's host
   try {
     opener = make_opener(loop, options.via);
-    if (tls && listening) server_options.tls = server_tls_options(options.tls);
-    else if (tls) connect_options.tls = client_tls_options(options.tls);
+    if (tls && listening)
+      server_options.tls = server_tls_options(options.tls);
+    else if (tls)
+      connect_options.tls = client_tls_options(options.tls);
   } catch (const std::exception& e) {
     std::cerr << name << ": " << e.what() << '\n';
     return exit_usage;
@@ -520,7 +531,8 @@ int run_stdio(const StdioOptions& options, bool listening) {
     auto on_server = [&](std::exception_ptr error, std::shared_ptr<AbstractServer> s) {
       if (error) return cannot(error, "cannot listen on");
       // Where it listens, on stderr: standard output is the connection's.
-      for (const auto& address : s->sockets()) std::cerr << "listening " << Endpoint::url_of(address, ep.scheme()) << std::endl;
+      for (const auto& address : s->sockets())
+        std::cerr << "listening " << Endpoint::url_of(address, ep.scheme()) << std::endl;
       // Closed before we close it: its session ended (the loop's error
       // handler said why).
       s->wait_closed([&] {
@@ -567,7 +579,8 @@ void add_stdio_flags(CLI::App& cmd, StdioOptions& options, bool listening) {
 
 void set_connect_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<StdioOptions>();
-  CLI::App* cmd = app.add_subcommand("connect", "Connect, then copy standard input to the connection and the connection to standard output");
+  CLI::App* cmd = app.add_subcommand(
+      "connect", "Connect, then copy standard input to the connection and the connection to standard output");
   cmd->add_option("address", options->url, "[tcp://]HOST:PORT, tls://HOST:PORT, unix:/PATH or udp://HOST:PORT")
       ->required()
       ->check(endpoint_validator(stdio_schemes));
@@ -579,7 +592,8 @@ read only as fast as the connection takes it. No time limit unless --timeout. ud
 read of standard input is a datagram; the run ends 0.5 s after input and datagrams stop.
 With --via, the connection is made on the service's host.
 
-)") + exit_codes_help + R"(
+)") + exit_codes_help +
+              R"(
 Examples:
   printf 'GET / HTTP/1.0\r\n\r\n' | conduit connect 127.0.0.1:8000
   conduit connect tls://example.org:443 --cafile ca.pem < request.txt
@@ -590,7 +604,8 @@ Examples:
 
 void set_listen_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<StdioOptions>();
-  CLI::App* cmd = app.add_subcommand("listen", "Listen, then copy a connection to standard output and standard input to it");
+  CLI::App* cmd =
+      app.add_subcommand("listen", "Listen, then copy a connection to standard output and standard input to it");
   cmd->add_option("address", options->url,
                   "[tcp://]HOST:PORT, tls://HOST:PORT or udp://HOST:PORT (HOST * for all interfaces, PORT 0 for "
                   "any free port) or unix:/PATH")
@@ -599,14 +614,17 @@ void set_listen_command(CLI::App& app, int& exit_code) {
   cmd->add_flag("-k,--keep", options->keep,
                 "Take every connection, not just the first, until SIGINT or SIGTERM: standard input goes to every "
                 "connection open as it comes, and each writes to standard output");
-  cmd->add_option("--backlog", options->backlog, "listen() backlog")->capture_default_str()->check(CLI::Range(1, 65535));
+  cmd->add_option("--backlog", options->backlog, "listen() backlog")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65535));
   add_stdio_flags(*cmd, *options, true);
   cmd->footer(std::string(R"(Prints "listening URL" on stderr for each bound socket (stdout is the connection's). Takes
 one connection (later ones are refused) and ends when it does, or with --keep every
 connection until SIGINT/SIGTERM. Half-close is carried as connect carries it. With --via,
 the service listens on its host (within its --allow-listen).
 
-)") + exit_codes_help + R"(
+)") + exit_codes_help +
+              R"(
 Examples:
   conduit listen 127.0.0.1:9000 > received.bin
   conduit listen --keep '*:9000' < banner.txt

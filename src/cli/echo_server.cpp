@@ -6,7 +6,6 @@
 #include <conduit/server.hpp>
 #include <conduit/tls.hpp>
 
-
 #include <boost/asio/signal_set.hpp>
 
 #include <functional>

@@ -35,8 +35,10 @@ std::string expected_forms(Schemes schemes) {
   std::string forms;
   for (auto scheme : schemes) {
     if (!forms.empty()) forms += ", ";
-    if (scheme == "unix") forms += "unix:/PATH";
-    else forms += std::string(scheme) + "://HOST:PORT";
+    if (scheme == "unix")
+      forms += "unix:/PATH";
+    else
+      forms += std::string(scheme) + "://HOST:PORT";
     if (scheme == schemes.front() && scheme != "unix") forms += " (or HOST:PORT)";
   }
   return forms;
@@ -53,7 +55,8 @@ void parse_host_port(std::string_view whole, std::string_view rest, Endpoint& ep
     }
     host = rest.substr(1, close - 1);
     port = rest.substr(close + 2);
-    if (host.find(':') == std::string_view::npos) throw std::invalid_argument(quoted + ": only IPv6 addresses go in brackets");
+    if (host.find(':') == std::string_view::npos)
+      throw std::invalid_argument(quoted + ": only IPv6 addresses go in brackets");
   } else {
     const auto colon = rest.rfind(':');
     if (colon == std::string_view::npos) throw std::invalid_argument(quoted + ": missing :PORT");
@@ -90,7 +93,8 @@ Endpoint parse_endpoint(std::string_view url, Schemes schemes) {
     std::string_view path = url.substr(5);
     if (path.rfind("//", 0) == 0) path.remove_prefix(2);  // unix:///PATH
     if (path.empty()) throw std::invalid_argument(quoted + ": the unix socket path is empty");
-    if (path.find('\0') != std::string_view::npos) throw std::invalid_argument("the unix socket path holds a null byte");
+    if (path.find('\0') != std::string_view::npos)
+      throw std::invalid_argument("the unix socket path holds a null byte");
     ep.kind = Endpoint::Kind::unix_path;
     ep.path = std::string(path);
     return ep;
@@ -140,7 +144,8 @@ ListenAddress parse_listen_address(const std::string& text) {
     // that grpc_uri() gives back what parses to the same path.
     std::string path = ep.path;
     path.erase(std::unique(path.begin(), path.end(), [](char x, char y) { return x == '/' && y == '/'; }), path.end());
-    if (path.front() != '/') throw std::invalid_argument("--listen " + text + ": a Unix socket path must be absolute, unix:/PATH");
+    if (path.front() != '/')
+      throw std::invalid_argument("--listen " + text + ": a Unix socket path must be absolute, unix:/PATH");
     a.unix_path = path;
     return a;
   }

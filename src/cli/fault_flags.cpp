@@ -1,11 +1,11 @@
 #include "fault_flags.hpp"
 
 #include <charconv>
+#include <cmath>
 #include <cstdio>
+#include <stdexcept>
 #include <type_traits>
 #include <variant>
-#include <cmath>
-#include <stdexcept>
 
 namespace conduit::cli {
 
@@ -56,15 +56,20 @@ std::chrono::microseconds parse_duration(std::string_view text, std::string_view
   // A bare number is refused (but 0): toxiproxy's users write milliseconds,
   // others seconds, and each would be silently wrong by a thousand.
   if (unit.empty() && value != 0) {
-    throw std::invalid_argument(std::string(flag) + ": '" + std::string(text) + "' needs a unit: " +
-                                std::string(text) + "ms or " + std::string(text) + "s? (" + duration_text + ")");
+    throw std::invalid_argument(std::string(flag) + ": '" + std::string(text) + "' needs a unit: " + std::string(text) +
+                                "ms or " + std::string(text) + "s? (" + duration_text + ")");
   }
   double micros = 0;
-  if (unit.empty() || unit == "s") micros = value * 1e6;
-  else if (unit == "ms") micros = value * 1e3;
-  else if (unit == "us") micros = value;
-  else if (unit == "m") micros = value * 60e6;
-  else bad_unit(text, flag, duration_text);
+  if (unit.empty() || unit == "s")
+    micros = value * 1e6;
+  else if (unit == "ms")
+    micros = value * 1e3;
+  else if (unit == "us")
+    micros = value;
+  else if (unit == "m")
+    micros = value * 60e6;
+  else
+    bad_unit(text, flag, duration_text);
   if (micros > 86400e6) {
     throw std::invalid_argument(std::string(flag) + ": '" + std::string(text) + "' is over a day");
   }
@@ -76,9 +81,12 @@ std::uint64_t parse_rate(std::string_view text, std::string_view flag) {
   auto [multiplier, unit] = scale(rest);
   if (unit.ends_with("/s")) unit.remove_suffix(2);
   double bytes = value * multiplier;
-  if (unit == "bit" || unit == "b" || unit == "bps") bytes /= 8;
-  else if (!unit.empty() && unit != "B" && unit != "Bps") bad_unit(text, flag, rate_text);
-  if (bytes < 1) throw std::invalid_argument(std::string(flag) + ": '" + std::string(text) + "' is under a byte a second");
+  if (unit == "bit" || unit == "b" || unit == "bps")
+    bytes /= 8;
+  else if (!unit.empty() && unit != "B" && unit != "Bps")
+    bad_unit(text, flag, rate_text);
+  if (bytes < 1)
+    throw std::invalid_argument(std::string(flag) + ": '" + std::string(text) + "' is under a byte a second");
   if (bytes > 1e12) throw std::invalid_argument(std::string(flag) + ": '" + std::string(text) + "' is over 1 TB/s");
   return static_cast<std::uint64_t>(bytes);
 }
@@ -94,8 +102,10 @@ std::uint64_t parse_size(std::string_view text, std::string_view flag) {
 
 double parse_probability(std::string_view text, std::string_view flag) {
   auto [value, unit] = number_and_unit(text, flag, probability_text);
-  if (unit == "%") value /= 100;
-  else if (!unit.empty()) bad_unit(text, flag, probability_text);
+  if (unit == "%")
+    value /= 100;
+  else if (!unit.empty())
+    bad_unit(text, flag, probability_text);
   if (value > 1) throw std::invalid_argument(std::string(flag) + ": '" + std::string(text) + "' is over 100%");
   return value;
 }
@@ -135,8 +145,8 @@ std::vector<Fault> faults_of(const FaultFlags& f, std::optional<bool> datagram) 
   auto add = [&](const char* name, fault::Kind kind) {
     Fault fault{name, direction, std::move(kind)};
     if (datagram && (*datagram ? !fault::for_datagrams(fault.kind) : !fault::for_streams(fault.kind))) {
-      throw std::invalid_argument(std::string("--") + name + " is for " + (*datagram ? "stream (tcp, tls, unix)" : "udp") +
-                                  " proxies");
+      throw std::invalid_argument(std::string("--") + name + " is for " +
+                                  (*datagram ? "stream (tcp, tls, unix)" : "udp") + " proxies");
     }
     fault.validate();
     faults.push_back(std::move(fault));
@@ -156,7 +166,8 @@ std::vector<Fault> faults_of(const FaultFlags& f, std::optional<bool> datagram) 
                                f.slice_delay.empty() ? std::chrono::microseconds(1000)
                                                      : parse_duration(f.slice_delay, "--slice-delay")});
   }
-  if (!f.blackhole_close_after.empty() && !f.blackhole) throw std::invalid_argument("--blackhole-close-after needs --blackhole");
+  if (!f.blackhole_close_after.empty() && !f.blackhole)
+    throw std::invalid_argument("--blackhole-close-after needs --blackhole");
   if (f.blackhole) {
     fault::Blackhole blackhole;
     if (!f.blackhole_close_after.empty()) {
@@ -167,8 +178,10 @@ std::vector<Fault> faults_of(const FaultFlags& f, std::optional<bool> datagram) 
   if (!f.reset_after.empty()) {
     // A time ends in s (2s, 500ms, 250us); a size in B, KiB, MB... or nothing.
     const bool time = f.reset_after.ends_with("s");
-    if (time) add("reset-after", fault::Reset{std::nullopt, parse_duration(f.reset_after, "--reset-after")});
-    else add("reset-after", fault::Reset{parse_size(f.reset_after, "--reset-after"), std::nullopt});
+    if (time)
+      add("reset-after", fault::Reset{std::nullopt, parse_duration(f.reset_after, "--reset-after")});
+    else
+      add("reset-after", fault::Reset{parse_size(f.reset_after, "--reset-after"), std::nullopt});
   }
   if (!f.limit_data.empty()) add("limit-data", fault::LimitData{parse_size(f.limit_data, "--limit-data")});
   if (!f.slow_close.empty()) add("slow-close", fault::SlowClose{parse_duration(f.slow_close, "--slow-close")});

@@ -44,21 +44,22 @@ bool InputFeeder::start(int fd, std::string& error) {
   // character devices (/dev/zero): those are read by posted reads.
   const bool pollable = S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) || (S_ISCHR(st.st_mode) && ::isatty(fd));
   if (pollable) {
-    loop_.connect_read_pipe([this] { return std::make_shared<PipeReader>(*this); }, fd,
-                            [this, fd, alive = alive_](std::exception_ptr e, std::shared_ptr<Transport> transport, auto) {
-                              if (!*alive) {
-                                if (transport) transport->abort();
-                                return;
-                              }
-                              if (e) {
-                                // Refused (the descriptor stays ours): read it the other way.
-                                fd_ = fd;
-                              } else {
-                                pipe_ = std::move(transport);
-                                if (stopped_) return pipe_->close();
-                              }
-                              set_paused(paused_);
-                            });
+    loop_.connect_read_pipe(
+        [this] { return std::make_shared<PipeReader>(*this); }, fd,
+        [this, fd, alive = alive_](std::exception_ptr e, std::shared_ptr<Transport> transport, auto) {
+          if (!*alive) {
+            if (transport) transport->abort();
+            return;
+          }
+          if (e) {
+            // Refused (the descriptor stays ours): read it the other way.
+            fd_ = fd;
+          } else {
+            pipe_ = std::move(transport);
+            if (stopped_) return pipe_->close();
+          }
+          set_paused(paused_);
+        });
     return true;
   }
   fd_ = fd;
@@ -70,8 +71,10 @@ void InputFeeder::set_paused(bool paused) {
   paused_ = paused;
   if (stopped_ || finished_) return;
   if (pipe_) {
-    if (paused) pipe_->pause_reading();
-    else pipe_->resume_reading();
+    if (paused)
+      pipe_->pause_reading();
+    else
+      pipe_->resume_reading();
   } else if (fd_ >= 0 && !paused && !read_posted_) {
     read_posted_ = true;
     asio::post(loop_.get_executor(), [this, alive = alive_] {

@@ -34,7 +34,8 @@ RttSummary::RttSummary(const std::vector<double>& rtts_ms) {
 }
 
 std::string RttSummary::json() const {
-  return "{\"min\":" + std::to_string(min) + ",\"avg\":" + std::to_string(avg) + ",\"max\":" + std::to_string(max) + "}";
+  return "{\"min\":" + std::to_string(min) + ",\"avg\":" + std::to_string(avg) + ",\"max\":" + std::to_string(max) +
+         "}";
 }
 
 std::string hex_dump(std::span<const std::byte> data) {

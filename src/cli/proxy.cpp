@@ -29,12 +29,12 @@ constexpr Schemes proxy_schemes = proxy_scheme_list;
 struct ProxyCommandOptions {
   std::string listen, upstream;
   FaultFlags faults;
-  std::string cert, key;                // tls:// listen
-  std::string upstream_cafile;          // tls:// upstream
+  std::string cert, key;        // tls:// listen
+  std::string upstream_cafile;  // tls:// upstream
   bool upstream_insecure = false;
-  double idle_timeout = 60;             // udp
+  double idle_timeout = 60;  // udp
   std::uint64_t exit_after = 0;
-  std::string name;                     // --via: the session's name
+  std::string name;  // --via: the session's name
   ViaFlags via;
   OutputOptions output;
 };
@@ -56,7 +56,8 @@ class ProxyReport {
     if (c.up == info.bytes_upstream && c.down == info.bytes_downstream) return;
     c.up = info.bytes_upstream;
     c.down = info.bytes_downstream;
-    if (verbose()) std::cerr << "[conn " << info.id << "] " << c.up << " bytes up, " << c.down << " bytes down" << std::endl;
+    if (verbose())
+      std::cerr << "[conn " << info.id << "] " << c.up << " bytes up, " << c.down << " bytes down" << std::endl;
   }
   void closed(const ProxyConnectionInfo& info, std::exception_ptr error) {
     auto& c = connections_[info.id];
@@ -136,14 +137,15 @@ int run_proxy(const ProxyCommandOptions& o) {
     upstream = parse_endpoint(o.upstream, proxy_schemes);
     const bool datagram = listen.kind == Endpoint::Kind::udp;
     if (datagram != (upstream.kind == Endpoint::Kind::udp)) {
-      throw std::invalid_argument("a udp:// proxy listens and connects with udp:// (got " + std::string(listen.scheme()) +
-                                  " and " + std::string(upstream.scheme()) + ")");
+      throw std::invalid_argument("a udp:// proxy listens and connects with udp:// (got " +
+                                  std::string(listen.scheme()) + " and " + std::string(upstream.scheme()) + ")");
     }
     if (upstream.kind != Endpoint::Kind::unix_path && upstream.port == 0) {
       throw std::invalid_argument("--upstream needs a port");
     }
     const bool tls_listen = listen.kind == Endpoint::Kind::tls;
-    if (tls_listen && (o.cert.empty() || o.key.empty())) throw std::invalid_argument(o.listen + " needs --cert and --key");
+    if (tls_listen && (o.cert.empty() || o.key.empty()))
+      throw std::invalid_argument(o.listen + " needs --cert and --key");
     if (!tls_listen && (!o.cert.empty() || !o.key.empty())) {
       throw std::invalid_argument("--cert and --key apply to a tls:// --listen only");
     }
@@ -209,7 +211,8 @@ int run_proxy(const ProxyCommandOptions& o) {
       return loop.stop();
     }
     // The "listening" lines are what scripts wait on: always printed.
-    for (const auto& address : made->sockets()) std::cout << "listening " << Endpoint::url_of(address, listen.scheme()) << std::endl;
+    for (const auto& address : made->sockets())
+      std::cout << "listening " << Endpoint::url_of(address, listen.scheme()) << std::endl;
     proxy = std::move(made);
     // Closed before we close it: a --via proxy's session ended (the loop's
     // error handler said why).
@@ -266,7 +269,8 @@ void set_proxy_command(CLI::App& app, int& exit_code) {
       ->required()
       ->check(endpoint_validator(proxy_schemes));
   cmd->add_option("-u,--upstream", o->upstream,
-                  "Where to relay to: [tcp://]HOST:PORT, tls:// (speaks TLS to it), unix:/PATH or udp:// (with a udp:// --listen)")
+                  "Where to relay to: [tcp://]HOST:PORT, tls:// (speaks TLS to it), unix:/PATH or udp:// (with a "
+                  "udp:// --listen)")
       ->required()
       ->check(endpoint_validator(proxy_schemes));
   add_fault_flags(*cmd, o->faults);

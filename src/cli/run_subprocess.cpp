@@ -6,7 +6,6 @@
 
 #include <conduit/event_loop.hpp>
 
-
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -16,12 +15,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <iostream>
 #include <iterator>
 #include <optional>
-#include <iostream>
 
 namespace conduit::cli {
 
@@ -183,8 +182,10 @@ int run(const RunOptions& options) {
     // A file can go to a local child as is; a pipe or terminal is forwarded
     // through the loop, so the child (in its own process group) never
     // reads our terminal directly.
-    if (!remote && is_regular_file(STDIN_FILENO)) spawn.stdin_stream = Stdio::fd(STDIN_FILENO);
-    else input_fd = STDIN_FILENO;
+    if (!remote && is_regular_file(STDIN_FILENO))
+      spawn.stdin_stream = Stdio::fd(STDIN_FILENO);
+    else
+      input_fd = STDIN_FILENO;
   } else if (options.stdin_source) {
     const int file = ::open(options.stdin_source->c_str(), O_RDONLY | O_CLOEXEC);
     if (file < 0) {
@@ -192,8 +193,10 @@ int run(const RunOptions& options) {
                 << std::strerror(errno) << '\n';
       return exit_usage;
     }
-    if (remote) input_fd = file;
-    else spawn.stdin_stream = Stdio::fd(file);
+    if (remote)
+      input_fd = file;
+    else
+      spawn.stdin_stream = Stdio::fd(file);
   }
   if (input_fd >= 0 && !remote) spawn.stdin_stream = Stdio::pipe();
 
@@ -212,13 +215,13 @@ int run(const RunOptions& options) {
   }
   if (remote) spawn.stdin_stream = Stdio::pipe();
   std::vector<std::string> args(options.command.begin() + 1, options.command.end());
-  opener->subprocess_exec([&] { return std::make_shared<RunProtocol>(output, log, result); }, options.command.front(),
-                          args, spawn,
-                          [&](std::exception_ptr error, std::shared_ptr<SubprocessTransport>, std::shared_ptr<RunProtocol> p) {
-                            spawn_error = error;
-                            protocol = std::move(p);
-                            spawned = true;
-                          });
+  opener->subprocess_exec(
+      [&] { return std::make_shared<RunProtocol>(output, log, result); }, options.command.front(), args, spawn,
+      [&](std::exception_ptr error, std::shared_ptr<SubprocessTransport>, std::shared_ptr<RunProtocol> p) {
+        spawn_error = error;
+        protocol = std::move(p);
+        spawned = true;
+      });
   loop.run_until([&] { return spawned; }, std::chrono::seconds(30));
   if (spawn.stdin_stream.kind() == Stdio::Kind::fd && spawn.stdin_stream.descriptor() != STDIN_FILENO) {
     ::close(spawn.stdin_stream.descriptor());  // the child has its copy
@@ -271,7 +274,8 @@ int run(const RunOptions& options) {
   // nothing is left behind.
   asio::steady_timer grace(loop.context());
   bool grace_running = false;
-  const auto grace_period = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.kill_after));
+  const auto grace_period =
+      std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.kill_after));
   auto end_after_grace = [&](const std::string& why) {
     if (grace_running || !transport) return;
     grace_running = true;
@@ -291,11 +295,14 @@ int run(const RunOptions& options) {
       if (ec) return;
       const bool ending =
           std::find(std::begin(ending_signals), std::end(ending_signals), signal) != std::end(ending_signals);
-      log.event("run-subprocess", "forwarding signal " + std::to_string(signal) + (ending ? " to the child's group" : ""));
+      log.event("run-subprocess",
+                "forwarding signal " + std::to_string(signal) + (ending ? " to the child's group" : ""));
       if (transport && !result.lost && (ending || !result.returncode)) {
         try {
-          if (ending) transport->send_signal_to_group(signal);
-          else transport->send_signal(signal);
+          if (ending)
+            transport->send_signal_to_group(signal);
+          else
+            transport->send_signal(signal);
         } catch (const std::exception& e) {
           log.event("run-subprocess", std::string("cannot forward the signal: ") + e.what());
         }
@@ -311,7 +318,8 @@ int run(const RunOptions& options) {
 
   asio::steady_timer deadline(loop.context());
   if (options.timeout && transport) {
-    deadline.expires_after(std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(*options.timeout)));
+    deadline.expires_after(
+        std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(*options.timeout)));
     deadline.async_wait([&](const boost::system::error_code& ec) {
       if (ec || result.lost) return;
       result.timed_out = true;
@@ -366,8 +374,9 @@ int run(const RunOptions& options) {
 void set_run_subprocess_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<RunOptions>();
   CLI::App* cmd = app.add_subcommand("run-subprocess", "Run a program through subprocess_exec and stream its output");
-  cmd->add_option("--stdin", options->stdin_source, "Feed the child this file, or - for our standard input "
-                                                    "(default: /dev/null)");
+  cmd->add_option("--stdin", options->stdin_source,
+                  "Feed the child this file, or - for our standard input "
+                  "(default: /dev/null)");
   cmd->add_option("-t,--timeout", options->timeout,
                   "Stop the child after S seconds (SIGTERM to its process group, SIGKILL --kill-after S later)")
       ->check(seconds_validator());

@@ -200,11 +200,10 @@ int run_serve(const ServeOptions& options) {
   // The whole server ("") is SERVING by gRPC's default; the service by its
   // own name too, as health checks that name it ask.
   server->GetHealthCheckService()->SetServingStatus("conduit.v1.Conduit", true);
-  std::cout << "listening " << (listen.unix_path.empty() ? listen.grpc_uri() : "unix:" + listen.unix_path)
-            << std::endl;
-  service.audit().write(LogLevel::info, "started", "serving on " + listen.grpc_uri(),
-                        {service::field("listen", listen.grpc_uri()),
-                         service::field("policy", service_options.policy.describe(), true)});
+  std::cout << "listening " << (listen.unix_path.empty() ? listen.grpc_uri() : "unix:" + listen.unix_path) << std::endl;
+  service.audit().write(
+      LogLevel::info, "started", "serving on " + listen.grpc_uri(),
+      {service::field("listen", listen.grpc_uri()), service::field("policy", service_options.policy.describe(), true)});
 
   // SIGINT/SIGTERM: report NOT_SERVING, stop taking calls, end sessions.
   int signal = 0;
@@ -225,7 +224,8 @@ int run_serve(const ServeOptions& options) {
 void set_serve_command(CLI::App& app, int& exit_code) {
   auto options = std::make_shared<ServeOptions>();
   CLI::App* cmd = app.add_subcommand("serve", "Run the gRPC service: remote transport sessions on this host");
-  cmd->add_option("-l,--listen", options->listen, "[tcp://]HOST:PORT ([IPV6]:PORT) or unix:/PATH to serve on (port 0: any free port)")
+  cmd->add_option("-l,--listen", options->listen,
+                  "[tcp://]HOST:PORT ([IPV6]:PORT) or unix:/PATH to serve on (port 0: any free port)")
       ->capture_default_str();
   cmd->add_option("--token-file", options->token_file,
                   "File whose first line is the bearer token (16 bytes or more) every call must present; "
@@ -245,7 +245,8 @@ void set_serve_command(CLI::App& app, int& exit_code) {
                   "name resolves to; 'none' for no connects). Default: *:*");
   cmd->add_option("--allow-unix", options->allow_unix,
                   "A folder under which sessions may connect to or listen on Unix sockets (repeatable). Default: none");
-  cmd->add_option("--allow-exec", options->allow_exec, "A program subprocess sessions may run (exact argv[0]); repeatable");
+  cmd->add_option("--allow-exec", options->allow_exec,
+                  "A program subprocess sessions may run (exact argv[0]); repeatable");
   cmd->add_flag("--allow-exec-any", options->allow_exec_any, "Let subprocess and shell sessions run anything");
   cmd->add_option("--allow-env", options->allow_env,
                   "An environment variable subprocess sessions may set (repeatable; * and ? globs, e.g. 'LC_*'). "

@@ -61,9 +61,9 @@ int run_sessions(const SessionsOptions& o) {
     for (const auto& s : response.sessions()) {
       char age[32];
       std::snprintf(age, sizeof age, "%.0fs", s.age_seconds());
-      std::cout << s.session_id() << (s.name().empty() ? "" : " " + s.name()) << "  " << s.kind() << "  "
-                << s.target() << "  by " << s.peer() << "  " << s.bytes_out() << " bytes out, " << s.bytes_in()
-                << " bytes in, " << age << '\n';
+      std::cout << s.session_id() << (s.name().empty() ? "" : " " + s.name()) << "  " << s.kind() << "  " << s.target()
+                << "  by " << s.peer() << "  " << s.bytes_out() << " bytes out, " << s.bytes_in() << " bytes in, "
+                << age << '\n';
     }
     std::cout << std::flush;
     return exit_ok;

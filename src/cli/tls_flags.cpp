@@ -16,9 +16,11 @@ void add_tls_flags(CLI::App& app, TlsFlags& flags, bool server) {
     app.add_option("--cafile", flags.cafile, "TLS: require client certificates signed by this CA (mTLS)")
         ->check(CLI::ExistingFile);
   } else {
-    app.add_option("--cafile", flags.cafile, "TLS: trust this CA (PEM) instead of the system's")->check(CLI::ExistingFile);
+    app.add_option("--cafile", flags.cafile, "TLS: trust this CA (PEM) instead of the system's")
+        ->check(CLI::ExistingFile);
     app.add_flag("--insecure", flags.insecure, "TLS: do not verify the server's certificate or name");
-    app.add_option("--cert", flags.cert, "TLS: client certificate (PEM), for servers that ask")->check(CLI::ExistingFile);
+    app.add_option("--cert", flags.cert, "TLS: client certificate (PEM), for servers that ask")
+        ->check(CLI::ExistingFile);
     app.add_option("--key", flags.key, "TLS: private key (PEM) of --cert")->check(CLI::ExistingFile);
   }
 }
@@ -26,7 +28,10 @@ void add_tls_flags(CLI::App& app, TlsFlags& flags, bool server) {
 std::string tls_flags_problem(const TlsFlags& flags, bool uses_tls, bool server) {
   const bool any = !flags.cert.empty() || !flags.key.empty() || !flags.cafile.empty() || flags.insecure;
   if (any && !uses_tls) {
-    const char* flag = !flags.cert.empty() ? "--cert" : !flags.key.empty() ? "--key" : !flags.cafile.empty() ? "--cafile" : "--insecure";
+    const char* flag = !flags.cert.empty()     ? "--cert"
+                       : !flags.key.empty()    ? "--key"
+                       : !flags.cafile.empty() ? "--cafile"
+                                               : "--insecure";
     return std::string(flag) + " applies to tls:// endpoints only, and none is given";
   }
   if (!flags.key.empty() && flags.cert.empty()) return "--key needs --cert";

@@ -5,7 +5,6 @@
 
 #include <conduit/event_loop.hpp>
 
-
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -124,9 +123,11 @@ int run_udp_server(const UdpServerOptions& options) {
     };
     DatagramOptions endpoint_options;
     endpoint_options.local_addr = std::pair{host, ep.port};
-    opener->create_datagram_endpoint(factory, endpoint_options,
-                                     [on_endpoint](std::exception_ptr error, std::shared_ptr<DatagramTransport> transport,
-                                                   auto) { on_endpoint(error, std::move(transport)); });
+    opener->create_datagram_endpoint(
+        factory, endpoint_options,
+        [on_endpoint](std::exception_ptr error, std::shared_ptr<DatagramTransport> transport, auto) {
+          on_endpoint(error, std::move(transport));
+        });
   }
 
   asio::signal_set signals(loop.context(), SIGINT, SIGTERM);
@@ -197,13 +198,15 @@ class UdpEchoClient final : public DatagramProtocol {
   void datagram_received(std::span<const std::byte> data, const SocketAddress&) override {
     log_.data("client", "datagram_received", data);
     const std::string_view d = as_string_view(data);
-    if (d.size() < 8) return fail(exit_mismatch, "received a " + std::to_string(d.size()) + "-byte datagram, not an echo");
+    if (d.size() < 8)
+      return fail(exit_mismatch, "received a " + std::to_string(d.size()) + "-byte datagram, not an echo");
     const std::uint64_t seq = sequence_of(d);
     if (seq != current_ || !waiting_) {
       if (seq < current_ || (seq == current_ && !waiting_)) ++result_.late;
       return;
     }
-    if (d != make_datagram(seq, options_.size)) return fail(exit_mismatch, "the echo of datagram " + std::to_string(seq) + " differs from it");
+    if (d != make_datagram(seq, options_.size))
+      return fail(exit_mismatch, "the echo of datagram " + std::to_string(seq) + " differs from it");
     result_.rtts_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - sent_at_).count());
     ++result_.received;
     waiting_ = false;
@@ -284,9 +287,9 @@ int run_udp_client(const UdpClientOptions& options) {
   auto on_open = [&](std::exception_ptr error) {
     if (!error) return;
     result.exit_code = exit_code_for(error, exit_connect_failed);
-    result.error = "cannot reach " + std::string(result.exit_code == exit_service_unreachable
-                                                     ? "the service at " + options.via.address
-                                                     : options.connect) +
+    result.error = "cannot reach " +
+                   std::string(result.exit_code == exit_service_unreachable ? "the service at " + options.via.address
+                                                                            : options.connect) +
                    ": " + describe(error);
     finished = true;
   };
@@ -305,11 +308,12 @@ int run_udp_client(const UdpClientOptions& options) {
   endpoint_options.remote_addr = std::pair{ep.host, ep.port};
   opener->create_datagram_endpoint(make_client, endpoint_options,
                                    [&](std::exception_ptr error, auto, auto) { on_open(error); });
-  const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::duration<double>(options.timeout));
+  const auto timeout =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::duration<double>(options.timeout));
   if (!loop.run_until([&] { return finished; }, timeout)) {
     result.exit_code = exit_timeout;
-    result.error = "timed out after " + format_seconds(options.timeout) + " s (" + std::to_string(result.sent) + " of " +
-                   std::to_string(options.count) + " datagrams sent)";
+    result.error = "timed out after " + format_seconds(options.timeout) + " s (" + std::to_string(result.sent) +
+                   " of " + std::to_string(options.count) + " datagrams sent)";
   }
   if (result.exit_code == exit_ok && result.lost > 0) {
     result.exit_code = exit_lost;
@@ -334,8 +338,9 @@ void set_udp_echo_command(CLI::App& app, int& exit_code) {
 
   auto server = std::make_shared<UdpServerOptions>();
   CLI::App* srv = udp->add_subcommand("server", "Echo every datagram back to its sender");
-  srv->add_option("-l,--listen", server->listen,
-                  "Where to listen: [udp://]HOST:PORT (HOST * for all interfaces, PORT 0 for any free port); repeatable")
+  srv->add_option(
+         "-l,--listen", server->listen,
+         "Where to listen: [udp://]HOST:PORT (HOST * for all interfaces, PORT 0 for any free port); repeatable")
       ->required()
       ->check(endpoint_validator(datagram_schemes));
   add_via_flags(*srv, server->via);

@@ -58,8 +58,10 @@ std::string via_flags_problem(const ViaFlags& flags) {
     }
   }
   if (flags.address.empty()) {
-    for (const auto& [value, name] : {std::pair{&flags.token_file, "--token-file"}, {&flags.cafile, "--via-cafile"},
-                                      {&flags.cert, "--via-cert"}, {&flags.key, "--via-key"}}) {
+    for (const auto& [value, name] : {std::pair{&flags.token_file, "--token-file"},
+                                      {&flags.cafile, "--via-cafile"},
+                                      {&flags.cert, "--via-cert"},
+                                      {&flags.key, "--via-key"}}) {
       if (!value->empty()) return std::string(name) + " applies with --via only";
     }
     return {};

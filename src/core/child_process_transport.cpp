@@ -171,8 +171,10 @@ void ChildProcessTransport::advance() {
   const bool pipes_open = pipe_open_[0] || pipe_open_[1] || pipe_open_[2];
   switch (state_) {
     case State::running:
-      if (returncode_) state_ = pipes_open ? State::exited : State::finished;
-      else if (!pipes_open) state_ = State::pipes_done;
+      if (returncode_)
+        state_ = pipes_open ? State::exited : State::finished;
+      else if (!pipes_open)
+        state_ = State::pipes_done;
       break;
     case State::exited:
       if (!pipes_open) state_ = State::finished;
@@ -224,7 +226,8 @@ void ChildProcessTransport::kill_process_group() {
 }
 
 void ChildProcessTransport::send_signal_to_group(int signal) {
-  if (close_called_) throw std::system_error(ESRCH, std::generic_category(), "ProcessLookupError: the transport is closed");
+  if (close_called_)
+    throw std::system_error(ESRCH, std::generic_category(), "ProcessLookupError: the transport is closed");
   // -pid_ is the group while anything is left in it (kill_process_group
   // says why that holds until the transport finishes).
   if (!own_process_group_ || state_ == State::finished) return send_signal(signal);
@@ -235,10 +238,12 @@ void ChildProcessTransport::send_signal_to_group(int signal) {
 }
 
 void ChildProcessTransport::send_signal(int signal) {
-  if (close_called_) throw std::system_error(ESRCH, std::generic_category(), "ProcessLookupError: the transport is closed");
+  if (close_called_)
+    throw std::system_error(ESRCH, std::generic_category(), "ProcessLookupError: the transport is closed");
   if (returncode_) return;  // exited and reaped: the pid may be another process's now
   if (::kill(pid_, signal) != 0) {
-    throw std::system_error(errno, std::generic_category(), "kill(" + std::to_string(pid_) + ", " + std::to_string(signal) + ")");
+    throw std::system_error(errno, std::generic_category(),
+                            "kill(" + std::to_string(pid_) + ", " + std::to_string(signal) + ")");
   }
 }
 
@@ -437,8 +442,8 @@ Spawned spawn(const std::vector<std::string>& argv, const SubprocessOptions& opt
 
 }  // namespace
 
-void EventLoop::subprocess_exec_impl(ProtocolFactory factory, std::vector<std::string> argv,
-                                     SubprocessOptions options, detail::SubprocessHandler handler) {
+void EventLoop::subprocess_exec_impl(ProtocolFactory factory, std::vector<std::string> argv, SubprocessOptions options,
+                                     detail::SubprocessHandler handler) {
   std::shared_ptr<SubprocessTransport> transport;
   std::shared_ptr<BaseProtocol> protocol;
   std::exception_ptr error;
@@ -450,19 +455,20 @@ void EventLoop::subprocess_exec_impl(ProtocolFactory factory, std::vector<std::s
     std::shared_ptr<PipeTransport> in;
     std::array<std::shared_ptr<PipeTransport>, 2> out;
     if (child.parent_ends[0]) {
-      in = std::make_shared<PipeTransport>(*this, asio::posix::stream_descriptor(context_, child.parent_ends[0].release()),
+      in = std::make_shared<PipeTransport>(*this,
+                                           asio::posix::stream_descriptor(context_, child.parent_ends[0].release()),
                                            PipeTransport::Direction::write, detail::PipeKind::fifo);
     }
     for (std::size_t i : {1u, 2u}) {
       if (child.parent_ends[i]) {
         out[i - 1] = std::make_shared<PipeTransport>(
-            *this, asio::posix::stream_descriptor(context_, child.parent_ends[i].release()), PipeTransport::Direction::read,
-            detail::PipeKind::fifo);
+            *this, asio::posix::stream_descriptor(context_, child.parent_ends[i].release()),
+            PipeTransport::Direction::read, detail::PipeKind::fifo);
       }
     }
-    auto process = std::make_shared<ChildProcessTransport>(*this, child.pid, child.pidfd.release(),
-                                                           options.new_process_group, std::move(in), std::move(out[0]),
-                                                           std::move(out[1]));
+    auto process =
+        std::make_shared<ChildProcessTransport>(*this, child.pid, child.pidfd.release(), options.new_process_group,
+                                                std::move(in), std::move(out[0]), std::move(out[1]));
     process->start(std::move(typed));
     transport = std::move(process);
   } catch (...) {

@@ -34,8 +34,7 @@ class ChildProcessTransport final : public SubprocessTransport, private detail::
   /// Takes the spawned child `pid`, its `pidfd`, and its pipes (null where
   /// a stream is not a pipe), not started yet.
   ChildProcessTransport(EventLoop& loop, int pid, int pidfd, bool own_process_group,
-                        std::shared_ptr<PipeTransport> stdin_pipe,
-                        std::shared_ptr<PipeTransport> stdout_pipe,
+                        std::shared_ptr<PipeTransport> stdin_pipe, std::shared_ptr<PipeTransport> stdout_pipe,
                         std::shared_ptr<PipeTransport> stderr_pipe);
   ~ChildProcessTransport() override;
 
@@ -86,7 +85,7 @@ class ChildProcessTransport final : public SubprocessTransport, private detail::
   bool own_process_group_;
   std::shared_ptr<PipeTransport> stdin_pipe_;
   std::array<std::shared_ptr<PipeTransport>, 2> output_pipes_;  // fds 1 and 2
-  std::array<bool, 3> pipe_open_{};  // a pipe whose connection_lost has not come yet
+  std::array<bool, 3> pipe_open_{};                             // a pipe whose connection_lost has not come yet
   detail::ProtocolGuard protocol_{loop_, *this, detail::ProtocolGuard::subprocess, "a subprocess transport"};
   State state_ = State::running;
   std::optional<int> returncode_;  // set when reaped

@@ -24,8 +24,7 @@ std::exception_ptr make_system_error(const boost::system::error_code& ec, const 
 }  // namespace
 
 template <class Socket>
-DatagramEndpoint<Socket>::DatagramEndpoint(EventLoop& loop, Socket socket,
-                                           std::optional<SocketAddress> peer)
+DatagramEndpoint<Socket>::DatagramEndpoint(EventLoop& loop, Socket socket, std::optional<SocketAddress> peer)
     : loop_(loop), socket_(std::move(socket)), peer_(std::move(peer)) {
   socket_.non_blocking(true);
   boost::system::error_code ec;
@@ -109,17 +108,18 @@ void DatagramEndpoint<Socket>::report_error(const boost::system::error_code& ec,
 template <class Socket>
 auto DatagramEndpoint<Socket>::endpoint_of(const SocketAddress& addr) const -> Endpoint {
   if constexpr (std::is_same_v<Socket, asio::ip::udp::socket>) {
-    if (!addr.is_inet()) throw std::invalid_argument("sendto: a UDP endpoint needs an IP address, not " + addr.to_string());
+    if (!addr.is_inet())
+      throw std::invalid_argument("sendto: a UDP endpoint needs an IP address, not " + addr.to_string());
     return addr.udp_endpoint();
   } else {
-    if (!addr.is_unix()) throw std::invalid_argument("sendto: a Unix datagram endpoint needs a path, not " + addr.to_string());
+    if (!addr.is_unix())
+      throw std::invalid_argument("sendto: a Unix datagram endpoint needs a path, not " + addr.to_string());
     return Endpoint(addr.path());
   }
 }
 
 template <class Socket>
-void DatagramEndpoint<Socket>::sendto(std::span<const std::byte> data,
-                                      const std::optional<SocketAddress>& addr) {
+void DatagramEndpoint<Socket>::sendto(std::span<const std::byte> data, const std::optional<SocketAddress>& addr) {
   std::optional<Endpoint> to;
   if (peer_) {
     if (addr && *addr != *peer_) {
@@ -141,8 +141,10 @@ template <class Socket>
 bool DatagramEndpoint<Socket>::send_one(std::span<const std::byte> data, const std::optional<Endpoint>& to) {
   boost::system::error_code ec;
   auto buffer = asio::buffer(data.data(), data.size());
-  if (to) socket_.send_to(buffer, *to, 0, ec);
-  else socket_.send(buffer, 0, ec);
+  if (to)
+    socket_.send_to(buffer, *to, 0, ec);
+  else
+    socket_.send(buffer, 0, ec);
   if (ec == asio::error::would_block || ec == asio::error::interrupted) return false;
   if (ec) report_error(ec, "sendto");  // the datagram is dropped (SPEC D3)
   return true;
@@ -152,9 +154,8 @@ template <class Socket>
 void DatagramEndpoint<Socket>::arm_write() {
   if (write_armed_) return;
   write_armed_ = true;
-  socket_.async_wait(Socket::wait_write, [this, keep = self()](const boost::system::error_code& ec) {
-    on_writable(ec);
-  });
+  socket_.async_wait(Socket::wait_write,
+                     [this, keep = self()](const boost::system::error_code& ec) { on_writable(ec); });
 }
 
 template <class Socket>
@@ -336,7 +337,9 @@ asio::awaitable<Endpoint> open_udp(EventLoop& loop, ProtocolFactory factory, Dat
       boost::system::error_code ec;
       if (candidate.local) {
         socket.bind(*candidate.local, ec);
-        if (ec) throw std::system_error(ec, "error while attempting to bind on address " + SocketAddress(*candidate.local).to_string());
+        if (ec)
+          throw std::system_error(
+              ec, "error while attempting to bind on address " + SocketAddress(*candidate.local).to_string());
       }
       std::optional<SocketAddress> peer;
       // With allow_broadcast the remote address is only the default target,

@@ -56,11 +56,8 @@ class DatagramEndpoint final : public DatagramTransport, private detail::LoopRes
 
   using DatagramTransport::sendto;
   void sendto(std::span<const std::byte> data, const std::optional<SocketAddress>& addr) override;
-  void set_write_buffer_limits(std::optional<std::int64_t> high,
-                               std::optional<std::int64_t> low) override;
-  std::pair<std::size_t, std::size_t> get_write_buffer_limits() const override {
-    return flow_.limits();
-  }
+  void set_write_buffer_limits(std::optional<std::int64_t> high, std::optional<std::int64_t> low) override;
+  std::pair<std::size_t, std::size_t> get_write_buffer_limits() const override { return flow_.limits(); }
   std::size_t get_write_buffer_size() const override { return queued_bytes_; }
 
  protected:

@@ -103,7 +103,8 @@ class DatagramFlow final : public DatagramProtocol, public std::enable_shared_fr
 
  private:
   struct Direction {
-    Direction(EventLoop& loop, FaultDirection d, std::uint64_t seed) : direction(d), schedule(seed), timer(loop.context()) {}
+    Direction(EventLoop& loop, FaultDirection d, std::uint64_t seed)
+        : direction(d), schedule(seed), timer(loop.context()) {}
     FaultDirection direction;
     DatagramSchedule schedule;
     std::multimap<Clock::time_point, std::vector<std::byte>> held;  // by when each leaves
@@ -211,7 +212,8 @@ void DatagramProxy::create(EventLoop& loop, DatagramProxyOptions options,
     proxy.reset(new DatagramProxy(loop, std::move(options)));
     for (auto& f : initial) proxy->set_fault(std::move(f));
   } catch (...) {
-    asio::post(loop.get_executor(), [done = std::move(done), error = std::current_exception()] { done(error, nullptr); });
+    asio::post(loop.get_executor(),
+               [done = std::move(done), error = std::current_exception()] { done(error, nullptr); });
     return;
   }
   proxy->listen([proxy, done = std::move(done)](std::exception_ptr error) { done(error, error ? nullptr : proxy); });
@@ -234,7 +236,8 @@ void DatagramProxy::listen(std::function<void(std::exception_ptr)> done) {
         }
         self->listener_ = std::move(transport);
         self->state_ = State::up;
-        if (auto where = self->listener_->get_extra_info_as<SocketAddress>("sockname")) self->bound_port_ = where->port();
+        if (auto where = self->listener_->get_extra_info_as<SocketAddress>("sockname"))
+          self->bound_port_ = where->port();
         done(nullptr);
       });
 }

@@ -1,8 +1,8 @@
 #include "conduit/event_loop.hpp"
 
+#include "completion.hpp"
 #include "conduit/errors.hpp"
 #include "conduit/server.hpp"
-#include "completion.hpp"
 #include "loop_internals.hpp"
 #include "socket_setup.hpp"
 #include "stream_transport.hpp"
@@ -34,13 +34,13 @@ using unix_stream = asio::local::stream_protocol;
 
 std::string demangled_type(const std::type_info& type) {
   int status = 0;
-  std::unique_ptr<char, void (*)(void*)> name(abi::__cxa_demangle(type.name(), nullptr, nullptr, &status),
-                                              std::free);
+  std::unique_ptr<char, void (*)(void*)> name(abi::__cxa_demangle(type.name(), nullptr, nullptr, &status), std::free);
   return status == 0 && name ? name.get() : type.name();
 }
 
 void fail(EventLoop& loop, detail::ConnectionHandler handler, std::exception_ptr error) {
-  detail::post_completion(loop, std::move(handler), error, std::shared_ptr<Transport>{}, std::shared_ptr<BaseProtocol>{});
+  detail::post_completion(loop, std::move(handler), error, std::shared_ptr<Transport>{},
+                          std::shared_ptr<BaseProtocol>{});
 }
 
 using Connection = std::pair<std::shared_ptr<Transport>, std::shared_ptr<BaseProtocol>>;
@@ -59,8 +59,7 @@ Connection make_connection(EventLoop& loop, const ProtocolFactory& factory, Sock
 
 void complete_connection(EventLoop& loop, detail::ConnectionHandler handler, std::exception_ptr error,
                          Connection connection) {
-  detail::post_completion(loop, std::move(handler), error, std::move(connection.first),
-                          std::move(connection.second));
+  detail::post_completion(loop, std::move(handler), error, std::move(connection.first), std::move(connection.second));
 }
 
 template <class Socket>
@@ -74,7 +73,9 @@ void finish_connection(EventLoop& loop, const ProtocolFactory& factory, Socket s
 }
 
 [[noreturn]] void throw_connect_errors(std::vector<std::system_error> errors) {
-  if (errors.empty()) throw std::system_error(boost::system::error_code(asio::error::host_not_found), "getaddrinfo() returned empty list");
+  if (errors.empty())
+    throw std::system_error(boost::system::error_code(asio::error::host_not_found),
+                            "getaddrinfo() returned empty list");
   for (const auto& e : errors) {
     if (std::string_view(e.what()) != errors.front().what()) throw MultipleErrors(std::move(errors));
   }
@@ -93,8 +94,8 @@ asio::awaitable<Connection> tls_connection(EventLoop& loop, const ProtocolFactor
   co_return Connection{std::move(transport), std::move(protocol)};
 }
 
-asio::awaitable<Connection> connect_tcp(EventLoop& loop, ProtocolFactory factory, std::string host,
-                                        std::uint16_t port, ConnectOptions options) {
+asio::awaitable<Connection> connect_tcp(EventLoop& loop, ProtocolFactory factory, std::string host, std::uint16_t port,
+                                        ConnectOptions options) {
   asio::io_context& context = loop.context();
   tcp::resolver resolver(context);
   auto remotes = co_await detail::resolve(resolver, host, port, {});
@@ -161,7 +162,7 @@ void bind_listener(Acceptor& acceptor, const typename Acceptor::endpoint_type& e
 }
 
 asio::awaitable<std::vector<detail::ServerListener>> bind_tcp(asio::io_context& context, std::vector<std::string> hosts,
-                                                        std::uint16_t port, ServerOptions options) {
+                                                              std::uint16_t port, ServerOptions options) {
   std::vector<tcp::endpoint> endpoints;
   if (hosts.empty()) {
     endpoints = {tcp::endpoint(tcp::v4(), port), tcp::endpoint(tcp::v6(), port)};
@@ -201,7 +202,9 @@ asio::awaitable<std::vector<detail::ServerListener>> bind_tcp(asio::io_context& 
     bind_listener(acceptor, endpoint);
     listeners.emplace_back(std::move(acceptor));
   }
-  if (listeners.empty()) throw std::system_error(boost::system::error_code(asio::error::address_family_not_supported), "no address to listen on");
+  if (listeners.empty())
+    throw std::system_error(boost::system::error_code(asio::error::address_family_not_supported),
+                            "no address to listen on");
   co_return listeners;
 }
 
@@ -263,8 +266,10 @@ void EventLoop::call_soon(std::function<void()> fn) { asio::post(context_, std::
 
 void EventLoop::call_exception_handler(const ExceptionContext& context) {
   try {
-    if (exception_handler_) exception_handler_(*this, context);
-    else default_exception_handler(context);
+    if (exception_handler_)
+      exception_handler_(*this, context);
+    else
+      default_exception_handler(context);
   } catch (const std::exception& e) {
     log(LogLevel::error, std::string("Unhandled error in exception handler: ") + e.what());
     default_exception_handler(context);
@@ -309,7 +314,8 @@ void EventLoop::create_connection_impl(ProtocolFactory factory, std::string host
                                        ConnectOptions options, detail::ConnectionHandler handler) {
   if (options.tls) {
     if (!options.tls->context) {
-      return fail(*this, std::move(handler), std::make_exception_ptr(std::invalid_argument("tls: no SSL context given")));
+      return fail(*this, std::move(handler),
+                  std::make_exception_ptr(std::invalid_argument("tls: no SSL context given")));
     }
     // SNI and hostname checks use the host unless told otherwise (SPEC T1).
     if (!options.tls->server_hostname) options.tls->server_hostname = host;
@@ -348,8 +354,8 @@ void EventLoop::connect_accepted_socket_impl(ProtocolFactory factory, int fd, de
   socklen_t len = sizeof type;
   if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
     return fail(*this, std::move(handler),
-                std::make_exception_ptr(std::system_error(errno, std::generic_category(),
-                                                          "connect_accepted_socket: not a socket")));
+                std::make_exception_ptr(
+                    std::system_error(errno, std::generic_category(), "connect_accepted_socket: not a socket")));
   }
   if (type != SOCK_STREAM) {
     return fail(*this, std::move(handler),

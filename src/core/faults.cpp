@@ -19,16 +19,11 @@ Overloaded(Fs...) -> Overloaded<Fs...>;
 }  // namespace
 
 const char* kind_name(const Kind& kind) {
-  return std::visit(Overloaded{[](const Latency&) { return "latency"; },
-                               [](const Bandwidth&) { return "bandwidth"; },
-                               [](const Slicer&) { return "slicer"; },
-                               [](const Blackhole&) { return "blackhole"; },
-                               [](const Reset&) { return "reset"; },
-                               [](const LimitData&) { return "limit_data"; },
-                               [](const SlowClose&) { return "slow_close"; },
-                               [](const Loss&) { return "loss"; },
-                               [](const Duplicate&) { return "duplicate"; },
-                               [](const Reorder&) { return "reorder"; }},
+  return std::visit(Overloaded{[](const Latency&) { return "latency"; }, [](const Bandwidth&) { return "bandwidth"; },
+                               [](const Slicer&) { return "slicer"; }, [](const Blackhole&) { return "blackhole"; },
+                               [](const Reset&) { return "reset"; }, [](const LimitData&) { return "limit_data"; },
+                               [](const SlowClose&) { return "slow_close"; }, [](const Loss&) { return "loss"; },
+                               [](const Duplicate&) { return "duplicate"; }, [](const Reorder&) { return "reorder"; }},
                     kind);
 }
 
@@ -55,35 +50,33 @@ void Fault::validate() const {
   auto not_negative = [&](Duration d, const char* field) {
     if (d.count() < 0) throw std::invalid_argument(what + field + " must not be negative");
   };
-  std::visit(Overloaded{
-                 [&](const Latency& f) {
-                   not_negative(f.delay, "delay");
-                   not_negative(f.jitter, "jitter");
-                 },
-                 [&](const Bandwidth& f) {
-                   if (f.bytes_per_second == 0) throw std::invalid_argument(what + "the rate must be above 0");
-                 },
-                 [&](const Slicer& f) {
-                   if (f.average_size == 0) throw std::invalid_argument(what + "average_size must be above 0");
-                   if (f.size_variation >= f.average_size) {
-                     throw std::invalid_argument(what + "size_variation must be below average_size");
-                   }
-                   not_negative(f.delay, "delay");
-                 },
-                 [&](const Blackhole& f) {
-                   if (f.close_after) not_negative(*f.close_after, "close_after");
-                 },
-                 [&](const Reset& f) {
-                   if (f.after) not_negative(*f.after, "after");
-                 },
-                 [&](const LimitData&) {},
-                 [&](const SlowClose& f) { not_negative(f.delay, "delay"); },
-                 [&](const Loss& f) { probability(f.probability, "probability"); },
-                 [&](const Duplicate& f) { probability(f.probability, "probability"); },
-                 [&](const Reorder& f) {
-                   probability(f.probability, "probability");
-                   not_negative(f.hold, "hold");
-                 }},
+  std::visit(Overloaded{[&](const Latency& f) {
+                          not_negative(f.delay, "delay");
+                          not_negative(f.jitter, "jitter");
+                        },
+                        [&](const Bandwidth& f) {
+                          if (f.bytes_per_second == 0) throw std::invalid_argument(what + "the rate must be above 0");
+                        },
+                        [&](const Slicer& f) {
+                          if (f.average_size == 0) throw std::invalid_argument(what + "average_size must be above 0");
+                          if (f.size_variation >= f.average_size) {
+                            throw std::invalid_argument(what + "size_variation must be below average_size");
+                          }
+                          not_negative(f.delay, "delay");
+                        },
+                        [&](const Blackhole& f) {
+                          if (f.close_after) not_negative(*f.close_after, "close_after");
+                        },
+                        [&](const Reset& f) {
+                          if (f.after) not_negative(*f.after, "after");
+                        },
+                        [&](const LimitData&) {}, [&](const SlowClose& f) { not_negative(f.delay, "delay"); },
+                        [&](const Loss& f) { probability(f.probability, "probability"); },
+                        [&](const Duplicate& f) { probability(f.probability, "probability"); },
+                        [&](const Reorder& f) {
+                          probability(f.probability, "probability");
+                          not_negative(f.hold, "hold");
+                        }},
              kind);
 }
 
@@ -156,9 +149,8 @@ std::vector<StreamSchedule::Piece> StreamSchedule::plan(const FaultList& faults,
     leave = std::max(leave, last_);  // a stream keeps its order
     if (bandwidth) {
       leave = std::max(leave, bandwidth_);
-      bandwidth_ = leave + std::chrono::duration_cast<Clock::duration>(
-                               std::chrono::duration<double>(static_cast<double>(sizes[i].bytes) /
-                                                             static_cast<double>(bandwidth->bytes_per_second)));
+      bandwidth_ = leave + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
+                               static_cast<double>(sizes[i].bytes) / static_cast<double>(bandwidth->bytes_per_second)));
     }
     last_ = leave;
     pieces.push_back({leave, sizes[i].bytes});

@@ -22,9 +22,7 @@ class LoopInternals {
 
   /// The loop-owned buffer every Protocol read goes through (EventLoop::
   /// read_size bytes): a connection holds no receive buffer while it waits.
-  static std::span<std::byte> read_buffer(EventLoop& loop) {
-    return {loop.read_buffer_.get(), EventLoop::read_size};
-  }
+  static std::span<std::byte> read_buffer(EventLoop& loop) { return {loop.read_buffer_.get(), EventLoop::read_size}; }
 
   /// What runs on the loop's next turn, in one batch.
   static NextTurn& next_turn(EventLoop& loop) { return *loop.next_turn_; }

@@ -2,8 +2,8 @@
 
 namespace conduit {
 
-void LocalOpener::open_connection(ProtocolFactory factory, std::string host, std::uint16_t port,
-                                  ConnectOptions options, detail::ConnectionHandler handler) {
+void LocalOpener::open_connection(ProtocolFactory factory, std::string host, std::uint16_t port, ConnectOptions options,
+                                  detail::ConnectionHandler handler) {
   loop_.create_connection(std::move(factory), std::move(host), port, std::move(options), std::move(handler));
 }
 
@@ -21,11 +21,11 @@ void LocalOpener::open_server(ProtocolFactory factory, std::vector<std::string> 
 
 void LocalOpener::open_unix_server(ProtocolFactory factory, std::string path, ServerOptions options,
                                    detail::AbstractServerHandler handler) {
-  loop_.create_unix_server(std::move(factory), std::move(path), std::move(options),
-                           [handler = std::move(handler)](std::exception_ptr error,
-                                                          std::shared_ptr<Server> server) mutable {
-                             std::move(handler)(error, std::move(server));
-                           });
+  loop_.create_unix_server(
+      std::move(factory), std::move(path), std::move(options),
+      [handler = std::move(handler)](std::exception_ptr error, std::shared_ptr<Server> server) mutable {
+        std::move(handler)(error, std::move(server));
+      });
 }
 
 void LocalOpener::open_datagram_endpoint(ProtocolFactory factory, DatagramOptions options,
@@ -45,7 +45,7 @@ void LocalOpener::open_proxy(ProxyOptions options, detail::ProxyHandler handler)
   // create_proxy's callback is a std::function (copyable); the handler is not.
   auto shared = std::make_shared<detail::ProxyHandler>(std::move(handler));
   conduit::create_proxy(loop_, std::move(options), [shared](std::exception_ptr error, std::shared_ptr<Proxy> proxy) {
-    std::move(*shared)(error, std::move(proxy));
+    std::move (*shared)(error, std::move(proxy));
   });
 }
 

@@ -77,8 +77,10 @@ void PipeTransport::start(std::shared_ptr<BaseProtocol> protocol) {
   asio::post(pipe_.get_executor(), [this, keep = self()] {
     if (state_ == State::closed) return;
     protocol_.connection_made();
-    if (direction_ == Direction::write) watch_reader();
-    else if (is_reading()) reads_.start();
+    if (direction_ == Direction::write)
+      watch_reader();
+    else if (is_reading())
+      reads_.start();
   });
 }
 
@@ -125,15 +127,14 @@ void PipeTransport::watch_reader() {
   // A FIFO's or socket's write end turns "readable" (EPOLLERR/EPOLLHUP) when
   // the reader goes away; a character device has no such signal.
   if (kind_ == detail::PipeKind::character_device || state_ >= State::lost) return;
-  pipe_.async_wait(asio::posix::stream_descriptor::wait_read,
-                   asio::bind_cancellation_slot(watch_cancel_.slot(),
-                                                [this, keep = self()](const boost::system::error_code& ec) {
-                                                  if (ec == asio::error::operation_aborted || state_ >= State::lost) return;
-                                                  if (writer_.empty()) return close_with(nullptr);
-                                                  close_with(make_system_error(
-                                                      boost::system::errc::make_error_code(boost::system::errc::broken_pipe),
-                                                      "the pipe's reader went away with data still buffered"));
-                                                }));
+  pipe_.async_wait(
+      asio::posix::stream_descriptor::wait_read,
+      asio::bind_cancellation_slot(watch_cancel_.slot(), [this, keep = self()](const boost::system::error_code& ec) {
+        if (ec == asio::error::operation_aborted || state_ >= State::lost) return;
+        if (writer_.empty()) return close_with(nullptr);
+        close_with(make_system_error(boost::system::errc::make_error_code(boost::system::errc::broken_pipe),
+                                     "the pipe's reader went away with data still buffered"));
+      }));
 }
 
 void PipeTransport::write_buffers(const char* call, std::span<const std::span<const std::byte>> buffers) {
@@ -166,8 +167,10 @@ void PipeTransport::write_eof() {
 // ---- ending ---------------------------------------------------------------------
 
 void PipeTransport::close() {
-  if (direction_ == Direction::write) write_eof();  // flush first
-  else close_with(nullptr);
+  if (direction_ == Direction::write)
+    write_eof();  // flush first
+  else
+    close_with(nullptr);
 }
 
 void PipeTransport::fatal_error(const boost::system::error_code& ec) {
@@ -229,7 +232,8 @@ std::shared_ptr<Transport> connect_pipe(EventLoop& loop, const ProtocolFactory& 
     throw std::invalid_argument(std::string(call) + ": the protocol factory must make a Protocol" +
                                 (read ? "" : " or a BufferedProtocol"));
   }
-  auto pipe = std::make_shared<PipeTransport>(loop, asio::posix::stream_descriptor(loop.context(), fd), direction, kind);
+  auto pipe =
+      std::make_shared<PipeTransport>(loop, asio::posix::stream_descriptor(loop.context(), fd), direction, kind);
   pipe->start(protocol);
   return pipe;
 }

@@ -117,7 +117,8 @@ class PipeTransport final : public Transport, private detail::LoopResource {
   detail::ProtocolGuard protocol_;
   State state_ = State::open;
   bool paused_ = false;  // read end: pause_reading()
-  detail::ReadPump<PipeTransport, boost::asio::posix::stream_descriptor> reads_{*this, pipe_, detail::LoopInternals::next_turn(loop_)};
+  detail::ReadPump<PipeTransport, boost::asio::posix::stream_descriptor> reads_{
+      *this, pipe_, detail::LoopInternals::next_turn(loop_)};
   // Cancels the reader watch alone when the transport closes.
   boost::asio::cancellation_signal watch_cancel_;
   detail::StreamWriter<PipeTransport, boost::asio::posix::stream_descriptor> writer_{

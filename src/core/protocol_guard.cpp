@@ -63,10 +63,14 @@ std::exception_ptr ProtocolGuard::report(const char* failure, std::exception_ptr
 void ProtocolGuard::connection_made() {
   call("Exception in callback protocol.connection_made()", [&] {
     std::shared_ptr<BaseTransport> self = transport_.shared_from_this();
-    if (stream_) stream_->connection_made(std::dynamic_pointer_cast<Transport>(self));
-    else if (buffered_) buffered_->connection_made(std::dynamic_pointer_cast<Transport>(self));
-    else if (datagram_) datagram_->connection_made(std::dynamic_pointer_cast<DatagramTransport>(self));
-    else if (subprocess_) subprocess_->connection_made(std::dynamic_pointer_cast<SubprocessTransport>(self));
+    if (stream_)
+      stream_->connection_made(std::dynamic_pointer_cast<Transport>(self));
+    else if (buffered_)
+      buffered_->connection_made(std::dynamic_pointer_cast<Transport>(self));
+    else if (datagram_)
+      datagram_->connection_made(std::dynamic_pointer_cast<DatagramTransport>(self));
+    else if (subprocess_)
+      subprocess_->connection_made(std::dynamic_pointer_cast<SubprocessTransport>(self));
   });
 }
 

@@ -59,8 +59,9 @@ class SendfileFallback final : public Protocol, public std::enable_shared_from_t
     // The real protocol must still hear of it.
     transport_->set_protocol(original_);
     if (original_) original_->connection_lost(exc);
-    finish(exc ? exc : std::make_exception_ptr(std::system_error(std::make_error_code(std::errc::connection_aborted),
-                                                                 "sendfile: the connection was closed")),
+    finish(exc ? exc
+               : std::make_exception_ptr(std::system_error(std::make_error_code(std::errc::connection_aborted),
+                                                           "sendfile: the connection was closed")),
            false);
   }
 
@@ -78,7 +79,8 @@ class SendfileFallback final : public Protocol, public std::enable_shared_from_t
   void copy() {
     if (done_ || waiting_) return;
     if (remaining_ && *remaining_ == 0) return finish(nullptr, true);
-    buffer_.resize(static_cast<std::size_t>(std::min<std::uint64_t>(remaining_.value_or(fallback_chunk), fallback_chunk)));
+    buffer_.resize(
+        static_cast<std::size_t>(std::min<std::uint64_t>(remaining_.value_or(fallback_chunk), fallback_chunk)));
     ssize_t n;
     do {
       // A pipe or socket has no offsets: read it in sequence (from 0 only).
@@ -89,7 +91,8 @@ class SendfileFallback final : public Protocol, public std::enable_shared_from_t
         errno = EINTR;  // retry as a plain read
       }
     } while (n < 0 && errno == EINTR);
-    if (n < 0) return finish(std::make_exception_ptr(std::system_error(errno, std::generic_category(), "sendfile: read")), true);
+    if (n < 0)
+      return finish(std::make_exception_ptr(std::system_error(errno, std::generic_category(), "sendfile: read")), true);
     if (n == 0) return finish(nullptr, true);  // end of file
     sent_ += static_cast<std::uint64_t>(n);
     if (remaining_) *remaining_ -= static_cast<std::uint64_t>(n);
@@ -135,8 +138,8 @@ void start_native(EventLoop& loop, Native& native, std::shared_ptr<Transport> tr
   // std::function needs a copyable target; the handler is move-only.
   auto shared_handler = std::make_shared<SendfileHandler>(std::move(handler));
   native.send_file(file, offset, count,
-                   [&loop, transport, file, offset, count, fallback,
-                    shared_handler](std::exception_ptr error, std::uint64_t sent) mutable {
+                   [&loop, transport, file, offset, count, fallback, shared_handler](std::exception_ptr error,
+                                                                                     std::uint64_t sent) mutable {
                      SendfileHandler done = std::move(*shared_handler);
                      if (error && fallback && sent == 0) {
                        try {

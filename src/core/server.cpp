@@ -24,14 +24,14 @@ constexpr auto accept_retry_delay = std::chrono::seconds(1);
 
 bool is_resource_exhaustion(const boost::system::error_code& ec) {
   namespace errc = boost::system::errc;
-  return ec == errc::too_many_files_open || ec == errc::too_many_files_open_in_system ||
-         ec == errc::no_buffer_space || ec == errc::not_enough_memory;
+  return ec == errc::too_many_files_open || ec == errc::too_many_files_open_in_system || ec == errc::no_buffer_space ||
+         ec == errc::not_enough_memory;
 }
 
 }  // namespace
 
-Server::Server(EventLoop& loop, ProtocolFactory factory, std::vector<Listener> listeners,
-               int backlog, std::string unix_path_to_remove, std::optional<TlsOptions> tls)
+Server::Server(EventLoop& loop, ProtocolFactory factory, std::vector<Listener> listeners, int backlog,
+               std::string unix_path_to_remove, std::optional<TlsOptions> tls)
     : loop_(loop),
       factory_(std::move(factory)),
       tls_(std::move(tls)),
@@ -42,7 +42,12 @@ Server::Server(EventLoop& loop, ProtocolFactory factory, std::vector<Listener> l
 
 Server::~Server() {
   for (auto& listener : listeners_) {
-    std::visit([](auto& acceptor) { boost::system::error_code ignored; acceptor.close(ignored); }, listener);
+    std::visit(
+        [](auto& acceptor) {
+          boost::system::error_code ignored;
+          acceptor.close(ignored);
+        },
+        listener);
   }
 }
 
@@ -86,9 +91,8 @@ void Server::on_accepted(std::size_t index, const boost::system::error_code& ec,
   if (ec) {
     if (ec == asio::error::operation_aborted) return;
     if (is_resource_exhaustion(ec)) {
-      loop_.call_exception_handler(
-          {"socket.accept() out of system resource",
-           std::make_exception_ptr(std::system_error(ec, "accept")), nullptr, nullptr});
+      loop_.call_exception_handler({"socket.accept() out of system resource",
+                                    std::make_exception_ptr(std::system_error(ec, "accept")), nullptr, nullptr});
       // Back off instead of spinning on a listening socket that stays readable.
       accept_backoff_.expires_after(accept_retry_delay);
       accept_backoff_.async_wait([this, self = shared_from_this(), index](const boost::system::error_code& wait_ec) {
@@ -139,20 +143,20 @@ void Server::start_connection(const std::shared_ptr<Transport>& transport, std::
 
 void Server::start_tls_connection(asio::ip::tcp::socket socket) {
   auto transport = std::make_shared<TlsTransport>(loop_, std::move(socket), *tls_, true, shared_from_this());
-  asio::co_spawn(loop_.context(), transport->handshake(),
-                 [this, self = shared_from_this(), transport](std::exception_ptr error) {
-                   if (!error) {
-                     if (auto protocol = make_protocol()) return start_connection(transport, std::move(protocol));
-                     return transport->discard();
-                   }
-                   // A client that fails the handshake is its own problem
-                   // (asyncio logs it at debug level too).
-                   try {
-                     std::rethrow_exception(error);
-                   } catch (const std::exception& e) {
-                     loop_.log(LogLevel::debug, std::string("SSL handshake failed on incoming connection: ") + e.what());
-                   }
-                 });
+  asio::co_spawn(
+      loop_.context(), transport->handshake(), [this, self = shared_from_this(), transport](std::exception_ptr error) {
+        if (!error) {
+          if (auto protocol = make_protocol()) return start_connection(transport, std::move(protocol));
+          return transport->discard();
+        }
+        // A client that fails the handshake is its own problem
+        // (asyncio logs it at debug level too).
+        try {
+          std::rethrow_exception(error);
+        } catch (const std::exception& e) {
+          loop_.log(LogLevel::debug, std::string("SSL handshake failed on incoming connection: ") + e.what());
+        }
+      });
 }
 
 void Server::close() {
@@ -161,7 +165,12 @@ void Server::close() {
   serving_ = false;
   accept_backoff_.cancel();
   for (auto& listener : listeners_) {
-    std::visit([](auto& acceptor) { boost::system::error_code ignored; acceptor.close(ignored); }, listener);
+    std::visit(
+        [](auto& acceptor) {
+          boost::system::error_code ignored;
+          acceptor.close(ignored);
+        },
+        listener);
   }
   if (!unix_path_to_remove_.empty()) {
     ::unlink(unix_path_to_remove_.c_str());

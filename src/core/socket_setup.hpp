@@ -21,9 +21,9 @@ namespace conduit::detail {
 /// thread makes every libc socket call pay for pthread cancellation).
 template <class Resolver>
 boost::asio::awaitable<std::vector<typename Resolver::endpoint_type>> resolve(Resolver& resolver,
-                                                                               const std::string& host,
-                                                                               std::uint16_t port,
-                                                                               typename Resolver::flags flags) {
+                                                                              const std::string& host,
+                                                                              std::uint16_t port,
+                                                                              typename Resolver::flags flags) {
   using Endpoint = typename Resolver::endpoint_type;
   boost::system::error_code ec;
   const auto numeric = boost::asio::ip::make_address(host, ec);

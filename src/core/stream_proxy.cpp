@@ -30,9 +30,7 @@ void reset(Transport& transport) {
   transport.abort();
 }
 
-std::exception_ptr fault_error(const std::string& what) {
-  return std::make_exception_ptr(std::runtime_error(what));
-}
+std::exception_ptr fault_error(const std::string& what) { return std::make_exception_ptr(std::runtime_error(what)); }
 
 }  // namespace
 
@@ -120,7 +118,8 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
       r.ended = true;
       const auto now = Clock::now();
       push(r, {end == Action::close ? r.schedule.plan_end(faults(), r.direction, now) : r.schedule.after_last(now),
-               {}, end});
+               {},
+               end});
     }
     release(r);
   }
@@ -216,7 +215,8 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
       std::vector<std::byte> bytes;
       Action action = Action::none;
     };
-    Relay(EventLoop& loop, FaultDirection d, std::uint64_t seed) : direction(d), schedule(seed), timer(loop.context()) {}
+    Relay(EventLoop& loop, FaultDirection d, std::uint64_t seed)
+        : direction(d), schedule(seed), timer(loop.context()) {}
     void clear() {
       queue.clear();
       queued = 0;
@@ -226,12 +226,12 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
     FaultDirection direction;
     StreamSchedule schedule;
     std::deque<Item> queue;
-    std::size_t queued = 0;       // bytes in queue
+    std::size_t queued = 0;  // bytes in queue
     asio::steady_timer timer;
     std::optional<Clock::time_point> armed_for;
-    bool sink_paused = false;     // the receiving transport said pause_writing
-    bool source_paused = false;   // we paused the sending transport's reading
-    bool ended = false;           // an end (EOF, close, reset) is queued: nothing more is taken
+    bool sink_paused = false;    // the receiving transport said pause_writing
+    bool source_paused = false;  // we paused the sending transport's reading
+    bool ended = false;          // an end (EOF, close, reset) is queued: nothing more is taken
     bool eof_passed = false;
     std::uint64_t accepted = 0;   // bytes taken in, for limit_data and reset
     std::uint64_t forwarded = 0;  // bytes written to the receiver
@@ -277,8 +277,9 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
     }
     std::size_t at = 0;
     for (const auto& piece : r.schedule.plan(f, r.direction, bytes.size(), Clock::now())) {
-      push(r, {piece.at, std::vector<std::byte>(bytes.begin() + static_cast<std::ptrdiff_t>(at),
-                                                bytes.begin() + static_cast<std::ptrdiff_t>(at + piece.size)),
+      push(r, {piece.at,
+               std::vector<std::byte>(bytes.begin() + static_cast<std::ptrdiff_t>(at),
+                                      bytes.begin() + static_cast<std::ptrdiff_t>(at + piece.size)),
                Action::none});
       at += piece.size;
     }
@@ -471,12 +472,11 @@ void StreamProxy::create(EventLoop& loop, StreamProxyOptions options,
     proxy.reset(new StreamProxy(loop, std::move(options)));
     for (auto& f : initial) proxy->set_fault(std::move(f));
   } catch (...) {
-    asio::post(loop.get_executor(), [done = std::move(done), error = std::current_exception()] { done(error, nullptr); });
+    asio::post(loop.get_executor(),
+               [done = std::move(done), error = std::current_exception()] { done(error, nullptr); });
     return;
   }
-  proxy->listen([proxy, done = std::move(done)](std::exception_ptr error) {
-    done(error, error ? nullptr : proxy);
-  });
+  proxy->listen([proxy, done = std::move(done)](std::exception_ptr error) { done(error, error ? nullptr : proxy); });
 }
 
 void StreamProxy::listen(std::function<void(std::exception_ptr)> done) {
@@ -576,9 +576,8 @@ void StreamProxy::up(std::function<void(std::exception_ptr)> done) {
     return;
   }
   if (state_ == State::closed) {
-    asio::post(loop_.get_executor(), [done = std::move(done)] {
-      done(std::make_exception_ptr(std::logic_error("the proxy is closed")));
-    });
+    asio::post(loop_.get_executor(),
+               [done = std::move(done)] { done(std::make_exception_ptr(std::logic_error("the proxy is closed"))); });
     return;
   }
   state_ = State::starting;

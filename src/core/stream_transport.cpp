@@ -2,8 +2,8 @@
 
 #include "conduit/server.hpp"
 
-#include <boost/asio/error.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/error.hpp>
 #include <boost/asio/post.hpp>
 
 #include <sys/sendfile.h>
@@ -31,8 +31,7 @@ std::optional<SocketAddress> endpoint_of(const Socket& socket, bool remote) {
 }  // namespace
 
 template <class Socket>
-StreamTransport<Socket>::StreamTransport(EventLoop& loop, Socket socket,
-                                         std::shared_ptr<Server> server)
+StreamTransport<Socket>::StreamTransport(EventLoop& loop, Socket socket, std::shared_ptr<Server> server)
     : loop_(loop), socket_(std::move(socket)), server_(std::move(server)) {
   socket_.non_blocking(true);
   if constexpr (std::is_same_v<Socket, asio::ip::tcp::socket>) {
@@ -51,9 +50,9 @@ StreamTransport<Socket>::~StreamTransport() {
   if (state_ != State::closed) {
     // Only reachable when nothing references an open transport: reading
     // paused, nothing to write, and every owner gone (SPEC S20).
-    loop_.log(LogLevel::warning,
-              "unclosed transport " + (peername_ ? peername_->to_string() : std::string("<unconnected>")) +
-                  ": closing its socket");
+    loop_.log(LogLevel::warning, "unclosed transport " +
+                                     (peername_ ? peername_->to_string() : std::string("<unconnected>")) +
+                                     ": closing its socket");
   }
   if (server_) detail::ServerConnections::detach(*server_, this);
   if (state_ != State::closed) detail::LoopInternals::untrack(loop_, this);
@@ -70,8 +69,8 @@ void StreamTransport<Socket>::on_loop_destroyed() {
 template <class Socket>
 void StreamTransport<Socket>::release() {
   if (sendfile_ && state_ == State::closed && protocol_) {
-    finish_sendfile(std::make_exception_ptr(std::system_error(
-        std::make_error_code(std::errc::connection_aborted), "sendfile: the connection was lost")));
+    finish_sendfile(std::make_exception_ptr(
+        std::system_error(std::make_error_code(std::errc::connection_aborted), "sendfile: the connection was lost")));
   }
   boost::system::error_code ignored;
   socket_.close(ignored);  // completes any pending wait with operation_aborted
@@ -105,8 +104,7 @@ template <class Socket>
 std::pair<Socket, std::shared_ptr<Server>> StreamTransport<Socket>::hand_over() {
   if (state_ != State::open) throw std::logic_error("start_tls: the transport is closing");
   if (!writer_.empty()) {
-    throw std::logic_error("start_tls: the transport still has " + std::to_string(writer_.size()) +
-                           " bytes to write");
+    throw std::logic_error("start_tls: the transport still has " + std::to_string(writer_.size()) + " bytes to write");
   }
   reads_.stop();
   if (writer_.armed()) socket_.cancel();
@@ -220,8 +218,10 @@ void StreamTransport<Socket>::on_write_error(const boost::system::error_code& ec
 template <class Socket>
 void StreamTransport<Socket>::on_write_drained() {
   if (sendfile_) return sendfile_step();  // it was waiting for the buffer to drain
-  if (state_ == State::closing) post_connection_lost(nullptr);
-  else if (eof_requested_) shutdown_write();
+  if (state_ == State::closing)
+    post_connection_lost(nullptr);
+  else if (eof_requested_)
+    shutdown_write();
 }
 
 template <class Socket>
@@ -279,8 +279,7 @@ template <class Socket>
 void StreamTransport<Socket>::post_connection_lost(std::exception_ptr exc) {
   state_ = State::lost;
   writer_.stop();
-  asio::post(socket_.get_executor(),
-             [this, keep = self(), exc = std::move(exc)] { call_connection_lost(exc); });
+  asio::post(socket_.get_executor(), [this, keep = self(), exc = std::move(exc)] { call_connection_lost(exc); });
 }
 
 template <class Socket>
@@ -295,7 +294,8 @@ template <class Socket>
 std::any StreamTransport<Socket>::extra_info(std::string_view name) const {
   if (name == "peername" && peername_) return *peername_;
   if (name == "sockname" && sockname_) return *sockname_;
-  if (name == "socket" && state_ != State::closed) return static_cast<int>(const_cast<Socket&>(socket_).native_handle());
+  if (name == "socket" && state_ != State::closed)
+    return static_cast<int>(const_cast<Socket&>(socket_).native_handle());
   return {};
 }
 
@@ -324,7 +324,8 @@ void StreamTransport<Socket>::sendfile_step() {
   const int sock = socket_.native_handle();
   for (;;) {
     if (job.remaining && *job.remaining == 0) return finish_sendfile(nullptr);
-    const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(job.remaining.value_or(1u << 30), 1u << 30));
+    const std::size_t chunk =
+        static_cast<std::size_t>(std::min<std::uint64_t>(job.remaining.value_or(1u << 30), 1u << 30));
     off_t position = static_cast<off_t>(job.offset + job.sent);
     const ssize_t n = ::sendfile(sock, job.file, &position, chunk);
     if (n > 0) {

@@ -65,17 +65,12 @@ class StreamTransport final : public Transport, private detail::LoopResource {
   void set_protocol(std::shared_ptr<BaseProtocol> protocol) override;
   std::shared_ptr<BaseProtocol> get_protocol() const override { return protocol_.get(); }
 
-  bool is_reading() const override {
-    return state_ == State::open && read_state_ == ReadState::reading;
-  }
+  bool is_reading() const override { return state_ == State::open && read_state_ == ReadState::reading; }
   void pause_reading() override;
   void resume_reading() override;
 
-  void set_write_buffer_limits(std::optional<std::int64_t> high,
-                               std::optional<std::int64_t> low) override;
-  std::pair<std::size_t, std::size_t> get_write_buffer_limits() const override {
-    return writer_.limits();
-  }
+  void set_write_buffer_limits(std::optional<std::int64_t> high, std::optional<std::int64_t> low) override;
+  std::pair<std::size_t, std::size_t> get_write_buffer_limits() const override { return writer_.limits(); }
   std::size_t get_write_buffer_size() const override { return writer_.size(); }
   using WriteTransport::write;
   void write(std::span<const std::byte> data) override;

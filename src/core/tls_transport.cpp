@@ -1,7 +1,7 @@
 #include "tls_transport.hpp"
 
-#include "conduit/server.hpp"
 #include "completion.hpp"
+#include "conduit/server.hpp"
 #include "stream_transport.hpp"
 
 #include <boost/asio/bind_cancellation_slot.hpp>
@@ -100,8 +100,10 @@ std::shared_ptr<ssl::context> new_context(ssl::context::method method) {
 
 std::shared_ptr<ssl::context> client_context(const std::optional<std::string>& cafile) {
   auto context = new_context(ssl::context::tls_client);
-  if (cafile) context->load_verify_file(*cafile);
-  else context->set_default_verify_paths();
+  if (cafile)
+    context->load_verify_file(*cafile);
+  else
+    context->set_default_verify_paths();
   context->set_verify_mode(ssl::verify_peer);
   return context;
 }
@@ -144,7 +146,7 @@ std::shared_ptr<ssl::context> server_context_from_pem(std::string_view cert_pem,
 }
 
 TlsOptions client_options(TlsPem pem) {
-  TlsOptions options(!pem.verify        ? insecure_client_context()
+  TlsOptions options(!pem.verify      ? insecure_client_context()
                      : pem.ca.empty() ? client_context(std::nullopt)
                                       : client_context_from_pem(pem.ca));
   if (!pem.cert.empty()) {
@@ -256,12 +258,12 @@ asio::awaitable<void> TlsTransport::handshake() {
   if (handshake_timed_out_) {
     char seconds[32];
     std::snprintf(seconds, sizeof seconds, "%g", static_cast<double>(options_.handshake_timeout.count()) / 1000);
-    throw std::system_error(std::make_error_code(std::errc::timed_out),
-                            std::string("SSL handshake is taking longer than ") + seconds +
-                                " seconds: aborting the connection");
+    throw std::system_error(
+        std::make_error_code(std::errc::timed_out),
+        std::string("SSL handshake is taking longer than ") + seconds + " seconds: aborting the connection");
   }
-  throw std::system_error(ec, "TLS handshake with " + (peername_ ? peername_->to_string() : std::string("peer")) +
-                                  " failed: " + reason);
+  throw std::system_error(
+      ec, "TLS handshake with " + (peername_ ? peername_->to_string() : std::string("peer")) + " failed: " + reason);
 }
 
 void TlsTransport::discard() {
@@ -292,10 +294,10 @@ void TlsTransport::read_next() {
     read_target_ = read_buffer_;
   }
   read_in_flight_ = true;
-  stream_.async_read_some(asio::buffer(read_target_.data(), read_target_.size()),
-                          asio::bind_cancellation_slot(read_cancel_.slot(),
-                                                       [this, keep = self()](const boost::system::error_code& ec,
-                                                                             std::size_t n) { on_read(ec, n); }));
+  stream_.async_read_some(
+      asio::buffer(read_target_.data(), read_target_.size()),
+      asio::bind_cancellation_slot(read_cancel_.slot(), [this, keep = self()](const boost::system::error_code& ec,
+                                                                              std::size_t n) { on_read(ec, n); }));
 }
 
 void TlsTransport::on_read(const boost::system::error_code& ec, std::size_t n) {
@@ -318,8 +320,10 @@ void TlsTransport::on_read(const boost::system::error_code& ec, std::size_t n) {
 
 void TlsTransport::deliver(std::size_t n) {
   if (n == 0) return;
-  if (protocol_.is_buffered()) protocol_.buffer_updated(n);
-  else protocol_.data_received(read_target_.first(n));
+  if (protocol_.is_buffered())
+    protocol_.buffer_updated(n);
+  else
+    protocol_.data_received(read_target_.first(n));
 }
 
 void TlsTransport::on_eof() {
@@ -478,7 +482,8 @@ std::any TlsTransport::extra_info(std::string_view name) const {
   if (name == "cipher") {
     const SSL_CIPHER* cipher = SSL_get_current_cipher(ssl_handle);
     if (!cipher) return {};
-    return CipherInfo{SSL_CIPHER_get_name(cipher), SSL_CIPHER_get_version(cipher), SSL_CIPHER_get_bits(cipher, nullptr)};
+    return CipherInfo{SSL_CIPHER_get_name(cipher), SSL_CIPHER_get_version(cipher),
+                      SSL_CIPHER_get_bits(cipher, nullptr)};
   }
   // OpenSSL 3 builds without TLS compression: asyncio's None.
   if (name == "compression") return std::optional<std::string>();
@@ -487,14 +492,15 @@ std::any TlsTransport::extra_info(std::string_view name) const {
 
 // ==== start_tls ================================================================
 
-void EventLoop::start_tls_impl(std::shared_ptr<Transport> transport, std::shared_ptr<BaseProtocol> protocol,
-                               TlsOptions options, bool server_side,
-                               asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<Transport>)> handler) {
+void EventLoop::start_tls_impl(
+    std::shared_ptr<Transport> transport, std::shared_ptr<BaseProtocol> protocol, TlsOptions options, bool server_side,
+    asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<Transport>)> handler) {
   auto fail = [&](std::exception_ptr error) {
     detail::post_completion(*this, std::move(handler), error, std::shared_ptr<Transport>{});
   };
   auto* plain = dynamic_cast<TcpTransport*>(transport.get());
-  if (!plain) return fail(std::make_exception_ptr(std::invalid_argument("start_tls: a TCP transport of this loop is needed")));
+  if (!plain)
+    return fail(std::make_exception_ptr(std::invalid_argument("start_tls: a TCP transport of this loop is needed")));
   if (!options.context) return fail(std::make_exception_ptr(std::invalid_argument("start_tls: no SSL context given")));
   if (!protocol) return fail(std::make_exception_ptr(std::invalid_argument("start_tls: no protocol given")));
   std::shared_ptr<TlsTransport> tls;
@@ -504,12 +510,13 @@ void EventLoop::start_tls_impl(std::shared_ptr<Transport> transport, std::shared
   } catch (...) {
     return fail(std::current_exception());
   }
-  asio::co_spawn(context_, tls->handshake(),
-                 [this, tls, protocol = std::move(protocol), handler = std::move(handler)](std::exception_ptr error) mutable {
-                   if (!error) tls->start(std::move(protocol), false);  // already connected: no connection_made
-                   detail::post_completion(*this, std::move(handler), error,
-                                           error ? std::shared_ptr<Transport>{} : std::shared_ptr<Transport>(tls));
-                 });
+  asio::co_spawn(
+      context_, tls->handshake(),
+      [this, tls, protocol = std::move(protocol), handler = std::move(handler)](std::exception_ptr error) mutable {
+        if (!error) tls->start(std::move(protocol), false);  // already connected: no connection_made
+        detail::post_completion(*this, std::move(handler), error,
+                                error ? std::shared_ptr<Transport>{} : std::shared_ptr<Transport>(tls));
+      });
 }
 
 }  // namespace conduit

@@ -126,9 +126,9 @@ class TlsTransport final : public Transport, private detail::LoopResource {
     at_eof,   // the peer's EOF was delivered: nothing is read again (SPEC S6)
   };
   ReadState read_state_ = ReadState::reading;
-  bool read_in_flight_ = false;  // the socket's side: an async_read_some is out
-  std::optional<std::size_t> held_;   // bytes read while paused, not delivered yet
-  std::span<std::byte> read_target_;  // where the read in flight lands
+  bool read_in_flight_ = false;         // the socket's side: an async_read_some is out
+  std::optional<std::size_t> held_;     // bytes read while paused, not delivered yet
+  std::span<std::byte> read_target_;    // where the read in flight lands
   std::vector<std::byte> read_buffer_;  // for Protocol; made on the first read
   boost::asio::cancellation_signal read_cancel_;
   bool write_in_flight_ = false;

@@ -82,7 +82,8 @@ Fault fault_of(const v1::FaultSpec& spec) {
       break;
     case v1::FaultSpec::kBandwidth: f.kind = fault::Bandwidth{spec.bandwidth().bytes_per_second()}; break;
     case v1::FaultSpec::kSlicer:
-      f.kind = fault::Slicer{spec.slicer().average_size(), spec.slicer().size_variation(), us(spec.slicer().delay_us())};
+      f.kind =
+          fault::Slicer{spec.slicer().average_size(), spec.slicer().size_variation(), us(spec.slicer().delay_us())};
       break;
     case v1::FaultSpec::kBlackhole: {
       fault::Blackhole hole;
@@ -123,7 +124,9 @@ v1::FaultSpec spec_of(const Fault& f) {
       spec.mutable_latency()->set_delay_us(us_of(k.delay));
       spec.mutable_latency()->set_jitter_us(us_of(k.jitter));
     }
-    void operator()(const fault::Bandwidth& k) const { spec.mutable_bandwidth()->set_bytes_per_second(k.bytes_per_second); }
+    void operator()(const fault::Bandwidth& k) const {
+      spec.mutable_bandwidth()->set_bytes_per_second(k.bytes_per_second);
+    }
     void operator()(const fault::Slicer& k) const {
       spec.mutable_slicer()->set_average_size(static_cast<std::uint32_t>(k.average_size));
       spec.mutable_slicer()->set_size_variation(static_cast<std::uint32_t>(k.size_variation));

@@ -12,10 +12,14 @@ std::size_t utf8_sequence(std::string_view s) {
   std::size_t n;
   unsigned min;
   if (b0 < 0x80) return 1;
-  if ((b0 & 0xe0) == 0xc0) n = 2, min = 0x80;
-  else if ((b0 & 0xf0) == 0xe0) n = 3, min = 0x800;
-  else if ((b0 & 0xf8) == 0xf0) n = 4, min = 0x10000;
-  else return 0;
+  if ((b0 & 0xe0) == 0xc0)
+    n = 2, min = 0x80;
+  else if ((b0 & 0xf0) == 0xe0)
+    n = 3, min = 0x800;
+  else if ((b0 & 0xf8) == 0xf0)
+    n = 4, min = 0x10000;
+  else
+    return 0;
   if (s.size() < n) return 0;
   unsigned code = b0 & (0x7f >> n);
   for (std::size_t i = 1; i < n; ++i) {

@@ -68,10 +68,10 @@ constexpr bool sanitized = false;
 /// inherit it.
 void measure_memory_not_asan_quarantine() {
   const char* options = std::getenv("ASAN_OPTIONS");
-  const std::string value = std::string(options ? options : "") + ":quarantine_size_mb=8:thread_local_quarantine_size_kb=64";
+  const std::string value =
+      std::string(options ? options : "") + ":quarantine_size_mb=8:thread_local_quarantine_size_kb=64";
   ::setenv("ASAN_OPTIONS", value.c_str(), 1);
 }
-
 
 }  // namespace
 
@@ -84,7 +84,8 @@ TEST(EchoTools, ClientAndServerExchangeAMessage) {
 
 TEST(EchoTools, ManyRoundsOfLargeMessagesWithJsonStats) {
   EchoServer server({"--buffered"});
-  ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", server.url, "--size", "102400", "--count", "200", "--json"});
+  ChildProcess client(
+      {CONDUIT_BIN, "echo-client", "--connect", server.url, "--size", "102400", "--count", "200", "--json"});
   ASSERT_EQ(client.wait(bound), 0) << client.err();
   EXPECT_NE(client.out().find("\"ok\":true"), std::string::npos) << client.out();
   EXPECT_NE(client.out().find("\"rounds\":200"), std::string::npos) << client.out();
@@ -126,8 +127,8 @@ TEST(EchoTools, ExitCodes) {
   EXPECT_EQ(timed_out.wait(bound), 4);
   EXPECT_NE(timed_out.err().find("timed out"), std::string::npos) << timed_out.err();
 
-  ChildProcess in_use({CONDUIT_BIN, "echo-server", "--listen",
-                       "tcp://127.0.0.1:" + std::to_string(silent.local_endpoint().port())});
+  ChildProcess in_use(
+      {CONDUIT_BIN, "echo-server", "--listen", "tcp://127.0.0.1:" + std::to_string(silent.local_endpoint().port())});
   EXPECT_EQ(in_use.wait(bound), 3);
   EXPECT_NE(in_use.err().find("cannot listen"), std::string::npos) << in_use.err();
 
@@ -156,7 +157,8 @@ TEST(EchoTools, ExitCodes) {
     EXPECT_EQ(refused_flag.wait(bound), 2) << args[0] << " " << args.back();
     EXPECT_NE(refused_flag.err().find("applies"), std::string::npos) << refused_flag.err();
   }
-  ChildProcess cert_without_key({CONDUIT_BIN, "echo-client", "--connect", "tls://127.0.0.1:1", "--cert", certs.client_cert});
+  ChildProcess cert_without_key(
+      {CONDUIT_BIN, "echo-client", "--connect", "tls://127.0.0.1:1", "--cert", certs.client_cert});
   EXPECT_EQ(cert_without_key.wait(bound), 2);
   EXPECT_NE(cert_without_key.err().find("needs --key (the file holds no private key)"), std::string::npos)
       << cert_without_key.err();
@@ -190,8 +192,9 @@ TEST(EchoTools, StdinIsStreamedUnderFlowControlAndHonoursTheTimeout) {
   EchoServer server;
   // Endless input: it connects first, sends as it reads, and stops at the
   // timeout, its memory bounded by the transport's watermarks.
-  ChildProcess endless({"sh", "-c", std::string("exec ") + CONDUIT_BIN + " echo-client --connect " + server.url +
-                                        " --stdin --quiet --timeout 1 < /dev/zero"});
+  ChildProcess endless({"sh", "-c",
+                        std::string("exec ") + CONDUIT_BIN + " echo-client --connect " + server.url +
+                            " --stdin --quiet --timeout 1 < /dev/zero"});
   EXPECT_EQ(endless.wait(bound), 4) << endless.err();
   EXPECT_NE(endless.err().find("timed out after 1 s"), std::string::npos) << endless.err();
   EXPECT_LT(endless.peak_rss_kib(), 300u * 1024) << "read more than it sent";
@@ -281,7 +284,8 @@ TEST(EchoTools, TlsEchoVerifiesTheServer) {
   EXPECT_EQ(untrusted.wait(bound), 3);
   EXPECT_NE(untrusted.err().find("certificate verify failed"), std::string::npos) << untrusted.err();
 
-  ChildProcess insecure({CONDUIT_BIN, "echo-client", "--connect", url, "--insecure", "--size", "100000", "--count", "5"});
+  ChildProcess insecure(
+      {CONDUIT_BIN, "echo-client", "--connect", url, "--insecure", "--size", "100000", "--count", "5"});
   EXPECT_EQ(insecure.wait(bound), 0) << insecure.err();
 }
 
@@ -308,14 +312,14 @@ TEST(EchoTools, TlsListenerNeedsACertificate) {
 
 TEST(EchoTools, TlsInteropWithOpensslSClient) {
   const auto& certs = conduit::testing::test_certificates();
-  ChildProcess server({CONDUIT_BIN, "echo-server", "--listen", "tls://127.0.0.1:0", "--cert", certs.server_cert, "--key",
-                       certs.server_key});
+  ChildProcess server({CONDUIT_BIN, "echo-server", "--listen", "tls://127.0.0.1:0", "--cert", certs.server_cert,
+                       "--key", certs.server_key});
   auto line = server.wait_for_line("listening tls://", bound);
   ASSERT_TRUE(line) << server.err();
   const std::string port = line->substr(line->rfind(':') + 1);
-  ChildProcess s_client({"openssl", "s_client", "-connect", "127.0.0.1:" + port, "-CAfile", certs.ca,
-                         "-verify_return_error", "-quiet"},
-                        "through openssl\n");
+  ChildProcess s_client(
+      {"openssl", "s_client", "-connect", "127.0.0.1:" + port, "-CAfile", certs.ca, "-verify_return_error", "-quiet"},
+      "through openssl\n");
   ASSERT_TRUE(s_client.wait_for_line("through openssl", bound)) << s_client.err();
   s_client.signal(SIGTERM);
   s_client.wait(bound);
@@ -367,7 +371,8 @@ TEST(EchoTools, ViaTheServiceGivesTheSameOutputAndExitCodes) {
   ASSERT_EQ(stdin_via.wait(bound), 0) << stdin_via.err();
   EXPECT_EQ(stdin_via.out(), "half-closed through the service\n");
 
-  ChildProcess refused({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", "tcp://127.0.0.1:" + free_port()});
+  ChildProcess refused(
+      {CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", "tcp://127.0.0.1:" + free_port()});
   EXPECT_EQ(refused.wait(bound), 3);
   EXPECT_NE(refused.err().find("Connection refused"), std::string::npos) << refused.err();
 }
@@ -382,8 +387,8 @@ TEST(EchoTools, ServiceTokenIsEnforced) {
   ChildProcess without({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url});
   EXPECT_EQ(without.wait(bound), 3);
   EXPECT_NE(without.err().find("missing 'authorization: Bearer TOKEN'"), std::string::npos) << without.err();
-  ChildProcess wrong({CONDUIT_BIN, "echo-client", "--via", service.address, "--token-file", wrong_file, "--connect",
-                      server.url});
+  ChildProcess wrong(
+      {CONDUIT_BIN, "echo-client", "--via", service.address, "--token-file", wrong_file, "--connect", server.url});
   EXPECT_EQ(wrong.wait(bound), 3);
   EXPECT_NE(wrong.err().find("bad token"), std::string::npos) << wrong.err();
   ChildProcess right({CONDUIT_BIN, "echo-client", "--via", service.address, "--token-file", token_file, "--connect",
@@ -500,12 +505,12 @@ TEST(EchoTools, ServiceLimitsIdleTimeoutAndMessageSize) {
   EXPECT_EQ(listener.wait(bound), 0) << listener.err();
   // A write larger than --max-message-size goes in commands under it: what
   // works directly works through the service.
-  ChildProcess big({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url, "--size", "5000000"});
+  ChildProcess big(
+      {CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url, "--size", "5000000"});
   EXPECT_EQ(big.wait(bound), 0) << big.err();
   std::string input(6 << 20, 'v');
-  ChildProcess big_stdin({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url, "--stdin",
-                          "--quiet"},
-                         input);
+  ChildProcess big_stdin(
+      {CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url, "--stdin", "--quiet"}, input);
   EXPECT_EQ(big_stdin.wait(bound), 0) << big_stdin.err();
   ChildProcess fine({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url, "--size", "20000",
                      "--count", "5"});
@@ -517,11 +522,12 @@ TEST(EchoTools, ServiceMutualTls) {
   EchoServer server;
   Service service({"--tls-cert", certs.server_cert, "--tls-key", certs.server_key, "--tls-client-ca", certs.ca});
   ChildProcess with_cert({CONDUIT_BIN, "echo-client", "--via", service.address, "--via-cafile", certs.ca, "--via-cert",
-                          certs.client_cert, "--via-key", certs.client_key, "--connect", server.url, "--message", "mtls"});
+                          certs.client_cert, "--via-key", certs.client_key, "--connect", server.url, "--message",
+                          "mtls"});
   EXPECT_EQ(with_cert.wait(bound), 0) << with_cert.err();
   EXPECT_EQ(with_cert.out(), "mtls");
-  ChildProcess without_cert({CONDUIT_BIN, "echo-client", "--via", service.address, "--via-cafile", certs.ca,
-                             "--connect", server.url});
+  ChildProcess without_cert(
+      {CONDUIT_BIN, "echo-client", "--via", service.address, "--via-cafile", certs.ca, "--connect", server.url});
   // The service's handshake refuses them: the service cannot be reached (7).
   EXPECT_EQ(without_cert.wait(bound), 7) << "no client certificate: refused";
   ChildProcess plaintext({CONDUIT_BIN, "echo-client", "--via", service.address, "--connect", server.url});
@@ -541,9 +547,9 @@ TEST(EchoTools, EchoServerViaTheServiceServesTcpUnixAndTls) {
   const auto& certs = conduit::testing::test_certificates();
   Service service({"--allow-unix", ::testing::TempDir()});
   const std::string path = temp_path("via-echo.sock");
-  ChildProcess server({CONDUIT_BIN, "echo-server", "--via", service.address, "--listen", "tcp://127.0.0.1:0", "--listen",
-                       "unix://" + path, "--listen", "tls://127.0.0.1:0", "--cert", certs.server_cert, "--key",
-                       certs.server_key, "--json"});
+  ChildProcess server({CONDUIT_BIN, "echo-server", "--via", service.address, "--listen", "tcp://127.0.0.1:0",
+                       "--listen", "unix://" + path, "--listen", "tls://127.0.0.1:0", "--cert", certs.server_cert,
+                       "--key", certs.server_key, "--json"});
   std::string tcp, unix_url, tls;
   for (int i = 0; i < 3; ++i) {
     auto line = server.wait_for_line("listening ", bound);
@@ -569,8 +575,9 @@ TEST(EchoTools, EchoServerViaTheServiceServesTcpUnixAndTls) {
 
   server.signal(SIGTERM);
   EXPECT_EQ(server.wait(bound), 0) << server.err();
-  EXPECT_NE(server.out().find("\"connections\":4,\"bytes_echoed\":" + std::to_string(20 * 300000 + 16 + 8 + data.size())),
-            std::string::npos)
+  EXPECT_NE(
+      server.out().find("\"connections\":4,\"bytes_echoed\":" + std::to_string(20 * 300000 + 16 + 8 + data.size())),
+      std::string::npos)
       << server.out();
   EXPECT_NE(::access(path.c_str(), F_OK), 0) << "the service removes its socket file when the server closes";
 
@@ -644,12 +651,12 @@ TEST(EchoTools, EveryToolTakesOneAddressSyntax) {
                                                        {"echo-client", "--connect"},
                                                        {"proxy", "--upstream", "127.0.0.1:1", "--listen"},
                                                        {"serve", "--listen"}};
-  for (const auto& [bad, words] : std::vector<std::pair<std::string, std::string>>{
-           {"http://127.0.0.1:80", "unknown scheme 'http'"},
-           {"127.0.0.1", "missing :PORT"},
-           {"::1:80", "write IPv6 addresses in brackets"},
-           {path, "a Unix socket is unix:" + path},
-           {"unix:", "the unix socket path is empty"}}) {
+  for (const auto& [bad, words] :
+       std::vector<std::pair<std::string, std::string>>{{"http://127.0.0.1:80", "unknown scheme 'http'"},
+                                                        {"127.0.0.1", "missing :PORT"},
+                                                        {"::1:80", "write IPv6 addresses in brackets"},
+                                                        {path, "a Unix socket is unix:" + path},
+                                                        {"unix:", "the unix socket path is empty"}}) {
     for (auto argv : tools) {
       SCOPED_TRACE(argv[0] + " " + bad);
       argv.insert(argv.begin(), CONDUIT_BIN);

@@ -44,7 +44,8 @@ TEST(ProxyTool, RelaysWithLatencyAndReportsEachConnection) {
   Listening proxy({CONDUIT_BIN, "proxy", "--listen", "tcp://127.0.0.1:0", "--upstream", echo.url, "--latency", "50ms",
                    "--direction", "up", "-v", "--json", "--exit-after", "1"});
   const auto start = Clock::now();
-  ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", proxy.url, "--count", "4", "--size", "1000", "--quiet"});
+  ChildProcess client(
+      {CONDUIT_BIN, "echo-client", "--connect", proxy.url, "--count", "4", "--size", "1000", "--quiet"});
   ASSERT_EQ(client.wait(bound), 0) << client.err();
   EXPECT_GE(seconds_since(start), 0.2) << "4 round trips, each 50 ms late on the way up";
   ASSERT_EQ(proxy.process.wait(bound), 0) << proxy.process.err();
@@ -73,8 +74,8 @@ TEST(ProxyTool, UdpLossDropsDatagrams) {
   Listening proxy({CONDUIT_BIN, "proxy", "--listen", "udp://127.0.0.1:0", "--upstream", echo.url, "--loss", "100%",
                    "--direction", "up"});
   EXPECT_EQ(proxy.url.rfind("udp://127.0.0.1:", 0), 0u) << proxy.url;
-  ChildProcess client({CONDUIT_BIN, "udp-echo", "client", "--connect", proxy.url, "--count", "5", "--wait", "0.05",
-                       "--json"});
+  ChildProcess client(
+      {CONDUIT_BIN, "udp-echo", "client", "--connect", proxy.url, "--count", "5", "--wait", "0.05", "--json"});
   EXPECT_EQ(client.wait(bound), 6) << client.err();
   EXPECT_NE(client.out().find("\"sent\":5,\"received\":0,\"lost\":5"), std::string::npos) << client.out();
   Listening clean({CONDUIT_BIN, "proxy", "--listen", "udp://127.0.0.1:0", "--upstream", echo.url});
@@ -110,7 +111,8 @@ static std::pair<boost::system::error_code, Clock::duration> silent_connection(c
 TEST(ProxyTool, ResetAndBlackholeAfterATime) {
   Listening echo({CONDUIT_BIN, "echo-server", "--listen", "127.0.0.1:0", "--quiet"});
   {
-    Listening proxy({CONDUIT_BIN, "proxy", "--listen", "127.0.0.1:0", "--upstream", echo.url, "--reset-after", "300ms"});
+    Listening proxy(
+        {CONDUIT_BIN, "proxy", "--listen", "127.0.0.1:0", "--upstream", echo.url, "--reset-after", "300ms"});
     const auto [how, after] = silent_connection(proxy.url);
     EXPECT_EQ(how, boost::asio::error::connection_reset) << how.message();
     EXPECT_GE(after, 250ms);
@@ -124,8 +126,8 @@ TEST(ProxyTool, ResetAndBlackholeAfterATime) {
     EXPECT_GE(after, 250ms);
     EXPECT_LT(after, 10s);
   }
-  ChildProcess alone({CONDUIT_BIN, "proxy", "--listen", "127.0.0.1:0", "--upstream", echo.url,
-                      "--blackhole-close-after", "1s"});
+  ChildProcess alone(
+      {CONDUIT_BIN, "proxy", "--listen", "127.0.0.1:0", "--upstream", echo.url, "--blackhole-close-after", "1s"});
   EXPECT_EQ(alone.wait(bound), 2);
   EXPECT_NE(alone.err().find("--blackhole-close-after needs --blackhole"), std::string::npos) << alone.err();
 }
@@ -154,8 +156,8 @@ TEST(ProxyTool, FaultsChangeARunningProxyFromAnotherCommand) {
   Listening serve({CONDUIT_BIN, "serve", "--listen", "127.0.0.1:0"});
   const std::string via = serve.url.substr(serve.url.find("127.0.0.1"));
   Listening echo({CONDUIT_BIN, "echo-server", "--listen", "tcp://127.0.0.1:0", "--quiet"});
-  Listening proxy({CONDUIT_BIN, "proxy", "--via", via, "--name", "web", "--listen", "tcp://127.0.0.1:0", "--upstream",
-                   echo.url});
+  Listening proxy(
+      {CONDUIT_BIN, "proxy", "--via", via, "--name", "web", "--listen", "tcp://127.0.0.1:0", "--upstream", echo.url});
   struct Ran {
     int code;
     std::string out, err;
@@ -211,10 +213,12 @@ TEST(ProxyTool, FaultsChangeARunningProxyFromAnotherCommand) {
       {{"faults", "--via", via, "web", "--down", "--up"}, 2, "--down and --up together"},
       {{"faults", "web"}, 2, "--via is required"},
       {{"faults", "--via", "127.0.0.1:1", "web", "--timeout", "1"}, 7, "cannot reach the service at 127.0.0.1:1"},
-      {{"proxy", "--via", via, "--name", "web", "--listen", "127.0.0.1:0", "--upstream", echo.url}, 3,
+      {{"proxy", "--via", via, "--name", "web", "--listen", "127.0.0.1:0", "--upstream", echo.url},
+       3,
        "is named 'web' already"},
       {{"proxy", "--name", "web", "--listen", "127.0.0.1:0", "--upstream", echo.url}, 2, "--name names a --via proxy"},
-      {{"proxy", "--via", via, "--name", "a b", "--listen", "127.0.0.1:0", "--upstream", echo.url}, 3,
+      {{"proxy", "--via", via, "--name", "a b", "--listen", "127.0.0.1:0", "--upstream", echo.url},
+       3,
        "open_proxy.name"},
   };
   for (const auto& c : cases) {
@@ -234,10 +238,12 @@ TEST(ProxyTool, BadArgumentsAreExitCode2AndSayWhy) {
       {{"--listen", "udp://127.0.0.1:0", "--upstream", "udp://127.0.0.1:9", "--reset-after", "10"},
        "--reset-after is for stream"},
       {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--latency", "fast"}, "not a duration"},
-      {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--latency", "1"}, "'1' needs a unit: 1ms or 1s?"},
+      {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--latency", "1"},
+       "'1' needs a unit: 1ms or 1s?"},
       {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--bandwidth", "1MiB/h"}, "not a rate"},
       {{"--listen", "udp://127.0.0.1:0", "--upstream", "udp://127.0.0.1:9", "--loss", "150%"}, "over 100%"},
-      {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--jitter", "5ms"}, "--jitter needs --latency"},
+      {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--jitter", "5ms"},
+       "--jitter needs --latency"},
       {{"--listen", "udp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9"}, "udp:// proxy listens and connects"},
       {{"--listen", "tls://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9"}, "needs --cert and --key"},
       {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:0"}, "--upstream needs a port"},

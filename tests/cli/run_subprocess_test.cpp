@@ -67,7 +67,8 @@ TEST(RunSubprocess, PrefixedLinesAndJsonSummary) {
   ASSERT_EQ(p.wait(bound), 0) << p.err();
   EXPECT_EQ(p.out().substr(0, p.out().find('{')), "[out] a\n[out] b\n");
   EXPECT_EQ(p.err(), "[err] c\n");
-  EXPECT_NE(p.out().find("\"returncode\":0,\"exit_code\":0,\"timed_out\":false,\"killed\":false,\"stdout_bytes\":3,\"stderr_bytes\":2"),
+  EXPECT_NE(p.out().find("\"returncode\":0,\"exit_code\":0,\"timed_out\":false,\"killed\":false,\"stdout_bytes\":3,"
+                         "\"stderr_bytes\":2"),
             std::string::npos)
       << p.out();
 }

@@ -44,8 +44,8 @@ std::string free_udp_port() {
 
 TEST(UdpEcho, ClientCountsEveryEchoWithRtts) {
   UdpEchoServer server;
-  ChildProcess client({CONDUIT_BIN, "udp-echo", "client", "--connect", server.url, "--count", "500", "--size", "1200",
-                       "--json"});
+  ChildProcess client(
+      {CONDUIT_BIN, "udp-echo", "client", "--connect", server.url, "--count", "500", "--size", "1200", "--json"});
   ASSERT_EQ(client.wait(bound), 0) << client.err();
   EXPECT_NE(client.out().find("\"sent\":500,\"received\":500,\"lost\":0"), std::string::npos) << client.out();
   server.process.signal(SIGTERM);
@@ -88,8 +88,8 @@ TEST(UdpEcho, InteropWithSocat) {
   // so retry a bounded number of times until it answers.
   int rc = -1;
   for (int attempt = 0; attempt < 50 && rc != 0; ++attempt) {
-    ChildProcess client({CONDUIT_BIN, "udp-echo", "client", "--connect", "udp://127.0.0.1:" + port, "--count", "20",
-                         "--wait", "2"});
+    ChildProcess client(
+        {CONDUIT_BIN, "udp-echo", "client", "--connect", "udp://127.0.0.1:" + port, "--count", "20", "--wait", "2"});
     rc = client.wait(bound).value_or(-1);
     if (rc != 0 && rc != 3) FAIL() << "exit " << rc << ": " << client.err();
   }
@@ -111,12 +111,12 @@ TEST(UdpEcho, ViaTheServiceGivesTheSameResults) {
   ChildProcess service({CONDUIT_BIN, "serve", "--listen", "127.0.0.1:0"});
   auto line = service.wait_for_line("listening ", bound);
   ASSERT_TRUE(line) << service.err();
-  ChildProcess via({CONDUIT_BIN, "udp-echo", "client", "--via", *line, "--connect", server.url, "--count", "50",
-                    "--size", "700"});
+  ChildProcess via(
+      {CONDUIT_BIN, "udp-echo", "client", "--via", *line, "--connect", server.url, "--count", "50", "--size", "700"});
   ASSERT_EQ(via.wait(bound), 0) << via.err();
   EXPECT_EQ(via.out().rfind("50 sent, 50 received, 0 lost", 0), 0u) << via.out();
-  ChildProcess refused({CONDUIT_BIN, "udp-echo", "client", "--via", *line, "--connect",
-                        "udp://127.0.0.1:" + free_udp_port()});
+  ChildProcess refused(
+      {CONDUIT_BIN, "udp-echo", "client", "--via", *line, "--connect", "udp://127.0.0.1:" + free_udp_port()});
   EXPECT_EQ(refused.wait(bound), 3);
   EXPECT_NE(refused.err().find("Connection refused"), std::string::npos) << refused.err();
   service.signal(SIGTERM);
@@ -127,7 +127,8 @@ TEST(UdpEcho, ServerViaTheServiceEchoesFromItsHost) {
   ChildProcess service({CONDUIT_BIN, "serve", "--listen", "127.0.0.1:0"});
   auto address = service.wait_for_line("listening ", bound);
   ASSERT_TRUE(address) << service.err();
-  ChildProcess server({CONDUIT_BIN, "udp-echo", "server", "--via", *address, "--listen", "udp://127.0.0.1:0", "--json"});
+  ChildProcess server(
+      {CONDUIT_BIN, "udp-echo", "server", "--via", *address, "--listen", "udp://127.0.0.1:0", "--json"});
   auto url = server.wait_for_line("listening ", bound);
   ASSERT_TRUE(url) << server.err();
   ChildProcess client({CONDUIT_BIN, "udp-echo", "client", "--connect", *url, "--count", "50", "--size", "700"});

@@ -56,8 +56,8 @@ class RecordingDatagramProtocol : public DatagramProtocol {
 
 using Proto = RecordingDatagramProtocol;
 
-std::shared_ptr<Proto> expect_made(EventLoop& loop, std::exception_ptr& error,
-                                   std::shared_ptr<Proto>& protocol, bool& done) {
+std::shared_ptr<Proto> expect_made(EventLoop& loop, std::exception_ptr& error, std::shared_ptr<Proto>& protocol,
+                                   bool& done) {
   run_until(loop, [&] { return done; });
   if (error) std::rethrow_exception(error);
   run_until(loop, [&] { return protocol->made == 1; });
@@ -68,12 +68,13 @@ std::shared_ptr<Proto> open_udp(EventLoop& loop, DatagramOptions options) {
   std::shared_ptr<Proto> protocol;
   std::exception_ptr error;
   bool done = false;
-  loop.create_datagram_endpoint([] { return std::make_shared<Proto>(); }, std::move(options),
-                                [&](std::exception_ptr e, std::shared_ptr<DatagramTransport>, std::shared_ptr<Proto> p) {
-                                  error = e;
-                                  protocol = std::move(p);
-                                  done = true;
-                                });
+  loop.create_datagram_endpoint(
+      [] { return std::make_shared<Proto>(); }, std::move(options),
+      [&](std::exception_ptr e, std::shared_ptr<DatagramTransport>, std::shared_ptr<Proto> p) {
+        error = e;
+        protocol = std::move(p);
+        done = true;
+      });
   return expect_made(loop, error, protocol, done);
 }
 
@@ -81,12 +82,13 @@ std::shared_ptr<Proto> open_unix(EventLoop& loop, UnixDatagramOptions options) {
   std::shared_ptr<Proto> protocol;
   std::exception_ptr error;
   bool done = false;
-  loop.create_unix_datagram_endpoint([] { return std::make_shared<Proto>(); }, std::move(options),
-                                     [&](std::exception_ptr e, std::shared_ptr<DatagramTransport>, std::shared_ptr<Proto> p) {
-                                       error = e;
-                                       protocol = std::move(p);
-                                       done = true;
-                                     });
+  loop.create_unix_datagram_endpoint(
+      [] { return std::make_shared<Proto>(); }, std::move(options),
+      [&](std::exception_ptr e, std::shared_ptr<DatagramTransport>, std::shared_ptr<Proto> p) {
+        error = e;
+        protocol = std::move(p);
+        done = true;
+      });
   return expect_made(loop, error, protocol, done);
 }
 
@@ -104,8 +106,7 @@ SocketAddress sockname(const std::shared_ptr<Proto>& p) {
 class TempPath {
  public:
   explicit TempPath(const std::string& name)
-      : path_(std::filesystem::temp_directory_path() /
-              ("conduit-dgram-" + std::to_string(::getpid()) + "-" + name)) {
+      : path_(std::filesystem::temp_directory_path() / ("conduit-dgram-" + std::to_string(::getpid()) + "-" + name)) {
     std::filesystem::remove(path_);
   }
   ~TempPath() { std::filesystem::remove(path_); }

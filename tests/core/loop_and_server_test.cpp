@@ -163,10 +163,12 @@ TEST(LoopMethods, L1_UnresolvableHostIsAClearError) {
 TEST(LoopMethods, CheckRemoteAddressSeesEveryAddressAndItsExceptionFailsTheConnect) {
   EventLoop loop;
   int accepted = 0;
-  auto server = make_server(loop, [&] {
-    ++accepted;
-    return std::make_shared<EchoProtocol>();
-  }, {"127.0.0.1"});
+  auto server = make_server(loop,
+                            [&] {
+                              ++accepted;
+                              return std::make_shared<EchoProtocol>();
+                            },
+                            {"127.0.0.1"});
   const auto port = server->sockets().at(0).port();
   std::vector<SocketAddress> seen;
   ConnectOptions options;
@@ -196,7 +198,9 @@ TEST(Server, CheckLocalAddressSeesTheWildcardsOfEveryInterface) {
     seen.push_back(address.to_string());
     if (address.ip().is_v6()) throw std::runtime_error("no listening here");
   };
-  EXPECT_THROW(make_server(loop, [] { return std::make_shared<EchoProtocol>(); }, {}, options), std::runtime_error);
+  EXPECT_THROW(make_server(
+                   loop, [] { return std::make_shared<EchoProtocol>(); }, {}, options),
+               std::runtime_error);
   EXPECT_EQ(seen, (std::vector<std::string>{"0.0.0.0:0", "[::]:0"}));
 }
 
@@ -239,7 +243,8 @@ TEST(Server, L2_SeveralHostsAndSocketOptions) {
   EventLoop loop;
   ServerOptions options;
   options.reuse_port = true;
-  auto server = make_server(loop, [] { return std::make_shared<EchoProtocol>(); }, {"127.0.0.1", "::1"}, options);
+  auto server = make_server(
+      loop, [] { return std::make_shared<EchoProtocol>(); }, {"127.0.0.1", "::1"}, options);
   auto sockets = server->sockets();
   ASSERT_EQ(sockets.size(), 2u);
   EXPECT_TRUE(sockets[0].ip().is_v4());
@@ -281,7 +286,8 @@ TEST(Server, L2_StartServingFalseRefusesUntilStarted) {
   EventLoop loop;
   ServerOptions options;
   options.start_serving = false;
-  auto server = make_server(loop, [] { return std::make_shared<EchoProtocol>(); }, {"127.0.0.1"}, options);
+  auto server = make_server(
+      loop, [] { return std::make_shared<EchoProtocol>(); }, {"127.0.0.1"}, options);
   EXPECT_FALSE(server->is_serving());
   const auto port = server->sockets().at(0).port();
   auto refused = connect(loop, "127.0.0.1", port);
@@ -342,7 +348,8 @@ TEST(Server, L3_ServeForeverRunsUntilCancelledThenClosesAndWaits) {
   EventLoop loop;
   ServerOptions options;
   options.start_serving = false;
-  auto server = make_server(loop, [] { return std::make_shared<EchoProtocol>(); }, {"127.0.0.1"}, options);
+  auto server = make_server(
+      loop, [] { return std::make_shared<EchoProtocol>(); }, {"127.0.0.1"}, options);
   asio::cancellation_signal cancel;
   std::exception_ptr result;
   bool done = false;
@@ -379,9 +386,7 @@ TEST(Server, L4_UnixServerReplacesStaleSocketRefusesOtherFilesAndCleansUp) {
   const std::string dir = ::testing::TempDir();
   const std::string path = dir + "conduit-l4-" + std::to_string(::getpid()) + ".sock";
   // A stale socket file: bound, then its socket closed.
-  {
-    asio::local::stream_protocol::acceptor stale(loop.context(), asio::local::stream_protocol::endpoint(path));
-  }
+  { asio::local::stream_protocol::acceptor stale(loop.context(), asio::local::stream_protocol::endpoint(path)); }
   struct stat st {};
   ASSERT_EQ(::stat(path.c_str(), &st), 0);
   std::shared_ptr<Server> server;
@@ -423,11 +428,12 @@ TEST(LoopMethods, L5_ConnectAcceptedSocket) {
   int fds[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
   std::shared_ptr<RecordingProtocol> protocol;
-  loop.connect_accepted_socket([] { return std::make_shared<RecordingProtocol>(); }, fds[0],
-                               [&](std::exception_ptr e, std::shared_ptr<Transport>, std::shared_ptr<RecordingProtocol> p) {
-                                 EXPECT_FALSE(e);
-                                 protocol = p;
-                               });
+  loop.connect_accepted_socket(
+      [] { return std::make_shared<RecordingProtocol>(); }, fds[0],
+      [&](std::exception_ptr e, std::shared_ptr<Transport>, std::shared_ptr<RecordingProtocol> p) {
+        EXPECT_FALSE(e);
+        protocol = p;
+      });
   ASSERT_TRUE(run_until(loop, [&] { return protocol != nullptr; }));
   ASSERT_EQ(::write(fds[1], "pair", 4), 4);
   ASSERT_TRUE(run_until(loop, [&] { return protocol->rec.data == "pair"; }));
@@ -527,7 +533,8 @@ TEST(Robustness, R3_AcceptBacksOffOnEmfileAndRecovers) {
 
   for (int fd : fillers) ::close(fd);
   ::setrlimit(RLIMIT_NOFILE, &saved);
-  ASSERT_TRUE(run_until(loop, [&] { return server_protocol->rec.made == 1; }, 5s));
+  ASSERT_TRUE(run_until(
+      loop, [&] { return server_protocol->rec.made == 1; }, 5s));
   server_protocol->rec.transport->close();
   server->close();
 }

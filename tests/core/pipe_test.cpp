@@ -47,8 +47,10 @@ std::shared_ptr<P> connect_pipe(EventLoop& loop, int fd, bool write_side) {
     opened->done = true;
   };
   auto factory = [] { return std::make_shared<P>(); };
-  if (write_side) loop.connect_write_pipe(factory, fd, on_done);
-  else loop.connect_read_pipe(factory, fd, on_done);
+  if (write_side)
+    loop.connect_write_pipe(factory, fd, on_done);
+  else
+    loop.connect_read_pipe(factory, fd, on_done);
   run_until(loop, [&] { return opened->done; });
   if (opened->error) std::rethrow_exception(opened->error);
   run_until(loop, [&] { return opened->protocol->rec.made == 1; });
@@ -67,8 +69,10 @@ bool drain(int fd, std::string& out) {
   char buffer[65536];
   for (;;) {
     const ssize_t n = ::read(fd, buffer, sizeof buffer);
-    if (n > 0) out.append(buffer, static_cast<std::size_t>(n));
-    else return n == 0;
+    if (n > 0)
+      out.append(buffer, static_cast<std::size_t>(n));
+    else
+      return n == 0;
   }
 }
 
@@ -116,7 +120,8 @@ TEST(Pipe, P2_ReadPipeDeliversDataThenEofThenConnectionLost) {
   std::size_t written = 0;
   ASSERT_TRUE(run_until(loop, [&] {
     if (written < data.size()) {
-      const ssize_t n = ::write(pipe.write_end, data.data() + written, std::min<std::size_t>(4096, data.size() - written));
+      const ssize_t n =
+          ::write(pipe.write_end, data.data() + written, std::min<std::size_t>(4096, data.size() - written));
       if (n > 0) written += static_cast<std::size_t>(n);
       if (written == data.size()) pipe.close_write();
     }

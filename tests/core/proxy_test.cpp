@@ -3,8 +3,8 @@
 #include "support/recording_protocol.hpp"
 #include "support/test_certificates.hpp"
 
-#include <conduit/stream_proxy.hpp>
 #include <conduit/server.hpp>
+#include <conduit/stream_proxy.hpp>
 
 #include <gtest/gtest.h>
 
@@ -41,7 +41,8 @@ struct Upstream {
           connections.push_back(p);
           return p;
         },
-        {"127.0.0.1"}, 0, options, [&](std::exception_ptr error, std::shared_ptr<Server> s) {
+        {"127.0.0.1"}, 0, options,
+        [&](std::exception_ptr error, std::shared_ptr<Server> s) {
           ASSERT_FALSE(error) << describe_error(error);
           server = s;
         });
@@ -220,8 +221,8 @@ TEST_F(ProxyTest, ASlowReaderHoldsTheWriterBackWithBoundedMemory) {
   // Let the upstream read: every byte arrives, in order.
   upstream.last().rec.transport->resume_reading();
   ASSERT_TRUE(run_until(loop, [&] { return upstream.last().rec.data.size() == sent; }));
-  EXPECT_EQ(upstream.last().rec.data, std::string(sent / chunk.size() * chunk.size(), 'w') +
-                                          std::string(sent % chunk.size(), 'w'));
+  EXPECT_EQ(upstream.last().rec.data,
+            std::string(sent / chunk.size() * chunk.size(), 'w') + std::string(sent % chunk.size(), 'w'));
 }
 
 // ---- faults ---------------------------------------------------------------------
@@ -443,7 +444,9 @@ TEST_F(ProxyTest, RefusesAnInvalidOrDatagramOnlyFault) {
 
 TEST_F(ProxyTest, TerminatesTlsInFrontOfAPlainUpstream) {
   const auto& certs = test_certificates();
-  start({}, [&](StreamProxyOptions& o) { o.listen.tls = TlsOptions(tls::server_context(certs.server_cert, certs.server_key)); });
+  start({}, [&](StreamProxyOptions& o) {
+    o.listen.tls = TlsOptions(tls::server_context(certs.server_cert, certs.server_key));
+  });
   auto client = std::make_shared<RecordingProtocol>();
   ConnectOptions connect;
   connect.tls = TlsOptions(tls::client_context(certs.ca));

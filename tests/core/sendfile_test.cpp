@@ -116,7 +116,8 @@ TEST(Sendfile, TlsUsesTheFallbackWithFlowControl) {
   t->set_write_buffer_limits(64 * 1024);
   TempFile file(3 << 20);
   auto r = send(loop, t, file.fd, 0, std::nullopt);
-  ASSERT_TRUE(run_until(loop, [&] { return r->done && server_side && server_side->rec.data.size() == file.content.size(); }));
+  ASSERT_TRUE(
+      run_until(loop, [&] { return r->done && server_side && server_side->rec.data.size() == file.content.size(); }));
   ASSERT_FALSE(r->error);
   EXPECT_EQ(r->sent, file.content.size());
   EXPECT_TRUE(server_side->rec.data == file.content);

@@ -54,14 +54,13 @@ TEST(StreamTransport, S1_CoroutineCreateConnection) {
   EventLoop loop;
   asio::ip::tcp::acceptor acceptor(loop.context(), {asio::ip::make_address("127.0.0.1"), 0});
   const auto port = acceptor.local_endpoint().port();
-  auto [transport, protocol] = loop.run_until_complete([&]() -> asio::awaitable<
-                                                                 std::pair<std::shared_ptr<Transport>,
-                                                                           std::shared_ptr<RecordingProtocol>>> {
-    auto [t, p] = co_await loop.create_connection([] { return std::make_shared<RecordingProtocol>(); },
-                                                  "127.0.0.1", port, {}, asio::use_awaitable);
-    EXPECT_EQ(p->rec.made, 1);
-    co_return std::make_pair(t, p);
-  }());
+  auto [transport, protocol] = loop.run_until_complete(
+      [&]() -> asio::awaitable<std::pair<std::shared_ptr<Transport>, std::shared_ptr<RecordingProtocol>>> {
+        auto [t, p] = co_await loop.create_connection([] { return std::make_shared<RecordingProtocol>(); }, "127.0.0.1",
+                                                      port, {}, asio::use_awaitable);
+        EXPECT_EQ(p->rec.made, 1);
+        co_return std::make_pair(t, p);
+      }());
   ASSERT_TRUE(transport);
   EXPECT_EQ(protocol->rec.transport, transport);
   transport->close();

@@ -55,7 +55,8 @@ std::shared_ptr<ClientResult> tls_connect(EventLoop& loop, std::uint16_t port, T
         ++result->factory_calls;
         return std::make_shared<RecordingProtocol>();
       },
-      host, port, options, [result](std::exception_ptr e, std::shared_ptr<Transport>, std::shared_ptr<RecordingProtocol> p) {
+      host, port, options,
+      [result](std::exception_ptr e, std::shared_ptr<Transport>, std::shared_ptr<RecordingProtocol> p) {
         result->error = e;
         result->protocol = std::move(p);
         result->done = true;
@@ -172,7 +173,8 @@ TEST(Tls, T3_NoHalfCloseAndEofReceivedTrueOnlyWarns) {
   EXPECT_FALSE(t.can_write_eof());
   EXPECT_THROW(t.write_eof(), std::logic_error);
   t.close();  // close_notify: the server sees EOF
-  ASSERT_TRUE(run_until(loop, [&] { return server_side && server_side->rec.is_lost() && client->protocol->rec.is_lost(); }));
+  ASSERT_TRUE(
+      run_until(loop, [&] { return server_side && server_side->rec.is_lost() && client->protocol->rec.is_lost(); }));
   EXPECT_EQ(server_side->rec.eofs, 1);
   EXPECT_EQ(recorder.warnings_containing("returning true from eof_received() has no effect when using ssl"), 1);
 }
@@ -242,7 +244,8 @@ TEST(Tls, MutualTlsRequiresAClientCertificate) {
 /// Speaks plain text until "STARTTLS", answers "OK", then upgrades.
 class StartTlsServer : public Protocol {
  public:
-  StartTlsServer(EventLoop& loop, std::shared_ptr<asio::ssl::context> context) : loop_(loop), context_(std::move(context)) {}
+  StartTlsServer(EventLoop& loop, std::shared_ptr<asio::ssl::context> context)
+      : loop_(loop), context_(std::move(context)) {}
   void connection_made(std::shared_ptr<Transport> t) override {
     ++made;
     transport = std::move(t);
@@ -333,7 +336,8 @@ TEST(Tls, InteropWithOpensslSServer_R4) {
   std::shared_ptr<ClientResult> client;
   // s_server needs a moment to listen: retry a refused connect, boundedly.
   for (int attempt = 0; attempt < 200; ++attempt) {
-    client = tls_connect(loop, static_cast<std::uint16_t>(std::stoi(port)), TlsOptions{tls::client_context(certs().ca)});
+    client =
+        tls_connect(loop, static_cast<std::uint16_t>(std::stoi(port)), TlsOptions{tls::client_context(certs().ca)});
     if (!client->error || error_code_of(client->error) != std::errc::connection_refused) break;
     asio::steady_timer pause(loop.context(), std::chrono::milliseconds(25));
     pause.wait();

@@ -315,10 +315,11 @@ TEST_P(RemoteTransportTest, RS6_ADatagramEndpointSurvivesAThrowingCallback) {
   bool opened = false;
   DatagramOptions options;
   options.remote_addr = {"127.0.0.1", peer_port};
-  opener()->create_datagram_endpoint([protocol] { return protocol; }, options, [&](std::exception_ptr error, auto, auto) {
-    EXPECT_FALSE(error) << describe_error(error);
-    opened = true;
-  });
+  opener()->create_datagram_endpoint([protocol] { return protocol; }, options,
+                                     [&](std::exception_ptr error, auto, auto) {
+                                       EXPECT_FALSE(error) << describe_error(error);
+                                       opened = true;
+                                     });
   ASSERT_TRUE(run_until(loop, [&] { return opened && protocol->transport; }));
   // Learn where the endpoint is from its first datagram to the peer.
   protocol->transport->sendto("hello");

@@ -24,8 +24,7 @@ void make_pipe(int fds[2]) {
 
 }  // namespace
 
-ChildProcess::ChildProcess(std::vector<std::string> argv, std::string stdin_data)
-    : stdin_data_(std::move(stdin_data)) {
+ChildProcess::ChildProcess(std::vector<std::string> argv, std::string stdin_data) : stdin_data_(std::move(stdin_data)) {
   ::signal(SIGPIPE, SIG_IGN);
   int in[2], out[2], err[2];
   make_pipe(in);
@@ -102,7 +101,8 @@ std::optional<std::string> ChildProcess::wait_for_line(const std::string& prefix
   return wait_for(out_, scanned_, 1, prefix, timeout);
 }
 
-std::optional<std::string> ChildProcess::wait_for_err_line(const std::string& prefix, std::chrono::milliseconds timeout) {
+std::optional<std::string> ChildProcess::wait_for_err_line(const std::string& prefix,
+                                                           std::chrono::milliseconds timeout) {
   return wait_for(err_, err_scanned_, 2, prefix, timeout);
 }
 
@@ -118,7 +118,8 @@ std::optional<std::string> ChildProcess::wait_for(const std::string& text, std::
       }
     }
     scanned = line_start;
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0 || (which == 1 ? out_fd_ : err_fd_) < 0) return std::nullopt;
     pump(left);
   }
@@ -134,7 +135,8 @@ std::optional<int> ChildProcess::wait(std::chrono::milliseconds timeout) {
       peak_rss_kib_ = static_cast<std::size_t>(usage.ru_maxrss);
       break;
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) return std::nullopt;
     if (out_fd_ < 0 && err_fd_ < 0 && in_fd_ < 0) {
       ::usleep(2000);  // pipes closed, child still exiting: poll waitpid briefly

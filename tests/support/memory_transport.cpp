@@ -13,8 +13,10 @@ std::shared_ptr<MemoryTransport> MemoryTransport::connect(std::shared_ptr<BasePr
   std::shared_ptr<MemoryTransport> transport(new MemoryTransport());
   transport->protocol_ = protocol;
   try {
-    if (stream) stream->connection_made(transport);
-    else buffered->connection_made(transport);
+    if (stream)
+      stream->connection_made(transport);
+    else
+      buffered->connection_made(transport);
   } catch (...) {
     // S15: what connection_made throws is reported, and the transport carries on.
     transport->callback_errors_.push_back(std::current_exception());
@@ -64,8 +66,10 @@ void MemoryTransport::receive_eof() {
   eof_received_ = true;
   bool keep_open = false;
   const bool ok = guarded([&] {
-    if (auto* p = dynamic_cast<Protocol*>(protocol_.get())) keep_open = p->eof_received();
-    else if (auto* b = dynamic_cast<BufferedProtocol*>(protocol_.get())) keep_open = b->eof_received();
+    if (auto* p = dynamic_cast<Protocol*>(protocol_.get()))
+      keep_open = p->eof_received();
+    else if (auto* b = dynamic_cast<BufferedProtocol*>(protocol_.get()))
+      keep_open = b->eof_received();
   });
   if (ok && !keep_open) close();  // S5
   settle();
@@ -165,7 +169,8 @@ void MemoryTransport::set_write_buffer_limits(std::optional<std::int64_t> high, 
   std::int64_t h = high ? *high : low ? 4 * *low : static_cast<std::int64_t>(default_high_water);
   std::int64_t l = low ? *low : h / 4;
   if (!(h >= l && l >= 0)) {
-    throw std::invalid_argument("high (" + std::to_string(h) + ") must be >= low (" + std::to_string(l) + ") must be >= 0");
+    throw std::invalid_argument("high (" + std::to_string(h) + ") must be >= low (" + std::to_string(l) +
+                                ") must be >= 0");
   }
   high_ = static_cast<std::size_t>(h);
   low_ = static_cast<std::size_t>(l);
@@ -173,8 +178,8 @@ void MemoryTransport::set_write_buffer_limits(std::optional<std::int64_t> high, 
 }
 
 void MemoryTransport::write(std::span<const std::byte> data) {
-  if (eof_requested_) throw std::logic_error("Cannot call write() after write_eof()");  // S8
-  if (data.empty()) return;                                                            // S7
+  if (eof_requested_) throw std::logic_error("Cannot call write() after write_eof()");   // S8
+  if (data.empty()) return;                                                              // S7
   if (state_ == State::lost || (state_ == State::closing && buffered_.empty())) return;  // S9
   buffered_.append(reinterpret_cast<const char*>(data.data()), data.size());
   if (!hold_) return drain_now();

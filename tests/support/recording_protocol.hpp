@@ -240,18 +240,22 @@ class Peer {
 
   /// Run `loop` until `n` bytes arrived here (or EOF / error / timeout).
   bool receive(EventLoop& loop, std::size_t n) {
-    return run_until(loop, [&] {
-      read_available();
-      return received_.size() >= n || eof_ || error_;
-    }) && received_.size() >= n;
+    return run_until(loop,
+                     [&] {
+                       read_available();
+                       return received_.size() >= n || eof_ || error_;
+                     }) &&
+           received_.size() >= n;
   }
 
   /// Run `loop` until the peer's EOF arrives here.
   bool receive_eof(EventLoop& loop) {
-    return run_until(loop, [&] {
-      read_available();
-      return eof_ || error_;
-    }) && eof_;
+    return run_until(loop,
+                     [&] {
+                       read_available();
+                       return eof_ || error_;
+                     }) &&
+           eof_;
   }
 
   void shutdown_send() { socket_.shutdown(asio::socket_base::shutdown_send); }

@@ -14,7 +14,7 @@ struct TestCertificates {
   std::string server_key;
   std::string client_cert;  ///< CN=conduit-test-client
   std::string client_key;
-  std::string other_ca;     ///< A CA that signed nothing here
+  std::string other_ca;  ///< A CA that signed nothing here
 };
 
 /// Made once per process; fails the test run if openssl fails.

@@ -56,10 +56,10 @@ class RemoteTransport final : public Transport {
     v1::ClientMessage first;
     *first.mutable_open_connection() = std::move(open);
     auto self = shared();
-    stream_ = SessionStream::start(loop_, remote, std::move(first),
-                                   {[self](const v1::Event& e) { self->on_event(e); },
-                                    [self](std::uint64_t) { self->on_sent(); },
-                                    [self](const grpc::Status& s) { self->on_finished(s); }});
+    stream_ = SessionStream::start(
+        loop_, remote, std::move(first),
+        {[self](const v1::Event& e) { self->on_event(e); }, [self](std::uint64_t) { self->on_sent(); },
+         [self](const grpc::Status& s) { self->on_finished(s); }});
   }
 
   bool is_closing() const override { return state_ != State::open; }
@@ -96,8 +96,10 @@ class RemoteTransport final : public Transport {
   void set_write_buffer_limits(std::optional<std::int64_t> high, std::optional<std::int64_t> low) override {
     flow_.set_limits(high, low);
     // New limits apply at once, as the core's (SPEC F6).
-    if (flow_.should_pause(get_write_buffer_size())) pauses_.set_local(true, writing_protocol());
-    else if (flow_.should_resume(get_write_buffer_size())) pauses_.set_local(false, writing_protocol());
+    if (flow_.should_pause(get_write_buffer_size()))
+      pauses_.set_local(true, writing_protocol());
+    else if (flow_.should_resume(get_write_buffer_size()))
+      pauses_.set_local(false, writing_protocol());
   }
   std::pair<std::size_t, std::size_t> get_write_buffer_limits() const override { return flow_.limits(); }
   /// What this connection has waiting to go to the service.
@@ -219,8 +221,10 @@ class RemoteTransport final : public Transport {
     const bool want_paused = paused_reading_;
     if (want_paused == remote_paused_) return;
     remote_paused_ = want_paused;
-    if (want_paused) send([](v1::Command& c) { c.mutable_pause_reading(); });
-    else send([](v1::Command& c) { c.mutable_resume_reading(); });
+    if (want_paused)
+      send([](v1::Command& c) { c.mutable_pause_reading(); });
+    else
+      send([](v1::Command& c) { c.mutable_resume_reading(); });
   }
 
   /// The protocol to tell of pause/resume_writing (none once closed).
@@ -258,11 +262,11 @@ class RemoteTransport final : public Transport {
   std::uint64_t connection_id_ = 0;
   bool tls_ = false;
   State state_ = State::opening;
-  bool paused_reading_ = false;     // as the protocol sees it
-  bool remote_paused_ = true;       // as the service does: opened paused
+  bool paused_reading_ = false;  // as the protocol sees it
+  bool remote_paused_ = true;    // as the service does: opened paused
   bool in_connection_made_ = false;
   bool aborted_ = false;
-  std::deque<v1::Event> held_;      // data and EOF that came while paused
+  std::deque<v1::Event> held_;       // data and EOF that came while paused
   std::exception_ptr forced_error_;  // a protocol callback threw
   WritingPauses pauses_;
   bool eof_written_ = false;
@@ -305,7 +309,9 @@ class RemoteServerSession final : public AbstractServer, public std::enable_shar
   }
 
   bool is_serving() const override { return state_ == State::serving; }
-  std::vector<SocketAddress> sockets() const override { return state_ == State::closed ? std::vector<SocketAddress>{} : sockets_; }
+  std::vector<SocketAddress> sockets() const override {
+    return state_ == State::closed ? std::vector<SocketAddress>{} : sockets_;
+  }
   std::size_t active_connections() const override { return connections_.size(); }
   void close() override {
     if (state_ != State::serving && state_ != State::opening) return;
@@ -401,8 +407,8 @@ class RemoteServerSession final : public AbstractServer, public std::enable_shar
 
 }  // namespace
 
-std::shared_ptr<Transport> open_connection_session(EventLoop& loop, const RemoteOptions& remote, v1::OpenConnection open,
-                                                   std::shared_ptr<BaseProtocol> protocol,
+std::shared_ptr<Transport> open_connection_session(EventLoop& loop, const RemoteOptions& remote,
+                                                   v1::OpenConnection open, std::shared_ptr<BaseProtocol> protocol,
                                                    std::function<void(std::exception_ptr)> done) {
   auto transport = std::make_shared<RemoteTransport>(loop, std::move(protocol), std::move(done));
   transport->start(remote, std::move(open));

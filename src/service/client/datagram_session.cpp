@@ -14,7 +14,8 @@ namespace {
 /// A DatagramTransport whose socket is on the service's host.
 class RemoteDatagram final : public DatagramTransport {
  public:
-  RemoteDatagram(EventLoop& loop, std::shared_ptr<DatagramProtocol> protocol, std::function<void(std::exception_ptr)> done)
+  RemoteDatagram(EventLoop& loop, std::shared_ptr<DatagramProtocol> protocol,
+                 std::function<void(std::exception_ptr)> done)
       : loop_(loop), done_(std::move(done)) {
     protocol_.set(std::move(protocol));
   }
@@ -93,8 +94,10 @@ class RemoteDatagram final : public DatagramTransport {
 
   void on_finished(const grpc::Status& status) {
     closing_ = true;
-    if (done_) std::exchange(done_, nullptr)(ending_.for_status(status));
-    else if (protocol_) protocol_.connection_lost(ending_.lost ? ending_.lost_error : broken_error(status));
+    if (done_)
+      std::exchange(done_, nullptr)(ending_.for_status(status));
+    else if (protocol_)
+      protocol_.connection_lost(ending_.lost ? ending_.lost_error : broken_error(status));
     protocol_.reset();
   }
 

@@ -143,7 +143,8 @@ class RemoteProxySession final : public Proxy, public std::enable_shared_from_th
         const auto info = info_of(event, event.proxy_closed());
         connections_.erase(info.id);
         if (options_.on_closed) {
-          options_.on_closed(info, event.proxy_closed().has_error() ? exception_of(event.proxy_closed().error()) : nullptr);
+          options_.on_closed(info,
+                             event.proxy_closed().has_error() ? exception_of(event.proxy_closed().error()) : nullptr);
         }
         break;
       }

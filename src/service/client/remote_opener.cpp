@@ -39,7 +39,8 @@ v1::HostPort host_port(const std::string& host, std::uint16_t port) {
 /// A client's TLS as the service takes it: the PEM the context was made of.
 v1::TlsClient tls_client(const TlsOptions& tls, const char* what) {
   if (!tls.pem) {
-    throw refused(std::string(what) + " needs TLS options made from PEM text (tls::client_options): an OpenSSL "
+    throw refused(std::string(what) +
+                  " needs TLS options made from PEM text (tls::client_options): an OpenSSL "
                   "context cannot be sent to the service");
   }
   v1::TlsClient out;
@@ -52,7 +53,8 @@ v1::TlsClient tls_client(const TlsOptions& tls, const char* what) {
 
 v1::TlsServer tls_server(const TlsOptions& tls, const char* what) {
   if (!tls.pem) {
-    throw refused(std::string(what) + " needs TLS options made from PEM text (tls::server_options): an OpenSSL "
+    throw refused(std::string(what) +
+                  " needs TLS options made from PEM text (tls::server_options): an OpenSSL "
                   "context cannot be sent to the service");
   }
   v1::TlsServer out;
@@ -106,7 +108,7 @@ auto completion(std::shared_ptr<std::weak_ptr<T>> slot, std::shared_ptr<BaseProt
   return [slot = std::move(slot), protocol = std::move(protocol),
           handler = std::make_shared<Handler>(std::move(handler))](std::exception_ptr error) {
     if (error) return std::move(*handler)(error, nullptr, nullptr);
-    std::move(*handler)(nullptr, slot->lock(), protocol);
+    std::move (*handler)(nullptr, slot->lock(), protocol);
   };
 }
 
@@ -118,11 +120,13 @@ void RemoteOpener::open_connection(ProtocolFactory factory, std::string host, st
   std::shared_ptr<BaseProtocol> protocol;
   try {
     if (options.check_remote_address) {
-      throw refused("connection's addresses are checked by the service's policy (check_remote_address is for "
-                    "local connections)");
+      throw refused(
+          "connection's addresses are checked by the service's policy (check_remote_address is for "
+          "local connections)");
     }
     *open.mutable_tcp() = host_port(host, port);
-    if (options.local_addr) *open.mutable_local_addr() = host_port(options.local_addr->first, options.local_addr->second);
+    if (options.local_addr)
+      *open.mutable_local_addr() = host_port(options.local_addr->first, options.local_addr->second);
     if (options.tls) *open.mutable_tls() = tls_client(*options.tls, "TLS connection");
     protocol = factory();
   } catch (const std::exception&) {
@@ -160,7 +164,7 @@ void RemoteOpener::open_server(ProtocolFactory factory, std::vector<std::string>
   auto shared = std::make_shared<detail::AbstractServerHandler>(std::move(handler));
   open_server_session(loop_, remote_, std::move(open), std::move(factory),
                       [shared](std::exception_ptr error, std::shared_ptr<AbstractServer> server) {
-                        std::move(*shared)(error, std::move(server));
+                        std::move (*shared)(error, std::move(server));
                       });
 }
 
@@ -177,7 +181,7 @@ void RemoteOpener::open_unix_server(ProtocolFactory factory, std::string path, S
   auto shared = std::make_shared<detail::AbstractServerHandler>(std::move(handler));
   open_server_session(loop_, remote_, std::move(open), std::move(factory),
                       [shared](std::exception_ptr error, std::shared_ptr<AbstractServer> server) {
-                        std::move(*shared)(error, std::move(server));
+                        std::move (*shared)(error, std::move(server));
                       });
 }
 
@@ -195,7 +199,8 @@ void RemoteOpener::open_datagram_endpoint(ProtocolFactory factory, DatagramOptio
     if (options.check_local_address || options.check_remote_address) {
       throw refused("datagram endpoint's addresses are checked by the service's policy");
     }
-    if (options.local_addr) *open.mutable_local_addr() = host_port(options.local_addr->first, options.local_addr->second);
+    if (options.local_addr)
+      *open.mutable_local_addr() = host_port(options.local_addr->first, options.local_addr->second);
     if (options.remote_addr) {
       *open.mutable_remote_addr() = host_port(options.remote_addr->first, options.remote_addr->second);
     }
@@ -243,8 +248,8 @@ void RemoteOpener::open_subprocess(ProtocolFactory factory, std::vector<std::str
 void RemoteOpener::open_proxy(ProxyOptions options, detail::ProxyHandler handler) {
   v1::OpenProxy open;
   try {
-    if (options.datagram && (options.listen.unix_path || options.upstream.unix_path || options.listen.tls ||
-                             options.upstream.tls)) {
+    if (options.datagram &&
+        (options.listen.unix_path || options.upstream.unix_path || options.listen.tls || options.upstream.tls)) {
       throw std::invalid_argument("a datagram proxy listens and relays on UDP host and port: no Unix path, no TLS");
     }
     *open.mutable_listen() = proxy_endpoint(options.listen, options.datagram, true);
@@ -265,7 +270,7 @@ void RemoteOpener::open_proxy(ProxyOptions options, detail::ProxyHandler handler
   auto shared = std::make_shared<detail::ProxyHandler>(std::move(handler));
   open_proxy_session(loop_, remote_, std::move(open), std::move(options),
                      [shared](std::exception_ptr error, std::shared_ptr<Proxy> proxy) {
-                       std::move(*shared)(error, std::move(proxy));
+                       std::move (*shared)(error, std::move(proxy));
                      });
 }
 

@@ -29,8 +29,8 @@ std::exception_ptr broken_error(const grpc::Status& status);
 /// How a remote session ended, for the callbacks run at the stream's end:
 /// `done` before the session opened, else connection_lost.
 struct Ending {
-  bool lost = false;               // the connection_lost event came
-  std::exception_ptr lost_error;   // its error, or open_failed's
+  bool lost = false;              // the connection_lost event came
+  std::exception_ptr lost_error;  // its error, or open_failed's
   std::exception_ptr for_status(const grpc::Status& status) const {
     if (lost_error || lost) return lost_error;
     return status.ok() ? std::make_exception_ptr(std::runtime_error("the session ended before it opened"))
@@ -63,8 +63,10 @@ class WritingPauses {
     remote_ = remote;
     const bool now = local_ || remote_;
     if (was == now || !protocol || !*protocol) return;
-    if (now) protocol->pause_writing();
-    else protocol->resume_writing();
+    if (now)
+      protocol->pause_writing();
+    else
+      protocol->resume_writing();
   }
 
   bool local_ = false, remote_ = false;

@@ -25,9 +25,9 @@ namespace conduit::service {
 
 /// What a stream reports, always on the loop's thread.
 struct SessionCallbacks {
-  std::function<void(const v1::Event&)> event;        ///< each event, in order
+  std::function<void(const v1::Event&)> event;            ///< each event, in order
   std::function<void(std::uint64_t connection_id)> sent;  ///< a queued command for it went out
-  std::function<void(const grpc::Status&)> finished;  ///< last: the call ended
+  std::function<void(const grpc::Status&)> finished;      ///< last: the call ended
 };
 
 /// A channel to the service as `remote` says, shared by every session to
@@ -95,7 +95,7 @@ class SessionStream final : public std::enable_shared_from_this<SessionStream>,
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Conduit::Stub> stub_;
   grpc::ClientContext context_;
-  v1::Event incoming_;       // the read in flight's message
+  v1::Event incoming_;           // the read in flight's message
   v1::ClientMessage in_flight_;  // the write in flight's message
   /// Events read and posted to the loop, not yet delivered there.
   static constexpr std::size_t max_undelivered_bytes = 1 << 20;
@@ -106,10 +106,10 @@ class SessionStream final : public std::enable_shared_from_this<SessionStream>,
   std::deque<v1::ClientMessage> outgoing_;
   std::map<std::uint64_t, std::size_t> queued_bytes_;  // by connection id
   std::size_t undelivered_bytes_ = 0;
-  bool read_waiting_ = false;  // the next read waits for the loop to catch up
-  bool writing_ = false;       // a write or the half-close is in flight
-  bool writes_done_ = false;   // asked: half-close once the queue is sent
-  bool writes_over_ = false;   // no write will start any more
+  bool read_waiting_ = false;                  // the next read waits for the loop to catch up
+  bool writing_ = false;                       // a write or the half-close is in flight
+  bool writes_done_ = false;                   // asked: half-close once the queue is sent
+  bool writes_over_ = false;                   // no write will start any more
   bool read_hold_ = true, write_hold_ = true;  // not yet released
   bool loop_gone_ = false;
   bool done_ = false;

@@ -14,8 +14,8 @@
 
 namespace conduit::service {
 
-std::shared_ptr<Transport> open_connection_session(EventLoop& loop, const RemoteOptions& remote, v1::OpenConnection open,
-                                                   std::shared_ptr<BaseProtocol> protocol,
+std::shared_ptr<Transport> open_connection_session(EventLoop& loop, const RemoteOptions& remote,
+                                                   v1::OpenConnection open, std::shared_ptr<BaseProtocol> protocol,
                                                    std::function<void(std::exception_ptr)> done);
 
 void open_server_session(EventLoop& loop, const RemoteOptions& remote, v1::OpenServer open, ProtocolFactory factory,

@@ -158,10 +158,9 @@ class RemoteSubprocess final : public SubprocessTransport {
         protocol_.pipe_data_received(event.pipe_data_received().fd(), as_bytes(event.pipe_data_received().data()));
         break;
       case v1::Event::kPipeConnectionLost:
-        protocol_.pipe_connection_lost(event.pipe_connection_lost().fd(),
-                                       event.pipe_connection_lost().has_error()
-                                           ? exception_of(event.pipe_connection_lost().error())
-                                           : nullptr);
+        protocol_.pipe_connection_lost(
+            event.pipe_connection_lost().fd(),
+            event.pipe_connection_lost().has_error() ? exception_of(event.pipe_connection_lost().error()) : nullptr);
         break;
       case v1::Event::kProcessExited:
         returncode_ = event.process_exited().returncode();
@@ -179,8 +178,10 @@ class RemoteSubprocess final : public SubprocessTransport {
   }
 
   void on_finished(const grpc::Status& status) {
-    if (done_) std::exchange(done_, nullptr)(ending_.for_status(status));
-    else if (protocol_) protocol_.connection_lost(ending_.lost ? ending_.lost_error : broken_error(status));
+    if (done_)
+      std::exchange(done_, nullptr)(ending_.for_status(status));
+    else if (protocol_)
+      protocol_.connection_lost(ending_.lost ? ending_.lost_error : broken_error(status));
     protocol_.reset();
     stdin_.reset();
   }

@@ -45,7 +45,8 @@ std::string AuditLog::rfc3339(std::chrono::system_clock::time_point when) {
 }
 
 void AuditLog::refused(std::string_view peer, std::string_view method, std::string_view code, std::string_view reason) {
-  write(LogLevel::warning, "refused", "refused " + std::string(method) + " from " + std::string(peer) + ": " + std::string(code),
+  write(LogLevel::warning, "refused",
+        "refused " + std::string(method) + " from " + std::string(peer) + ": " + std::string(code),
         {field("peer", std::string(peer)), field("method", std::string(method)), field("code", std::string(code)),
          field("reason", std::string(reason), true)});
 }
@@ -56,8 +57,8 @@ void AuditLog::write(LogLevel level, std::string_view event, std::string_view me
   const std::string time = rfc3339(std::chrono::system_clock::now());
   std::string line;
   if (format_ == LogFormat::json) {
-    line = "{\"time\":" + json_string(time) + ",\"level\":\"" + level_name(level) + "\",\"event\":" +
-           json_string(event) + ",\"message\":" + json_string(message);
+    line = "{\"time\":" + json_string(time) + ",\"level\":\"" + level_name(level) +
+           "\",\"event\":" + json_string(event) + ",\"message\":" + json_string(message);
     for (const auto& f : fields) {
       line += "," + json_string(f.key) + ":";
       if (f.is_list) {

@@ -45,15 +45,15 @@ std::optional<std::string> ConnectionSide::set_socket_option(const v1::SocketOpt
   // What a protocol tunes on its own connection; nothing that would reach
   // beyond it (SO_BINDTODEVICE, SO_MARK, IP_TRANSPARENT, ...).
   static constexpr std::pair<int, int> allowed[] = {
-      {SOL_SOCKET, SO_KEEPALIVE},      {SOL_SOCKET, SO_SNDBUF},        {SOL_SOCKET, SO_RCVBUF},
-      {IPPROTO_TCP, TCP_NODELAY},      {IPPROTO_TCP, TCP_KEEPIDLE},    {IPPROTO_TCP, TCP_KEEPINTVL},
-      {IPPROTO_TCP, TCP_KEEPCNT},      {IPPROTO_TCP, TCP_USER_TIMEOUT}, {IPPROTO_IP, IP_TOS},
+      {SOL_SOCKET, SO_KEEPALIVE},  {SOL_SOCKET, SO_SNDBUF},         {SOL_SOCKET, SO_RCVBUF},
+      {IPPROTO_TCP, TCP_NODELAY},  {IPPROTO_TCP, TCP_KEEPIDLE},     {IPPROTO_TCP, TCP_KEEPINTVL},
+      {IPPROTO_TCP, TCP_KEEPCNT},  {IPPROTO_TCP, TCP_USER_TIMEOUT}, {IPPROTO_IP, IP_TOS},
       {IPPROTO_IPV6, IPV6_TCLASS},
   };
   const std::pair<int, int> asked{option.level(), option.option()};
   if (std::find(std::begin(allowed), std::end(allowed), asked) == std::end(allowed)) {
-    return "set_socket_option: level " + std::to_string(option.level()) + " option " +
-           std::to_string(option.option()) + " is not one a session may set (see SocketOption)";
+    return "set_socket_option: level " + std::to_string(option.level()) + " option " + std::to_string(option.option()) +
+           " is not one a session may set (see SocketOption)";
   }
   auto peer = transport_->get_extra_info_as<SocketAddress>("peername");
   auto fd = transport_->get_extra_info_as<int>("socket");
@@ -97,8 +97,10 @@ void ConnectionSide::connection_made(std::shared_ptr<Transport> transport) {
   // after the accept), or the client left while it connected: end it the
   // way the others ended.
   if (ending_) {
-    if (*ending_ == End::abort) transport_->abort();
-    else transport_->close();
+    if (*ending_ == End::abort)
+      transport_->abort();
+    else
+      transport_->close();
     return;
   }
   opened();
@@ -161,8 +163,8 @@ static void open_connection(const std::shared_ptr<Link>& link, const v1::OpenCon
   with_rule_names(loop, policy.connect_names(),
                   [link, &loop, &policy, factory, done, options = std::move(options), host = open.tcp().host(),
                    port = static_cast<std::uint16_t>(open.tcp().port())](auto names) mutable {
-                    options.check_remote_address = policy_check(policy, AddressUse::connect,
-                                                                "open_connection to " + host_port(host, port), names);
+                    options.check_remote_address =
+                        policy_check(policy, AddressUse::connect, "open_connection to " + host_port(host, port), names);
                     loop.create_connection(factory, host, port, std::move(options), done);
                   });
 }
@@ -189,7 +191,8 @@ grpc::Status validate_connection(const v1::ClientMessage& message, const Service
   } else if (open.target_case() == v1::OpenConnection::kUnixPath) {
     if (open.unix_path().empty()) return Status(StatusCode::INVALID_ARGUMENT, "open_connection.unix_path is empty");
     if (open.unix_path().find('\0') != std::string::npos) {
-      return Status(StatusCode::INVALID_ARGUMENT, "open_connection.unix_path holds a NUL byte (abstract sockets are not supported)");
+      return Status(StatusCode::INVALID_ARGUMENT,
+                    "open_connection.unix_path holds a NUL byte (abstract sockets are not supported)");
     }
     if (open.tls().enabled()) return Status(StatusCode::INVALID_ARGUMENT, "open_connection.tls: TLS needs tcp");
     if (open.has_local_addr()) {
@@ -214,7 +217,12 @@ void open_connection_session(const std::shared_ptr<Link>& link, const v1::Client
 
 }  // namespace
 
-const SessionKind connection_session_kind{v1::ClientMessage::kOpenConnection, "open_connection", "connection", 1, validate_connection,
-                                      describe_connection, open_connection_session};
+const SessionKind connection_session_kind{v1::ClientMessage::kOpenConnection,
+                                          "open_connection",
+                                          "connection",
+                                          1,
+                                          validate_connection,
+                                          describe_connection,
+                                          open_connection_session};
 
 }  // namespace conduit::service

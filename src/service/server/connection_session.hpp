@@ -21,9 +21,9 @@ class ConnectionOwner {
 /// Write buffer limits from an open message (0: keep the defaults).
 /// What an open message says about each connection it makes.
 struct ConnectionOptions {
-  std::uint32_t high = 0, low = 0;   // write buffer limits; 0: the defaults
-  bool close_at_peer_eof = false;    // else the client closes after the peer's EOF (RS1)
-  bool start_paused = false;         // no data_received until resume_reading (RS2)
+  std::uint32_t high = 0, low = 0;  // write buffer limits; 0: the defaults
+  bool close_at_peer_eof = false;   // else the client closes after the peer's EOF (RS1)
+  bool start_paused = false;        // no data_received until resume_reading (RS2)
 
   template <class Open>
   static ConnectionOptions of(const Open& open) {
@@ -140,27 +140,35 @@ class ConnectionSide final : public Protocol, public SideEvents {
     write_eof();
   }
   void abort() override {
-    if (transport_) transport_->abort();
-    else ending_ = End::abort;  // not made yet
+    if (transport_)
+      transport_->abort();
+    else
+      ending_ = End::abort;  // not made yet
   }
   /// close(): flush, then connection_lost.
   void close() {
-    if (transport_) transport_->close();
-    else if (!ending_) ending_ = End::close;
+    if (transport_)
+      transport_->close();
+    else if (!ending_)
+      ending_ = End::close;
   }
   void set_reading(bool reading) override {
     reading_ = reading;
     if (!transport_) return;
-    if (!reading) transport_->pause_reading();
-    else if (!client_paused_) transport_->resume_reading();
+    if (!reading)
+      transport_->pause_reading();
+    else if (!client_paused_)
+      transport_->resume_reading();
   }
 
  private:
   void write_eof() {
     if (!transport_ || client_done_) return;
     client_done_ = true;
-    if (!transport_->can_write_eof()) transport_->close();  // TLS has no half-close
-    else transport_->write_eof();
+    if (!transport_->can_write_eof())
+      transport_->close();  // TLS has no half-close
+    else
+      transport_->write_eof();
   }
 
   /// get_extra_info's name for the transport's write buffer size.
@@ -178,10 +186,14 @@ class ConnectionSide final : public Protocol, public SideEvents {
       return emit(std::move(event));
     }
     std::any value = transport_->get_extra_info(name);
-    if (auto* address = std::any_cast<SocketAddress>(&value)) info->set_value(address->to_string());
-    else if (auto* fd = std::any_cast<int>(&value)) info->set_value(std::to_string(*fd));
-    else if (auto* cipher = std::any_cast<CipherInfo>(&value)) info->set_value(cipher->name + " " + cipher->protocol);
-    else if (auto* cert = std::any_cast<CertificateInfo>(&value)) info->set_value(cert->subject);
+    if (auto* address = std::any_cast<SocketAddress>(&value))
+      info->set_value(address->to_string());
+    else if (auto* fd = std::any_cast<int>(&value))
+      info->set_value(std::to_string(*fd));
+    else if (auto* cipher = std::any_cast<CipherInfo>(&value))
+      info->set_value(cipher->name + " " + cipher->protocol);
+    else if (auto* cert = std::any_cast<CertificateInfo>(&value))
+      info->set_value(cert->subject);
     info->set_found(value.has_value());
     emit(std::move(event));
   }
@@ -203,12 +215,12 @@ class ConnectionSide final : public Protocol, public SideEvents {
   std::shared_ptr<Transport> transport_;
   ConnectionOptions options_;
   std::weak_ptr<ConnectionOwner> server_;  // set for a server session's connection
-  std::optional<End> ending_;         // asked to end before connection_made
-  bool reading_ = true;        // the service's backpressure allows reading
-  bool client_paused_ = false;  // the client asked for pause_reading
-  bool client_done_ = false;    // the client half-closed (write_eof)
-  bool stream_done_ = false;    // the client's stream ended: no command can come
-  bool peer_eof_ = false;       // eof_received was sent
+  std::optional<End> ending_;              // asked to end before connection_made
+  bool reading_ = true;                    // the service's backpressure allows reading
+  bool client_paused_ = false;             // the client asked for pause_reading
+  bool client_done_ = false;               // the client half-closed (write_eof)
+  bool stream_done_ = false;               // the client's stream ended: no command can come
+  bool peer_eof_ = false;                  // eof_received was sent
 };
 
 }  // namespace conduit::service

@@ -99,8 +99,10 @@ class DatagramSide final : public DatagramProtocol, public SideEvents {
     if (transport_) transport_->close();
   }
   void abort() override {
-    if (transport_) transport_->abort();
-    else aborted_ = true;
+    if (transport_)
+      transport_->abort();
+    else
+      aborted_ = true;
   }
   void set_reading(bool reading) override { reading_ = reading; }
 
@@ -118,8 +120,10 @@ static void open_datagram_endpoint(const std::shared_ptr<Link>& link, const v1::
   EventLoop& loop = link->service().loop();
   const Policy& policy = link->service().options().policy;
   DatagramOptions options;
-  if (open.has_local_addr()) options.local_addr = std::pair{open.local_addr().host(), static_cast<std::uint16_t>(open.local_addr().port())};
-  if (open.has_remote_addr()) options.remote_addr = std::pair{open.remote_addr().host(), static_cast<std::uint16_t>(open.remote_addr().port())};
+  if (open.has_local_addr())
+    options.local_addr = std::pair{open.local_addr().host(), static_cast<std::uint16_t>(open.local_addr().port())};
+  if (open.has_remote_addr())
+    options.remote_addr = std::pair{open.remote_addr().host(), static_cast<std::uint16_t>(open.remote_addr().port())};
   options.reuse_port = open.reuse_port();
   options.allow_broadcast = open.allow_broadcast();
   // Binding is listening and sending is connecting, as far as the policy
@@ -128,21 +132,22 @@ static void open_datagram_endpoint(const std::shared_ptr<Link>& link, const v1::
   for (auto& name : policy.connect_names()) rule_names.push_back(std::move(name));
   auto side = std::make_shared<DatagramSide>(link);
   link->set_loop_side(side);
-  with_rule_names(loop, std::move(rule_names), [link, side, &loop, &policy, options = std::move(options)](auto names) mutable {
-    side->set_rule_names(names);
-    if (options.local_addr) {
-      options.check_local_address = policy_check(
-          policy, AddressUse::listen,
-          "open_datagram_endpoint on " + host_port(options.local_addr->first, options.local_addr->second), names);
-    }
-    if (options.remote_addr) {
-      options.check_remote_address = policy_check(
-          policy, AddressUse::connect,
-          "open_datagram_endpoint to " + host_port(options.remote_addr->first, options.remote_addr->second), names);
-    }
-    loop.create_datagram_endpoint([side] { return side; }, std::move(options),
-                                  [link](std::exception_ptr error, auto, auto) { finish_open(link, error); });
-  });
+  with_rule_names(
+      loop, std::move(rule_names), [link, side, &loop, &policy, options = std::move(options)](auto names) mutable {
+        side->set_rule_names(names);
+        if (options.local_addr) {
+          options.check_local_address = policy_check(
+              policy, AddressUse::listen,
+              "open_datagram_endpoint on " + host_port(options.local_addr->first, options.local_addr->second), names);
+        }
+        if (options.remote_addr) {
+          options.check_remote_address = policy_check(
+              policy, AddressUse::connect,
+              "open_datagram_endpoint to " + host_port(options.remote_addr->first, options.remote_addr->second), names);
+        }
+        loop.create_datagram_endpoint([side] { return side; }, std::move(options),
+                                      [link](std::exception_ptr error, auto, auto) { finish_open(link, error); });
+      });
 }
 
 namespace {
@@ -159,7 +164,8 @@ grpc::Status validate_datagram(const v1::ClientMessage& message, const ServiceOp
   }
   if (open.has_remote_addr() &&
       (open.remote_addr().host().empty() || open.remote_addr().port() == 0 || open.remote_addr().port() > 65535)) {
-    return Status(StatusCode::INVALID_ARGUMENT, "open_datagram_endpoint.remote_addr needs a host and a port 1 to 65535");
+    return Status(StatusCode::INVALID_ARGUMENT,
+                  "open_datagram_endpoint.remote_addr needs a host and a port 1 to 65535");
   }
   return Status::OK;
 }
@@ -176,7 +182,12 @@ void open_datagram_session(const std::shared_ptr<Link>& link, const v1::ClientMe
 
 }  // namespace
 
-const SessionKind datagram_session_kind{v1::ClientMessage::kOpenDatagramEndpoint, "open_datagram_endpoint", "datagram", 1, validate_datagram,
-                                      describe_datagram, open_datagram_session};
+const SessionKind datagram_session_kind{v1::ClientMessage::kOpenDatagramEndpoint,
+                                        "open_datagram_endpoint",
+                                        "datagram",
+                                        1,
+                                        validate_datagram,
+                                        describe_datagram,
+                                        open_datagram_session};
 
 }  // namespace conduit::service

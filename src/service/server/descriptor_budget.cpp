@@ -53,7 +53,8 @@ bool DescriptorBudget::allows(std::size_t more) {
 std::string DescriptorBudget::describe() {
   std::lock_guard lock(mutex_);
   return std::to_string(counted_ + allowed_since_) + " descriptors open, " + std::to_string(budget_) +
-         " usable by sessions (RLIMIT_NOFILE " + std::to_string(rlimit_) + ", the rest kept for the service's "
+         " usable by sessions (RLIMIT_NOFILE " + std::to_string(rlimit_) +
+         ", the rest kept for the service's "
          "listener and new callers)";
 }
 

@@ -88,7 +88,8 @@ AddressRule AddressRule::parse(std::string_view text) {
   } else {
     const auto colon = text.rfind(':');
     if (colon == std::string_view::npos) {
-      throw std::invalid_argument("'" + rule.text_ + "': expected HOST:PORTS (HOST: *, an address, ADDRESS/LENGTH or a "
+      throw std::invalid_argument("'" + rule.text_ +
+                                  "': expected HOST:PORTS (HOST: *, an address, ADDRESS/LENGTH or a "
                                   "name; PORTS: 7000, 7000-7100 or *)");
     }
     host = text.substr(0, colon);
@@ -102,13 +103,17 @@ AddressRule AddressRule::parse(std::string_view text) {
   if (host == "*") {
     rule.any_host_ = true;
   } else if (host.find('/') != std::string_view::npos) {
-    if (host.find(':') != std::string_view::npos) rule.v6_ = ip::make_network_v6(host, ec);
-    else rule.v4_ = ip::make_network_v4(host, ec);
+    if (host.find(':') != std::string_view::npos)
+      rule.v6_ = ip::make_network_v6(host, ec);
+    else
+      rule.v4_ = ip::make_network_v4(host, ec);
     if (ec) throw std::invalid_argument("'" + rule.text_ + "': '" + std::string(host) + "' is not an address prefix");
   } else if (auto address = ip::make_address(host, ec); !ec) {
     address = normalized(address);
-    if (address.is_v4()) rule.v4_ = ip::network_v4(address.to_v4(), 32);
-    else rule.v6_ = ip::network_v6(address.to_v6(), 128);
+    if (address.is_v4())
+      rule.v4_ = ip::network_v4(address.to_v4(), 32);
+    else
+      rule.v6_ = ip::network_v6(address.to_v6(), 128);
   } else if (is_host_name(host)) {
     rule.name_ = std::string(host);
   } else {
@@ -149,7 +154,8 @@ bool AddressRule::matches(const ip::address& given, std::uint16_t port, const Re
   }
   auto it = names.find(name_);
   if (it == names.end()) return false;
-  return std::any_of(it->second.begin(), it->second.end(), [&](const ip::address& a) { return normalized(a) == address; });
+  return std::any_of(it->second.begin(), it->second.end(),
+                     [&](const ip::address& a) { return normalized(a) == address; });
 }
 
 // ==== Policy ====================================================================

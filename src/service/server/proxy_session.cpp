@@ -38,7 +38,8 @@ std::string endpoint_text(const v1::ProxyEndpoint& e) {
     case v1::ProxyEndpoint::kTcp:
       return std::string(e.tls_server().enabled() || e.tls_client().enabled() ? "tls://" : "tcp://") +
              host_port(e.tcp().host().empty() ? "*" : e.tcp().host(), e.tcp().port());
-    case v1::ProxyEndpoint::kUdp: return "udp://" + host_port(e.udp().host().empty() ? "*" : e.udp().host(), e.udp().port());
+    case v1::ProxyEndpoint::kUdp:
+      return "udp://" + host_port(e.udp().host().empty() ? "*" : e.udp().host(), e.udp().port());
     case v1::ProxyEndpoint::kUnixPath: return "unix://" + e.unix_path();
     default: return "?";
   }
@@ -50,8 +51,7 @@ Status check_endpoint(const v1::ProxyEndpoint& e, const std::string& field, bool
     case v1::ProxyEndpoint::kUdp: {
       const auto& hp = e.has_tcp() ? e.tcp() : e.udp();
       if (hp.port() > 65535 || (!listening && hp.port() == 0)) {
-        return Status(StatusCode::INVALID_ARGUMENT,
-                      field + ".port must be " + (listening ? "0" : "1") + " to 65535");
+        return Status(StatusCode::INVALID_ARGUMENT, field + ".port must be " + (listening ? "0" : "1") + " to 65535");
       }
       if (!listening && hp.host().empty()) return Status(StatusCode::INVALID_ARGUMENT, field + ".host is empty");
       break;
@@ -69,7 +69,8 @@ Status check_endpoint(const v1::ProxyEndpoint& e, const std::string& field, bool
     return Status(StatusCode::INVALID_ARGUMENT, field + ".tls_client: a listener serves TLS (tls_server)");
   }
   if (!listening && e.tls_server().enabled()) {
-    return Status(StatusCode::INVALID_ARGUMENT, field + ".tls_server: the upstream speaks TLS as a client (tls_client)");
+    return Status(StatusCode::INVALID_ARGUMENT,
+                  field + ".tls_server: the upstream speaks TLS as a client (tls_client)");
   }
   if (e.tls_server().enabled() && (e.tls_server().cert_pem().empty() || e.tls_server().key_pem().empty())) {
     return Status(StatusCode::INVALID_ARGUMENT, field + ".tls_server needs cert_pem and key_pem");
@@ -88,8 +89,10 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
 
   template <class P>
   void started(std::shared_ptr<P> proxy) {
-    if constexpr (std::is_same_v<P, StreamProxy>) stream_ = proxy;
-    else datagram_ = proxy;
+    if constexpr (std::is_same_v<P, StreamProxy>)
+      stream_ = proxy;
+    else
+      datagram_ = proxy;
     v1::Event event;
     event.mutable_proxy_started()->set_session_id(link_->record()->id);
     for (const auto& address : proxy->sockets()) event.mutable_proxy_started()->add_sockets(address.to_string());
@@ -157,7 +160,9 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
       if (why) return answer(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, *why), {});
       v1::ProxyState now = self->state(up_error);
       auto& record = *self->link_->record();
-      const std::string fault = c.has_set_fault() ? c.set_fault().name() : c.has_remove_fault() ? c.remove_fault().name() : "";
+      const std::string fault = c.has_set_fault()      ? c.set_fault().name()
+                                : c.has_remove_fault() ? c.remove_fault().name()
+                                                       : "";
       std::vector<LogField> fields{field("session", record.id), field("peer", by), field("command", command_name(c))};
       if (!fault.empty()) fields.push_back(field("fault", fault));
       self->link_->service().audit().write(
@@ -183,8 +188,8 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
     opening,   ///< binding; no proxy yet
     stopping,  ///< asked to stop while binding
     serving,
-    ending,    ///< closed; waiting for its connections to end
-    ended,     ///< connection_lost sent
+    ending,  ///< closed; waiting for its connections to end
+    ended,   ///< connection_lost sent
   };
 
   /// One of the four commands that change the proxy; `done` hears why it
@@ -198,23 +203,27 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
       case v1::Command::kSetFault: {
         try {
           Fault f = fault_of(c.set_fault());
-          if (stream_) stream_->set_fault(std::move(f));
-          else datagram_->set_fault(std::move(f));
+          if (stream_)
+            stream_->set_fault(std::move(f));
+          else
+            datagram_->set_fault(std::move(f));
         } catch (const std::exception& e) {
           return fail(e.what());
         }
         return done(nullptr, nullptr);
       }
       case v1::Command::kRemoveFault: {
-        const bool removed = stream_ ? stream_->remove_fault(c.remove_fault().name())
-                                     : datagram_->remove_fault(c.remove_fault().name());
+        const bool removed =
+            stream_ ? stream_->remove_fault(c.remove_fault().name()) : datagram_->remove_fault(c.remove_fault().name());
         if (!removed) return fail("no fault is named '" + c.remove_fault().name() + "'");
         return done(nullptr, nullptr);
       }
       case v1::Command::kProxyDown: {
         if (state_ != State::serving) return fail("the proxy is not serving");
-        if (stream_) stream_->down();
-        else datagram_->down();
+        if (stream_)
+          stream_->down();
+        else
+          datagram_->down();
         return done(nullptr, nullptr);
       }
       case v1::Command::kProxyUp: {
@@ -228,8 +237,10 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
           }
           done(nullptr, error);
         };
-        if (stream_) stream_->up(up_done);
-        else datagram_->up(up_done);
+        if (stream_)
+          stream_->up(up_done);
+        else
+          datagram_->up(up_done);
         return;
       }
       default: return fail("not a command that changes the proxy");
@@ -239,7 +250,8 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
   v1::ProxyState state(std::exception_ptr up_error) const {
     v1::ProxyState state;
     state.set_up(stream_ ? stream_->is_up() : datagram_->is_up());
-    for (const auto& address : stream_ ? stream_->sockets() : datagram_->sockets()) state.add_sockets(address.to_string());
+    for (const auto& address : stream_ ? stream_->sockets() : datagram_->sockets())
+      state.add_sockets(address.to_string());
     if (up_error) *state.mutable_error() = error_of(up_error);
     for (const auto& f : (stream_ ? stream_->faults() : datagram_->faults()).all()) *state.add_faults() = spec_of(f);
     return state;
@@ -258,11 +270,15 @@ class ProxySide final : public SideEvents, public std::enable_shared_from_this<P
     stats_timer_.cancel();
     if (abort) {
       // Reset what runs, then close.
-      if (stream_) stream_->down();
-      else datagram_->down();
+      if (stream_)
+        stream_->down();
+      else
+        datagram_->down();
     }
-    if (stream_) stream_->close();
-    else datagram_->close();
+    if (stream_)
+      stream_->close();
+    else
+      datagram_->close();
     end_if_drained();
   }
 
@@ -316,7 +332,7 @@ ProxyEndpoint core_endpoint(const v1::ProxyEndpoint& e) {
                                                       e.tls_server().client_ca_pem()));
   } else if (e.tls_client().enabled()) {
     const auto& c = e.tls_client();
-    out.tls = TlsOptions(c.insecure() ? tls::insecure_client_context()
+    out.tls = TlsOptions(c.insecure()         ? tls::insecure_client_context()
                          : c.ca_pem().empty() ? tls::client_context(std::nullopt)
                                               : tls::client_context_from_pem(c.ca_pem()));
     out.tls->server_hostname = c.server_hostname().empty() ? e.tcp().host() : c.server_hostname();
@@ -361,7 +377,8 @@ static void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& o
   const auto& listen = open.listen();
   const auto& upstream = open.upstream();
   if (upstream.target_case() == v1::ProxyEndpoint::kUnixPath) {
-    if (auto why = policy.check_unix("open_proxy upstream", upstream.unix_path(), false)) return refuse_open(link, *why);
+    if (auto why = policy.check_unix("open_proxy upstream", upstream.unix_path(), false))
+      return refuse_open(link, *why);
   }
   std::optional<std::string> listen_path;
   if (listen.target_case() == v1::ProxyEndpoint::kUnixPath) {
@@ -379,78 +396,81 @@ static void open_proxy(const std::shared_ptr<Link>& link, const v1::OpenProxy& o
   const std::string what = "open_proxy from " + endpoint_text(listen) + " to " + endpoint_text(upstream);
   std::vector<std::string> names = policy.listen_names();
   for (auto& n : policy.connect_names()) names.push_back(std::move(n));
-  with_rule_names(loop, std::move(names), [link, side, open, what, faults = std::move(faults), &loop, &policy,
-                                           listen_path = std::move(listen_path)](auto resolved) mutable {
-    std::weak_ptr<ProxySide> weak = side;
-    auto on_accepted = [weak](const ProxyConnectionInfo& info) {
-      if (auto s = weak.lock()) s->connection_accepted(info);
-    };
-    auto on_closed = [weak](const ProxyConnectionInfo& info, std::exception_ptr error) {
-      if (auto s = weak.lock()) s->connection_closed(info, error);
-    };
-    auto listen_check = policy_check(policy, AddressUse::listen, what, resolved);
-    // The upstream is checked as each client's connection to it is made: a
-    // refusal then ends that connection (proxy_closed says why) and is
-    // logged as a refusal of the caller's, as an open's would be.
-    std::weak_ptr<Link> weak_link = link;
-    auto connect_check = [check = policy_check(policy, AddressUse::connect, what, resolved),
-                          weak_link](const SocketAddress& address) {
-      try {
-        check(address);
-      } catch (const PolicyRefusal& refusal) {
-        if (auto l = weak_link.lock()) log_session_refusal(*l, grpc::StatusCode::PERMISSION_DENIED, refusal.what());
-        throw;
-      }
-    };
-    // A stream client is an accepted descriptor and its upstream's; a
-    // datagram client, its upstream socket.
-    auto admit = [weak_link](std::size_t descriptors_needed) {
-      auto l = weak_link.lock();
-      if (!l) return false;
-      auto& descriptors = l->service().descriptors();
-      if (descriptors.allows(descriptors_needed)) return true;
-      log_session_refusal(*l, grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          "turned a proxy client away: the descriptor budget is spent: " + descriptors.describe());
-      return false;
-    };
-    if (open.listen().has_udp()) {
-      DatagramProxyOptions options;
-      options.listen_host = open.listen().udp().host() == "*" ? std::string() : open.listen().udp().host();
-      options.listen_port = static_cast<std::uint16_t>(open.listen().udp().port());
-      options.upstream_host = open.upstream().udp().host();
-      options.upstream_port = static_cast<std::uint16_t>(open.upstream().udp().port());
-      options.faults = std::move(faults);
-      if (open.idle_timeout_ms()) options.idle_timeout = std::chrono::milliseconds(open.idle_timeout_ms());
-      options.on_accepted = on_accepted;
-      options.on_closed = on_closed;
-      options.check_listen_address = listen_check;
-      options.check_upstream_address = connect_check;
-      options.admit = [admit](const SocketAddress&) { return admit(1); };
-      return DatagramProxy::create(loop, std::move(options), [link, side](std::exception_ptr e, auto proxy) {
-        finish_open(link, e);
-        if (!e) side->started(proxy);
+  with_rule_names(
+      loop, std::move(names),
+      [link, side, open, what, faults = std::move(faults), &loop, &policy,
+       listen_path = std::move(listen_path)](auto resolved) mutable {
+        std::weak_ptr<ProxySide> weak = side;
+        auto on_accepted = [weak](const ProxyConnectionInfo& info) {
+          if (auto s = weak.lock()) s->connection_accepted(info);
+        };
+        auto on_closed = [weak](const ProxyConnectionInfo& info, std::exception_ptr error) {
+          if (auto s = weak.lock()) s->connection_closed(info, error);
+        };
+        auto listen_check = policy_check(policy, AddressUse::listen, what, resolved);
+        // The upstream is checked as each client's connection to it is made: a
+        // refusal then ends that connection (proxy_closed says why) and is
+        // logged as a refusal of the caller's, as an open's would be.
+        std::weak_ptr<Link> weak_link = link;
+        auto connect_check = [check = policy_check(policy, AddressUse::connect, what, resolved),
+                              weak_link](const SocketAddress& address) {
+          try {
+            check(address);
+          } catch (const PolicyRefusal& refusal) {
+            if (auto l = weak_link.lock()) log_session_refusal(*l, grpc::StatusCode::PERMISSION_DENIED, refusal.what());
+            throw;
+          }
+        };
+        // A stream client is an accepted descriptor and its upstream's; a
+        // datagram client, its upstream socket.
+        auto admit = [weak_link](std::size_t descriptors_needed) {
+          auto l = weak_link.lock();
+          if (!l) return false;
+          auto& descriptors = l->service().descriptors();
+          if (descriptors.allows(descriptors_needed)) return true;
+          log_session_refusal(*l, grpc::StatusCode::RESOURCE_EXHAUSTED,
+                              "turned a proxy client away: the descriptor budget is spent: " + descriptors.describe());
+          return false;
+        };
+        if (open.listen().has_udp()) {
+          DatagramProxyOptions options;
+          options.listen_host = open.listen().udp().host() == "*" ? std::string() : open.listen().udp().host();
+          options.listen_port = static_cast<std::uint16_t>(open.listen().udp().port());
+          options.upstream_host = open.upstream().udp().host();
+          options.upstream_port = static_cast<std::uint16_t>(open.upstream().udp().port());
+          options.faults = std::move(faults);
+          if (open.idle_timeout_ms()) options.idle_timeout = std::chrono::milliseconds(open.idle_timeout_ms());
+          options.on_accepted = on_accepted;
+          options.on_closed = on_closed;
+          options.check_listen_address = listen_check;
+          options.check_upstream_address = connect_check;
+          options.admit = [admit](const SocketAddress&) { return admit(1); };
+          return DatagramProxy::create(loop, std::move(options), [link, side](std::exception_ptr e, auto proxy) {
+            finish_open(link, e);
+            if (!e) side->started(proxy);
+          });
+        }
+        StreamProxyOptions options;
+        try {
+          options.listen = core_endpoint(open.listen());
+          if (listen_path) options.listen.unix_path = *listen_path;
+          options.upstream = core_endpoint(open.upstream());
+        } catch (const std::exception& e) {
+          return finish_open(link,
+                             std::make_exception_ptr(std::invalid_argument(
+                                 std::string("open_proxy: cannot use the TLS certificate, key or CA: ") + e.what())));
+        }
+        options.faults = std::move(faults);
+        options.on_accepted = on_accepted;
+        options.on_closed = on_closed;
+        options.check_listen_address = listen_check;
+        options.check_upstream_address = connect_check;
+        options.admit = [admit] { return admit(2); };
+        StreamProxy::create(loop, std::move(options), [link, side](std::exception_ptr e, auto proxy) {
+          finish_open(link, e);
+          if (!e) side->started(proxy);
+        });
       });
-    }
-    StreamProxyOptions options;
-    try {
-      options.listen = core_endpoint(open.listen());
-      if (listen_path) options.listen.unix_path = *listen_path;
-      options.upstream = core_endpoint(open.upstream());
-    } catch (const std::exception& e) {
-      return finish_open(link, std::make_exception_ptr(std::invalid_argument(
-                                   std::string("open_proxy: cannot use the TLS certificate, key or CA: ") + e.what())));
-    }
-    options.faults = std::move(faults);
-    options.on_accepted = on_accepted;
-    options.on_closed = on_closed;
-    options.check_listen_address = listen_check;
-    options.check_upstream_address = connect_check;
-    options.admit = [admit] { return admit(2); };
-    StreamProxy::create(loop, std::move(options), [link, side](std::exception_ptr e, auto proxy) {
-      finish_open(link, e);
-      if (!e) side->started(proxy);
-    });
-  });
 }
 
 namespace {
@@ -462,8 +482,9 @@ grpc::Status validate_proxy(const v1::ClientMessage& message, const ServiceOptio
 void describe_proxy(const v1::ClientMessage& message, SessionRecord& record) {
   const auto& p = message.open_proxy();
   auto text = [](const v1::ProxyEndpoint& e) {
-    if (e.has_tcp()) return std::string(e.tls_server().enabled() || e.tls_client().enabled() ? "tls://" : "tcp://") +
-                            e.tcp().host() + ":" + std::to_string(e.tcp().port());
+    if (e.has_tcp())
+      return std::string(e.tls_server().enabled() || e.tls_client().enabled() ? "tls://" : "tcp://") + e.tcp().host() +
+             ":" + std::to_string(e.tcp().port());
     if (e.has_udp()) return "udp://" + e.udp().host() + ":" + std::to_string(e.udp().port());
     return "unix://" + e.unix_path();
   };
@@ -477,7 +498,8 @@ void open_proxy_session(const std::shared_ptr<Link>& link, const v1::ClientMessa
 
 }  // namespace
 
-const SessionKind proxy_session_kind{v1::ClientMessage::kOpenProxy, "open_proxy", "proxy", 2, validate_proxy,
-                                     describe_proxy, open_proxy_session, /*controllable=*/true};
+const SessionKind proxy_session_kind{
+    v1::ClientMessage::kOpenProxy, "open_proxy", "proxy", 2, validate_proxy, describe_proxy, open_proxy_session,
+    /*controllable=*/true};
 
 }  // namespace conduit::service

@@ -15,9 +15,9 @@ namespace pb = google::protobuf;
 
 /// The services this server has, as list_services answers.
 const std::vector<std::string>& service_names() {
-  static const std::vector<std::string> names = {
-      "conduit.v1.Conduit", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
-      "grpc.reflection.v1alpha.ServerReflection"};
+  static const std::vector<std::string> names = {"conduit.v1.Conduit", "grpc.health.v1.Health",
+                                                 "grpc.reflection.v1.ServerReflection",
+                                                 "grpc.reflection.v1alpha.ServerReflection"};
   return names;
 }
 
@@ -55,7 +55,8 @@ class ReflectionReactor final : public grpc::ServerBidiReactor<Request, Response
     const pb::DescriptorPool* pool = pb::DescriptorPool::generated_pool();
     switch (request_.message_request_case()) {
       case Request::kListServices:
-        for (const auto& name : service_names()) response_.mutable_list_services_response()->add_service()->set_name(name);
+        for (const auto& name : service_names())
+          response_.mutable_list_services_response()->add_service()->set_name(name);
         return;
       case Request::kFileByFilename:
         return send_file(pool->FindFileByName(request_.file_by_filename()), "file " + request_.file_by_filename());
@@ -115,7 +116,8 @@ class ReflectionReactor final : public grpc::ServerBidiReactor<Request, Response
 class ReflectionService::V1 final : public grpc::reflection::v1::ServerReflection::CallbackService {
  public:
   explicit V1(ConduitService& service) : service_(service) {}
-  grpc::ServerBidiReactor<grpc::reflection::v1::ServerReflectionRequest, grpc::reflection::v1::ServerReflectionResponse>*
+  grpc::ServerBidiReactor<grpc::reflection::v1::ServerReflectionRequest,
+                          grpc::reflection::v1::ServerReflectionResponse>*
   ServerReflectionInfo(grpc::CallbackServerContext* context) override {
     return new ReflectionReactor<grpc::reflection::v1::ServerReflectionRequest,
                                  grpc::reflection::v1::ServerReflectionResponse>(service_, context);

@@ -26,8 +26,10 @@ class RefusedConnection final : public Protocol {
 /// ConnectionSide tagged with a fresh id; the client's commands reach it by
 /// that id.
 ///
-///   opening --started--> listening --stop_listening / close / abort / client done--> draining --last connection gone--> ended
-///      |                                                                               ^  (stopped listening)      (connection_lost, id 0)
+///   opening --started--> listening --stop_listening / close / abort / client done--> draining --last connection
+///   gone--> ended
+///      |                                                                               ^  (stopped listening)
+///      (connection_lost, id 0)
 ///      +--stop_listening / close / abort / client done--> stopping --started-----------+  (closes the server at once)
 ///
 /// close, abort and the client's half-close also close (or abort) every
@@ -51,14 +53,14 @@ class ServerSide final : public SideEvents, public ConnectionOwner, public std::
   /// The server's protocol factory.
   std::shared_ptr<BaseProtocol> accept() {
     if (state_ != State::listening) {
-      link_->service().loop().log(LogLevel::info, "session " + link_->record()->id +
-                                                      ": dropped a connection (the server is closing)");
+      link_->service().loop().log(LogLevel::info,
+                                  "session " + link_->record()->id + ": dropped a connection (the server is closing)");
       return std::make_shared<RefusedConnection>();
     }
     if (connections_.size() >= max_connections_) {
-      log_session_refusal(*link_, grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          "closed an accepted connection: max_connections " + std::to_string(max_connections_) +
-                              " open");
+      log_session_refusal(
+          *link_, grpc::StatusCode::RESOURCE_EXHAUSTED,
+          "closed an accepted connection: max_connections " + std::to_string(max_connections_) + " open");
       return std::make_shared<RefusedConnection>();
     }
     // The accepted descriptor is open already: one more than at the last
@@ -92,7 +94,8 @@ class ServerSide final : public SideEvents, public ConnectionOwner, public std::
   void command(const v1::Command& c) override {
     if (c.connection_id() != 0) {
       auto it = connections_.find(c.connection_id());
-      if (it == connections_.end()) return failed(c, "connection " + std::to_string(c.connection_id()) + " is not open");
+      if (it == connections_.end())
+        return failed(c, "connection " + std::to_string(c.connection_id()) + " is not open");
       return it->second->deliver(c);
     }
     switch (c.kind_case()) {
@@ -135,8 +138,10 @@ class ServerSide final : public SideEvents, public ConnectionOwner, public std::
     std::vector<std::shared_ptr<ConnectionSide>> open;
     for (auto& [id, connection] : connections_) open.push_back(connection);
     for (auto& connection : open) {
-      if (abort) connection->abort();
-      else connection->close();
+      if (abort)
+        connection->abort();
+      else
+        connection->close();
     }
     end_if_drained();
   }
@@ -223,11 +228,13 @@ grpc::Status validate_server(const v1::ClientMessage& message, const ServiceOpti
   using grpc::StatusCode;
   const auto& open = message.open_server();
   if (open.has_tcp()) {
-    if (open.tcp().port() > 65535) return Status(StatusCode::INVALID_ARGUMENT, "open_server.tcp.port must be 0 to 65535");
+    if (open.tcp().port() > 65535)
+      return Status(StatusCode::INVALID_ARGUMENT, "open_server.tcp.port must be 0 to 65535");
   } else if (open.target_case() == v1::OpenServer::kUnixPath) {
     if (open.unix_path().empty()) return Status(StatusCode::INVALID_ARGUMENT, "open_server.unix_path is empty");
     if (open.unix_path().find('\0') != std::string::npos) {
-      return Status(StatusCode::INVALID_ARGUMENT, "open_server.unix_path holds a NUL byte (abstract sockets are not supported)");
+      return Status(StatusCode::INVALID_ARGUMENT,
+                    "open_server.unix_path holds a NUL byte (abstract sockets are not supported)");
     }
     if (open.tls().enabled()) return Status(StatusCode::INVALID_ARGUMENT, "open_server.tls: TLS needs tcp");
   } else {
@@ -241,9 +248,10 @@ grpc::Status validate_server(const v1::ClientMessage& message, const ServiceOpti
 
 void describe_server(const v1::ClientMessage& message, SessionRecord& record) {
   const auto& o = message.open_server();
-  record.target = o.has_tcp() ? std::string(o.tls().enabled() ? "tls://" : "tcp://") +
-                                    (o.tcp().host().empty() ? "*" : o.tcp().host()) + ":" + std::to_string(o.tcp().port())
-                              : "unix://" + o.unix_path();
+  record.target = o.has_tcp()
+                      ? std::string(o.tls().enabled() ? "tls://" : "tcp://") +
+                            (o.tcp().host().empty() ? "*" : o.tcp().host()) + ":" + std::to_string(o.tcp().port())
+                      : "unix://" + o.unix_path();
 }
 
 void open_server_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& message) {
@@ -252,7 +260,7 @@ void open_server_session(const std::shared_ptr<Link>& link, const v1::ClientMess
 
 }  // namespace
 
-const SessionKind server_session_kind{v1::ClientMessage::kOpenServer, "open_server", "server", 2, validate_server,
-                                      describe_server, open_server_session};
+const SessionKind server_session_kind{
+    v1::ClientMessage::kOpenServer, "open_server", "server", 2, validate_server, describe_server, open_server_session};
 
 }  // namespace conduit::service

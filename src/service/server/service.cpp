@@ -55,7 +55,8 @@ void ConduitService::end_idle_sessions() {
     loop_.log(LogLevel::info, "session " + record->id + " idle for " + std::to_string(options_.idle_timeout.count()) +
                                   " s: closing it");
     record->touch();  // one abort per timeout
-    if (record->abort) record->abort("the service closed the session: idle for " + std::to_string(options_.idle_timeout.count()) + " s");
+    if (record->abort)
+      record->abort("the service closed the session: idle for " + std::to_string(options_.idle_timeout.count()) + " s");
   }
 }
 
@@ -102,9 +103,9 @@ grpc::Status ConduitService::authenticate(const grpc::CallbackServerContext& con
   std::string_view given(it->second.data(), it->second.size());
   // RFC 7235: the scheme is case-insensitive ("bearer", "BEARER").
   constexpr std::string_view scheme = "bearer ";
-  if (given.size() < scheme.size() ||
-      !std::equal(scheme.begin(), scheme.end(), given.begin(),
-                  [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); })) {
+  if (given.size() < scheme.size() || !std::equal(scheme.begin(), scheme.end(), given.begin(), [](char a, char b) {
+        return a == std::tolower(static_cast<unsigned char>(b));
+      })) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "the authorization metadata is not 'Bearer TOKEN'");
   }
   given.remove_prefix(scheme.size());
@@ -154,7 +155,7 @@ void ConduitService::set_own_address(std::uint16_t port, std::string unix_path) 
 }
 
 std::optional<std::string> ConduitService::check_not_own_address(std::uint16_t port,
-                                                                  const std::string& unix_path) const {
+                                                                 const std::string& unix_path) const {
   const int own = own_port_.load(std::memory_order_acquire);
   if (own < 0) return "the service is still starting: try again";
   if (!unix_path.empty()) {
@@ -177,9 +178,9 @@ std::string ConduitService::next_session_id() { return "s" + std::to_string(next
 grpc::Status ConduitService::admit_stream(const std::shared_ptr<SessionRecord>& record, std::weak_ptr<Link> link) {
   std::lock_guard lock(sessions_mutex_);
   if (sessions_.size() + unopened_.size() >= options_.max_sessions) {
-    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        "the service has its maximum of " + std::to_string(options_.max_sessions) +
-                            " sessions open (streams not yet opened count too)");
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "the service has its maximum of " +
+                                                                  std::to_string(options_.max_sessions) +
+                                                                  " sessions open (streams not yet opened count too)");
   }
   unopened_[record->id] = {record, std::move(link)};
   return grpc::Status::OK;
@@ -326,8 +327,8 @@ grpc::ServerUnaryReactor* ConduitService::ControlProxy(grpc::CallbackServerConte
       try {
         fault_of(command.set_fault()).validate();
       } catch (const std::exception& e) {
-        reactor->Finish(refuse(*context, method,
-                               grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string("set_fault: ") + e.what())));
+        reactor->Finish(refuse(
+            *context, method, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string("set_fault: ") + e.what())));
         return reactor;
       }
       break;
@@ -335,7 +336,8 @@ grpc::ServerUnaryReactor* ConduitService::ControlProxy(grpc::CallbackServerConte
       reactor->Finish(refuse(*context, method,
                              grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                           "ControlProxy takes set_fault, remove_fault, proxy_down or proxy_up (or no "
-                                          "command, for the proxy's state), not " + command_name(command))));
+                                          "command, for the proxy's state), not " +
+                                              command_name(command))));
       return reactor;
   }
   std::shared_ptr<SessionRecord> record;
@@ -345,9 +347,9 @@ grpc::ServerUnaryReactor* ConduitService::ControlProxy(grpc::CallbackServerConte
     record = it != sessions_.end() ? it->second : session_named_locked(request->session());
   }
   if (!record) {
-    reactor->Finish(refuse(*context, method,
-                           grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                        "no session has the id or name '" + request->session() + "'")));
+    reactor->Finish(refuse(
+        *context, method,
+        grpc::Status(grpc::StatusCode::NOT_FOUND, "no session has the id or name '" + request->session() + "'")));
     return reactor;
   }
   if (!record->control) {  // set for the kinds ControlProxy reaches (session_kind.hpp)
@@ -382,15 +384,15 @@ grpc::ServerUnaryReactor* ConduitService::GetAddrInfo(grpc::CallbackServerContex
   const std::string host = request->has_host() ? request->host() : "(none)";
   const std::string port = request->has_port() ? request->port() : "(none)";
   if (host.size() > 1024 || port.size() > 64) {
-    reactor->Finish(refuse(*context, method,
-                           grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "host or port too long for a name")));
+    reactor->Finish(
+        refuse(*context, method, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "host or port too long for a name")));
     return reactor;
   }
   auto peer = peer_of(*context);
   const bool queued = lookups_->submit([this, reactor, request, response, host, port, peer = std::move(peer)] {
     NameLookups::getaddrinfo(*request, *response);
-    const std::string outcome = response->gai_error() != 0 ? response->message()
-                                                             : std::to_string(response->addresses_size()) + " addresses";
+    const std::string outcome =
+        response->gai_error() != 0 ? response->message() : std::to_string(response->addresses_size()) + " addresses";
     audit_.write(LogLevel::info, "getaddrinfo", "getaddrinfo " + host + " " + port + " by " + peer + ": " + outcome,
                  {field("peer", peer), field("host", host), field("port", port),
                   number_field("gai_error", std::to_string(response->gai_error())),
@@ -422,12 +424,11 @@ grpc::ServerUnaryReactor* ConduitService::GetNameInfo(grpc::CallbackServerContex
   const bool queued = lookups_->submit([this, reactor, request, response, peer = std::move(peer)] {
     NameLookups::getnameinfo(*request, *response);
     const std::string outcome = response->gai_error() != 0 ? response->message() : response->host();
-    audit_.write(LogLevel::info, "getnameinfo",
-                 "getnameinfo " + request->host() + " " + std::to_string(request->port()) + " by " + peer + ": " +
-                     outcome,
-                 {field("peer", peer), field("host", request->host()),
-                  number_field("port", std::to_string(request->port())),
-                  number_field("gai_error", std::to_string(response->gai_error()))});
+    audit_.write(
+        LogLevel::info, "getnameinfo",
+        "getnameinfo " + request->host() + " " + std::to_string(request->port()) + " by " + peer + ": " + outcome,
+        {field("peer", peer), field("host", request->host()), number_field("port", std::to_string(request->port())),
+         number_field("gai_error", std::to_string(response->gai_error()))});
     reactor->Finish(grpc::Status::OK);
   });
   if (!queued) {

@@ -12,9 +12,7 @@ namespace conduit::service {
 
 namespace {
 
-std::size_t size_of(const v1::Event& event) {
-  return event.ByteSizeLong();
-}
+std::size_t size_of(const v1::Event& event) { return event.ByteSizeLong(); }
 
 }  // namespace
 
@@ -39,13 +37,13 @@ void Link::control(v1::Command command, std::string by, SessionRecord::ControlAn
   };
   auto once = std::make_shared<Once>();
   once->answer = std::move(answer);
-  asio::post(service_.loop().get_executor(), [self = shared_from_this(), command = std::move(command),
-                                              by = std::move(by), once] {
-    auto reply = std::exchange(once->answer, nullptr);
-    auto side = self->loop_side();
-    if (!side) return reply(grpc::Status(grpc::StatusCode::NOT_FOUND, "the session has ended"), {});
-    side->control(command, by, std::move(reply));
-  });
+  asio::post(service_.loop().get_executor(),
+             [self = shared_from_this(), command = std::move(command), by = std::move(by), once] {
+               auto reply = std::exchange(once->answer, nullptr);
+               auto side = self->loop_side();
+               if (!side) return reply(grpc::Status(grpc::StatusCode::NOT_FOUND, "the session has ended"), {});
+               side->control(command, by, std::move(reply));
+             });
 }
 
 void Link::push_inbound(Inbound inbound) {
@@ -103,9 +101,9 @@ void Link::emit(v1::Event event, bool urgent) {
   std::lock_guard<std::recursive_mutex> lock(mutex_);
   if (finished_) return;
   record_->touch();
-  event.set_unix_nanos(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                           std::chrono::system_clock::now().time_since_epoch())
-                           .count());
+  event.set_unix_nanos(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
   queued_bytes_ += size_of(event);
   (urgent ? urgent_ : queue_).push_back(std::move(event));
   start_write_locked();
@@ -194,7 +192,8 @@ void Link::flow_control_locked() {
   // Posts from the loop thread and from gRPC's threads do not keep their
   // order in Asio's queue: each handler applies the state as it is when it
   // runs, so the last one to run leaves the right one.
-  asio::post(service_.loop().get_executor(), [this, side = loop_side_] { side->set_reading(wants_transport_reading()); });
+  asio::post(service_.loop().get_executor(),
+             [this, side = loop_side_] { side->set_reading(wants_transport_reading()); });
 }
 
 bool Link::wants_transport_reading() {
@@ -213,8 +212,10 @@ void LoopSide::deliver(const v1::Command& c) {
 }
 
 void LoopSide::deliver_done_writing() {
-  if (opening_ == Opening::open) client_done_writing();
-  else if (opening_ == Opening::opening) queued_.emplace_back(std::nullopt);
+  if (opening_ == Opening::open)
+    client_done_writing();
+  else if (opening_ == Opening::opening)
+    queued_.emplace_back(std::nullopt);
 }
 
 void LoopSide::opened() {
@@ -223,8 +224,10 @@ void LoopSide::opened() {
   while (!queued_.empty()) {
     std::optional<v1::Command> next = std::move(queued_.front());
     queued_.pop_front();
-    if (next) command(*next);
-    else client_done_writing();
+    if (next)
+      command(*next);
+    else
+      client_done_writing();
   }
 }
 

@@ -27,7 +27,8 @@ class LoopSide;
 /// resume_writing go to the client as events.
 class Link : public std::enable_shared_from_this<Link> {
  public:
-  Link(ConduitService& service, std::shared_ptr<SessionRecord> record) : service_(service), record_(std::move(record)) {}
+  Link(ConduitService& service, std::shared_ptr<SessionRecord> record)
+      : service_(service), record_(std::move(record)) {}
 
   // ---- from the loop side (loop thread) ----
   /// Queue an event for the client (seq and time are filled in here);
@@ -101,7 +102,7 @@ class Link : public std::enable_shared_from_this<Link> {
   // Recursive: gRPC may run OnWriteDone/OnReadDone on the calling thread at
   // the end of StartWrite/StartRead, while we still hold it.
   std::recursive_mutex mutex_;
-  bool pumping_ = false;   // inside start_write_locked: re-entrant calls just ask for another round
+  bool pumping_ = false;  // inside start_write_locked: re-entrant calls just ask for another round
   bool repump_ = false;
   SessionReactor* reactor_ = nullptr;
   std::shared_ptr<LoopSide> loop_side_;
@@ -114,8 +115,8 @@ class Link : public std::enable_shared_from_this<Link> {
   bool transport_paused_ = false;  // we paused its reading for a slow client
   std::optional<grpc::Status> finish_;
   bool finished_ = false;
-  std::uint64_t seq_ = 0;  // of the last event sent
-  std::string abort_reason_;  // loop thread
+  std::uint64_t seq_ = 0;        // of the last event sent
+  std::string abort_reason_;     // loop thread
   std::deque<Inbound> inbound_;  // guarded by mutex_
   bool drain_posted_ = false;
 };

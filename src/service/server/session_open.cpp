@@ -89,7 +89,8 @@ std::optional<std::string> claim_unix_listen_path(const std::shared_ptr<Link>& l
   struct stat st {};
   if (::lstat(canonical.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) return taken(canonical + " exists and is not a socket");
-    if (unix_socket_is_live(service.loop().context(), canonical)) return taken("a server already listens on " + canonical);
+    if (unix_socket_is_live(service.loop().context(), canonical))
+      return taken("a server already listens on " + canonical);
   }
   return canonical;
 }

@@ -18,7 +18,6 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::ClientMessage, v
   void OnCancel() override;
   void OnDone() override;
 
-
  private:
   void fail(grpc::Status status);
 

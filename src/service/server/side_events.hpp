@@ -34,8 +34,10 @@ class SideEvents : public LoopSide {
   /// ahead of the data events queued for it.
   void report_writing_paused(bool paused, std::size_t buffered) {
     v1::Event event;
-    if (paused) event.mutable_pause_writing()->set_buffered(buffered);
-    else event.mutable_resume_writing()->set_buffered(buffered);
+    if (paused)
+      event.mutable_pause_writing()->set_buffered(buffered);
+    else
+      event.mutable_resume_writing()->set_buffered(buffered);
     if (connection_id_) event.set_connection_id(connection_id_);
     link_->emit(std::move(event), /*urgent=*/true);
   }
@@ -71,9 +73,12 @@ class SideEvents : public LoopSide {
   v1::Event lost_event(std::exception_ptr exc) const {
     v1::Event event;
     const std::string& because = !ended_because_.empty() ? ended_because_ : link_->abort_reason();
-    if (exc) *event.mutable_connection_lost()->mutable_error() = error_of(exc);
-    else if (!because.empty()) event.mutable_connection_lost()->mutable_error()->set_message(because);
-    else event.mutable_connection_lost();
+    if (exc)
+      *event.mutable_connection_lost()->mutable_error() = error_of(exc);
+    else if (!because.empty())
+      event.mutable_connection_lost()->mutable_error()->set_message(because);
+    else
+      event.mutable_connection_lost();
     return event;
   }
 

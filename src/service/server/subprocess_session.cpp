@@ -76,8 +76,10 @@ class SubprocessSide final : public SubprocessProtocol, public SideEvents {
           break;
         }
         case v1::Command::kSendSignal:
-          if (c.send_signal().process_group()) transport_->send_signal_to_group(c.send_signal().signal());
-          else transport_->send_signal(c.send_signal().signal());
+          if (c.send_signal().process_group())
+            transport_->send_signal_to_group(c.send_signal().signal());
+          else
+            transport_->send_signal(c.send_signal().signal());
           break;
         case v1::Command::kTerminate: transport_->terminate(); break;
         case v1::Command::kKill: transport_->kill(); break;
@@ -94,8 +96,10 @@ class SubprocessSide final : public SubprocessProtocol, public SideEvents {
     if (auto stdin_pipe = transport_->get_pipe_transport(0)) stdin_pipe->close();
   }
   void abort() override {
-    if (transport_) transport_->close();  // kills the child (and its group)
-    else aborted_ = true;
+    if (transport_)
+      transport_->close();  // kills the child (and its group)
+    else
+      aborted_ = true;
   }
   void set_reading(bool reading) override { set_output_reading(reading); }
 
@@ -109,8 +113,10 @@ class SubprocessSide final : public SubprocessProtocol, public SideEvents {
     if (!transport_) return;
     for (int fd : {1, 2}) {
       if (auto pipe = transport_->get_pipe_transport(fd)) {
-        if (reading) pipe->resume_reading();
-        else pipe->pause_reading();
+        if (reading)
+          pipe->resume_reading();
+        else
+          pipe->pause_reading();
       }
     }
   }
@@ -188,8 +194,10 @@ grpc::Status validate_subprocess(const v1::ClientMessage& message, const Service
 void describe_subprocess(const v1::ClientMessage& message, SessionRecord& record) {
   const auto& s = message.open_subprocess();
   record.target = s.shell().empty() ? s.argv(0) : "sh -c " + s.shell();
-  if (s.shell().empty()) record.argv.assign(s.argv().begin(), s.argv().end());
-  else record.argv = {"/bin/sh", "-c", s.shell()};
+  if (s.shell().empty())
+    record.argv.assign(s.argv().begin(), s.argv().end());
+  else
+    record.argv = {"/bin/sh", "-c", s.shell()};
 }
 
 void open_subprocess_session(const std::shared_ptr<Link>& link, const v1::ClientMessage& message) {
@@ -198,7 +206,12 @@ void open_subprocess_session(const std::shared_ptr<Link>& link, const v1::Client
 
 }  // namespace
 
-const SessionKind subprocess_session_kind{v1::ClientMessage::kOpenSubprocess, "open_subprocess", "subprocess", 4, validate_subprocess,
-                                      describe_subprocess, open_subprocess_session};
+const SessionKind subprocess_session_kind{v1::ClientMessage::kOpenSubprocess,
+                                          "open_subprocess",
+                                          "subprocess",
+                                          4,
+                                          validate_subprocess,
+                                          describe_subprocess,
+                                          open_subprocess_session};
 
 }  // namespace conduit::service

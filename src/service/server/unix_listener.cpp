@@ -36,7 +36,9 @@ bool unix_socket_is_live(asio::io_context& context, const std::string& path) {
 }
 
 UnixListener::UnixListener(ConduitService& service, std::string path)
-    : service_(service), path_(std::move(path)), acceptor_(service.loop().context()),
+    : service_(service),
+      path_(std::move(path)),
+      acceptor_(service.loop().context()),
       backoff_(service.loop().context()) {
   struct stat st {};
   if (::lstat(path_.c_str(), &st) == 0) {

@@ -52,10 +52,10 @@ class Server;
 
 /// What the exception handler is told (asyncio's context dict).
 struct ExceptionContext {
-  std::string message;                          ///< What failed, e.g. "Fatal error: protocol.data_received() call failed."
-  std::exception_ptr exception;                 ///< The exception, if any.
-  std::shared_ptr<BaseTransport> transport;     ///< The transport involved, if any.
-  std::shared_ptr<BaseProtocol> protocol;       ///< The protocol involved, if any.
+  std::string message;                       ///< What failed, e.g. "Fatal error: protocol.data_received() call failed."
+  std::exception_ptr exception;              ///< The exception, if any.
+  std::shared_ptr<BaseTransport> transport;  ///< The transport involved, if any.
+  std::shared_ptr<BaseProtocol> protocol;    ///< The protocol involved, if any.
 };
 
 /// Receives every error nobody else can handle.
@@ -88,11 +88,11 @@ struct ConnectOptions {
 
 /// Options of create_server / create_unix_server.
 struct ServerOptions {
-  int backlog = 100;            ///< listen() backlog.
-  bool reuse_address = true;    ///< SO_REUSEADDR (TCP only).
-  bool reuse_port = false;      ///< SO_REUSEPORT (TCP only).
-  bool start_serving = true;    ///< Listen at once; else bound only, until start_serving().
-  bool cleanup_socket = true;   ///< Unix: remove the socket file when the server closes.
+  int backlog = 100;           ///< listen() backlog.
+  bool reuse_address = true;   ///< SO_REUSEADDR (TCP only).
+  bool reuse_port = false;     ///< SO_REUSEPORT (TCP only).
+  bool start_serving = true;   ///< Listen at once; else bound only, until start_serving().
+  bool cleanup_socket = true;  ///< Unix: remove the socket file when the server closes.
   /// TCP only: speak TLS; a client whose handshake fails is dropped (and
   /// logged at debug level) before any protocol is made for it.
   std::optional<TlsOptions> tls;
@@ -173,24 +173,21 @@ struct SubprocessOptions {
 namespace detail {
 
 /// Completion of the type-erased connection makers.
-using ConnectionHandler = asio::any_completion_handler<void(
-    std::exception_ptr, std::shared_ptr<Transport>, std::shared_ptr<BaseProtocol>)>;
-using DatagramHandler = asio::any_completion_handler<void(
-    std::exception_ptr, std::shared_ptr<DatagramTransport>, std::shared_ptr<BaseProtocol>)>;
-using SubprocessHandler = asio::any_completion_handler<void(
-    std::exception_ptr, std::shared_ptr<SubprocessTransport>, std::shared_ptr<BaseProtocol>)>;
-using ServerHandler =
-    asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<Server>)>;
+using ConnectionHandler =
+    asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<Transport>, std::shared_ptr<BaseProtocol>)>;
+using DatagramHandler = asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<DatagramTransport>,
+                                                          std::shared_ptr<BaseProtocol>)>;
+using SubprocessHandler = asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<SubprocessTransport>,
+                                                            std::shared_ptr<BaseProtocol>)>;
+using ServerHandler = asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<Server>)>;
 
 /// Hands the caller its protocol with the type its factory made.
 template <class P, class Handler>
 struct ProtocolCast {
   Handler handler;
   template <class T>
-  void operator()(std::exception_ptr err, std::shared_ptr<T> transport,
-                  std::shared_ptr<BaseProtocol> protocol) {
-    std::move(handler)(std::move(err), std::move(transport),
-                       std::static_pointer_cast<P>(std::move(protocol)));
+  void operator()(std::exception_ptr err, std::shared_ptr<T> transport, std::shared_ptr<BaseProtocol> protocol) {
+    std::move(handler)(std::move(err), std::move(transport), std::static_pointer_cast<P>(std::move(protocol)));
   }
 };
 
@@ -215,8 +212,7 @@ auto initiate_connection(Token&& token, Start start) {
   using Signature = void(std::exception_ptr, std::shared_ptr<Transport>, std::shared_ptr<P>);
   return asio::async_initiate<Token, Signature>(
       [start = std::move(start)](auto handler) mutable {
-        start(detail::ConnectionHandler(
-            detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
+        start(detail::ConnectionHandler(detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
       },
       token);
 }
@@ -224,12 +220,10 @@ auto initiate_connection(Token&& token, Start start) {
 template <class Factory, class Token, class Start>
 auto initiate_datagram(Token&& token, Start start) {
   using P = detail::factory_protocol_t<Factory>;
-  using Signature =
-      void(std::exception_ptr, std::shared_ptr<DatagramTransport>, std::shared_ptr<P>);
+  using Signature = void(std::exception_ptr, std::shared_ptr<DatagramTransport>, std::shared_ptr<P>);
   return asio::async_initiate<Token, Signature>(
       [start = std::move(start)](auto handler) mutable {
-        start(detail::DatagramHandler(
-            detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
+        start(detail::DatagramHandler(detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
       },
       token);
 }
@@ -240,8 +234,7 @@ auto initiate_subprocess(Token&& token, Start start) {
   using Signature = void(std::exception_ptr, std::shared_ptr<SubprocessTransport>, std::shared_ptr<P>);
   return asio::async_initiate<Token, Signature>(
       [start = std::move(start)](auto handler) mutable {
-        start(detail::SubprocessHandler(
-            detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
+        start(detail::SubprocessHandler(detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
       },
       token);
 }
@@ -295,8 +288,7 @@ class EventLoop {
 
   /// Connect to `host`:`port`, trying every resolved address in turn.
   template <class Factory, class Token>
-  auto create_connection(Factory factory, std::string host, std::uint16_t port,
-                         ConnectOptions options, Token&& token);
+  auto create_connection(Factory factory, std::string host, std::uint16_t port, ConnectOptions options, Token&& token);
 
   /// Wrap an already connected TCP socket.
   template <class Factory, class Token>
@@ -308,8 +300,7 @@ class EventLoop {
 
   /// Wrap an already connected Unix stream socket.
   template <class Factory, class Token>
-  auto create_unix_connection(Factory factory, asio::local::stream_protocol::socket socket,
-                              Token&& token);
+  auto create_unix_connection(Factory factory, asio::local::stream_protocol::socket socket, Token&& token);
 
   /// Wrap a stream socket accepted elsewhere (any family), given by its
   /// descriptor, which the transport then owns. A datagram socket is refused.
@@ -319,13 +310,12 @@ class EventLoop {
   /// Listen on `port` of each of `hosts` (empty: every interface, IPv4 and
   /// IPv6). Port 0 picks a free port (see Server::sockets()).
   template <class Factory, class Token>
-  auto create_server(Factory factory, std::vector<std::string> hosts, std::uint16_t port,
-                     ServerOptions options, Token&& token);
+  auto create_server(Factory factory, std::vector<std::string> hosts, std::uint16_t port, ServerOptions options,
+                     Token&& token);
 
   /// Listen on a Unix socket at `path`; a stale socket file there is replaced.
   template <class Factory, class Token>
-  auto create_unix_server(Factory factory, std::string path, ServerOptions options,
-                          Token&& token);
+  auto create_unix_server(Factory factory, std::string path, ServerOptions options, Token&& token);
 
   /// Upgrade the plain TCP `transport` (made by this loop, with nothing
   /// left to write) to TLS in place: `protocol` stays connected (no second
@@ -336,11 +326,10 @@ class EventLoop {
   auto start_tls(std::shared_ptr<Transport> transport, std::shared_ptr<BaseProtocol> protocol, TlsOptions options,
                  bool server_side, Token&& token) {
     return asio::async_initiate<Token, void(std::exception_ptr, std::shared_ptr<Transport>)>(
-        [this](auto handler, std::shared_ptr<Transport> t, std::shared_ptr<BaseProtocol> p, TlsOptions o,
-               bool server) {
-          start_tls_impl(std::move(t), std::move(p), std::move(o), server,
-                         asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<Transport>)>(
-                             std::move(handler)));
+        [this](auto handler, std::shared_ptr<Transport> t, std::shared_ptr<BaseProtocol> p, TlsOptions o, bool server) {
+          start_tls_impl(
+              std::move(t), std::move(p), std::move(o), server,
+              asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<Transport>)>(std::move(handler)));
         },
         token, std::move(transport), std::move(protocol), std::move(options), server_side);
   }
@@ -382,8 +371,8 @@ class EventLoop {
   /// runs, with (error, SubprocessTransport, protocol); a program that
   /// cannot be started is a std::system_error naming it.
   template <class Factory, class Token>
-  auto subprocess_exec(Factory factory, std::string program, std::vector<std::string> args,
-                       SubprocessOptions options, Token&& token);
+  auto subprocess_exec(Factory factory, std::string program, std::vector<std::string> args, SubprocessOptions options,
+                       Token&& token);
 
   /// Run `command` through /bin/sh -c.
   template <class Factory, class Token>
@@ -402,23 +391,19 @@ class EventLoop {
  private:
   friend class detail::LoopInternals;
 
-  void create_connection_impl(ProtocolFactory factory, std::string host, std::uint16_t port,
-                              ConnectOptions options, detail::ConnectionHandler handler);
-  void create_unix_connection_impl(ProtocolFactory factory, std::string path,
-                                   detail::ConnectionHandler handler);
-  void wrap_socket_impl(ProtocolFactory factory, asio::ip::tcp::socket socket,
-                        detail::ConnectionHandler handler);
+  void create_connection_impl(ProtocolFactory factory, std::string host, std::uint16_t port, ConnectOptions options,
+                              detail::ConnectionHandler handler);
+  void create_unix_connection_impl(ProtocolFactory factory, std::string path, detail::ConnectionHandler handler);
+  void wrap_socket_impl(ProtocolFactory factory, asio::ip::tcp::socket socket, detail::ConnectionHandler handler);
   void wrap_socket_impl(ProtocolFactory factory, asio::local::stream_protocol::socket socket,
                         detail::ConnectionHandler handler);
-  void connect_accepted_socket_impl(ProtocolFactory factory, int fd,
-                                    detail::ConnectionHandler handler);
-  void create_server_impl(ProtocolFactory factory, std::vector<std::string> hosts,
-                          std::uint16_t port, ServerOptions options,
-                          detail::ServerHandler handler);
+  void connect_accepted_socket_impl(ProtocolFactory factory, int fd, detail::ConnectionHandler handler);
+  void create_server_impl(ProtocolFactory factory, std::vector<std::string> hosts, std::uint16_t port,
+                          ServerOptions options, detail::ServerHandler handler);
   void create_unix_server_impl(ProtocolFactory factory, std::string path, ServerOptions options,
                                detail::ServerHandler handler);
-  void start_tls_impl(std::shared_ptr<Transport> transport, std::shared_ptr<BaseProtocol> protocol,
-                      TlsOptions options, bool server_side,
+  void start_tls_impl(std::shared_ptr<Transport> transport, std::shared_ptr<BaseProtocol> protocol, TlsOptions options,
+                      bool server_side,
                       asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<Transport>)> handler);
   void sendfile_impl(std::shared_ptr<Transport> transport, int file, std::uint64_t offset,
                      std::optional<std::uint64_t> count, bool fallback,
@@ -427,8 +412,7 @@ class EventLoop {
   void connect_write_pipe_impl(ProtocolFactory factory, int fd, detail::ConnectionHandler handler);
   void subprocess_exec_impl(ProtocolFactory factory, std::vector<std::string> argv, SubprocessOptions options,
                             detail::SubprocessHandler handler);
-  void create_datagram_endpoint_impl(ProtocolFactory factory, DatagramOptions options,
-                                     detail::DatagramHandler handler);
+  void create_datagram_endpoint_impl(ProtocolFactory factory, DatagramOptions options, detail::DatagramHandler handler);
   void create_unix_datagram_endpoint_impl(ProtocolFactory factory, UnixDatagramOptions options,
                                           detail::DatagramHandler handler);
 
@@ -484,33 +468,28 @@ auto EventLoop::subprocess_shell(Factory factory, std::string command, Subproces
 template <class Factory, class Token>
 auto EventLoop::create_datagram_endpoint(Factory factory, DatagramOptions options, Token&& token) {
   return detail::initiate_datagram<Factory>(
-      std::forward<Token>(token),
-      [this, f = detail::erase_factory(std::move(factory)),
-       options = std::move(options)](detail::DatagramHandler h) mutable {
+      std::forward<Token>(token), [this, f = detail::erase_factory(std::move(factory)),
+                                   options = std::move(options)](detail::DatagramHandler h) mutable {
         create_datagram_endpoint_impl(std::move(f), std::move(options), std::move(h));
       });
 }
 
 template <class Factory, class Token>
-auto EventLoop::create_unix_datagram_endpoint(Factory factory, UnixDatagramOptions options,
-                                              Token&& token) {
+auto EventLoop::create_unix_datagram_endpoint(Factory factory, UnixDatagramOptions options, Token&& token) {
   return detail::initiate_datagram<Factory>(
-      std::forward<Token>(token),
-      [this, f = detail::erase_factory(std::move(factory)),
-       options = std::move(options)](detail::DatagramHandler h) mutable {
+      std::forward<Token>(token), [this, f = detail::erase_factory(std::move(factory)),
+                                   options = std::move(options)](detail::DatagramHandler h) mutable {
         create_unix_datagram_endpoint_impl(std::move(f), std::move(options), std::move(h));
       });
 }
 
 template <class Factory, class Token>
-auto EventLoop::create_connection(Factory factory, std::string host, std::uint16_t port,
-                                  ConnectOptions options, Token&& token) {
+auto EventLoop::create_connection(Factory factory, std::string host, std::uint16_t port, ConnectOptions options,
+                                  Token&& token) {
   return detail::initiate_connection<Factory>(
-      std::forward<Token>(token),
-      [this, f = detail::erase_factory(std::move(factory)), host = std::move(host), port,
-       options = std::move(options)](detail::ConnectionHandler h) mutable {
-        create_connection_impl(std::move(f), std::move(host), port, std::move(options),
-                               std::move(h));
+      std::forward<Token>(token), [this, f = detail::erase_factory(std::move(factory)), host = std::move(host), port,
+                                   options = std::move(options)](detail::ConnectionHandler h) mutable {
+        create_connection_impl(std::move(f), std::move(host), port, std::move(options), std::move(h));
       });
 }
 
@@ -518,32 +497,25 @@ template <class Factory, class Token>
 auto EventLoop::create_connection(Factory factory, asio::ip::tcp::socket socket, Token&& token) {
   return detail::initiate_connection<Factory>(
       std::forward<Token>(token),
-      [this, f = detail::erase_factory(std::move(factory)),
-       s = std::move(socket)](detail::ConnectionHandler h) mutable {
-        wrap_socket_impl(std::move(f), std::move(s), std::move(h));
-      });
+      [this, f = detail::erase_factory(std::move(factory)), s = std::move(socket)](
+          detail::ConnectionHandler h) mutable { wrap_socket_impl(std::move(f), std::move(s), std::move(h)); });
 }
 
 template <class Factory, class Token>
 auto EventLoop::create_unix_connection(Factory factory, std::string path, Token&& token) {
   return detail::initiate_connection<Factory>(
-      std::forward<Token>(token),
-      [this, f = detail::erase_factory(std::move(factory)),
-       path = std::move(path)](detail::ConnectionHandler h) mutable {
+      std::forward<Token>(token), [this, f = detail::erase_factory(std::move(factory)),
+                                   path = std::move(path)](detail::ConnectionHandler h) mutable {
         create_unix_connection_impl(std::move(f), std::move(path), std::move(h));
       });
 }
 
 template <class Factory, class Token>
-auto EventLoop::create_unix_connection(Factory factory,
-                                       asio::local::stream_protocol::socket socket,
-                                       Token&& token) {
+auto EventLoop::create_unix_connection(Factory factory, asio::local::stream_protocol::socket socket, Token&& token) {
   return detail::initiate_connection<Factory>(
       std::forward<Token>(token),
-      [this, f = detail::erase_factory(std::move(factory)),
-       s = std::move(socket)](detail::ConnectionHandler h) mutable {
-        wrap_socket_impl(std::move(f), std::move(s), std::move(h));
-      });
+      [this, f = detail::erase_factory(std::move(factory)), s = std::move(socket)](
+          detail::ConnectionHandler h) mutable { wrap_socket_impl(std::move(f), std::move(s), std::move(h)); });
 }
 
 template <class Factory, class Token>
@@ -556,24 +528,20 @@ auto EventLoop::connect_accepted_socket(Factory factory, int fd, Token&& token) 
 }
 
 template <class Factory, class Token>
-auto EventLoop::create_server(Factory factory, std::vector<std::string> hosts,
-                              std::uint16_t port, ServerOptions options, Token&& token) {
+auto EventLoop::create_server(Factory factory, std::vector<std::string> hosts, std::uint16_t port,
+                              ServerOptions options, Token&& token) {
   return asio::async_initiate<Token, void(std::exception_ptr, std::shared_ptr<Server>)>(
-      [this](auto handler, ProtocolFactory f, std::vector<std::string> h, std::uint16_t p,
-             ServerOptions o) {
-        create_server_impl(std::move(f), std::move(h), p, o,
-                           detail::ServerHandler(std::move(handler)));
+      [this](auto handler, ProtocolFactory f, std::vector<std::string> h, std::uint16_t p, ServerOptions o) {
+        create_server_impl(std::move(f), std::move(h), p, o, detail::ServerHandler(std::move(handler)));
       },
       token, detail::erase_factory(std::move(factory)), std::move(hosts), port, options);
 }
 
 template <class Factory, class Token>
-auto EventLoop::create_unix_server(Factory factory, std::string path, ServerOptions options,
-                                   Token&& token) {
+auto EventLoop::create_unix_server(Factory factory, std::string path, ServerOptions options, Token&& token) {
   return asio::async_initiate<Token, void(std::exception_ptr, std::shared_ptr<Server>)>(
       [this](auto handler, ProtocolFactory f, std::string p, ServerOptions o) {
-        create_unix_server_impl(std::move(f), std::move(p), o,
-                                detail::ServerHandler(std::move(handler)));
+        create_unix_server_impl(std::move(f), std::move(p), o, detail::ServerHandler(std::move(handler)));
       },
       token, detail::erase_factory(std::move(factory)), std::move(path), options);
 }
@@ -611,8 +579,7 @@ T EventLoop::run_until_complete(asio::awaitable<T> task) {
 template <template <class, class> class Associator, class P, class Handler, class Default>
 struct boost::asio::associator<Associator, conduit::detail::ProtocolCast<P, Handler>, Default>
     : Associator<Handler, Default> {
-  static typename Associator<Handler, Default>::type get(
-      const conduit::detail::ProtocolCast<P, Handler>& h) noexcept {
+  static typename Associator<Handler, Default>::type get(const conduit::detail::ProtocolCast<P, Handler>& h) noexcept {
     return Associator<Handler, Default>::get(h.handler);
   }
   static auto get(const conduit::detail::ProtocolCast<P, Handler>& h, const Default& d) noexcept {

@@ -25,8 +25,7 @@
 namespace conduit {
 
 namespace detail {
-using AbstractServerHandler =
-    asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<AbstractServer>)>;
+using AbstractServerHandler = asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<AbstractServer>)>;
 using ProxyHandler = asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<Proxy>)>;
 }  // namespace detail
 
@@ -39,12 +38,10 @@ class Opener {
 
   /// As EventLoop::create_connection: (error, Transport, protocol).
   template <class Factory, class Token>
-  auto create_connection(Factory factory, std::string host, std::uint16_t port, ConnectOptions options,
-                         Token&& token) {
+  auto create_connection(Factory factory, std::string host, std::uint16_t port, ConnectOptions options, Token&& token) {
     return detail::initiate_connection<Factory>(
-        std::forward<Token>(token),
-        [this, f = detail::erase_factory(std::move(factory)), host = std::move(host), port,
-         options = std::move(options)](detail::ConnectionHandler h) mutable {
+        std::forward<Token>(token), [this, f = detail::erase_factory(std::move(factory)), host = std::move(host), port,
+                                     options = std::move(options)](detail::ConnectionHandler h) mutable {
           open_connection(std::move(f), std::move(host), port, std::move(options), std::move(h));
         });
   }
@@ -52,10 +49,11 @@ class Opener {
   /// As EventLoop::create_unix_connection.
   template <class Factory, class Token>
   auto create_unix_connection(Factory factory, std::string path, Token&& token) {
-    return detail::initiate_connection<Factory>(
-        std::forward<Token>(token),
-        [this, f = detail::erase_factory(std::move(factory)), path = std::move(path)](
-            detail::ConnectionHandler h) mutable { open_unix_connection(std::move(f), std::move(path), std::move(h)); });
+    return detail::initiate_connection<Factory>(std::forward<Token>(token),
+                                                [this, f = detail::erase_factory(std::move(factory)),
+                                                 path = std::move(path)](detail::ConnectionHandler h) mutable {
+                                                  open_unix_connection(std::move(f), std::move(path), std::move(h));
+                                                });
   }
 
   /// As EventLoop::create_server: (error, AbstractServer).
@@ -82,16 +80,17 @@ class Opener {
   /// As EventLoop::create_datagram_endpoint: (error, DatagramTransport, protocol).
   template <class Factory, class Token>
   auto create_datagram_endpoint(Factory factory, DatagramOptions options, Token&& token) {
-    return detail::initiate_datagram<Factory>(
-        std::forward<Token>(token),
-        [this, f = detail::erase_factory(std::move(factory)), options = std::move(options)](
-            detail::DatagramHandler h) mutable { open_datagram_endpoint(std::move(f), std::move(options), std::move(h)); });
+    return detail::initiate_datagram<Factory>(std::forward<Token>(token),
+                                              [this, f = detail::erase_factory(std::move(factory)),
+                                               options = std::move(options)](detail::DatagramHandler h) mutable {
+                                                open_datagram_endpoint(std::move(f), std::move(options), std::move(h));
+                                              });
   }
 
   /// As EventLoop::subprocess_exec: (error, SubprocessTransport, protocol).
   template <class Factory, class Token>
-  auto subprocess_exec(Factory factory, std::string program, std::vector<std::string> args,
-                       SubprocessOptions options, Token&& token) {
+  auto subprocess_exec(Factory factory, std::string program, std::vector<std::string> args, SubprocessOptions options,
+                       Token&& token) {
     args.insert(args.begin(), std::move(program));
     return detail::initiate_subprocess<Factory>(
         std::forward<Token>(token), [this, f = detail::erase_factory(std::move(factory)), argv = std::move(args),
@@ -116,8 +115,8 @@ class Opener {
   }
 
  protected:
-  virtual void open_connection(ProtocolFactory factory, std::string host, std::uint16_t port,
-                               ConnectOptions options, detail::ConnectionHandler handler) = 0;
+  virtual void open_connection(ProtocolFactory factory, std::string host, std::uint16_t port, ConnectOptions options,
+                               detail::ConnectionHandler handler) = 0;
   virtual void open_unix_connection(ProtocolFactory factory, std::string path, detail::ConnectionHandler handler) = 0;
   virtual void open_server(ProtocolFactory factory, std::vector<std::string> hosts, std::uint16_t port,
                            ServerOptions options, detail::AbstractServerHandler handler) = 0;

@@ -39,10 +39,10 @@ struct ProxyEndpoint {
 /// One relayed connection (for UDP: one client address), as the proxy's
 /// callbacks and connections() see it.
 struct ProxyConnectionInfo {
-  std::uint64_t id = 0;                  ///< 1, 2, ... in accept order
-  std::optional<SocketAddress> client;   ///< the client's address
-  std::uint64_t bytes_upstream = 0;      ///< forwarded from the client to the upstream
-  std::uint64_t bytes_downstream = 0;    ///< forwarded from the upstream to the client
+  std::uint64_t id = 0;                 ///< 1, 2, ... in accept order
+  std::optional<SocketAddress> client;  ///< the client's address
+  std::uint64_t bytes_upstream = 0;     ///< forwarded from the client to the upstream
+  std::uint64_t bytes_downstream = 0;   ///< forwarded from the upstream to the client
   std::chrono::steady_clock::time_point accepted;
 };
 
@@ -85,8 +85,7 @@ class Proxy {
   template <class Token>
   auto wait_closed(Token&& token) {
     return asio::async_initiate<Token, void()>(
-        [this](auto handler) { wait_closed_impl(asio::any_completion_handler<void()>(std::move(handler))); },
-        token);
+        [this](auto handler) { wait_closed_impl(asio::any_completion_handler<void()>(std::move(handler))); }, token);
   }
 
  protected:

@@ -48,8 +48,7 @@ class AbstractServer {
   template <class Token>
   auto wait_closed(Token&& token) {
     return asio::async_initiate<Token, void()>(
-        [this](auto handler) { wait_closed_impl(asio::any_completion_handler<void()>(std::move(handler))); },
-        token);
+        [this](auto handler) { wait_closed_impl(asio::any_completion_handler<void()>(std::move(handler))); }, token);
   }
 
  protected:

@@ -34,14 +34,10 @@ class SocketAddress {
 
   SocketAddress() = default;
   SocketAddress(boost::asio::ip::address ip, std::uint16_t port) : value_(Inet{ip, port}) {}
-  explicit SocketAddress(const boost::asio::ip::tcp::endpoint& ep)
-      : SocketAddress(ep.address(), ep.port()) {}
-  explicit SocketAddress(const boost::asio::ip::udp::endpoint& ep)
-      : SocketAddress(ep.address(), ep.port()) {}
-  explicit SocketAddress(const boost::asio::local::stream_protocol::endpoint& ep)
-      : value_(Unix{ep.path()}) {}
-  explicit SocketAddress(const boost::asio::local::datagram_protocol::endpoint& ep)
-      : value_(Unix{ep.path()}) {}
+  explicit SocketAddress(const boost::asio::ip::tcp::endpoint& ep) : SocketAddress(ep.address(), ep.port()) {}
+  explicit SocketAddress(const boost::asio::ip::udp::endpoint& ep) : SocketAddress(ep.address(), ep.port()) {}
+  explicit SocketAddress(const boost::asio::local::stream_protocol::endpoint& ep) : value_(Unix{ep.path()}) {}
+  explicit SocketAddress(const boost::asio::local::datagram_protocol::endpoint& ep) : value_(Unix{ep.path()}) {}
 
   /// A Unix-path address.
   static SocketAddress unix_path(std::string path) {

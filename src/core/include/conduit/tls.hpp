@@ -24,7 +24,7 @@ struct TlsPem {
   /// Server: its certificate chain and key. Client: a certificate to
   /// present to servers that ask (the key may be in the cert's text).
   std::string cert, key;
-  bool verify = true;     ///< client: false checks nothing (encryption only)
+  bool verify = true;  ///< client: false checks nothing (encryption only)
 };
 
 /// TLS settings of a connection or server (asyncio's ssl=,
@@ -77,8 +77,9 @@ std::shared_ptr<boost::asio::ssl::context> insecure_client_context();
 
 /// A server context with this certificate chain and key (PEM files). With
 /// `client_cafile`, clients must present a certificate it signed (mTLS).
-std::shared_ptr<boost::asio::ssl::context> server_context(const std::string& certfile, const std::string& keyfile,
-                                                          const std::optional<std::string>& client_cafile = std::nullopt);
+std::shared_ptr<boost::asio::ssl::context> server_context(
+    const std::string& certfile, const std::string& keyfile,
+    const std::optional<std::string>& client_cafile = std::nullopt);
 
 /// client_context trusting only the CA certificates in `ca_pem` (PEM text).
 std::shared_ptr<boost::asio::ssl::context> client_context_from_pem(std::string_view ca_pem);

@@ -146,8 +146,7 @@ class DatagramTransport : public virtual BaseTransport {
   /// endpoint `addr` may be omitted or equal to the peer; otherwise it is
   /// required. A wrong or missing address throws std::invalid_argument and
   /// leaves the endpoint open; an OS error goes to error_received().
-  virtual void sendto(std::span<const std::byte> data,
-                      const std::optional<SocketAddress>& addr = std::nullopt) = 0;
+  virtual void sendto(std::span<const std::byte> data, const std::optional<SocketAddress>& addr = std::nullopt) = 0;
   /// sendto() for text.
   void sendto(std::string_view text, const std::optional<SocketAddress>& addr = std::nullopt) {
     sendto(std::as_bytes(std::span(text.data(), text.size())), addr);

@@ -37,7 +37,8 @@ class AuditLog {
   /// A call refused with `code` (UNAUTHENTICATED, PERMISSION_DENIED, ...).
   void refused(std::string_view peer, std::string_view method, std::string_view code, std::string_view reason);
   /// A line with `event` and its fields at `level`.
-  void write(LogLevel level, std::string_view event, std::string_view message, const std::vector<LogField>& fields = {});
+  void write(LogLevel level, std::string_view event, std::string_view message,
+             const std::vector<LogField>& fields = {});
   /// For EventLoop::set_log_handler.
   void loop_message(LogLevel level, std::string_view message) { write(level, "log", message); }
 

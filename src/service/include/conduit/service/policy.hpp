@@ -88,8 +88,9 @@ class Policy {
   std::vector<std::string> connect_names() const { return names_of(connect_); }
 
   /// `what` is the request in words, e.g. "open_server on 0.0.0.0:80".
-  std::optional<std::string> check_listen(const std::string& what, const std::vector<boost::asio::ip::address>& addresses,
-                                          std::uint16_t port, const ResolvedNames& names) const;
+  std::optional<std::string> check_listen(const std::string& what,
+                                          const std::vector<boost::asio::ip::address>& addresses, std::uint16_t port,
+                                          const ResolvedNames& names) const;
   std::optional<std::string> check_connect(const std::string& what,
                                            const std::vector<boost::asio::ip::address>& addresses, std::uint16_t port,
                                            const ResolvedNames& names) const;

@@ -58,7 +58,6 @@ struct RemoteOptions {
 /// A channel to the service as `remote` says (TLS when ca_pem is set).
 std::shared_ptr<grpc::Channel> make_channel(const RemoteOptions& remote);
 
-
 /// A fault as the wire carries it (ControlProxy's commands), and back
 /// (throws std::invalid_argument for a spec that is no fault).
 v1::FaultSpec spec_of(const Fault& fault);

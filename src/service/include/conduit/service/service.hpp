@@ -5,8 +5,8 @@
 
 #include <conduit/service/audit_log.hpp>
 #include <conduit/service/descriptor_budget.hpp>
-#include "conduit/v1/conduit.grpc.pb.h"
 #include <conduit/service/policy.hpp>
+#include "conduit/v1/conduit.grpc.pb.h"
 
 #include <conduit/event_loop.hpp>
 
@@ -67,7 +67,7 @@ struct ServiceOptions {
 /// loop thread and read from gRPC threads.
 struct SessionRecord {
   std::string id, kind, target, peer;
-  std::string name;  // the open message's (proxies), or empty
+  std::string name;               // the open message's (proxies), or empty
   std::vector<std::string> argv;  // a subprocess's whole command line
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   /// Set on the loop when the policy let the session open (and its open
@@ -165,7 +165,7 @@ class ConduitService final : public v1::Conduit::CallbackService {
   AuditLog audit_;
   DescriptorBudget descriptors_;
   std::atomic<int> own_port_{-1};  // -1: not listening yet
-  std::string own_unix_path_;       // set with own_port_, before it
+  std::string own_unix_path_;      // set with own_port_, before it
   mutable std::mutex peers_mutex_;
   std::map<int, std::string> peers_by_fd_;  // UnixListener's callers, by descriptor
   EventLoop loop_;
