@@ -426,4 +426,157 @@ TEST(RemoteSessionThreads, ALoopDestroyedWhileEventsStreamJoinsThemFirst) {
   }
 }
 
+// ---- the one shape: servers and proxies through either opener ----------------------
+
+/// Writes back what it receives.
+class Echo final : public Protocol {
+ public:
+  void connection_made(std::shared_ptr<Transport> transport) override { transport_ = std::move(transport); }
+  void data_received(std::span<const std::byte> data) override { transport_->write(data); }
+  void connection_lost(std::exception_ptr) override { transport_.reset(); }
+
+ private:
+  std::shared_ptr<Transport> transport_;
+};
+
+/// Whether a connect to `port` is refused now; a probe that got through is
+/// closed at once.
+bool connect_refused(EventLoop& loop, std::uint16_t port) {
+  asio::ip::tcp::socket probe(loop.context());
+  boost::system::error_code ec;
+  probe.connect({asio::ip::make_address("127.0.0.1"), port}, ec);
+  return ec == asio::error::connection_refused;
+}
+
+TEST_P(RemoteTransportTest, AServerClosesAsAsyncioSays) {
+  std::shared_ptr<AbstractServer> server;
+  opener()->create_server([] { return std::make_shared<Echo>(); }, {"127.0.0.1"}, 0, {},
+                          [&](std::exception_ptr error, std::shared_ptr<AbstractServer> s) {
+                            EXPECT_FALSE(error) << describe_error(error);
+                            server = std::move(s);
+                          });
+  ASSERT_TRUE(run_until(loop, [&] { return server != nullptr; }));
+  ASSERT_EQ(server->sockets().size(), 1u);
+  EXPECT_TRUE(server->is_serving());
+  const std::uint16_t port = server->sockets()[0].port();
+  Peer peer = Peer::connect(loop, port);
+  peer.send("one");
+  ASSERT_TRUE(peer.receive(loop, 3));
+  ASSERT_TRUE(run_until(loop, [&] { return server->active_connections() == 1; }));
+
+  // close(): no new connections; the open one carries on.
+  bool closed = false;
+  server->wait_closed([&] { closed = true; });
+  server->close();
+  EXPECT_FALSE(server->is_serving());
+  EXPECT_TRUE(run_until(loop, [&] { return connect_refused(loop, port); }));
+  peer.send("two");
+  ASSERT_TRUE(peer.receive(loop, 6));
+  EXPECT_EQ(peer.received(), "onetwo");
+  EXPECT_FALSE(closed) << "wait_closed waits for the last connection";
+
+  // close_clients(): the connection closes, and wait_closed completes.
+  server->close_clients();
+  EXPECT_TRUE(peer.receive_eof(loop));
+  EXPECT_TRUE(run_until(loop, [&] { return closed; }));
+  EXPECT_EQ(server->active_connections(), 0u);
+  EXPECT_TRUE(server->sockets().empty() || GetParam() == Mode::local);
+}
+
+TEST_P(RemoteTransportTest, AProxyIsDrivenTheSameWay) {
+  std::shared_ptr<Server> upstream;
+  loop.create_server([] { return std::make_shared<Echo>(); }, {"127.0.0.1"}, 0, {},
+                     [&](std::exception_ptr error, std::shared_ptr<Server> s) {
+                       EXPECT_FALSE(error) << describe_error(error);
+                       upstream = std::move(s);
+                     });
+  ASSERT_TRUE(run_until(loop, [&] { return upstream != nullptr; }));
+  ProxyOptions options;
+  options.listen.host = "127.0.0.1";
+  options.upstream.host = "127.0.0.1";
+  options.upstream.port = upstream->sockets()[0].port();
+  options.faults.push_back(Fault{"slow", FaultDirection::both, fault::Latency{std::chrono::milliseconds(1), {}}});
+  int accepted = 0, ended = 0;
+  options.on_accepted = [&](const ProxyConnectionInfo&) { ++accepted; };
+  options.on_closed = [&](const ProxyConnectionInfo&, std::exception_ptr) { ++ended; };
+  std::shared_ptr<Proxy> proxy;
+  opener()->create_proxy(options, [&](std::exception_ptr error, std::shared_ptr<Proxy> p) {
+    EXPECT_FALSE(error) << describe_error(error);
+    proxy = std::move(p);
+  });
+  ASSERT_TRUE(run_until(loop, [&] { return proxy != nullptr; }));
+  ASSERT_EQ(proxy->sockets().size(), 1u);
+  EXPECT_TRUE(proxy->is_up());
+  ASSERT_EQ(proxy->faults().all().size(), 1u);
+  EXPECT_EQ(proxy->faults().all()[0].name, "slow");
+
+  // Faults: set, refused for the other transport, removed once.
+  proxy->set_fault(Fault{"cut", FaultDirection::upstream, fault::Reset{std::uint64_t{1} << 20, std::nullopt}});
+  EXPECT_EQ(proxy->faults().all().size(), 2u);
+  EXPECT_THROW(proxy->set_fault(Fault{"drop", FaultDirection::both, fault::Loss{0.5}}), std::invalid_argument);
+  EXPECT_TRUE(proxy->remove_fault("cut"));
+  EXPECT_FALSE(proxy->remove_fault("cut"));
+
+  const std::uint16_t port = proxy->sockets()[0].port();
+  {
+    Peer peer = Peer::connect(loop, port);
+    peer.send("through");
+    ASSERT_TRUE(peer.receive(loop, 7));
+    EXPECT_EQ(peer.received(), "through");
+    ASSERT_TRUE(run_until(loop, [&] { return accepted == 1 && proxy->connections().size() == 1; }));
+  }
+  ASSERT_TRUE(run_until(loop, [&] { return ended == 1 && proxy->connections().empty(); }));
+
+  // Down: refused; up again where it was.
+  proxy->down();
+  EXPECT_FALSE(proxy->is_up());
+  EXPECT_TRUE(proxy->sockets().empty());
+  EXPECT_TRUE(run_until(loop, [&] { return connect_refused(loop, port); }));
+  bool up = false;
+  proxy->up([&](std::exception_ptr error) {
+    EXPECT_FALSE(error) << describe_error(error);
+    up = true;
+  });
+  ASSERT_TRUE(run_until(loop, [&] { return up; }));
+  EXPECT_TRUE(proxy->is_up());
+  ASSERT_EQ(proxy->sockets().size(), 1u);
+  EXPECT_EQ(proxy->sockets()[0].port(), port);
+
+  bool closed = false;
+  proxy->wait_closed([&] { closed = true; });
+  proxy->close();
+  EXPECT_TRUE(proxy->is_closed());
+  EXPECT_TRUE(run_until(loop, [&] { return closed; }));
+  EXPECT_TRUE(recorder.exceptions.empty());
+}
+
+/// What a service cannot be handed is refused before anything is sent,
+/// naming the option.
+TEST(RemoteOpener, RefusesWhatAServiceCannotCarry) {
+  static InProcessService* service = new InProcessService();
+  EventLoop loop;
+  service::RemoteOpener remote(loop, service->remote);
+  std::vector<std::string> errors;
+  auto record = [&](std::exception_ptr error, auto&&...) {
+    ASSERT_TRUE(error);
+    errors.push_back(describe_error(error));
+  };
+  ConnectOptions tls_context_only;
+  tls_context_only.tls = TlsOptions(tls::insecure_client_context());
+  remote.create_connection([] { return std::make_shared<Echo>(); }, "127.0.0.1", 9, tls_context_only, record);
+  remote.create_server([] { return std::make_shared<Echo>(); }, {"127.0.0.1", "::1"}, 0, {}, record);
+  SubprocessOptions devnull;
+  devnull.stdin_stream = Stdio::devnull();
+  remote.subprocess_exec([] { return std::make_shared<ThrowingChild>(); }, "/bin/true", {}, devnull, record);
+  ProxyOptions udp_tls;
+  udp_tls.datagram = true;
+  udp_tls.upstream.tls = tls::client_options({});
+  remote.create_proxy(udp_tls, record);
+  ASSERT_TRUE(run_until(loop, [&] { return errors.size() == 4; }));
+  EXPECT_NE(errors[0].find("PEM text (tls::client_options)"), std::string::npos) << errors[0];
+  EXPECT_NE(errors[1].find("one host"), std::string::npos) << errors[1];
+  EXPECT_NE(errors[2].find("pipes"), std::string::npos) << errors[2];
+  EXPECT_NE(errors[3].find("no TLS"), std::string::npos) << errors[3];
+}
+
 }  // namespace
