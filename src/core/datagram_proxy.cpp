@@ -249,10 +249,7 @@ std::vector<SocketAddress> DatagramProxy::sockets() const {
 }
 
 void DatagramProxy::set_fault(Fault fault) {
-  if (!fault::for_datagrams(fault.kind)) {
-    throw std::invalid_argument(std::string("fault '") + fault.name + "': " + fault::kind_name(fault.kind) +
-                                " is for stream proxies");
-  }
+  fault.check_kind_for(true);
   faults_.set(std::move(fault));
 }
 
@@ -285,13 +282,12 @@ void DatagramProxy::ended(const SocketAddress& client) {
 }
 
 void DatagramProxy::wait_closed_impl(asio::any_completion_handler<void()> handler) {
-  closed_waiters_.push_back(std::move(handler));
+  closed_waiters_.add(std::move(handler));
   wake_closed_waiters();
 }
 
 void DatagramProxy::wake_closed_waiters() {
-  if (state_ != State::closed || !flows_.empty()) return;
-  for (auto& waiter : std::exchange(closed_waiters_, {})) asio::post(loop_.context(), std::move(waiter));
+  if (state_ == State::closed && flows_.empty()) closed_waiters_.wake(loop_);
 }
 
 std::vector<ProxyConnectionInfo> DatagramProxy::connections() const {

@@ -40,6 +40,12 @@ bool for_datagrams(const Kind& kind) {
 
 }  // namespace fault
 
+void Fault::check_kind_for(bool datagram) const {
+  if (datagram ? fault::for_datagrams(kind) : fault::for_streams(kind)) return;
+  throw std::invalid_argument("fault '" + name + "': " + fault::kind_name(kind) +
+                              (datagram ? " is for stream proxies" : " is for datagram proxies"));
+}
+
 void Fault::validate() const {
   using namespace fault;
   const std::string what = "fault '" + name + "' (" + kind_name(kind) + "): ";

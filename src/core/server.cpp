@@ -203,14 +203,12 @@ void Server::detach(Transport* transport) {
 }
 
 void Server::wait_closed_impl(asio::any_completion_handler<void()> handler) {
-  closed_waiters_.push_back(std::move(handler));
+  closed_waiters_.add(std::move(handler));
   wake_waiters_if_done();
 }
 
 void Server::wake_waiters_if_done() {
-  if (!closed_ || !connections_.empty() || closed_waiters_.empty()) return;
-  for (auto& waiter : closed_waiters_) detail::post_completion(loop_, std::move(waiter));
-  closed_waiters_.clear();
+  if (closed_ && connections_.empty()) closed_waiters_.wake(loop_);
 }
 
 void Server::serve_forever_impl(asio::any_completion_handler<void(std::exception_ptr)> handler) {

@@ -524,10 +524,7 @@ std::vector<SocketAddress> StreamProxy::sockets() const {
 }
 
 void StreamProxy::set_fault(Fault fault) {
-  if (!fault::for_streams(fault.kind)) {
-    throw std::invalid_argument(std::string("fault '") + fault.name + "': " + fault::kind_name(fault.kind) +
-                                " is for datagram proxies");
-  }
+  fault.check_kind_for(false);
   faults_.set(std::move(fault));
   auto open = connections_;  // a fault may end connections as it applies
   for (auto& [id, connection] : open) connection->faults_changed();
@@ -546,13 +543,12 @@ void StreamProxy::ended(std::uint64_t id) {
 }
 
 void StreamProxy::wait_closed_impl(asio::any_completion_handler<void()> handler) {
-  closed_waiters_.push_back(std::move(handler));
+  closed_waiters_.add(std::move(handler));
   wake_closed_waiters();
 }
 
 void StreamProxy::wake_closed_waiters() {
-  if (state_ != State::closed || !connections_.empty()) return;
-  for (auto& waiter : std::exchange(closed_waiters_, {})) asio::post(loop_.context(), std::move(waiter));
+  if (state_ == State::closed && connections_.empty()) closed_waiters_.wake(loop_);
 }
 
 std::vector<ProxyConnectionInfo> StreamProxy::connections() const {

@@ -327,8 +327,8 @@ class RemoteServerSession final : public AbstractServer, public std::enable_shar
 
  protected:
   void wait_closed_impl(asio::any_completion_handler<void()> handler) override {
-    if (state_ != State::closed) return waiters_.push_back(std::move(handler));
-    asio::post(loop_.context(), std::move(handler));
+    waiters_.add(std::move(handler));
+    if (state_ == State::closed) waiters_.wake(loop_);
   }
 
  private:
@@ -390,13 +390,13 @@ class RemoteServerSession final : public AbstractServer, public std::enable_shar
     auto open = std::move(connections_);
     for (auto& [id, connection] : open) connection->on_finished(status);
     factory_ = nullptr;
-    for (auto& waiter : std::exchange(waiters_, {})) asio::post(loop_.context(), std::move(waiter));
+    waiters_.wake(loop_);
   }
 
   EventLoop& loop_;
   ProtocolFactory factory_;
   std::function<void(std::exception_ptr, std::shared_ptr<AbstractServer>)> done_;
-  std::vector<asio::any_completion_handler<void()>> waiters_;
+  detail::Waiters waiters_;
   std::shared_ptr<SessionStream> stream_;
   std::map<std::uint64_t, std::shared_ptr<RemoteTransport>> connections_;
   std::vector<SocketAddress> sockets_;

@@ -81,8 +81,8 @@ class RemoteProxySession final : public Proxy, public std::enable_shared_from_th
 
  protected:
   void wait_closed_impl(asio::any_completion_handler<void()> handler) override {
-    if (state_ != State::closed) return waiters_.push_back(std::move(handler));
-    asio::post(loop_.context(), std::move(handler));
+    waiters_.add(std::move(handler));
+    if (state_ == State::closed) waiters_.wake(loop_);
   }
 
  private:
@@ -90,11 +90,7 @@ class RemoteProxySession final : public Proxy, public std::enable_shared_from_th
 
   /// The kinds this proxy carries out, checked here as a local proxy does.
   void set_known_fault(Fault fault) {
-    const bool fits = options_.datagram ? fault::for_datagrams(fault.kind) : fault::for_streams(fault.kind);
-    if (!fits) {
-      throw std::invalid_argument(std::string("fault '") + fault.name + "': " + fault::kind_name(fault.kind) +
-                                  (options_.datagram ? " is for stream proxies" : " is for datagram proxies"));
-    }
+    fault.check_kind_for(options_.datagram);
     faults_.set(std::move(fault));
   }
 
@@ -185,7 +181,7 @@ class RemoteProxySession final : public Proxy, public std::enable_shared_from_th
     for (auto& answer : std::exchange(state_answers_, {})) {
       if (answer) answer(std::make_exception_ptr(std::runtime_error("the proxy session ended")));
     }
-    for (auto& waiter : std::exchange(waiters_, {})) asio::post(loop_.context(), std::move(waiter));
+    waiters_.wake(loop_);
     if (done_) return std::exchange(done_, nullptr)(ending_.for_status(status), nullptr);
     if (asked && status.ok() && !ending_.lost_error) return;
     // Nobody asked: as a local proxy's troubles, to the loop's handler.
@@ -207,7 +203,7 @@ class RemoteProxySession final : public Proxy, public std::enable_shared_from_th
   /// proxy_down's and proxy_up's answers (proxy_state events), in order.
   std::deque<std::function<void(std::exception_ptr)>> state_answers_;
   std::map<std::uint64_t, ProxyConnectionInfo> connections_;
-  std::vector<asio::any_completion_handler<void()>> waiters_;
+  detail::Waiters waiters_;
   State state_ = State::opening;
   Ending ending_;
 };

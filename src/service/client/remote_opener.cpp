@@ -255,11 +255,7 @@ void RemoteOpener::open_proxy(ProxyOptions options, detail::ProxyHandler handler
     *open.mutable_listen() = proxy_endpoint(options.listen, options.datagram, true);
     *open.mutable_upstream() = proxy_endpoint(options.upstream, options.datagram, false);
     for (const auto& fault : options.faults) {
-      const bool fits = options.datagram ? fault::for_datagrams(fault.kind) : fault::for_streams(fault.kind);
-      if (!fits) {
-        throw std::invalid_argument(std::string("fault '") + fault.name + "': " + fault::kind_name(fault.kind) +
-                                    (options.datagram ? " is for stream proxies" : " is for datagram proxies"));
-      }
+      fault.check_kind_for(options.datagram);
       *open.add_faults() = spec_of(fault);
     }
     open.set_idle_timeout_ms(static_cast<std::uint32_t>(options.idle_timeout.count()));

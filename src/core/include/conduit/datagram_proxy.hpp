@@ -109,7 +109,7 @@ class DatagramProxy final : public Proxy, public std::enable_shared_from_this<Da
   std::uint16_t bound_port_ = 0;
   std::uint64_t next_id_ = 1;
   std::map<boost::asio::ip::udp::endpoint, std::shared_ptr<detail::DatagramFlow>> flows_;
-  std::vector<asio::any_completion_handler<void()>> closed_waiters_;
+  detail::Waiters closed_waiters_;
 };
 
 }  // namespace conduit

@@ -28,6 +28,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
 
 #include <chrono>
 #include <cstddef>
@@ -203,40 +204,35 @@ ProtocolFactory erase_factory(Factory factory) {
   return [f = std::move(factory)]() mutable -> std::shared_ptr<BaseProtocol> { return f(); };
 }
 
-/// Start an operation completing with (error, transport, protocol), the
-/// protocol with the type `Factory` makes: `start` gets the type-erased
-/// handler. Shared by EventLoop and the openers (opener.hpp).
-template <class Factory, class Token, class Start>
-auto initiate_connection(Token&& token, Start start) {
+/// Start an operation completing with (error, T, protocol), T a transport
+/// type, the protocol with the type `Factory` makes: `start` gets the
+/// type-erased handler. Shared by EventLoop and the openers (opener.hpp).
+template <class Factory, class T, class Token, class Start>
+auto initiate_open(Token&& token, Start start) {
   using P = detail::factory_protocol_t<Factory>;
-  using Signature = void(std::exception_ptr, std::shared_ptr<Transport>, std::shared_ptr<P>);
+  using Signature = void(std::exception_ptr, std::shared_ptr<T>, std::shared_ptr<P>);
+  using Erased =
+      asio::any_completion_handler<void(std::exception_ptr, std::shared_ptr<T>, std::shared_ptr<BaseProtocol>)>;
   return asio::async_initiate<Token, Signature>(
       [start = std::move(start)](auto handler) mutable {
-        start(detail::ConnectionHandler(detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
+        start(Erased(detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
       },
       token);
+}
+
+template <class Factory, class Token, class Start>
+auto initiate_connection(Token&& token, Start start) {
+  return initiate_open<Factory, Transport>(std::forward<Token>(token), std::move(start));
 }
 
 template <class Factory, class Token, class Start>
 auto initiate_datagram(Token&& token, Start start) {
-  using P = detail::factory_protocol_t<Factory>;
-  using Signature = void(std::exception_ptr, std::shared_ptr<DatagramTransport>, std::shared_ptr<P>);
-  return asio::async_initiate<Token, Signature>(
-      [start = std::move(start)](auto handler) mutable {
-        start(detail::DatagramHandler(detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
-      },
-      token);
+  return initiate_open<Factory, DatagramTransport>(std::forward<Token>(token), std::move(start));
 }
 
 template <class Factory, class Token, class Start>
 auto initiate_subprocess(Token&& token, Start start) {
-  using P = detail::factory_protocol_t<Factory>;
-  using Signature = void(std::exception_ptr, std::shared_ptr<SubprocessTransport>, std::shared_ptr<P>);
-  return asio::async_initiate<Token, Signature>(
-      [start = std::move(start)](auto handler) mutable {
-        start(detail::SubprocessHandler(detail::ProtocolCast<P, std::decay_t<decltype(handler)>>{std::move(handler)}));
-      },
-      token);
+  return initiate_open<Factory, SubprocessTransport>(std::forward<Token>(token), std::move(start));
 }
 
 }  // namespace detail
@@ -427,6 +423,23 @@ class EventLoop {
   // from other threads stays safe (the scheduler keeps its lock).
   asio::io_context context_{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
 };
+
+namespace detail {
+
+/// Completions waiting for something that happens once (a server or a
+/// proxy closed, its last connection gone): each posted when it has.
+class Waiters {
+ public:
+  void add(asio::any_completion_handler<void()> handler) { waiting_.push_back(std::move(handler)); }
+  void wake(EventLoop& loop) {
+    for (auto& handler : std::exchange(waiting_, {})) asio::post(loop.get_executor(), std::move(handler));
+  }
+
+ private:
+  std::vector<asio::any_completion_handler<void()>> waiting_;
+};
+
+}  // namespace detail
 
 // ---- template definitions -------------------------------------------------
 

@@ -109,6 +109,9 @@ struct Fault {
   /// negative or zero quantity where one is needed, a probability outside
   /// [0, 1], a jitter larger than the delay.
   void validate() const;
+  /// Throws std::invalid_argument unless a stream proxy (`datagram` false)
+  /// or a datagram proxy carries out its kind, saying which one does.
+  void check_kind_for(bool datagram) const;
   /// Whether it acts on `direction` (upstream or downstream).
   bool acts_on(FaultDirection way) const { return direction == FaultDirection::both || direction == way; }
 };

@@ -127,7 +127,7 @@ class Server final : public AbstractServer, public std::enable_shared_from_this<
   bool serving_ = false;
   bool closed_ = false;
   std::set<Transport*> connections_;
-  std::vector<asio::any_completion_handler<void()>> closed_waiters_;
+  detail::Waiters closed_waiters_;
   std::optional<asio::any_completion_handler<void(std::exception_ptr)>> serve_forever_;
   asio::steady_timer accept_backoff_;
 };

@@ -117,7 +117,7 @@ class StreamProxy final : public Proxy, public std::enable_shared_from_this<Stre
   std::uint16_t bound_port_ = 0;  // TCP: where up() listens again
   std::uint64_t next_id_ = 1;
   std::map<std::uint64_t, std::shared_ptr<detail::ProxyConnection>> connections_;
-  std::vector<asio::any_completion_handler<void()>> closed_waiters_;
+  detail::Waiters closed_waiters_;
 };
 
 }  // namespace conduit
