@@ -5,6 +5,9 @@
 #   direct  Conduit's echo-server, the clients connecting to it themselves;
 #   floor   bench/service/floor_server: a gRPC server answering each write
 #           at once, with no transport behind it (the least gRPC can cost);
+#   handoff floor_server --handoff: the floor with each message handed to a
+#           session thread and back, as the service hands it between gRPC's
+#           threads and its loop (what the hand-off alone costs);
 #   service `conduit serve`, the clients going --via it to the echo-server.
 # Two loads: BENCH_SESSIONS clients at once ping-ponging BENCH_ROUNDS
 # messages of 1 KiB, and one client moving BENCH_BULK_ROUNDS messages of
@@ -46,9 +49,11 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] 
 "$BIN" echo-server --listen tcp://127.0.0.1:0 --quiet > "$TMP/echo" & PIDS+=($!); ECHO_PID=$!
 "$BIN" serve --listen 127.0.0.1:0 --quiet > "$TMP/serve" 2>/dev/null & PIDS+=($!); SERVE_PID=$!
 "$FLOOR_BIN" > "$TMP/floor" & PIDS+=($!); FLOOR_PID=$!
+"$FLOOR_BIN" --handoff > "$TMP/handoff" & PIDS+=($!); HANDOFF_PID=$!
 ECHO=$(wait_listening "$TMP/echo")
 SERVE=$(wait_listening "$TMP/serve")
 FLOOR=$(wait_listening "$TMP/floor")
+HANDOFF=$(wait_listening "$TMP/handoff")
 
 # measure NAME LOAD: one run; appends "rate server_us client_us" to $TMP/NAME-LOAD.
 measure() {
@@ -56,6 +61,7 @@ measure() {
   case $name in
     direct) pid=$ECHO_PID; args=(--connect "$ECHO") ;;
     floor) pid=$FLOOR_PID; args=(--via "$FLOOR" --connect "$ECHO") ;;
+    handoff) pid=$HANDOFF_PID; args=(--via "$HANDOFF" --connect "$ECHO") ;;
     service) pid=$SERVE_PID; args=(--via "$SERVE" --connect "$ECHO") ;;
   esac
   if [ "$load" = 1k ]; then clients=$SESSIONS count=$ROUNDS size=1024; else clients=1 count=$BULK size=102400; fi
@@ -78,7 +84,7 @@ measure() {
 
 for ((rep = 0; rep < REPS; rep++)); do
   for load in 1k 100k; do
-    for name in direct floor service; do measure "$name" "$load"; done
+    for name in direct floor handoff service; do measure "$name" "$load"; done
   done
 done
 
@@ -87,13 +93,13 @@ echo "## Service benchmark"
 echo
 echo "Medians of $REPS interleaved runs on this 2-core machine ($(uname -sr)). 1 KiB: $SESSIONS sessions at"
 echo "once, $ROUNDS ping-pong rounds each; 100 KiB: one session, $BULK rounds. CPU per message: the"
-echo "server's (echo-server, floor_server or conduit serve), and all the clients' together."
+echo "server's (echo-server, floor_server, floor_server --handoff or conduit serve), and all the clients' together."
 echo
 echo "| load | path | messages/s | MiB/s | server CPU µs/msg | client CPU µs/msg |"
 echo "| --- | --- | ---: | ---: | ---: | ---: |"
 for load in 1k 100k; do
   size=$([ "$load" = 1k ] && echo 1024 || echo 102400)
-  for name in direct floor service; do
+  for name in direct floor handoff service; do
     rate=$(col "$name-$load" 1)
     mibs=$(awk -v r="$rate" -v s="$size" 'BEGIN { printf "%.1f", 2 * r * s / 1048576 }')
     echo "| $load | $name | $rate | $mibs | $(col "$name-$load" 2) | $(col "$name-$load" 3) |"
@@ -103,4 +109,6 @@ echo
 for load in 1k 100k; do
   awk -v s="$(col "service-$load" 2)" -v f="$(col "floor-$load" 2)" -v d="$(col "direct-$load" 2)" -v l="$load" \
     'BEGIN { printf "%s: the service costs %.2fx floor + direct (%.2f / (%.2f + %.2f) µs per message)\n", l, s / (f + d), s, f, d }'
+  awk -v h="$(col "handoff-$load" 2)" -v f="$(col "floor-$load" 2)" -v s="$(col "service-$load" 2)" -v d="$(col "direct-$load" 2)" -v l="$load" \
+    'BEGIN { printf "%s: the hand-off alone costs %.2f µs per message (handoff %.2f - floor %.2f), %.0f%% of what the service costs over floor + direct\n", l, h - f, h, f, 100 * (h - f) / (s - f - d) }'
 done
