@@ -8,6 +8,7 @@
 #include <conduit/service/grpc_runtime.hpp>
 #include <conduit/service/reflection.hpp>
 #include <conduit/service/service.hpp>
+#include <conduit/service/toxiproxy_api.hpp>
 #include <conduit/service/unix_listener.hpp>
 
 #include <grpcpp/health_check_service_interface.h>
@@ -23,6 +24,7 @@
 #include <charconv>
 #include <fstream>
 #include <iostream>
+#include <optional>
 
 namespace conduit::cli {
 
@@ -43,6 +45,8 @@ struct ServeOptions {
   unsigned dead_peer_timeout = 60;
   std::string log_format = "text";
   bool quiet = false;
+  std::string toxiproxy_api;  // HOST:PORT, or empty: not served
+  bool toxiproxy_api_no_auth = false;
 };
 
 /// A bearer token shorter than this is refused: guessable.
@@ -151,6 +155,33 @@ int run_serve(const ServeOptions& options) {
     }
     credentials = grpc::SslServerCredentials(tls);
   }
+  // --toxiproxy-api: its own listener; the service's token guards it too,
+  // and off loopback one is needed unless the network is said to be private.
+  std::optional<service::ToxiproxyApiOptions> toxiproxy_options;
+  if (!options.toxiproxy_api.empty()) {
+    try {
+      const Endpoint ep = parse_endpoint(options.toxiproxy_api);
+      if (ep.kind != Endpoint::Kind::tcp) throw std::invalid_argument("takes HOST:PORT (TCP)");
+      boost::system::error_code ec;
+      const auto address = asio::ip::make_address(ep.host == "*" ? "0.0.0.0" : ep.host, ec);
+      if (ec) throw std::invalid_argument("takes a numeric host (127.0.0.1, 0.0.0.0, ::1)");
+      toxiproxy_options.emplace();
+      toxiproxy_options->host = address.to_string();
+      toxiproxy_options->port = ep.port;
+      if (!options.toxiproxy_api_no_auth) toxiproxy_options->token = service_options.token;
+      if (!address.is_loopback() && toxiproxy_options->token.empty() && !options.toxiproxy_api_no_auth) {
+        throw std::invalid_argument(
+            "is not loopback: give --token-file (clients then send 'Authorization: Bearer "
+            "TOKEN'), or --toxiproxy-api-no-auth on a private network");
+      }
+    } catch (const std::invalid_argument& e) {
+      std::cerr << "conduit serve: --toxiproxy-api " << options.toxiproxy_api << ": " << e.what() << '\n';
+      return exit_usage;
+    }
+  } else if (options.toxiproxy_api_no_auth) {
+    std::cerr << "conduit serve: --toxiproxy-api-no-auth applies with --toxiproxy-api only\n";
+    return exit_usage;
+  }
   service_options.max_sessions = options.max_sessions;
   service_options.max_message_bytes = options.max_message_kib * 1024;
   service_options.max_buffered_events_bytes = options.session_buffer_kib * 1024;
@@ -205,6 +236,20 @@ int run_serve(const ServeOptions& options) {
       LogLevel::info, "started", "serving on " + listen.grpc_uri(),
       {service::field("listen", listen.grpc_uri()), service::field("policy", service_options.policy.describe(), true)});
 
+  // Toxiproxy's HTTP API, on the same loop and policy, when asked for.
+  std::shared_ptr<service::ToxiproxyApi> toxiproxy;
+  if (toxiproxy_options) {
+    try {
+      toxiproxy = service::ToxiproxyApi::start(service, *toxiproxy_options);
+    } catch (const std::exception& e) {
+      std::cerr << "conduit serve: cannot listen on --toxiproxy-api " << options.toxiproxy_api << ": " << e.what()
+                << '\n';
+      server->Shutdown(std::chrono::system_clock::now());
+      return exit_connect_failed;
+    }
+    std::cout << "toxiproxy-api " << toxiproxy->address() << std::endl;
+  }
+
   // SIGINT/SIGTERM: report NOT_SERVING, stop taking calls, end sessions.
   int signal = 0;
   sigwait(&signals, &signal);
@@ -213,6 +258,7 @@ int run_serve(const ServeOptions& options) {
   // Each session ends now, its client told why, rather than at Shutdown's
   // deadline as a cancelled call.
   if (unix_listener) unix_listener->close();
+  if (toxiproxy) toxiproxy->stop();
   service.abort_all_sessions("the service is shutting down (" + std::string(::strsignal(signal)) + ")");
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   service::set_grpc_log_sink(nullptr);
@@ -280,6 +326,11 @@ void set_serve_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--log-format", options->log_format, "The log on stderr: text lines, or json (one object per line)")
       ->capture_default_str()
       ->check(CLI::IsMember({"text", "json"}));
+  cmd->add_option("--toxiproxy-api", options->toxiproxy_api,
+                  "Also serve toxiproxy 2.x's HTTP API on HOST:PORT (toxiproxy's port is 8474), its proxies under "
+                  "this service's policy; prints 'toxiproxy-api HOST:PORT'");
+  cmd->add_flag("--toxiproxy-api-no-auth", options->toxiproxy_api_no_auth,
+                "Serve --toxiproxy-api without the token, off loopback too (a private network only)");
   cmd->add_flag("-q,--quiet", options->quiet, "Log only warnings and errors (refused calls among them)");
   cmd->footer(R"(Prints "listening HOST:PORT" (or "listening unix:PATH") once it serves. Logs on stderr, with
 an RFC 3339 time: every refused call (peer, method, status, reason) and every session's open

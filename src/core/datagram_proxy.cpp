@@ -34,6 +34,7 @@ class DatagramFlow final : public DatagramProtocol, public std::enable_shared_fr
   DatagramFlow(EventLoop& loop, DatagramProxy& proxy, SocketAddress client, std::uint64_t id, std::uint64_t seed)
       : loop_(loop),
         proxy_(&proxy),
+        faults_(seed ^ 0x2545f4914f6cdd1dULL),
         client_(std::move(client)),
         to_upstream_(loop, FaultDirection::upstream, seed),
         to_client_(loop, FaultDirection::downstream, seed ^ 0x9e3779b97f4a7c15ULL),
@@ -41,14 +42,21 @@ class DatagramFlow final : public DatagramProtocol, public std::enable_shared_fr
     info_.id = id;
     info_.client = client_;
     info_.accepted = Clock::now();
+    faults_.update(proxy.faults_);
   }
+
+  /// A fault was set or removed.
+  void faults_changed() { faults_.update(proxy_ ? proxy_->faults_ : FaultList()); }
 
   const ProxyConnectionInfo& info() {
     info_.bytes_upstream = to_upstream_.forwarded;
     info_.bytes_downstream = to_client_.forwarded;
     return info_;
   }
-  void detach() { proxy_ = nullptr; }
+  void detach() {
+    proxy_ = nullptr;
+    faults_.update(FaultList());
+  }
 
   void start() {
     DatagramOptions options;
@@ -114,10 +122,8 @@ class DatagramFlow final : public DatagramProtocol, public std::enable_shared_fr
     std::uint64_t forwarded = 0;
   };
 
-  const FaultList& faults() const {
-    static const FaultList none;
-    return proxy_ ? proxy_->faults_ : none;
-  }
+  /// The proxy's faults that act on this connection (toxicity drawn).
+  const FaultList& faults() const { return faults_.get(); }
 
   void relay(Direction& d, std::span<const std::byte> data) {
     if (ended_) return;
@@ -175,6 +181,7 @@ class DatagramFlow final : public DatagramProtocol, public std::enable_shared_fr
 
   EventLoop& loop_;
   DatagramProxy* proxy_;
+  ConnectionFaults faults_;  // the proxy's that act on this client
   SocketAddress client_;
   ProxyConnectionInfo info_;
   std::shared_ptr<DatagramTransport> upstream_;
@@ -251,9 +258,14 @@ std::vector<SocketAddress> DatagramProxy::sockets() const {
 void DatagramProxy::set_fault(Fault fault) {
   fault.check_kind_for(true);
   faults_.set(std::move(fault));
+  for (auto& [endpoint, flow] : flows_) flow->faults_changed();
 }
 
-bool DatagramProxy::remove_fault(const std::string& name) { return faults_.remove(name); }
+bool DatagramProxy::remove_fault(const std::string& name) {
+  if (!faults_.remove(name)) return false;
+  for (auto& [endpoint, flow] : flows_) flow->faults_changed();
+  return true;
+}
 
 void DatagramProxy::from_client(std::span<const std::byte> data, const SocketAddress& client) {
   if (state_ != State::up || !client.is_inet()) return;

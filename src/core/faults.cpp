@@ -56,6 +56,7 @@ void Fault::validate() const {
   auto not_negative = [&](Duration d, const char* field) {
     if (d.count() < 0) throw std::invalid_argument(what + field + " must not be negative");
   };
+  probability(toxicity, "toxicity");
   std::visit(Overloaded{[&](const Latency& f) {
                           not_negative(f.delay, "delay");
                           not_negative(f.jitter, "jitter");
@@ -99,6 +100,19 @@ void FaultList::set(Fault fault) {
 
 bool FaultList::remove(const std::string& name) {
   return std::erase_if(faults_, [&](const Fault& f) { return f.name == name; }) > 0;
+}
+
+void ConnectionFaults::update(const FaultList& proxy_faults) {
+  mine_ = FaultList();
+  for (const auto& f : proxy_faults.all()) {
+    bool acts = f.toxicity >= 1;
+    if (!acts && f.toxicity > 0) {
+      auto [it, fresh] = drawn_.try_emplace(f.name, false);
+      if (fresh) it->second = std::bernoulli_distribution(f.toxicity)(random_);
+      acts = it->second;
+    }
+    if (acts) mine_.set(f);
+  }
 }
 
 // ---- StreamSchedule ---------------------------------------------------------

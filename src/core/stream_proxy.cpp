@@ -53,10 +53,12 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
   ProxyConnection(EventLoop& loop, StreamProxy& proxy, std::uint64_t id, std::uint64_t seed)
       : loop_(loop),
         proxy_(&proxy),
+        faults_(seed ^ 0x2545f4914f6cdd1dULL),
         to_upstream_(loop, FaultDirection::upstream, seed),
         to_client_(loop, FaultDirection::downstream, seed ^ 0x9e3779b97f4a7c15ULL) {
     info_.id = id;
     info_.accepted = Clock::now();
+    faults_.update(proxy.faults_);
   }
 
   const ProxyConnectionInfo& info() {
@@ -66,7 +68,10 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
   }
 
   /// The proxy is going away: act on no fault from now on.
-  void detach() { proxy_ = nullptr; }
+  void detach() {
+    proxy_ = nullptr;
+    faults_.update(FaultList());
+  }
 
   // ---- from the two sides' protocols ----
 
@@ -179,6 +184,7 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
   /// A fault was set or removed: act on those that act on the connection
   /// as a whole (a reset, a blackhole's close), and release what waits.
   void faults_changed() {
+    if (proxy_) faults_.update(proxy_->faults_);
     if (state_ != State::relaying) return;
     apply_timed_faults();
     release(to_upstream_);
@@ -237,10 +243,8 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
     std::uint64_t forwarded = 0;  // bytes written to the receiver
   };
 
-  const FaultList& faults() const {
-    static const FaultList none;
-    return proxy_ ? proxy_->faults_ : none;
-  }
+  /// The proxy's faults that act on this connection (toxicity drawn).
+  const FaultList& faults() const { return faults_.get(); }
   Relay& from(Side side) { return side == Side::client ? to_upstream_ : to_client_; }
   Relay& into(Side side) { return side == Side::client ? to_client_ : to_upstream_; }
   Transport* source(const Relay& r) const { return (&r == &to_upstream_ ? client_ : upstream_).get(); }
@@ -434,6 +438,7 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
  private:
   EventLoop& loop_;
   StreamProxy* proxy_;
+  ConnectionFaults faults_;  // the proxy's that act on this connection
   ProxyConnectionInfo info_;
   State state_ = State::connecting;
   std::shared_ptr<Transport> client_, upstream_;

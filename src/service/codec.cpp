@@ -113,6 +113,9 @@ Fault fault_of(const v1::FaultSpec& spec) {
 }
 
 v1::FaultSpec spec_of(const Fault& f) {
+  if (f.toxicity != 1) {
+    throw std::invalid_argument("fault '" + f.name + "': a toxicity other than 1 is not carried by the gRPC API yet");
+  }
   v1::FaultSpec spec;
   spec.set_name(f.name);
   spec.set_direction(f.direction == FaultDirection::upstream     ? v1::UPSTREAM

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <random>
 #include <string>
@@ -104,6 +105,10 @@ struct Fault {
   std::string name;
   FaultDirection direction = FaultDirection::both;
   fault::Kind kind;
+  /// The chance it acts on a connection (toxiproxy's toxicity): drawn once
+  /// per connection (a UDP proxy: per client), as the connection starts or
+  /// the fault is first set; 1, every connection; 0, none.
+  double toxicity = 1;
 
   /// Throws std::invalid_argument naming what is wrong: an empty name, a
   /// negative or zero quantity where one is needed, a probability outside
@@ -136,6 +141,22 @@ class FaultList {
 
  private:
   std::vector<Fault> faults_;
+};
+
+/// The faults acting on one connection: those of its proxy whose toxicity
+/// draw came out for it (each fault's drawn once, by name, for the
+/// connection's life).
+class ConnectionFaults {
+ public:
+  explicit ConnectionFaults(std::uint64_t seed) : random_(seed) {}
+  /// Take the proxy's list again (after a fault was set or removed).
+  void update(const FaultList& proxy_faults);
+  const FaultList& get() const { return mine_; }
+
+ private:
+  std::mt19937_64 random_;
+  std::map<std::string, bool> drawn_;
+  FaultList mine_;
 };
 
 /// When the pieces of a stream's chunk leave, given one direction's faults:

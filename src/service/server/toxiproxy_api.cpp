@@ -1,0 +1,629 @@
+#include <conduit/service/toxiproxy_api.hpp>
+
+#include "session_open.hpp"
+
+#include <conduit/stream_proxy.hpp>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/json.hpp>
+
+#include <charconv>
+#include <future>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <system_error>
+
+namespace conduit::service {
+
+namespace {
+
+namespace http = boost::beast::http;
+namespace json = boost::json;
+using tcp = asio::ip::tcp;
+
+/// What a request gets wrong, as toxiproxy says it: {"error", "status"}.
+struct ApiError {
+  http::status status;
+  std::string message;
+};
+
+ApiError bad_request(const std::string& why) { return {http::status::bad_request, "bad request body: " + why}; }
+
+/// One toxic as the API shows it. Its fault (the core's) has its name.
+struct Toxic {
+  std::string name, type, stream = "downstream";
+  double toxicity = 1;
+  json::object attributes;
+};
+
+/// Each toxic type's attributes, with toxiproxy's defaults (all zero).
+const std::map<std::string, std::vector<std::string>, std::less<>>& toxic_types() {
+  static const std::map<std::string, std::vector<std::string>, std::less<>> types = {
+      {"latency", {"latency", "jitter"}},
+      {"bandwidth", {"rate"}},
+      {"slow_close", {"delay"}},
+      {"timeout", {"timeout"}},
+      {"reset_peer", {"timeout"}},
+      {"slicer", {"average_size", "size_variation", "delay"}},
+      {"limit_data", {"bytes"}},
+  };
+  return types;
+}
+
+std::int64_t attribute(const Toxic& toxic, const char* key) {
+  const json::value* v = toxic.attributes.if_contains(key);
+  if (!v) return 0;
+  if (v->is_int64()) return v->as_int64();
+  if (v->is_uint64()) return static_cast<std::int64_t>(v->as_uint64());
+  if (v->is_double()) return static_cast<std::int64_t>(v->as_double());
+  throw bad_request("attributes." + std::string(key) + " is not a number");
+}
+
+/// The core's fault for a toxic, or none where it has no effect (toxicity
+/// 0; a bandwidth of 0, which toxiproxy lets through unlimited).
+std::optional<Fault> fault_of(const Toxic& toxic) {
+  using std::chrono::microseconds;
+  using std::chrono::milliseconds;
+  if (toxic.toxicity == 0) return std::nullopt;
+  Fault fault;
+  fault.name = toxic.name;
+  fault.toxicity = toxic.toxicity;  // validated below: 0 to 1
+  fault.direction = toxic.stream == "upstream" ? FaultDirection::upstream : FaultDirection::downstream;
+  const std::string& t = toxic.type;
+  if (t == "latency") {
+    fault.kind = fault::Latency{milliseconds(attribute(toxic, "latency")), milliseconds(attribute(toxic, "jitter"))};
+  } else if (t == "bandwidth") {
+    const std::int64_t rate = attribute(toxic, "rate");  // KB/s
+    if (rate <= 0) return std::nullopt;
+    fault.kind = fault::Bandwidth{static_cast<std::uint64_t>(rate) * 1000};
+  } else if (t == "slow_close") {
+    fault.kind = fault::SlowClose{milliseconds(attribute(toxic, "delay"))};
+  } else if (t == "timeout") {
+    const std::int64_t timeout = attribute(toxic, "timeout");
+    fault.kind = fault::Blackhole{timeout > 0 ? std::optional<fault::Duration>(milliseconds(timeout)) : std::nullopt};
+  } else if (t == "reset_peer") {
+    // Toxiproxy resets once data comes (timeout 0: at the first byte, which
+    // is dropped); with a timeout, the core's reset counts it from the
+    // connection's accept rather than from the first byte.
+    const std::int64_t timeout = attribute(toxic, "timeout");
+    if (timeout > 0) fault.kind = fault::Reset{std::nullopt, milliseconds(timeout)};
+    else fault.kind = fault::Reset{std::uint64_t{0}, std::nullopt};
+  } else if (t == "slicer") {
+    fault.kind = fault::Slicer{static_cast<std::size_t>(attribute(toxic, "average_size")),
+                               static_cast<std::size_t>(attribute(toxic, "size_variation")),
+                               microseconds(attribute(toxic, "delay"))};
+  } else {
+    fault.kind = fault::LimitData{static_cast<std::uint64_t>(attribute(toxic, "bytes"))};
+  }
+  try {
+    fault.validate();
+  } catch (const std::invalid_argument& e) {
+    throw bad_request(e.what());
+  }
+  return fault;
+}
+
+json::object toxic_json(const Toxic& toxic) {
+  // 1 and 0 as Go writes them, not 1E0.
+  json::value toxicity = toxic.toxicity;
+  if (toxic.toxicity == 0 || toxic.toxicity == 1) toxicity = static_cast<std::int64_t>(toxic.toxicity);
+  return {{"name", toxic.name},
+          {"type", toxic.type},
+          {"stream", toxic.stream},
+          {"toxicity", toxicity},
+          {"attributes", toxic.attributes}};
+}
+
+/// "host:port" as toxiproxy takes listen and upstream addresses.
+std::pair<std::string, std::uint16_t> host_port_of(const std::string& text, const char* field) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string::npos) throw bad_request(std::string(field) + " '" + text + "' is not HOST:PORT");
+  std::string host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  unsigned port = 0;
+  const char* first = text.data() + colon + 1;
+  const char* last = text.data() + text.size();
+  const auto [end, ec] = std::from_chars(first, last, port);
+  if (ec != std::errc() || end != last || port > 65535) {
+    throw bad_request(std::string(field) + " '" + text + "' has no port 0 to 65535");
+  }
+  return {host, static_cast<std::uint16_t>(port)};
+}
+
+/// A proxy of the API: its toxiproxy fields and the core's proxy.
+struct Entry {
+  std::string name, listen, upstream;
+  bool enabled = true;
+  std::vector<Toxic> toxics;
+  std::shared_ptr<StreamProxy> proxy;
+
+  json::object to_json() const {
+    json::array list;
+    for (const auto& t : toxics) list.push_back(toxic_json(t));
+    return {{"name", name}, {"listen", listen}, {"upstream", upstream}, {"enabled", enabled}, {"toxics", list}};
+  }
+  Toxic* find(std::string_view toxic) {
+    for (auto& t : toxics) {
+      if (t.name == toxic) return &t;
+    }
+    return nullptr;
+  }
+};
+
+struct Response {
+  http::status status = http::status::ok;
+  std::string body;
+  const char* content_type = "application/json";
+};
+
+Response json_response(http::status status, const json::value& value) { return {status, json::serialize(value)}; }
+
+Response error_response(const ApiError& error) {
+  return json_response(error.status, json::object{{"error", error.message}, {"status", static_cast<int>(error.status)}});
+}
+
+class Api;
+
+/// One HTTP/1.1 connection: read a request, answer it, again while the
+/// client keeps the connection alive.
+class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
+ public:
+  HttpConnection(tcp::socket socket, std::shared_ptr<Api> api) : socket_(std::move(socket)), api_(std::move(api)) {}
+  void read();
+
+ private:
+  void answer(Response response);
+
+  tcp::socket socket_;
+  std::shared_ptr<Api> api_;
+  boost::beast::flat_buffer buffer_;
+  http::request<http::string_body> request_;
+  http::response<http::string_body> response_;
+};
+
+class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> {
+ public:
+  Api(ConduitService& service, ToxiproxyApiOptions options)
+      : service_(service), options_(std::move(options)), acceptor_(service.loop().context()) {}
+
+  void listen() {
+    const tcp::endpoint endpoint(asio::ip::make_address(options_.host), options_.port);
+    acceptor_.open(endpoint.protocol());
+    acceptor_.set_option(tcp::acceptor::reuse_address(true));
+    acceptor_.bind(endpoint);
+    acceptor_.listen();
+    const auto bound = acceptor_.local_endpoint();
+    address_ = host_port(bound.address().to_string(), bound.port());
+    accept();
+  }
+
+  std::string address() const override { return address_; }
+
+  void stop() override {
+    std::promise<void> done;
+    asio::post(service_.loop().context(), [this, &done] {
+      boost::system::error_code ignored;
+      acceptor_.close(ignored);
+      for (auto& [name, entry] : proxies_) {
+        if (entry->proxy) entry->proxy->close();
+      }
+      proxies_.clear();
+      done.set_value();
+    });
+    done.get_future().wait();
+  }
+
+  /// Answer `request` through `reply` (on the loop, once).
+  void handle(const http::request<http::string_body>& request, std::function<void(Response)> reply) {
+    try {
+      if (request[http::field::user_agent].starts_with("Mozilla/")) {
+        return reply({http::status::forbidden, "User agent not allowed\n", "text/plain; charset=utf-8"});
+      }
+      if (!options_.token.empty() && request[http::field::authorization] != "Bearer " + options_.token) {
+        return reply(error_response({http::status::unauthorized, "this API needs the service's token: send "
+                                                                 "'Authorization: Bearer TOKEN'"}));
+      }
+      route(request, reply);
+    } catch (const ApiError& error) {
+      reply(error_response(error));
+    }
+  }
+
+ private:
+  void accept() {
+    acceptor_.async_accept([self = shared_from_this()](const boost::system::error_code& ec, tcp::socket socket) {
+      if (ec == asio::error::operation_aborted) return;
+      if (!ec) std::make_shared<HttpConnection>(std::move(socket), self)->read();
+      self->accept();
+    });
+  }
+
+  std::shared_ptr<Entry> entry(std::string_view name) {
+    auto it = proxies_.find(std::string(name));
+    if (it == proxies_.end()) throw ApiError{http::status::not_found, "proxy not found"};
+    return it->second;
+  }
+
+  static json::object body_object(const http::request<http::string_body>& request) {
+    boost::system::error_code ec;
+    json::value value = json::parse(request.body(), ec);
+    if (ec) throw bad_request(ec.message());
+    if (!value.is_object()) throw bad_request("expected a JSON object");
+    return value.as_object();
+  }
+
+  static std::string string_field(const json::object& object, const char* key, std::string fallback = {}) {
+    const json::value* v = object.if_contains(key);
+    if (!v || v->is_null()) return fallback;
+    if (!v->is_string()) throw bad_request(std::string(key) + " is not a string");
+    return std::string(v->as_string());
+  }
+
+  void route(const http::request<http::string_body>& request, const std::function<void(Response)>& reply) {
+    std::string_view target = request.target();
+    target = target.substr(0, target.find('?'));
+    std::vector<std::string_view> parts;
+    while (!target.empty()) {
+      if (target.front() == '/') {
+        target.remove_prefix(1);
+        continue;
+      }
+      const auto slash = target.find('/');
+      parts.push_back(target.substr(0, slash));
+      target = slash == std::string_view::npos ? std::string_view() : target.substr(slash);
+    }
+    const auto method = request.method();
+    const auto n = parts.size();
+    if (n == 1 && parts[0] == "version" && method == http::verb::get) {
+      return reply({http::status::ok, "2.5.0", "text/plain;charset=utf-8"});
+    }
+    if (n == 1 && parts[0] == "reset" && method == http::verb::post) return reset(reply);
+    if (n == 1 && parts[0] == "populate" && method == http::verb::post) return populate(request, reply);
+    if (n >= 1 && parts[0] == "proxies") {
+      if (n == 1 && method == http::verb::get) {
+        json::object all;
+        for (const auto& [name, e] : proxies_) all[name] = e->to_json();
+        return reply(json_response(http::status::ok, all));
+      }
+      if (n == 1 && method == http::verb::post) {
+        const auto body = body_object(request);
+        return create(body, [reply](std::shared_ptr<Entry> e, std::optional<ApiError> error) {
+          reply(error ? error_response(*error) : json_response(http::status::created, e->to_json()));
+        });
+      }
+      if (n == 2 && method == http::verb::get) return reply(json_response(http::status::ok, entry(parts[1])->to_json()));
+      if (n == 2 && method == http::verb::post) return update(entry(parts[1]), body_object(request), reply);
+      if (n == 2 && method == http::verb::delete_) {
+        auto e = entry(parts[1]);
+        if (e->proxy) e->proxy->close();
+        proxies_.erase(e->name);
+        return reply({http::status::no_content, "", "application/json"});
+      }
+      if (n == 3 && parts[2] == "toxics" && method == http::verb::get) {
+        json::array list;
+        for (const auto& t : entry(parts[1])->toxics) list.push_back(toxic_json(t));
+        return reply(json_response(http::status::ok, list));
+      }
+      if (n == 3 && parts[2] == "toxics" && method == http::verb::post) {
+        return add_toxic(entry(parts[1]), body_object(request), reply);
+      }
+      if (n == 4 && parts[2] == "toxics") {
+        auto e = entry(parts[1]);
+        Toxic* toxic = e->find(parts[3]);
+        if (!toxic) throw ApiError{http::status::not_found, "toxic not found"};
+        if (method == http::verb::get) return reply(json_response(http::status::ok, toxic_json(*toxic)));
+        if (method == http::verb::post) return update_toxic(e, *toxic, body_object(request), reply);
+        if (method == http::verb::delete_) {
+          if (e->proxy) e->proxy->remove_fault(toxic->name);
+          e->toxics.erase(e->toxics.begin() + (toxic - e->toxics.data()));
+          return reply({http::status::no_content, "", "application/json"});
+        }
+      }
+    }
+    reply({http::status::not_found, "404 page not found\n", "text/plain; charset=utf-8"});
+  }
+
+  /// Make a proxy from its JSON (name, listen, upstream, enabled), then
+  /// `done(entry, error)`.
+  void create(const json::object& body, std::function<void(std::shared_ptr<Entry>, std::optional<ApiError>)> done) {
+    auto e = std::make_shared<Entry>();
+    try {
+      e->name = string_field(body, "name");
+      e->listen = string_field(body, "listen", "127.0.0.1:0");
+      e->upstream = string_field(body, "upstream");
+      if (const json::value* v = body.if_contains("enabled"); v && v->is_bool()) e->enabled = v->as_bool();
+      if (e->name.empty()) throw ApiError{http::status::bad_request, "missing required field: name"};
+      if (e->upstream.empty()) throw ApiError{http::status::bad_request, "missing required field: upstream"};
+      if (proxies_.count(e->name)) throw ApiError{http::status::conflict, "proxy already exists"};
+      host_port_of(e->listen, "listen");
+      host_port_of(e->upstream, "upstream");
+    } catch (const ApiError& error) {
+      return done(nullptr, error);
+    }
+    proxies_[e->name] = e;
+    if (!e->enabled) return done(e, std::nullopt);
+    start(e, [this, e, done](std::optional<ApiError> error) {
+      if (error) proxies_.erase(e->name);
+      done(e, error);
+    });
+  }
+
+  /// Listen as the entry says, under the service's policy, with its toxics.
+  void start(const std::shared_ptr<Entry>& e, std::function<void(std::optional<ApiError>)> done) {
+    const Policy& policy = service_.options().policy;
+    std::vector<std::string> names = policy.listen_names();
+    for (auto& n : policy.connect_names()) names.push_back(std::move(n));
+    with_rule_names(service_.loop(), std::move(names), [this, e, done, &policy](auto resolved) {
+      const std::string what = "toxiproxy proxy " + e->name + " from " + e->listen + " to " + e->upstream;
+      StreamProxyOptions options;
+      const auto [listen_host, listen_port] = host_port_of(e->listen, "listen");
+      const auto [upstream_host, upstream_port] = host_port_of(e->upstream, "upstream");
+      options.listen.host = listen_host;
+      options.listen.port = listen_port;
+      options.upstream.host = upstream_host;
+      options.upstream.port = upstream_port;
+      options.check_listen_address = policy_check(policy, AddressUse::listen, what, resolved);
+      options.check_upstream_address = policy_check(policy, AddressUse::connect, what, resolved);
+      for (const auto& toxic : e->toxics) {
+        if (auto fault = fault_of(toxic)) options.faults.push_back(std::move(*fault));
+      }
+      StreamProxy::create(service_.loop(), std::move(options),
+                          [e, done](std::exception_ptr error, std::shared_ptr<StreamProxy> proxy) {
+                            if (error) {
+                              const bool refused = [&] {
+                                try {
+                                  std::rethrow_exception(error);
+                                } catch (const PolicyRefusal&) {
+                                  return true;
+                                } catch (...) {
+                                  return false;
+                                }
+                              }();
+                              return done(ApiError{refused ? http::status::forbidden : http::status::internal_server_error,
+                                                   describe_exception(error)});
+                            }
+                            e->proxy = std::move(proxy);
+                            // toxiproxy reports where it listens, the port it picked included.
+                            if (const auto sockets = e->proxy->sockets(); !sockets.empty()) {
+                              e->listen = sockets.front().to_string();
+                            }
+                            done(std::nullopt);
+                          });
+    });
+  }
+
+  void update(const std::shared_ptr<Entry>& e, const json::object& body, const std::function<void(Response)>& reply) {
+    const std::string listen = string_field(body, "listen", e->listen);
+    const std::string upstream = string_field(body, "upstream", e->upstream);
+    bool enabled = e->enabled;
+    if (const json::value* v = body.if_contains("enabled"); v && v->is_bool()) enabled = v->as_bool();
+    host_port_of(listen, "listen");
+    host_port_of(upstream, "upstream");
+    auto answer = [e, reply](std::optional<ApiError> error) {
+      reply(error ? error_response(*error) : json_response(http::status::ok, e->to_json()));
+    };
+    const bool moved = listen != e->listen || upstream != e->upstream;
+    e->listen = listen;
+    e->upstream = upstream;
+    if (moved && e->proxy) {  // toxiproxy restarts a proxy whose addresses change
+      e->proxy->close();
+      e->proxy.reset();
+    }
+    e->enabled = enabled;
+    if (!enabled) {
+      if (e->proxy) e->proxy->down();
+      return answer(std::nullopt);
+    }
+    if (!e->proxy) return start(e, answer);
+    if (e->proxy->is_up()) return answer(std::nullopt);
+    e->proxy->up([answer](std::exception_ptr error) {
+      answer(error ? std::optional<ApiError>(ApiError{http::status::internal_server_error, describe_exception(error)})
+                   : std::nullopt);
+    });
+  }
+
+  void add_toxic(const std::shared_ptr<Entry>& e, const json::object& body, const std::function<void(Response)>& reply) {
+    Toxic toxic;
+    toxic.type = string_field(body, "type");
+    toxic.stream = string_field(body, "stream");
+    if (toxic.stream.empty()) toxic.stream = "downstream";
+    if (toxic.stream != "upstream" && toxic.stream != "downstream") {
+      throw ApiError{http::status::bad_request, "stream was invalid, can be either upstream or downstream"};
+    }
+    const auto type = toxic_types().find(toxic.type);
+    if (type == toxic_types().end()) throw ApiError{http::status::bad_request, "invalid toxic type"};
+    toxic.name = string_field(body, "name");
+    if (toxic.name.empty()) toxic.name = toxic.type + "_" + toxic.stream;
+    if (e->find(toxic.name)) throw ApiError{http::status::conflict, "toxic already exists"};
+    toxic.toxicity = number_field(body, "toxicity", 1);
+    for (const auto& key : type->second) toxic.attributes[key] = 0;
+    take_attributes(toxic, body);
+    apply(e, toxic);
+    e->toxics.push_back(toxic);
+    reply(json_response(http::status::ok, toxic_json(toxic)));
+  }
+
+  void update_toxic(const std::shared_ptr<Entry>& e, Toxic& toxic, const json::object& body,
+                    const std::function<void(Response)>& reply) {
+    Toxic changed = toxic;
+    changed.toxicity = number_field(body, "toxicity", toxic.toxicity);
+    take_attributes(changed, body);
+    apply(e, changed);
+    toxic = changed;
+    reply(json_response(http::status::ok, toxic_json(toxic)));
+  }
+
+  static double number_field(const json::object& body, const char* key, double fallback) {
+    const json::value* v = body.if_contains(key);
+    if (!v || v->is_null()) return fallback;
+    if (v->is_double()) return v->as_double();
+    if (v->is_int64()) return static_cast<double>(v->as_int64());
+    if (v->is_uint64()) return static_cast<double>(v->as_uint64());
+    throw bad_request(std::string(key) + " is not a number");
+  }
+
+  /// The attributes the body gives, over the toxic's own: only its type's.
+  static void take_attributes(Toxic& toxic, const json::object& body) {
+    const json::value* attributes = body.if_contains("attributes");
+    if (!attributes || attributes->is_null()) return;
+    if (!attributes->is_object()) throw bad_request("attributes is not an object");
+    for (const auto& [key, value] : attributes->as_object()) {
+      if (!toxic.attributes.contains(key)) continue;  // as Go's decoder, unknown fields are ignored
+      if (!value.is_number()) throw bad_request("attributes." + std::string(key) + " is not a number");
+      toxic.attributes[key] = value;
+    }
+  }
+
+  /// The toxic's fault on the running proxy (set, or removed where it has
+  /// no effect); throws ApiError if the core refuses it.
+  static void apply(const std::shared_ptr<Entry>& e, const Toxic& toxic) {
+    std::optional<Fault> fault = fault_of(toxic);
+    if (!e->proxy) return;
+    if (!fault) {
+      e->proxy->remove_fault(toxic.name);
+      return;
+    }
+    try {
+      e->proxy->set_fault(std::move(*fault));
+    } catch (const std::invalid_argument& error) {
+      throw bad_request(error.what());
+    }
+  }
+
+  void reset(const std::function<void(Response)>& reply) {
+    auto pending = std::make_shared<std::size_t>(1);
+    auto finish = [pending, reply] {
+      if (--*pending == 0) reply({http::status::no_content, "", "application/json"});
+    };
+    for (auto& [name, e] : proxies_) {
+      for (const auto& toxic : e->toxics) {
+        if (e->proxy) e->proxy->remove_fault(toxic.name);
+      }
+      e->toxics.clear();
+      e->enabled = true;
+      ++*pending;
+      if (!e->proxy) {
+        start(e, [finish](std::optional<ApiError>) { finish(); });
+      } else if (!e->proxy->is_up()) {
+        e->proxy->up([finish](std::exception_ptr) { finish(); });
+      } else {
+        finish();
+      }
+    }
+    finish();
+  }
+
+  /// POST /populate: each proxy of the array made (or, when one of its name
+  /// exists with other addresses, remade), in order; 201 with all of
+  /// them, or the first error with those made before it.
+  void populate(const http::request<http::string_body>& request, const std::function<void(Response)>& reply) {
+    boost::system::error_code ec;
+    json::value value = json::parse(request.body(), ec);
+    if (ec || !value.is_array()) {
+      throw bad_request(ec ? ec.message() : std::string("expected a JSON array of proxies"));
+    }
+    auto list = std::make_shared<json::array>(value.as_array());
+    auto made = std::make_shared<json::array>();
+    populate_next(list, 0, made, reply);
+  }
+
+  void populate_next(std::shared_ptr<json::array> list, std::size_t at, std::shared_ptr<json::array> made,
+                     std::function<void(Response)> reply) {
+    if (at == list->size()) return reply(json_response(http::status::created, json::object{{"proxies", *made}}));
+    auto fail = [made, reply](const ApiError& error) {
+      reply(json_response(error.status, json::object{{"error", error.message},
+                                                     {"status", static_cast<int>(error.status)},
+                                                     {"proxies", *made}}));
+    };
+    if (!(*list)[at].is_object()) return fail(bad_request("each proxy is a JSON object"));
+    const json::object body = (*list)[at].as_object();
+    std::string name;
+    try {
+      name = string_field(body, "name");
+    } catch (const ApiError& error) {
+      return fail(error);
+    }
+    // An existing proxy of that name is replaced, as toxiproxy does.
+    if (auto it = proxies_.find(name); it != proxies_.end()) {
+      if (it->second->proxy) it->second->proxy->close();
+      proxies_.erase(it);
+    }
+    create(body, [this, list, at, made, reply, fail](std::shared_ptr<Entry> e, std::optional<ApiError> error) {
+      if (error) return fail(*error);
+      made->push_back(e->to_json());
+      populate_next(list, at + 1, made, reply);
+    });
+  }
+
+  static std::string describe_exception(std::exception_ptr error) {
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      return e.what();
+    } catch (...) {
+      return "unknown error";
+    }
+  }
+
+  ConduitService& service_;
+  ToxiproxyApiOptions options_;
+  tcp::acceptor acceptor_;
+  std::string address_;
+  std::map<std::string, std::shared_ptr<Entry>> proxies_;
+};
+
+void HttpConnection::read() {
+  request_ = {};
+  http::async_read(socket_, buffer_, request_,
+                   [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+                     if (ec) return;  // the client went away, or sent no HTTP
+                     self->api_->handle(self->request_, [self](Response response) { self->answer(std::move(response)); });
+                   });
+}
+
+void HttpConnection::answer(Response response) {
+  response_ = {};
+  response_.version(request_.version());
+  response_.result(response.status);
+  response_.keep_alive(request_.keep_alive());
+  if (response.status != http::status::no_content) {
+    response_.set(http::field::content_type, response.content_type);
+    response_.body() = std::move(response.body);
+  }
+  response_.prepare_payload();
+  http::async_write(socket_, response_, [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+    if (ec || !self->response_.keep_alive()) {
+      boost::system::error_code ignored;
+      self->socket_.shutdown(tcp::socket::shutdown_send, ignored);
+      return;
+    }
+    self->read();
+  });
+}
+
+}  // namespace
+
+std::shared_ptr<ToxiproxyApi> ToxiproxyApi::start(ConduitService& service, ToxiproxyApiOptions options) {
+  auto api = std::make_shared<Api>(service, std::move(options));
+  std::promise<void> listening;
+  asio::post(service.loop().context(), [&] {
+    try {
+      api->listen();
+      listening.set_value();
+    } catch (...) {
+      listening.set_exception(std::current_exception());
+    }
+  });
+  listening.get_future().get();
+  return api;
+}
+
+}  // namespace conduit::service
+
+// Boost.JSON's compiled part, once, in this library (Debian packages no
+// libboost_json for 1.81's header-only use).
+#include <boost/json/src.hpp>
