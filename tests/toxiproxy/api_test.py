@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""What toxiproxy's clients do not show: the API under the service's token
+and policy, and its refusals, as raw HTTP against `conduit serve
+--toxiproxy-api` (the service started here, stopped by its PID).
+
+usage: api_test.py CONDUIT_BINARY
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+
+def start(conduit, *flags):
+    proc = subprocess.Popen([conduit, "serve", "--listen", "127.0.0.1:0", "--quiet", *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("toxiproxy-api "):
+            return proc, line.split()[1]
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise SystemExit("the service did not print its toxiproxy-api address: " + proc.stderr.read())
+
+
+def call(api, method, path, body=None, headers=None):
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    request = urllib.request.Request("http://" + api + path, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+failures = []
+
+
+def expect(ok, what):
+    if not ok:
+        failures.append(what)
+        print("FAIL:", what, file=sys.stderr)
+
+
+def main():
+    conduit = sys.argv[1]
+    with tempfile.TemporaryDirectory() as folder:
+        token_file = os.path.join(folder, "token")
+        with open(token_file, "w") as f:
+            f.write("0123456789abcdef0123456789abcdef\n")
+        proc, api = start(conduit, "--toxiproxy-api", "127.0.0.1:0", "--token-file", token_file)
+        try:
+            status, body = call(api, "GET", "/proxies")
+            expect(status == 401 and "Bearer" in body, f"no token: 401 saying how, got {status} {body}")
+            auth = {"Authorization": "Bearer 0123456789abcdef0123456789abcdef"}
+            status, body = call(api, "GET", "/proxies", headers=auth)
+            expect(status == 200 and json.loads(body) == {}, f"with the token: 200 and no proxies, got {status} {body}")
+            status, body = call(api, "GET", "/version", headers=auth)
+            expect(status == 200 and body == "2.5.0", f"version: {status} {body}")
+            status, body = call(api, "GET", "/proxies", headers={**auth, "User-Agent": "Mozilla/5.0"})
+            expect(status == 403, f"a browser is refused as toxiproxy refuses it: {status}")
+            # The policy (by default: listen on loopback only).
+            status, body = call(api, "POST", "/proxies", {"name": "db", "listen": "0.0.0.0:0",
+                                                          "upstream": "127.0.0.1:5432"}, auth)
+            expect(status == 403 and "--allow-listen" in body and json.loads(body)["status"] == 403,
+                   f"a listen address the policy refuses: 403 naming it, got {status} {body}")
+            status, body = call(api, "POST", "/proxies", {"name": "db", "upstream": "127.0.0.1:5432"}, auth)
+            expect(status == 201 and json.loads(body)["listen"].startswith("127.0.0.1:"),
+                   f"created on a free loopback port: {status} {body}")
+            # toxiproxy's refusals, in its words.
+            for method, path, payload, code, words in [
+                ("POST", "/proxies", {"name": "db", "upstream": "127.0.0.1:1"}, 409, "proxy already exists"),
+                ("POST", "/proxies", {"upstream": "127.0.0.1:1"}, 400, "missing required field: name"),
+                ("POST", "/proxies", b"{not json", 400, "bad request body"),
+                ("GET", "/proxies/nope", None, 404, "proxy not found"),
+                ("POST", "/proxies/db/toxics", {"type": "nonsense"}, 400, "invalid toxic type"),
+                ("POST", "/proxies/db/toxics", {"type": "latency", "stream": "sideways"}, 400, "stream was invalid"),
+                ("POST", "/proxies/db/toxics", {"type": "latency", "toxicity": 2}, 400, "toxicity"),
+                ("GET", "/proxies/db/toxics/nope", None, 404, "toxic not found"),
+            ]:
+                status, body = call(api, method, path, payload, auth)
+                expect(status == code and words in body, f"{method} {path} {payload}: {code} '{words}', got {status} {body}")
+            status, body = call(api, "POST", "/proxies/db/toxics", {"type": "latency", "attributes": {"latency": 5}}, auth)
+            expect(status == 200 and json.loads(body)["name"] == "latency_downstream", f"toxic added: {status} {body}")
+            status, body = call(api, "POST", "/proxies/db/toxics", {"type": "latency"}, auth)
+            expect(status == 409 and "toxic already exists" in body, f"the same toxic again: {status} {body}")
+            status, _ = call(api, "DELETE", "/proxies/db", None, auth)
+            expect(status == 204, f"delete: {status}")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        # Off loopback without a token: refused at start-up, naming the way out.
+        result = subprocess.run([conduit, "serve", "--listen", "127.0.0.1:0", "--toxiproxy-api", "0.0.0.0:0"],
+                                capture_output=True, text=True, timeout=10)
+        expect(result.returncode == 2 and "--toxiproxy-api-no-auth" in result.stderr,
+               f"0.0.0.0 without a token: exit 2 naming the flag, got {result.returncode} {result.stderr}")
+    if failures:
+        raise SystemExit(f"{len(failures)} checks failed")
+    print("toxiproxy API: every check passed")
+
+
+main()
