@@ -45,7 +45,8 @@ struct ServeOptions {
   unsigned dead_peer_timeout = 60;
   std::string log_format = "text";
   bool quiet = false;
-  std::string toxiproxy_api;  // HOST:PORT, or empty: not served
+  std::string toxiproxy_api;     // HOST:PORT, or empty: not served
+  std::string toxiproxy_config;  // its start-up proxies (populate's JSON)
   bool toxiproxy_api_no_auth = false;
 };
 
@@ -169,6 +170,9 @@ int run_serve(const ServeOptions& options) {
       toxiproxy_options->host = address.to_string();
       toxiproxy_options->port = ep.port;
       if (!options.toxiproxy_api_no_auth) toxiproxy_options->token = service_options.token;
+      if (!options.toxiproxy_config.empty()) {
+        toxiproxy_options->config = read_file(options.toxiproxy_config, "--toxiproxy-config");
+      }
       if (!address.is_loopback() && toxiproxy_options->token.empty() && !options.toxiproxy_api_no_auth) {
         throw std::invalid_argument(
             "is not loopback: give --token-file (clients then send 'Authorization: Bearer "
@@ -178,8 +182,8 @@ int run_serve(const ServeOptions& options) {
       std::cerr << "conduit serve: --toxiproxy-api " << options.toxiproxy_api << ": " << e.what() << '\n';
       return exit_usage;
     }
-  } else if (options.toxiproxy_api_no_auth) {
-    std::cerr << "conduit serve: --toxiproxy-api-no-auth applies with --toxiproxy-api only\n";
+  } else if (options.toxiproxy_api_no_auth || !options.toxiproxy_config.empty()) {
+    std::cerr << "conduit serve: --toxiproxy-api-no-auth and --toxiproxy-config apply with --toxiproxy-api only\n";
     return exit_usage;
   }
   service_options.max_sessions = options.max_sessions;
@@ -241,6 +245,10 @@ int run_serve(const ServeOptions& options) {
   if (toxiproxy_options) {
     try {
       toxiproxy = service::ToxiproxyApi::start(service, *toxiproxy_options);
+    } catch (const std::invalid_argument& e) {
+      std::cerr << "conduit serve: --toxiproxy-config " << options.toxiproxy_config << ": " << e.what() << '\n';
+      server->Shutdown(std::chrono::system_clock::now());
+      return exit_usage;
     } catch (const std::exception& e) {
       std::cerr << "conduit serve: cannot listen on --toxiproxy-api " << options.toxiproxy_api << ": " << e.what()
                 << '\n';
@@ -329,6 +337,10 @@ void set_serve_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--toxiproxy-api", options->toxiproxy_api,
                   "Also serve toxiproxy 2.x's HTTP API on HOST:PORT (toxiproxy's port is 8474), its proxies under "
                   "this service's policy; prints 'toxiproxy-api HOST:PORT'");
+  cmd->add_option("--toxiproxy-config", options->toxiproxy_config,
+                  "With --toxiproxy-api: proxies to make at start, a JSON array as POST /populate takes "
+                  "(toxiproxy's -config file), each with its \"toxics\" if any")
+      ->check(CLI::ExistingFile);
   cmd->add_flag("--toxiproxy-api-no-auth", options->toxiproxy_api_no_auth,
                 "Serve --toxiproxy-api without the token, off loopback too (a private network only)");
   cmd->add_flag("-q,--quiet", options->quiet, "Log only warnings and errors (refused calls among them)");

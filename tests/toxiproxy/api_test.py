@@ -95,6 +95,33 @@ def main():
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+        # A start-up file in populate's form, toxics included: there before the
+        # API answers; a bad one stops the service, naming the problem.
+        config = os.path.join(folder, "proxies.json")
+        with open(config, "w") as f:
+            json.dump([{"name": "db", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:5432",
+                        "toxics": [{"type": "latency", "attributes": {"latency": 20}},
+                                   {"name": "cut", "type": "limit_data", "stream": "upstream",
+                                    "attributes": {"bytes": 1000}}]},
+                       {"name": "off", "listen": "127.0.0.1:0", "upstream": "127.0.0.1:6379", "enabled": False}], f)
+        proc, api = start(conduit, "--toxiproxy-api", "127.0.0.1:0", "--toxiproxy-config", config)
+        try:
+            status, body = call(api, "GET", "/proxies")
+            proxies = json.loads(body)
+            expect(status == 200 and sorted(proxies) == ["db", "off"], f"the start-up proxies: {status} {body}")
+            expect([t["name"] for t in proxies["db"]["toxics"]] == ["latency_downstream", "cut"]
+                   and proxies["db"]["toxics"][1]["stream"] == "upstream", f"their toxics: {body}")
+            expect(proxies["off"]["enabled"] is False, f"a disabled one stays disabled: {body}")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        with open(config, "w") as f:
+            json.dump([{"name": "x", "upstream": "127.0.0.1:1", "toxics": [{"type": "bogus"}]}], f)
+        result = subprocess.run([conduit, "serve", "--listen", "127.0.0.1:0", "--toxiproxy-api", "127.0.0.1:0",
+                                 "--toxiproxy-config", config], capture_output=True, text=True, timeout=10)
+        expect(result.returncode == 2 and "invalid toxic type" in result.stderr,
+               f"a bad start-up file: exit 2 naming it, got {result.returncode} {result.stderr}")
+
         # Off loopback without a token: refused at start-up, naming the way out.
         result = subprocess.run([conduit, "serve", "--listen", "127.0.0.1:0", "--toxiproxy-api", "0.0.0.0:0"],
                                 capture_output=True, text=True, timeout=10)

@@ -43,12 +43,9 @@ struct Toxic {
 /// Each toxic type's attributes, with toxiproxy's defaults (all zero).
 const std::map<std::string, std::vector<std::string>, std::less<>>& toxic_types() {
   static const std::map<std::string, std::vector<std::string>, std::less<>> types = {
-      {"latency", {"latency", "jitter"}},
-      {"bandwidth", {"rate"}},
-      {"slow_close", {"delay"}},
-      {"timeout", {"timeout"}},
-      {"reset_peer", {"timeout"}},
-      {"slicer", {"average_size", "size_variation", "delay"}},
+      {"latency", {"latency", "jitter"}}, {"bandwidth", {"rate"}},
+      {"slow_close", {"delay"}},          {"timeout", {"timeout"}},
+      {"reset_peer", {"timeout"}},        {"slicer", {"average_size", "size_variation", "delay"}},
       {"limit_data", {"bytes"}},
   };
   return types;
@@ -90,8 +87,10 @@ std::optional<Fault> fault_of(const Toxic& toxic) {
     // is dropped); with a timeout, the core's reset counts it from the
     // connection's accept rather than from the first byte.
     const std::int64_t timeout = attribute(toxic, "timeout");
-    if (timeout > 0) fault.kind = fault::Reset{std::nullopt, milliseconds(timeout)};
-    else fault.kind = fault::Reset{std::uint64_t{0}, std::nullopt};
+    if (timeout > 0)
+      fault.kind = fault::Reset{std::nullopt, milliseconds(timeout)};
+    else
+      fault.kind = fault::Reset{std::uint64_t{0}, std::nullopt};
   } else if (t == "slicer") {
     fault.kind = fault::Slicer{static_cast<std::size_t>(attribute(toxic, "average_size")),
                                static_cast<std::size_t>(attribute(toxic, "size_variation")),
@@ -163,7 +162,8 @@ struct Response {
 Response json_response(http::status status, const json::value& value) { return {status, json::serialize(value)}; }
 
 Response error_response(const ApiError& error) {
-  return json_response(error.status, json::object{{"error", error.message}, {"status", static_cast<int>(error.status)}});
+  return json_response(error.status,
+                       json::object{{"error", error.message}, {"status", static_cast<int>(error.status)}});
 }
 
 class Api;
@@ -203,6 +203,24 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
 
   std::string address() const override { return address_; }
 
+  /// The proxies of a populate file, made before the API answers anyone;
+  /// `done(error)` with the first failure's words.
+  void populate_file(const std::string& text, std::function<void(std::optional<std::string>)> done) {
+    http::request<http::string_body> request;
+    request.body() = text;
+    try {
+      populate(request, [done](Response response) {
+        if (response.status == http::status::created) return done(std::nullopt);
+        boost::system::error_code ec;
+        const json::value body = json::parse(response.body, ec);
+        const json::value* error = !ec && body.is_object() ? body.as_object().if_contains("error") : nullptr;
+        done(error && error->is_string() ? std::string(error->as_string()) : response.body);
+      });
+    } catch (const ApiError& error) {
+      done(error.message);
+    }
+  }
+
   void stop() override {
     std::promise<void> done;
     asio::post(service_.loop().context(), [this, &done] {
@@ -224,8 +242,9 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
         return reply({http::status::forbidden, "User agent not allowed\n", "text/plain; charset=utf-8"});
       }
       if (!options_.token.empty() && request[http::field::authorization] != "Bearer " + options_.token) {
-        return reply(error_response({http::status::unauthorized, "this API needs the service's token: send "
-                                                                 "'Authorization: Bearer TOKEN'"}));
+        return reply(error_response({http::status::unauthorized,
+                                     "this API needs the service's token: send "
+                                     "'Authorization: Bearer TOKEN'"}));
       }
       route(request, reply);
     } catch (const ApiError& error) {
@@ -295,7 +314,8 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
           reply(error ? error_response(*error) : json_response(http::status::created, e->to_json()));
         });
       }
-      if (n == 2 && method == http::verb::get) return reply(json_response(http::status::ok, entry(parts[1])->to_json()));
+      if (n == 2 && method == http::verb::get)
+        return reply(json_response(http::status::ok, entry(parts[1])->to_json()));
       if (n == 2 && method == http::verb::post) return update(entry(parts[1]), body_object(request), reply);
       if (n == 2 && method == http::verb::delete_) {
         auto e = entry(parts[1]);
@@ -341,6 +361,15 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
       if (proxies_.count(e->name)) throw ApiError{http::status::conflict, "proxy already exists"};
       host_port_of(e->listen, "listen");
       host_port_of(e->upstream, "upstream");
+      // Not in toxiproxy 2.5.0 (its issue 447): a proxy's toxics with it,
+      // for populate and the start-up file.
+      if (const json::value* toxics = body.if_contains("toxics"); toxics && !toxics->is_null()) {
+        if (!toxics->is_array()) throw bad_request("toxics is not an array");
+        for (const auto& t : toxics->as_array()) {
+          if (!t.is_object()) throw bad_request("each toxic is a JSON object");
+          e->toxics.push_back(new_toxic(*e, t.as_object()));
+        }
+      }
     } catch (const ApiError& error) {
       return done(nullptr, error);
     }
@@ -371,28 +400,28 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
       for (const auto& toxic : e->toxics) {
         if (auto fault = fault_of(toxic)) options.faults.push_back(std::move(*fault));
       }
-      StreamProxy::create(service_.loop(), std::move(options),
-                          [e, done](std::exception_ptr error, std::shared_ptr<StreamProxy> proxy) {
-                            if (error) {
-                              const bool refused = [&] {
-                                try {
-                                  std::rethrow_exception(error);
-                                } catch (const PolicyRefusal&) {
-                                  return true;
-                                } catch (...) {
-                                  return false;
-                                }
-                              }();
-                              return done(ApiError{refused ? http::status::forbidden : http::status::internal_server_error,
-                                                   describe_exception(error)});
-                            }
-                            e->proxy = std::move(proxy);
-                            // toxiproxy reports where it listens, the port it picked included.
-                            if (const auto sockets = e->proxy->sockets(); !sockets.empty()) {
-                              e->listen = sockets.front().to_string();
-                            }
-                            done(std::nullopt);
-                          });
+      StreamProxy::create(
+          service_.loop(), std::move(options), [e, done](std::exception_ptr error, std::shared_ptr<StreamProxy> proxy) {
+            if (error) {
+              const bool refused = [&] {
+                try {
+                  std::rethrow_exception(error);
+                } catch (const PolicyRefusal&) {
+                  return true;
+                } catch (...) {
+                  return false;
+                }
+              }();
+              return done(ApiError{refused ? http::status::forbidden : http::status::internal_server_error,
+                                   describe_exception(error)});
+            }
+            e->proxy = std::move(proxy);
+            // toxiproxy reports where it listens, the port it picked included.
+            if (const auto sockets = e->proxy->sockets(); !sockets.empty()) {
+              e->listen = sockets.front().to_string();
+            }
+            done(std::nullopt);
+          });
     });
   }
 
@@ -426,7 +455,18 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
     });
   }
 
-  void add_toxic(const std::shared_ptr<Entry>& e, const json::object& body, const std::function<void(Response)>& reply) {
+  void add_toxic(const std::shared_ptr<Entry>& e, const json::object& body,
+                 const std::function<void(Response)>& reply) {
+    Toxic toxic = new_toxic(*e, body);
+    apply(e, toxic);
+    e->toxics.push_back(toxic);
+    reply(json_response(http::status::ok, toxic_json(toxic)));
+  }
+
+  /// A toxic from its JSON, with toxiproxy's defaults (downstream,
+  /// toxicity 1, named TYPE_STREAM); throws ApiError for a bad one or a
+  /// name `e` has already.
+  static Toxic new_toxic(Entry& e, const json::object& body) {
     Toxic toxic;
     toxic.type = string_field(body, "type");
     toxic.stream = string_field(body, "stream");
@@ -438,13 +478,12 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
     if (type == toxic_types().end()) throw ApiError{http::status::bad_request, "invalid toxic type"};
     toxic.name = string_field(body, "name");
     if (toxic.name.empty()) toxic.name = toxic.type + "_" + toxic.stream;
-    if (e->find(toxic.name)) throw ApiError{http::status::conflict, "toxic already exists"};
+    if (e.find(toxic.name)) throw ApiError{http::status::conflict, "toxic already exists"};
     toxic.toxicity = number_field(body, "toxicity", 1);
     for (const auto& key : type->second) toxic.attributes[key] = 0;
     take_attributes(toxic, body);
-    apply(e, toxic);
-    e->toxics.push_back(toxic);
-    reply(json_response(http::status::ok, toxic_json(toxic)));
+    fault_of(toxic);  // what the core would refuse, refused now
+    return toxic;
   }
 
   void update_toxic(const std::shared_ptr<Entry>& e, Toxic& toxic, const json::object& body,
@@ -535,9 +574,9 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
                      std::function<void(Response)> reply) {
     if (at == list->size()) return reply(json_response(http::status::created, json::object{{"proxies", *made}}));
     auto fail = [made, reply](const ApiError& error) {
-      reply(json_response(error.status, json::object{{"error", error.message},
-                                                     {"status", static_cast<int>(error.status)},
-                                                     {"proxies", *made}}));
+      reply(json_response(
+          error.status,
+          json::object{{"error", error.message}, {"status", static_cast<int>(error.status)}, {"proxies", *made}}));
     };
     if (!(*list)[at].is_object()) return fail(bad_request("each proxy is a JSON object"));
     const json::object body = (*list)[at].as_object();
@@ -578,11 +617,11 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
 
 void HttpConnection::read() {
   request_ = {};
-  http::async_read(socket_, buffer_, request_,
-                   [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
-                     if (ec) return;  // the client went away, or sent no HTTP
-                     self->api_->handle(self->request_, [self](Response response) { self->answer(std::move(response)); });
-                   });
+  http::async_read(
+      socket_, buffer_, request_, [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+        if (ec) return;  // the client went away, or sent no HTTP
+        self->api_->handle(self->request_, [self](Response response) { self->answer(std::move(response)); });
+      });
 }
 
 void HttpConnection::answer(Response response) {
@@ -608,17 +647,27 @@ void HttpConnection::answer(Response response) {
 }  // namespace
 
 std::shared_ptr<ToxiproxyApi> ToxiproxyApi::start(ConduitService& service, ToxiproxyApiOptions options) {
+  const std::string config = options.config;
   auto api = std::make_shared<Api>(service, std::move(options));
-  std::promise<void> listening;
+  std::promise<void> ready;
   asio::post(service.loop().context(), [&] {
     try {
       api->listen();
-      listening.set_value();
+      if (config.empty()) return ready.set_value();
+      api->populate_file(config, [&](std::optional<std::string> error) {
+        if (!error) return ready.set_value();
+        ready.set_exception(std::make_exception_ptr(std::invalid_argument("the start-up proxies: " + *error)));
+      });
     } catch (...) {
-      listening.set_exception(std::current_exception());
+      ready.set_exception(std::current_exception());
     }
   });
-  listening.get_future().get();
+  try {
+    ready.get_future().get();
+  } catch (...) {
+    api->stop();
+    throw;
+  }
   return api;
 }
 

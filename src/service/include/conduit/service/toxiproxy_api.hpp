@@ -25,12 +25,17 @@ struct ToxiproxyApiOptions {
   /// With a token, every request must carry "Authorization: Bearer TOKEN"
   /// (toxiproxy's clients send it as a custom header); empty: none asked.
   std::string token;
+  /// Proxies to make before the API answers, as JSON in POST /populate's
+  /// form (toxiproxy's -config file), each with its "toxics" if it has any.
+  std::string config;
 };
 
 class ToxiproxyApi {
  public:
-  /// Listen as `options` say, on the service's loop; returns once it does,
-  /// or throws std::system_error (the address is taken, say).
+  /// Listen as `options` say, on the service's loop, and make the
+  /// start-up proxies; returns once done, or throws std::system_error (the
+  /// address is taken, say) or std::invalid_argument (a start-up proxy
+  /// cannot be made: its words).
   static std::shared_ptr<ToxiproxyApi> start(ConduitService& service, ToxiproxyApiOptions options);
   virtual ~ToxiproxyApi() = default;
   /// Where it listens ("127.0.0.1:8474").
