@@ -154,11 +154,52 @@ async def proxy_session(client):
     return f"latency {slow * 1000:.1f} ms over a {base * 1000:.1f} ms base, reset, blackhole {held:.2f} s"
 
 
+async def toxiproxy_api(_client):
+    """The proxy the service's start-up file made (tests/compose/toxiproxy.json:
+    echo-tcp behind port 7103, 50 ms of latency back), then its toxic removed
+    through the toxiproxy API, as toxiproxy's clients would, with the token."""
+    import json
+    import urllib.request
+
+    service_host = ADDRESS.rsplit(":", 1)[0]
+    with open(TOKEN_FILE) as f:
+        token = f.read().strip()
+
+    def call(method, path):
+        request = urllib.request.Request(f"http://{service_host}:8474{path}", method=method,
+                                         headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+
+    async def round_trip(payload=b"ping"):
+        reader, writer = await asyncio.open_connection(service_host, 7103)
+        begin = time.monotonic()
+        writer.write(payload)
+        got = await reader.readexactly(len(payload))
+        elapsed = time.monotonic() - begin
+        writer.close()
+        assert got == payload, "the echo through the start-up proxy differs"
+        return elapsed
+
+    status, body = await asyncio.to_thread(call, "GET", "/proxies")
+    proxies = json.loads(body)
+    assert status == 200 and "echo" in proxies, (status, body)
+    assert [t["name"] for t in proxies["echo"]["toxics"]] == ["latency_downstream"], body
+    slow = await round_trip()
+    assert slow >= 0.05, f"the start-up latency toxic: a round trip took {slow * 1000:.1f} ms"
+    status, _ = await asyncio.to_thread(call, "DELETE", "/proxies/echo/toxics/latency_downstream")
+    assert status == 204, status
+    fast = await round_trip()
+    assert fast < slow, (fast, slow)
+    return f"start-up proxy: {slow * 1000:.1f} ms with its toxic, {fast * 1000:.1f} ms without"
+
+
 async def main():
     with open(TOKEN_FILE) as f:
         token = f.read().strip()
     async with Client(ADDRESS, token=token) as client:
-        for step in (connection_sessions, server_session, datagram_session, subprocess_session, proxy_session):
+        for step in (connection_sessions, server_session, datagram_session, subprocess_session, proxy_session,
+                     toxiproxy_api):
             result = await asyncio.wait_for(step(client), STEP_TIMEOUT)
             print(f"python: {step.__name__} ok" + (f" ({result})" if result else ""), flush=True)
 

@@ -148,6 +148,10 @@ class Topology:
         mounts = [(self.secrets_dir, "/run/secrets"), (REPO_ROOT, "/opt/conduit")]
         for volume in self.compose["services"][name].get("volumes", []):
             source, target = volume.split(":")[:2]
+            if source.startswith((".", "/")):
+                # A file of this tree, bind-mounted where this tree is here already.
+                assert target == os.path.join("/opt/conduit", os.path.normpath(source)), volume
+                continue
             mounts.append((self.volume_dir(source), target))
         setup = ""
         for source, target in mounts:
