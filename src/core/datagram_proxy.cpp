@@ -49,8 +49,8 @@ class DatagramFlow final : public DatagramProtocol, public std::enable_shared_fr
   void faults_changed() { faults_.update(proxy_ ? proxy_->faults_ : FaultList()); }
 
   const ProxyConnectionInfo& info() {
-    info_.bytes_upstream = to_upstream_.forwarded;
-    info_.bytes_downstream = to_client_.forwarded;
+    info_.bytes_upstream = info_.received_upstream = to_upstream_.forwarded;
+    info_.bytes_downstream = info_.received_downstream = to_client_.forwarded;
     return info_;
   }
   void detach() {

@@ -64,6 +64,8 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
   const ProxyConnectionInfo& info() {
     info_.bytes_upstream = to_upstream_.forwarded;
     info_.bytes_downstream = to_client_.forwarded;
+    info_.received_upstream = to_upstream_.received;
+    info_.received_downstream = to_client_.received;
     return info_;
   }
 
@@ -98,6 +100,7 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
 
   void data(Side side, std::span<const std::byte> bytes) {
     Relay& r = from(side);
+    r.received += bytes.size();
     if (r.ended || state_ != State::relaying || !sink(r)) return;
     if (faults().find<fault::Blackhole>(r.direction)) return;  // dropped
     std::size_t n = bytes.size();
@@ -239,6 +242,7 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
     bool source_paused = false;  // we paused the sending transport's reading
     bool ended = false;          // an end (EOF, close, reset) is queued: nothing more is taken
     bool eof_passed = false;
+    std::uint64_t received = 0;   // bytes read from the sender, whatever the faults do with them
     std::uint64_t accepted = 0;   // bytes taken in, for limit_data and reset
     std::uint64_t forwarded = 0;  // bytes written to the receiver
   };

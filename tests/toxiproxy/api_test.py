@@ -48,6 +48,54 @@ def expect(ok, what):
         print("FAIL:", what, file=sys.stderr)
 
 
+def metrics_through_a_proxy(api, auth):
+    """GET /metrics: toxiproxy's byte counters per proxy and direction, once
+    100 bytes went up and came back through a proxy (and 60 of them were cut
+    by a limit_data toxic on the way down), and Conduit's connection counts."""
+    import socket
+    import threading
+
+    upstream = socket.create_server(("127.0.0.1", 0))
+
+    def echo():
+        conn, _ = upstream.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    port = upstream.getsockname()[1]
+    status, body = call(api, "POST", "/proxies", {"name": "m", "upstream": f"127.0.0.1:{port}"}, auth)
+    expect(status == 201, f"metrics proxy: {status} {body}")
+    listen = json.loads(body)["listen"]
+    call(api, "POST", "/proxies/m/toxics", {"type": "limit_data", "attributes": {"bytes": 40}}, auth)
+    host, lport = listen.rsplit(":", 1)
+    with socket.create_connection((host, int(lport)), timeout=5) as client:
+        client.sendall(b"x" * 100)
+        got = b""
+        while data := client.recv(65536):
+            got += data
+    expect(len(got) == 40, f"limit_data 40: {len(got)} bytes came back")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        status, text = call(api, "GET", "/metrics", None, auth)
+        labels = f'proxy="m",listener="{listen}",upstream="127.0.0.1:{port}"'
+        want = [f'toxiproxy_proxy_received_bytes_total{{direction="upstream",{labels}}} 100',
+                f'toxiproxy_proxy_sent_bytes_total{{direction="upstream",{labels}}} 100',
+                f'toxiproxy_proxy_sent_bytes_total{{direction="downstream",{labels}}} 40',
+                f'conduit_proxy_connections_total{{{labels}}} 1']
+        # Downstream, the proxy read 40 to 100 bytes before the toxic closed it.
+        down = [line for line in text.splitlines()
+                if line.startswith(f'toxiproxy_proxy_received_bytes_total{{direction="downstream",{labels}}} ')]
+        if status == 200 and all(w in text.splitlines() for w in want) and down and \
+                40 <= int(down[0].rsplit(" ", 1)[1]) <= 100:
+            break
+        time.sleep(0.05)
+    expect(status == 200 and all(w in text.splitlines() for w in want) and down, f"metrics: {status} {text}")
+    call(api, "DELETE", "/proxies/m", None, auth)
+    upstream.close()
+
+
 def main():
     conduit = sys.argv[1]
     with tempfile.TemporaryDirectory() as folder:
@@ -92,6 +140,7 @@ def main():
             expect(status == 409 and "toxic already exists" in body, f"the same toxic again: {status} {body}")
             status, _ = call(api, "DELETE", "/proxies/db", None, auth)
             expect(status == 204, f"delete: {status}")
+            metrics_through_a_proxy(api, auth)
         finally:
             proc.terminate()
             proc.wait(timeout=10)

@@ -16,6 +16,7 @@
 #include <optional>
 #include <stdexcept>
 #include <system_error>
+#include <tuple>
 
 namespace conduit::service {
 
@@ -139,6 +140,24 @@ struct Entry {
   bool enabled = true;
   std::vector<Toxic> toxics;
   std::shared_ptr<StreamProxy> proxy;
+  /// What the connections that ended moved (the open ones' is the proxy's
+  /// to tell), and how many there were: for /metrics.
+  ProxyConnectionInfo ended;
+  std::uint64_t connections_total = 0;
+
+  /// Bytes received and sent each way, ended connections and open ones.
+  ProxyConnectionInfo totals() const {
+    ProxyConnectionInfo sum = ended;
+    if (proxy) {
+      for (const auto& c : proxy->connections()) {
+        sum.bytes_upstream += c.bytes_upstream;
+        sum.bytes_downstream += c.bytes_downstream;
+        sum.received_upstream += c.received_upstream;
+        sum.received_downstream += c.received_downstream;
+      }
+    }
+    return sum;
+  }
 
   json::object to_json() const {
     json::array list;
@@ -301,6 +320,9 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
       return reply({http::status::ok, "2.5.0", "text/plain;charset=utf-8"});
     }
     if (n == 1 && parts[0] == "reset" && method == http::verb::post) return reset(reply);
+    if (n == 1 && parts[0] == "metrics" && method == http::verb::get) {
+      return reply({http::status::ok, metrics(), "text/plain; version=0.0.4; charset=utf-8"});
+    }
     if (n == 1 && parts[0] == "populate" && method == http::verb::post) return populate(request, reply);
     if (n >= 1 && parts[0] == "proxies") {
       if (n == 1 && method == http::verb::get) {
@@ -345,6 +367,45 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
       }
     }
     reply({http::status::not_found, "404 page not found\n", "text/plain; charset=utf-8"});
+  }
+
+  /// Prometheus' text format: toxiproxy's two byte counters per proxy and
+  /// direction (toxiproxy's -proxy-metrics), and Conduit's connection counts.
+  std::string metrics() const {
+    auto quoted = [](const std::string& text) {
+      std::string out;
+      for (char c : text) {
+        if (c == '\\' || c == '"') out += '\\';
+        if (c == '\n') {
+          out += "\\n";
+          continue;
+        }
+        out += c;
+      }
+      return out;
+    };
+    std::string received = "# TYPE toxiproxy_proxy_received_bytes_total counter\n";
+    std::string sent = "# TYPE toxiproxy_proxy_sent_bytes_total counter\n";
+    std::string open =
+        "# HELP conduit_proxy_connections Connections open now.\n# TYPE conduit_proxy_connections gauge\n";
+    std::string total =
+        "# HELP conduit_proxy_connections_total Connections accepted.\n# TYPE conduit_proxy_connections_total "
+        "counter\n";
+    for (const auto& [name, e] : proxies_) {
+      const ProxyConnectionInfo t = e->totals();
+      const std::string labels = "proxy=\"" + quoted(name) + "\",listener=\"" + quoted(e->listen) + "\",upstream=\"" +
+                                 quoted(e->upstream) + "\"";
+      for (const auto& [direction, in, out] : {std::tuple{"upstream", t.received_upstream, t.bytes_upstream},
+                                               std::tuple{"downstream", t.received_downstream, t.bytes_downstream}}) {
+        const std::string l = "{direction=\"" + std::string(direction) + "\"," + labels + "}";
+        received += "toxiproxy_proxy_received_bytes_total" + l + " " + std::to_string(in) + "\n";
+        sent += "toxiproxy_proxy_sent_bytes_total" + l + " " + std::to_string(out) + "\n";
+      }
+      open += "conduit_proxy_connections{" + labels + "} " +
+              std::to_string(e->proxy ? e->proxy->connections().size() : 0) + "\n";
+      total += "conduit_proxy_connections_total{" + labels + "} " + std::to_string(e->connections_total) + "\n";
+    }
+    return received + sent + open + total;
   }
 
   /// Make a proxy from its JSON (name, listen, upstream, enabled), then
@@ -395,6 +456,18 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
       options.listen.port = listen_port;
       options.upstream.host = upstream_host;
       options.upstream.port = upstream_port;
+      std::weak_ptr<Entry> weak = e;
+      options.on_accepted = [weak](const ProxyConnectionInfo&) {
+        if (auto entry = weak.lock()) ++entry->connections_total;
+      };
+      options.on_closed = [weak](const ProxyConnectionInfo& info, std::exception_ptr) {
+        auto entry = weak.lock();
+        if (!entry) return;
+        entry->ended.bytes_upstream += info.bytes_upstream;
+        entry->ended.bytes_downstream += info.bytes_downstream;
+        entry->ended.received_upstream += info.received_upstream;
+        entry->ended.received_downstream += info.received_downstream;
+      };
       options.check_listen_address = policy_check(policy, AddressUse::listen, what, resolved);
       options.check_upstream_address = policy_check(policy, AddressUse::connect, what, resolved);
       for (const auto& toxic : e->toxics) {

@@ -43,6 +43,9 @@ struct ProxyConnectionInfo {
   std::optional<SocketAddress> client;  ///< the client's address
   std::uint64_t bytes_upstream = 0;     ///< forwarded from the client to the upstream
   std::uint64_t bytes_downstream = 0;   ///< forwarded from the upstream to the client
+  /// Read from the client and from the upstream, before faults dropped or
+  /// held any (a stream proxy's; a datagram proxy counts what it forwards).
+  std::uint64_t received_upstream = 0, received_downstream = 0;
   std::chrono::steady_clock::time_point accepted;
 };
 
