@@ -9,23 +9,8 @@ GOBIN=$(cd "$2" && pwd)/go-bin
 export GOBIN GOFLAGS=-mod=mod
 command -v go >/dev/null || { echo "error: go is missing (the test builds toxiproxy-cli with it)" >&2; exit 1; }
 [ -x "$GOBIN/cli" ] || go install github.com/Shopify/toxiproxy/v2/cmd/cli@v2.5.0
-TMP=$(mktemp -d)
-PID=
-cleanup() {
-  [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-"$CONDUIT" serve --listen 127.0.0.1:0 --toxiproxy-api 127.0.0.1:0 --quiet >"$TMP/out" 2>"$TMP/err" &
-PID=$!
-API=
-for _ in $(seq 1 100); do
-  API=$(sed -n 's/^toxiproxy-api //p' "$TMP/out")
-  [ -n "$API" ] && break
-  kill -0 "$PID" 2>/dev/null || { cat "$TMP/err" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$API" ] || { echo "error: no toxiproxy-api line" >&2; exit 1; }
+. "$(cd "$(dirname "$0")" && pwd)/service.sh"
+start_service "$CONDUIT"
 
 failures=0
 # expect DESCRIPTION PATTERN COMMAND...: the command succeeds and prints PATTERN.
