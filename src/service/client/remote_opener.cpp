@@ -112,6 +112,16 @@ auto completion(std::shared_ptr<std::weak_ptr<T>> slot, std::shared_ptr<BaseProt
   };
 }
 
+/// A server session, its completion the Opener's (copyable for the session).
+void start_server(EventLoop& loop, const RemoteOptions& remote, v1::OpenServer open, ProtocolFactory factory,
+                  detail::AbstractServerHandler handler) {
+  auto shared = std::make_shared<detail::AbstractServerHandler>(std::move(handler));
+  open_server_session(loop, remote, std::move(open), std::move(factory),
+                      [shared](std::exception_ptr error, std::shared_ptr<AbstractServer> server) {
+                        std::move (*shared)(error, std::move(server));
+                      });
+}
+
 }  // namespace
 
 void RemoteOpener::open_connection(ProtocolFactory factory, std::string host, std::uint16_t port,
@@ -161,11 +171,7 @@ void RemoteOpener::open_server(ProtocolFactory factory, std::vector<std::string>
   } catch (const std::exception&) {
     return fail(loop_, std::move(handler), std::current_exception());
   }
-  auto shared = std::make_shared<detail::AbstractServerHandler>(std::move(handler));
-  open_server_session(loop_, remote_, std::move(open), std::move(factory),
-                      [shared](std::exception_ptr error, std::shared_ptr<AbstractServer> server) {
-                        std::move (*shared)(error, std::move(server));
-                      });
+  start_server(loop_, remote_, std::move(open), std::move(factory), std::move(handler));
 }
 
 void RemoteOpener::open_unix_server(ProtocolFactory factory, std::string path, ServerOptions options,
@@ -178,11 +184,7 @@ void RemoteOpener::open_unix_server(ProtocolFactory factory, std::string path, S
   } catch (const std::exception&) {
     return fail(loop_, std::move(handler), std::current_exception());
   }
-  auto shared = std::make_shared<detail::AbstractServerHandler>(std::move(handler));
-  open_server_session(loop_, remote_, std::move(open), std::move(factory),
-                      [shared](std::exception_ptr error, std::shared_ptr<AbstractServer> server) {
-                        std::move (*shared)(error, std::move(server));
-                      });
+  start_server(loop_, remote_, std::move(open), std::move(factory), std::move(handler));
 }
 
 void RemoteOpener::open_datagram_endpoint(ProtocolFactory factory, DatagramOptions options,

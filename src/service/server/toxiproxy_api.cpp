@@ -1,5 +1,6 @@
 #include <conduit/service/toxiproxy_api.hpp>
 
+#include "codec.hpp"
 #include "session_open.hpp"
 
 #include <conduit/stream_proxy.hpp>
@@ -486,7 +487,7 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
                 }
               }();
               return done(ApiError{refused ? http::status::forbidden : http::status::internal_server_error,
-                                   describe_exception(error)});
+                                   error_of(error).message()});
             }
             e->proxy = std::move(proxy);
             // toxiproxy reports where it listens, the port it picked included.
@@ -523,7 +524,7 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
     if (!e->proxy) return start(e, answer);
     if (e->proxy->is_up()) return answer(std::nullopt);
     e->proxy->up([answer](std::exception_ptr error) {
-      answer(error ? std::optional<ApiError>(ApiError{http::status::internal_server_error, describe_exception(error)})
+      answer(error ? std::optional<ApiError>(ApiError{http::status::internal_server_error, error_of(error).message()})
                    : std::nullopt);
     });
   }
@@ -669,16 +670,6 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
       made->push_back(e->to_json());
       populate_next(list, at + 1, made, reply);
     });
-  }
-
-  static std::string describe_exception(std::exception_ptr error) {
-    try {
-      std::rethrow_exception(error);
-    } catch (const std::exception& e) {
-      return e.what();
-    } catch (...) {
-      return "unknown error";
-    }
   }
 
   ConduitService& service_;
