@@ -34,7 +34,7 @@ class DatagramFlow final : public DatagramProtocol, public std::enable_shared_fr
   DatagramFlow(EventLoop& loop, DatagramProxy& proxy, SocketAddress client, std::uint64_t id, std::uint64_t seed)
       : loop_(loop),
         proxy_(&proxy),
-        faults_(seed ^ 0x2545f4914f6cdd1dULL),
+        faults_(seed ^ 0x2545f4914f6cdd1dULL, Clock::now()),
         client_(std::move(client)),
         to_upstream_(loop, FaultDirection::upstream, seed),
         to_client_(loop, FaultDirection::downstream, seed ^ 0x9e3779b97f4a7c15ULL),
@@ -42,6 +42,7 @@ class DatagramFlow final : public DatagramProtocol, public std::enable_shared_fr
     info_.id = id;
     info_.client = client_;
     info_.accepted = Clock::now();
+    if (client_.is_inet()) faults_.set_client(client_.ip());
     faults_.update(proxy.faults_);
   }
 
@@ -128,6 +129,10 @@ class DatagramFlow final : public DatagramProtocol, public std::enable_shared_fr
   void relay(Direction& d, std::span<const std::byte> data) {
     if (ended_) return;
     const auto now = Clock::now();
+    // A datagram is judged whole, by the faults acting as it came (a
+    // scope's byte count is of the datagrams before it).
+    faults_.refresh(now);
+    faults_.carried(d.direction, data.size());
     for (const auto at : d.schedule.plan(faults(), d.direction, data.size(), now)) {
       if (at <= now && d.held.empty()) {
         deliver(d, data);

@@ -1,6 +1,7 @@
 #include "conduit/faults.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <stdexcept>
 
 namespace conduit {
@@ -17,6 +18,46 @@ template <class... Fs>
 Overloaded(Fs...) -> Overloaded<Fs...>;
 
 }  // namespace
+
+Network Network::parse(std::string_view text) {
+  const auto slash = text.find('/');
+  const std::string address_text(text.substr(0, slash));
+  boost::system::error_code ec;
+  Network network;
+  network.address = boost::asio::ip::make_address(address_text, ec);
+  if (ec) throw std::invalid_argument("'" + std::string(text) + "' is not an address or ADDRESS/PREFIX");
+  const unsigned bits = network.address.is_v4() ? 32 : 128;
+  network.prefix = bits;
+  if (slash != std::string_view::npos) {
+    const std::string_view digits = text.substr(slash + 1);
+    const auto [end, err] = std::from_chars(digits.data(), digits.data() + digits.size(), network.prefix);
+    if (err != std::errc() || end != digits.data() + digits.size() || digits.empty() || network.prefix > bits) {
+      throw std::invalid_argument("'" + std::string(text) + "': the prefix must be 0 to " + std::to_string(bits));
+    }
+  }
+  return network;
+}
+
+bool Network::contains(const boost::asio::ip::address& client) const {
+  boost::asio::ip::address ip = client;
+  if (ip.is_v6() && ip.to_v6().is_v4_mapped())
+    ip = boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped, ip.to_v6());
+  if (ip.is_v4() != address.is_v4()) return false;
+  auto matches = [this](const auto& a, const auto& b) {
+    for (unsigned bit = 0; bit < prefix; ++bit) {
+      const unsigned byte = bit / 8, mask = 0x80u >> (bit % 8);
+      if ((a[byte] & mask) != (b[byte] & mask)) return false;
+    }
+    return true;
+  };
+  if (ip.is_v4()) return matches(ip.to_v4().to_bytes(), address.to_v4().to_bytes());
+  return matches(ip.to_v6().to_bytes(), address.to_v6().to_bytes());
+}
+
+std::string Network::to_string() const {
+  const bool whole = prefix == (address.is_v4() ? 32u : 128u);
+  return whole ? address.to_string() : address.to_string() + "/" + std::to_string(prefix);
+}
 
 const char* kind_name(const Kind& kind) {
   return std::visit(Overloaded{[](const Latency&) { return "latency"; }, [](const Bandwidth&) { return "bandwidth"; },
@@ -57,6 +98,14 @@ void Fault::validate() const {
     if (d.count() < 0) throw std::invalid_argument(what + field + " must not be negative");
   };
   probability(toxicity, "toxicity");
+  if (scope.start_after) not_negative(*scope.start_after, "start_after");
+  if (scope.stop_after) not_negative(*scope.stop_after, "stop_after");
+  if (scope.start_after && scope.stop_after && *scope.stop_after <= *scope.start_after) {
+    throw std::invalid_argument(what + "stop_after must be later than start_after");
+  }
+  if (scope.start_after_bytes && scope.stop_after_bytes && *scope.stop_after_bytes <= *scope.start_after_bytes) {
+    throw std::invalid_argument(what + "stop_after_bytes must be more than start_after_bytes");
+  }
   std::visit(Overloaded{[&](const Latency& f) {
                           not_negative(f.delay, "delay");
                           not_negative(f.jitter, "jitter");
@@ -102,7 +151,13 @@ bool FaultList::remove(const std::string& name) {
   return std::erase_if(faults_, [&](const Fault& f) { return f.name == name; }) > 0;
 }
 
-void ConnectionFaults::update(const FaultList& proxy_faults) {
+void ConnectionFaults::set_client(const boost::asio::ip::address& client) {
+  client_ = client;
+  update(FaultList(proxy_));
+}
+
+void ConnectionFaults::update(const FaultList& proxy_faults, Clock::time_point now) {
+  proxy_ = proxy_faults;
   mine_ = FaultList();
   for (const auto& f : proxy_faults.all()) {
     bool acts = f.toxicity >= 1;
@@ -111,8 +166,76 @@ void ConnectionFaults::update(const FaultList& proxy_faults) {
       if (fresh) it->second = std::bernoulli_distribution(f.toxicity)(random_);
       acts = it->second;
     }
+    if (acts && !f.scope.clients.empty()) {
+      acts = client_ && std::any_of(f.scope.clients.begin(), f.scope.clients.end(),
+                                    [this](const fault::Network& n) { return n.contains(*client_); });
+    }
     if (acts) mine_.set(f);
   }
+  refresh(now);
+}
+
+std::uint64_t ConnectionFaults::bytes_for(FaultDirection direction) const {
+  switch (direction) {
+    case FaultDirection::upstream: return bytes_[0];
+    case FaultDirection::downstream: return bytes_[1];
+    case FaultDirection::both: return bytes_[0] + bytes_[1];
+  }
+  return 0;
+}
+
+bool ConnectionFaults::acts(const Fault& f, Clock::time_point now) const {
+  const fault::Scope& s = f.scope;
+  const auto age = now - started_;
+  const std::uint64_t bytes = bytes_for(f.direction);
+  if (s.start_after && age < *s.start_after) return false;
+  if (s.stop_after && age >= *s.stop_after) return false;
+  if (s.start_after_bytes && bytes < *s.start_after_bytes) return false;
+  if (s.stop_after_bytes && bytes >= *s.stop_after_bytes) return false;
+  return true;
+}
+
+bool ConnectionFaults::refresh(Clock::time_point now) {
+  FaultList active;
+  for (const auto& f : mine_.all()) {
+    if (!f.scope.timed() || acts(f, now)) active.set(f);
+  }
+  // Only a window opening or closing changes the names (update() tells
+  // its callers of a changed fault itself).
+  auto names = [](const FaultList& list) {
+    std::vector<std::string> out;
+    for (const auto& f : list.all()) out.push_back(f.name);
+    return out;
+  };
+  const bool changed = names(active) != names(active_);
+  active_ = std::move(active);
+  return changed;
+}
+
+std::optional<ConnectionFaults::Clock::time_point> ConnectionFaults::next_change() const {
+  std::optional<Clock::time_point> next;
+  auto consider = [&](const std::optional<fault::Duration>& after) {
+    if (!after) return;
+    const Clock::time_point at = started_ + *after;
+    if (at > Clock::now() && (!next || at < *next)) next = at;
+  };
+  for (const auto& f : mine_.all()) {
+    consider(f.scope.start_after);
+    consider(f.scope.stop_after);
+  }
+  return next;
+}
+
+std::optional<std::uint64_t> ConnectionFaults::bytes_to_change(FaultDirection way) const {
+  std::optional<std::uint64_t> next;
+  for (const auto& f : mine_.all()) {
+    if (!f.acts_on(way)) continue;
+    const std::uint64_t bytes = bytes_for(f.direction);
+    for (const auto& mark : {f.scope.start_after_bytes, f.scope.stop_after_bytes}) {
+      if (mark && *mark > bytes && (!next || *mark - bytes < *next)) next = *mark - bytes;
+    }
+  }
+  return next;
 }
 
 // ---- StreamSchedule ---------------------------------------------------------

@@ -53,7 +53,8 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
   ProxyConnection(EventLoop& loop, StreamProxy& proxy, std::uint64_t id, std::uint64_t seed)
       : loop_(loop),
         proxy_(&proxy),
-        faults_(seed ^ 0x2545f4914f6cdd1dULL),
+        faults_(seed ^ 0x2545f4914f6cdd1dULL, Clock::now()),
+        window_timer_(loop.context()),
         to_upstream_(loop, FaultDirection::upstream, seed),
         to_client_(loop, FaultDirection::downstream, seed ^ 0x9e3779b97f4a7c15ULL) {
     info_.id = id;
@@ -81,6 +82,7 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
     if (side == Side::client) {
       client_ = std::move(transport);
       info_.client = client_->get_extra_info_as<SocketAddress>("peername");
+      if (info_.client && info_.client->is_inet()) faults_.set_client(info_.client->ip());
       client_->pause_reading();  // until the upstream is there
       // Ended before its client was made (the proxy went down or closed
       // meanwhile, and may be gone): that client goes at once.
@@ -92,6 +94,7 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
       upstream_pending_ = false;
       if (state_ != State::connecting) return upstream_->close();  // the client left meanwhile
       state_ = State::relaying;
+      arm_window();
       apply_timed_faults();
       update_source(to_upstream_);
       update_source(to_client_);
@@ -100,36 +103,18 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
 
   void data(Side side, std::span<const std::byte> bytes) {
     Relay& r = from(side);
-    r.received += bytes.size();
-    if (r.ended || state_ != State::relaying || !sink(r)) return;
-    if (faults().find<fault::Blackhole>(r.direction)) return;  // dropped
-    std::size_t n = bytes.size();
-    Action end = Action::none;
-    if (const auto* limit = faults().find<fault::LimitData>(r.direction)) {
-      const std::uint64_t left = limit->bytes > r.accepted ? limit->bytes - r.accepted : 0;
-      if (left <= n) {
-        n = static_cast<std::size_t>(left);
-        end = Action::close;
-        end_reason_ = "the limit_data fault closed the connection";
-      }
+    // A fault whose window opens or closes after so many bytes takes the
+    // bytes from there on: the chunk is taken in pieces split there.
+    while (!bytes.empty()) {
+      std::size_t n = bytes.size();
+      if (const auto left = faults_.bytes_to_change(r.direction); left && *left < n)
+        n = static_cast<std::size_t>(*left);
+      r.received += n;
+      faults_.carried(r.direction, n);
+      take(r, bytes.first(n));
+      bytes = bytes.subspan(n);
+      if (faults_.refresh()) windows_changed();
     }
-    if (const auto* reset = faults().find<fault::Reset>(r.direction); reset && reset->after_bytes) {
-      const std::uint64_t left = *reset->after_bytes > r.accepted ? *reset->after_bytes - r.accepted : 0;
-      if (left <= n) {
-        n = static_cast<std::size_t>(left);
-        end = Action::reset;
-      }
-    }
-    r.accepted += n;
-    if (n > 0) enqueue(r, bytes.first(n));
-    if (end != Action::none) {
-      r.ended = true;
-      const auto now = Clock::now();
-      push(r, {end == Action::close ? r.schedule.plan_end(faults(), r.direction, now) : r.schedule.after_last(now),
-               {},
-               end});
-    }
-    release(r);
   }
 
   void eof(Side side) {
@@ -188,10 +173,33 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
   /// as a whole (a reset, a blackhole's close), and release what waits.
   void faults_changed() {
     if (proxy_) faults_.update(proxy_->faults_);
+    windows_changed();
+  }
+
+  /// The faults acting now changed (set, removed, or a window opened or
+  /// closed): act on the new ones and wait for the next window.
+  void windows_changed() {
+    arm_window();
     if (state_ != State::relaying) return;
     apply_timed_faults();
     release(to_upstream_);
     release(to_client_);
+  }
+
+  /// Wake when a fault's time window next opens or closes.
+  void arm_window() {
+    const auto next = faults_.next_change();
+    if (next == window_at_) return;
+    window_at_ = next;
+    window_timer_.cancel();
+    if (!next) return;
+    window_timer_.expires_at(*next);
+    window_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+      if (ec) return;
+      self->window_at_.reset();
+      self->faults_.refresh();
+      self->windows_changed();
+    });
   }
 
   void reset_now(const std::string& why) {
@@ -253,6 +261,39 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
   Relay& into(Side side) { return side == Side::client ? to_client_ : to_upstream_; }
   Transport* source(const Relay& r) const { return (&r == &to_upstream_ ? client_ : upstream_).get(); }
   Transport* sink(const Relay& r) const { return (&r == &to_upstream_ ? upstream_ : client_).get(); }
+
+  /// Relay `bytes` from the sender of `r` under the faults acting now.
+  void take(Relay& r, std::span<const std::byte> bytes) {
+    if (r.ended || state_ != State::relaying || !sink(r)) return;
+    if (faults().find<fault::Blackhole>(r.direction)) return;  // dropped
+    std::size_t n = bytes.size();
+    Action end = Action::none;
+    if (const auto* limit = faults().find<fault::LimitData>(r.direction)) {
+      const std::uint64_t left = limit->bytes > r.accepted ? limit->bytes - r.accepted : 0;
+      if (left <= n) {
+        n = static_cast<std::size_t>(left);
+        end = Action::close;
+        end_reason_ = "the limit_data fault closed the connection";
+      }
+    }
+    if (const auto* reset = faults().find<fault::Reset>(r.direction); reset && reset->after_bytes) {
+      const std::uint64_t left = *reset->after_bytes > r.accepted ? *reset->after_bytes - r.accepted : 0;
+      if (left <= n) {
+        n = static_cast<std::size_t>(left);
+        end = Action::reset;
+      }
+    }
+    r.accepted += n;
+    if (n > 0) enqueue(r, bytes.first(n));
+    if (end != Action::none) {
+      r.ended = true;
+      const auto now = Clock::now();
+      push(r, {end == Action::close ? r.schedule.plan_end(faults(), r.direction, now) : r.schedule.after_last(now),
+               {},
+               end});
+    }
+    release(r);
+  }
 
   void connect_upstream() {
     const ProxyEndpoint& up = proxy_->options_.upstream;
@@ -402,6 +443,7 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
     to_client_.clear();
     for (auto& [key, timer] : timers_) timer->cancel();
     timers_.clear();
+    window_timer_.cancel();
     std::exception_ptr why = error_;
     if (!why && end_reason_) why = fault_error(*end_reason_);
     // No longer the proxy's connection: the proxy may go before our last
@@ -442,7 +484,9 @@ class ProxyConnection : public std::enable_shared_from_this<ProxyConnection> {
  private:
   EventLoop& loop_;
   StreamProxy* proxy_;
-  ConnectionFaults faults_;  // the proxy's that act on this connection
+  ConnectionFaults faults_;          // the proxy's that act on this connection
+  asio::steady_timer window_timer_;  // the next time a fault's window opens or closes
+  std::optional<Clock::time_point> window_at_;
   ProxyConnectionInfo info_;
   State state_ = State::connecting;
   std::shared_ptr<Transport> client_, upstream_;

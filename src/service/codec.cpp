@@ -108,16 +108,33 @@ Fault fault_of(const v1::FaultSpec& spec) {
       break;
     default: throw std::invalid_argument("fault '" + spec.name() + "': set one kind (latency, bandwidth, ...)");
   }
+  if (spec.has_toxicity()) f.toxicity = spec.toxicity().value();
+  const v1::FaultScope& scope = spec.scope();
+  for (const auto& client : scope.clients()) {
+    try {
+      f.scope.clients.push_back(fault::Network::parse(client));
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument("fault '" + spec.name() + "': scope.clients: " + e.what());
+    }
+  }
+  if (scope.start_after_us()) f.scope.start_after = us(scope.start_after_us());
+  if (scope.stop_after_us()) f.scope.stop_after = us(scope.stop_after_us());
+  if (scope.start_after_bytes()) f.scope.start_after_bytes = scope.start_after_bytes();
+  if (scope.stop_after_bytes()) f.scope.stop_after_bytes = scope.stop_after_bytes();
   f.validate();
   return f;
 }
 
 v1::FaultSpec spec_of(const Fault& f) {
-  if (f.toxicity != 1) {
-    throw std::invalid_argument("fault '" + f.name + "': a toxicity other than 1 is not carried by the gRPC API yet");
-  }
   v1::FaultSpec spec;
   spec.set_name(f.name);
+  if (f.toxicity != 1) spec.mutable_toxicity()->set_value(f.toxicity);
+  v1::FaultScope& scope = *spec.mutable_scope();
+  for (const auto& network : f.scope.clients) scope.add_clients(network.to_string());
+  if (f.scope.start_after) scope.set_start_after_us(us_of(*f.scope.start_after));
+  if (f.scope.stop_after) scope.set_stop_after_us(us_of(*f.scope.stop_after));
+  if (f.scope.start_after_bytes) scope.set_start_after_bytes(*f.scope.start_after_bytes);
+  if (f.scope.stop_after_bytes) scope.set_stop_after_bytes(*f.scope.stop_after_bytes);
   spec.set_direction(f.direction == FaultDirection::upstream     ? v1::UPSTREAM
                      : f.direction == FaultDirection::downstream ? v1::DOWNSTREAM
                                                                  : v1::BOTH);

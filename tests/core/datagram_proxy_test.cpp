@@ -195,6 +195,28 @@ TEST_F(DatagramProxyTest, DownDropsThenUpRelaysAgain) {
   EXPECT_EQ(client.received, std::vector<std::string>{"after"});
 }
 
+TEST_F(DatagramProxyTest, AScopedFaultActsFromItsByteCountAndForItsClientsOnly) {
+  // Loss of every datagram once a client has sent 10 bytes upstream, for
+  // clients in 127.0.0.0/8 only; a fault for another network never acts.
+  Fault loss = make("loss", FaultDirection::upstream, fault::Loss{1.0});
+  loss.scope.start_after_bytes = 10;
+  loss.scope.clients = {fault::Network::parse("127.0.0.0/8")};
+  Fault elsewhere = make("elsewhere", FaultDirection::both, fault::Blackhole{});
+  elsewhere.scope.clients = {fault::Network::parse("192.0.2.0/24")};
+  start({loss, elsewhere});
+  Client client(loop);
+  EXPECT_LT(round_trip_ms(client, "0123456789"), 1000) << "the first 10 bytes go through";
+  client.received.clear();
+  client.send("dropped", port());
+  EXPECT_FALSE(loop.run_until(
+      [&] {
+        client.read_available();
+        return !client.received.empty();
+      },
+      150ms));
+  ASSERT_EQ(upstream->received.size(), 1u);
+}
+
 TEST_F(DatagramProxyTest, RefusesAStreamOnlyFault) {
   start();
   EXPECT_THROW(proxy->set_fault(make("x", FaultDirection::both, fault::Reset{})), std::invalid_argument);

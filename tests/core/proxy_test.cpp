@@ -86,12 +86,21 @@ class ProxyTest : public ::testing::Test {
 
   std::uint16_t port() { return proxy->sockets().front().port(); }
 
-  /// A client through the proxy, once the upstream has its connection.
-  Peer client() {
+  /// A client through the proxy (from `source`, if given), once the
+  /// upstream has its connection.
+  Peer client(const char* source = nullptr) {
     const std::size_t before = upstream.connections.size();
-    Peer peer = Peer::connect(loop, port());
+    Peer peer = Peer::connect(loop, port(), "127.0.0.1", source);
     EXPECT_TRUE(run_until(loop, [&] { return upstream.connections.size() > before && upstream.last().rec.made == 1; }));
     return peer;
+  }
+
+  /// Run the loop until `at` (a timer's event, bounded).
+  bool run_to(Clock::time_point at) {
+    asio::steady_timer timer(loop.context(), at);
+    bool fired = false;
+    timer.async_wait([&](const boost::system::error_code&) { fired = true; });
+    return loop.run_until([&] { return fired; }, 5s);
   }
 
   /// Milliseconds for `text` to go through the proxy to the echo and back.
@@ -352,6 +361,82 @@ TEST_F(ProxyTest, SlowCloseDelaysTheEnd) {
   peer.shutdown_send();
   ASSERT_TRUE(run_until(loop, [&] { return upstream.last().rec.eofs == 1; }));
   EXPECT_GE(Clock::now() - begin, 140ms);
+}
+
+// ---- a fault's scope: which clients, when in a connection's life ----------------
+
+Fault scoped(Fault f, fault::Scope scope) {
+  f.scope = std::move(scope);
+  return f;
+}
+
+TEST_F(ProxyTest, AFaultStartingAfterSomeBytesTakesTheBytesFromThereOn) {
+  // A blackhole from the 1000th byte on: a 3000-byte send passes 1000.
+  fault::Scope scope;
+  scope.start_after_bytes = 1000;
+  start({scoped(make("later", FaultDirection::upstream, fault::Blackhole{}), scope)});
+  Peer peer = client();
+  peer.send(std::string(3000, 'b'));
+  ASSERT_TRUE(run_until(loop, [&] { return upstream.last().rec.data.size() >= 1000; }));
+  EXPECT_FALSE(loop.run_until([&] { return upstream.last().rec.data.size() > 1000; }, 100ms));
+  EXPECT_EQ(upstream.last().rec.data.size(), 1000u);
+}
+
+TEST_F(ProxyTest, AFaultStoppingAfterSomeBytesLetsTheRestThroughAtOnce) {
+  fault::Scope scope;
+  scope.stop_after_bytes = 4;
+  start({scoped(make("first", FaultDirection::upstream, fault::Latency{100ms, {}}), scope)});
+  Peer peer = client();
+  EXPECT_GE(round_trip_ms(peer, "ping"), 100) << "the first 4 bytes are delayed";
+  EXPECT_LT(round_trip_ms(peer, "pong"), 90) << "after them, none";
+}
+
+TEST_F(ProxyTest, AFaultStartsAndStopsAtItsTimesInTheConnectionsLife) {
+  // Upstream traffic is dropped from 150 ms to 400 ms of each connection's life.
+  fault::Scope scope;
+  scope.start_after = 150ms;
+  scope.stop_after = 400ms;
+  start({scoped(make("window", FaultDirection::upstream, fault::Blackhole{}), scope)});
+  const auto begin = Clock::now();
+  Peer peer = client();
+  EXPECT_LT(round_trip_ms(peer, "early"), 150);
+  ASSERT_LT(Clock::now() - begin, 150ms) << "this host is too slow for the test's timing";
+  ASSERT_TRUE(run_to(begin + 200ms));  // inside the window
+  peer.send("dropped");
+  EXPECT_FALSE(loop.run_until([&] { return upstream.last().rec.data.size() > 5; }, 100ms));
+  ASSERT_TRUE(run_to(begin + 420ms));
+  EXPECT_LT(round_trip_ms(peer, "late"), 150) << "the window closed: traffic flows";
+  EXPECT_EQ(upstream.last().rec.data, "earlylate");
+}
+
+TEST_F(ProxyTest, AResetStartingLaterResetsTheConnectionThen) {
+  fault::Scope scope;
+  scope.start_after = 150ms;
+  start({scoped(make("rst", FaultDirection::both, fault::Reset{}), scope)});
+  const auto begin = Clock::now();
+  Peer peer = client();
+  EXPECT_LT(round_trip_ms(peer, "fine"), 150);
+  ASSERT_TRUE(run_until(loop, [&] {
+    peer.read_available();
+    return peer.eof() || peer.error();
+  }));
+  EXPECT_GE(Clock::now() - begin, 140ms);
+  EXPECT_EQ(peer.error(), asio::error::connection_reset);
+}
+
+TEST_F(ProxyTest, AFaultForSomeClientsActsOnTheirsOnly) {
+  fault::Scope scope;
+  scope.clients = {fault::Network::parse("127.0.0.2/32"), fault::Network::parse("10.0.0.0/8")};
+  start({scoped(make("slow", FaultDirection::upstream, fault::Latency{100ms, {}}), scope)});
+  Peer other = client();  // from 127.0.0.1
+  EXPECT_LT(round_trip_ms(other, "fast"), 90);
+  Peer listed = client("127.0.0.2");
+  EXPECT_GE(round_trip_ms(listed, "slow"), 100);
+  // Changed while both run: now for 127.0.0.0/24, both of them.
+  fault::Scope wider;
+  wider.clients = {fault::Network::parse("127.0.0.0/24")};
+  proxy->set_fault(scoped(make("slow", FaultDirection::upstream, fault::Latency{100ms, {}}), wider));
+  EXPECT_GE(round_trip_ms(other, "slow"), 100);
 }
 
 TEST_F(ProxyTest, DownResetsAndRefusesThenUpListensWhereItDid) {

@@ -199,9 +199,15 @@ class Peer {
  public:
   explicit Peer(asio::ip::tcp::socket socket) : socket_(std::move(socket)) { socket_.non_blocking(true); }
 
-  /// Connect to a loopback port (completes inside the loop's context).
-  static Peer connect(EventLoop& loop, std::uint16_t port, const char* host = "127.0.0.1") {
+  /// Connect to a loopback port (completes inside the loop's context),
+  /// from `source` if given (another loopback address, say).
+  static Peer connect(EventLoop& loop, std::uint16_t port, const char* host = "127.0.0.1",
+                      const char* source = nullptr) {
     asio::ip::tcp::socket s(loop.context());
+    if (source) {
+      s.open(asio::ip::tcp::v4());
+      s.bind({asio::ip::make_address(source), 0});
+    }
     s.connect({asio::ip::make_address(host), port});
     return Peer(std::move(s));
   }

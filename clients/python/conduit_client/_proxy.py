@@ -83,6 +83,32 @@ class faults:  # noqa: N801 (a namespace of builders)
         return _spec(name, direction, reorder=pb.ReorderFault(probability=probability, hold_us=_us(hold)))
 
 
+    @staticmethod
+    def scoped(spec, *, toxicity: Optional[float] = None, clients=(), start_after: Optional[float] = None,
+               stop_after: Optional[float] = None, start_after_bytes: Optional[int] = None,
+               stop_after_bytes: Optional[int] = None):
+        """`spec` for some connections only: each with chance `toxicity`
+        (drawn once per connection), from clients whose address is in
+        `clients` (addresses or "ADDRESS/PREFIX"), and within each
+        connection's life from `start_after` seconds and `start_after_bytes`
+        bytes in the fault's direction until `stop_after` or
+        `stop_after_bytes`, whichever comes first."""
+        out = pb.FaultSpec()
+        out.CopyFrom(spec)
+        if toxicity is not None:
+            out.toxicity.value = toxicity
+        out.scope.clients.extend(clients)
+        if start_after is not None:
+            out.scope.start_after_us = _us(start_after)
+        if stop_after is not None:
+            out.scope.stop_after_us = _us(stop_after)
+        if start_after_bytes is not None:
+            out.scope.start_after_bytes = start_after_bytes
+        if stop_after_bytes is not None:
+            out.scope.stop_after_bytes = stop_after_bytes
+        return out
+
+
 class ProxyError(RuntimeError):
     """The service refused a proxy command (a bad fault, a name it has not)."""
 

@@ -3,7 +3,10 @@
 // schedule that turns a direction's faults into when each byte leaves.
 #pragma once
 
+#include <boost/asio/ip/address.hpp>
+
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -11,6 +14,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -90,6 +94,35 @@ struct Reorder {
 
 using Kind = std::variant<Latency, Bandwidth, Slicer, Blackhole, Reset, LimitData, SlowClose, Loss, Duplicate, Reorder>;
 
+/// A range of client addresses: an address and how many of its leading
+/// bits a client's must share ("10.0.0.0/8", "::1/128"; an address alone is
+/// all of its bits). An IPv4 client seen as an IPv4-mapped IPv6 address (a
+/// proxy listening on "::") is matched as the IPv4 address it is.
+struct Network {
+  boost::asio::ip::address address;
+  unsigned prefix = 0;
+
+  /// Throws std::invalid_argument naming what is wrong with `text`.
+  static Network parse(std::string_view text);
+  bool contains(const boost::asio::ip::address& client) const;
+  std::string to_string() const;
+};
+
+/// Which connections a fault acts on, and when in each one's life (for a
+/// UDP proxy: each client's, from its first datagram). Unset, every
+/// connection, all the time.
+struct Scope {
+  /// Only clients whose address is in one of these (empty: every client).
+  std::vector<Network> clients;
+  /// It starts to act once the connection is this old and has carried this
+  /// many bytes in the fault's direction (both ways, for a fault on both),
+  /// and stops at whichever stop comes first.
+  std::optional<Duration> start_after, stop_after;
+  std::optional<std::uint64_t> start_after_bytes, stop_after_bytes;
+
+  bool timed() const { return start_after || stop_after || start_after_bytes || stop_after_bytes; }
+};
+
 /// The fault's kind as the API spells it: "latency", "bandwidth", ...
 const char* kind_name(const Kind& kind);
 
@@ -109,10 +142,13 @@ struct Fault {
   /// per connection (a UDP proxy: per client), as the connection starts or
   /// the fault is first set; 1, every connection; 0, none.
   double toxicity = 1;
+  /// The clients it is for, and when in a connection's life it acts.
+  fault::Scope scope{};
 
   /// Throws std::invalid_argument naming what is wrong: an empty name, a
   /// negative or zero quantity where one is needed, a probability outside
-  /// [0, 1], a jitter larger than the delay.
+  /// [0, 1], a jitter larger than the delay, a scope that stops before it
+  /// starts.
   void validate() const;
   /// Throws std::invalid_argument unless a stream proxy (`datagram` false)
   /// or a datagram proxy carries out its kind, saying which one does.
@@ -143,20 +179,48 @@ class FaultList {
   std::vector<Fault> faults_;
 };
 
-/// The faults acting on one connection: those of its proxy whose toxicity
-/// draw came out for it (each fault's drawn once, by name, for the
-/// connection's life).
+/// The faults acting on one connection now: those of its proxy whose
+/// toxicity draw came out for it (each fault's drawn once, by name, for the
+/// connection's life), that are for its client, and whose scope's window
+/// is open at its age and byte counts.
+///
+///   set_client, update: which faults are the connection's at all;
+///   carried, refresh:   which of those act now (get()).
 class ConnectionFaults {
  public:
-  explicit ConnectionFaults(std::uint64_t seed) : random_(seed) {}
-  /// Take the proxy's list again (after a fault was set or removed).
-  void update(const FaultList& proxy_faults);
-  const FaultList& get() const { return mine_; }
+  using Clock = std::chrono::steady_clock;
+
+  ConnectionFaults(std::uint64_t seed, Clock::time_point started) : random_(seed), started_(started) {}
+  /// The client's address, for faults that are for some clients only
+  /// (until it is known, such faults do not act).
+  void set_client(const boost::asio::ip::address& client);
+  /// Take the proxy's list again (after a fault was set or removed), and
+  /// refresh at `now`.
+  void update(const FaultList& proxy_faults, Clock::time_point now = Clock::now());
+  /// `bytes` more came in `way` (upstream or downstream).
+  void carried(FaultDirection way, std::uint64_t bytes) { bytes_[way == FaultDirection::upstream ? 0 : 1] += bytes; }
+  /// Recompute which faults act at `now`; true if that changed.
+  bool refresh(Clock::time_point now = Clock::now());
+  const FaultList& get() const { return active_; }
+
+  /// When a fault's time window next opens or closes (none pending: nullopt).
+  std::optional<Clock::time_point> next_change() const;
+  /// How many more bytes in `way` until a fault's byte window opens or
+  /// closes (at least 1; none pending: nullopt).
+  std::optional<std::uint64_t> bytes_to_change(FaultDirection way) const;
 
  private:
+  std::uint64_t bytes_for(FaultDirection direction) const;
+  bool acts(const Fault& fault, Clock::time_point now) const;
+
   std::mt19937_64 random_;
+  Clock::time_point started_;
+  std::optional<boost::asio::ip::address> client_;
+  std::array<std::uint64_t, 2> bytes_{};  // upstream, downstream
   std::map<std::string, bool> drawn_;
-  FaultList mine_;
+  FaultList proxy_;   // the proxy's faults, as last given
+  FaultList mine_;    // those whose toxicity and clients are this connection's
+  FaultList active_;  // those of mine_ whose window is open
 };
 
 /// When the pieces of a stream's chunk leave, given one direction's faults:

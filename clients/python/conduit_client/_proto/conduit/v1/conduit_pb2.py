@@ -14,14 +14,16 @@ from google.protobuf import descriptor_pb2
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
 
 
 DESCRIPTOR = _descriptor.FileDescriptor(
   name='conduit/v1/conduit.proto',
   package='conduit.v1',
   syntax='proto3',
-  serialized_pb=_b('\n\x18\x63onduit/v1/conduit.proto\x12\nconduit.v1\"\xcd\x02\n\rClientMessage\x12\x35\n\x0fopen_connection\x18\x01 \x01(\x0b\x32\x1a.conduit.v1.OpenConnectionH\x00\x12\x35\n\x0fopen_subprocess\x18\x02 \x01(\x0b\x32\x1a.conduit.v1.OpenSubprocessH\x00\x12\x42\n\x16open_datagram_endpoint\x18\x03 \x01(\x0b\x32 .conduit.v1.OpenDatagramEndpointH\x00\x12-\n\x0bopen_server\x18\x04 \x01(\x0b\x32\x16.conduit.v1.OpenServerH\x00\x12+\n\nopen_proxy\x18\x05 \x01(\x0b\x32\x15.conduit.v1.OpenProxyH\x00\x12&\n\x07\x63ommand\x18\n \x01(\x0b\x32\x13.conduit.v1.CommandH\x00\x42\x06\n\x04kind\"\xa3\x02\n\x0eOpenConnection\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsClient\x12\x19\n\x11write_buffer_high\x18\x04 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x05 \x01(\r\x12\x19\n\x11\x63lose_at_peer_eof\x18\t \x01(\x08\x12\x14\n\x0cstart_paused\x18\x07 \x01(\x08\x12(\n\nlocal_addr\x18\x08 \x01(\x0b\x32\x14.conduit.v1.HostPortB\x08\n\x06targetJ\x04\x08\x06\x10\x07R\x13keep_open_after_eof\"&\n\x08HostPort\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"W\n\tTlsClient\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x17\n\x0fserver_hostname\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\x10\n\x08insecure\x18\x04 \x01(\x08\"\xb3\x02\n\nOpenServer\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\r\x12\x12\n\nreuse_port\x18\x05 \x01(\x08\x12\x19\n\x11write_buffer_high\x18\x06 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x07 \x01(\r\x12\x17\n\x0fmax_connections\x18\x08 \x01(\r\x12\x19\n\x11\x63lose_at_peer_eof\x18\x0b \x01(\x08\x12\x14\n\x0cstart_paused\x18\n \x01(\x08\x42\x08\n\x06targetJ\x04\x08\t\x10\nR\x13keep_open_after_eof\"V\n\tTlsServer\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x0f\n\x07key_pem\x18\x03 \x01(\t\x12\x15\n\rclient_ca_pem\x18\x04 \x01(\t\"\xcc\x01\n\tOpenProxy\x12)\n\x06listen\x18\x01 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12+\n\x08upstream\x18\x02 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12%\n\x06\x66\x61ults\x18\x03 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\x12\x19\n\x11stats_interval_ms\x18\x04 \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\x05 \x01(\r\x12\x0c\n\x04name\x18\x06 \x01(\t\"\xce\x01\n\rProxyEndpoint\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12#\n\x03udp\x18\x03 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12)\n\ntls_server\x18\x04 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12)\n\ntls_client\x18\x05 \x01(\x0b\x32\x15.conduit.v1.TlsClientB\x08\n\x06target\"\x9c\x04\n\tFaultSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\tdirection\x18\x02 \x01(\x0e\x32\x1a.conduit.v1.FaultDirection\x12+\n\x07latency\x18\n \x01(\x0b\x32\x18.conduit.v1.LatencyFaultH\x00\x12/\n\tbandwidth\x18\x0b \x01(\x0b\x32\x1a.conduit.v1.BandwidthFaultH\x00\x12)\n\x06slicer\x18\x0c \x01(\x0b\x32\x17.conduit.v1.SlicerFaultH\x00\x12/\n\tblackhole\x18\r \x01(\x0b\x32\x1a.conduit.v1.BlackholeFaultH\x00\x12\'\n\x05reset\x18\x0e \x01(\x0b\x32\x16.conduit.v1.ResetFaultH\x00\x12\x30\n\nlimit_data\x18\x0f \x01(\x0b\x32\x1a.conduit.v1.LimitDataFaultH\x00\x12\x30\n\nslow_close\x18\x10 \x01(\x0b\x32\x1a.conduit.v1.SlowCloseFaultH\x00\x12%\n\x04loss\x18\x11 \x01(\x0b\x32\x15.conduit.v1.LossFaultH\x00\x12/\n\tduplicate\x18\x12 \x01(\x0b\x32\x1a.conduit.v1.DuplicateFaultH\x00\x12+\n\x07reorder\x18\x13 \x01(\x0b\x32\x18.conduit.v1.ReorderFaultH\x00\x42\x06\n\x04kind\"3\n\x0cLatencyFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\x12\x11\n\tjitter_us\x18\x02 \x01(\x04\"*\n\x0e\x42\x61ndwidthFault\x12\x18\n\x10\x62ytes_per_second\x18\x01 \x01(\x04\"M\n\x0bSlicerFault\x12\x14\n\x0c\x61verage_size\x18\x01 \x01(\r\x12\x16\n\x0esize_variation\x18\x02 \x01(\r\x12\x10\n\x08\x64\x65lay_us\x18\x03 \x01(\x04\"(\n\x0e\x42lackholeFault\x12\x16\n\x0e\x63lose_after_us\x18\x01 \x01(\x04\"3\n\nResetFault\x12\x13\n\x0b\x61\x66ter_bytes\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x66ter_us\x18\x02 \x01(\x04\"\x1f\n\x0eLimitDataFault\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"\"\n\x0eSlowCloseFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\" \n\tLossFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"%\n\x0e\x44uplicateFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"4\n\x0cReorderFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x0f\n\x07hold_us\x18\x02 \x01(\x04\"\x98\x01\n\x0eOpenSubprocess\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05shell\x18\x02 \x01(\t\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12\x30\n\x03\x65nv\x18\x04 \x03(\x0b\x32#.conduit.v1.OpenSubprocess.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x01\n\x14OpenDatagramEndpoint\x12(\n\nlocal_addr\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12)\n\x0bremote_addr\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12\x12\n\nreuse_port\x18\x03 \x01(\x08\x12\x17\n\x0f\x61llow_broadcast\x18\x04 \x01(\x08\"\xa3\x07\n\x07\x43ommand\x12\x15\n\rconnection_id\x18\x14 \x01(\x04\x12\x0f\n\x05write\x18\x01 \x01(\x0cH\x00\x12,\n\nwritelines\x18\x02 \x01(\x0b\x32\x16.conduit.v1.WritelinesH\x00\x12)\n\twrite_eof\x18\x03 \x01(\x0b\x32\x14.conduit.v1.WriteEofH\x00\x12\"\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x11.conduit.v1.CloseH\x00\x12\"\n\x05\x61\x62ort\x18\x05 \x01(\x0b\x32\x11.conduit.v1.AbortH\x00\x12\x31\n\rpause_reading\x18\x06 \x01(\x0b\x32\x18.conduit.v1.PauseReadingH\x00\x12\x33\n\x0eresume_reading\x18\x07 \x01(\x0b\x32\x19.conduit.v1.ResumeReadingH\x00\x12@\n\x17set_write_buffer_limits\x18\x08 \x01(\x0b\x32\x1d.conduit.v1.WriteBufferLimitsH\x00\x12\x32\n\x0eget_extra_info\x18\t \x01(\x0b\x32\x18.conduit.v1.GetExtraInfoH\x00\x12)\n\x0bsend_signal\x18\n \x01(\x0b\x32\x12.conduit.v1.SignalH\x00\x12*\n\tterminate\x18\x0b \x01(\x0b\x32\x15.conduit.v1.TerminateH\x00\x12 \n\x04kill\x18\x0c \x01(\x0b\x32\x10.conduit.v1.KillH\x00\x12$\n\x06sendto\x18\r \x01(\x0b\x32\x12.conduit.v1.SendtoH\x00\x12*\n\tset_fault\x18\x0e \x01(\x0b\x32\x15.conduit.v1.FaultSpecH\x00\x12/\n\x0cremove_fault\x18\x0f \x01(\x0b\x32\x17.conduit.v1.RemoveFaultH\x00\x12+\n\nproxy_down\x18\x10 \x01(\x0b\x32\x15.conduit.v1.ProxyDownH\x00\x12\'\n\x08proxy_up\x18\x11 \x01(\x0b\x32\x13.conduit.v1.ProxyUpH\x00\x12\x33\n\x0estop_listening\x18\x12 \x01(\x0b\x32\x19.conduit.v1.StopListeningH\x00\x12+\n\nclose_pipe\x18\x13 \x01(\x0b\x32\x15.conduit.v1.ClosePipeH\x00\x12\x35\n\x11set_socket_option\x18\x15 \x01(\x0b\x32\x18.conduit.v1.SocketOptionH\x00\x42\x06\n\x04kind\"\x1b\n\x0bRemoveFault\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0b\n\tProxyDown\"\t\n\x07ProxyUp\"\x0f\n\rStopListening\"\x17\n\tClosePipe\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\"<\n\x0cSocketOption\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x0e\n\x06option\x18\x02 \x01(\x05\x12\r\n\x05value\x18\x03 \x01(\x05\":\n\x06Sendto\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\"\n\x04\x61\x64\x64r\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\"\x1a\n\nWritelines\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\"\n\n\x08WriteEof\"\x07\n\x05\x43lose\"\x07\n\x05\x41\x62ort\"\x0e\n\x0cPauseReading\"\x0f\n\rResumeReading\".\n\x11WriteBufferLimits\x12\x0c\n\x04high\x18\x01 \x01(\r\x12\x0b\n\x03low\x18\x02 \x01(\r\"\x1c\n\x0cGetExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x06Signal\x12\x0e\n\x06signal\x18\x01 \x01(\x05\x12\x15\n\rprocess_group\x18\x02 \x01(\x08\"\x0b\n\tTerminate\"\x06\n\x04Kill\"\xd8\t\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nunix_nanos\x18\x02 \x01(\x03\x12\x15\n\rconnection_id\x18\x03 \x01(\x04\x12\x35\n\x0f\x63onnection_made\x18\n \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rdata_received\x18\x0b \x01(\x0b\x32\x18.conduit.v1.DataReceivedH\x00\x12/\n\x0c\x65of_received\x18\x0c \x01(\x0b\x32\x17.conduit.v1.EofReceivedH\x00\x12\x35\n\x0f\x63onnection_lost\x18\r \x01(\x0b\x32\x1a.conduit.v1.ConnectionLostH\x00\x12\x31\n\rpause_writing\x18\x0e \x01(\x0b\x32\x18.conduit.v1.PauseWritingH\x00\x12\x33\n\x0eresume_writing\x18\x0f \x01(\x0b\x32\x19.conduit.v1.ResumeWritingH\x00\x12:\n\x12pipe_data_received\x18\x10 \x01(\x0b\x32\x1c.conduit.v1.PipeDataReceivedH\x00\x12>\n\x14pipe_connection_lost\x18\x11 \x01(\x0b\x32\x1e.conduit.v1.PipeConnectionLostH\x00\x12\x33\n\x0eprocess_exited\x18\x12 \x01(\x0b\x32\x19.conduit.v1.ProcessExitedH\x00\x12-\n\x0bopen_failed\x18\x13 \x01(\x0b\x32\x16.conduit.v1.OpenFailedH\x00\x12+\n\nextra_info\x18\x14 \x01(\x0b\x32\x15.conduit.v1.ExtraInfoH\x00\x12\x33\n\x0e\x63ommand_failed\x18\x15 \x01(\x0b\x32\x19.conduit.v1.CommandFailedH\x00\x12\x39\n\x11\x64\x61tagram_received\x18\x16 \x01(\x0b\x32\x1c.conduit.v1.DatagramReceivedH\x00\x12\x33\n\x0e\x65rror_received\x18\x17 \x01(\x0b\x32\x19.conduit.v1.ErrorReceivedH\x00\x12\x33\n\x0eserver_started\x18\x18 \x01(\x0b\x32\x19.conduit.v1.ServerStartedH\x00\x12\x39\n\x13\x63onnection_accepted\x18\x19 \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rproxy_started\x18\x1a \x01(\x0b\x32\x18.conduit.v1.ProxyStartedH\x00\x12\x35\n\x0eproxy_accepted\x18\x1b \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x32\n\x0bproxy_stats\x18\x1c \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x33\n\x0cproxy_closed\x18\x1d \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12-\n\x0bproxy_state\x18\x1e \x01(\x0b\x32\x16.conduit.v1.ProxyStateH\x00\x12\x31\n\rproxy_changed\x18\x1f \x01(\x0b\x32\x18.conduit.v1.ProxyChangedH\x00\x42\x06\n\x04kind\"3\n\x0cProxyStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\"u\n\x0fProxyConnection\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_upstream\x18\x02 \x01(\x04\x12\x18\n\x10\x62ytes_downstream\x18\x03 \x01(\x04\x12 \n\x05\x65rror\x18\x04 \x01(\x0b\x32\x11.conduit.v1.Error\"r\n\nProxyState\x12\n\n\x02up\x18\x01 \x01(\x08\x12\x0f\n\x07sockets\x18\x02 \x03(\t\x12 \n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.conduit.v1.Error\x12%\n\x06\x66\x61ults\x18\x04 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\"R\n\x0cProxyChanged\x12\n\n\x02\x62y\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0b\x32\x16.conduit.v1.ProxyState\"4\n\rServerStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\".\n\x10\x44\x61tagramReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"1\n\rErrorReceived\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"-\n\x05\x45rror\x12\x13\n\x0b\x65rrno_value\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0e\x43onnectionMade\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08peername\x18\x02 \x01(\t\x12\x10\n\x08sockname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x13\n\x0btls_version\x18\x05 \x01(\t\x12\x12\n\ntls_cipher\x18\x06 \x01(\t\"\x1c\n\x0c\x44\x61taReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\r\n\x0b\x45ofReceived\"2\n\x0e\x43onnectionLost\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\" \n\x0cPauseWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\"!\n\rResumeWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\",\n\x10PipeDataReceived\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x12PipeConnectionLost\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.conduit.v1.Error\"#\n\rProcessExited\x12\x12\n\nreturncode\x18\x01 \x01(\x05\".\n\nOpenFailed\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"7\n\tExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"1\n\rCommandFailed\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x15\n\x13ListSessionsRequest\"\x95\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x10\n\x08\x62ytes_in\x18\x05 \x01(\x04\x12\x11\n\tbytes_out\x18\x06 \x01(\x04\x12\x13\n\x0b\x61ge_seconds\x18\x07 \x01(\x01\x12\x0c\n\x04name\x18\x08 \x01(\t\"[\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.conduit.v1.SessionInfo\x12\x18\n\x10unopened_streams\x18\x02 \x01(\r\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"L\n\x13\x43ontrolProxyRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12$\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x13.conduit.v1.Command\"\x8f\x01\n\x12GetAddrInfoRequest\x12\x0e\n\x04host\x18\x01 \x01(\tH\x00\x12\x0e\n\x04port\x18\x02 \x01(\tH\x01\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\x05\x12\x0c\n\x04type\x18\x04 \x01(\x05\x12\x10\n\x08protocol\x18\x05 \x01(\x05\x12\r\n\x05\x66lags\x18\x06 \x01(\x05\x42\x0c\n\nhost_givenB\x0c\n\nport_given\"\x8d\x01\n\x08\x41\x64\x64rInfo\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\x05\x12\x0c\n\x04type\x18\x02 \x01(\x05\x12\x10\n\x08protocol\x18\x03 \x01(\x05\x12\x11\n\tcanonname\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x0c\n\x04port\x18\x06 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x07 \x01(\r\x12\x10\n\x08scope_id\x18\x08 \x01(\r\"b\n\x13GetAddrInfoResponse\x12\'\n\taddresses\x18\x01 \x03(\x0b\x32\x14.conduit.v1.AddrInfo\x12\x11\n\tgai_error\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"c\n\x12GetNameInfoRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x03 \x01(\r\x12\x10\n\x08scope_id\x18\x04 \x01(\r\x12\r\n\x05\x66lags\x18\x05 \x01(\x05\"X\n\x13GetNameInfoResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tgai_error\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x16\n\x14\x43loseSessionResponse*8\n\x0e\x46\x61ultDirection\x12\x08\n\x04\x42OTH\x10\x00\x12\x0c\n\x08UPSTREAM\x10\x01\x12\x0e\n\nDOWNSTREAM\x10\x02\x32\xd5\x03\n\x07\x43onduit\x12;\n\x07Session\x12\x19.conduit.v1.ClientMessage\x1a\x11.conduit.v1.Event(\x01\x30\x01\x12Q\n\x0cListSessions\x12\x1f.conduit.v1.ListSessionsRequest\x1a .conduit.v1.ListSessionsResponse\x12Q\n\x0c\x43loseSession\x12\x1f.conduit.v1.CloseSessionRequest\x1a .conduit.v1.CloseSessionResponse\x12G\n\x0c\x43ontrolProxy\x12\x1f.conduit.v1.ControlProxyRequest\x1a\x16.conduit.v1.ProxyState\x12N\n\x0bGetAddrInfo\x12\x1e.conduit.v1.GetAddrInfoRequest\x1a\x1f.conduit.v1.GetAddrInfoResponse\x12N\n\x0bGetNameInfo\x12\x1e.conduit.v1.GetNameInfoRequest\x1a\x1f.conduit.v1.GetNameInfoResponseb\x06proto3')
-)
+  serialized_pb=_b('\n\x18\x63onduit/v1/conduit.proto\x12\nconduit.v1\x1a\x1egoogle/protobuf/wrappers.proto\"\xcd\x02\n\rClientMessage\x12\x35\n\x0fopen_connection\x18\x01 \x01(\x0b\x32\x1a.conduit.v1.OpenConnectionH\x00\x12\x35\n\x0fopen_subprocess\x18\x02 \x01(\x0b\x32\x1a.conduit.v1.OpenSubprocessH\x00\x12\x42\n\x16open_datagram_endpoint\x18\x03 \x01(\x0b\x32 .conduit.v1.OpenDatagramEndpointH\x00\x12-\n\x0bopen_server\x18\x04 \x01(\x0b\x32\x16.conduit.v1.OpenServerH\x00\x12+\n\nopen_proxy\x18\x05 \x01(\x0b\x32\x15.conduit.v1.OpenProxyH\x00\x12&\n\x07\x63ommand\x18\n \x01(\x0b\x32\x13.conduit.v1.CommandH\x00\x42\x06\n\x04kind\"\xa3\x02\n\x0eOpenConnection\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsClient\x12\x19\n\x11write_buffer_high\x18\x04 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x05 \x01(\r\x12\x19\n\x11\x63lose_at_peer_eof\x18\t \x01(\x08\x12\x14\n\x0cstart_paused\x18\x07 \x01(\x08\x12(\n\nlocal_addr\x18\x08 \x01(\x0b\x32\x14.conduit.v1.HostPortB\x08\n\x06targetJ\x04\x08\x06\x10\x07R\x13keep_open_after_eof\"&\n\x08HostPort\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"W\n\tTlsClient\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x17\n\x0fserver_hostname\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\x10\n\x08insecure\x18\x04 \x01(\x08\"\xb3\x02\n\nOpenServer\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12\"\n\x03tls\x18\x03 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\r\x12\x12\n\nreuse_port\x18\x05 \x01(\x08\x12\x19\n\x11write_buffer_high\x18\x06 \x01(\r\x12\x18\n\x10write_buffer_low\x18\x07 \x01(\r\x12\x17\n\x0fmax_connections\x18\x08 \x01(\r\x12\x19\n\x11\x63lose_at_peer_eof\x18\x0b \x01(\x08\x12\x14\n\x0cstart_paused\x18\n \x01(\x08\x42\x08\n\x06targetJ\x04\x08\t\x10\nR\x13keep_open_after_eof\"V\n\tTlsServer\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x0f\n\x07key_pem\x18\x03 \x01(\t\x12\x15\n\rclient_ca_pem\x18\x04 \x01(\t\"\xcc\x01\n\tOpenProxy\x12)\n\x06listen\x18\x01 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12+\n\x08upstream\x18\x02 \x01(\x0b\x32\x19.conduit.v1.ProxyEndpoint\x12%\n\x06\x66\x61ults\x18\x03 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\x12\x19\n\x11stats_interval_ms\x18\x04 \x01(\r\x12\x17\n\x0fidle_timeout_ms\x18\x05 \x01(\r\x12\x0c\n\x04name\x18\x06 \x01(\t\"\xce\x01\n\rProxyEndpoint\x12#\n\x03tcp\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12\x13\n\tunix_path\x18\x02 \x01(\tH\x00\x12#\n\x03udp\x18\x03 \x01(\x0b\x32\x14.conduit.v1.HostPortH\x00\x12)\n\ntls_server\x18\x04 \x01(\x0b\x32\x15.conduit.v1.TlsServer\x12)\n\ntls_client\x18\x05 \x01(\x0b\x32\x15.conduit.v1.TlsClientB\x08\n\x06target\"\xf3\x04\n\tFaultSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\tdirection\x18\x02 \x01(\x0e\x32\x1a.conduit.v1.FaultDirection\x12.\n\x08toxicity\x18\x03 \x01(\x0b\x32\x1c.google.protobuf.DoubleValue\x12%\n\x05scope\x18\x04 \x01(\x0b\x32\x16.conduit.v1.FaultScope\x12+\n\x07latency\x18\n \x01(\x0b\x32\x18.conduit.v1.LatencyFaultH\x00\x12/\n\tbandwidth\x18\x0b \x01(\x0b\x32\x1a.conduit.v1.BandwidthFaultH\x00\x12)\n\x06slicer\x18\x0c \x01(\x0b\x32\x17.conduit.v1.SlicerFaultH\x00\x12/\n\tblackhole\x18\r \x01(\x0b\x32\x1a.conduit.v1.BlackholeFaultH\x00\x12\'\n\x05reset\x18\x0e \x01(\x0b\x32\x16.conduit.v1.ResetFaultH\x00\x12\x30\n\nlimit_data\x18\x0f \x01(\x0b\x32\x1a.conduit.v1.LimitDataFaultH\x00\x12\x30\n\nslow_close\x18\x10 \x01(\x0b\x32\x1a.conduit.v1.SlowCloseFaultH\x00\x12%\n\x04loss\x18\x11 \x01(\x0b\x32\x15.conduit.v1.LossFaultH\x00\x12/\n\tduplicate\x18\x12 \x01(\x0b\x32\x1a.conduit.v1.DuplicateFaultH\x00\x12+\n\x07reorder\x18\x13 \x01(\x0b\x32\x18.conduit.v1.ReorderFaultH\x00\x42\x06\n\x04kind\"\x81\x01\n\nFaultScope\x12\x0f\n\x07\x63lients\x18\x01 \x03(\t\x12\x16\n\x0estart_after_us\x18\x02 \x01(\x04\x12\x15\n\rstop_after_us\x18\x03 \x01(\x04\x12\x19\n\x11start_after_bytes\x18\x04 \x01(\x04\x12\x18\n\x10stop_after_bytes\x18\x05 \x01(\x04\"3\n\x0cLatencyFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\x12\x11\n\tjitter_us\x18\x02 \x01(\x04\"*\n\x0e\x42\x61ndwidthFault\x12\x18\n\x10\x62ytes_per_second\x18\x01 \x01(\x04\"M\n\x0bSlicerFault\x12\x14\n\x0c\x61verage_size\x18\x01 \x01(\r\x12\x16\n\x0esize_variation\x18\x02 \x01(\r\x12\x10\n\x08\x64\x65lay_us\x18\x03 \x01(\x04\"(\n\x0e\x42lackholeFault\x12\x16\n\x0e\x63lose_after_us\x18\x01 \x01(\x04\"3\n\nResetFault\x12\x13\n\x0b\x61\x66ter_bytes\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x66ter_us\x18\x02 \x01(\x04\"\x1f\n\x0eLimitDataFault\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"\"\n\x0eSlowCloseFault\x12\x10\n\x08\x64\x65lay_us\x18\x01 \x01(\x04\" \n\tLossFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"%\n\x0e\x44uplicateFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\"4\n\x0cReorderFault\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x0f\n\x07hold_us\x18\x02 \x01(\x04\"\x98\x01\n\x0eOpenSubprocess\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05shell\x18\x02 \x01(\t\x12\x0b\n\x03\x63wd\x18\x03 \x01(\t\x12\x30\n\x03\x65nv\x18\x04 \x03(\x0b\x32#.conduit.v1.OpenSubprocess.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x01\n\x14OpenDatagramEndpoint\x12(\n\nlocal_addr\x18\x01 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12)\n\x0bremote_addr\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\x12\x12\n\nreuse_port\x18\x03 \x01(\x08\x12\x17\n\x0f\x61llow_broadcast\x18\x04 \x01(\x08\"\xa3\x07\n\x07\x43ommand\x12\x15\n\rconnection_id\x18\x14 \x01(\x04\x12\x0f\n\x05write\x18\x01 \x01(\x0cH\x00\x12,\n\nwritelines\x18\x02 \x01(\x0b\x32\x16.conduit.v1.WritelinesH\x00\x12)\n\twrite_eof\x18\x03 \x01(\x0b\x32\x14.conduit.v1.WriteEofH\x00\x12\"\n\x05\x63lose\x18\x04 \x01(\x0b\x32\x11.conduit.v1.CloseH\x00\x12\"\n\x05\x61\x62ort\x18\x05 \x01(\x0b\x32\x11.conduit.v1.AbortH\x00\x12\x31\n\rpause_reading\x18\x06 \x01(\x0b\x32\x18.conduit.v1.PauseReadingH\x00\x12\x33\n\x0eresume_reading\x18\x07 \x01(\x0b\x32\x19.conduit.v1.ResumeReadingH\x00\x12@\n\x17set_write_buffer_limits\x18\x08 \x01(\x0b\x32\x1d.conduit.v1.WriteBufferLimitsH\x00\x12\x32\n\x0eget_extra_info\x18\t \x01(\x0b\x32\x18.conduit.v1.GetExtraInfoH\x00\x12)\n\x0bsend_signal\x18\n \x01(\x0b\x32\x12.conduit.v1.SignalH\x00\x12*\n\tterminate\x18\x0b \x01(\x0b\x32\x15.conduit.v1.TerminateH\x00\x12 \n\x04kill\x18\x0c \x01(\x0b\x32\x10.conduit.v1.KillH\x00\x12$\n\x06sendto\x18\r \x01(\x0b\x32\x12.conduit.v1.SendtoH\x00\x12*\n\tset_fault\x18\x0e \x01(\x0b\x32\x15.conduit.v1.FaultSpecH\x00\x12/\n\x0cremove_fault\x18\x0f \x01(\x0b\x32\x17.conduit.v1.RemoveFaultH\x00\x12+\n\nproxy_down\x18\x10 \x01(\x0b\x32\x15.conduit.v1.ProxyDownH\x00\x12\'\n\x08proxy_up\x18\x11 \x01(\x0b\x32\x13.conduit.v1.ProxyUpH\x00\x12\x33\n\x0estop_listening\x18\x12 \x01(\x0b\x32\x19.conduit.v1.StopListeningH\x00\x12+\n\nclose_pipe\x18\x13 \x01(\x0b\x32\x15.conduit.v1.ClosePipeH\x00\x12\x35\n\x11set_socket_option\x18\x15 \x01(\x0b\x32\x18.conduit.v1.SocketOptionH\x00\x42\x06\n\x04kind\"\x1b\n\x0bRemoveFault\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x0b\n\tProxyDown\"\t\n\x07ProxyUp\"\x0f\n\rStopListening\"\x17\n\tClosePipe\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\"<\n\x0cSocketOption\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x0e\n\x06option\x18\x02 \x01(\x05\x12\r\n\x05value\x18\x03 \x01(\x05\":\n\x06Sendto\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\"\n\x04\x61\x64\x64r\x18\x02 \x01(\x0b\x32\x14.conduit.v1.HostPort\"\x1a\n\nWritelines\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\"\n\n\x08WriteEof\"\x07\n\x05\x43lose\"\x07\n\x05\x41\x62ort\"\x0e\n\x0cPauseReading\"\x0f\n\rResumeReading\".\n\x11WriteBufferLimits\x12\x0c\n\x04high\x18\x01 \x01(\r\x12\x0b\n\x03low\x18\x02 \x01(\r\"\x1c\n\x0cGetExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x06Signal\x12\x0e\n\x06signal\x18\x01 \x01(\x05\x12\x15\n\rprocess_group\x18\x02 \x01(\x08\"\x0b\n\tTerminate\"\x06\n\x04Kill\"\xd8\t\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nunix_nanos\x18\x02 \x01(\x03\x12\x15\n\rconnection_id\x18\x03 \x01(\x04\x12\x35\n\x0f\x63onnection_made\x18\n \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rdata_received\x18\x0b \x01(\x0b\x32\x18.conduit.v1.DataReceivedH\x00\x12/\n\x0c\x65of_received\x18\x0c \x01(\x0b\x32\x17.conduit.v1.EofReceivedH\x00\x12\x35\n\x0f\x63onnection_lost\x18\r \x01(\x0b\x32\x1a.conduit.v1.ConnectionLostH\x00\x12\x31\n\rpause_writing\x18\x0e \x01(\x0b\x32\x18.conduit.v1.PauseWritingH\x00\x12\x33\n\x0eresume_writing\x18\x0f \x01(\x0b\x32\x19.conduit.v1.ResumeWritingH\x00\x12:\n\x12pipe_data_received\x18\x10 \x01(\x0b\x32\x1c.conduit.v1.PipeDataReceivedH\x00\x12>\n\x14pipe_connection_lost\x18\x11 \x01(\x0b\x32\x1e.conduit.v1.PipeConnectionLostH\x00\x12\x33\n\x0eprocess_exited\x18\x12 \x01(\x0b\x32\x19.conduit.v1.ProcessExitedH\x00\x12-\n\x0bopen_failed\x18\x13 \x01(\x0b\x32\x16.conduit.v1.OpenFailedH\x00\x12+\n\nextra_info\x18\x14 \x01(\x0b\x32\x15.conduit.v1.ExtraInfoH\x00\x12\x33\n\x0e\x63ommand_failed\x18\x15 \x01(\x0b\x32\x19.conduit.v1.CommandFailedH\x00\x12\x39\n\x11\x64\x61tagram_received\x18\x16 \x01(\x0b\x32\x1c.conduit.v1.DatagramReceivedH\x00\x12\x33\n\x0e\x65rror_received\x18\x17 \x01(\x0b\x32\x19.conduit.v1.ErrorReceivedH\x00\x12\x33\n\x0eserver_started\x18\x18 \x01(\x0b\x32\x19.conduit.v1.ServerStartedH\x00\x12\x39\n\x13\x63onnection_accepted\x18\x19 \x01(\x0b\x32\x1a.conduit.v1.ConnectionMadeH\x00\x12\x31\n\rproxy_started\x18\x1a \x01(\x0b\x32\x18.conduit.v1.ProxyStartedH\x00\x12\x35\n\x0eproxy_accepted\x18\x1b \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x32\n\x0bproxy_stats\x18\x1c \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12\x33\n\x0cproxy_closed\x18\x1d \x01(\x0b\x32\x1b.conduit.v1.ProxyConnectionH\x00\x12-\n\x0bproxy_state\x18\x1e \x01(\x0b\x32\x16.conduit.v1.ProxyStateH\x00\x12\x31\n\rproxy_changed\x18\x1f \x01(\x0b\x32\x18.conduit.v1.ProxyChangedH\x00\x42\x06\n\x04kind\"3\n\x0cProxyStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\"u\n\x0fProxyConnection\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_upstream\x18\x02 \x01(\x04\x12\x18\n\x10\x62ytes_downstream\x18\x03 \x01(\x04\x12 \n\x05\x65rror\x18\x04 \x01(\x0b\x32\x11.conduit.v1.Error\"r\n\nProxyState\x12\n\n\x02up\x18\x01 \x01(\x08\x12\x0f\n\x07sockets\x18\x02 \x03(\t\x12 \n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.conduit.v1.Error\x12%\n\x06\x66\x61ults\x18\x04 \x03(\x0b\x32\x15.conduit.v1.FaultSpec\"R\n\x0cProxyChanged\x12\n\n\x02\x62y\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0b\x32\x16.conduit.v1.ProxyState\"4\n\rServerStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07sockets\x18\x02 \x03(\t\".\n\x10\x44\x61tagramReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"1\n\rErrorReceived\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"-\n\x05\x45rror\x12\x13\n\x0b\x65rrno_value\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"~\n\x0e\x43onnectionMade\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08peername\x18\x02 \x01(\t\x12\x10\n\x08sockname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x13\n\x0btls_version\x18\x05 \x01(\t\x12\x12\n\ntls_cipher\x18\x06 \x01(\t\"\x1c\n\x0c\x44\x61taReceived\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\r\n\x0b\x45ofReceived\"2\n\x0e\x43onnectionLost\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\" \n\x0cPauseWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\"!\n\rResumeWriting\x12\x10\n\x08\x62uffered\x18\x01 \x01(\x04\",\n\x10PipeDataReceived\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x12PipeConnectionLost\x12\n\n\x02\x66\x64\x18\x01 \x01(\x05\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x11.conduit.v1.Error\"#\n\rProcessExited\x12\x12\n\nreturncode\x18\x01 \x01(\x05\".\n\nOpenFailed\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.conduit.v1.Error\"7\n\tExtraInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"1\n\rCommandFailed\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x15\n\x13ListSessionsRequest\"\x95\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x10\n\x08\x62ytes_in\x18\x05 \x01(\x04\x12\x11\n\tbytes_out\x18\x06 \x01(\x04\x12\x13\n\x0b\x61ge_seconds\x18\x07 \x01(\x01\x12\x0c\n\x04name\x18\x08 \x01(\t\"[\n\x14ListSessionsResponse\x12)\n\x08sessions\x18\x01 \x03(\x0b\x32\x17.conduit.v1.SessionInfo\x12\x18\n\x10unopened_streams\x18\x02 \x01(\r\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"L\n\x13\x43ontrolProxyRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12$\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x13.conduit.v1.Command\"\x8f\x01\n\x12GetAddrInfoRequest\x12\x0e\n\x04host\x18\x01 \x01(\tH\x00\x12\x0e\n\x04port\x18\x02 \x01(\tH\x01\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\x05\x12\x0c\n\x04type\x18\x04 \x01(\x05\x12\x10\n\x08protocol\x18\x05 \x01(\x05\x12\r\n\x05\x66lags\x18\x06 \x01(\x05\x42\x0c\n\nhost_givenB\x0c\n\nport_given\"\x8d\x01\n\x08\x41\x64\x64rInfo\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\x05\x12\x0c\n\x04type\x18\x02 \x01(\x05\x12\x10\n\x08protocol\x18\x03 \x01(\x05\x12\x11\n\tcanonname\x18\x04 \x01(\t\x12\x0c\n\x04host\x18\x05 \x01(\t\x12\x0c\n\x04port\x18\x06 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x07 \x01(\r\x12\x10\n\x08scope_id\x18\x08 \x01(\r\"b\n\x13GetAddrInfoResponse\x12\'\n\taddresses\x18\x01 \x03(\x0b\x32\x14.conduit.v1.AddrInfo\x12\x11\n\tgai_error\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"c\n\x12GetNameInfoRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08\x66lowinfo\x18\x03 \x01(\r\x12\x10\n\x08scope_id\x18\x04 \x01(\r\x12\r\n\x05\x66lags\x18\x05 \x01(\x05\"X\n\x13GetNameInfoResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tgai_error\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x16\n\x14\x43loseSessionResponse*8\n\x0e\x46\x61ultDirection\x12\x08\n\x04\x42OTH\x10\x00\x12\x0c\n\x08UPSTREAM\x10\x01\x12\x0e\n\nDOWNSTREAM\x10\x02\x32\xd5\x03\n\x07\x43onduit\x12;\n\x07Session\x12\x19.conduit.v1.ClientMessage\x1a\x11.conduit.v1.Event(\x01\x30\x01\x12Q\n\x0cListSessions\x12\x1f.conduit.v1.ListSessionsRequest\x1a .conduit.v1.ListSessionsResponse\x12Q\n\x0c\x43loseSession\x12\x1f.conduit.v1.CloseSessionRequest\x1a .conduit.v1.CloseSessionResponse\x12G\n\x0c\x43ontrolProxy\x12\x1f.conduit.v1.ControlProxyRequest\x1a\x16.conduit.v1.ProxyState\x12N\n\x0bGetAddrInfo\x12\x1e.conduit.v1.GetAddrInfoRequest\x1a\x1f.conduit.v1.GetAddrInfoResponse\x12N\n\x0bGetNameInfo\x12\x1e.conduit.v1.GetNameInfoRequest\x1a\x1f.conduit.v1.GetNameInfoResponseb\x06proto3')
+  ,
+  dependencies=[google_dot_protobuf_dot_wrappers__pb2.DESCRIPTOR,])
 
 _FAULTDIRECTION = _descriptor.EnumDescriptor(
   name='FaultDirection',
@@ -44,8 +46,8 @@ _FAULTDIRECTION = _descriptor.EnumDescriptor(
   ],
   containing_type=None,
   options=None,
-  serialized_start=7733,
-  serialized_end=7789,
+  serialized_start=7984,
+  serialized_end=8040,
 )
 _sym_db.RegisterEnumDescriptor(_FAULTDIRECTION)
 
@@ -120,8 +122,8 @@ _CLIENTMESSAGE = _descriptor.Descriptor(
       name='kind', full_name='conduit.v1.ClientMessage.kind',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=41,
-  serialized_end=374,
+  serialized_start=73,
+  serialized_end=406,
 )
 
 
@@ -203,8 +205,8 @@ _OPENCONNECTION = _descriptor.Descriptor(
       name='target', full_name='conduit.v1.OpenConnection.target',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=377,
-  serialized_end=668,
+  serialized_start=409,
+  serialized_end=700,
 )
 
 
@@ -241,8 +243,8 @@ _HOSTPORT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=670,
-  serialized_end=708,
+  serialized_start=702,
+  serialized_end=740,
 )
 
 
@@ -293,8 +295,8 @@ _TLSCLIENT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=710,
-  serialized_end=797,
+  serialized_start=742,
+  serialized_end=829,
 )
 
 
@@ -390,8 +392,8 @@ _OPENSERVER = _descriptor.Descriptor(
       name='target', full_name='conduit.v1.OpenServer.target',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=800,
-  serialized_end=1107,
+  serialized_start=832,
+  serialized_end=1139,
 )
 
 
@@ -442,8 +444,8 @@ _TLSSERVER = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=1109,
-  serialized_end=1195,
+  serialized_start=1141,
+  serialized_end=1227,
 )
 
 
@@ -508,8 +510,8 @@ _OPENPROXY = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=1198,
-  serialized_end=1402,
+  serialized_start=1230,
+  serialized_end=1434,
 )
 
 
@@ -570,8 +572,8 @@ _PROXYENDPOINT = _descriptor.Descriptor(
       name='target', full_name='conduit.v1.ProxyEndpoint.target',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=1405,
-  serialized_end=1611,
+  serialized_start=1437,
+  serialized_end=1643,
 )
 
 
@@ -597,70 +599,84 @@ _FAULTSPEC = _descriptor.Descriptor(
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
     _descriptor.FieldDescriptor(
-      name='latency', full_name='conduit.v1.FaultSpec.latency', index=2,
+      name='toxicity', full_name='conduit.v1.FaultSpec.toxicity', index=2,
+      number=3, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='scope', full_name='conduit.v1.FaultSpec.scope', index=3,
+      number=4, type=11, cpp_type=10, label=1,
+      has_default_value=False, default_value=None,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='latency', full_name='conduit.v1.FaultSpec.latency', index=4,
       number=10, type=11, cpp_type=10, label=1,
       has_default_value=False, default_value=None,
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
     _descriptor.FieldDescriptor(
-      name='bandwidth', full_name='conduit.v1.FaultSpec.bandwidth', index=3,
+      name='bandwidth', full_name='conduit.v1.FaultSpec.bandwidth', index=5,
       number=11, type=11, cpp_type=10, label=1,
       has_default_value=False, default_value=None,
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
     _descriptor.FieldDescriptor(
-      name='slicer', full_name='conduit.v1.FaultSpec.slicer', index=4,
+      name='slicer', full_name='conduit.v1.FaultSpec.slicer', index=6,
       number=12, type=11, cpp_type=10, label=1,
       has_default_value=False, default_value=None,
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
     _descriptor.FieldDescriptor(
-      name='blackhole', full_name='conduit.v1.FaultSpec.blackhole', index=5,
+      name='blackhole', full_name='conduit.v1.FaultSpec.blackhole', index=7,
       number=13, type=11, cpp_type=10, label=1,
       has_default_value=False, default_value=None,
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
     _descriptor.FieldDescriptor(
-      name='reset', full_name='conduit.v1.FaultSpec.reset', index=6,
+      name='reset', full_name='conduit.v1.FaultSpec.reset', index=8,
       number=14, type=11, cpp_type=10, label=1,
       has_default_value=False, default_value=None,
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
     _descriptor.FieldDescriptor(
-      name='limit_data', full_name='conduit.v1.FaultSpec.limit_data', index=7,
+      name='limit_data', full_name='conduit.v1.FaultSpec.limit_data', index=9,
       number=15, type=11, cpp_type=10, label=1,
       has_default_value=False, default_value=None,
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
     _descriptor.FieldDescriptor(
-      name='slow_close', full_name='conduit.v1.FaultSpec.slow_close', index=8,
+      name='slow_close', full_name='conduit.v1.FaultSpec.slow_close', index=10,
       number=16, type=11, cpp_type=10, label=1,
       has_default_value=False, default_value=None,
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
     _descriptor.FieldDescriptor(
-      name='loss', full_name='conduit.v1.FaultSpec.loss', index=9,
+      name='loss', full_name='conduit.v1.FaultSpec.loss', index=11,
       number=17, type=11, cpp_type=10, label=1,
       has_default_value=False, default_value=None,
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
     _descriptor.FieldDescriptor(
-      name='duplicate', full_name='conduit.v1.FaultSpec.duplicate', index=10,
+      name='duplicate', full_name='conduit.v1.FaultSpec.duplicate', index=12,
       number=18, type=11, cpp_type=10, label=1,
       has_default_value=False, default_value=None,
       message_type=None, enum_type=None, containing_type=None,
       is_extension=False, extension_scope=None,
       options=None, file=DESCRIPTOR),
     _descriptor.FieldDescriptor(
-      name='reorder', full_name='conduit.v1.FaultSpec.reorder', index=11,
+      name='reorder', full_name='conduit.v1.FaultSpec.reorder', index=13,
       number=19, type=11, cpp_type=10, label=1,
       has_default_value=False, default_value=None,
       message_type=None, enum_type=None, containing_type=None,
@@ -681,8 +697,67 @@ _FAULTSPEC = _descriptor.Descriptor(
       name='kind', full_name='conduit.v1.FaultSpec.kind',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=1614,
-  serialized_end=2154,
+  serialized_start=1646,
+  serialized_end=2273,
+)
+
+
+_FAULTSCOPE = _descriptor.Descriptor(
+  name='FaultScope',
+  full_name='conduit.v1.FaultScope',
+  filename=None,
+  file=DESCRIPTOR,
+  containing_type=None,
+  fields=[
+    _descriptor.FieldDescriptor(
+      name='clients', full_name='conduit.v1.FaultScope.clients', index=0,
+      number=1, type=9, cpp_type=9, label=3,
+      has_default_value=False, default_value=[],
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='start_after_us', full_name='conduit.v1.FaultScope.start_after_us', index=1,
+      number=2, type=4, cpp_type=4, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='stop_after_us', full_name='conduit.v1.FaultScope.stop_after_us', index=2,
+      number=3, type=4, cpp_type=4, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='start_after_bytes', full_name='conduit.v1.FaultScope.start_after_bytes', index=3,
+      number=4, type=4, cpp_type=4, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+    _descriptor.FieldDescriptor(
+      name='stop_after_bytes', full_name='conduit.v1.FaultScope.stop_after_bytes', index=4,
+      number=5, type=4, cpp_type=4, label=1,
+      has_default_value=False, default_value=0,
+      message_type=None, enum_type=None, containing_type=None,
+      is_extension=False, extension_scope=None,
+      options=None, file=DESCRIPTOR),
+  ],
+  extensions=[
+  ],
+  nested_types=[],
+  enum_types=[
+  ],
+  options=None,
+  is_extendable=False,
+  syntax='proto3',
+  extension_ranges=[],
+  oneofs=[
+  ],
+  serialized_start=2276,
+  serialized_end=2405,
 )
 
 
@@ -719,8 +794,8 @@ _LATENCYFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2156,
-  serialized_end=2207,
+  serialized_start=2407,
+  serialized_end=2458,
 )
 
 
@@ -750,8 +825,8 @@ _BANDWIDTHFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2209,
-  serialized_end=2251,
+  serialized_start=2460,
+  serialized_end=2502,
 )
 
 
@@ -795,8 +870,8 @@ _SLICERFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2253,
-  serialized_end=2330,
+  serialized_start=2504,
+  serialized_end=2581,
 )
 
 
@@ -826,8 +901,8 @@ _BLACKHOLEFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2332,
-  serialized_end=2372,
+  serialized_start=2583,
+  serialized_end=2623,
 )
 
 
@@ -864,8 +939,8 @@ _RESETFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2374,
-  serialized_end=2425,
+  serialized_start=2625,
+  serialized_end=2676,
 )
 
 
@@ -895,8 +970,8 @@ _LIMITDATAFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2427,
-  serialized_end=2458,
+  serialized_start=2678,
+  serialized_end=2709,
 )
 
 
@@ -926,8 +1001,8 @@ _SLOWCLOSEFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2460,
-  serialized_end=2494,
+  serialized_start=2711,
+  serialized_end=2745,
 )
 
 
@@ -957,8 +1032,8 @@ _LOSSFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2496,
-  serialized_end=2528,
+  serialized_start=2747,
+  serialized_end=2779,
 )
 
 
@@ -988,8 +1063,8 @@ _DUPLICATEFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2530,
-  serialized_end=2567,
+  serialized_start=2781,
+  serialized_end=2818,
 )
 
 
@@ -1026,8 +1101,8 @@ _REORDERFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2569,
-  serialized_end=2621,
+  serialized_start=2820,
+  serialized_end=2872,
 )
 
 
@@ -1064,8 +1139,8 @@ _OPENSUBPROCESS_ENVENTRY = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2734,
-  serialized_end=2776,
+  serialized_start=2985,
+  serialized_end=3027,
 )
 
 _OPENSUBPROCESS = _descriptor.Descriptor(
@@ -1115,8 +1190,8 @@ _OPENSUBPROCESS = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2624,
-  serialized_end=2776,
+  serialized_start=2875,
+  serialized_end=3027,
 )
 
 
@@ -1167,8 +1242,8 @@ _OPENDATAGRAMENDPOINT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=2779,
-  serialized_end=2931,
+  serialized_start=3030,
+  serialized_end=3182,
 )
 
 
@@ -1341,8 +1416,8 @@ _COMMAND = _descriptor.Descriptor(
       name='kind', full_name='conduit.v1.Command.kind',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=2934,
-  serialized_end=3865,
+  serialized_start=3185,
+  serialized_end=4116,
 )
 
 
@@ -1372,8 +1447,8 @@ _REMOVEFAULT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3867,
-  serialized_end=3894,
+  serialized_start=4118,
+  serialized_end=4145,
 )
 
 
@@ -1396,8 +1471,8 @@ _PROXYDOWN = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3896,
-  serialized_end=3907,
+  serialized_start=4147,
+  serialized_end=4158,
 )
 
 
@@ -1420,8 +1495,8 @@ _PROXYUP = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3909,
-  serialized_end=3918,
+  serialized_start=4160,
+  serialized_end=4169,
 )
 
 
@@ -1444,8 +1519,8 @@ _STOPLISTENING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3920,
-  serialized_end=3935,
+  serialized_start=4171,
+  serialized_end=4186,
 )
 
 
@@ -1475,8 +1550,8 @@ _CLOSEPIPE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3937,
-  serialized_end=3960,
+  serialized_start=4188,
+  serialized_end=4211,
 )
 
 
@@ -1520,8 +1595,8 @@ _SOCKETOPTION = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=3962,
-  serialized_end=4022,
+  serialized_start=4213,
+  serialized_end=4273,
 )
 
 
@@ -1558,8 +1633,8 @@ _SENDTO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4024,
-  serialized_end=4082,
+  serialized_start=4275,
+  serialized_end=4333,
 )
 
 
@@ -1589,8 +1664,8 @@ _WRITELINES = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4084,
-  serialized_end=4110,
+  serialized_start=4335,
+  serialized_end=4361,
 )
 
 
@@ -1613,8 +1688,8 @@ _WRITEEOF = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4112,
-  serialized_end=4122,
+  serialized_start=4363,
+  serialized_end=4373,
 )
 
 
@@ -1637,8 +1712,8 @@ _CLOSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4124,
-  serialized_end=4131,
+  serialized_start=4375,
+  serialized_end=4382,
 )
 
 
@@ -1661,8 +1736,8 @@ _ABORT = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4133,
-  serialized_end=4140,
+  serialized_start=4384,
+  serialized_end=4391,
 )
 
 
@@ -1685,8 +1760,8 @@ _PAUSEREADING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4142,
-  serialized_end=4156,
+  serialized_start=4393,
+  serialized_end=4407,
 )
 
 
@@ -1709,8 +1784,8 @@ _RESUMEREADING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4158,
-  serialized_end=4173,
+  serialized_start=4409,
+  serialized_end=4424,
 )
 
 
@@ -1747,8 +1822,8 @@ _WRITEBUFFERLIMITS = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4175,
-  serialized_end=4221,
+  serialized_start=4426,
+  serialized_end=4472,
 )
 
 
@@ -1778,8 +1853,8 @@ _GETEXTRAINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4223,
-  serialized_end=4251,
+  serialized_start=4474,
+  serialized_end=4502,
 )
 
 
@@ -1816,8 +1891,8 @@ _SIGNAL = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4253,
-  serialized_end=4300,
+  serialized_start=4504,
+  serialized_end=4551,
 )
 
 
@@ -1840,8 +1915,8 @@ _TERMINATE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4302,
-  serialized_end=4313,
+  serialized_start=4553,
+  serialized_end=4564,
 )
 
 
@@ -1864,8 +1939,8 @@ _KILL = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=4315,
-  serialized_end=4321,
+  serialized_start=4566,
+  serialized_end=4572,
 )
 
 
@@ -2066,8 +2141,8 @@ _EVENT = _descriptor.Descriptor(
       name='kind', full_name='conduit.v1.Event.kind',
       index=0, containing_type=None, fields=[]),
   ],
-  serialized_start=4324,
-  serialized_end=5564,
+  serialized_start=4575,
+  serialized_end=5815,
 )
 
 
@@ -2104,8 +2179,8 @@ _PROXYSTARTED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5566,
-  serialized_end=5617,
+  serialized_start=5817,
+  serialized_end=5868,
 )
 
 
@@ -2156,8 +2231,8 @@ _PROXYCONNECTION = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5619,
-  serialized_end=5736,
+  serialized_start=5870,
+  serialized_end=5987,
 )
 
 
@@ -2208,8 +2283,8 @@ _PROXYSTATE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5738,
-  serialized_end=5852,
+  serialized_start=5989,
+  serialized_end=6103,
 )
 
 
@@ -2253,8 +2328,8 @@ _PROXYCHANGED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5854,
-  serialized_end=5936,
+  serialized_start=6105,
+  serialized_end=6187,
 )
 
 
@@ -2291,8 +2366,8 @@ _SERVERSTARTED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5938,
-  serialized_end=5990,
+  serialized_start=6189,
+  serialized_end=6241,
 )
 
 
@@ -2329,8 +2404,8 @@ _DATAGRAMRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=5992,
-  serialized_end=6038,
+  serialized_start=6243,
+  serialized_end=6289,
 )
 
 
@@ -2360,8 +2435,8 @@ _ERRORRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6040,
-  serialized_end=6089,
+  serialized_start=6291,
+  serialized_end=6340,
 )
 
 
@@ -2398,8 +2473,8 @@ _ERROR = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6091,
-  serialized_end=6136,
+  serialized_start=6342,
+  serialized_end=6387,
 )
 
 
@@ -2464,8 +2539,8 @@ _CONNECTIONMADE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6138,
-  serialized_end=6264,
+  serialized_start=6389,
+  serialized_end=6515,
 )
 
 
@@ -2495,8 +2570,8 @@ _DATARECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6266,
-  serialized_end=6294,
+  serialized_start=6517,
+  serialized_end=6545,
 )
 
 
@@ -2519,8 +2594,8 @@ _EOFRECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6296,
-  serialized_end=6309,
+  serialized_start=6547,
+  serialized_end=6560,
 )
 
 
@@ -2550,8 +2625,8 @@ _CONNECTIONLOST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6311,
-  serialized_end=6361,
+  serialized_start=6562,
+  serialized_end=6612,
 )
 
 
@@ -2581,8 +2656,8 @@ _PAUSEWRITING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6363,
-  serialized_end=6395,
+  serialized_start=6614,
+  serialized_end=6646,
 )
 
 
@@ -2612,8 +2687,8 @@ _RESUMEWRITING = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6397,
-  serialized_end=6430,
+  serialized_start=6648,
+  serialized_end=6681,
 )
 
 
@@ -2650,8 +2725,8 @@ _PIPEDATARECEIVED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6432,
-  serialized_end=6476,
+  serialized_start=6683,
+  serialized_end=6727,
 )
 
 
@@ -2688,8 +2763,8 @@ _PIPECONNECTIONLOST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6478,
-  serialized_end=6544,
+  serialized_start=6729,
+  serialized_end=6795,
 )
 
 
@@ -2719,8 +2794,8 @@ _PROCESSEXITED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6546,
-  serialized_end=6581,
+  serialized_start=6797,
+  serialized_end=6832,
 )
 
 
@@ -2750,8 +2825,8 @@ _OPENFAILED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6583,
-  serialized_end=6629,
+  serialized_start=6834,
+  serialized_end=6880,
 )
 
 
@@ -2795,8 +2870,8 @@ _EXTRAINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6631,
-  serialized_end=6686,
+  serialized_start=6882,
+  serialized_end=6937,
 )
 
 
@@ -2833,8 +2908,8 @@ _COMMANDFAILED = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6688,
-  serialized_end=6737,
+  serialized_start=6939,
+  serialized_end=6988,
 )
 
 
@@ -2857,8 +2932,8 @@ _LISTSESSIONSREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6739,
-  serialized_end=6760,
+  serialized_start=6990,
+  serialized_end=7011,
 )
 
 
@@ -2937,8 +3012,8 @@ _SESSIONINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6763,
-  serialized_end=6912,
+  serialized_start=7014,
+  serialized_end=7163,
 )
 
 
@@ -2975,8 +3050,8 @@ _LISTSESSIONSRESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=6914,
-  serialized_end=7005,
+  serialized_start=7165,
+  serialized_end=7256,
 )
 
 
@@ -3006,8 +3081,8 @@ _CLOSESESSIONREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7007,
-  serialized_end=7048,
+  serialized_start=7258,
+  serialized_end=7299,
 )
 
 
@@ -3044,8 +3119,8 @@ _CONTROLPROXYREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7050,
-  serialized_end=7126,
+  serialized_start=7301,
+  serialized_end=7377,
 )
 
 
@@ -3116,8 +3191,8 @@ _GETADDRINFOREQUEST = _descriptor.Descriptor(
       name='port_given', full_name='conduit.v1.GetAddrInfoRequest.port_given',
       index=1, containing_type=None, fields=[]),
   ],
-  serialized_start=7129,
-  serialized_end=7272,
+  serialized_start=7380,
+  serialized_end=7523,
 )
 
 
@@ -3196,8 +3271,8 @@ _ADDRINFO = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7275,
-  serialized_end=7416,
+  serialized_start=7526,
+  serialized_end=7667,
 )
 
 
@@ -3241,8 +3316,8 @@ _GETADDRINFORESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7418,
-  serialized_end=7516,
+  serialized_start=7669,
+  serialized_end=7767,
 )
 
 
@@ -3300,8 +3375,8 @@ _GETNAMEINFOREQUEST = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7518,
-  serialized_end=7617,
+  serialized_start=7769,
+  serialized_end=7868,
 )
 
 
@@ -3352,8 +3427,8 @@ _GETNAMEINFORESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7619,
-  serialized_end=7707,
+  serialized_start=7870,
+  serialized_end=7958,
 )
 
 
@@ -3376,8 +3451,8 @@ _CLOSESESSIONRESPONSE = _descriptor.Descriptor(
   extension_ranges=[],
   oneofs=[
   ],
-  serialized_start=7709,
-  serialized_end=7731,
+  serialized_start=7960,
+  serialized_end=7982,
 )
 
 _CLIENTMESSAGE.fields_by_name['open_connection'].message_type = _OPENCONNECTION
@@ -3438,6 +3513,8 @@ _PROXYENDPOINT.oneofs_by_name['target'].fields.append(
   _PROXYENDPOINT.fields_by_name['udp'])
 _PROXYENDPOINT.fields_by_name['udp'].containing_oneof = _PROXYENDPOINT.oneofs_by_name['target']
 _FAULTSPEC.fields_by_name['direction'].enum_type = _FAULTDIRECTION
+_FAULTSPEC.fields_by_name['toxicity'].message_type = google_dot_protobuf_dot_wrappers__pb2._DOUBLEVALUE
+_FAULTSPEC.fields_by_name['scope'].message_type = _FAULTSCOPE
 _FAULTSPEC.fields_by_name['latency'].message_type = _LATENCYFAULT
 _FAULTSPEC.fields_by_name['bandwidth'].message_type = _BANDWIDTHFAULT
 _FAULTSPEC.fields_by_name['slicer'].message_type = _SLICERFAULT
@@ -3676,6 +3753,7 @@ DESCRIPTOR.message_types_by_name['TlsServer'] = _TLSSERVER
 DESCRIPTOR.message_types_by_name['OpenProxy'] = _OPENPROXY
 DESCRIPTOR.message_types_by_name['ProxyEndpoint'] = _PROXYENDPOINT
 DESCRIPTOR.message_types_by_name['FaultSpec'] = _FAULTSPEC
+DESCRIPTOR.message_types_by_name['FaultScope'] = _FAULTSCOPE
 DESCRIPTOR.message_types_by_name['LatencyFault'] = _LATENCYFAULT
 DESCRIPTOR.message_types_by_name['BandwidthFault'] = _BANDWIDTHFAULT
 DESCRIPTOR.message_types_by_name['SlicerFault'] = _SLICERFAULT
@@ -3804,6 +3882,13 @@ FaultSpec = _reflection.GeneratedProtocolMessageType('FaultSpec', (_message.Mess
   # @@protoc_insertion_point(class_scope:conduit.v1.FaultSpec)
   ))
 _sym_db.RegisterMessage(FaultSpec)
+
+FaultScope = _reflection.GeneratedProtocolMessageType('FaultScope', (_message.Message,), dict(
+  DESCRIPTOR = _FAULTSCOPE,
+  __module__ = 'conduit.v1.conduit_pb2'
+  # @@protoc_insertion_point(class_scope:conduit.v1.FaultScope)
+  ))
+_sym_db.RegisterMessage(FaultScope)
 
 LatencyFault = _reflection.GeneratedProtocolMessageType('LatencyFault', (_message.Message,), dict(
   DESCRIPTOR = _LATENCYFAULT,
@@ -4264,8 +4349,8 @@ _CONDUIT = _descriptor.ServiceDescriptor(
   file=DESCRIPTOR,
   index=0,
   options=None,
-  serialized_start=7792,
-  serialized_end=8261,
+  serialized_start=8043,
+  serialized_end=8512,
   methods=[
   _descriptor.MethodDescriptor(
     name='Session',
