@@ -11,41 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
-
-def start(conduit, *flags):
-    proc = subprocess.Popen([conduit, "serve", "--listen", "127.0.0.1:0", "--quiet", *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("toxiproxy-api "):
-            return proc, line.split()[1]
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise SystemExit("the service did not print its toxiproxy-api address: " + proc.stderr.read())
-
-
-def call(api, method, path, body=None, headers=None):
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    request = urllib.request.Request("http://" + api + path, data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-failures = []
-
-
-def expect(ok, what):
-    if not ok:
-        failures.append(what)
-        print("FAIL:", what, file=sys.stderr)
+from api_helpers import call, expect, finish, start
 
 
 def metrics_through_a_proxy(api, auth):
@@ -176,9 +143,7 @@ def main():
                                 capture_output=True, text=True, timeout=10)
         expect(result.returncode == 2 and "--toxiproxy-api-no-auth" in result.stderr,
                f"0.0.0.0 without a token: exit 2 naming the flag, got {result.returncode} {result.stderr}")
-    if failures:
-        raise SystemExit(f"{len(failures)} checks failed")
-    print("toxiproxy API: every check passed")
+    finish("toxiproxy API")
 
 
 main()

@@ -3,6 +3,7 @@
 #include "codec.hpp"
 #include "session_open.hpp"
 
+#include <conduit/datagram_proxy.hpp>
 #include <conduit/stream_proxy.hpp>
 
 #include <boost/asio/ip/tcp.hpp>
@@ -11,6 +12,7 @@
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <future>
 #include <map>
@@ -45,12 +47,27 @@ struct Toxic {
 /// Each toxic type's attributes, with toxiproxy's defaults (all zero).
 const std::map<std::string, std::vector<std::string>, std::less<>>& toxic_types() {
   static const std::map<std::string, std::vector<std::string>, std::less<>> types = {
-      {"latency", {"latency", "jitter"}}, {"bandwidth", {"rate"}},
-      {"slow_close", {"delay"}},          {"timeout", {"timeout"}},
-      {"reset_peer", {"timeout"}},        {"slicer", {"average_size", "size_variation", "delay"}},
+      {"latency", {"latency", "jitter"}},
+      {"bandwidth", {"rate"}},
+      {"slow_close", {"delay"}},
+      {"timeout", {"timeout"}},
+      {"reset_peer", {"timeout"}},
+      {"slicer", {"average_size", "size_variation", "delay"}},
       {"limit_data", {"bytes"}},
+      // Not toxiproxy's: datagram faults, for udp:// proxies.
+      {"loss", {"probability"}},
+      {"duplicate", {"probability"}},
+      {"reorder", {"probability", "hold"}},
   };
   return types;
+}
+
+/// Attributes any toxic may have, not toxiproxy's: its scope (the clients
+/// it is for, and when in each connection's life it acts).
+const std::vector<std::string>& scope_attributes() {
+  static const std::vector<std::string> keys = {"clients", "start_after", "stop_after", "start_after_bytes",
+                                                "stop_after_bytes"};
+  return keys;
 }
 
 std::int64_t attribute(const Toxic& toxic, const char* key) {
@@ -62,16 +79,73 @@ std::int64_t attribute(const Toxic& toxic, const char* key) {
   throw bad_request("attributes." + std::string(key) + " is not a number");
 }
 
+double real_attribute(const Toxic& toxic, const char* key) {
+  const json::value* v = toxic.attributes.if_contains(key);
+  if (!v) return 0;
+  if (!v->is_number()) throw bad_request("attributes." + std::string(key) + " is not a number");
+  return v->to_number<double>();
+}
+
+/// The scope attributes: clients as "ADDRESS[/PREFIX],..." or a list of
+/// them; times in milliseconds (toxiproxy's unit); 0 or absent, no bound.
+fault::Scope scope_of(const Toxic& toxic) {
+  fault::Scope scope;
+  if (const json::value* clients = toxic.attributes.if_contains("clients")) {
+    std::vector<std::string> texts;
+    if (clients->is_string()) {
+      std::string_view list = clients->as_string();
+      while (!list.empty()) {
+        const auto comma = list.find(',');
+        std::string_view item = list.substr(0, comma);
+        while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+        while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+        if (!item.empty()) texts.emplace_back(item);
+        list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+      }
+    } else if (clients->is_array()) {
+      for (const auto& item : clients->as_array()) {
+        if (!item.is_string()) throw bad_request("attributes.clients: each is an address or ADDRESS/PREFIX string");
+        texts.emplace_back(item.as_string());
+      }
+    } else {
+      throw bad_request("attributes.clients is an address list (\"10.0.0.0/8,192.0.2.7\" or a JSON array)");
+    }
+    for (const auto& text : texts) {
+      try {
+        scope.clients.push_back(fault::Network::parse(text));
+      } catch (const std::invalid_argument& e) {
+        throw bad_request(std::string("attributes.clients: ") + e.what());
+      }
+    }
+  }
+  auto count = [&](const char* key) -> std::optional<std::int64_t> {
+    if (!toxic.attributes.contains(key)) return std::nullopt;
+    const std::int64_t n = attribute(toxic, key);
+    if (n < 0) throw bad_request("attributes." + std::string(key) + " must not be negative");
+    if (n == 0) return std::nullopt;
+    return n;
+  };
+  if (auto ms = count("start_after")) scope.start_after = std::chrono::milliseconds(*ms);
+  if (auto ms = count("stop_after")) scope.stop_after = std::chrono::milliseconds(*ms);
+  if (auto n = count("start_after_bytes")) scope.start_after_bytes = static_cast<std::uint64_t>(*n);
+  if (auto n = count("stop_after_bytes")) scope.stop_after_bytes = static_cast<std::uint64_t>(*n);
+  return scope;
+}
+
 /// The core's fault for a toxic, or none where it has no effect (toxicity
-/// 0; a bandwidth of 0, which toxiproxy lets through unlimited).
-std::optional<Fault> fault_of(const Toxic& toxic) {
+/// 0; a bandwidth of 0, which toxiproxy lets through unlimited); with
+/// `datagram`, first refused if that kind of proxy does not carry it.
+std::optional<Fault> fault_of(const Toxic& toxic, std::optional<bool> datagram = std::nullopt) {
   using std::chrono::microseconds;
   using std::chrono::milliseconds;
   if (toxic.toxicity == 0) return std::nullopt;
   Fault fault;
   fault.name = toxic.name;
   fault.toxicity = toxic.toxicity;  // validated below: 0 to 1
-  fault.direction = toxic.stream == "upstream" ? FaultDirection::upstream : FaultDirection::downstream;
+  fault.direction = toxic.stream == "upstream" ? FaultDirection::upstream
+                    : toxic.stream == "both"   ? FaultDirection::both
+                                               : FaultDirection::downstream;
+  fault.scope = scope_of(toxic);
   const std::string& t = toxic.type;
   if (t == "latency") {
     fault.kind = fault::Latency{milliseconds(attribute(toxic, "latency")), milliseconds(attribute(toxic, "jitter"))};
@@ -97,10 +171,17 @@ std::optional<Fault> fault_of(const Toxic& toxic) {
     fault.kind = fault::Slicer{static_cast<std::size_t>(attribute(toxic, "average_size")),
                                static_cast<std::size_t>(attribute(toxic, "size_variation")),
                                microseconds(attribute(toxic, "delay"))};
-  } else {
+  } else if (t == "limit_data") {
     fault.kind = fault::LimitData{static_cast<std::uint64_t>(attribute(toxic, "bytes"))};
+  } else if (t == "loss") {
+    fault.kind = fault::Loss{real_attribute(toxic, "probability")};
+  } else if (t == "duplicate") {
+    fault.kind = fault::Duplicate{real_attribute(toxic, "probability")};
+  } else {
+    fault.kind = fault::Reorder{real_attribute(toxic, "probability"), milliseconds(attribute(toxic, "hold"))};
   }
   try {
+    if (datagram) fault.check_kind_for(*datagram);
     fault.validate();
   } catch (const std::invalid_argument& e) {
     throw bad_request(e.what());
@@ -119,20 +200,101 @@ json::object toxic_json(const Toxic& toxic) {
           {"attributes", toxic.attributes}};
 }
 
-/// "host:port" as toxiproxy takes listen and upstream addresses.
-std::pair<std::string, std::uint16_t> host_port_of(const std::string& text, const char* field) {
-  const auto colon = text.rfind(':');
+/// A listen or upstream address: toxiproxy's "host:port", or (not
+/// toxiproxy's) "tcp://", "udp://" or "tls://" before it.
+struct Address {
+  enum class Scheme { plain, udp, tls };
+  Scheme scheme = Scheme::plain;  // TCP
+  std::string host;
+  std::uint16_t port = 0;
+};
+
+Address address_of(const std::string& text, const char* field) {
+  Address address;
+  std::string_view rest = text;
+  if (const auto colons = rest.find("://"); colons != std::string_view::npos) {
+    const std::string_view scheme = rest.substr(0, colons);
+    if (scheme == "udp") {
+      address.scheme = Address::Scheme::udp;
+    } else if (scheme == "tls") {
+      address.scheme = Address::Scheme::tls;
+    } else if (scheme != "tcp") {
+      throw bad_request(std::string(field) + " '" + text + "': the scheme is tcp://, udp:// or tls://");
+    }
+    rest.remove_prefix(colons + 3);
+  }
+  const std::string host_port(rest);
+  const auto colon = host_port.rfind(':');
   if (colon == std::string::npos) throw bad_request(std::string(field) + " '" + text + "' is not HOST:PORT");
-  std::string host = text.substr(0, colon);
+  std::string host = host_port.substr(0, colon);
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
   unsigned port = 0;
-  const char* first = text.data() + colon + 1;
-  const char* last = text.data() + text.size();
+  const char* first = host_port.data() + colon + 1;
+  const char* last = host_port.data() + host_port.size();
   const auto [end, ec] = std::from_chars(first, last, port);
   if (ec != std::errc() || end != last || port > 65535) {
     throw bad_request(std::string(field) + " '" + text + "' has no port 0 to 65535");
   }
-  return {host, static_cast<std::uint16_t>(port)};
+  address.host = std::move(host);
+  address.port = static_cast<std::uint16_t>(port);
+  return address;
+}
+
+/// A proxy's two addresses, checked together: UDP both or neither.
+std::pair<Address, Address> addresses_of(const std::string& listen, const std::string& upstream) {
+  Address l = address_of(listen, "listen"), u = address_of(upstream, "upstream");
+  if ((l.scheme == Address::Scheme::udp) != (u.scheme == Address::Scheme::udp)) {
+    throw bad_request("listen '" + listen + "' and upstream '" + upstream + "': a udp:// proxy is UDP at both ends");
+  }
+  return {std::move(l), std::move(u)};
+}
+
+/// An optional JSON object field of strings and booleans, as given.
+json::object object_field(const json::object& body, const char* key) {
+  const json::value* v = body.if_contains(key);
+  if (!v || v->is_null()) return {};
+  if (!v->is_object()) throw bad_request(std::string(key) + " is not an object");
+  return v->as_object();
+}
+
+std::string tls_text(const json::object& tls, const char* field, const char* key) {
+  const json::value* v = tls.if_contains(key);
+  if (!v || v->is_null()) return {};
+  if (!v->is_string()) throw bad_request(std::string(field) + "." + key + " is not a string");
+  return std::string(v->as_string());
+}
+
+/// A tls:// end's TLS settings from its "listen_tls" or "upstream_tls"
+/// object: PEM text for cert, key and ca; a listener needs cert and key
+/// (ca: clients must show a certificate it signed); an upstream trusts ca
+/// (else the system's store) unless verify is false, and checks
+/// server_name (else the upstream's host).
+TlsOptions tls_of(const json::object& tls, const Address& address, bool listening) {
+  const char* field = listening ? "listen_tls" : "upstream_tls";
+  TlsPem pem;
+  pem.cert = tls_text(tls, field, "cert");
+  pem.key = tls_text(tls, field, "key");
+  pem.ca = tls_text(tls, field, "ca");
+  if (const json::value* verify = tls.if_contains("verify"); verify && !verify->is_null()) {
+    if (!verify->is_bool()) throw bad_request(std::string(field) + ".verify is not true or false");
+    pem.verify = verify->as_bool();
+  }
+  try {
+    if (listening) {
+      if (pem.cert.empty() || pem.key.empty()) {
+        throw bad_request("a tls:// listen address needs listen_tls.cert and listen_tls.key (PEM)");
+      }
+      return tls::server_options(std::move(pem));
+    }
+    TlsOptions options = tls::client_options(std::move(pem));
+    const std::string name = tls_text(tls, field, "server_name");
+    options.server_hostname = name.empty() ? address.host : name;
+    return options;
+  } catch (const ApiError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw bad_request(std::string(field) + ": OpenSSL cannot use it: " + e.what());
+  }
 }
 
 /// A proxy of the API: its toxiproxy fields and the core's proxy.
@@ -140,7 +302,11 @@ struct Entry {
   std::string name, listen, upstream;
   bool enabled = true;
   std::vector<Toxic> toxics;
-  std::shared_ptr<StreamProxy> proxy;
+  /// Not toxiproxy's: the TLS of tls:// ends (never shown: keys).
+  json::object listen_tls, upstream_tls;
+  std::shared_ptr<Proxy> proxy;
+
+  bool datagram() const { return address_of(listen, "listen").scheme == Address::Scheme::udp; }
   /// What the connections that ended moved (the open ones' is the proxy's
   /// to tell), and how many there were: for /metrics.
   ProxyConnectionInfo ended;
@@ -421,8 +587,9 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
       if (e->name.empty()) throw ApiError{http::status::bad_request, "missing required field: name"};
       if (e->upstream.empty()) throw ApiError{http::status::bad_request, "missing required field: upstream"};
       if (proxies_.count(e->name)) throw ApiError{http::status::conflict, "proxy already exists"};
-      host_port_of(e->listen, "listen");
-      host_port_of(e->upstream, "upstream");
+      e->listen_tls = object_field(body, "listen_tls");
+      e->upstream_tls = object_field(body, "upstream_tls");
+      check_addresses(*e);
       // Not in toxiproxy 2.5.0 (its issue 447): a proxy's toxics with it,
       // for populate and the start-up file.
       if (const json::value* toxics = body.if_contains("toxics"); toxics && !toxics->is_null()) {
@@ -443,25 +610,36 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
     });
   }
 
-  /// Listen as the entry says, under the service's policy, with its toxics.
+  /// The entry's addresses and TLS settings as they would be used:
+  /// throws ApiError for a bad one.
+  static void check_addresses(const Entry& e) {
+    const auto [listen, upstream] = addresses_of(e.listen, e.upstream);
+    if (!e.listen_tls.empty() && listen.scheme != Address::Scheme::tls) {
+      throw bad_request("listen_tls is for a tls:// listen address");
+    }
+    if (!e.upstream_tls.empty() && upstream.scheme != Address::Scheme::tls) {
+      throw bad_request("upstream_tls is for a tls:// upstream address");
+    }
+    if (listen.scheme == Address::Scheme::tls) tls_of(e.listen_tls, listen, true);
+    if (upstream.scheme == Address::Scheme::tls) tls_of(e.upstream_tls, upstream, false);
+  }
+
+  /// Listen as the entry says, under the service's policy and descriptor
+  /// budget, with its toxics.
   void start(const std::shared_ptr<Entry>& e, std::function<void(std::optional<ApiError>)> done) {
     const Policy& policy = service_.options().policy;
+    const auto [listen, upstream] = addresses_of(e->listen, e->upstream);  // checked as it was set
+    if (auto why = service_.check_not_own_address(listen.port, {}))
+      return done(ApiError{http::status::forbidden, *why});
     std::vector<std::string> names = policy.listen_names();
     for (auto& n : policy.connect_names()) names.push_back(std::move(n));
-    with_rule_names(service_.loop(), std::move(names), [this, e, done, &policy](auto resolved) {
+    with_rule_names(service_.loop(), std::move(names), [this, e, done, &policy, listen, upstream](auto resolved) {
       const std::string what = "toxiproxy proxy " + e->name + " from " + e->listen + " to " + e->upstream;
-      StreamProxyOptions options;
-      const auto [listen_host, listen_port] = host_port_of(e->listen, "listen");
-      const auto [upstream_host, upstream_port] = host_port_of(e->upstream, "upstream");
-      options.listen.host = listen_host;
-      options.listen.port = listen_port;
-      options.upstream.host = upstream_host;
-      options.upstream.port = upstream_port;
       std::weak_ptr<Entry> weak = e;
-      options.on_accepted = [weak](const ProxyConnectionInfo&) {
+      auto on_accepted = [weak](const ProxyConnectionInfo&) {
         if (auto entry = weak.lock()) ++entry->connections_total;
       };
-      options.on_closed = [weak](const ProxyConnectionInfo& info, std::exception_ptr) {
+      auto on_closed = [weak](const ProxyConnectionInfo& info, std::exception_ptr) {
         auto entry = weak.lock();
         if (!entry) return;
         entry->ended.bytes_upstream += info.bytes_upstream;
@@ -469,33 +647,66 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
         entry->ended.received_upstream += info.received_upstream;
         entry->ended.received_downstream += info.received_downstream;
       };
+      std::vector<Fault> faults;
+      for (const auto& toxic : e->toxics) {
+        if (auto fault = fault_of(toxic)) faults.push_back(std::move(*fault));
+      }
+      auto finish = [e, done, listen](std::exception_ptr error, std::shared_ptr<Proxy> proxy) {
+        if (error) {
+          const bool refused = [&] {
+            try {
+              std::rethrow_exception(error);
+            } catch (const PolicyRefusal&) {
+              return true;
+            } catch (...) {
+              return false;
+            }
+          }();
+          return done(ApiError{refused ? http::status::forbidden : http::status::internal_server_error,
+                               error_of(error).message()});
+        }
+        e->proxy = std::move(proxy);
+        // toxiproxy reports where it listens, the port it picked included.
+        if (const auto sockets = e->proxy->sockets(); !sockets.empty()) {
+          const auto scheme = e->listen.find("://");
+          e->listen = (scheme == std::string::npos ? std::string() : e->listen.substr(0, scheme + 3)) +
+                      sockets.front().to_string();
+        }
+        done(std::nullopt);
+      };
+      DescriptorBudget& descriptors = service_.descriptors();
+      if (listen.scheme == Address::Scheme::udp) {
+        DatagramProxyOptions options;
+        options.listen_host = listen.host;
+        options.listen_port = listen.port;
+        options.upstream_host = upstream.host;
+        options.upstream_port = upstream.port;
+        options.faults = std::move(faults);
+        options.on_accepted = on_accepted;
+        options.on_closed = on_closed;
+        options.check_listen_address = policy_check(policy, AddressUse::listen, what, resolved);
+        options.check_upstream_address = policy_check(policy, AddressUse::connect, what, resolved);
+        options.admit = [&descriptors](const SocketAddress&) { return descriptors.allows(1); };
+        return DatagramProxy::create(service_.loop(), std::move(options), finish);
+      }
+      StreamProxyOptions options;
+      options.listen.host = listen.host;
+      options.listen.port = listen.port;
+      options.upstream.host = upstream.host;
+      options.upstream.port = upstream.port;
+      try {
+        if (listen.scheme == Address::Scheme::tls) options.listen.tls = tls_of(e->listen_tls, listen, true);
+        if (upstream.scheme == Address::Scheme::tls) options.upstream.tls = tls_of(e->upstream_tls, upstream, false);
+      } catch (const ApiError& error) {
+        return done(error);
+      }
+      options.faults = std::move(faults);
+      options.on_accepted = on_accepted;
+      options.on_closed = on_closed;
       options.check_listen_address = policy_check(policy, AddressUse::listen, what, resolved);
       options.check_upstream_address = policy_check(policy, AddressUse::connect, what, resolved);
-      for (const auto& toxic : e->toxics) {
-        if (auto fault = fault_of(toxic)) options.faults.push_back(std::move(*fault));
-      }
-      StreamProxy::create(
-          service_.loop(), std::move(options), [e, done](std::exception_ptr error, std::shared_ptr<StreamProxy> proxy) {
-            if (error) {
-              const bool refused = [&] {
-                try {
-                  std::rethrow_exception(error);
-                } catch (const PolicyRefusal&) {
-                  return true;
-                } catch (...) {
-                  return false;
-                }
-              }();
-              return done(ApiError{refused ? http::status::forbidden : http::status::internal_server_error,
-                                   error_of(error).message()});
-            }
-            e->proxy = std::move(proxy);
-            // toxiproxy reports where it listens, the port it picked included.
-            if (const auto sockets = e->proxy->sockets(); !sockets.empty()) {
-              e->listen = sockets.front().to_string();
-            }
-            done(std::nullopt);
-          });
+      options.admit = [&descriptors] { return descriptors.allows(2); };
+      StreamProxy::create(service_.loop(), std::move(options), finish);
     });
   }
 
@@ -504,14 +715,22 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
     const std::string upstream = string_field(body, "upstream", e->upstream);
     bool enabled = e->enabled;
     if (const json::value* v = body.if_contains("enabled"); v && v->is_bool()) enabled = v->as_bool();
-    host_port_of(listen, "listen");
-    host_port_of(upstream, "upstream");
+    Entry changed;
+    changed.listen = listen;
+    changed.upstream = upstream;
+    changed.listen_tls = body.contains("listen_tls") ? object_field(body, "listen_tls") : e->listen_tls;
+    changed.upstream_tls = body.contains("upstream_tls") ? object_field(body, "upstream_tls") : e->upstream_tls;
+    check_addresses(changed);
+    for (const auto& toxic : e->toxics) check_toxic(changed, toxic);
     auto answer = [e, reply](std::optional<ApiError> error) {
       reply(error ? error_response(*error) : json_response(http::status::ok, e->to_json()));
     };
-    const bool moved = listen != e->listen || upstream != e->upstream;
+    const bool moved = listen != e->listen || upstream != e->upstream || changed.listen_tls != e->listen_tls ||
+                       changed.upstream_tls != e->upstream_tls;
     e->listen = listen;
     e->upstream = upstream;
+    e->listen_tls = std::move(changed.listen_tls);
+    e->upstream_tls = std::move(changed.upstream_tls);
     if (moved && e->proxy) {  // toxiproxy restarts a proxy whose addresses change
       e->proxy->close();
       e->proxy.reset();
@@ -545,8 +764,8 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
     toxic.type = string_field(body, "type");
     toxic.stream = string_field(body, "stream");
     if (toxic.stream.empty()) toxic.stream = "downstream";
-    if (toxic.stream != "upstream" && toxic.stream != "downstream") {
-      throw ApiError{http::status::bad_request, "stream was invalid, can be either upstream or downstream"};
+    if (toxic.stream != "upstream" && toxic.stream != "downstream" && toxic.stream != "both") {
+      throw ApiError{http::status::bad_request, "stream was invalid, can be either upstream or downstream (or both)"};
     }
     const auto type = toxic_types().find(toxic.type);
     if (type == toxic_types().end()) throw ApiError{http::status::bad_request, "invalid toxic type"};
@@ -555,16 +774,22 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
     if (e.find(toxic.name)) throw ApiError{http::status::conflict, "toxic already exists"};
     toxic.toxicity = number_field(body, "toxicity", 1);
     for (const auto& key : type->second) toxic.attributes[key] = 0;
+    if (toxic.type == "reorder") toxic.attributes["hold"] = 10;  // ms, as the core's default
     take_attributes(toxic, body);
-    fault_of(toxic);  // what the core would refuse, refused now
+    check_toxic(e, toxic);
     return toxic;
   }
+
+  /// What the core would refuse, refused now: a bad value, or a kind the
+  /// proxy's transport does not carry.
+  static void check_toxic(const Entry& e, const Toxic& toxic) { fault_of(toxic, e.datagram()); }
 
   void update_toxic(const std::shared_ptr<Entry>& e, Toxic& toxic, const json::object& body,
                     const std::function<void(Response)>& reply) {
     Toxic changed = toxic;
     changed.toxicity = number_field(body, "toxicity", toxic.toxicity);
     take_attributes(changed, body);
+    check_toxic(*e, changed);
     apply(e, changed);
     toxic = changed;
     reply(json_response(http::status::ok, toxic_json(toxic)));
@@ -584,9 +809,19 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
     const json::value* attributes = body.if_contains("attributes");
     if (!attributes || attributes->is_null()) return;
     if (!attributes->is_object()) throw bad_request("attributes is not an object");
+    const auto& scope = scope_attributes();
     for (const auto& [key, value] : attributes->as_object()) {
-      if (!toxic.attributes.contains(key)) continue;  // as Go's decoder, unknown fields are ignored
-      if (!value.is_number()) throw bad_request("attributes." + std::string(key) + " is not a number");
+      const bool scoped = std::find(scope.begin(), scope.end(), key) != scope.end();
+      // As Go's decoder, unknown fields are ignored.
+      if (!scoped && !toxic.attributes.contains(key)) continue;
+      if (key == "clients") {
+        if (value.is_null()) {
+          toxic.attributes.erase(key);
+          continue;
+        }
+      } else if (!value.is_number()) {
+        throw bad_request("attributes." + std::string(key) + " is not a number");
+      }
       toxic.attributes[key] = value;
     }
   }
