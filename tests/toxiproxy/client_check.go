@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -48,6 +49,37 @@ func echoServer() string {
 		}
 	}()
 	return l.Addr().String()
+}
+
+// udpEchoServer answers every datagram with itself.
+func udpEchoServer() string {
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	must(err, "listen for the UDP upstream")
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			c.WriteTo(buf[:n], from)
+		}
+	}()
+	return c.LocalAddr().String()
+}
+
+// datagramBack sends one datagram to a udp:// address; whether it came
+// back within 300 ms.
+func datagramBack(listen string) bool {
+	c, err := net.Dial("udp", strings.TrimPrefix(listen, "udp://"))
+	must(err, "dial "+listen)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(300 * time.Millisecond))
+	_, err = c.Write([]byte("ping"))
+	must(err, "send to "+listen)
+	buf := make([]byte, 16)
+	n, err := c.Read(buf)
+	return err == nil && string(buf[:n]) == "ping"
 }
 
 func dial(addr string) net.Conn {
@@ -184,6 +216,30 @@ func main() {
 	check(err != nil, "an unknown toxic type is refused")
 	_, err = proxy.AddToxic("x", "latency", "sideways", 1, nil)
 	check(err != nil, "a bad stream is refused")
+
+	// Conduit's additions pass through the client as they are: stream
+	// "both", scope attributes, udp:// addresses.
+	_, err = proxy.AddToxic("both", "latency", "both", 1, toxiproxy.Attributes{"latency": 50})
+	must(err, "AddToxic on both streams")
+	rtt, err = roundTrip(addr, 64)
+	must(err, "round trip with latency both ways")
+	check(near(rtt, 100*time.Millisecond, 5*time.Millisecond+base), "latency 50 ms both ways: round trip %v", rtt)
+	must(proxy.RemoveToxic("both"), "RemoveToxic both")
+	_, err = proxy.AddToxic("far", "latency", "upstream", 1,
+		toxiproxy.Attributes{"latency": 100, "clients": "192.0.2.0/24"})
+	must(err, "AddToxic for other clients")
+	rtt, err = roundTrip(addr, 64)
+	must(err, "round trip past a toxic for other clients")
+	check(rtt < 20*time.Millisecond, "a toxic for 192.0.2.0/24 leaves 127.0.0.1 alone: %v", rtt)
+	must(proxy.RemoveToxic("far"), "RemoveToxic far")
+	udp, err := client.CreateProxy("dns", "udp://127.0.0.1:0", "udp://"+udpEchoServer())
+	must(err, "CreateProxy udp://")
+	check(strings.HasPrefix(udp.Listen, "udp://127.0.0.1:"), "a udp:// proxy listens at %s", udp.Listen)
+	check(datagramBack(udp.Listen), "a datagram through the udp:// proxy comes back")
+	_, err = udp.AddToxic("drop", "loss", "upstream", 1, toxiproxy.Attributes{"probability": 1})
+	must(err, "AddToxic loss")
+	check(!datagramBack(udp.Listen), "loss 1: the datagram does not come back")
+	must(udp.Delete(), "Delete dns")
 
 	// Disable: refused; enable: back where it was.
 	must(proxy.Disable(), "Disable")
