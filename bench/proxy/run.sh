@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Proxy benchmark: Conduit's no-fault proxy against haproxy (mode tcp, one
-# thread) and socat (a process per connection) as relays in front of the
-# same echo server, in one run; then how exactly a latency fault delays.
+# Proxy benchmark: Conduit's no-fault proxy (`conduit proxy`, and a proxy
+# made through `conduit serve --toxiproxy-api`) against toxiproxy 2.5.0's
+# server, haproxy (mode tcp, one thread) and socat (a process per
+# connection) as relays in front of the same echo server, in one run; then
+# how exactly a latency fault delays, asked of `conduit proxy` and, as a
+# latency toxic, of Conduit's and toxiproxy's APIs.
 #
 #   bench/proxy/run.sh > results.md        # Markdown on stdout, progress on stderr
 #
@@ -12,18 +15,25 @@
 # epoll_echo) on BENCH_CLIENT_CPU. The relay's CPU (utime + stime of it, its
 # threads and its reaped children: socat forks one per connection) divided
 # by the bytes it moved (each request's bytes both ways) gives CPU per byte.
+# The API relays get their proxy by POST /proxies (toxiproxy: LOG_LEVEL=warn,
+# so that its per-connection log lines are not what is measured).
 # Latency: delay_probe's one-way delays (2000 x 1 KiB through one
 # connection; it is both client and upstream, polling, so that a sleeping
-# measurer's late wake-ups are not counted) through `conduit proxy` without a
-# fault and with --latency BENCH_LATENCY_MS; what the fault added beyond the
-# asked value, at the median and the 99th percentile. Beside them the floor:
-# timer_probe's lateness of this host's timer wake-ups (a timerfd in epoll,
-# as the proxy's loop waits) for the same delay on the relay's CPU.
+# measurer's late wake-ups are not counted) through each latency relay
+# without a fault and with BENCH_LATENCY_MS (`conduit proxy --latency`, or a
+# latency toxic on the upstream stream through the API); what the fault
+# added beyond the asked value and the relay's own no-fault median, at the
+# median and the 99th percentile, in BENCH_REPEATS interleaved rounds.
+# Beside them the floor: timer_probe's lateness of this host's timer
+# wake-ups (a timerfd in epoll, as the proxy's loop waits) for the same
+# delay on the relay's CPU.
 #
-# Needs haproxy and socat (Debian packages), and cc. Environment (defaults
-# in brackets): BENCH_SECONDS [5] BENCH_REPEATS [3] BENCH_CONNECTIONS [10]
-#   BENCH_LATENCY_MS [10] BENCH_PROXY_CPU [0] BENCH_CLIENT_CPU [1]
-#   BENCH_BUILD [bench/echo/.build]  CONDUIT_BIN [build/src/cli/conduit]
+# Needs haproxy, socat and curl (Debian packages), cc, and go (toxiproxy's
+# server is built from the Go module proxy into BENCH_BUILD/go-bin once).
+# Environment (defaults in brackets): BENCH_SECONDS [5] BENCH_REPEATS [3]
+#   BENCH_CONNECTIONS [10] BENCH_LATENCY_MS [10] BENCH_PROXY_CPU [0]
+#   BENCH_CLIENT_CPU [1] BENCH_BUILD [bench/echo/.build]
+#   CONDUIT_BIN [build/src/cli/conduit] TOXIPROXY_SERVER [built as above]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -52,11 +62,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-for tool in haproxy socat cc; do
+for tool in haproxy socat curl cc; do
   command -v "$tool" > /dev/null || { log "bench/proxy: needs $tool (apt-get install $tool)"; exit 2; }
 done
 [[ -x $CONDUIT_BIN ]] || { log "bench/proxy: no conduit at $CONDUIT_BIN (build it, or set CONDUIT_BIN)"; exit 2; }
 mkdir -p "$BUILD"
+TOXIPROXY_SERVER=${TOXIPROXY_SERVER:-$BUILD/go-bin/server}
+if [[ ! -x $TOXIPROXY_SERVER ]]; then
+  command -v go > /dev/null || { log "bench/proxy: needs go to build toxiproxy's server (or set TOXIPROXY_SERVER)"; exit 2; }
+  log "building toxiproxy 2.5.0's server from the Go module proxy"
+  GOBIN=$(dirname "$TOXIPROXY_SERVER") GOFLAGS=-mod=mod go install github.com/Shopify/toxiproxy/v2/cmd/server@v2.5.0
+fi
 for program in load_client epoll_echo; do
   if [[ ! -x $BUILD/$program || $ROOT/bench/echo/$program.c -nt $BUILD/$program ]]; then
     cc -O2 -Wall -Wextra -o "$BUILD/$program" "$ROOT/bench/echo/$program.c"
@@ -93,13 +109,28 @@ for _ in $(seq 1 200); do
   sleep 0.05
 done
 
-# start_relay NAME PORT: the relay on PROXY_CPU, listening on PORT.
+# api_post API PATH JSON: a toxiproxy API call that must succeed.
+api_post() {
+  curl -sf -X POST "http://$1$2" -d "$3" > /dev/null || { log "POST $2 to $1 failed"; return 1; }
+}
+
+# start_relay NAME PORT [UPSTREAM_PORT]: the relay on PROXY_CPU, listening on
+# PORT; an API relay's address is left in API.
 start_relay() {
-  local name=$1 port=$2
+  local name=$1 port=$2 upstream=${3:-$UPSTREAM_PORT} api_port i
+  API=
   case $name in
     conduit)
       taskset -c "$PROXY_CPU" "$CONDUIT_BIN" proxy --listen "tcp://127.0.0.1:$port" \
-        --upstream "tcp://127.0.0.1:$UPSTREAM_PORT" --quiet > /dev/null 2> "$TMP/relay.err" & ;;
+        --upstream "tcp://127.0.0.1:$upstream" --quiet > /dev/null 2> "$TMP/relay.err" & ;;
+    conduit-api)
+      taskset -c "$PROXY_CPU" "$CONDUIT_BIN" serve --listen 127.0.0.1:0 --toxiproxy-api 127.0.0.1:0 --quiet \
+        > "$TMP/relay.out" 2> "$TMP/relay.err" & ;;
+    toxiproxy)
+      api_port=$(free_port)
+      API=127.0.0.1:$api_port
+      LOG_LEVEL=warn taskset -c "$PROXY_CPU" "$TOXIPROXY_SERVER" -host 127.0.0.1 -port "$api_port" \
+        > "$TMP/relay.out" 2> "$TMP/relay.err" & ;;
     haproxy)
       cat > "$TMP/haproxy.cfg" <<EOF
 global
@@ -120,6 +151,21 @@ EOF
         "TCP:127.0.0.1:$UPSTREAM_PORT,nodelay" 2> "$TMP/relay.err" & ;;
   esac
   RELAY_PID=$!
+  if [[ $name == conduit-api ]]; then
+    for ((i = 0; i < 200; i++)); do
+      API=$(sed -n 's/^toxiproxy-api \(.*\)$/\1/p' "$TMP/relay.out")
+      [[ -n $API ]] && break
+      sleep 0.05
+    done
+  fi
+  if [[ -n $API ]]; then
+    wait_port "${API##*:}" || { log "$name's API did not listen: $(cat "$TMP/relay.err")"; return 1; }
+    # Both APIs answer 201 once the proxy listens. (No test connection: in
+    # the latency runs the probe's listener must see the probe's only.)
+    api_post "$API" /proxies \
+      "{\"name\":\"relay\",\"listen\":\"127.0.0.1:$port\",\"upstream\":\"127.0.0.1:$upstream\"}" || return 1
+    return 0
+  fi
   wait_port "$port" || { log "$name did not listen: $(cat "$TMP/relay.err")"; return 1; }
 }
 
@@ -158,7 +204,7 @@ load() {
   log "  $name $workload: ${REQ_PER_S[$key]} req/s, ${MBPS[$key]} MB/s, ${NS_PER_BYTE[$key]} ns CPU per byte"
 }
 
-RELAYS=(conduit haproxy socat)
+RELAYS=(conduit conduit-api toxiproxy haproxy socat)
 WORKLOADS=(ping-pong bulk)
 for ((round = 1; round <= REPEATS; round++)); do
   for name in "${RELAYS[@]}"; do
@@ -171,25 +217,41 @@ for ((round = 1; round <= REPEATS; round++)); do
 done
 
 # ---- latency accuracy ----
-# delay_probe PORT... : the probe listens on one free port as the upstream of
-# a `conduit proxy` (with the extra flags) on another, and times 2000 pieces.
+# delays NAME [LATENCY_MS]: the probe listens on one free port as the upstream
+# of relay NAME on another, and times 2000 pieces; with LATENCY_MS, the relay
+# delays the upstream stream that much (conduit proxy's flag, or a toxic).
 delays() {
-  local up relay probe
+  local name=$1 latency=${2:-} up relay probe flags=()
   up=$(free_port)
   relay=$(free_port)
   taskset -c "$CLIENT_CPU" "$TMP/delay_probe" "$up" "$relay" 2000 1024 > "$TMP/probe.out" &
   probe=$!
-  taskset -c "$PROXY_CPU" "$CONDUIT_BIN" proxy --listen "tcp://127.0.0.1:$relay" --upstream "tcp://127.0.0.1:$up" \
-    --quiet "$@" > /dev/null 2> "$TMP/relay.err" &
-  RELAY_PID=$!
-  wait "$probe" || log "delay_probe failed: $(cat "$TMP/relay.err")"
+  if [[ $name == conduit ]]; then
+    [[ -n $latency ]] && flags=(--latency "${latency}ms" --direction up)
+    taskset -c "$PROXY_CPU" "$CONDUIT_BIN" proxy --listen "tcp://127.0.0.1:$relay" --upstream "tcp://127.0.0.1:$up" \
+      --quiet "${flags[@]}" > /dev/null 2> "$TMP/relay.err" &
+    RELAY_PID=$!
+  else
+    start_relay "$name" "$relay" "$up" || { stop_process "$probe"; return 1; }
+    if [[ -n $latency ]]; then
+      api_post "$API" /proxies/relay/toxics \
+        "{\"type\":\"latency\",\"stream\":\"upstream\",\"attributes\":{\"latency\":$latency}}" || return 1
+    fi
+  fi
+  wait "$probe" || log "delay_probe failed through $name: $(cat "$TMP/relay.err")"
   stop_relay
   cat "$TMP/probe.out"
 }
-log "latency: no fault, ${LATENCY_MS} ms"
-BASE=$(delays)
-FAULT=$(delays --latency "${LATENCY_MS}ms")
-TIMER=$(taskset -c "$PROXY_CPU" "$TMP/timer_probe" 2000 "$((LATENCY_MS * 1000))")
+LATENCY_RELAYS=(conduit conduit-api toxiproxy)
+declare -A DELAY
+for ((round = 1; round <= REPEATS; round++)); do
+  for name in "${LATENCY_RELAYS[@]}"; do
+    log "latency round $round/$REPEATS: $name, no fault and ${LATENCY_MS} ms"
+    DELAY[$name|base|$round]=$(delays "$name")
+    DELAY[$name|fault|$round]=$(delays "$name" "$LATENCY_MS")
+  done
+  DELAY[timer|$round]=$(taskset -c "$PROXY_CPU" "$TMP/timer_probe" 2000 "$((LATENCY_MS * 1000))")
+done
 field() { sed -n "s/.*$1=\([0-9]*\).*/\1/p" <<<"$2"; }
 
 # ---- report ----
@@ -225,21 +287,44 @@ for name in "${RELAYS[@]}"; do
   done
 done
 echo
-echo "Latency fault: one-way delays of 2000 pieces of 1 KiB through \`conduit proxy\` (the probe is client and" \
-  "upstream, polling) without a fault and with \`--latency ${LATENCY_MS}ms\` (µs):"
+echo "Latency fault: one-way delays of 2000 pieces of 1 KiB (the probe is client and upstream, polling) through" \
+  "each relay without a fault and with ${LATENCY_MS} ms on the upstream stream (\`conduit proxy --latency\`, or a" \
+  "latency toxic through the API), µs, medians of $REPEATS interleaved rounds. Beyond: the faulted delay minus the" \
+  "asked value and minus the relay's own no-fault p50 in the same round."
 echo
-echo "| | p50 | p90 | p99 | max | beyond asked + base p50, at p50 | at p99 |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| relay | no fault p50 | no fault p99 | ${LATENCY_MS} ms p50 | p90 | p99 | max | beyond, at p50 | at p99 |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 asked=$((LATENCY_MS * 1000))
-base_p50=$(field p50 "$BASE")
-for row in "no fault|$BASE|0" "latency ${LATENCY_MS} ms|$FAULT|$asked"; do
-  IFS='|' read -r name line want <<<"$row"
-  extra50=$(($(field p50 "$line") - want - base_p50))
-  extra99=$(($(field p99 "$line") - want - base_p50))
-  echo "| $name | $(field p50 "$line") | $(field p90 "$line") | $(field p99 "$line") | $(field max "$line") |" \
-    "$extra50 | $extra99 |"
+for name in "${LATENCY_RELAYS[@]}"; do
+  cols=(bp50 bp99 p50 p90 p99 max x50 x99)
+  declare -A V=()
+  for c in "${cols[@]}"; do V[$c]=""; done
+  for ((round = 1; round <= REPEATS; round++)); do
+    base=${DELAY[$name|base|$round]-} fault=${DELAY[$name|fault|$round]-}
+    [[ -n $(field p50 "$base") && -n $(field p50 "$fault") ]] || continue
+    V[bp50]+=" $(field p50 "$base")" V[bp99]+=" $(field p99 "$base")"
+    V[p50]+=" $(field p50 "$fault")" V[p90]+=" $(field p90 "$fault")"
+    V[p99]+=" $(field p99 "$fault")" V[max]+=" $(field max "$fault")"
+    V[x50]+=" $(($(field p50 "$fault") - asked - $(field p50 "$base")))"
+    V[x99]+=" $(($(field p99 "$fault") - asked - $(field p50 "$base")))"
+  done
+  if [[ -z ${V[p50]} ]]; then
+    echo "| $name | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |"
+    continue
+  fi
+  row="| $name"
+  for c in "${cols[@]}"; do
+    # shellcheck disable=SC2086
+    row+=" | $(median ${V[$c]})"
+  done
+  echo "$row (rounds:${V[x99]}) |"
+done
+timer50=() timer99=() timermax=()
+for ((round = 1; round <= REPEATS; round++)); do
+  timer50+=("$(field p50 "${DELAY[timer|$round]}")") timer99+=("$(field p99 "${DELAY[timer|$round]}")")
+  timermax+=("$(field max "${DELAY[timer|$round]}")")
 done
 echo
 echo "The floor: how late this host wakes a thread from a ${LATENCY_MS} ms timer (timerfd in epoll, timer slack" \
-  "1 ns, on the relay's CPU; 2000 times), µs: p50 $(field p50 "$TIMER"), p90 $(field p90 "$TIMER")," \
-  "p99 $(field p99 "$TIMER"), max $(field max "$TIMER")."
+  "1 ns, on the relay's CPU; 2000 times a round), µs, medians of the rounds: p50 $(median "${timer50[@]}")," \
+  "p99 $(median "${timer99[@]}") (rounds: ${timer99[*]}), max $(median "${timermax[@]}")."
