@@ -135,7 +135,61 @@ void add_fault_flags(CLI::App& app, FaultFlags& f) {
   app.add_option("--loss", f.loss, "UDP: drop this share of datagrams (1%, 0.01)")->group(group);
   app.add_option("--duplicate", f.duplicate, "UDP: send this share of datagrams twice")->group(group);
   app.add_option("--reorder", f.reorder, "UDP: hold this share of datagrams back 10 ms")->group(group);
+  app.add_option("--toxicity", f.toxicity, "The faults act on this share of connections, drawn for each (50%)")
+      ->group(group);
+  app.add_option("--clients", f.clients, "The faults act on these clients only (10.0.0.0/8,192.0.2.7)")->group(group);
+  app.add_option("--start-after", f.start_after,
+                 "The faults start this far into each connection: a time (2s) or bytes in their direction (1KiB)")
+      ->group(group);
+  app.add_option("--stop-after", f.stop_after, "The faults stop this far into each connection (time or bytes)")
+      ->group(group);
 }
+
+namespace {
+
+/// A time if it ends in s (2s, 500ms, 250us), else a size (1MiB, 1500).
+bool is_time(std::string_view text) { return text.ends_with("s"); }
+
+/// --toxicity, --clients, --start-after, --stop-after as a fault's scope.
+void scope_faults(const FaultFlags& f, std::vector<Fault>& faults) {
+  fault::Scope scope;
+  std::string_view list = f.clients;
+  while (!list.empty()) {
+    const auto comma = list.find(',');
+    const std::string_view item = list.substr(0, comma);
+    if (!item.empty()) {
+      try {
+        scope.clients.push_back(fault::Network::parse(item));
+      } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(std::string("--clients: ") + e.what());
+      }
+    }
+    list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+  }
+  if (!f.start_after.empty()) {
+    if (is_time(f.start_after))
+      scope.start_after = parse_duration(f.start_after, "--start-after");
+    else
+      scope.start_after_bytes = parse_size(f.start_after, "--start-after");
+  }
+  if (!f.stop_after.empty()) {
+    if (is_time(f.stop_after))
+      scope.stop_after = parse_duration(f.stop_after, "--stop-after");
+    else
+      scope.stop_after_bytes = parse_size(f.stop_after, "--stop-after");
+  }
+  const bool scoped = !f.toxicity.empty() || !f.clients.empty() || scope.timed();
+  if (scoped && faults.empty()) {
+    throw std::invalid_argument("--toxicity, --clients, --start-after and --stop-after need a fault to act on");
+  }
+  for (auto& fault : faults) {
+    if (!f.toxicity.empty()) fault.toxicity = parse_probability(f.toxicity, "--toxicity");
+    fault.scope = scope;
+    fault.validate();
+  }
+}
+
+}  // namespace
 
 std::vector<Fault> faults_of(const FaultFlags& f, std::optional<bool> datagram) {
   const FaultDirection direction = f.direction == "up"     ? FaultDirection::upstream
@@ -176,9 +230,7 @@ std::vector<Fault> faults_of(const FaultFlags& f, std::optional<bool> datagram) 
     add("blackhole", blackhole);
   }
   if (!f.reset_after.empty()) {
-    // A time ends in s (2s, 500ms, 250us); a size in B, KiB, MB... or nothing.
-    const bool time = f.reset_after.ends_with("s");
-    if (time)
+    if (is_time(f.reset_after))
       add("reset-after", fault::Reset{std::nullopt, parse_duration(f.reset_after, "--reset-after")});
     else
       add("reset-after", fault::Reset{parse_size(f.reset_after, "--reset-after"), std::nullopt});
@@ -188,6 +240,7 @@ std::vector<Fault> faults_of(const FaultFlags& f, std::optional<bool> datagram) 
   if (!f.loss.empty()) add("loss", fault::Loss{parse_probability(f.loss, "--loss")});
   if (!f.duplicate.empty()) add("duplicate", fault::Duplicate{parse_probability(f.duplicate, "--duplicate")});
   if (!f.reorder.empty()) add("reorder", fault::Reorder{parse_probability(f.reorder, "--reorder")});
+  scope_faults(f, faults);
   return faults;
 }
 
@@ -250,6 +303,18 @@ std::string flags_of(const Fault& fault) {
       fault.kind);
   if (fault.direction == FaultDirection::upstream) out += " --direction up";
   if (fault.direction == FaultDirection::downstream) out += " --direction down";
+  if (fault.toxicity != 1) out += " --toxicity " + probability_text_of(fault.toxicity);
+  if (!fault.scope.clients.empty()) {
+    out += " --clients ";
+    for (std::size_t i = 0; i < fault.scope.clients.size(); ++i) {
+      out += (i ? "," : "") + fault.scope.clients[i].to_string();
+    }
+  }
+  const fault::Scope& s = fault.scope;
+  if (s.start_after) out += " --start-after " + duration_text_of(*s.start_after);
+  if (s.start_after_bytes) out += " --start-after " + size_text_of(*s.start_after_bytes);
+  if (s.stop_after) out += " --stop-after " + duration_text_of(*s.stop_after);
+  if (s.stop_after_bytes) out += " --stop-after " + size_text_of(*s.stop_after_bytes);
   return out;
 }
 

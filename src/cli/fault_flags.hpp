@@ -33,6 +33,8 @@ struct FaultFlags {
   std::string blackhole_close_after;  // with blackhole: close each connection this late
   std::string loss, duplicate, reorder;
   bool blackhole = false;
+  // The scope of every fault above: some connections, clients, a window.
+  std::string toxicity, clients, start_after, stop_after;
 };
 void add_fault_flags(CLI::App& app, FaultFlags& flags);
 

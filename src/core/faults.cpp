@@ -162,9 +162,12 @@ void ConnectionFaults::update(const FaultList& proxy_faults, Clock::time_point n
   for (const auto& f : proxy_faults.all()) {
     bool acts = f.toxicity >= 1;
     if (!acts && f.toxicity > 0) {
-      auto [it, fresh] = drawn_.try_emplace(f.name, false);
-      if (fresh) it->second = std::bernoulli_distribution(f.toxicity)(random_);
-      acts = it->second;
+      // Drawn again only when the toxicity changes, not the fault's values.
+      auto [it, fresh] = drawn_.try_emplace(f.name, Draw{f.toxicity, false});
+      if (fresh || it->second.toxicity != f.toxicity) {
+        it->second = {f.toxicity, std::bernoulli_distribution(f.toxicity)(random_)};
+      }
+      acts = it->second.acts;
     }
     if (acts && !f.scope.clients.empty()) {
       acts = client_ && std::any_of(f.scope.clients.begin(), f.scope.clients.end(),

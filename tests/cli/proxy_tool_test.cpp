@@ -228,6 +228,27 @@ TEST(ProxyTool, FaultsChangeARunningProxyFromAnotherCommand) {
   }
 }
 
+TEST(ProxyTool, FaultsForSomeClientsAndFromSomeBytesOn) {
+  Listening echo({CONDUIT_BIN, "echo-server", "--listen", "tcp://127.0.0.1:0", "--quiet"});
+  // A latency for another network leaves this client alone.
+  {
+    Listening proxy({CONDUIT_BIN, "proxy", "--listen", "tcp://127.0.0.1:0", "--upstream", echo.url, "--latency",
+                     "300ms", "--clients", "192.0.2.0/24,10.0.0.0/8"});
+    const auto start = Clock::now();
+    ChildProcess client({CONDUIT_BIN, "echo-client", "--connect", proxy.url, "--count", "2", "--quiet"});
+    ASSERT_EQ(client.wait(bound), 0) << client.err();
+    EXPECT_LT(seconds_since(start), 0.3) << "not one of the clients named";
+  }
+  // A blackhole from the 1001st byte up: 1000 bytes echo, 2000 do not.
+  Listening proxy({CONDUIT_BIN, "proxy", "--listen", "tcp://127.0.0.1:0", "--upstream", echo.url, "--blackhole",
+                   "--direction", "up", "--start-after", "1000"});
+  ChildProcess fits({CONDUIT_BIN, "echo-client", "--connect", proxy.url, "--size", "1000", "--quiet"});
+  EXPECT_EQ(fits.wait(bound), 0) << fits.err();
+  ChildProcess over(
+      {CONDUIT_BIN, "echo-client", "--connect", proxy.url, "--size", "2000", "--timeout", "0.5", "--quiet"});
+  EXPECT_NE(over.wait(bound), 0) << "the bytes past 1000 were dropped";
+}
+
 TEST(ProxyTool, BadArgumentsAreExitCode2AndSayWhy) {
   struct Case {
     std::vector<std::string> args;
@@ -247,6 +268,14 @@ TEST(ProxyTool, BadArgumentsAreExitCode2AndSayWhy) {
       {{"--listen", "udp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9"}, "udp:// proxy listens and connects"},
       {{"--listen", "tls://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9"}, "needs --cert and --key"},
       {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:0"}, "--upstream needs a port"},
+      {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--latency", "5ms", "--clients",
+        "10.0.0.0/99"},
+       "--clients: '10.0.0.0/99': the prefix must be 0 to 32"},
+      {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--start-after", "1KiB"},
+       "need a fault to act on"},
+      {{"--listen", "tcp://127.0.0.1:0", "--upstream", "tcp://127.0.0.1:9", "--latency", "5ms", "--start-after", "2s",
+        "--stop-after", "1s"},
+       "stop_after must be later than start_after"},
   };
   for (const auto& c : cases) {
     std::vector<std::string> argv{CONDUIT_BIN, "proxy"};

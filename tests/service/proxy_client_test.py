@@ -116,6 +116,35 @@ class ProxyClientTest(unittest.TestCase):
             server.close()
         self.run_async(scenario())
 
+    def test_a_scoped_fault_crosses_the_service_and_acts_as_scoped(self):
+        async def scenario():
+            server, port = await echo_upstream()
+            async with Client(self.address) as client:
+                elsewhere = faults.scoped(faults.latency(0.3, name="elsewhere"), clients=["192.0.2.0/24"])
+                later = faults.scoped(faults.blackhole(direction="upstream", name="later"), start_after_bytes=4)
+                async with await client.create_proxy("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}",
+                                                     [elsewhere, later]) as proxy:
+                    proxy_port = proxy.sockets[0][1]
+                    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+                    writer.write(b"four")
+                    self.assertEqual(await asyncio.wait_for(reader.readexactly(4), TIMEOUT), b"four")
+                    writer.write(b"dropped")
+                    with self.assertRaises(asyncio.TimeoutError):
+                        await asyncio.wait_for(reader.read(1), 0.3)
+                    writer.close()
+                    state = await proxy.change_fault(faults.scoped(faults.latency(0.3, name="elsewhere"),
+                                                                   toxicity=0.25, clients=["192.0.2.0/24"]))
+                    kept = {f.name: f for f in state.faults}
+                    self.assertEqual(list(kept["elsewhere"].scope.clients), ["192.0.2.0/24"])
+                    self.assertAlmostEqual(kept["elsewhere"].toxicity.value, 0.25)
+                    self.assertEqual(kept["later"].scope.start_after_bytes, 4)
+                with self.assertRaises(SessionError) as refused:
+                    await client.create_proxy("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}",
+                                              [faults.scoped(faults.latency(0.1), clients=["10.0.0.0/33"])])
+                self.assertIn("scope.clients: '10.0.0.0/33': the prefix must be 0 to 32", str(refused.exception))
+            server.close()
+        self.run_async(scenario())
+
     def test_reset_and_blackhole_as_the_client_sees_them(self):
         async def scenario():
             server, port = await echo_upstream()

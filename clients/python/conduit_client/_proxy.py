@@ -179,10 +179,11 @@ class RemoteProxy:
         await self.close()
 
     # ---- commands ----
-    async def add_fault(self, fault: "pb.FaultSpec") -> None:
+    async def add_fault(self, fault: "pb.FaultSpec") -> "pb.ProxyState":
         """Add a fault, or change the one of the same name, for every
-        connection, those running included."""
-        await self._ask(set_fault=fault)
+        connection, those running included. Returns the proxy's state after
+        it (`.faults`: those in force, as the service holds them)."""
+        return await self._ask(set_fault=fault)
 
     change_fault = add_fault
 

@@ -181,7 +181,7 @@ class FaultList {
 
 /// The faults acting on one connection now: those of its proxy whose
 /// toxicity draw came out for it (each fault's drawn once, by name, for the
-/// connection's life), that are for its client, and whose scope's window
+/// connection's life, and again if its toxicity changes), that are for its client, and whose scope's window
 /// is open at its age and byte counts.
 ///
 ///   set_client, update: which faults are the connection's at all;
@@ -217,10 +217,14 @@ class ConnectionFaults {
   Clock::time_point started_;
   std::optional<boost::asio::ip::address> client_;
   std::array<std::uint64_t, 2> bytes_{};  // upstream, downstream
-  std::map<std::string, bool> drawn_;
-  FaultList proxy_;   // the proxy's faults, as last given
-  FaultList mine_;    // those whose toxicity and clients are this connection's
-  FaultList active_;  // those of mine_ whose window is open
+  struct Draw {
+    double toxicity;  // drawn for this toxicity
+    bool acts;
+  };
+  std::map<std::string, Draw> drawn_;  // by fault name
+  FaultList proxy_;                    // the proxy's faults, as last given
+  FaultList mine_;                     // those whose toxicity and clients are this connection's
+  FaultList active_;                   // those of mine_ whose window is open
 };
 
 /// When the pieces of a stream's chunk leave, given one direction's faults:
