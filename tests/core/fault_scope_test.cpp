@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 using namespace conduit;
@@ -126,4 +127,36 @@ TEST(FaultScope, AClientFaultWaitsForTheClientsAddress) {
   other.set_client(make_address("127.0.0.1"));
   other.update(proxy, start);
   EXPECT_EQ(names(other.get()), std::vector<std::string>{"all"});
+}
+
+TEST(FaultScope, AChangedToxicityDrawsAgainAndOtherChangesKeepTheDraw) {
+  const auto start = ConnectionFaults::Clock::now();
+  // Over 64 connections, toxicity 0.5 must leave some with the fault and
+  // some without (each 2^-64 otherwise); a change of its delay keeps each
+  // one's draw; a toxicity of 1 gives it to all.
+  std::vector<ConnectionFaults> connections;
+  FaultList proxy;
+  Fault f = named("half", FaultDirection::both);
+  f.toxicity = 0.5;
+  proxy.set(f);
+  std::vector<bool> drawn;
+  for (std::uint64_t seed = 1; seed <= 64; ++seed) {
+    connections.emplace_back(seed, start);
+    connections.back().update(proxy, start);
+    drawn.push_back(!connections.back().get().all().empty());
+  }
+  EXPECT_NE(std::count(drawn.begin(), drawn.end(), true), 0);
+  EXPECT_NE(std::count(drawn.begin(), drawn.end(), false), 0);
+  f.kind = fault::Latency{20ms, {}};
+  proxy.set(f);
+  for (std::size_t i = 0; i < connections.size(); ++i) {
+    connections[i].update(proxy, start);
+    EXPECT_EQ(!connections[i].get().all().empty(), drawn[i]) << "connection " << i;
+  }
+  f.toxicity = 1;
+  proxy.set(f);
+  for (auto& c : connections) {
+    c.update(proxy, start);
+    EXPECT_EQ(c.get().all().size(), 1u);
+  }
 }
