@@ -153,18 +153,10 @@ bool is_time(std::string_view text) { return text.ends_with("s"); }
 /// --toxicity, --clients, --start-after, --stop-after as a fault's scope.
 void scope_faults(const FaultFlags& f, std::vector<Fault>& faults) {
   fault::Scope scope;
-  std::string_view list = f.clients;
-  while (!list.empty()) {
-    const auto comma = list.find(',');
-    const std::string_view item = list.substr(0, comma);
-    if (!item.empty()) {
-      try {
-        scope.clients.push_back(fault::Network::parse(item));
-      } catch (const std::invalid_argument& e) {
-        throw std::invalid_argument(std::string("--clients: ") + e.what());
-      }
-    }
-    list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+  try {
+    scope.clients = fault::Network::parse_list(f.clients);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(std::string("--clients: ") + e.what());
   }
   if (!f.start_after.empty()) {
     if (is_time(f.start_after))

@@ -38,6 +38,19 @@ Network Network::parse(std::string_view text) {
   return network;
 }
 
+std::vector<Network> Network::parse_list(std::string_view list) {
+  std::vector<Network> out;
+  while (!list.empty()) {
+    const auto comma = list.find(',');
+    std::string_view item = list.substr(0, comma);
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    if (!item.empty()) out.push_back(parse(item));
+    list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+  }
+  return out;
+}
+
 bool Network::contains(const boost::asio::ip::address& client) const {
   boost::asio::ip::address ip = client;
   if (ip.is_v6() && ip.to_v6().is_v4_mapped())

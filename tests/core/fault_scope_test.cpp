@@ -44,6 +44,11 @@ TEST(FaultScope, NetworksMatchByPrefix) {
   EXPECT_TRUE(v6.contains(make_address("fd12::1")));
   EXPECT_FALSE(v6.contains(make_address("fe80::1")));
   EXPECT_TRUE(fault::Network::parse("0.0.0.0/0").contains(make_address("203.0.113.9")));
+  const auto list = fault::Network::parse_list(" 10.0.0.0/8 ,192.0.2.7,, fd00::/8");
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_EQ(list[0].to_string(), "10.0.0.0/8");
+  EXPECT_EQ(list[2].to_string(), "fd00::/8");
+  EXPECT_TRUE(fault::Network::parse_list("").empty());
 }
 
 TEST(FaultScope, BadNetworksAreRefusedNamingTheText) {

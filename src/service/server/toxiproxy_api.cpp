@@ -91,31 +91,19 @@ double real_attribute(const Toxic& toxic, const char* key) {
 fault::Scope scope_of(const Toxic& toxic) {
   fault::Scope scope;
   if (const json::value* clients = toxic.attributes.if_contains("clients")) {
-    std::vector<std::string> texts;
-    if (clients->is_string()) {
-      std::string_view list = clients->as_string();
-      while (!list.empty()) {
-        const auto comma = list.find(',');
-        std::string_view item = list.substr(0, comma);
-        while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
-        while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
-        if (!item.empty()) texts.emplace_back(item);
-        list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+    try {
+      if (clients->is_string()) {
+        scope.clients = fault::Network::parse_list(clients->as_string());
+      } else if (clients->is_array()) {
+        for (const auto& item : clients->as_array()) {
+          if (!item.is_string()) throw bad_request("attributes.clients: each is an address or ADDRESS/PREFIX string");
+          scope.clients.push_back(fault::Network::parse(item.as_string()));
+        }
+      } else {
+        throw bad_request("attributes.clients is an address list (\"10.0.0.0/8,192.0.2.7\" or a JSON array)");
       }
-    } else if (clients->is_array()) {
-      for (const auto& item : clients->as_array()) {
-        if (!item.is_string()) throw bad_request("attributes.clients: each is an address or ADDRESS/PREFIX string");
-        texts.emplace_back(item.as_string());
-      }
-    } else {
-      throw bad_request("attributes.clients is an address list (\"10.0.0.0/8,192.0.2.7\" or a JSON array)");
-    }
-    for (const auto& text : texts) {
-      try {
-        scope.clients.push_back(fault::Network::parse(text));
-      } catch (const std::invalid_argument& e) {
-        throw bad_request(std::string("attributes.clients: ") + e.what());
-      }
+    } catch (const std::invalid_argument& e) {
+      throw bad_request(std::string("attributes.clients: ") + e.what());
     }
   }
   auto count = [&](const char* key) -> std::optional<std::int64_t> {

@@ -104,6 +104,8 @@ struct Network {
 
   /// Throws std::invalid_argument naming what is wrong with `text`.
   static Network parse(std::string_view text);
+  /// "10.0.0.0/8, 192.0.2.7": comma-separated, spaces around each ignored.
+  static std::vector<Network> parse_list(std::string_view list);
   bool contains(const boost::asio::ip::address& client) const;
   std::string to_string() const;
 };
