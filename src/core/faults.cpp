@@ -188,7 +188,13 @@ void ConnectionFaults::update(const FaultList& proxy_faults, Clock::time_point n
     }
     if (acts) mine_.set(f);
   }
-  refresh(now);
+  timed_ = std::any_of(mine_.all().begin(), mine_.all().end(), [](const Fault& f) { return f.scope.timed(); });
+  acting_.clear();
+  if (timed_) {
+    refresh(now);
+  } else {
+    active_ = mine_;
+  }
 }
 
 std::uint64_t ConnectionFaults::bytes_for(FaultDirection direction) const {
@@ -212,20 +218,19 @@ bool ConnectionFaults::acts(const Fault& f, Clock::time_point now) const {
 }
 
 bool ConnectionFaults::refresh(Clock::time_point now) {
-  FaultList active;
-  for (const auto& f : mine_.all()) {
-    if (!f.scope.timed() || acts(f, now)) active.set(f);
+  // Called for every chunk relayed: nothing to do (and nothing copied)
+  // unless a fault of this connection has a window, and it opened or closed.
+  if (!timed_) return false;
+  std::vector<bool> acting;
+  acting.reserve(mine_.all().size());
+  for (const auto& f : mine_.all()) acting.push_back(!f.scope.timed() || acts(f, now));
+  if (acting == acting_) return false;
+  acting_ = std::move(acting);
+  active_ = FaultList();
+  for (std::size_t i = 0; i < acting_.size(); ++i) {
+    if (acting_[i]) active_.set(mine_.all()[i]);
   }
-  // Only a window opening or closing changes the names (update() tells
-  // its callers of a changed fault itself).
-  auto names = [](const FaultList& list) {
-    std::vector<std::string> out;
-    for (const auto& f : list.all()) out.push_back(f.name);
-    return out;
-  };
-  const bool changed = names(active) != names(active_);
-  active_ = std::move(active);
-  return changed;
+  return true;
 }
 
 std::optional<ConnectionFaults::Clock::time_point> ConnectionFaults::next_change() const {

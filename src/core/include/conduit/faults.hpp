@@ -226,6 +226,8 @@ class ConnectionFaults {
   std::map<std::string, Draw> drawn_;  // by fault name
   FaultList proxy_;                    // the proxy's faults, as last given
   FaultList mine_;                     // those whose toxicity and clients are this connection's
+  bool timed_ = false;                 // one of mine_ has a window
+  std::vector<bool> acting_;           // with timed_: which of mine_ act now
   FaultList active_;                   // those of mine_ whose window is open
 };
 
