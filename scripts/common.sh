@@ -10,7 +10,12 @@ CONDUIT_PACKAGES="cmake ninja-build g++ pkg-config libboost1.81-dev libcli11-dev
 
 install_missing_packages() {
   missing=
-  for p in $CONDUIT_PACKAGES "$@"; do
+  extra=
+  # The toxiproxy tests build toxiproxy's client and CLI with Go: Debian's
+  # golang-go where the machine has no Go of its own (a Go installed in
+  # /usr/local/go, as on the CI machines, is used as it is).
+  command -v go > /dev/null || [ -x /usr/local/go/bin/go ] || extra=golang-go
+  for p in $CONDUIT_PACKAGES $extra "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
   done
   [ -z "$missing" ] && return 0

@@ -7,6 +7,8 @@ set -eu
 CONDUIT=$1
 GOBIN=$(cd "$2" && pwd)/go-bin
 export GOBIN GOFLAGS=-mod=mod
+# Go as installed by its own tarball, when it is not on PATH.
+command -v go >/dev/null || [ ! -x /usr/local/go/bin/go ] || PATH=$PATH:/usr/local/go/bin
 command -v go >/dev/null || { echo "error: go is missing (the test builds toxiproxy-cli with it)" >&2; exit 1; }
 [ -x "$GOBIN/cli" ] || go install github.com/Shopify/toxiproxy/v2/cmd/cli@v2.5.0
 . "$(cd "$(dirname "$0")" && pwd)/service.sh"

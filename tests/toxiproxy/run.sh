@@ -6,6 +6,8 @@
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 CONDUIT=$1
+# Go as installed by its own tarball, when it is not on PATH.
+command -v go >/dev/null || [ ! -x /usr/local/go/bin/go ] || PATH=$PATH:/usr/local/go/bin
 command -v go >/dev/null || { echo "error: go is missing (the tests build toxiproxy's client with it)" >&2; exit 1; }
 . "$HERE/service.sh"
 start_service "$CONDUIT"
