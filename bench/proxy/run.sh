@@ -34,6 +34,9 @@
 #   BENCH_CONNECTIONS [10] BENCH_LATENCY_MS [10] BENCH_PROXY_CPU [0]
 #   BENCH_CLIENT_CPU [1] BENCH_BUILD [bench/echo/.build]
 #   CONDUIT_BIN [build/src/cli/conduit] TOXIPROXY_SERVER [built as above]
+#   BENCH_RELAYS [conduit conduit-api toxiproxy haproxy socat: keep haproxy,
+#   the ratios' base] BENCH_LATENCY_RELAYS [conduit conduit-api toxiproxy;
+#   empty: no latency runs]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -204,7 +207,7 @@ load() {
   log "  $name $workload: ${REQ_PER_S[$key]} req/s, ${MBPS[$key]} MB/s, ${NS_PER_BYTE[$key]} ns CPU per byte"
 }
 
-RELAYS=(conduit conduit-api toxiproxy haproxy socat)
+read -ra RELAYS <<<"${BENCH_RELAYS:-conduit conduit-api toxiproxy haproxy socat}"
 WORKLOADS=(ping-pong bulk)
 for ((round = 1; round <= REPEATS; round++)); do
   for name in "${RELAYS[@]}"; do
@@ -242,9 +245,10 @@ delays() {
   stop_relay
   cat "$TMP/probe.out"
 }
-LATENCY_RELAYS=(conduit conduit-api toxiproxy)
+read -ra LATENCY_RELAYS <<<"${BENCH_LATENCY_RELAYS-conduit conduit-api toxiproxy}"
 declare -A DELAY
-for ((round = 1; round <= REPEATS; round++)); do
+((${#LATENCY_RELAYS[@]} > 0)) || REPEATS_LATENCY=0
+for ((round = 1; round <= ${REPEATS_LATENCY-$REPEATS}; round++)); do
   for name in "${LATENCY_RELAYS[@]}"; do
     log "latency round $round/$REPEATS: $name, no fault and ${LATENCY_MS} ms"
     DELAY[$name|base|$round]=$(delays "$name")
@@ -286,6 +290,7 @@ for name in "${RELAYS[@]}"; do
     echo "| $name | $workload | ${rate%.*} | $(median "${mbps[@]}") | $(median "${ns[@]}") | $ratio |"
   done
 done
+((${#LATENCY_RELAYS[@]} > 0)) || exit 0
 echo
 echo "Latency fault: one-way delays of 2000 pieces of 1 KiB (the probe is client and upstream, polling) through" \
   "each relay without a fault and with ${LATENCY_MS} ms on the upstream stream (\`conduit proxy --latency\`, or a" \
