@@ -241,8 +241,8 @@ TEST(ProxyTool, FaultsForSomeClientsAndFromSomeBytesOn) {
   };
   {
     const double direct = two_round_trips(echo.url);
-    Listening proxy({CONDUIT_BIN, "proxy", "--listen", "tcp://127.0.0.1:0", "--upstream", echo.url, "--latency",
-                     "1s", "--clients", "192.0.2.0/24,10.0.0.0/8"});
+    Listening proxy({CONDUIT_BIN, "proxy", "--listen", "tcp://127.0.0.1:0", "--upstream", echo.url, "--latency", "1s",
+                     "--clients", "192.0.2.0/24,10.0.0.0/8"});
     EXPECT_LT(two_round_trips(proxy.url), direct + 1) << "not one of the clients named";
   }
   // A blackhole from the 1001st byte up: 1000 bytes echo, 2000 do not.
