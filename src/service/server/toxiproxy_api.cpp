@@ -616,7 +616,9 @@ class Api final : public ToxiproxyApi, public std::enable_shared_from_this<Api> 
   /// budget, with its toxics.
   void start(const std::shared_ptr<Entry>& e, std::function<void(std::optional<ApiError>)> done) {
     const Policy& policy = service_.options().policy;
-    const auto [listen, upstream] = addresses_of(e->listen, e->upstream);  // checked as it was set
+    // Checked as it was set. (Named, not bound: clang cannot capture a structured binding.)
+    const std::pair<Address, Address> ends = addresses_of(e->listen, e->upstream);
+    const Address listen = ends.first, upstream = ends.second;
     if (auto why = service_.check_not_own_address(listen.port, {}))
       return done(ApiError{http::status::forbidden, *why});
     std::vector<std::string> names = policy.listen_names();
